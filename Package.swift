@@ -1,0 +1,48 @@
+// swift-tools-version:6.0
+import PackageDescription
+
+// Three executables, one per process role (DESIGN.md): each links only what its role needs.
+// A role never imports another role; what they share lives in IPC and Shared.
+let package = Package(
+    name: "ztunnel-swift",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "ztunnel", targets: ["Supervisor"]),
+        .executable(name: "ztunnel-cert-worker", targets: ["CertWorker"]),
+        .executable(name: "ztunnel-net-worker", targets: ["NetWorker"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+    ],
+    targets: [
+        // System libraries, found through pkg-config.
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CNghttp2", pkgConfig: "libnghttp2", providers: [.apt(["libnghttp2-dev"])]),
+        .systemLibrary(name: "CSeccomp", pkgConfig: "libseccomp", providers: [.apt(["libseccomp-dev"])]),
+        .systemLibrary(name: "CCap", pkgConfig: "libcap", providers: [.apt(["libcap-dev"])]),
+        // One-line C functions for macros and variadic calls Swift cannot import.
+        .target(name: "CShims"),
+
+        .target(name: "Shared", dependencies: ["CShims", "CSeccomp", "CCap"]),
+        .target(name: "IPC", dependencies: ["Shared", "CShims"]),
+
+        .executableTarget(name: "Supervisor", dependencies: ["IPC", "Shared", "CShims"]),
+        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL"]),
+        .executableTarget(
+            name: "NetWorker",
+            dependencies: [
+                "IPC", "Shared", "CNghttp2",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "NIOHTTP1", package: "swift-nio"),
+            ]),
+
+        // libFuzzer target for the IPC decoder; built only by `make fuzz`
+        // (-sanitize=fuzzer -parse-as-library), see Makefile.
+        .executableTarget(name: "IPCFuzz", dependencies: ["IPC", "Shared"]),
+
+        .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
+        .testTarget(name: "SharedTests", dependencies: ["Shared"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

@@ -1,0 +1,42 @@
+// One-line C helpers for macros and variadic functions that Swift cannot import.
+// Nothing here holds state or makes decisions; see STYLE.md §1.
+#ifndef CSHIMS_H
+#define CSHIMS_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/socket.h>
+#include <sys/prctl.h>
+#include <sys/resource.h>
+
+struct cmsghdr *CShims_CMSG_FIRSTHDR(const struct msghdr *msg);
+struct cmsghdr *CShims_CMSG_NXTHDR(struct msghdr *msg, struct cmsghdr *cmsg);
+unsigned char *CShims_CMSG_DATA(struct cmsghdr *cmsg);
+size_t CShims_CMSG_SPACE(size_t length);
+size_t CShims_CMSG_LEN(size_t length);
+
+/// prctl(2) is variadic in glibc.
+int CShims_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned long arg4, unsigned long arg5);
+/// pidfd_open(2) has no glibc wrapper in Debian 12.
+int CShims_pidfd_open(pid_t pid, unsigned int flags);
+/// pidfd_send_signal(2) has no glibc wrapper in Debian 12.
+int CShims_pidfd_send_signal(int pidfd, int sig);
+/// A raw syscall by number with no arguments: used only by the fault-injection hook that proves
+/// the seccomp allowlist kills the process.
+long CShims_syscall0(long number);
+/// getdents64 on /proc/self/fd replacement: closes every fd >= lowfd (close_range(2)).
+int CShims_close_range(unsigned int first, unsigned int last);
+
+/// setresuid/setresgid need _GNU_SOURCE, which Swift's Glibc module does not define.
+int CShims_setresuid(uid_t uid);
+int CShims_setresgid(gid_t gid);
+/// posix_spawn_file_actions_addclosefrom_np (glibc 2.34) needs _GNU_SOURCE.
+int CShims_spawn_addclosefrom(void *actions, int from);
+
+/// seccomp_rule_add(3) is variadic; rules here carry no argument filters.
+int CShims_seccomp_rule_add0(void *ctx, uint32_t action, int syscall);
+/// SCMP_ACT_ERRNO(x) is a function-like macro.
+uint32_t CShims_SCMP_ACT_ERRNO(uint16_t errnum);
+
+#endif

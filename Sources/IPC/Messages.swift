@@ -1,0 +1,148 @@
+import Shared
+
+/// Every IPC message of the daemon, in one place (STYLE.md §3). One enum per direction; each type
+/// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
+/// Bump `IPCProtocol.version` on any change to a payload.
+public enum IPCProtocol {
+    public static let version: UInt16 = 1
+}
+
+/// The role of a worker process. The wire value is part of the protocol.
+public enum WorkerRole: UInt8, Sendable, CaseIterable, CustomStringConvertible {
+    case certWorker = 1
+    case netWorker = 2
+
+    public var description: String {
+        switch self {
+        case .certWorker: return "cert-worker"
+        case .netWorker: return "net-worker"
+        }
+    }
+}
+
+/// Messages from the Supervisor to a worker.
+public enum SupervisorMessage {
+    /// First message on a new worker's channel: everything it needs to confine itself and run.
+    case setup(WorkerSetup)
+    /// A listening socket the Supervisor made (fd broker); the worker serves it.
+    case listener(name: String, fd: OwnedFD)
+    /// Setup is complete: the worker may serve (its first configuration epoch).
+    case configured
+    /// The process table, for readiness and /config_dump (NetWorkers only).
+    case processTable([ProcessEntry])
+    /// Stop accepting; give live connections up to the deadline, then exit 0.
+    case drain(deadlineMilliseconds: UInt32)
+
+    public enum Code: UInt16, CaseIterable {
+        case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
+
+        /// The fds a message of this type carries: only these types may carry any.
+        public var fdCount: Int { self == .listener ? 1 : 0 }
+    }
+
+    public var code: Code {
+        switch self {
+        case .setup: return .setup
+        case .listener: return .listener
+        case .configured: return .configured
+        case .processTable: return .processTable
+        case .drain: return .drain
+        }
+    }
+
+    public func frame(requestId: UInt32 = 0) -> IPCFrame {
+        var writer = WireWriter()
+        var fds: [OwnedFD] = []
+        switch self {
+        case .setup(let setup): setup.encode(into: &writer)
+        case .listener(let name, let fd): writer.string(name); fds = [fd]
+        case .configured: break
+        case .processTable(let entries):
+            writer.u16(UInt16(entries.count))
+            for entry in entries { entry.encode(into: &writer) }
+        case .drain(let deadline): writer.u32(deadline)
+        }
+        return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
+    }
+
+    /// Decodes a frame; refuses unknown types, wrong fd counts, short and trailing payloads.
+    public static func decode(_ frame: IPCFrame) throws -> SupervisorMessage {
+        guard let code = Code(rawValue: frame.type) else { throw IPCError.unknownType(frame.type) }
+        let name = "\(code)"
+        guard frame.fds.count == code.fdCount else {
+            throw IPCError.wrongFdCount(type: name, expected: code.fdCount, actual: frame.fds.count)
+        }
+        var reader = WireReader(frame.payload)
+        let message: SupervisorMessage
+        switch code {
+        case .setup: message = .setup(try WorkerSetup(from: &reader))
+        case .listener: message = .listener(name: try reader.string("listener name", max: 64), fd: frame.fds[0])
+        case .configured: message = .configured
+        case .processTable:
+            let count = try reader.count("process table", max: 256)
+            var entries: [ProcessEntry] = []
+            for _ in 0..<count { entries.append(try ProcessEntry(from: &reader)) }
+            message = .processTable(entries)
+        case .drain: message = .drain(deadlineMilliseconds: try reader.u32("drain deadline"))
+        }
+        try reader.finish(name)
+        return message
+    }
+}
+
+/// Messages from a worker to the Supervisor. The Supervisor treats every one as untrusted input
+/// from a possibly compromised process.
+public enum WorkerMessage: Equatable {
+    /// The worker is confined and speaks this protocol version.
+    case hello(protocolVersion: UInt16, role: WorkerRole, pid: Int32)
+    /// The worker has its listeners and configuration and is serving.
+    case ready
+    /// An operator asked for shutdown (admin POST /quitquitquit); NetWorkers only.
+    case shutdownRequest
+
+    public enum Code: UInt16, CaseIterable {
+        case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203
+
+        /// No worker message may carry an fd: fds flow from the Supervisor only.
+        public var fdCount: Int { 0 }
+    }
+
+    public var code: Code {
+        switch self {
+        case .hello: return .hello
+        case .ready: return .ready
+        case .shutdownRequest: return .shutdownRequest
+        }
+    }
+
+    public func frame(requestId: UInt32 = 0) -> IPCFrame {
+        var writer = WireWriter()
+        switch self {
+        case .hello(let version, let role, let pid):
+            writer.u16(version); writer.u8(role.rawValue); writer.i32(pid)
+        case .ready, .shutdownRequest: break
+        }
+        return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
+    }
+
+    public static func decode(_ frame: IPCFrame) throws -> WorkerMessage {
+        guard let code = Code(rawValue: frame.type) else { throw IPCError.unknownType(frame.type) }
+        let name = "\(code)"
+        guard frame.fds.count == code.fdCount else {
+            throw IPCError.wrongFdCount(type: name, expected: code.fdCount, actual: frame.fds.count)
+        }
+        var reader = WireReader(frame.payload)
+        let message: WorkerMessage
+        switch code {
+        case .hello:
+            let version = try reader.u16("hello version")
+            let rawRole = try reader.u8("hello role")
+            guard let role = WorkerRole(rawValue: rawRole) else { throw IPCError.malformed("unknown role \(rawRole)") }
+            message = .hello(protocolVersion: version, role: role, pid: try reader.i32("hello pid"))
+        case .ready: message = .ready
+        case .shutdownRequest: message = .shutdownRequest
+        }
+        try reader.finish(name)
+        return message
+    }
+}

@@ -1,0 +1,139 @@
+import Shared
+
+/// What a new worker receives first: its identity in the process tree, the resolved configuration
+/// and its sandbox. The worker confines itself with `sandbox` before it reads anything else.
+public struct WorkerSetup: Equatable, Sendable {
+    public var protocolVersion: UInt16
+    public var role: WorkerRole
+    public var index: UInt16
+    /// Resolved settings (name, value), in `Configuration.settings` order.
+    public var settings: [(String, String)]
+    public var uid: UInt32
+    public var gid: UInt32
+    public var isDumpable: Bool
+    public var seccomp: SeccompPolicy
+
+    public init(protocolVersion: UInt16 = IPCProtocol.version, role: WorkerRole, index: UInt16,
+                settings: [(String, String)], uid: UInt32, gid: UInt32, isDumpable: Bool, seccomp: SeccompPolicy) {
+        self.protocolVersion = protocolVersion
+        self.role = role
+        self.index = index
+        self.settings = settings
+        self.uid = uid
+        self.gid = gid
+        self.isDumpable = isDumpable
+        self.seccomp = seccomp
+    }
+
+    public static func == (a: WorkerSetup, b: WorkerSetup) -> Bool {
+        a.protocolVersion == b.protocolVersion && a.role == b.role && a.index == b.index
+            && a.settings.map { "\($0.0)=\($0.1)" } == b.settings.map { "\($0.0)=\($0.1)" }
+            && a.uid == b.uid && a.gid == b.gid && a.isDumpable == b.isDumpable && a.seccomp == b.seccomp
+    }
+
+    public var sandboxProfile: Sandbox.Profile {
+        Sandbox.Profile(uid: uid, gid: gid, isDumpable: isDumpable, seccomp: seccomp)
+    }
+
+    func encode(into writer: inout WireWriter) {
+        writer.u16(protocolVersion)
+        writer.u8(role.rawValue)
+        writer.u16(index)
+        writer.u16(UInt16(settings.count))
+        for (name, value) in settings { writer.string(name); writer.string(value) }
+        writer.u32(uid)
+        writer.u32(gid)
+        writer.bool(isDumpable)
+        writer.bool(seccomp.isAuditMode)
+        writer.u16(UInt16(seccomp.rules.count))
+        for rule in seccomp.rules {
+            switch rule {
+            case .allow(let name): writer.u8(0); writer.string(name); writer.u16(0)
+            case .errno(let name, let code): writer.u8(1); writer.string(name); writer.u16(code)
+            }
+        }
+    }
+
+    init(from reader: inout WireReader) throws {
+        protocolVersion = try reader.u16("setup version")
+        let rawRole = try reader.u8("setup role")
+        guard let role = WorkerRole(rawValue: rawRole) else { throw IPCError.malformed("unknown role \(rawRole)") }
+        self.role = role
+        index = try reader.u16("setup index")
+        let settingCount = try reader.count("setup settings", max: 512)
+        var settings: [(String, String)] = []
+        for _ in 0..<settingCount {
+            settings.append((try reader.string("setting name", max: 128), try reader.string("setting value")))
+        }
+        self.settings = settings
+        uid = try reader.u32("setup uid")
+        gid = try reader.u32("setup gid")
+        isDumpable = try reader.bool("setup dumpable")
+        let isAudit = try reader.bool("setup seccomp mode")
+        let ruleCount = try reader.count("seccomp rules", max: 1024)
+        var rules: [SeccompPolicy.Rule] = []
+        for _ in 0..<ruleCount {
+            let kind = try reader.u8("seccomp rule kind")
+            let name = try reader.string("seccomp syscall", max: 64)
+            let code = try reader.u16("seccomp errno")
+            switch kind {
+            case 0: rules.append(.allow(name))
+            case 1: rules.append(.errno(name, code))
+            default: throw IPCError.malformed("seccomp rule kind \(kind)")
+            }
+        }
+        seccomp = SeccompPolicy(isAuditMode: isAudit, rules: rules)
+    }
+}
+
+/// One row of the process table as the Supervisor reports it to NetWorkers (readiness and
+/// /config_dump).
+public struct ProcessEntry: Equatable, Sendable {
+    public enum State: UInt8, Sendable, CustomStringConvertible {
+        case starting = 1, settingUp, running, backoff, stopped
+
+        public var description: String {
+            switch self {
+            case .starting: return "Starting"
+            case .settingUp: return "SettingUp"
+            case .running: return "Running"
+            case .backoff: return "Backoff"
+            case .stopped: return "Stopped"
+            }
+        }
+    }
+
+    public var role: WorkerRole
+    public var index: UInt16
+    public var pid: Int32
+    public var state: State
+    public var restarts: UInt32
+    public var lastExitCause: String
+
+    public init(role: WorkerRole, index: UInt16, pid: Int32, state: State, restarts: UInt32, lastExitCause: String) {
+        self.role = role
+        self.index = index
+        self.pid = pid
+        self.state = state
+        self.restarts = restarts
+        self.lastExitCause = lastExitCause
+    }
+
+    func encode(into writer: inout WireWriter) {
+        writer.u8(role.rawValue); writer.u16(index); writer.i32(pid); writer.u8(state.rawValue)
+        writer.u32(restarts); writer.string(lastExitCause)
+    }
+
+    init(from reader: inout WireReader) throws {
+        let rawRole = try reader.u8("entry role")
+        guard let role = WorkerRole(rawValue: rawRole) else { throw IPCError.malformed("unknown role \(rawRole)") }
+        self.role = role
+        index = try reader.u16("entry index")
+        pid = try reader.i32("entry pid")
+        let rawState = try reader.u8("entry state")
+        guard let state = State(rawValue: rawState) else { throw IPCError.malformed("unknown state \(rawState)") }
+        self.state = state
+        restarts = try reader.u32("entry restarts")
+        lastExitCause = try reader.string("entry exit cause", max: 512)
+    }
+}

@@ -1,0 +1,2 @@
+import IPC
+_ = IPCProtocol.version

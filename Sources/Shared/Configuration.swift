@@ -1,0 +1,176 @@
+/// The daemon's configuration: every setting, with the values in force after environment and
+/// flags are read. The Supervisor resolves it once and sends the resolved values to each worker in
+/// its setup message; workers never read the environment (theirs is scrubbed).
+public struct Configuration: Sendable {
+    /// Every setting the daemon reads, in the order `ztunnel --help` lists them.
+    public static let settings: [Setting] = [
+        Setting("LOCAL_XDS_PATH", .path, default: "",
+                "local mode: workloads, services and policies from this file instead of xDS (ISTIO_COMPAT §19)"),
+        Setting("TERMINATION_GRACE_PERIOD_SECONDS", .integer(0...86_400), default: "",
+                "pod grace period; the drain deadline is s-5 when s>10, else s-1 (minimum 1 s)"),
+        Setting("CONNECTION_TERMINATION_DEADLINE", .duration, default: "",
+                "drain deadline for live connections; wins over TERMINATION_GRACE_PERIOD_SECONDS (default 5s)"),
+        Setting("UNSTABLE_ENABLE_SOCKS5", .choice(["auto", "true", "false"]), default: "auto",
+                "SOCKS5 listener; auto = on in local mode"),
+        Setting("IPV6_ENABLED", .bool, default: "true",
+                "wildcard listeners bind [::] (dual stack) instead of 0.0.0.0"),
+        Setting("RUST_LOG", .choice(["off", "error", "warn", "info", "debug", "trace"]), default: "info",
+                "debug log level (the name real ztunnel reads)"),
+        Setting("LOG_FORMAT", .choice(["plain", "json"]), default: "plain", "debug log format"),
+        Setting("ZTUNNEL_WORKER_THREADS", .integer(0...256), default: "0",
+                "event-loop threads per NetWorker; 0 = one per CPU"),
+        Setting("ZTUNNEL_NET_WORKERS", .integer(1...64), default: "1", "number of NetWorker processes"),
+        Setting("ZTUNNEL_WORKER_UID", .integer(1...0x7fff_fffe), default: "65534",
+                "uid the workers run as when the daemon starts as root"),
+        Setting("ZTUNNEL_WORKER_GID", .integer(1...0x7fff_fffe), default: "65534",
+                "gid the workers run as when the daemon starts as root"),
+        Setting("ZTUNNEL_SECCOMP_DIR", .path, default: "",
+                "directory of the per-role seccomp profiles; empty = security/seccomp found beside the binaries"),
+        Setting("ZTUNNEL_SECCOMP_MODE", .choice(["enforce", "audit"]), default: "enforce",
+                "enforce kills a worker on a syscall outside its allowlist; audit only logs it (kernel log)"),
+        Setting("ZTUNNEL_AUDIT_LOG", .path, default: "stderr",
+                "audit sink: a file path (appended) or stderr"),
+        Setting("ZTUNNEL_CRASH_LOOP_LIMIT", .integer(1...1000), default: "5",
+                "worker exits within the crash-loop window that make the Supervisor give up"),
+        Setting("ZTUNNEL_CRASH_LOOP_WINDOW", .duration, default: "60s", "the crash-loop window"),
+        Setting("ZTUNNEL_RESTART_BACKOFF", .duration, default: "100ms",
+                "delay before the second restart within the window; doubles after each further exit"),
+        Setting("ZTUNNEL_RESTART_BACKOFF_MAX", .duration, default: "10s", "upper bound of the restart delay"),
+        Setting("ZTUNNEL_WORKER_SETUP_TIMEOUT", .duration, default: "10s",
+                "deadline for a new worker's setup handshake"),
+        Setting("ZTUNNEL_DEBUG_FAULT_INJECTION", .bool, default: "false",
+                "enables POST /debug/fault on the admin port (tests only; never in production)"),
+        Setting("ZTUNNEL_OUTBOUND_ADDR", .socketAddress, default: "wildcard:15001", "outbound capture listener"),
+        Setting("ZTUNNEL_INBOUND_PLAINTEXT_ADDR", .socketAddress, default: "wildcard:15006",
+                "inbound plaintext capture listener"),
+        Setting("ZTUNNEL_INBOUND_ADDR", .socketAddress, default: "wildcard:15008", "inbound HBONE listener"),
+        Setting("ZTUNNEL_SOCKS5_ADDR", .socketAddress, default: "127.0.0.1:15080", "SOCKS5 listener"),
+        Setting("ZTUNNEL_ADMIN_ADDR", .socketAddress, default: "127.0.0.1:15000", "admin API listener"),
+        Setting("ZTUNNEL_STATS_ADDR", .socketAddress, default: "wildcard:15020", "Prometheus stats listener"),
+        Setting("ZTUNNEL_READINESS_ADDR", .socketAddress, default: "wildcard:15021", "readiness listener"),
+    ]
+
+    /// Resolved values by setting name.
+    public private(set) var values: [String: String]
+
+    public enum ParseError: Error, CustomStringConvertible {
+        case invalid(setting: String, source: String, reason: String)
+        case unknownFlag(String)
+        case missingValue(String)
+
+        public var description: String {
+            switch self {
+            case .invalid(let setting, let source, let reason): return "invalid \(setting) (\(source)): \(reason)"
+            case .unknownFlag(let flag): return "unknown flag \(flag); see ztunnel --help"
+            case .missingValue(let flag): return "flag \(flag) needs a value"
+            }
+        }
+    }
+
+    /// Reads the settings from `environment`, then from `--flag value` / `--flag=value` pairs in
+    /// `arguments`, which win. Every value is checked; the first bad one is the error.
+    public init(environment: [String: String], arguments: [String]) throws {
+        var values: [String: String] = [:]
+        var sources: [String: String] = [:]
+        for setting in Self.settings {
+            values[setting.name] = setting.defaultValue
+            if let fromEnv = environment[setting.name] {
+                values[setting.name] = fromEnv
+                sources[setting.name] = "environment"
+            }
+        }
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            var flag = argument
+            var inline: String?
+            if let equals = argument.firstIndex(of: "=") {
+                flag = String(argument[..<equals])
+                inline = String(argument[argument.index(after: equals)...])
+            }
+            guard let setting = Self.settings.first(where: { $0.flag == flag }) else {
+                throw ParseError.unknownFlag(argument)
+            }
+            if let inline {
+                values[setting.name] = inline
+            } else {
+                guard index + 1 < arguments.count else { throw ParseError.missingValue(flag) }
+                index += 1
+                values[setting.name] = arguments[index]
+            }
+            sources[setting.name] = "flag \(flag)"
+            index += 1
+        }
+        try self.init(resolved: values, sources: sources)
+    }
+
+    /// Rebuilds a configuration from resolved values (a worker's setup message). Checks them again:
+    /// a worker trusts the Supervisor, but a bad value is still an error, not a crash.
+    public init(resolved: [String: String], sources: [String: String] = [:]) throws {
+        var values = resolved
+        let wildcard = Setting.parseBool(values["IPV6_ENABLED"] ?? "true") == false ? "0.0.0.0" : "[::]"
+        for setting in Self.settings {
+            var value = values[setting.name] ?? setting.defaultValue
+            if case .socketAddress = setting.kind, value.hasPrefix("wildcard:") {
+                value = wildcard + value.dropFirst("wildcard".count)
+            }
+            values[setting.name] = value
+            if value.isEmpty { continue }  // "" means unset for optional settings
+            if let reason = setting.problem(with: value) {
+                throw ParseError.invalid(setting: setting.name, source: sources[setting.name] ?? "value", reason: reason)
+            }
+        }
+        self.values = values
+    }
+
+    public func string(_ name: String) -> String {
+        precondition(Self.settings.contains { $0.name == name }, "undeclared setting \(name)")
+        return values[name] ?? ""
+    }
+
+    public func int(_ name: String) -> Int { Int(string(name)) ?? 0 }
+    public func bool(_ name: String) -> Bool { Setting.parseBool(string(name)) ?? false }
+    /// Milliseconds; 0 when unset.
+    public func milliseconds(_ name: String) -> Int64 { Duration.parse(string(name)) ?? 0 }
+    public func address(_ name: String) -> SocketAddress? { SocketAddress.parse(string(name)) }
+
+    public var isLocalMode: Bool { !string("LOCAL_XDS_PATH").isEmpty }
+
+    public var isSocks5Enabled: Bool {
+        switch string("UNSTABLE_ENABLE_SOCKS5") {
+        case "true": return true
+        case "false": return false
+        default: return isLocalMode
+        }
+    }
+
+    /// The drain deadline (ISTIO_COMPAT §18): CONNECTION_TERMINATION_DEADLINE, else derived from
+    /// TERMINATION_GRACE_PERIOD_SECONDS (s>10 → s−5, else s−1, at least 1 s), else 5 s.
+    public var drainDeadlineMilliseconds: Int64 {
+        if !string("CONNECTION_TERMINATION_DEADLINE").isEmpty {
+            return milliseconds("CONNECTION_TERMINATION_DEADLINE")
+        }
+        if !string("TERMINATION_GRACE_PERIOD_SECONDS").isEmpty {
+            let seconds = Int64(int("TERMINATION_GRACE_PERIOD_SECONDS"))
+            return max(1, seconds > 10 ? seconds - 5 : seconds - 1) * 1000
+        }
+        return 5000
+    }
+
+    /// The text of `ztunnel --help`: every setting with its flag, default and meaning.
+    public static func helpText() -> String {
+        var lines = [
+            "usage: ztunnel [proxy ztunnel] [--flag value ...]",
+            "       ztunnel version | help",
+            "",
+            "Every setting is read from its environment variable; a flag wins over the environment.",
+            "",
+        ]
+        for setting in settings {
+            let shown = setting.defaultValue.isEmpty ? "(unset)" : setting.defaultValue
+            lines.append("  \(setting.name)  \(setting.flag)  default: \(shown)")
+            lines.append("      \(setting.help)")
+        }
+        return lines.joined(separator: "\n") + "\n"
+    }
+}
