@@ -1,1 +1,144 @@
-print("stub")
+internal import CShims
+import IPC
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ztunnel`: the Supervisor. Reads the configuration, opens the listeners, limits its own
+/// capabilities, starts the workers and supervises them until drained.
+enum Main {
+    static let version = "ztunnel-swift 0.1.0 (Istio ztunnel compatible; IPC protocol \(IPCProtocol.version))"
+
+    /// Capabilities the Supervisor keeps (DESIGN.md): setns/SO_MARK/IP_TRANSPARENT/binding for
+    /// the data plane, and what starting confined workers needs (they drop their uid and
+    /// bounding set themselves; CAP_KILL signals them once they run under another uid).
+    static let keptCapabilities: [Int32] = [
+        5,  // CAP_KILL: signal workers running as another uid
+        6,  // CAP_SETGID: workers switch gid
+        7,  // CAP_SETUID: workers switch uid
+        8,  // CAP_SETPCAP: workers drop their bounding set
+        10, // CAP_NET_BIND_SERVICE: listeners on configured low ports
+        12, // CAP_NET_ADMIN: SO_MARK, IP_TRANSPARENT (in-pod mode)
+        13, // CAP_NET_RAW: transparent sockets (in-pod mode)
+        21, // CAP_SYS_ADMIN: setns into pod network namespaces (in-pod mode)
+    ]
+
+    static func fail(_ message: String) -> Never {
+        FileHandleStderr.write("ztunnel: \(message)\n")
+        exit(1)
+    }
+
+    static func run() -> Int32 {
+        var arguments = Array(CommandLine.arguments.dropFirst())
+        switch arguments.first {
+        case "version", "--version":
+            print(version)
+            return 0
+        case "help", "--help", "-h":
+            print(Configuration.helpText(), terminator: "")
+            return 0
+        case "proxy":
+            // The upstream chart runs `ztunnel proxy ztunnel`.
+            arguments.removeFirst()
+            if let mode = arguments.first, !mode.hasPrefix("--") {
+                guard mode == "ztunnel" else { fail("unknown proxy mode \"\(mode)\"; only \"ztunnel\" exists") }
+                arguments.removeFirst()
+            }
+        default:
+            break
+        }
+        var environment: [String: String] = [:]
+        for (key, value) in ProcessEnvironment.current() { environment[key] = value }
+        let configuration: Configuration
+        do { configuration = try Configuration(environment: environment, arguments: arguments) } catch {
+            fail("\(error)")
+        }
+        Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
+        guard configuration.isLocalMode else {
+            fail("invalid LOCAL_XDS_PATH: unset, and shared mode (istio-cni/ZDS, xDS) is not implemented yet; set LOCAL_XDS_PATH to a local config file")
+        }
+        let localPath = configuration.string("LOCAL_XDS_PATH")
+        if access(localPath, R_OK) != 0 { fail("invalid LOCAL_XDS_PATH (\(localPath)): \(String(cString: strerror(errno)))") }
+
+        let binDirectory = executableDirectory()
+        let policies: [WorkerRole: SeccompPolicy]
+        do { policies = try loadSeccompPolicies(configuration, binDirectory: binDirectory) } catch { fail("\(error)") }
+
+        let audit: AuditSink
+        do { audit = try AuditSink(destination: configuration.string("ZTUNNEL_AUDIT_LOG")) } catch {
+            fail("invalid ZTUNNEL_AUDIT_LOG (\(configuration.string("ZTUNNEL_AUDIT_LOG"))): \(error)")
+        }
+        let broker = FdBroker()
+        do { try broker.open(configuration) } catch { fail("\(error)") }
+
+        if geteuid() == 0 {
+            do { try Sandbox.limitCapabilities(to: keptCapabilities) } catch { fail("cannot limit capabilities: \(error)") }
+        }
+        let signalFd: OwnedFD
+        do { signalFd = try Signals.block() } catch { fail("cannot set up signals: \(error)") }
+
+        audit.record("supervisor_start", [("pid", .int(Int64(getpid()))), ("version", .string(version)),
+                                          ("net_workers", .int(Int64(configuration.int("ZTUNNEL_NET_WORKERS")))),
+                                          ("seccomp_mode", .string(configuration.string("ZTUNNEL_SECCOMP_MODE"))),
+                                          ("capabilities", .string(Sandbox.currentCapabilities()))])
+        if configuration.bool("ZTUNNEL_DEBUG_FAULT_INJECTION") {
+            audit.record("fault_injection_enabled", [("security", .bool(true))])
+            Log.warn("fault injection is enabled (ZTUNNEL_DEBUG_FAULT_INJECTION); never run this in production")
+        }
+        Log.info("starting \(version)", broker.listeners.map { ($0.name, "\($0.address)") })
+        let supervisor = Supervisor(configuration: configuration, audit: audit, broker: broker,
+                                    binDirectory: binDirectory, policies: policies, signalFd: signalFd)
+        return supervisor.run()
+    }
+
+    /// The directory of the running binary: the workers' binaries are found beside it.
+    static func executableDirectory() -> String {
+        var buffer = [CChar](repeating: 0, count: Int(PATH_MAX) + 1)
+        let length = readlink("/proc/self/exe", &buffer, Int(PATH_MAX))
+        guard length > 0 else { fail("cannot read /proc/self/exe: \(String(cString: strerror(errno)))") }
+        let path = String(decoding: buffer[0..<length].map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return String(path[..<slash])
+    }
+
+    /// The per-role profiles, from ZTUNNEL_SECCOMP_DIR or the first security/seccomp found walking
+    /// up from the binary (a build tree), or ../share/ztunnel/seccomp (an install).
+    static func loadSeccompPolicies(_ configuration: Configuration, binDirectory: String) throws -> [WorkerRole: SeccompPolicy] {
+        var directory = configuration.string("ZTUNNEL_SECCOMP_DIR")
+        if directory.isEmpty {
+            var candidates = [binDirectory + "/../share/ztunnel/seccomp"]
+            var base = binDirectory
+            for _ in 0..<5 {
+                candidates.append(base + "/security/seccomp")
+                base += "/.."
+            }
+            guard let found = candidates.first(where: { access($0 + "/net-worker.json", R_OK) == 0 }) else {
+                fail("invalid ZTUNNEL_SECCOMP_DIR: unset, and no security/seccomp directory found beside \(binDirectory)")
+            }
+            directory = found
+        }
+        let audit = configuration.string("ZTUNNEL_SECCOMP_MODE") == "audit"
+        var policies: [WorkerRole: SeccompPolicy] = [:]
+        for (spec, _) in RoleSpec.table(netWorkers: 1) {
+            policies[spec.role] = try SeccompProfile.load(path: directory + "/" + spec.seccompProfile, auditMode: audit)
+        }
+        return policies
+    }
+}
+
+/// Signals the Supervisor handles, read from a signalfd in its poll loop.
+enum Signals {
+    static func block() throws -> OwnedFD {
+        signal(SIGPIPE, SIG_IGN)
+        var mask = sigset_t()
+        sigemptyset(&mask)
+        sigaddset(&mask, SIGTERM)
+        sigaddset(&mask, SIGINT)
+        _ = try Syscall.retrying("sigprocmask") { sigprocmask(SIG_BLOCK, &mask, nil) }
+        let fd = try Syscall.retrying("signalfd") { signalfd(-1, &mask, Int32(SFD_CLOEXEC | SFD_NONBLOCK)) }
+        return OwnedFD(takingOwnershipOf: fd)
+    }
+}
+
+exit(Main.run())

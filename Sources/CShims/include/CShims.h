@@ -9,6 +9,9 @@
 #include <sys/socket.h>
 #include <sys/prctl.h>
 #include <sys/resource.h>
+#include <sys/signalfd.h>
+#include <sys/wait.h>
+#include <poll.h>
 
 struct cmsghdr *CShims_CMSG_FIRSTHDR(const struct msghdr *msg);
 struct cmsghdr *CShims_CMSG_NXTHDR(struct msghdr *msg, struct cmsghdr *cmsg);

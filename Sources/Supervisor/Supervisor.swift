@@ -1,0 +1,307 @@
+internal import CShims
+import IPC
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The privileged parent. Single-threaded: one poll loop over a signalfd, each worker's pidfd and
+/// IPC socket, and the nearest deadline. It parses no network traffic; what it reads from workers
+/// is checked against each worker's state before anything is done (relayd `parent_dispatch_*`).
+final class Supervisor {
+    private let configuration: Configuration
+    private let audit: AuditSink
+    private let broker: FdBroker
+    private let binDirectory: String
+    private let policies: [WorkerRole: SeccompPolicy]
+    private var slots: [WorkerSlot] = []
+    private var restartPolicy: RestartPolicy
+    private let signalFd: OwnedFD
+    private var isDraining = false
+    private var drainDeadline: Int64?
+    private var exitCode: Int32?
+
+    init(configuration: Configuration, audit: AuditSink, broker: FdBroker, binDirectory: String,
+         policies: [WorkerRole: SeccompPolicy], signalFd: OwnedFD) {
+        self.configuration = configuration
+        self.audit = audit
+        self.broker = broker
+        self.binDirectory = binDirectory
+        self.policies = policies
+        self.signalFd = signalFd
+        restartPolicy = RestartPolicy(
+            limit: configuration.int("ZTUNNEL_CRASH_LOOP_LIMIT"),
+            windowMilliseconds: configuration.milliseconds("ZTUNNEL_CRASH_LOOP_WINDOW"),
+            initialBackoffMilliseconds: configuration.milliseconds("ZTUNNEL_RESTART_BACKOFF"),
+            maxBackoffMilliseconds: configuration.milliseconds("ZTUNNEL_RESTART_BACKOFF_MAX"))
+        for (spec, count) in RoleSpec.table(netWorkers: configuration.int("ZTUNNEL_NET_WORKERS")) {
+            for index in 0..<count { slots.append(WorkerSlot(spec: spec, index: UInt16(index))) }
+        }
+    }
+
+    /// Runs until drained or given up; returns the process exit code.
+    func run() -> Int32 {
+        for slot in slots { start(slot) }
+        while exitCode == nil {
+            pollOnce()
+            handleDeadlines()
+            if isDraining && slots.allSatisfy({ !$0.isAlive }) {
+                audit.record("supervisor_exit", [("code", .int(0))])
+                Log.info("drain complete; all workers exited")
+                exitCode = 0
+            }
+        }
+        return exitCode ?? 1
+    }
+
+    // MARK: - Spawning and the setup handshake
+
+    private func start(_ slot: WorkerSlot) {
+        let path = binDirectory + "/" + slot.spec.executable
+        slot.restartAt = nil
+        slot.killReason = nil
+        do {
+            let spawned = try WorkerSpawner.spawn(executable: path)
+            slot.pid = spawned.pid
+            slot.pidfd = spawned.pidfd
+            slot.ipc = spawned.ipc
+            slot.state = .starting
+            slot.setupDeadline = Clock.monotonicMilliseconds() + configuration.milliseconds("ZTUNNEL_WORKER_SETUP_TIMEOUT")
+            audit.record("worker_start", slot.auditFields + [("restarts", .int(Int64(slot.restarts)))])
+            Log.info("started \(slot.name)", [("pid", "\(slot.pid)"), ("binary", path)])
+            try spawned.ipc.send(SupervisorMessage.setup(setup(for: slot)).frame())
+        } catch {
+            Log.error("cannot start \(slot.name): \(error)")
+            audit.record("worker_start_failed", slot.auditFields + [("error", .string("\(error)"))])
+            if slot.isAlive { kill(slot, reason: "setup could not be sent: \(error)") } else { workerGone(slot, cause: "spawn failed: \(error)") }
+        }
+        broadcastProcessTable()
+    }
+
+    private func setup(for slot: WorkerSlot) -> WorkerSetup {
+        let settings = Configuration.settings.map { ($0.name, configuration.string($0.name)) }
+        return WorkerSetup(role: slot.spec.role, index: slot.index, settings: settings,
+                           uid: UInt32(configuration.int("ZTUNNEL_WORKER_UID")),
+                           gid: UInt32(configuration.int("ZTUNNEL_WORKER_GID")),
+                           isDumpable: slot.spec.isDumpable,
+                           seccomp: policies[slot.spec.role] ?? SeccompPolicy(isAuditMode: false, rules: []))
+    }
+
+    /// Dispatches one message from a worker. Each case checks the worker's state first: a message
+    /// out of turn is a violation, exactly like bytes that do not decode (openssh MON_PERMIT).
+    private func handle(_ message: WorkerMessage, from slot: WorkerSlot) throws {
+        switch (message, slot.state) {
+        case (.hello(let version, let role, let pid), .starting):
+            guard version == IPCProtocol.version, role == slot.spec.role, pid == slot.pid else {
+                throw Violation("hello mismatch: version \(version), role \(role), pid \(pid)")
+            }
+            slot.state = .settingUp
+            try handOver(to: slot)
+        case (.ready, .settingUp):
+            slot.state = .running
+            slot.setupDeadline = nil
+            audit.record("worker_ready", slot.auditFields)
+            Log.info("\(slot.name) is ready", [("pid", "\(slot.pid)")])
+            if isDraining { try slot.ipc?.send(SupervisorMessage.drain(deadlineMilliseconds: 0).frame()) }
+            broadcastProcessTable()
+        case (.shutdownRequest, .running) where slot.spec.permittedWhileRunning.contains(.shutdownRequest):
+            audit.record("shutdown_requested", slot.auditFields)
+            beginDrain(reason: "admin /quitquitquit via \(slot.name)")
+        default:
+            throw Violation("\(message.code) is not permitted from \(slot.spec.role) in state \(slot.state)")
+        }
+    }
+
+    /// Replays what a (new) worker needs: its listeners, the process table, then the go-ahead.
+    private func handOver(to slot: WorkerSlot) throws {
+        guard let ipc = slot.ipc else { return }
+        if slot.spec.receivesListeners {
+            for listener in broker.listeners {
+                try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fd).frame())
+            }
+        }
+        if slot.spec.receivesProcessTable {
+            try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame())
+        }
+        try ipc.send(SupervisorMessage.configured.frame())
+    }
+
+    struct Violation: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    private func broadcastProcessTable() {
+        let frame = SupervisorMessage.processTable(slots.map(\.entry)).frame()
+        for slot in slots where slot.spec.receivesProcessTable && (slot.state == .settingUp || slot.state == .running) {
+            // A worker that cannot take the table is dying; its pidfd will say so.
+            try? slot.ipc?.send(frame)
+        }
+    }
+
+    // MARK: - The loop
+
+    private func pollOnce() {
+        var pollFds = [pollfd(fd: signalFd.rawValue, events: Int16(POLLIN), revents: 0)]
+        var owners: [(WorkerSlot, Bool)] = []  // (slot, isPidfd) for pollFds[1...]
+        for slot in slots {
+            if let pidfd = slot.pidfd {
+                pollFds.append(pollfd(fd: pidfd.rawValue, events: Int16(POLLIN), revents: 0))
+                owners.append((slot, true))
+            }
+            if let ipc = slot.ipc {
+                pollFds.append(pollfd(fd: ipc.fd.rawValue, events: Int16(POLLIN), revents: 0))
+                owners.append((slot, false))
+            }
+        }
+        let rc = poll(&pollFds, nfds_t(pollFds.count), pollTimeout())
+        if rc < 0 {
+            if errno != EINTR { Log.error("poll: \(String(cString: strerror(errno)))") }
+            return
+        }
+        if pollFds[0].revents != 0 { handleSignals() }
+        for (offset, (slot, isPidfd)) in owners.enumerated() where pollFds[offset + 1].revents != 0 {
+            if isPidfd { reap(slot) } else { readMessages(from: slot) }
+        }
+    }
+
+    private func pollTimeout() -> Int32 {
+        var deadlines = slots.compactMap { $0.setupDeadline } + slots.compactMap { $0.restartAt }
+        if let drainDeadline { deadlines.append(drainDeadline) }
+        guard let next = deadlines.min() else { return -1 }
+        return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
+    }
+
+    private func readMessages(from slot: WorkerSlot) {
+        // Drain what is queued; stop at the first refusal (the worker is killed).
+        while let ipc = slot.ipc {
+            do {
+                guard case .frame(let frame) = try ipc.receive(blocking: false) else { return }
+                try handle(try WorkerMessage.decode(frame), from: slot)
+            } catch IPCError.closed {
+                // The worker is exiting; its pidfd reports how.
+                slot.ipc = nil
+                return
+            } catch {
+                securityViolation(slot, "\(error)")
+                return
+            }
+        }
+    }
+
+    /// A worker sent bytes that do not decode, or a message out of turn: it is treated as
+    /// compromised. Kill it, record a security event, and let the lost-child policy decide.
+    private func securityViolation(_ slot: WorkerSlot, _ reason: String) {
+        audit.record("ipc_violation", slot.auditFields + [("security", .bool(true)), ("reason", .string(reason))])
+        Log.error("security: \(slot.name) violated the IPC protocol; killing it", [("pid", "\(slot.pid)"), ("reason", reason)])
+        kill(slot, reason: "killed by the supervisor: IPC violation (\(reason))")
+    }
+
+    private func kill(_ slot: WorkerSlot, reason: String) {
+        slot.killReason = reason
+        slot.ipc = nil
+        if let pidfd = slot.pidfd { _ = CShims_pidfd_send_signal(pidfd.rawValue, SIGKILL) }
+    }
+
+    private func reap(_ slot: WorkerSlot) {
+        var status: Int32 = 0
+        let rc = waitpid(slot.pid, &status, WNOHANG)
+        guard rc == slot.pid else { return }
+        let cause = slot.killReason ?? ExitCause.describe(waitStatus: status)
+        workerGone(slot, cause: cause)
+    }
+
+    private func workerGone(_ slot: WorkerSlot, cause: String) {
+        slot.pidfd = nil
+        slot.ipc = nil
+        slot.setupDeadline = nil
+        slot.lastExitCause = cause
+        slot.state = .stopped
+        audit.record("worker_exit", slot.auditFields + [("cause", .string(cause))])
+        if isDraining {
+            Log.info("\(slot.name) exited during drain: \(cause)", [("pid", "\(slot.pid)")])
+            return
+        }
+        Log.warn("\(slot.name) exited: \(cause)", [("pid", "\(slot.pid)")])
+        switch restartPolicy.workerExited(at: Clock.monotonicMilliseconds()) {
+        case .restart(let delay):
+            slot.restarts += 1
+            slot.state = .backoff
+            slot.restartAt = Clock.monotonicMilliseconds() + delay
+            audit.record("worker_restart", slot.auditFields + [("backoff_ms", .int(delay)), ("restarts", .int(Int64(slot.restarts)))])
+            broadcastProcessTable()
+        case .giveUp(let exits, let window):
+            let line = "crash loop: \(exits) worker exits within \(window / 1000)s (last: \(slot.name) \(cause)); giving up so the pod is restarted"
+            audit.record("crash_loop", [("exits", .int(Int64(exits))), ("window_ms", .int(window)), ("last", .string(slot.name))])
+            Log.error(line)
+            terminateAll()
+            exitCode = 1
+        }
+    }
+
+    private func handleDeadlines() {
+        let now = Clock.monotonicMilliseconds()
+        for slot in slots {
+            if let deadline = slot.setupDeadline, now >= deadline, slot.isAlive {
+                slot.setupDeadline = nil
+                audit.record("worker_setup_timeout", slot.auditFields)
+                kill(slot, reason: "killed by the supervisor: setup handshake timed out in state \(slot.state)")
+            }
+            if let at = slot.restartAt, now >= at, !isDraining, exitCode == nil { start(slot) }
+        }
+        if let drainDeadline, now >= drainDeadline {
+            self.drainDeadline = nil
+            for slot in slots where slot.isAlive {
+                Log.warn("\(slot.name) did not exit by the drain deadline; killing it")
+                kill(slot, reason: "killed by the supervisor: drain deadline passed")
+            }
+        }
+    }
+
+    // MARK: - Signals and drain
+
+    private func handleSignals() {
+        var info = signalfd_siginfo()
+        while read(signalFd.rawValue, &info, MemoryLayout<signalfd_siginfo>.size) == MemoryLayout<signalfd_siginfo>.size {
+            let signal = Int32(info.ssi_signo)
+            if signal == SIGINT && isDraining {
+                // A second SIGINT: stop now (ISTIO_COMPAT §20).
+                Log.info("second SIGINT: exiting now")
+                audit.record("supervisor_exit", [("code", .int(0)), ("reason", .string("second SIGINT"))])
+                terminateAll()
+                exitCode = 0
+                return
+            }
+            beginDrain(reason: signal == SIGINT ? "SIGINT" : "SIGTERM")
+        }
+    }
+
+    private func beginDrain(reason: String) {
+        guard !isDraining else { return }
+        isDraining = true
+        let deadline = configuration.drainDeadlineMilliseconds
+        audit.record("drain_start", [("reason", .string(reason)), ("deadline_ms", .int(deadline))])
+        Log.info("draining: \(reason); live connections get \(deadline) ms")
+        broker.closeAll()
+        let frame = SupervisorMessage.drain(deadlineMilliseconds: UInt32(clamping: deadline)).frame()
+        for slot in slots {
+            slot.restartAt = nil
+            if slot.state == .running || slot.state == .settingUp { try? slot.ipc?.send(frame) }
+            if slot.state == .backoff { slot.state = .stopped }
+        }
+        // Workers exit themselves at the deadline; a margin later the stragglers are killed.
+        drainDeadline = Clock.monotonicMilliseconds() + deadline + 2000
+    }
+
+    /// Kills every live worker and waits for each, so none outlives the Supervisor.
+    private func terminateAll() {
+        for slot in slots where slot.isAlive {
+            if let pidfd = slot.pidfd { _ = CShims_pidfd_send_signal(pidfd.rawValue, SIGKILL) }
+            var status: Int32 = 0
+            _ = waitpid(slot.pid, &status, 0)
+            slot.pidfd = nil
+            slot.ipc = nil
+            slot.state = .stopped
+        }
+    }
+}
