@@ -31,7 +31,7 @@ let package = Package(
         .executableTarget(
             name: "NetWorker",
             dependencies: [
-                "IPC", "Shared", "CNghttp2",
+                "IPC", "Shared", "CShims", "CNghttp2",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

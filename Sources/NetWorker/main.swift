@@ -1,1 +1,106 @@
-print("stub")
+import IPC
+import NIOCore
+import NIOPosix
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// `ztunnel-net-worker`: confined first, then serves the listeners the Supervisor hands it.
+/// The main thread reads the IPC channel (blocking); SwiftNIO's threads serve traffic.
+enum NetWorkerMain {
+    static func run() -> Never {
+        // Read before the sandbox: NIO finds the CPU count in cgroup files, and the NetWorker's
+        // allowlist has no open(2).
+        let cores = System.coreCount
+        let started = WorkerBootstrap.start(as: .netWorker)
+        let channel = started.channel
+        let configuration = started.configuration
+        let state = NetWorkerState(configuration: configuration, index: started.setup.index)
+        let threads = configuration.int("ZTUNNEL_WORKER_THREADS")
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : cores)
+        let tracker = ConnectionTracker()
+        var proxyPorts: Set<UInt16> = []
+        for name in ["ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR"] {
+            if let address = configuration.address(name) { proxyPorts.insert(address.port) }
+        }
+        let factory = ListenerFactory(
+            group: group,
+            endpoints: HTTPEndpoints(state: state, liveConnections: { tracker.count }),
+            tracker: tracker,
+            guardrails: DestinationGuard(proxyPorts: proxyPorts),
+            onFollowUp: { followUp in
+                switch followUp {
+                case .none: break
+                case .requestShutdown: try? channel.send(WorkerMessage.shutdownRequest.frame())
+                case .injectFault(let kind): FaultInjection.inject(kind, channel: channel)
+                }
+            })
+        var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker)
+        control.run()
+    }
+}
+
+/// Dispatches the Supervisor's messages on the main thread.
+struct ControlLoop {
+    let channel: IPCSocket
+    let state: NetWorkerState
+    let factory: ListenerFactory
+    let tracker: ConnectionTracker
+    private var servers: [Channel] = []
+
+    init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker) {
+        self.channel = channel
+        self.state = state
+        self.factory = factory
+        self.tracker = tracker
+    }
+
+    mutating func run() -> Never {
+        while true {
+            let message: SupervisorMessage
+            do {
+                guard case .frame(let frame) = try channel.receive() else { continue }
+                message = try SupervisorMessage.decode(frame)
+            } catch IPCError.closed {
+                Log.info("supervisor closed the channel; exiting")
+                exit(0)
+            } catch {
+                WorkerBootstrap.die("bad message from the supervisor: \(error)")
+            }
+            switch message {
+            case .listener(let name, let fd):
+                do { servers.append(try factory.adopt(name: name, fd: fd).wait()) } catch {
+                    WorkerBootstrap.die("cannot serve listener \(name): \(error)")
+                }
+                Log.debug("serving \(name)")
+            case .processTable(let entries):
+                state.update(processTable: entries)
+            case .configured:
+                do { try channel.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }
+                Log.info("serving", [("listeners", "\(servers.count)")])
+            case .drain(let deadline):
+                drain(deadlineMilliseconds: Int64(deadline))
+            case .setup:
+                WorkerBootstrap.die("second setup message from the supervisor")
+            }
+        }
+    }
+
+    /// Stops accepting, lets live connections finish until the deadline, closes the rest, exits 0.
+    private func drain(deadlineMilliseconds: Int64) -> Never {
+        state.startDraining()
+        let deadline = Clock.monotonicMilliseconds() + deadlineMilliseconds
+        for server in servers { try? server.close().wait() }
+        Log.info("draining", [("live", "\(tracker.count)"), ("deadline_ms", "\(deadlineMilliseconds)")])
+        let remaining = tracker.waitUntilEmpty(deadline: deadline)
+        if !remaining.isEmpty {
+            Log.info("drain deadline passed; closing \(remaining.count) connections")
+            for connection in remaining { try? connection.close().wait() }
+        }
+        Log.info("drained; exiting")
+        exit(0)
+    }
+}
+
+NetWorkerMain.run()

@@ -25,9 +25,9 @@ int CShims_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned lo
 int CShims_pidfd_open(pid_t pid, unsigned int flags);
 /// pidfd_send_signal(2) has no glibc wrapper in Debian 12.
 int CShims_pidfd_send_signal(int pidfd, int sig);
-/// A raw syscall by number with no arguments: used only by the fault-injection hook that proves
-/// the seccomp allowlist kills the process.
-long CShims_syscall0(long number);
+/// vhangup(2), a syscall outside every worker allowlist: used only by the fault-injection hook that
+/// proves the seccomp allowlist kills the process.
+long CShims_forbidden_syscall(void);
 /// getdents64 on /proc/self/fd replacement: closes every fd >= lowfd (close_range(2)).
 int CShims_close_range(unsigned int first, unsigned int last);
 

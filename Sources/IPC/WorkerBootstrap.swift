@@ -1,0 +1,65 @@
+internal import CShims
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The first steps of every worker, in order: read the setup message from the fixed IPC fd, set up
+/// logging, enter the role's sandbox, arm the parent-death signal, say hello. Nothing else is read
+/// before the sandbox is in place.
+public enum WorkerBootstrap {
+    public static let ipcFd: Int32 = 3
+
+    public struct Started {
+        public let channel: IPCSocket
+        public let setup: WorkerSetup
+        public let configuration: Configuration
+    }
+
+    /// Never returns on failure: a worker that cannot confine itself exits with status 78
+    /// (EX_CONFIG), and the Supervisor's lost-child policy takes over.
+    public static func start(as role: WorkerRole) -> Started {
+        let channel = IPCSocket(OwnedFD(takingOwnershipOf: ipcFd))
+        let setup: WorkerSetup
+        do {
+            guard case .frame(let frame) = try channel.receive(),
+                  case .setup(let received) = try SupervisorMessage.decode(frame) else {
+                die("first message was not setup")
+            }
+            setup = received
+        } catch {
+            die("cannot read setup: \(error)")
+        }
+        guard setup.role == role, setup.protocolVersion == IPCProtocol.version else {
+            die("setup for \(setup.role) protocol \(setup.protocolVersion); this is \(role) protocol \(IPCProtocol.version)")
+        }
+        var resolved: [String: String] = [:]
+        for (name, value) in setup.settings { resolved[name] = value }
+        let configuration: Configuration
+        do { configuration = try Configuration(resolved: resolved) } catch { die("bad configuration: \(error)") }
+        Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"),
+                      component: "\(role)[\(setup.index)]")
+        let parent = getppid()
+        do {
+            let skipped = try Sandbox.enter(setup.sandboxProfile)
+            if !skipped.isEmpty { Log.debug("seccomp: syscalls unknown on this architecture: \(skipped.joined(separator: ","))") }
+        } catch {
+            die("\(error)")
+        }
+        // The parent-death signal is cleared by the credential change, so it is armed after it.
+        // If the Supervisor is already gone, there is nobody to serve.
+        _ = CShims_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0)
+        if getppid() != parent { die("supervisor exited during setup") }
+        do {
+            try channel.send(WorkerMessage.hello(protocolVersion: IPCProtocol.version, role: role, pid: getpid()).frame())
+        } catch {
+            die("cannot send hello: \(error)")
+        }
+        return Started(channel: channel, setup: setup, configuration: configuration)
+    }
+
+    public static func die(_ reason: String) -> Never {
+        FileHandleStderr.write("ztunnel worker \(getpid()): \(reason)\n")
+        exit(78)
+    }
+}

@@ -1,0 +1,37 @@
+import IPC
+import Shared
+
+/// The admin /config_dump document (ISTIO_COMPAT §17.2) plus our `processes` section: the
+/// supervised process table (role, pid, state, restarts, last exit cause).
+enum ConfigDump {
+    static func build(state: NetWorkerState) -> JSON {
+        let (table, _) = state.snapshot
+        let processes = table.map { entry in
+            JSON.object([("role", .string("\(entry.role)")), ("index", .int(Int64(entry.index))),
+                         ("pid", .int(Int64(entry.pid))), ("state", .string("\(entry.state)")),
+                         ("restarts", .int(Int64(entry.restarts))), ("lastExitCause", .string(entry.lastExitCause))])
+        }
+        let config = Configuration.settings.map { (camelCase($0.name), JSON.string(state.configuration.string($0.name))) }
+        return .object([
+            ("workloads", .array([])),
+            ("services", .array([])),
+            ("policies", .array([])),
+            ("stagedServices", .object([])),
+            ("staticConfig", .object([("workloads", .array([])), ("policies", .array([])), ("services", .array([]))])),
+            ("version", .object([("version", .string("0.1.0")), ("gitRevision", .string("unknown")),
+                                 ("rustVersion", .string("none (Swift)")), ("buildProfile", .string("debug")),
+                                 ("buildStatus", .string("Modified")), ("istioVersion", .string("unknown")),
+                                 ("cryptoProvider", .string("openssl"))])),
+            ("config", .object(config)),
+            ("certificates", .array([])),
+            ("processes", .array(processes)),
+        ])
+    }
+
+    /// `LOCAL_XDS_PATH` → `localXdsPath`.
+    static func camelCase(_ name: String) -> String {
+        let words = name.lowercased().split(separator: "_")
+        guard let first = words.first else { return "" }
+        return String(first) + words.dropFirst().map { $0.prefix(1).uppercased() + $0.dropFirst() }.joined()
+    }
+}

@@ -1,0 +1,101 @@
+import IPC
+import Shared
+
+/// The plain-HTTP endpoints of the admin (15000), stats (15020) and readiness (15021) ports, as
+/// pure functions of the request and a state snapshot. The NIO handler only moves bytes.
+struct HTTPEndpoints {
+    enum Port: Sendable { case admin, stats, readiness }
+
+    /// Something to do once the response has been written.
+    enum FollowUp: Equatable, Sendable {
+        case none
+        case requestShutdown
+        case injectFault(FaultInjection.Kind)
+    }
+
+    struct Reply: Sendable {
+        var status: Int
+        var reason: String
+        var contentType = "text/plain; charset=utf-8"
+        var body: String
+        var followUp: FollowUp = .none
+    }
+
+    let state: NetWorkerState
+    let liveConnections: () -> Int
+
+    func respond(port: Port, method: String, uri: String) -> Reply {
+        let (path, query) = Self.split(uri)
+        switch port {
+        case .readiness: return readiness(method: method, path: path)
+        case .stats: return stats(path: path)
+        case .admin: return admin(method: method, path: path, query: query)
+        }
+    }
+
+    private func readiness(method: String, path: String) -> Reply {
+        guard path == "/healthz/ready" else { return Reply(status: 404, reason: "Not Found", body: "not found\n") }
+        guard method == "GET" else { return Reply(status: 405, reason: "Method Not Allowed", body: "method not allowed\n") }
+        let pending = state.pendingReadiness()
+        if pending.isEmpty { return Reply(status: 200, reason: "OK", body: "ready\n") }
+        return Reply(status: 500, reason: "Internal Server Error", body: "not ready, pending: \(pending.joined(separator: ", "))\n")
+    }
+
+    private func stats(path: String) -> Reply {
+        guard path == "/metrics" || path == "/stats/prometheus" else {
+            return Reply(status: 404, reason: "Not Found", body: "not found\n")
+        }
+        let (table, _) = state.snapshot
+        var lines = [
+            "# TYPE istio_build gauge",
+            "istio_build{component=\"ztunnel\",tag=\"unknown\"} 1",
+            "# TYPE istio_tcp_sockets_open gauge",
+            "istio_tcp_sockets_open{reporter=\"source\"} \(liveConnections())",
+            "# HELP ztunnel_worker_restarts Restarts of each supervised worker process.",
+            "# TYPE ztunnel_worker_restarts counter",
+        ]
+        for entry in table {
+            lines.append("ztunnel_worker_restarts_total{role=\"\(entry.role)\",index=\"\(entry.index)\"} \(entry.restarts)")
+        }
+        lines.append("# EOF")
+        return Reply(status: 200, reason: "OK", body: lines.joined(separator: "\n") + "\n")
+    }
+
+    private func admin(method: String, path: String, query: [String: String]) -> Reply {
+        switch path {
+        case "/":
+            let links = ["/config_dump", "/quitquitquit"].map { "<li><a href=\"\($0)\">\($0)</a></li>" }.joined()
+            return Reply(status: 200, reason: "OK", contentType: "text/html; charset=utf-8",
+                         body: "<html><body><h1>ztunnel admin</h1><ul>\(links)</ul></body></html>\n")
+        case "/config_dump":
+            return Reply(status: 200, reason: "OK", contentType: "application/json",
+                         body: ConfigDump.build(state: state).serialized(pretty: true) + "\n")
+        case "/quitquitquit":
+            guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
+            return Reply(status: 200, reason: "OK", body: "shutdown now\n", followUp: .requestShutdown)
+        case "/debug/fault":
+            // Off unless ZTUNNEL_DEBUG_FAULT_INJECTION=true: tests use it to prove the sandbox and
+            // the IPC checks; it must not exist for an attacker on the node otherwise.
+            guard state.configuration.bool("ZTUNNEL_DEBUG_FAULT_INJECTION") else {
+                return Reply(status: 404, reason: "Not Found", body: "not found\n")
+            }
+            guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
+            guard let kind = query["kind"].flatMap(FaultInjection.Kind.init(rawValue:)) else {
+                return Reply(status: 400, reason: "Bad Request", body: "kind must be seccomp or ipc-garbage\n")
+            }
+            return Reply(status: 200, reason: "OK", body: "injecting \(kind.rawValue)\n", followUp: .injectFault(kind))
+        default:
+            return Reply(status: 404, reason: "Not Found", body: "not found\n")
+        }
+    }
+
+    static func split(_ uri: String) -> (String, [String: String]) {
+        guard let mark = uri.firstIndex(of: "?") else { return (uri, [:]) }
+        var query: [String: String] = [:]
+        for pair in uri[uri.index(after: mark)...].split(separator: "&") {
+            let parts = pair.split(separator: "=", maxSplits: 1)
+            query[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
+        }
+        return (String(uri[..<mark]), query)
+    }
+}

@@ -1,0 +1,30 @@
+import IPC
+import Shared
+
+/// What the NetWorker's handlers read from any event-loop thread: the process table the Supervisor
+/// sends, the configuration and the drain flag. Guarded by one lock; handlers take snapshots.
+final class NetWorkerState: @unchecked Sendable {
+    let configuration: Configuration
+    let index: UInt16
+    private let lock = Mutex()
+    private var processTable: [ProcessEntry] = []
+    private var draining = false
+
+    init(configuration: Configuration, index: UInt16) {
+        self.configuration = configuration
+        self.index = index
+    }
+
+    func update(processTable: [ProcessEntry]) { lock.withLock { self.processTable = processTable } }
+    func startDraining() { lock.withLock { draining = true } }
+
+    var snapshot: (table: [ProcessEntry], isDraining: Bool) { lock.withLock { (processTable, draining) } }
+
+    /// The workers that are not yet up and set up; empty means ready (ISTIO_COMPAT §16).
+    func pendingReadiness() -> [String] {
+        let (table, isDraining) = snapshot
+        if isDraining { return ["draining"] }
+        if table.isEmpty { return ["process table"] }
+        return table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted()
+    }
+}
