@@ -43,6 +43,7 @@ let package = Package(
 
         .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
+        .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,0 +1,81 @@
+import Testing
+@testable import IPC
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The wire itself, over a real socketpair in this process: fd passing, refusals, and that fds on
+/// refused messages are closed rather than leaked.
+@Suite struct IPCSocketTests {
+    func isOpen(_ fd: Int32) -> Bool { fcntl(fd, F_GETFD) != -1 }
+
+    @Test func listenerFdArrivesAndWorks() throws {
+        let (supervisor, worker) = try IPCSocket.pair()
+        let (left, right) = try Syscall.socketpair(type: Int32(SOCK_STREAM.rawValue))
+        let passed = OwnedFD(takingOwnershipOf: left)
+        let peer = OwnedFD(takingOwnershipOf: right)
+        try supervisor.send(SupervisorMessage.listener(name: "socks5", fd: passed).frame())
+        guard case .frame(let frame) = try worker.receive(),
+              case .listener(let name, let fd) = try SupervisorMessage.decode(frame) else {
+            Issue.record("no listener"); return
+        }
+        #expect(name == "socks5")
+        #expect(fd.rawValue != passed.rawValue)
+        #expect(fcntl(fd.rawValue, F_GETFD) & FD_CLOEXEC != 0)  // MSG_CMSG_CLOEXEC
+        // The received fd is the same socket: bytes written to it arrive at the peer.
+        try Syscall.writeAll(fd.rawValue, [1, 2, 3])
+        var buffer = [UInt8](repeating: 0, count: 3)
+        #expect(read(peer.rawValue, &buffer, 3) == 3)
+        #expect(buffer == [1, 2, 3])
+    }
+
+    @Test func fdOnAMessageThatCarriesNoneIsRefusedAndClosed() throws {
+        let (worker, supervisor) = try IPCSocket.pair()
+        let smuggled = OwnedFD(takingOwnershipOf: dup(0))
+        try worker.sendRaw(try WorkerMessage.ready.frame().encodedBytes(), fds: [smuggled.rawValue])
+        var receivedNumber: Int32 = -1
+        do {
+            guard case .frame(let frame) = try supervisor.receive() else { Issue.record("no frame"); return }
+            receivedNumber = frame.fds.first?.rawValue ?? -1
+            _ = try WorkerMessage.decode(frame)
+            Issue.record("decoded a frame with a smuggled fd")
+        } catch IPCError.fdCountMismatch(let declared, let received) {
+            #expect(declared == 0 && received == 1)
+        }
+        // The header said 0 fds: the frame was refused in decode(packet:), which owned the fd.
+        if receivedNumber >= 0 { #expect(!isOpen(receivedNumber)) }
+    }
+
+    @Test func garbageIsRefusedNotTrapped() throws {
+        let (worker, supervisor) = try IPCSocket.pair()
+        try worker.sendRaw([0xde, 0xad, 0xbe, 0xef])
+        #expect(throws: IPCError.self) { try supervisor.receive() }
+        try worker.sendRaw([0, 0, 0, 0, 0x02, 0x02, 0, 0, 0, 0, 0, 0xff])
+        #expect(throws: IPCError.lengthMismatch(declared: 0, actual: 1)) { try supervisor.receive() }
+    }
+
+    @Test func oversizePacketIsRefused() throws {
+        let (worker, supervisor) = try IPCSocket.pair()
+        var size = Int32(256 * 1024)
+        setsockopt(worker.fd.rawValue, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        setsockopt(supervisor.fd.rawValue, SOL_SOCKET, SO_RCVBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        try worker.sendRaw([UInt8](repeating: 7, count: IPCFrame.maxFrame + 100))
+        #expect(throws: IPCError.oversize(length: IPCFrame.maxFrame + 1, max: IPCFrame.maxFrame)) { try supervisor.receive() }
+    }
+
+    @Test func closedPeerIsReported() throws {
+        let (worker, supervisor) = try IPCSocket.pair()
+        worker.fd.close()
+        #expect(throws: IPCError.closed) { try supervisor.receive() }
+    }
+
+    @Test func nonBlockingReceiveReportsWouldBlock() throws {
+        let (worker, supervisor) = try IPCSocket.pair()
+        try withExtendedLifetime(worker) {
+            guard case .wouldBlock = try supervisor.receive(blocking: false) else {
+                Issue.record("expected wouldBlock"); return
+            }
+        }
+    }
+}

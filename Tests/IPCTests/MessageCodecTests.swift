@@ -1,0 +1,142 @@
+import Testing
+@testable import IPC
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Round trips and refusals of every message type (STYLE.md §8: round-trip, truncation,
+/// oversize, trailing bytes, unknown type, wrong fd count).
+@Suite struct MessageCodecTests {
+    static let setup = WorkerSetup(
+        role: .netWorker, index: 3, settings: [("LOCAL_XDS_PATH", "/x.yaml"), ("RUST_LOG", "debug")],
+        uid: 65534, gid: 1337, isDumpable: false,
+        seccomp: SeccompPolicy(isAuditMode: true, rules: [.allow("read"), .errno("openat", 13)]))
+
+    static let table = [
+        ProcessEntry(role: .certWorker, index: 0, pid: 41, state: .running, restarts: 0, lastExitCause: ""),
+        ProcessEntry(role: .netWorker, index: 1, pid: 42, state: .backoff, restarts: 7, lastExitCause: "killed by signal SIGSYS"),
+    ]
+
+    /// Encodes, passes through the frame layer as a packet would, and decodes.
+    func roundTrip(_ frame: IPCFrame) throws -> IPCFrame {
+        try IPCFrame.decode(packet: try frame.encodedBytes(), fds: frame.fds)
+    }
+
+    @Test func supervisorMessagesRoundTrip() throws {
+        guard case .setup(let setup) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.setup(Self.setup).frame(requestId: 9))) else {
+            Issue.record("not setup"); return
+        }
+        #expect(setup == Self.setup)
+        guard case .processTable(let table) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.processTable(Self.table).frame())) else {
+            Issue.record("not a process table"); return
+        }
+        #expect(table == Self.table)
+        guard case .drain(let deadline) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.drain(deadlineMilliseconds: 12_345).frame())) else {
+            Issue.record("not drain"); return
+        }
+        #expect(deadline == 12_345)
+        guard case .configured = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.configured.frame())) else {
+            Issue.record("not configured"); return
+        }
+        let (a, _) = try Syscall.socketpair(type: 1)
+        let fd = OwnedFD(takingOwnershipOf: a)
+        guard case .listener(let name, let received) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.listener(name: "admin", fd: fd).frame())) else {
+            Issue.record("not listener"); return
+        }
+        #expect(name == "admin")
+        #expect(received.rawValue == fd.rawValue)
+    }
+
+    @Test func workerMessagesRoundTrip() throws {
+        for message in [WorkerMessage.hello(protocolVersion: 1, role: .certWorker, pid: 77), .ready, .shutdownRequest] {
+            let frame = try roundTrip(message.frame(requestId: 5))
+            #expect(frame.requestId == 5)
+            #expect(try WorkerMessage.decode(frame) == message)
+        }
+    }
+
+    @Test func frameHeaderIsBigEndianWithFdCount() throws {
+        let bytes = try WorkerMessage.hello(protocolVersion: 1, role: .netWorker, pid: 0x0102_0304).frame(requestId: 0xAABB_CCDD).encodedBytes()
+        #expect(Array(bytes[0..<11]) == [0, 0, 0, 7, 0x02, 0x01, 0xAA, 0xBB, 0xCC, 0xDD, 0])
+        #expect(Array(bytes[11...]) == [0, 1, 2, 1, 2, 3, 4])
+    }
+
+    @Test func truncatedPacketsAreRefused() throws {
+        let bytes = try SupervisorMessage.setup(Self.setup).frame().encodedBytes()
+        for length in [0, 1, 10] {
+            #expect(throws: IPCError.self) { try IPCFrame.decode(packet: Array(bytes[0..<length]), fds: []) }
+        }
+        // A header whose length claims more than the packet holds.
+        #expect(throws: IPCError.lengthMismatch(declared: bytes.count - 11, actual: bytes.count - 12)) {
+            try IPCFrame.decode(packet: Array(bytes.dropLast()), fds: [])
+        }
+    }
+
+    @Test func truncatedPayloadIsRefusedByTheMessageDecoder() throws {
+        var frame = SupervisorMessage.setup(Self.setup).frame()
+        for cut in [1, 5, frame.payload.count / 2, frame.payload.count - 1] {
+            frame.payload = Array(SupervisorMessage.setup(Self.setup).frame().payload.prefix(cut))
+            #expect(throws: IPCError.self) { try SupervisorMessage.decode(frame) }
+        }
+    }
+
+    @Test func trailingBytesAreRefused() throws {
+        var frame = WorkerMessage.ready.frame()
+        frame.payload = [0]
+        #expect(throws: IPCError.trailingBytes(type: "ready", count: 1)) { try WorkerMessage.decode(frame) }
+        var drain = SupervisorMessage.drain(deadlineMilliseconds: 1).frame()
+        drain.payload += [1, 2]
+        #expect(throws: IPCError.trailingBytes(type: "drain", count: 2)) { try SupervisorMessage.decode(drain) }
+    }
+
+    @Test func oversizeIsRefusedBothWays() throws {
+        let big = IPCFrame(type: 0x0202, requestId: 0, payload: [UInt8](repeating: 0, count: IPCFrame.maxPayload + 1))
+        #expect(throws: IPCError.self) { try big.encodedBytes() }
+        #expect(throws: IPCError.oversize(length: IPCFrame.maxFrame + 1, max: IPCFrame.maxFrame)) {
+            try IPCFrame.decode(packet: [UInt8](repeating: 0, count: IPCFrame.maxFrame + 1), fds: [])
+        }
+        // A length field far past the limit inside a string is refused before allocation.
+        var frame = SupervisorMessage.listener(name: "x", fd: OwnedFD(takingOwnershipOf: dup(0))).frame()
+        frame.payload = [0xff, 0xff, 0xff, 0xff]
+        #expect(throws: IPCError.self) { try SupervisorMessage.decode(frame) }
+    }
+
+    @Test func unknownTypesAreRefused() throws {
+        for type: UInt16 in [0, 0x0106, 0x0204, 0xffff] {
+            let frame = IPCFrame(type: type, requestId: 0, payload: [])
+            #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
+            #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }
+        }
+        // A worker message sent to a worker is an unknown type there, and the other way round.
+        #expect(throws: IPCError.unknownType(0x0202)) { try SupervisorMessage.decode(WorkerMessage.ready.frame()) }
+        #expect(throws: IPCError.unknownType(0x0103)) { try WorkerMessage.decode(SupervisorMessage.configured.frame()) }
+    }
+
+    @Test func wrongFdCountsAreRefused() throws {
+        // An fd on a message type that carries none.
+        var ready = WorkerMessage.ready.frame()
+        ready.fds = [OwnedFD(takingOwnershipOf: dup(0))]
+        #expect(throws: IPCError.wrongFdCount(type: "ready", expected: 0, actual: 1)) { try WorkerMessage.decode(ready) }
+        // A listener without its fd.
+        var listener = SupervisorMessage.listener(name: "admin", fd: OwnedFD(takingOwnershipOf: dup(0))).frame()
+        listener.fds = []
+        #expect(throws: IPCError.wrongFdCount(type: "listener", expected: 1, actual: 0)) { try SupervisorMessage.decode(listener) }
+        // The header's fd count disagrees with what arrived.
+        let bytes = try WorkerMessage.ready.frame().encodedBytes()
+        #expect(throws: IPCError.fdCountMismatch(declared: 0, received: 1)) {
+            try IPCFrame.decode(packet: bytes, fds: [OwnedFD(takingOwnershipOf: dup(0))])
+        }
+    }
+
+    @Test func malformedFieldsAreRefused() throws {
+        var hello = WorkerMessage.hello(protocolVersion: 1, role: .netWorker, pid: 1).frame()
+        hello.payload[2] = 9  // no such role
+        #expect(throws: IPCError.malformed("unknown role 9")) { try WorkerMessage.decode(hello) }
+        var setup = SupervisorMessage.setup(Self.setup).frame()
+        // The first setting name's bytes: make them invalid UTF-8.
+        let nameOffset = 2 + 1 + 2 + 2 + 4
+        setup.payload[nameOffset] = 0xff
+        #expect(throws: IPCError.self) { try SupervisorMessage.decode(setup) }
+    }
+}
