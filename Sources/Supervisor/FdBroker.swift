@@ -6,12 +6,18 @@ import Glibc
 /// Makes every listening socket and keeps its copy for the Supervisor's lifetime, so that while a
 /// NetWorker is replaced new connections wait in the kernel's backlog and are served by the
 /// replacement instead of being refused (DESIGN.md, fd broker).
+///
+/// With several NetWorkers each gets its own socket per address, bound with SO_REUSEPORT, so the
+/// kernel spreads connections between them. Sharing one socket would wake every worker for each
+/// connection and all but one would find nothing to accept (SwiftNIO treats that as a broken
+/// invariant). A dead worker's connections wait in its socket's backlog for its replacement.
 final class FdBroker {
     struct Listener {
         let name: String
         let setting: String
         let address: SocketAddress
-        let fd: OwnedFD
+        /// One socket per NetWorker index.
+        let fds: [OwnedFD]
     }
 
     private(set) var listeners: [Listener] = []
@@ -35,12 +41,13 @@ final class FdBroker {
         return result
     }
 
-    func open(_ configuration: Configuration) throws {
+    func open(_ configuration: Configuration, copies: Int) throws {
         for (name, setting) in Self.localModeListeners(configuration) {
             // The setting was validated as an address when the configuration was read.
             guard let address = configuration.address(setting) else { continue }
             do {
-                listeners.append(Listener(name: name, setting: setting, address: address, fd: try Self.listen(on: address)))
+                let fds = try (0..<copies).map { _ in try Self.listen(on: address, reusePort: copies > 1) }
+                listeners.append(Listener(name: name, setting: setting, address: address, fds: fds))
             } catch let error as SyscallError {
                 throw BrokerError.cannotListen(setting: setting, address: address, error)
             }
@@ -50,11 +57,11 @@ final class FdBroker {
     /// Closes the Supervisor's copies: part of the drain, so that once the workers close theirs
     /// the kernel refuses new connections.
     func closeAll() {
-        for listener in listeners { listener.fd.close() }
+        for listener in listeners { listener.fds.forEach { $0.close() } }
         listeners.removeAll()
     }
 
-    private static func listen(on address: SocketAddress) throws -> OwnedFD {
+    private static func listen(on address: SocketAddress, reusePort: Bool) throws -> OwnedFD {
         let family = address.family == .ipv4 ? AF_INET : AF_INET6
         let fd = OwnedFD(takingOwnershipOf: try Syscall.retrying("socket") {
             socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -63,6 +70,11 @@ final class FdBroker {
         var zero: Int32 = 0
         _ = try Syscall.retrying("setsockopt(SO_REUSEADDR)") {
             setsockopt(fd.rawValue, SOL_SOCKET, SO_REUSEADDR, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        if reusePort {
+            _ = try Syscall.retrying("setsockopt(SO_REUSEPORT)") {
+                setsockopt(fd.rawValue, SOL_SOCKET, SO_REUSEPORT, &one, socklen_t(MemoryLayout<Int32>.size))
+            }
         }
         if address.family == .ipv6 {
             // [::] serves IPv4 too, as ztunnel's dual-stack wildcard does.

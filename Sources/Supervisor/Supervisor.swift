@@ -116,8 +116,8 @@ final class Supervisor {
     private func handOver(to slot: WorkerSlot) throws {
         guard let ipc = slot.ipc else { return }
         if slot.spec.receivesListeners {
-            for listener in broker.listeners {
-                try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fd).frame())
+            for listener in broker.listeners where Int(slot.index) < listener.fds.count {
+                try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame())
             }
         }
         if slot.spec.receivesProcessTable {

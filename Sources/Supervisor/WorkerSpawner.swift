@@ -12,7 +12,7 @@ import Glibc
 /// - 1, 2: the Supervisor's stderr (the debug log)
 /// - 3: the worker's end of its IPC socket (SOCK_SEQPACKET)
 /// - nothing else: every other fd is closed in the child before exec.
-/// The environment is scrubbed to a fixed PATH; the worker's configuration arrives in its setup
+/// The environment is scrubbed to a fixed PATH and the runtime's backtrace switch; the worker's configuration arrives in its setup
 /// message. The signal mask and dispositions are reset.
 enum WorkerSpawner {
     static let ipcFd: Int32 = 3
@@ -51,7 +51,12 @@ enum WorkerSpawner {
         try check("setflags") { posix_spawnattr_setflags(&attributes, Int16(POSIX_SPAWN_SETSIGMASK | POSIX_SPAWN_SETSIGDEF)) }
 
         let argv: [UnsafeMutablePointer<CChar>?] = [strdup(path), nil]
-        let envp: [UnsafeMutablePointer<CChar>?] = [strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), nil]
+        // SWIFT_BACKTRACE=enable=no: on a trap the runtime's backtracer would read /proc/self,
+        // which the seccomp allowlist forbids, and the exit would read as a seccomp kill instead of
+        // the crash it is.
+        let envp: [UnsafeMutablePointer<CChar>?] = [
+            strdup("PATH=/usr/sbin:/usr/bin:/sbin:/bin"), strdup("SWIFT_BACKTRACE=enable=no"), nil,
+        ]
         defer { for pointer in argv + envp { free(pointer) } }
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, path, &actions, &attributes, argv, envp)

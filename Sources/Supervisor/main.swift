@@ -70,7 +70,7 @@ enum Main {
             fail("invalid ZTUNNEL_AUDIT_LOG (\(configuration.string("ZTUNNEL_AUDIT_LOG"))): \(error)")
         }
         let broker = FdBroker()
-        do { try broker.open(configuration) } catch { fail("\(error)") }
+        do { try broker.open(configuration, copies: configuration.int("ZTUNNEL_NET_WORKERS")) } catch { fail("\(error)") }
 
         if geteuid() == 0 {
             do { try Sandbox.limitCapabilities(to: keptCapabilities) } catch { fail("cannot limit capabilities: \(error)") }

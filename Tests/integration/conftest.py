@@ -1,0 +1,48 @@
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.dirname(__file__))
+from daemon import Daemon, EchoServer  # noqa: E402
+
+
+@pytest.fixture
+def start_daemon():
+    started = []
+
+    def start(**kwargs):
+        daemon = Daemon(**kwargs)
+        started.append(daemon)
+        return daemon
+
+    start.started = started
+    yield start
+    for daemon in started:
+        daemon.stop()
+
+
+@pytest.fixture
+def echo_server():
+    server = EchoServer()
+    yield server
+    server.close()
+
+
+def pytest_collection_modifyitems(items):
+    if os.geteuid() != 0:
+        skip = pytest.mark.skip(reason="the integration tests need root (sandbox uid switch, /proc of other uids)")
+        for item in items:
+            item.add_marker(skip)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """On a failure, attach each daemon's debug log and audit events to the report."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.when == "call" and report.failed:
+        daemons = getattr(item, "funcargs", {}).get("start_daemon")
+        for daemon in getattr(daemons, "started", []):
+            report.sections.append((f"ztunnel {daemon.pid} log", daemon.log()[-20000:]))
+            report.sections.append((f"ztunnel {daemon.pid} audit", "\n".join(map(str, daemon.audit()))[-20000:]))

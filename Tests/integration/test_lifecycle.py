@@ -1,0 +1,105 @@
+"""Start-up errors, arguments, and the drain."""
+import signal
+import socket
+import subprocess
+
+from daemon import ZTUNNEL, alive, socks5_connect, wait_for
+
+
+def run(args, env):
+    return subprocess.run([ZTUNNEL, *args], env={"PATH": "/usr/bin:/bin", **env}, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_help_lists_every_setting_and_version_works():
+    help_text = run(["--help"], {}).stdout
+    for name in ("LOCAL_XDS_PATH", "TERMINATION_GRACE_PERIOD_SECONDS", "CONNECTION_TERMINATION_DEADLINE",
+                 "ZTUNNEL_NET_WORKERS", "ZTUNNEL_SECCOMP_MODE", "ZTUNNEL_AUDIT_LOG", "--net-workers"):
+        assert name in help_text
+    version = run(["version"], {})
+    assert version.returncode == 0 and version.stdout.startswith("ztunnel-swift")
+
+
+def test_bad_values_stop_the_start_with_one_line(tmp_path):
+    local = tmp_path / "local.yaml"
+    local.write_text("workloads: []\n")
+    cases = [
+        ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_NET_WORKERS": "abc"}, [], "ZTUNNEL_NET_WORKERS"),
+        ({"LOCAL_XDS_PATH": str(local)}, ["--net-workers", "0"], "ZTUNNEL_NET_WORKERS"),
+        ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_ADMIN_ADDR": "nowhere"}, [], "ZTUNNEL_ADMIN_ADDR"),
+        ({"LOCAL_XDS_PATH": str(tmp_path / "missing.yaml")}, [], "LOCAL_XDS_PATH"),
+        ({}, [], "LOCAL_XDS_PATH"),
+        ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_SECCOMP_DIR": str(tmp_path)}, [], "seccomp"),
+        ({"LOCAL_XDS_PATH": str(local)}, ["proxy", "sidecar"], "proxy mode"),
+    ]
+    for env, args, named in cases:
+        result = run(args, env)
+        assert result.returncode == 1, (env, args, result)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and named in lines[0], (env, args, result.stderr)
+
+
+def test_listener_in_use_is_named(start_daemon):
+    blocker = socket.socket()
+    blocker.bind(("127.0.0.1", 0))
+    blocker.listen(1)
+    port = blocker.getsockname()[1]
+    daemon = start_daemon(extra_env={"ZTUNNEL_STATS_ADDR": f"127.0.0.1:{port}"})
+    assert daemon.wait(timeout=30) == 1
+    assert f"ZTUNNEL_STATS_ADDR=127.0.0.1:{port}" in daemon.log()
+    blocker.close()
+
+
+def test_sigterm_drains_live_connections_then_exits_zero(start_daemon, echo_server):
+    daemon = start_daemon(extra_env={"CONNECTION_TERMINATION_DEADLINE": "20s"})
+    daemon.wait_ready()
+    workers = list(daemon.children())
+    sock, code = socks5_connect(daemon.ports["socks5"], echo_server.port)
+    assert code == 0
+    sock.sendall(b"before")
+    assert sock.recv(100) == b"before"
+    daemon.signal(signal.SIGTERM)
+    wait_for(lambda: daemon.audit_events("drain_start"), 10, "the drain to start")
+
+    def refused():
+        try:
+            socket.create_connection(("127.0.0.1", daemon.ports["socks5"]), timeout=2).close()
+            return False
+        except ConnectionRefusedError:
+            return True
+    wait_for(refused, 10, "new connections to be refused")
+    # The live connection still works while the drain waits for it.
+    sock.sendall(b"during")
+    assert sock.recv(100) == b"during"
+    assert daemon.proc.poll() is None
+    sock.close()
+    # With no connection left, everything exits 0, well within the 20 s drain period.
+    assert daemon.wait(timeout=20) == 0
+    assert not any(alive(pid) for pid in workers)
+    assert daemon.audit()[-1]["event"] == "supervisor_exit"
+
+
+def test_drain_deadline_closes_what_is_left(start_daemon, echo_server):
+    daemon = start_daemon(extra_env={"TERMINATION_GRACE_PERIOD_SECONDS": "3"})  # deadline 2 s
+    daemon.wait_ready()
+    sock, code = socks5_connect(daemon.ports["socks5"], echo_server.port, timeout=30)
+    assert code == 0
+    daemon.signal(signal.SIGTERM)
+    assert daemon.wait(timeout=30) == 0
+    assert sock.recv(100) == b""  # closed by the worker at the deadline
+    sock.close()
+    (drain,) = daemon.audit_events("drain_start")
+    assert drain["deadline_ms"] == 2000
+
+
+def test_second_sigint_exits_at_once(start_daemon, echo_server):
+    daemon = start_daemon(extra_env={"CONNECTION_TERMINATION_DEADLINE": "60s"})
+    daemon.wait_ready()
+    workers = list(daemon.children())
+    sock, _ = socks5_connect(daemon.ports["socks5"], echo_server.port)
+    daemon.signal(signal.SIGINT)
+    wait_for(lambda: daemon.audit_events("drain_start"), 10, "the drain to start")
+    daemon.signal(signal.SIGINT)
+    assert daemon.wait(timeout=10) == 0
+    sock.close()
+    assert not any(alive(pid) for pid in workers)
