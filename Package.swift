@@ -10,6 +10,8 @@ let package = Package(
         .executable(name: "ztunnel", targets: ["Supervisor"]),
         .executable(name: "ztunnel-cert-worker", targets: ["CertWorker"]),
         .executable(name: "ztunnel-net-worker", targets: ["NetWorker"]),
+        // For the libFuzzer package in Fuzz/.
+        .library(name: "IPC", targets: ["IPC"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
@@ -36,10 +38,6 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
             ]),
-
-        // libFuzzer target for the IPC decoder; built only by `make fuzz`
-        // (-sanitize=fuzzer -parse-as-library), see Makefile.
-        .executableTarget(name: "IPCFuzz", dependencies: ["IPC", "Shared"]),
 
         .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),

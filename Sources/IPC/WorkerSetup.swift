@@ -77,7 +77,10 @@ public struct WorkerSetup: Equatable, Sendable {
             let name = try reader.string("seccomp syscall", max: 64)
             let code = try reader.u16("seccomp errno")
             switch kind {
-            case 0: rules.append(.allow(name))
+            case 0:
+                // One encoding per message: an allow rule carries errno 0, nothing else.
+                guard code == 0 else { throw IPCError.malformed("seccomp allow rule with errno \(code)") }
+                rules.append(.allow(name))
             case 1: rules.append(.errno(name, code))
             default: throw IPCError.malformed("seccomp rule kind \(kind)")
             }

@@ -139,4 +139,14 @@ import Glibc
         setup.payload[nameOffset] = 0xff
         #expect(throws: IPCError.self) { try SupervisorMessage.decode(setup) }
     }
+
+    /// Found by the fuzzer: an allow rule with a non-zero errno decoded, so two byte strings meant
+    /// the same message. Every message has exactly one encoding.
+    @Test func allowRuleWithErrnoIsRefused() throws {
+        let setup = WorkerSetup(role: .certWorker, index: 0, settings: [], uid: 1, gid: 1, isDumpable: false,
+                                seccomp: SeccompPolicy(isAuditMode: false, rules: [.allow("read")]))
+        var frame = SupervisorMessage.setup(setup).frame()
+        frame.payload[frame.payload.count - 1] = 1  // the rule's errno field
+        #expect(throws: IPCError.malformed("seccomp allow rule with errno 1")) { try SupervisorMessage.decode(frame) }
+    }
 }

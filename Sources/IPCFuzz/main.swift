@@ -1,2 +1,0 @@
-import IPC
-_ = IPCProtocol.version
