@@ -1,0 +1,44 @@
+// Key handles for libssl: an EC P-256 private key whose signing is delegated to a callback.
+//
+// The process that does TLS never holds the private key. It holds the certificate's public key
+// plus an opaque 32-byte handle; each signature is a callback (in ztunnel-swift, an IPC round
+// trip to the process that holds the real key). This is an OpenSSL 3.0 built-in provider named
+// "ztkh"; see docs/KEY_HANDLES.md (probe facts) for why it is built the way it is.
+#ifndef CKEYHANDLE_H
+#define CKEYHANDLE_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <openssl/evp.h>
+#include <openssl/x509.h>
+
+/// Length of a key handle in bytes. Handles are opaque to this module.
+#define CKEYHANDLE_ID_LEN 32
+
+/// Signs a SHA-256 digest with the key named by `handle`; writes a DER ECDSA signature into
+/// `sig` (capacity `sig_cap`, at least 72 bytes) and its length into `*sig_len`. Returns 1 on
+/// success, 0 on failure (the TLS handshake then fails cleanly with an OpenSSL error).
+/// Called from inside OpenSSL on the thread doing the TLS handshake, possibly concurrently from
+/// several threads, and possibly on an ASYNC_JOB's small stack: keep it shallow. `digest` is
+/// the 32-byte SHA-256 of the data to sign; it must not be logged or kept.
+typedef int (*CKeyHandle_sign_fn)(void *arg, const unsigned char handle[CKEYHANDLE_ID_LEN],
+                                  const unsigned char *digest, size_t digest_len,
+                                  unsigned char *sig, size_t *sig_len, size_t sig_cap);
+
+/// Registers the provider (name "ztkh") with the default library context, loads "default" and
+/// "ztkh", and stores the callback. Call once, before any SSL_CTX is made (not thread-safe
+/// against handshakes already running). Returns 1 on success, 0 on failure (OpenSSL error
+/// queue set). A repeated call with the same `sign` and `arg` is a no-op returning 1; a repeated
+/// call with a different callback returns 0 (the callback is never swapped under live TLS).
+int CKeyHandle_install(CKeyHandle_sign_fn sign, void *arg);
+
+/// Builds an EVP_PKEY for libssl: the public key of `cert` (must be EC P-256, uncompressed
+/// point) plus the opaque handle, owned by the "ztkh" provider. Usable with
+/// SSL_CTX_use_PrivateKey / SSL_use_PrivateKey and SSL_CTX_check_private_key (which compare the
+/// public keys only: a wrong handle shows up at the first signature, so do a test signature).
+/// Supports one-shot EVP_DigestSign with SHA-256 only (what libssl uses); no verify, no export.
+/// Does not call the callback. The caller owns the result (EVP_PKEY_free). NULL on failure
+/// (OpenSSL error queue set). CKeyHandle_install must have succeeded first.
+EVP_PKEY *CKeyHandle_make_key(X509 *cert, const unsigned char handle[CKEYHANDLE_ID_LEN]);
+
+#endif
