@@ -27,13 +27,17 @@ let package = Package(
 
         .target(name: "Shared", dependencies: ["CShims", "CSeccomp", "CCap"]),
         .target(name: "IPC", dependencies: ["Shared", "CShims"]),
+        // Public-key material and TLS plumbing over OpenSSL, for the CertWorker and NetWorker.
+        .target(name: "OpenSSLSupport", dependencies: ["COpenSSL", "CShims", "Shared"]),
+        // The key-handle OpenSSL provider: a NetWorker's TLS signs through the CertWorker.
+        .target(name: "CKeyHandle", dependencies: ["COpenSSL"], linkerSettings: [.linkedLibrary("crypto")]),
 
         .executableTarget(name: "Supervisor", dependencies: ["IPC", "Shared", "CShims"]),
-        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL"]),
+        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL", "CShims", "OpenSSLSupport"]),
         .executableTarget(
             name: "NetWorker",
             dependencies: [
-                "IPC", "Shared", "CShims", "CNghttp2",
+                "IPC", "Shared", "CShims", "CNghttp2", "COpenSSL", "OpenSSLSupport", "CKeyHandle",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -42,6 +46,7 @@ let package = Package(
         .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
+        .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,42 +1,131 @@
 internal import COpenSSL
 import IPC
+import OpenSSLSupport
 import Shared
 #if canImport(Glibc)
 import Glibc
 #endif
 
-/// `ztunnel-cert-worker`: the only process that will hold workload private keys (issue #3). For
-/// now it confines itself (not dumpable, no core file, its seccomp allowlist), completes the setup
-/// handshake and follows the Supervisor's drain.
+/// `ztunnel-cert-worker`: the only process that holds workload private keys. Single-threaded:
+/// one poll loop over the Supervisor's channel and one signer channel per NetWorker.
+final class CertWorker {
+    private let supervisor: IPCSocket
+    private let store: KeyStore
+    private var peers: [UInt16: IPCSocket] = [:]
+
+    init(supervisor: IPCSocket, store: KeyStore) {
+        self.supervisor = supervisor
+        self.store = store
+    }
+
+    func run() -> Never {
+        while true {
+            var fds = [pollfd(fd: supervisor.fd.rawValue, events: Int16(POLLIN), revents: 0)]
+            let order = peers.keys.sorted()
+            fds += order.compactMap { peers[$0] }.map { pollfd(fd: $0.fd.rawValue, events: Int16(POLLIN), revents: 0) }
+            if poll(&fds, nfds_t(fds.count), -1) < 0 { continue }
+            if fds[0].revents != 0 { handleSupervisor() }
+            for (offset, index) in order.enumerated() where fds[offset + 1].revents != 0 { handlePeer(index) }
+        }
+    }
+
+    func reportAudit(_ event: String, _ fields: [(String, String)]) {
+        try? supervisor.send(WorkerMessage.audit(event: event, fields: fields).frame())
+    }
+
+    private func handleSupervisor() {
+        let message: SupervisorMessage
+        do {
+            guard case .frame(let frame) = try supervisor.receive(blocking: false) else { return }
+            message = try SupervisorMessage.decode(frame)
+        } catch IPCError.closed {
+            Log.info("supervisor closed the channel; exiting")
+            exit(0)
+        } catch {
+            // The Supervisor is trusted; bad bytes from it mean a bug, and a key holder must not
+            // guess. Exit and be restarted with a clean state.
+            WorkerBootstrap.die("bad message from the supervisor: \(error)")
+        }
+        switch message {
+        case .configured:
+            do { try supervisor.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }
+        case .signerPeer(let index, let fd):
+            let peer = IPCSocket(fd)
+            peers[index] = peer
+            for identity in store.identities {
+                do { try peer.send(CertWorkerMessage.identity(identity.material).frame()) } catch {
+                    Log.warn("cannot push \(identity.material.spiffeId) to net-worker[\(index)]: \(error)")
+                }
+            }
+            Log.debug("signer channel to net-worker[\(index)] attached")
+        case .drain:
+            // Nothing outlives a sign request; there is nothing to wait for.
+            Log.info("drain requested; exiting")
+            exit(0)
+        case .setup, .listener, .processTable, .signerChannel:
+            WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
+        }
+    }
+
+    /// One request from a NetWorker. Bad bytes from a NetWorker mean it may be compromised: its
+    /// channel is closed (it gets no more signatures) and the refusal is audited; the Supervisor
+    /// replaces the NetWorker when its sandbox or IPC checks trip.
+    private func handlePeer(_ index: UInt16) {
+        guard let peer = peers[index] else { return }
+        do {
+            guard case .frame(let frame) = try peer.receive(blocking: false) else { return }
+            let request = try SignRequest.decode(frame)
+            let oracle = SigningOracle(store: store)
+            switch oracle.answer(request) {
+            case .signature(let bytes):
+                try peer.send(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId))
+            case .refused(let reason):
+                reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)])
+                try peer.send(CertWorkerMessage.signRefused(reason).frame(requestId: frame.requestId))
+            }
+        } catch IPCError.closed {
+            peers[index] = nil
+        } catch {
+            reportAudit("signer_violation", [("net_worker", "\(index)"), ("reason", "\(error)"), ("security", "true")])
+            Log.error("security: net-worker[\(index)] sent a malformed sign request; closing its signer channel", [("reason", "\(error)")])
+            peers[index] = nil
+        }
+    }
+}
+
 enum CertWorkerMain {
     static func run() -> Never {
-        let started = WorkerBootstrap.start(as: .certWorker)
-        let channel = started.channel
-        Log.info("confined", [("pid", "\(getpid())"), ("openssl", String(cString: OpenSSL_version(OPENSSL_VERSION)))])
-        while true {
-            let message: SupervisorMessage
-            do {
-                guard case .frame(let frame) = try channel.receive() else { continue }
-                message = try SupervisorMessage.decode(frame)
-            } catch IPCError.closed {
-                Log.info("supervisor closed the channel; exiting")
-                exit(0)
-            } catch {
-                // The Supervisor is trusted; bad bytes from it mean a bug, and a key holder must
-                // not guess. Exit and be restarted with a clean state.
-                WorkerBootstrap.die("bad message from the supervisor: \(error)")
-            }
-            switch message {
-            case .configured:
-                do { try channel.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }
-            case .drain:
-                // Nothing in flight yet that must finish (no CSRs before issue #3).
-                Log.info("drain requested; exiting")
-                exit(0)
-            case .setup, .listener, .processTable:
-                WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
-            }
+        let store = KeyStore()
+        let started = WorkerBootstrap.start(as: .certWorker) { configuration in
+            // Still with start-up credentials: key files are typically readable by root only.
+            // OpenSSL's one-time set-up (configuration file, providers) happens here too, so the
+            // sandboxed worker never needs to open a file.
+            guard OPENSSL_init_crypto(UInt64(OPENSSL_INIT_LOAD_CONFIG), nil) == 1 else { throw OpenSSLError("OPENSSL_init_crypto") }
+            try KeyStore.enableSecureHeap()
+            let directory = configuration.string("ZTUNNEL_STATIC_IDENTITY_DIR")
+            if !directory.isEmpty { try StaticIdentityLoader.load(directory: directory, into: store) }
         }
+        let worker = CertWorker(supervisor: started.channel, store: store)
+        Log.info("confined", [("pid", "\(getpid())"), ("identities", "\(store.identities.count)"),
+                              ("openssl", String(cString: OpenSSL_version(OPENSSL_VERSION)))])
+        for identity in store.identities {
+            let (notBefore, notAfter) = identity.leaf.validity
+            worker.reportAudit("certificate_loaded", [
+                ("identity", identity.material.spiffeId), ("serial", identity.leaf.serialNumberHex),
+                ("not_before", Clock.rfc3339(seconds: notBefore)), ("not_after", Clock.rfc3339(seconds: notAfter)),
+                ("source", identity.source),
+                ("key_handle", identity.material.handle.prefix(8).map { String(format2: $0) }.joined()),
+            ])
+        }
+        worker.run()
+    }
+}
+
+extension String {
+    /// Two lowercase hex digits.
+    init(format2 byte: UInt8) {
+        let digits = Array("0123456789abcdef")
+        self = String([digits[Int(byte >> 4)], digits[Int(byte & 0xf)]])
     }
 }
 

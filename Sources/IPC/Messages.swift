@@ -32,12 +32,22 @@ public enum SupervisorMessage {
     case processTable([ProcessEntry])
     /// Stop accepting; give live connections up to the deadline, then exit 0.
     case drain(deadlineMilliseconds: UInt32)
+    /// To a NetWorker: its end of a new signer channel to the CertWorker (replaces any old one).
+    case signerChannel(fd: OwnedFD)
+    /// To the CertWorker: its end of the signer channel of NetWorker `index`.
+    case signerPeer(index: UInt16, fd: OwnedFD)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
+        case signerChannel = 0x0106, signerPeer = 0x0107
 
         /// The fds a message of this type carries: only these types may carry any.
-        public var fdCount: Int { self == .listener ? 1 : 0 }
+        public var fdCount: Int {
+            switch self {
+            case .listener, .signerChannel, .signerPeer: return 1
+            case .setup, .configured, .processTable, .drain: return 0
+            }
+        }
     }
 
     public var code: Code {
@@ -47,6 +57,8 @@ public enum SupervisorMessage {
         case .configured: return .configured
         case .processTable: return .processTable
         case .drain: return .drain
+        case .signerChannel: return .signerChannel
+        case .signerPeer: return .signerPeer
         }
     }
 
@@ -61,6 +73,8 @@ public enum SupervisorMessage {
             writer.u16(UInt16(entries.count))
             for entry in entries { entry.encode(into: &writer) }
         case .drain(let deadline): writer.u32(deadline)
+        case .signerChannel(let fd): fds = [fd]
+        case .signerPeer(let index, let fd): writer.u16(index); fds = [fd]
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -84,6 +98,8 @@ public enum SupervisorMessage {
             for _ in 0..<count { entries.append(try ProcessEntry(from: &reader)) }
             message = .processTable(entries)
         case .drain: message = .drain(deadlineMilliseconds: try reader.u32("drain deadline"))
+        case .signerChannel: message = .signerChannel(fd: frame.fds[0])
+        case .signerPeer: message = .signerPeer(index: try reader.u16("signer peer index"), fd: frame.fds[0])
         }
         try reader.finish(name)
         return message
@@ -99,9 +115,22 @@ public enum WorkerMessage: Equatable {
     case ready
     /// An operator asked for shutdown (admin POST /quitquitquit); NetWorkers only.
     case shutdownRequest
+    /// An audit event for the Supervisor's sink (CertWorker only): the event name and string
+    /// fields. The Supervisor adds time, sequence and the sender.
+    case audit(event: String, fields: [(String, String)])
+
+    public static func == (a: WorkerMessage, b: WorkerMessage) -> Bool {
+        switch (a, b) {
+        case (.hello(let v1, let r1, let p1), .hello(let v2, let r2, let p2)): return v1 == v2 && r1 == r2 && p1 == p2
+        case (.ready, .ready), (.shutdownRequest, .shutdownRequest): return true
+        case (.audit(let e1, let f1), .audit(let e2, let f2)):
+            return e1 == e2 && f1.map { $0.0 + "=" + $0.1 } == f2.map { $0.0 + "=" + $0.1 }
+        default: return false
+        }
+    }
 
     public enum Code: UInt16, CaseIterable {
-        case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203
+        case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204
 
         /// No worker message may carry an fd: fds flow from the Supervisor only.
         public var fdCount: Int { 0 }
@@ -112,6 +141,7 @@ public enum WorkerMessage: Equatable {
         case .hello: return .hello
         case .ready: return .ready
         case .shutdownRequest: return .shutdownRequest
+        case .audit: return .audit
         }
     }
 
@@ -121,6 +151,10 @@ public enum WorkerMessage: Equatable {
         case .hello(let version, let role, let pid):
             writer.u16(version); writer.u8(role.rawValue); writer.i32(pid)
         case .ready, .shutdownRequest: break
+        case .audit(let event, let fields):
+            writer.string(event)
+            writer.u16(UInt16(fields.count))
+            for (key, value) in fields { writer.string(key); writer.string(value) }
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
     }
@@ -141,6 +175,15 @@ public enum WorkerMessage: Equatable {
             message = .hello(protocolVersion: version, role: role, pid: try reader.i32("hello pid"))
         case .ready: message = .ready
         case .shutdownRequest: message = .shutdownRequest
+        case .audit:
+            let event = try reader.string("audit event", max: 64)
+            guard !event.isEmpty, event.allSatisfy({ $0.isLetter || $0 == "_" }) else {
+                throw IPCError.malformed("audit event name \"\(event)\"")
+            }
+            let count = try reader.count("audit fields", max: 32)
+            var fields: [(String, String)] = []
+            for _ in 0..<count { fields.append((try reader.string("audit key", max: 64), try reader.string("audit value", max: 4096))) }
+            message = .audit(event: event, fields: fields)
         }
         try reader.finish(name)
         return message

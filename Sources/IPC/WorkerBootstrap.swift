@@ -18,7 +18,11 @@ public enum WorkerBootstrap {
 
     /// Never returns on failure: a worker that cannot confine itself exits with status 78
     /// (EX_CONFIG), and the Supervisor's lost-child policy takes over.
-    public static func start(as role: WorkerRole) -> Started {
+    ///
+    /// `beforeSandbox` runs with the configuration, still with the start-up credentials: the
+    /// place to read what the role needs and the sandbox forbids (the CertWorker's key files,
+    /// as sshd reads its host keys before privilege separation).
+    public static func start(as role: WorkerRole, beforeSandbox: ((Configuration) throws -> Void)? = nil) -> Started {
         let channel = IPCSocket(OwnedFD(takingOwnershipOf: ipcFd))
         let setup: WorkerSetup
         do {
@@ -40,6 +44,7 @@ public enum WorkerBootstrap {
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"),
                       component: "\(role)[\(setup.index)]")
         let parent = getppid()
+        do { try beforeSandbox?(configuration) } catch { die("\(error)") }
         do {
             let skipped = try Sandbox.enter(setup.sandboxProfile)
             if !skipped.isEmpty { Log.debug("seccomp: syscalls unknown on this architecture: \(skipped.joined(separator: ","))") }

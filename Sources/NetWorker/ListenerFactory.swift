@@ -10,6 +10,7 @@ struct ListenerFactory {
     let endpoints: HTTPEndpoints
     let tracker: ConnectionTracker
     let guardrails: DestinationGuard
+    let identities: IdentityTable
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
@@ -17,6 +18,7 @@ struct ListenerFactory {
         let endpoints = endpoints
         let tracker = tracker
         let guardrails = guardrails
+        let identities = identities
         let onFollowUp = onFollowUp
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
@@ -42,10 +44,11 @@ struct ListenerFactory {
                 case "outbound", "inbound-plaintext":
                     tracker.track(channel)
                     return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails))
+                case "inbound":
+                    tracker.track(channel)
+                    return channel.pipeline.addHandler(TLSServerHandler(identities: identities))
                 default:
-                    // "inbound" (15008, HBONE) needs workload certificates (issue #3) and the
-                    // HBONE server; until then a connection is closed at once, not left hanging.
-                    Log.debug("\(name): HBONE is not served yet; closing connection")
+                    Log.warn("unknown listener \(name); closing connection")
                     return channel.close()
                 }
         }

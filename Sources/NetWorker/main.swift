@@ -13,7 +13,8 @@ enum NetWorkerMain {
         // Read before the sandbox: NIO finds the CPU count in cgroup files, and the NetWorker's
         // allowlist has no open(2).
         let cores = System.coreCount
-        let started = WorkerBootstrap.start(as: .netWorker)
+        let signer = SignerClient()
+        let started = WorkerBootstrap.start(as: .netWorker) { _ in try TLSServerContext.installProvider(signer) }
         let channel = started.channel
         let configuration = started.configuration
         let state = NetWorkerState(configuration: configuration, index: started.setup.index)
@@ -24,11 +25,14 @@ enum NetWorkerMain {
         for name in ["ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR"] {
             if let address = configuration.address(name) { proxyPorts.insert(address.port) }
         }
+        let identities = IdentityTable()
+        signer.onIdentity = { material in identities.update(material) }
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, liveConnections: { tracker.count }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
+            identities: identities,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break
@@ -36,7 +40,7 @@ enum NetWorkerMain {
                 case .injectFault(let kind): FaultInjection.inject(kind, channel: channel)
                 }
             })
-        var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker)
+        var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker, signer: signer)
         control.run()
     }
 }
@@ -47,13 +51,15 @@ struct ControlLoop {
     let state: NetWorkerState
     let factory: ListenerFactory
     let tracker: ConnectionTracker
+    let signer: SignerClient
     private var servers: [Channel] = []
 
-    init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker) {
+    init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient) {
         self.channel = channel
         self.state = state
         self.factory = factory
         self.tracker = tracker
+        self.signer = signer
     }
 
     mutating func run() -> Never {
@@ -81,8 +87,10 @@ struct ControlLoop {
                 Log.info("serving", [("listeners", "\(servers.count)")])
             case .drain(let deadline):
                 drain(deadlineMilliseconds: Int64(deadline))
-            case .setup:
-                WorkerBootstrap.die("second setup message from the supervisor")
+            case .signerChannel(let fd):
+                signer.attach(IPCSocket(fd))
+            case .setup, .signerPeer:
+                WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
         }
     }

@@ -19,6 +19,8 @@ public struct Configuration: Sendable {
         Setting("LOG_FORMAT", .choice(["plain", "json"]), default: "plain", "debug log format"),
         Setting("ZTUNNEL_WORKER_THREADS", .integer(0...256), default: "0",
                 "event-loop threads per NetWorker; 0 = one per CPU"),
+        Setting("ZTUNNEL_STATIC_IDENTITY_DIR", .path, default: "",
+                "static identities: one subdirectory each with cert-chain.pem, key.pem, root-cert.pem (read by the CertWorker only)"),
         Setting("ZTUNNEL_NET_WORKERS", .integer(1...64), default: "1", "number of NetWorker processes"),
         Setting("ZTUNNEL_WORKER_UID", .integer(1...0x7fff_fffe), default: "65534",
                 "uid the workers run as when the daemon starts as root"),

@@ -20,7 +20,7 @@ struct RoleSpec {
         [
             (RoleSpec(role: .certWorker, executable: "ztunnel-cert-worker", seccompProfile: "cert-worker.json",
                       isDumpable: false, receivesListeners: false, receivesProcessTable: false,
-                      permittedWhileRunning: []), 1),
+                      permittedWhileRunning: [.audit]), 1),
             (RoleSpec(role: .netWorker, executable: "ztunnel-net-worker", seccompProfile: "net-worker.json",
                       isDumpable: true, receivesListeners: true, receivesProcessTable: true,
                       permittedWhileRunning: [.shutdownRequest]), netWorkers),

@@ -107,6 +107,11 @@ final class Supervisor {
         case (.shutdownRequest, .running) where slot.spec.permittedWhileRunning.contains(.shutdownRequest):
             audit.record("shutdown_requested", slot.auditFields)
             beginDrain(reason: "admin /quitquitquit via \(slot.name)")
+        case (.audit(let event, let fields), .settingUp), (.audit(let event, let fields), .running):
+            guard slot.spec.permittedWhileRunning.contains(.audit) else {
+                throw Violation("audit events are not permitted from \(slot.spec.role)")
+            }
+            audit.record(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) })
         default:
             throw Violation("\(message.code) is not permitted from \(slot.spec.role) in state \(slot.state)")
         }
@@ -123,7 +128,31 @@ final class Supervisor {
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame())
         }
+        connectSigners(newcomer: slot)
         try ipc.send(SupervisorMessage.configured.frame())
+    }
+
+    /// The Supervisor makes every socketpair (STYLE.md §2): a signer channel between the
+    /// CertWorker and each NetWorker. A new NetWorker gets one to the current CertWorker; a new
+    /// CertWorker gets one to every NetWorker, which replaces its old channel.
+    private func connectSigners(newcomer: WorkerSlot) {
+        let isUp: (WorkerSlot) -> Bool = { $0.state == .settingUp || $0.state == .running }
+        let pairs: [(cert: WorkerSlot, net: WorkerSlot)]
+        switch newcomer.spec.role {
+        case .netWorker:
+            pairs = slots.filter { $0.spec.role == .certWorker && $0.isAlive && $0.state != .stopped }.map { ($0, newcomer) }
+        case .certWorker:
+            pairs = slots.filter { $0.spec.role == .netWorker && isUp($0) }.map { (newcomer, $0) }
+        }
+        for (cert, net) in pairs {
+            do {
+                let (certEnd, netEnd) = try IPCSocket.pair()
+                try cert.ipc?.send(SupervisorMessage.signerPeer(index: net.index, fd: certEnd.fd).frame())
+                try net.ipc?.send(SupervisorMessage.signerChannel(fd: netEnd.fd).frame())
+            } catch {
+                Log.warn("cannot connect \(cert.name) and \(net.name): \(error)")
+            }
+        }
     }
 
     struct Violation: Error, CustomStringConvertible {

@@ -22,6 +22,16 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
             fatalError("WorkerMessage does not round-trip: \(message)")
         }
     }
+    if let message = try? CertWorkerMessage.decode(frame) {
+        guard (try? message.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
+            fatalError("CertWorkerMessage \(message.code) re-encodes differently")
+        }
+    }
+    if let request = try? SignRequest.decode(frame) {
+        guard (try? request.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
+            fatalError("SignRequest re-encodes differently")
+        }
+    }
     if let message = try? SupervisorMessage.decode(frame) {
         guard (try? message.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
             fatalError("SupervisorMessage \(message.code) re-encodes differently")

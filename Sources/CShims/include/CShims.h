@@ -42,4 +42,6 @@ int CShims_seccomp_rule_add0(void *ctx, uint32_t action, int syscall);
 /// SCMP_ACT_ERRNO(x) is a function-like macro.
 uint32_t CShims_SCMP_ACT_ERRNO(uint16_t errnum);
 
+#include "CShimsOpenSSL.h"
+
 #endif

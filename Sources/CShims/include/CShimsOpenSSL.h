@@ -1,0 +1,43 @@
+// OpenSSL macros and type-safe stack accessors, as static inline functions so that only the
+// binaries that call them (CertWorker, NetWorker) reference libcrypto.
+#ifndef CSHIMS_OPENSSL_H
+#define CSHIMS_OPENSSL_H
+
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+static inline int CShims_sk_GENERAL_NAME_num(void *stack) { return sk_GENERAL_NAME_num((STACK_OF(GENERAL_NAME) *)stack); }
+static inline void *CShims_sk_GENERAL_NAME_value(void *stack, int index) {
+    return sk_GENERAL_NAME_value((STACK_OF(GENERAL_NAME) *)stack, index);
+}
+static inline int CShims_ERR_GET_REASON(unsigned long code) { return ERR_GET_REASON(code); }
+static inline long CShims_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+static inline long CShims_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
+    return SSL_CTX_set_min_proto_version(ctx, version);
+}
+static inline long CShims_SSL_CTX_add_extra_chain_cert(SSL_CTX *ctx, X509 *cert) {
+    return SSL_CTX_add_extra_chain_cert(ctx, cert);
+}
+static inline long CShims_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) {
+    return SSL_CTX_set1_groups_list(ctx, list);
+}
+static inline int CShims_BIO_pending(BIO *bio) { return (int)BIO_pending(bio); }
+
+/// ALPN on the HBONE server: select "h2" or fail the handshake (ISTIO_COMPAT §5.1).
+static inline int CShims_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen,
+                                        const unsigned char *in, unsigned int inlen, void *arg) {
+    static const unsigned char h2[] = {2, 'h', '2'};
+    (void)ssl; (void)arg;
+    if (SSL_select_next_proto((unsigned char **)out, outlen, h2, sizeof(h2), in, inlen) != OPENSSL_NPN_NEGOTIATED) {
+        return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+}
+static inline void CShims_SSL_CTX_require_alpn_h2(SSL_CTX *ctx) { SSL_CTX_set_alpn_select_cb(ctx, CShims_alpn_select_h2, NULL); }
+static inline long CShims_SSL_CTX_disable_session_reuse(SSL_CTX *ctx) {
+    SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
+    return (long)SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+}
+
+#endif

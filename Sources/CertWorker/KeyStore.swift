@@ -1,0 +1,46 @@
+internal import COpenSSL
+import IPC
+import OpenSSLSupport
+import Shared
+
+/// A private key (owns its EVP_PKEY*). The key's secret lives in OpenSSL's secure heap (locked,
+/// excluded from core dumps, cleared on free) once `KeyStore.enableSecureHeap()` has run.
+final class PrivateKey {
+    let pkey: OpaquePointer
+
+    init(takingOwnershipOf pkey: OpaquePointer) { self.pkey = pkey }
+
+    deinit { EVP_PKEY_free(pkey) }
+}
+
+/// One identity the CertWorker can sign for.
+final class StoredIdentity {
+    let material: IdentityMaterial
+    let leaf: Certificate
+    let key: PrivateKey
+    let source: String
+    var signatures = 0
+
+    init(material: IdentityMaterial, leaf: Certificate, key: PrivateKey, source: String) {
+        self.material = material
+        self.leaf = leaf
+        self.key = key
+        self.source = source
+    }
+}
+
+/// The CertWorker's identities by key handle. Only this process ever holds these keys.
+final class KeyStore {
+    private(set) var byHandle: [[UInt8]: StoredIdentity] = [:]
+
+    var identities: [StoredIdentity] { byHandle.values.sorted { $0.material.spiffeId < $1.material.spiffeId } }
+
+    func insert(_ identity: StoredIdentity) { byHandle[identity.material.handle] = identity }
+
+    /// OpenSSL's secure heap: mmap'd, mlock'd, MADV_DONTDUMP, cleared on free. Private key
+    /// numbers are allocated there. Must run before any key is loaded.
+    static func enableSecureHeap(bytes: Int = 256 * 1024) throws {
+        if CRYPTO_secure_malloc_initialized() == 1 { return }
+        guard CRYPTO_secure_malloc_init(bytes, 32) == 1 else { throw OpenSSLError("CRYPTO_secure_malloc_init") }
+    }
+}

@@ -1,0 +1,119 @@
+import Shared
+
+/// The signer channel: one SOCK_SEQPACKET socketpair per NetWorker, made by the Supervisor, with
+/// the CertWorker at the other end. The CertWorker pushes each identity's public material and an
+/// opaque key handle; the NetWorker asks it to sign TLS handshakes with that handle. No private
+/// key ever crosses this channel (STYLE.md §4, the OpenSSH monitor pattern).
+public enum SignatureAlgorithm: UInt8, Sendable {
+    /// ECDSA P-256 over a SHA-256 digest (TLS `ecdsa_secp256r1_sha256`); the digest is 32 bytes.
+    case ecdsaP256SHA256 = 1
+
+    public var digestLength: Int { 32 }
+}
+
+/// What a NetWorker receives about one identity: never its private key.
+public struct IdentityMaterial: Equatable, Sendable {
+    /// `spiffe://<trust domain>/ns/<namespace>/sa/<service account>`.
+    public var spiffeId: String
+    /// PEM: the leaf, then intermediates.
+    public var certificateChainPEM: String
+    /// PEM: the trust anchors for this identity's trust domain.
+    public var rootsPEM: String
+    /// SHA-256 of the key's SubjectPublicKeyInfo (DER): names the key, reveals nothing of it.
+    public var handle: [UInt8]
+
+    public init(spiffeId: String, certificateChainPEM: String, rootsPEM: String, handle: [UInt8]) {
+        self.spiffeId = spiffeId
+        self.certificateChainPEM = certificateChainPEM
+        self.rootsPEM = rootsPEM
+        self.handle = handle
+    }
+}
+
+/// Messages from the CertWorker to a NetWorker on the signer channel.
+public enum CertWorkerMessage: Equatable, Sendable {
+    /// An identity is available (or its certificate changed: the new handle replaces the old).
+    case identity(IdentityMaterial)
+    /// The signature for request `requestId` (the frame's request id): DER ECDSA.
+    case signature([UInt8])
+    /// The request was refused; the reason is for the NetWorker's log.
+    case signRefused(String)
+
+    public enum Code: UInt16, CaseIterable {
+        case identity = 0x0301, signature = 0x0302, signRefused = 0x0303
+    }
+
+    public var code: Code {
+        switch self {
+        case .identity: return .identity
+        case .signature: return .signature
+        case .signRefused: return .signRefused
+        }
+    }
+
+    public func frame(requestId: UInt32 = 0) -> IPCFrame {
+        var writer = WireWriter()
+        switch self {
+        case .identity(let material):
+            writer.string(material.spiffeId)
+            writer.string(material.certificateChainPEM)
+            writer.string(material.rootsPEM)
+            writer.data(material.handle)
+        case .signature(let bytes): writer.data(bytes)
+        case .signRefused(let reason): writer.string(reason)
+        }
+        return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
+    }
+
+    public static func decode(_ frame: IPCFrame) throws -> CertWorkerMessage {
+        guard let code = Code(rawValue: frame.type) else { throw IPCError.unknownType(frame.type) }
+        guard frame.fds.isEmpty else { throw IPCError.wrongFdCount(type: "\(code)", expected: 0, actual: frame.fds.count) }
+        var reader = WireReader(frame.payload)
+        let message: CertWorkerMessage
+        switch code {
+        case .identity:
+            let spiffeId = try reader.string("spiffe id", max: 2048)
+            let chain = try reader.string("certificate chain", max: 32 * 1024)
+            let roots = try reader.string("roots", max: 16 * 1024)
+            let handle = try reader.data("key handle", max: 32)
+            guard handle.count == 32 else { throw IPCError.malformed("key handle of \(handle.count) bytes") }
+            message = .identity(IdentityMaterial(spiffeId: spiffeId, certificateChainPEM: chain, rootsPEM: roots, handle: handle))
+        case .signature:
+            let signature = try reader.data("signature", max: 256)
+            guard !signature.isEmpty else { throw IPCError.malformed("empty signature") }
+            message = .signature(signature)
+        case .signRefused: message = .signRefused(try reader.string("refusal", max: 512))
+        }
+        try reader.finish("\(code)")
+        return message
+    }
+}
+
+/// Messages from a NetWorker to the CertWorker: sign requests, matched to replies by request id.
+/// The CertWorker treats each as untrusted input from a process that parses network traffic.
+public enum SignRequest: Equatable, Sendable {
+    case sign(handle: [UInt8], algorithm: UInt8, digest: [UInt8])
+
+    public enum Code: UInt16, CaseIterable { case sign = 0x0401 }
+
+    public func frame(requestId: UInt32) -> IPCFrame {
+        var writer = WireWriter()
+        switch self {
+        case .sign(let handle, let algorithm, let digest):
+            writer.data(handle); writer.u8(algorithm); writer.data(digest)
+        }
+        return IPCFrame(type: Code.sign.rawValue, requestId: requestId, payload: writer.bytes)
+    }
+
+    /// Decodes the shape only; whether the handle, algorithm and digest are acceptable is the
+    /// CertWorker's decision against its own state.
+    public static func decode(_ frame: IPCFrame) throws -> SignRequest {
+        guard let code = Code(rawValue: frame.type) else { throw IPCError.unknownType(frame.type) }
+        guard frame.fds.isEmpty else { throw IPCError.wrongFdCount(type: "\(code)", expected: 0, actual: frame.fds.count) }
+        var reader = WireReader(frame.payload)
+        let request = SignRequest.sign(handle: try reader.data("key handle", max: 64), algorithm: try reader.u8("algorithm"),
+                                       digest: try reader.data("digest", max: 128))
+        try reader.finish("\(code)")
+        return request
+    }
+}

@@ -1,0 +1,32 @@
+import IPC
+import OpenSSLSupport
+import Shared
+
+/// The identities the CertWorker has pushed (public material and key handles only) and the TLS
+/// server context built for each. Read from event-loop threads, written by the signer reader.
+final class IdentityTable: @unchecked Sendable {
+    private let lock = Mutex()
+    private var contexts: [String: TLSServerContext] = [:]
+    private var materials: [String: IdentityMaterial] = [:]
+
+    func update(_ material: IdentityMaterial) {
+        do {
+            let context = try TLSServerContext(material: material)
+            lock.withLock {
+                contexts[material.spiffeId] = context
+                materials[material.spiffeId] = material
+            }
+            Log.info("identity available", [("identity", material.spiffeId)])
+        } catch {
+            Log.error("cannot use identity \(material.spiffeId): \(error)")
+        }
+    }
+
+    /// The context 15008 serves. In local mode the host has one inbound listener, so it serves the
+    /// first identity in order; per-pod listeners (in-pod mode) will each serve their pod's.
+    var inboundContext: TLSServerContext? {
+        lock.withLock { contexts.keys.sorted().first.flatMap { contexts[$0] } }
+    }
+
+    var identities: [IdentityMaterial] { lock.withLock { materials.values.sorted { $0.spiffeId < $1.spiffeId } } }
+}

@@ -1,0 +1,134 @@
+import IPC
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The NetWorker's end of its signer channel to the CertWorker. A reader thread takes the
+/// CertWorker's identity pushes and sign replies; `sign` sends a request and waits for its reply
+/// with a deadline. Replies are matched by request id; a late reply finds nobody waiting and is
+/// dropped (relayd `ca.c`).
+///
+/// Blocking: the event-loop thread doing the handshake waits for the round trip (about 120-160
+/// µs). SSL_MODE_ASYNC, which would free the loop during the wait, is not wired yet.
+final class SignerClient: @unchecked Sendable {
+    private var mutex = pthread_mutex_t()
+    private var condition = pthread_cond_t()
+    private var channel: IPCSocket?
+    private var generation = 0
+    private var nextRequestId: UInt32 = 1
+    private var replies: [UInt32: CertWorkerMessage] = [:]
+    private var waiting: Set<UInt32> = []
+    /// Called on the reader thread for each identity the CertWorker pushes. Set before `attach`.
+    var onIdentity: (@Sendable (IdentityMaterial) -> Void)?
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        var attributes = pthread_condattr_t()
+        pthread_condattr_init(&attributes)
+        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
+        pthread_cond_init(&condition, &attributes)
+        pthread_condattr_destroy(&attributes)
+    }
+
+    /// Adopts a new channel (the CertWorker was replaced, or this is the first) and starts its
+    /// reader thread. Requests waiting on the old channel fail at their deadline.
+    func attach(_ socket: IPCSocket) {
+        pthread_mutex_lock(&mutex)
+        channel = socket
+        generation += 1
+        let myGeneration = generation
+        pthread_mutex_unlock(&mutex)
+        let box = Unmanaged.passRetained(ReaderContext(client: self, socket: socket, generation: myGeneration))
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            let context = Unmanaged<ReaderContext>.fromOpaque(raw).takeRetainedValue()
+            context.client.readLoop(context.socket, generation: context.generation)
+            return nil
+        }, box.toOpaque())
+        if rc == 0 { pthread_detach(thread) } else { box.release(); Log.error("cannot start the signer reader thread: \(rc)") }
+    }
+
+    private final class ReaderContext {
+        let client: SignerClient
+        let socket: IPCSocket
+        let generation: Int
+        init(client: SignerClient, socket: IPCSocket, generation: Int) {
+            self.client = client
+            self.socket = socket
+            self.generation = generation
+        }
+    }
+
+    private func readLoop(_ socket: IPCSocket, generation: Int) {
+        while true {
+            do {
+                guard case .frame(let frame) = try socket.receive() else { continue }
+                let message = try CertWorkerMessage.decode(frame)
+                switch message {
+                case .identity(let material):
+                    onIdentity?(material)
+                case .signature, .signRefused:
+                    pthread_mutex_lock(&mutex)
+                    if waiting.contains(frame.requestId) {
+                        replies[frame.requestId] = message
+                        pthread_cond_broadcast(&condition)
+                    }
+                    pthread_mutex_unlock(&mutex)
+                }
+            } catch {
+                // Closed (the CertWorker exited) or bad bytes from it: stop using this channel.
+                // The Supervisor hands over a new one when the CertWorker is back.
+                Log.info("signer channel ended: \(error)")
+                pthread_mutex_lock(&mutex)
+                if self.generation == generation { channel = nil }
+                pthread_mutex_unlock(&mutex)
+                return
+            }
+        }
+    }
+
+    /// Signs a SHA-256 digest with the key named by `handle`; nil on refusal, a closed channel or
+    /// a missed deadline (the handshake then fails, and the reason is logged).
+    func sign(handle: [UInt8], digest: [UInt8], timeoutMilliseconds: Int64 = 2000) -> [UInt8]? {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard let channel else {
+            Log.warn("sign request without a signer channel (CertWorker not attached)")
+            return nil
+        }
+        let requestId = nextRequestId
+        nextRequestId = nextRequestId &+ 1
+        waiting.insert(requestId)
+        defer { waiting.remove(requestId); replies[requestId] = nil }
+        do {
+            try channel.send(SignRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
+                                              digest: digest).frame(requestId: requestId))
+        } catch {
+            Log.warn("cannot send a sign request: \(error)")
+            return nil
+        }
+        let deadline = Clock.monotonicMilliseconds() + timeoutMilliseconds
+        while replies[requestId] == nil {
+            let now = Clock.monotonicMilliseconds()
+            if now >= deadline {
+                Log.warn("sign request \(requestId) timed out after \(timeoutMilliseconds) ms")
+                return nil
+            }
+            var wake = timespec()
+            clock_gettime(CLOCK_MONOTONIC, &wake)
+            let target = Int64(wake.tv_sec) * 1000 + Int64(wake.tv_nsec) / 1_000_000 + (deadline - now)
+            wake.tv_sec = Int(target / 1000)
+            wake.tv_nsec = Int((target % 1000) * 1_000_000)
+            pthread_cond_timedwait(&condition, &mutex, &wake)
+        }
+        switch replies[requestId] {
+        case .signature(let signature): return signature
+        case .signRefused(let reason):
+            Log.warn("the CertWorker refused a sign request: \(reason)")
+            return nil
+        default: return nil
+        }
+    }
+}

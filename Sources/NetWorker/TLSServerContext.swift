@@ -1,0 +1,91 @@
+internal import CKeyHandle
+internal import COpenSSL
+internal import CShims
+import IPC
+import OpenSSLSupport
+import Shared
+
+/// An SSL_CTX for the HBONE server side of one identity (ISTIO_COMPAT §5.1): TLS 1.3 only,
+/// AES-GCM suites, X25519 and P-256, ALPN h2, a client certificate required and verified against
+/// the identity's roots, no session reuse. Its private key is a key handle: every signature is a
+/// round trip to the CertWorker through the CKeyHandle provider.
+final class TLSServerContext: @unchecked Sendable {
+    let context: OpaquePointer
+    let spiffeId: SpiffeId
+
+    init(material: IdentityMaterial) throws {
+        guard let spiffeId = SpiffeId(material.spiffeId) else { throw OpenSSLError("identity \(material.spiffeId) is not SPIFFE") }
+        self.spiffeId = spiffeId
+        guard let context = SSL_CTX_new(TLS_server_method()) else { throw OpenSSLError("SSL_CTX_new") }
+        self.context = context
+        try configure(material)
+    }
+
+    deinit { SSL_CTX_free(context) }
+
+    private func configure(_ material: IdentityMaterial) throws {
+        guard CShims_SSL_CTX_set_min_proto_version(context, TLS1_3_VERSION) == 1,
+              SSL_CTX_set_ciphersuites(context, "TLS_AES_256_GCM_SHA384:TLS_AES_128_GCM_SHA256") == 1,
+              CShims_SSL_CTX_set1_groups_list(context, "X25519:P-256") == 1 else {
+            throw OpenSSLError("TLS parameters")
+        }
+        let chain = try Certificate.parseChain(pem: material.certificateChainPEM)
+        let roots = try Certificate.parseChain(pem: material.rootsPEM)
+        try chain[0].withUnsafeX509 { leaf in
+            guard SSL_CTX_use_certificate(context, leaf) == 1 else { throw OpenSSLError("SSL_CTX_use_certificate") }
+            guard let key = material.handle.withUnsafeBufferPointer({ CKeyHandle_make_key(leaf, $0.baseAddress) }) else {
+                throw OpenSSLError("CKeyHandle_make_key")
+            }
+            defer { EVP_PKEY_free(key) }
+            guard SSL_CTX_use_PrivateKey(context, key) == 1, SSL_CTX_check_private_key(context) == 1 else {
+                throw OpenSSLError("key handle for \(material.spiffeId)")
+            }
+        }
+        for intermediate in chain.dropFirst() {
+            try intermediate.withUnsafeX509 { x509 in
+                X509_up_ref(x509)  // add_extra_chain_cert takes the reference
+                guard CShims_SSL_CTX_add_extra_chain_cert(context, x509) == 1 else {
+                    X509_free(x509)
+                    throw OpenSSLError("SSL_CTX_add_extra_chain_cert")
+                }
+            }
+        }
+        guard let store = SSL_CTX_get_cert_store(context) else { throw OpenSSLError("SSL_CTX_get_cert_store") }
+        for root in roots {
+            try root.withUnsafeX509 { guard X509_STORE_add_cert(store, $0) == 1 else { throw OpenSSLError("X509_STORE_add_cert") } }
+        }
+        SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
+        CShims_SSL_CTX_require_alpn_h2(context)
+        _ = CShims_SSL_CTX_disable_session_reuse(context)
+    }
+
+    // MARK: - The provider's sign callback
+
+    nonisolated(unsafe) private static var installedSigner: SignerClient?
+    private static let installLock = Mutex()
+
+    /// Initialises OpenSSL and installs the key-handle provider, with the signer channel as its
+    /// oracle. Runs once, before the sandbox: OpenSSL's one-time set-up (configuration file,
+    /// providers, DRBG seeding) makes syscalls a serving NetWorker never needs again.
+    static func installProvider(_ signer: SignerClient) throws {
+        try installLock.withLock {
+            if installedSigner != nil { return }
+            installedSigner = signer
+            let arg = Unmanaged.passRetained(signer).toOpaque()
+            let installed = CKeyHandle_install({ arg, handle, digest, digestLength, signature, signatureLength, capacity in
+                guard let arg, let handle, let digest, let signature, let signatureLength else { return 0 }
+                let signer = Unmanaged<SignerClient>.fromOpaque(arg).takeUnretainedValue()
+                let handleBytes = Array(UnsafeBufferPointer(start: handle, count: Int(CKEYHANDLE_ID_LEN)))
+                let digestBytes = Array(UnsafeBufferPointer(start: digest, count: digestLength))
+                guard let answer = signer.sign(handle: handleBytes, digest: digestBytes), answer.count <= capacity else { return 0 }
+                answer.withUnsafeBufferPointer { signature.update(from: $0.baseAddress!, count: answer.count) }  // non-empty: decoder refuses empty
+                signatureLength.pointee = answer.count
+                return 1
+            }, arg)
+            if installed != 1 { throw OpenSSLError("installing the key-handle provider") }
+            // Build and free one context so every lazy initialisation happens now.
+            guard let probe = SSL_CTX_new(TLS_server_method()) else { throw OpenSSLError("SSL_CTX_new") }
+            SSL_CTX_free(probe)
+        }
+    }
+}

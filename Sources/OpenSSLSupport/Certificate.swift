@@ -1,0 +1,114 @@
+internal import COpenSSL
+internal import CShims
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// One X.509 certificate (owns its X509*). Public material only: nothing here touches a private
+/// key, so the NetWorker links this too.
+public final class Certificate: @unchecked Sendable {
+    let x509: OpaquePointer
+
+    init(takingOwnershipOf x509: OpaquePointer) { self.x509 = x509 }
+
+    /// Wraps an X509* that OpenSSL owns (a peer certificate), taking a reference of its own.
+    public init(retaining x509: OpaquePointer) {
+        X509_up_ref(x509)
+        self.x509 = x509
+    }
+
+    deinit { X509_free(x509) }
+
+    /// Every certificate in a PEM text, in order. Throws if there is none or one does not parse.
+    public static func parseChain(pem: String) throws -> [Certificate] {
+        var bytes = Array(pem.utf8)
+        guard let bio = bytes.withUnsafeMutableBytes({ BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }) else {
+            throw OpenSSLError("BIO_new_mem_buf")
+        }
+        defer { BIO_free(bio) }
+        var chain: [Certificate] = []
+        OpenSSLError.clearQueue()
+        while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {
+            chain.append(Certificate(takingOwnershipOf: x509))
+        }
+        // The loop ends with PEM_R_NO_START_LINE at the end of the text; anything else is an error.
+        let last = ERR_peek_last_error()
+        if chain.isEmpty || (last != 0 && CShims_ERR_GET_REASON(last) != PEM_R_NO_START_LINE) {
+            throw OpenSSLError("parsing PEM certificates")
+        }
+        ERR_clear_error()
+        return chain
+    }
+
+    /// The URI SANs that parse as SPIFFE ids (ISTIO_COMPAT §3), in order.
+    public var spiffeIds: [String] {
+        guard let names = X509_get_ext_d2i(x509, NID_subject_alt_name, nil, nil) else { return [] }
+        let stack = OpaquePointer(names)
+        defer { GENERAL_NAMES_free(stack) }
+        var result: [String] = []
+        for index in 0..<CShims_sk_GENERAL_NAME_num(UnsafeMutableRawPointer(stack)) {
+            guard let raw = CShims_sk_GENERAL_NAME_value(UnsafeMutableRawPointer(stack), index) else { continue }
+            let name = raw.assumingMemoryBound(to: GENERAL_NAME.self)
+            guard name.pointee.type == GEN_URI, let uri = name.pointee.d.uniformResourceIdentifier,
+                  let data = ASN1_STRING_get0_data(uri) else { continue }
+            let text = String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self)
+            if SpiffeId(text) != nil { result.append(text) }
+        }
+        return result
+    }
+
+    /// SHA-256 of the DER SubjectPublicKeyInfo: the key handle's name.
+    public func publicKeyDigest() throws -> [UInt8] {
+        guard let key = X509_get0_pubkey(x509) else { throw OpenSSLError("X509_get0_pubkey") }
+        var der: UnsafeMutablePointer<UInt8>?
+        let length = i2d_PUBKEY(key, &der)
+        guard length > 0, let der else { throw OpenSSLError("i2d_PUBKEY") }
+        defer { CRYPTO_free(der, #file, #line) }
+        var digest = [UInt8](repeating: 0, count: 32)
+        guard SHA256(der, Int(length), &digest) != nil else { throw OpenSSLError("SHA256") }
+        return digest
+    }
+
+    public var serialNumberHex: String {
+        guard let serial = X509_get0_serialNumber(x509), let bn = ASN1_INTEGER_to_BN(serial, nil) else { return "" }
+        defer { BN_free(bn) }
+        guard let hex = BN_bn2hex(bn) else { return "" }
+        defer { CRYPTO_free(hex, #file, #line) }
+        return String(cString: hex).lowercased()
+    }
+
+    /// Seconds since the epoch of notBefore and notAfter.
+    public var validity: (notBefore: Int, notAfter: Int) {
+        (Self.epochSeconds(X509_get0_notBefore(x509)), Self.epochSeconds(X509_get0_notAfter(x509)))
+    }
+
+    private static func epochSeconds(_ time: UnsafePointer<ASN1_TIME>?) -> Int {
+        guard let time else { return 0 }
+        var parts = tm()
+        guard ASN1_TIME_to_tm(time, &parts) == 1 else { return 0 }
+        return timegm(&parts)
+    }
+
+    /// Borrows the X509* for the duration of `body` (for OpenSSL calls in this module's users).
+    public func withUnsafeX509<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R { try body(x509) }
+}
+
+/// A SPIFFE id as ztunnel parses it: `spiffe://<td>/ns/<ns>/sa/<sa>`, exactly five segments.
+public struct SpiffeId: Equatable, Sendable, CustomStringConvertible {
+    public let trustDomain: String
+    public let namespace: String
+    public let serviceAccount: String
+
+    public init?(_ text: String) {
+        guard text.hasPrefix("spiffe://") else { return nil }
+        let parts = text.dropFirst("spiffe://".count).split(separator: "/", omittingEmptySubsequences: false)
+        guard parts.count == 5, parts[1] == "ns", parts[3] == "sa", !parts[0].isEmpty, !parts[2].isEmpty, !parts[4].isEmpty else {
+            return nil
+        }
+        trustDomain = String(parts[0])
+        namespace = String(parts[2])
+        serviceAccount = String(parts[4])
+    }
+
+    public var description: String { "spiffe://\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)" }
+}
