@@ -3,7 +3,8 @@
 
 1. starts the Supervisor (`ztunnel proxy ztunnel`) with examples/local.yaml, waits for readiness;
 2. shows the process tree and each worker's confinement from /proc;
-3. carries bytes through the SOCKS5 listener to a local echo server;
+3. carries bytes through the SOCKS5 listener to a local echo server, and lists the certificates the
+   built-in CA issued (`ztunnel certs`);
 4. kills the NetWorker with SIGKILL while a client keeps connecting: no connection is refused;
 5. sends SIGTERM and shows the drain and the exit code;
 6. prints the audit log.
@@ -71,6 +72,10 @@ def main():
         sock.sendall(b"hello through ztunnel")
         print("reply code", code, "echo:", sock.recv(100))
         sock.close()
+
+        step("certificates: the built-in CA issued one for the local config's HBONE workload")
+        wait_for(lambda: '"Available"' in http(ADMIN, "/config_dump")[1], 30, "a certificate")
+        subprocess.run([os.path.join(ROOT, ".build", "debug", "ztunnel"), "certs"], check=True)
 
         step("kill -9 the NetWorker while a client connects in a loop")
         (old,) = [p for p, n in children(daemon.pid).items() if n == "ztunnel-net-worker"]

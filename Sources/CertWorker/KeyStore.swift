@@ -37,6 +37,9 @@ final class KeyStore {
 
     func insert(_ identity: StoredIdentity) { byHandle[identity.material.handle] = identity }
 
+    /// Drops a key: its handle signs nothing from now on, and its memory is cleared on free.
+    func remove(handle: [UInt8]) { byHandle[handle] = nil }
+
     /// OpenSSL's secure heap: mmap'd, mlock'd, MADV_DONTDUMP, cleared on free. Private key
     /// numbers are allocated there. Must run before any key is loaded.
     static func enableSecureHeap(bytes: Int = 256 * 1024) throws {

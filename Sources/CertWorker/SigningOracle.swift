@@ -15,23 +15,20 @@ struct SigningOracle {
 
     let store: KeyStore
 
-    func answer(_ request: SignRequest) -> Outcome {
-        switch request {
-        case .sign(let handle, let rawAlgorithm, let digest):
-            guard let identity = store.byHandle[handle] else { return .refused("unknown key handle") }
-            guard let algorithm = SignatureAlgorithm(rawValue: rawAlgorithm), algorithm == .ecdsaP256SHA256 else {
-                return .refused("algorithm \(rawAlgorithm) is not allowed for \(identity.material.spiffeId)")
-            }
-            guard digest.count == algorithm.digestLength else {
-                return .refused("digest of \(digest.count) bytes, \(algorithm) needs \(algorithm.digestLength)")
-            }
-            do {
-                let signature = try sign(digest: digest, with: identity.key)
-                identity.signatures += 1
-                return .signature(signature)
-            } catch {
-                return .refused("signing failed: \(error)")
-            }
+    func answer(handle: [UInt8], algorithm rawAlgorithm: UInt8, digest: [UInt8]) -> Outcome {
+        guard let identity = store.byHandle[handle] else { return .refused("unknown key handle") }
+        guard let algorithm = SignatureAlgorithm(rawValue: rawAlgorithm), algorithm == .ecdsaP256SHA256 else {
+            return .refused("algorithm \(rawAlgorithm) is not allowed for \(identity.material.spiffeId)")
+        }
+        guard digest.count == algorithm.digestLength else {
+            return .refused("digest of \(digest.count) bytes, \(algorithm) needs \(algorithm.digestLength)")
+        }
+        do {
+            let signature = try sign(digest: digest, with: identity.key)
+            identity.signatures += 1
+            return .signature(signature)
+        } catch {
+            return .refused("signing failed: \(error)")
         }
     }
 

@@ -57,7 +57,7 @@ enum StaticIdentityLoader {
 
     /// Parses the key straight from a buffer that is cleared afterwards, so no copy of the PEM
     /// text outlives the load in this process's ordinary heap.
-    private static func privateKey(_ path: String) throws -> PrivateKey {
+    static func privateKey(_ path: String) throws -> PrivateKey {
         var bytes: [UInt8]
         do { bytes = try Syscall.readFile(path, limit: 16 * 1024) } catch { throw LoadError(path, "\(error)") }
         defer { bytes.withUnsafeMutableBytes { _ = memset_s_portable($0.baseAddress, $0.count) } }

@@ -11,11 +11,18 @@ import Glibc
 final class CertWorker {
     private let supervisor: IPCSocket
     private let store: KeyStore
+    /// Identities from ZTUNNEL_STATIC_IDENTITY_DIR: fixed for the worker's life.
+    private let staticIdentities: [StoredIdentity]
+    private var manager: CertificateManager?
     private var peers: [UInt16: IPCSocket] = [:]
 
-    init(supervisor: IPCSocket, store: KeyStore) {
+    init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) {
         self.supervisor = supervisor
         self.store = store
+        staticIdentities = store.identities
+        manager = CertificateManager(ca: ca, store: store, ttlSeconds: ttlSeconds,
+                                     audit: { [unowned self] in self.reportAudit($0, $1) },
+                                     publish: { [unowned self] in self.publish($0) })
     }
 
     func run() -> Never {
@@ -23,10 +30,49 @@ final class CertWorker {
             var fds = [pollfd(fd: supervisor.fd.rawValue, events: Int16(POLLIN), revents: 0)]
             let order = peers.keys.sorted()
             fds += order.compactMap { peers[$0] }.map { pollfd(fd: $0.fd.rawValue, events: Int16(POLLIN), revents: 0) }
-            if poll(&fds, nfds_t(fds.count), -1) < 0 { continue }
+            var timeout: Int32 = -1
+            if let deadline = manager?.nextDeadline {
+                timeout = Int32(clamping: max(0, deadline - Clock.monotonicMilliseconds()))
+            }
+            if poll(&fds, nfds_t(fds.count), timeout) < 0 { continue }
             if fds[0].revents != 0 { handleSupervisor() }
             for (offset, index) in order.enumerated() where fds[offset + 1].revents != 0 { handlePeer(index) }
+            if manager?.runDue() == true { publishStatus() }
         }
+    }
+
+    /// The identities a NetWorker should have now: static ones and each managed current one.
+    private var currentIdentities: [StoredIdentity] {
+        staticIdentities + (manager?.entries.values.compactMap(\.current) ?? [])
+    }
+
+    private func publish(_ material: IdentityMaterial) {
+        for (index, peer) in peers {
+            do { try peer.send(CertWorkerMessage.identity(material).frame()) } catch {
+                Log.warn("cannot push \(material.spiffeId) to net-worker[\(index)]: \(error)")
+            }
+        }
+    }
+
+    /// Every identity's state, pushed to the NetWorkers after anything changed.
+    private func publishStatus() {
+        var entries = staticIdentities.map { identity in
+            CertificateStatus(spiffeId: identity.material.spiffeId, state: "Available",
+                              certificateChainPEM: identity.material.certificateChainPEM, rootsPEM: identity.material.rootsPEM,
+                              nextRenewal: 0, failedRenewals: 0, signatures: UInt64(identity.signatures))
+        }
+        let wallNow = Int64(time(nil))
+        let monotonicNow = Clock.monotonicMilliseconds()
+        for entry in manager?.entries.values.sorted(by: { $0.id.description < $1.id.description }) ?? [] {
+            entries.append(CertificateStatus(
+                spiffeId: entry.id.description, state: entry.state.text,
+                certificateChainPEM: entry.current?.material.certificateChainPEM ?? "",
+                rootsPEM: entry.current?.material.rootsPEM ?? "",
+                nextRenewal: wallNow + (entry.refreshAt - monotonicNow) / 1000,
+                failedRenewals: UInt32(clamping: entry.totalFailures), signatures: UInt64(entry.current?.signatures ?? 0)))
+        }
+        let frame = CertWorkerMessage.status(Array(entries.prefix(64))).frame()
+        for (_, peer) in peers { try? peer.send(frame) }
     }
 
     func reportAudit(_ event: String, _ fields: [(String, String)]) {
@@ -52,17 +98,18 @@ final class CertWorker {
         case .signerPeer(let index, let fd):
             let peer = IPCSocket(fd)
             peers[index] = peer
-            for identity in store.identities {
+            for identity in currentIdentities {
                 do { try peer.send(CertWorkerMessage.identity(identity.material).frame()) } catch {
                     Log.warn("cannot push \(identity.material.spiffeId) to net-worker[\(index)]: \(error)")
                 }
             }
             Log.debug("signer channel to net-worker[\(index)] attached")
+            publishStatus()
         case .drain:
             // Nothing outlives a sign request; there is nothing to wait for.
             Log.info("drain requested; exiting")
             exit(0)
-        case .setup, .listener, .processTable, .signerChannel:
+        case .setup, .listener, .processTable, .signerChannel, .localConfig:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }
@@ -74,14 +121,19 @@ final class CertWorker {
         guard let peer = peers[index] else { return }
         do {
             guard case .frame(let frame) = try peer.receive(blocking: false) else { return }
-            let request = try SignRequest.decode(frame)
-            let oracle = SigningOracle(store: store)
-            switch oracle.answer(request) {
-            case .signature(let bytes):
-                try peer.send(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId))
-            case .refused(let reason):
-                reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)])
-                try peer.send(CertWorkerMessage.signRefused(reason).frame(requestId: frame.requestId))
+            switch try SignerRequest.decode(frame) {
+            case .sign(let handle, let algorithm, let digest):
+                switch SigningOracle(store: store).answer(handle: handle, algorithm: algorithm, digest: digest) {
+                case .signature(let bytes):
+                    try peer.send(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId))
+                case .refused(let reason):
+                    reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)])
+                    try peer.send(CertWorkerMessage.signRefused(reason).frame(requestId: frame.requestId))
+                }
+            case .want(let identities):
+                manager?.want(identities, from: index)
+                manager?.runDue()
+                publishStatus()
             }
         } catch IPCError.closed {
             peers[index] = nil
@@ -96,6 +148,7 @@ final class CertWorker {
 enum CertWorkerMain {
     static func run() -> Never {
         let store = KeyStore()
+        var authority: CertificateAuthority?
         let started = WorkerBootstrap.start(as: .certWorker) { configuration in
             // Still with start-up credentials: key files are typically readable by root only.
             // OpenSSL's one-time set-up (configuration file, providers) happens here too, so the
@@ -104,8 +157,13 @@ enum CertWorkerMain {
             try KeyStore.enableSecureHeap()
             let directory = configuration.string("ZTUNNEL_STATIC_IDENTITY_DIR")
             if !directory.isEmpty { try StaticIdentityLoader.load(directory: directory, into: store) }
+            let caDirectory = configuration.string("ZTUNNEL_CA_DIR")
+            authority = caDirectory.isEmpty ? try BuiltinCA(selfSignedFor: configuration.string("TRUST_DOMAIN"))
+                                            : try BuiltinCA(directory: caDirectory)
         }
-        let worker = CertWorker(supervisor: started.channel, store: store)
+        guard let authority else { WorkerBootstrap.die("no certificate authority") }
+        let ttl = Int(started.configuration.milliseconds("SECRET_TTL") / 1000)
+        let worker = CertWorker(supervisor: started.channel, store: store, ca: authority, ttlSeconds: max(1, ttl))
         Log.info("confined", [("pid", "\(getpid())"), ("identities", "\(store.identities.count)"),
                               ("openssl", String(cString: OpenSSL_version(OPENSSL_VERSION)))])
         for identity in store.identities {

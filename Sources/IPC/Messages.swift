@@ -36,16 +36,19 @@ public enum SupervisorMessage {
     case signerChannel(fd: OwnedFD)
     /// To the CertWorker: its end of the signer channel of NetWorker `index`.
     case signerPeer(index: UInt16, fd: OwnedFD)
+    /// To a NetWorker: the local configuration file's bytes (LOCAL_XDS_PATH), which the
+    /// NetWorker parses; the Supervisor only reads the file.
+    case localConfig([UInt8])
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
-        case signerChannel = 0x0106, signerPeer = 0x0107
+        case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
             case .listener, .signerChannel, .signerPeer: return 1
-            case .setup, .configured, .processTable, .drain: return 0
+            case .setup, .configured, .processTable, .drain, .localConfig: return 0
             }
         }
     }
@@ -59,6 +62,7 @@ public enum SupervisorMessage {
         case .drain: return .drain
         case .signerChannel: return .signerChannel
         case .signerPeer: return .signerPeer
+        case .localConfig: return .localConfig
         }
     }
 
@@ -75,6 +79,7 @@ public enum SupervisorMessage {
         case .drain(let deadline): writer.u32(deadline)
         case .signerChannel(let fd): fds = [fd]
         case .signerPeer(let index, let fd): writer.u16(index); fds = [fd]
+        case .localConfig(let bytes): writer.data(bytes)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -100,6 +105,7 @@ public enum SupervisorMessage {
         case .drain: message = .drain(deadlineMilliseconds: try reader.u32("drain deadline"))
         case .signerChannel: message = .signerChannel(fd: frame.fds[0])
         case .signerPeer: message = .signerPeer(index: try reader.u16("signer peer index"), fd: frame.fds[0])
+        case .localConfig: message = .localConfig(try reader.data("local config"))
         }
         try reader.finish(name)
         return message

@@ -30,6 +30,30 @@ public struct IdentityMaterial: Equatable, Sendable {
     }
 }
 
+/// The CertWorker's view of one identity, for /config_dump, `ztunnel certs` and the metrics.
+public struct CertificateStatus: Equatable, Sendable {
+    public var spiffeId: String
+    /// `Initializing`, `Available` or `Unavailable: <reason>` (ISTIO_COMPAT §17.2).
+    public var state: String
+    public var certificateChainPEM: String
+    public var rootsPEM: String
+    /// Seconds since the epoch of the next renewal; 0 when none is scheduled (static files).
+    public var nextRenewal: Int64
+    public var failedRenewals: UInt32
+    public var signatures: UInt64
+
+    public init(spiffeId: String, state: String, certificateChainPEM: String, rootsPEM: String,
+                nextRenewal: Int64, failedRenewals: UInt32, signatures: UInt64) {
+        self.spiffeId = spiffeId
+        self.state = state
+        self.certificateChainPEM = certificateChainPEM
+        self.rootsPEM = rootsPEM
+        self.nextRenewal = nextRenewal
+        self.failedRenewals = failedRenewals
+        self.signatures = signatures
+    }
+}
+
 /// Messages from the CertWorker to a NetWorker on the signer channel.
 public enum CertWorkerMessage: Equatable, Sendable {
     /// An identity is available (or its certificate changed: the new handle replaces the old).
@@ -38,9 +62,11 @@ public enum CertWorkerMessage: Equatable, Sendable {
     case signature([UInt8])
     /// The request was refused; the reason is for the NetWorker's log.
     case signRefused(String)
+    /// Every identity's certificate state (the whole list; replaces the previous one).
+    case status([CertificateStatus])
 
     public enum Code: UInt16, CaseIterable {
-        case identity = 0x0301, signature = 0x0302, signRefused = 0x0303
+        case identity = 0x0301, signature = 0x0302, signRefused = 0x0303, status = 0x0304
     }
 
     public var code: Code {
@@ -48,6 +74,7 @@ public enum CertWorkerMessage: Equatable, Sendable {
         case .identity: return .identity
         case .signature: return .signature
         case .signRefused: return .signRefused
+        case .status: return .status
         }
     }
 
@@ -61,6 +88,13 @@ public enum CertWorkerMessage: Equatable, Sendable {
             writer.data(material.handle)
         case .signature(let bytes): writer.data(bytes)
         case .signRefused(let reason): writer.string(reason)
+        case .status(let entries):
+            writer.u16(UInt16(entries.count))
+            for entry in entries {
+                writer.string(entry.spiffeId); writer.string(entry.state)
+                writer.string(entry.certificateChainPEM); writer.string(entry.rootsPEM)
+                writer.i64(entry.nextRenewal); writer.u32(entry.failedRenewals); writer.u64(entry.signatures)
+            }
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
     }
@@ -83,36 +117,72 @@ public enum CertWorkerMessage: Equatable, Sendable {
             guard !signature.isEmpty else { throw IPCError.malformed("empty signature") }
             message = .signature(signature)
         case .signRefused: message = .signRefused(try reader.string("refusal", max: 512))
+        case .status:
+            // A status frame must fit one IPC frame: a handful of identities per NetWorker.
+            let count = try reader.count("certificate statuses", max: 64)
+            var entries: [CertificateStatus] = []
+            for _ in 0..<count {
+                entries.append(CertificateStatus(
+                    spiffeId: try reader.string("spiffe id", max: 2048), state: try reader.string("state", max: 1024),
+                    certificateChainPEM: try reader.string("certificate chain", max: 32 * 1024),
+                    rootsPEM: try reader.string("roots", max: 16 * 1024), nextRenewal: try reader.i64("next renewal"),
+                    failedRenewals: try reader.u32("failed renewals"), signatures: try reader.u64("signatures")))
+            }
+            message = .status(entries)
         }
         try reader.finish("\(code)")
         return message
     }
 }
 
-/// Messages from a NetWorker to the CertWorker: sign requests, matched to replies by request id.
-/// The CertWorker treats each as untrusted input from a process that parses network traffic.
-public enum SignRequest: Equatable, Sendable {
+/// Messages from a NetWorker to the CertWorker. The CertWorker treats each as untrusted input from
+/// a process that parses network traffic.
+public enum SignerRequest: Equatable, Sendable {
+    /// Sign a digest with the key named by the handle; answered by `signature` or `signRefused`
+    /// with the same request id.
     case sign(handle: [UInt8], algorithm: UInt8, digest: [UInt8])
+    /// The identities this NetWorker needs certificates for (its whole list: anything it wanted
+    /// before and does not list now may be forgotten).
+    case want(identities: [String])
 
-    public enum Code: UInt16, CaseIterable { case sign = 0x0401 }
+    public enum Code: UInt16, CaseIterable { case sign = 0x0401, want = 0x0402 }
+
+    public var code: Code {
+        switch self {
+        case .sign: return .sign
+        case .want: return .want
+        }
+    }
 
     public func frame(requestId: UInt32) -> IPCFrame {
         var writer = WireWriter()
         switch self {
         case .sign(let handle, let algorithm, let digest):
             writer.data(handle); writer.u8(algorithm); writer.data(digest)
+        case .want(let identities):
+            writer.u16(UInt16(identities.count))
+            for identity in identities { writer.string(identity) }
         }
-        return IPCFrame(type: Code.sign.rawValue, requestId: requestId, payload: writer.bytes)
+        return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
     }
 
-    /// Decodes the shape only; whether the handle, algorithm and digest are acceptable is the
-    /// CertWorker's decision against its own state.
-    public static func decode(_ frame: IPCFrame) throws -> SignRequest {
+    /// Decodes the shape only; whether a handle, algorithm, digest or identity is acceptable is
+    /// the CertWorker's decision against its own state.
+    public static func decode(_ frame: IPCFrame) throws -> SignerRequest {
         guard let code = Code(rawValue: frame.type) else { throw IPCError.unknownType(frame.type) }
         guard frame.fds.isEmpty else { throw IPCError.wrongFdCount(type: "\(code)", expected: 0, actual: frame.fds.count) }
         var reader = WireReader(frame.payload)
-        let request = SignRequest.sign(handle: try reader.data("key handle", max: 64), algorithm: try reader.u8("algorithm"),
-                                       digest: try reader.data("digest", max: 128))
+        let request: SignerRequest
+        switch code {
+        case .sign:
+            request = .sign(handle: try reader.data("key handle", max: 64), algorithm: try reader.u8("algorithm"),
+                            digest: try reader.data("digest", max: 128))
+        case .want:
+            let count = try reader.count("wanted identities", max: 1024)
+            var identities: [String] = []
+            for _ in 0..<count { identities.append(try reader.string("identity", max: 2048)) }
+            request = .want(identities: identities)
+        }
         try reader.finish("\(code)")
         return request
     }

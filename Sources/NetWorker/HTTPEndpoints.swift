@@ -22,6 +22,7 @@ struct HTTPEndpoints {
     }
 
     let state: NetWorkerState
+    let identities: IdentityTable
     let liveConnections: () -> Int
 
     func respond(port: Port, method: String, uri: String) -> Reply {
@@ -57,6 +58,7 @@ struct HTTPEndpoints {
         for entry in table {
             lines.append("ztunnel_worker_restarts_total{role=\"\(entry.role)\",index=\"\(entry.index)\"} \(entry.restarts)")
         }
+        lines += CertificateMetrics.lines(identities.certificateStatuses)
         lines.append("# EOF")
         return Reply(status: 200, reason: "OK", body: lines.joined(separator: "\n") + "\n")
     }
@@ -69,7 +71,7 @@ struct HTTPEndpoints {
                          body: "<html><body><h1>ztunnel admin</h1><ul>\(links)</ul></body></html>\n")
         case "/config_dump":
             return Reply(status: 200, reason: "OK", contentType: "application/json",
-                         body: ConfigDump.build(state: state).serialized(pretty: true) + "\n")
+                         body: ConfigDump.build(state: state, certificates: identities.certificateStatuses).serialized(pretty: true) + "\n")
         case "/quitquitquit":
             guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
             return Reply(status: 200, reason: "OK", body: "shutdown now\n", followUp: .requestShutdown)

@@ -8,6 +8,14 @@ final class IdentityTable: @unchecked Sendable {
     private let lock = Mutex()
     private var contexts: [String: TLSServerContext] = [:]
     private var materials: [String: IdentityMaterial] = [:]
+    private var statuses: [CertificateStatus] = []
+
+    /// The CertWorker's latest certificate states, sorted by identity.
+    var certificateStatuses: [CertificateStatus] { lock.withLock { statuses } }
+
+    func update(statuses: [CertificateStatus]) {
+        lock.withLock { self.statuses = statuses.sorted { $0.spiffeId < $1.spiffeId } }
+    }
 
     func update(_ material: IdentityMaterial) {
         do {

@@ -19,8 +19,13 @@ final class SignerClient: @unchecked Sendable {
     private var nextRequestId: UInt32 = 1
     private var replies: [UInt32: CertWorkerMessage] = [:]
     private var waiting: Set<UInt32> = []
+    /// The identities this NetWorker wants certificates for; sent on every (re)attach.
+    private var wanted: [String] = []
+
     /// Called on the reader thread for each identity the CertWorker pushes. Set before `attach`.
     var onIdentity: (@Sendable (IdentityMaterial) -> Void)?
+    /// Called on the reader thread with the CertWorker's certificate states. Set before `attach`.
+    var onStatus: (@Sendable ([CertificateStatus]) -> Void)?
 
     init() {
         pthread_mutex_init(&mutex, nil)
@@ -38,7 +43,9 @@ final class SignerClient: @unchecked Sendable {
         channel = socket
         generation += 1
         let myGeneration = generation
+        let wanted = self.wanted
         pthread_mutex_unlock(&mutex)
+        sendWant(wanted, on: socket)
         let box = Unmanaged.passRetained(ReaderContext(client: self, socket: socket, generation: myGeneration))
         var thread = pthread_t()
         let rc = pthread_create(&thread, nil, { raw in
@@ -48,6 +55,21 @@ final class SignerClient: @unchecked Sendable {
             return nil
         }, box.toOpaque())
         if rc == 0 { pthread_detach(thread) } else { box.release(); Log.error("cannot start the signer reader thread: \(rc)") }
+    }
+
+    /// Replaces the list of wanted identities and tells the CertWorker, if attached.
+    func want(_ identities: [String]) {
+        pthread_mutex_lock(&mutex)
+        wanted = identities
+        let socket = channel
+        pthread_mutex_unlock(&mutex)
+        if let socket { sendWant(identities, on: socket) }
+    }
+
+    private func sendWant(_ identities: [String], on socket: IPCSocket) {
+        do { try socket.send(SignerRequest.want(identities: identities).frame(requestId: 0)) } catch {
+            Log.warn("cannot send wanted identities to the CertWorker: \(error)")
+        }
     }
 
     private final class ReaderContext {
@@ -69,6 +91,8 @@ final class SignerClient: @unchecked Sendable {
                 switch message {
                 case .identity(let material):
                     onIdentity?(material)
+                case .status(let entries):
+                    onStatus?(entries)
                 case .signature, .signRefused:
                     pthread_mutex_lock(&mutex)
                     if waiting.contains(frame.requestId) {
@@ -103,7 +127,7 @@ final class SignerClient: @unchecked Sendable {
         waiting.insert(requestId)
         defer { waiting.remove(requestId); replies[requestId] = nil }
         do {
-            try channel.send(SignRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
+            try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
                                               digest: digest).frame(requestId: requestId))
         } catch {
             Log.warn("cannot send a sign request: \(error)")

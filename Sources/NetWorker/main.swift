@@ -27,9 +27,10 @@ enum NetWorkerMain {
         }
         let identities = IdentityTable()
         signer.onIdentity = { material in identities.update(material) }
+        signer.onStatus = { statuses in identities.update(statuses: statuses) }
         let factory = ListenerFactory(
             group: group,
-            endpoints: HTTPEndpoints(state: state, liveConnections: { tracker.count }),
+            endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
@@ -82,6 +83,17 @@ struct ControlLoop {
                 Log.debug("serving \(name)")
             case .processTable(let entries):
                 state.update(processTable: entries)
+            case .localConfig(let bytes):
+                do {
+                    let config = try LocalConfig.parse(String(decoding: bytes, as: UTF8.self))
+                    let wanted = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
+                    Log.info("local config", [("workloads", "\(config.workloads.count)"), ("identities", "\(wanted.count)")])
+                    signer.want(wanted)
+                } catch {
+                    // The Supervisor could read the file but it does not parse: a configuration
+                    // error, not a crash. Serve without certificates and say why.
+                    Log.error("\(error)")
+                }
             case .configured:
                 do { try channel.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }
                 Log.info("serving", [("listeners", "\(servers.count)")])

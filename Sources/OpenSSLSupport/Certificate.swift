@@ -11,6 +11,9 @@ public final class Certificate: @unchecked Sendable {
 
     init(takingOwnershipOf x509: OpaquePointer) { self.x509 = x509 }
 
+    /// Takes ownership of an X509* the caller made (a certificate being issued).
+    public convenience init(adopting x509: OpaquePointer) { self.init(takingOwnershipOf: x509) }
+
     /// Wraps an X509* that OpenSSL owns (a peer certificate), taking a reference of its own.
     public init(retaining x509: OpaquePointer) {
         X509_up_ref(x509)
@@ -43,7 +46,17 @@ public final class Certificate: @unchecked Sendable {
     /// The URI SANs that parse as SPIFFE ids (ISTIO_COMPAT §3), in order.
     public var spiffeIds: [String] {
         guard let names = X509_get_ext_d2i(x509, NID_subject_alt_name, nil, nil) else { return [] }
-        let stack = OpaquePointer(names)
+        return Self.uris(in: OpaquePointer(names)).filter { SpiffeId($0) != nil }
+    }
+
+    /// The URIs in a subjectAltName extension (a CSR's requested one, say).
+    public static func uris(inSubjectAltName ext: OpaquePointer) -> [String] {
+        guard let names = X509V3_EXT_d2i(ext) else { return [] }
+        return uris(in: OpaquePointer(names))
+    }
+
+    /// The URI entries of a GENERAL_NAMES stack, which this frees.
+    private static func uris(in stack: OpaquePointer) -> [String] {
         defer { GENERAL_NAMES_free(stack) }
         var result: [String] = []
         for index in 0..<CShims_sk_GENERAL_NAME_num(UnsafeMutableRawPointer(stack)) {
@@ -51,10 +64,41 @@ public final class Certificate: @unchecked Sendable {
             let name = raw.assumingMemoryBound(to: GENERAL_NAME.self)
             guard name.pointee.type == GEN_URI, let uri = name.pointee.d.uniformResourceIdentifier,
                   let data = ASN1_STRING_get0_data(uri) else { continue }
-            let text = String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self)
-            if SpiffeId(text) != nil { result.append(text) }
+            result.append(String(decoding: UnsafeBufferPointer(start: data, count: Int(ASN1_STRING_length(uri))), as: UTF8.self))
         }
         return result
+    }
+
+    /// The certificate as PEM text.
+    public func pem() throws -> String {
+        guard let bio = BIO_new(BIO_s_mem()) else { throw OpenSSLError("BIO_new") }
+        defer { BIO_free(bio) }
+        guard PEM_write_bio_X509(bio, x509) == 1 else { throw OpenSSLError("PEM_write_bio_X509") }
+        var pointer: UnsafeMutablePointer<CChar>?
+        let length = BIO_ctrl(bio, BIO_CTRL_INFO, 0, &pointer)
+        guard length > 0, let pointer else { throw OpenSSLError("BIO contents") }
+        return String(decoding: UnsafeRawBufferPointer(start: pointer, count: length), as: UTF8.self)
+    }
+
+    /// SHA-256 of the DER encoding, lowercase hex: the fingerprint audit events carry.
+    public var sha256Fingerprint: String {
+        var digest = [UInt8](repeating: 0, count: 32)
+        var length: UInt32 = 0
+        guard X509_digest(x509, EVP_sha256(), &digest, &length) == 1 else { return "" }
+        return digest.prefix(Int(length)).map { String($0, radix: 16).count == 1 ? "0" + String($0, radix: 16) : String($0, radix: 16) }.joined()
+    }
+
+    /// The issuer's distinguished name, one line (RFC 2253).
+    public var issuerText: String { Self.nameText(X509_get_issuer_name(x509)) }
+
+    private static func nameText(_ name: OpaquePointer?) -> String {
+        guard let name, let bio = BIO_new(BIO_s_mem()) else { return "" }
+        defer { BIO_free(bio) }
+        guard X509_NAME_print_ex(bio, name, 0, CShims_XN_FLAG_RFC2253()) >= 0 else { return "" }
+        var pointer: UnsafeMutablePointer<CChar>?
+        let length = BIO_ctrl(bio, BIO_CTRL_INFO, 0, &pointer)
+        guard length > 0, let pointer else { return "" }
+        return String(decoding: UnsafeRawBufferPointer(start: pointer, count: length), as: UTF8.self)
     }
 
     /// SHA-256 of the DER SubjectPublicKeyInfo: the key handle's name.

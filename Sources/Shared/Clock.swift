@@ -12,6 +12,13 @@ public enum Clock {
         return Int64(ts.tv_sec) * 1000 + Int64(ts.tv_nsec) / 1_000_000
     }
 
+    /// Seconds since the epoch (wall clock).
+    public static func epochSeconds() -> Int64 {
+        var ts = timespec()
+        clock_gettime(CLOCK_REALTIME, &ts)
+        return Int64(ts.tv_sec)
+    }
+
     /// Now, as `2026-11-21T23:15:00.123Z`.
     public static func rfc3339Now(fractional: Bool = true) -> String {
         var ts = timespec()

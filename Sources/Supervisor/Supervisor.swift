@@ -17,12 +17,15 @@ final class Supervisor {
     private var slots: [WorkerSlot] = []
     private var restartPolicy: RestartPolicy
     private let signalFd: OwnedFD
+    /// The LOCAL_XDS_PATH file's bytes, read once at start; NetWorkers parse them.
+    private let localConfig: [UInt8]
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
 
     init(configuration: Configuration, audit: AuditSink, broker: FdBroker, binDirectory: String,
-         policies: [WorkerRole: SeccompPolicy], signalFd: OwnedFD) {
+         policies: [WorkerRole: SeccompPolicy], signalFd: OwnedFD, localConfig: [UInt8]) {
+        self.localConfig = localConfig
         self.configuration = configuration
         self.audit = audit
         self.broker = broker
@@ -127,6 +130,9 @@ final class Supervisor {
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame())
+        }
+        if slot.spec.receivesListeners {
+            try ipc.send(SupervisorMessage.localConfig(localConfig).frame())
         }
         connectSigners(newcomer: slot)
         try ipc.send(SupervisorMessage.configured.frame())

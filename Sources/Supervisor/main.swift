@@ -38,6 +38,14 @@ enum Main {
         case "help", "--help", "-h":
             print(Configuration.helpText(), terminator: "")
             return 0
+        case "certs":
+            arguments.removeFirst()
+            do {
+                return CertsCommand.run(configuration: try Configuration(
+                    environment: Dictionary(ProcessEnvironment.current(), uniquingKeysWith: { _, last in last }), arguments: arguments))
+            } catch {
+                fail("\(error)")
+            }
         case "proxy":
             // The upstream chart runs `ztunnel proxy ztunnel`.
             arguments.removeFirst()
@@ -59,7 +67,10 @@ enum Main {
             fail("invalid LOCAL_XDS_PATH: unset, and shared mode (istio-cni/ZDS, xDS) is not implemented yet; set LOCAL_XDS_PATH to a local config file")
         }
         let localPath = configuration.string("LOCAL_XDS_PATH")
-        if access(localPath, R_OK) != 0 { fail("invalid LOCAL_XDS_PATH (\(localPath)): \(String(cString: strerror(errno)))") }
+        let localConfig: [UInt8]
+        do { localConfig = try Syscall.readFile(localPath, limit: 60 * 1024) } catch {
+            fail("invalid LOCAL_XDS_PATH (\(localPath)): \(error)")
+        }
 
         let binDirectory = executableDirectory()
         let policies: [WorkerRole: SeccompPolicy]
@@ -88,7 +99,8 @@ enum Main {
         }
         Log.info("starting \(version)", broker.listeners.map { ($0.name, "\($0.address)") })
         let supervisor = Supervisor(configuration: configuration, audit: audit, broker: broker,
-                                    binDirectory: binDirectory, policies: policies, signalFd: signalFd)
+                                    binDirectory: binDirectory, policies: policies, signalFd: signalFd,
+                                    localConfig: localConfig)
         return supervisor.run()
     }
 

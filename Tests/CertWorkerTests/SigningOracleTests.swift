@@ -43,16 +43,16 @@ import Glibc
         let digest = [UInt8](repeating: 0x5a, count: 32)
         let handle = identity.material.handle
 
-        #expect(oracle.answer(.sign(handle: [UInt8](repeating: 1, count: 32), algorithm: 1, digest: digest))
+        #expect(oracle.answer(handle: [UInt8](repeating: 1, count: 32), algorithm: 1, digest: digest)
                 == .refused("unknown key handle"))
-        #expect(oracle.answer(.sign(handle: handle, algorithm: 1, digest: Array(digest.prefix(20))))
+        #expect(oracle.answer(handle: handle, algorithm: 1, digest: Array(digest.prefix(20)))
                 == .refused("digest of 20 bytes, ecdsaP256SHA256 needs 32"))
-        if case .signature = oracle.answer(.sign(handle: handle, algorithm: 9, digest: digest)) {
+        if case .signature = oracle.answer(handle: handle, algorithm: 9, digest: digest) {
             Issue.record("signed with an unknown algorithm")
         }
         #expect(identity.signatures == 0)
 
-        guard case .signature(let signature) = oracle.answer(.sign(handle: handle, algorithm: 1, digest: digest)) else {
+        guard case .signature(let signature) = oracle.answer(handle: handle, algorithm: 1, digest: digest) else {
             Issue.record("no signature"); return
         }
         #expect(identity.signatures == 1)

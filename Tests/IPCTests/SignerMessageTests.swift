@@ -15,8 +15,8 @@ import Shared
             #expect(frame.requestId == 42)
             #expect(try CertWorkerMessage.decode(frame) == message)
         }
-        let request = SignRequest.sign(handle: Self.material.handle, algorithm: 1, digest: [UInt8](repeating: 9, count: 32))
-        #expect(try SignRequest.decode(try roundTrip(request.frame(requestId: 5))) == request)
+        let request = SignerRequest.sign(handle: Self.material.handle, algorithm: 1, digest: [UInt8](repeating: 9, count: 32))
+        #expect(try SignerRequest.decode(try roundTrip(request.frame(requestId: 5))) == request)
         let audit = WorkerMessage.audit(event: "sign_refused", fields: [("reason", "unknown key handle"), ("net_worker", "0")])
         #expect(try WorkerMessage.decode(try roundTrip(audit.frame())) == audit)
     }
@@ -26,12 +26,12 @@ import Shared
         bad.handle = [1, 2, 3]
         #expect(throws: IPCError.malformed("key handle of 3 bytes")) { try CertWorkerMessage.decode(CertWorkerMessage.identity(bad).frame()) }
         #expect(throws: IPCError.malformed("empty signature")) { try CertWorkerMessage.decode(CertWorkerMessage.signature([]).frame()) }
-        var trailing = SignRequest.sign(handle: [1], algorithm: 1, digest: [2]).frame(requestId: 1)
+        var trailing = SignerRequest.sign(handle: [1], algorithm: 1, digest: [2]).frame(requestId: 1)
         trailing.payload.append(0)
-        #expect(throws: IPCError.trailingBytes(type: "sign", count: 1)) { try SignRequest.decode(trailing) }
+        #expect(throws: IPCError.trailingBytes(type: "sign", count: 1)) { try SignerRequest.decode(trailing) }
         // Each decoder knows only its own direction's types.
         #expect(throws: IPCError.unknownType(0x0401)) { try CertWorkerMessage.decode(trailing) }
-        #expect(throws: IPCError.unknownType(0x0302)) { try SignRequest.decode(CertWorkerMessage.signature([1]).frame()) }
+        #expect(throws: IPCError.unknownType(0x0302)) { try SignerRequest.decode(CertWorkerMessage.signature([1]).frame()) }
         // An audit event name is a plain identifier: nothing a log reader could mistake for structure.
         let forged = WorkerMessage.audit(event: "worker_exit\",\"seq\":1", fields: []).frame()
         #expect(throws: IPCError.self) { try WorkerMessage.decode(forged) }

@@ -41,3 +41,17 @@ class MiniCA:
             f.write(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                       serialization.NoEncryption()))
         return spiffe, key
+
+    def write_cacerts(self, directory):
+        """Writes this CA in Istio's cacerts layout (the CA is its own root here)."""
+        os.makedirs(directory, exist_ok=True)
+        files = {
+            "ca-cert.pem": self.root_pem,
+            "root-cert.pem": self.root_pem,
+            "cert-chain.pem": self.root_pem,
+            "ca-key.pem": self.key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()),
+        }
+        for name, data in files.items():
+            with open(os.path.join(directory, name), "wb") as f:
+                f.write(data)

@@ -27,9 +27,9 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
             fatalError("CertWorkerMessage \(message.code) re-encodes differently")
         }
     }
-    if let request = try? SignRequest.decode(frame) {
+    if let request = try? SignerRequest.decode(frame) {
         guard (try? request.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
-            fatalError("SignRequest re-encodes differently")
+            fatalError("SignerRequest re-encodes differently")
         }
     }
     if let message = try? SupervisorMessage.decode(frame) {

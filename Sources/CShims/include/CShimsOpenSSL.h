@@ -22,7 +22,24 @@ static inline long CShims_SSL_CTX_add_extra_chain_cert(SSL_CTX *ctx, X509 *cert)
 static inline long CShims_SSL_CTX_set1_groups_list(SSL_CTX *ctx, const char *list) {
     return SSL_CTX_set1_groups_list(ctx, list);
 }
+static inline unsigned long CShims_XN_FLAG_RFC2253(void) { return XN_FLAG_RFC2253; }
 static inline int CShims_BIO_pending(BIO *bio) { return (int)BIO_pending(bio); }
+
+static inline void *CShims_sk_X509_EXTENSION_new_null(void) { return sk_X509_EXTENSION_new_null(); }
+static inline int CShims_sk_X509_EXTENSION_push(void *stack, X509_EXTENSION *ext) {
+    return sk_X509_EXTENSION_push((STACK_OF(X509_EXTENSION) *)stack, ext);
+}
+static inline void CShims_sk_X509_EXTENSION_pop_free(void *stack) {
+    sk_X509_EXTENSION_pop_free((STACK_OF(X509_EXTENSION) *)stack, X509_EXTENSION_free);
+}
+static inline int CShims_X509_REQ_add_extensions(X509_REQ *req, void *stack) {
+    return X509_REQ_add_extensions(req, (STACK_OF(X509_EXTENSION) *)stack);
+}
+static inline void *CShims_X509_REQ_get_extensions(X509_REQ *req) { return X509_REQ_get_extensions(req); }
+static inline int CShims_sk_X509_EXTENSION_num(void *stack) { return sk_X509_EXTENSION_num((STACK_OF(X509_EXTENSION) *)stack); }
+static inline X509_EXTENSION *CShims_sk_X509_EXTENSION_value(void *stack, int index) {
+    return sk_X509_EXTENSION_value((STACK_OF(X509_EXTENSION) *)stack, index);
+}
 
 /// ALPN on the HBONE server: select "h2" or fail the handshake (ISTIO_COMPAT §5.1).
 static inline int CShims_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen,

@@ -1,0 +1,149 @@
+import IPC
+import OpenSSLSupport
+import Testing
+@testable import CertWorker
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The certificate manager against a CA test double (the `CertificateAuthority` seam) and a
+/// controlled clock: issuance, renewal at half-life, backoff on failure while the old certificate
+/// keeps serving, and forgetting.
+@Suite struct CertificateManagerTests {
+    /// The built-in CA, switchable into an outage.
+    final class FlakyCA: CertificateAuthority {
+        let name = "test"
+        var real: BuiltinCA
+        var isDown = false
+        var requests: [String] = []
+        init() throws { real = try BuiltinCA(selfSignedFor: "cluster.local") }
+        func issue(csrPEM: String, identity: SpiffeId, ttlSeconds: Int) throws -> IssuedCertificate {
+            requests.append(identity.description)
+            if isDown { throw BuiltinCA.CAError("CA unavailable") }
+            return try real.issue(csrPEM: csrPEM, identity: identity, ttlSeconds: ttlSeconds)
+        }
+    }
+
+    struct Harness {
+        let ca: FlakyCA
+        let store = KeyStore()
+        let manager: CertificateManager
+        var events: () -> [(String, [(String, String)])]
+        var published: () -> [IdentityMaterial]
+        var clock: (Int, Int64)
+        static let id = "spiffe://cluster.local/ns/shop/sa/cart"
+
+        init(ttl: Int) throws {
+            try KeyStore.enableSecureHeap()
+            ca = try FlakyCA()
+            final class Log { var events: [(String, [(String, String)])] = []; var published: [IdentityMaterial] = [] }
+            let log = Log()
+            manager = CertificateManager(ca: ca, store: store, ttlSeconds: ttl,
+                                         audit: { log.events.append(($0, $1)) }, publish: { log.published.append($0) })
+            events = { log.events }
+            published = { log.published }
+            clock = (Int(time(nil)), 1_000_000)
+            let wall = clock.0
+            ca.real.now = { wall }
+        }
+
+        mutating func advance(seconds: Int) {
+            clock = (clock.0 + seconds, clock.1 + Int64(seconds) * 1000)
+            let now = clock
+            manager.now = { now }
+            ca.real.now = { now.0 }
+            manager.runDue()
+        }
+    }
+
+    @Test func issuesRenewsAtHalfLifeAndSurvivesAnOutage() throws {
+        var harness = try Harness(ttl: 100)
+        let now = harness.clock
+        harness.manager.now = { now }
+        harness.manager.want([Harness.id, "not-spiffe"], from: 0)
+        harness.manager.runDue()
+        let entry = try #require(harness.manager.entries[Harness.id])
+        #expect(entry.state == .available)
+        let first = try #require(entry.current)
+        #expect(harness.store.byHandle[first.material.handle] != nil)
+        #expect(harness.events().map(\.0).contains("identity_refused"))
+        // Renewal is due at half the lifetime (minus at most 5 % jitter): not at 40 s, by 51 s.
+        harness.advance(seconds: 40)
+        #expect(harness.ca.requests.count == 1)
+        harness.advance(seconds: 11)
+        #expect(harness.ca.requests.count == 2)
+        let second = try #require(entry.current)
+        #expect(second.material.handle != first.material.handle)
+        // The old key still signs during its grace period, then its handle stops working.
+        #expect(harness.store.byHandle[first.material.handle] != nil)
+        harness.advance(seconds: 31)
+        #expect(harness.store.byHandle[first.material.handle] == nil)
+        #expect(harness.store.byHandle[second.material.handle] != nil)
+
+        // Outage: the renewal fails, is retried with backoff, the current certificate keeps serving.
+        harness.ca.isDown = true
+        harness.advance(seconds: 30)
+        let failures = harness.events().filter { $0.0 == "certificate_failed" }
+        #expect(failures.count == 1)
+        #expect(entry.state == .available && entry.current === second)
+        let backoff = Int(failures[0].1.first { $0.0 == "backoff_ms" }?.1 ?? "") ?? 0
+        #expect((800...1200).contains(backoff))
+        harness.advance(seconds: 2)
+        harness.advance(seconds: 3)
+        let backoffs = harness.events().filter { $0.0 == "certificate_failed" }.compactMap { event in
+            Int(event.1.first { $0.0 == "backoff_ms" }?.1 ?? "")
+        }
+        #expect(backoffs.count == 3 && backoffs[2] > backoffs[0])  // exponential
+        harness.ca.isDown = false
+        harness.advance(seconds: 10)
+        #expect(entry.state == .available && entry.failures == 0 && entry.current !== second)
+        #expect(harness.published().count == 3)
+    }
+
+    @Test func withoutACertificateTheStateIsUnavailable() throws {
+        var harness = try Harness(ttl: 100)
+        harness.ca.isDown = true
+        harness.manager.want([Harness.id], from: 0)
+        harness.advance(seconds: 0)
+        #expect(harness.manager.entries[Harness.id]?.state == .unavailable("CA unavailable"))
+    }
+
+    @Test func identitiesNobodyWantsAreForgotten() throws {
+        var harness = try Harness(ttl: 100)
+        harness.manager.want([Harness.id], from: 0)
+        harness.manager.want([Harness.id], from: 1)
+        harness.advance(seconds: 0)
+        let handle = try #require(harness.manager.entries[Harness.id]?.current?.material.handle)
+        harness.manager.want([], from: 0)
+        #expect(harness.manager.entries[Harness.id] != nil)  // NetWorker 1 still wants it
+        harness.manager.want([], from: 1)
+        #expect(harness.manager.entries[Harness.id] == nil)
+        #expect(harness.store.byHandle[handle] == nil)
+        #expect(harness.events().map(\.0).contains("certificate_forgotten"))
+    }
+
+    @Test func theCSRIsWhatTheIstioCAExpects() throws {
+        try KeyStore.enableSecureHeap()
+        let key = try KeyAndCSR.generateKey()
+        let csr = try KeyAndCSR.makeCSR(for: try #require(SpiffeId("spiffe://cluster.local/ns/a/sa/b")), key: key)
+        let path = "/tmp/ztunnel-csr-\(getpid()).pem"
+        let written = csr.withCString { text -> Bool in
+            guard let file = fopen(path, "w") else { return false }
+            defer { fclose(file) }
+            return fputs(text, file) >= 0
+        }
+        #expect(written)
+        defer { unlink(path) }
+        // openssl prints the parsed request; check subject, key and the critical URI SAN.
+        guard let pipe = popen("openssl req -in \(path) -noout -text -verify 2>&1", "r") else { Issue.record("popen"); return }
+        var output = ""
+        var buffer = [CChar](repeating: 0, count: 4096)
+        while fgets(&buffer, Int32(buffer.count), pipe) != nil { output += String(cString: buffer) }
+        pclose(pipe)
+        #expect(output.contains("Subject: \n") || output.contains("Subject:\n") || !output.contains("CN"))
+        #expect(output.contains("ASN1 OID: prime256v1"))
+        #expect(output.contains("X509v3 Subject Alternative Name: critical"))
+        #expect(output.contains("URI:spiffe://cluster.local/ns/a/sa/b"))
+        #expect(output.contains("verify OK") || output.contains("Certificate request self-signature verify OK"))
+    }
+}
