@@ -17,6 +17,8 @@ deps:
 	fi
 	@python3 -c 'import pytest' 2>/dev/null || python3 -m pip install -q pytest 2>/dev/null || \
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null
+	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
+	@python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
 
 build: deps
 	swift build

@@ -34,7 +34,7 @@ let package = Package(
         .target(name: "CKeyHandle", dependencies: ["COpenSSL"], linkerSettings: [.linkedLibrary("crypto")]),
 
         .executableTarget(name: "Supervisor", dependencies: ["IPC", "Shared", "CShims"]),
-        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL", "CShims", "OpenSSLSupport"]),
+        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL", "CShims", "OpenSSLSupport", "CNghttp2"]),
         .executableTarget(
             name: "NetWorker",
             dependencies: [

@@ -153,13 +153,20 @@ enum CertWorkerMain {
             // Still with start-up credentials: key files are typically readable by root only.
             // OpenSSL's one-time set-up (configuration file, providers) happens here too, so the
             // sandboxed worker never needs to open a file.
-            guard OPENSSL_init_crypto(UInt64(OPENSSL_INIT_LOAD_CONFIG), nil) == 1 else { throw OpenSSLError("OPENSSL_init_crypto") }
+            guard OPENSSL_init_ssl(UInt64(OPENSSL_INIT_LOAD_CONFIG), nil) == 1 else { throw OpenSSLError("OPENSSL_init_ssl") }
+            // libssl's lazy set-up (cipher tables, DRBG) runs on the first SSL_CTX; do it now.
+            guard let probe = SSL_CTX_new(TLS_client_method()) else { throw OpenSSLError("SSL_CTX_new") }
+            SSL_CTX_free(probe)
             try KeyStore.enableSecureHeap()
             let directory = configuration.string("ZTUNNEL_STATIC_IDENTITY_DIR")
             if !directory.isEmpty { try StaticIdentityLoader.load(directory: directory, into: store) }
             let caDirectory = configuration.string("ZTUNNEL_CA_DIR")
-            authority = caDirectory.isEmpty ? try BuiltinCA(selfSignedFor: configuration.string("TRUST_DOMAIN"))
-                                            : try BuiltinCA(directory: caDirectory)
+            if !configuration.string("CA_ADDRESS").isEmpty {
+                authority = try IstioCAClient(configuration: configuration)
+            } else {
+                authority = caDirectory.isEmpty ? try BuiltinCA(selfSignedFor: configuration.string("TRUST_DOMAIN"))
+                                                : try BuiltinCA(directory: caDirectory)
+            }
         }
         guard let authority else { WorkerBootstrap.die("no certificate authority") }
         let ttl = Int(started.configuration.milliseconds("SECRET_TTL") / 1000)

@@ -23,6 +23,15 @@ public struct Configuration: Sendable {
                 "this node; certificates are prefetched for local-config workloads on it (all HBONE workloads when unset)"),
         Setting("TRUST_DOMAIN", .string, default: "cluster.local", "trust domain of the built-in CA's self-signed root"),
         Setting("SECRET_TTL", .duration, default: "24h", "requested certificate lifetime"),
+        Setting("CA_ADDRESS", .string, default: "",
+                "Istio CA (istiod) as [https://]host:port; empty = the built-in CA"),
+        Setting("CA_ROOT_CA", .string, default: "./var/run/secrets/istio/root-cert.pem",
+                "trust anchor for the CA connection: a file, inline PEM, or SYSTEM"),
+        Setting("AUTH_TOKEN", .string, default: Configuration.defaultTokenPath,
+                "bearer token file for the CA (re-read on every request), or a literal token"),
+        Setting("ISTIO_META_CLUSTER_ID", .string, default: "Kubernetes", "cluster id sent to the CA"),
+        Setting("POD_NAMESPACE", .string, default: "", "ztunnel's namespace (its own identity is not impersonated)"),
+        Setting("SERVICE_ACCOUNT", .string, default: "", "ztunnel's service account"),
         Setting("ZTUNNEL_CA_DIR", .path, default: "",
                 "plugged-in CA for the built-in CA (Istio cacerts layout); empty = a self-signed root made at start"),
         Setting("ZTUNNEL_STATIC_IDENTITY_DIR", .path, default: "",
@@ -57,6 +66,10 @@ public struct Configuration: Sendable {
         Setting("ZTUNNEL_STATS_ADDR", .socketAddress, default: "wildcard:15020", "Prometheus stats listener"),
         Setting("ZTUNNEL_READINESS_ADDR", .socketAddress, default: "wildcard:15021", "readiness listener"),
     ]
+
+    /// Where the chart mounts the projected service-account token (relative to the working
+    /// directory, `/` in the pod, as upstream).
+    public static let defaultTokenPath = "./var/run/secrets/tokens/istio-token"
 
     /// Resolved values by setting name.
     public private(set) var values: [String: String]

@@ -5,7 +5,7 @@ import os
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 
 class MiniCA:
@@ -55,3 +55,38 @@ class MiniCA:
         for name, data in files.items():
             with open(os.path.join(directory, name), "wb") as f:
                 f.write(data)
+
+    def sign_csr(self, csr_pem, ttl_seconds):
+        """Issues a workload leaf for a PEM CSR; returns the leaf as PEM bytes.
+
+        The SAN is taken from the CSR as is; it is made critical whenever the subject is empty,
+        because RFC 5280 requires that and a strict client would reject the leaf otherwise. The
+        lifetime starts now (whole seconds, as X.509 stores them), not at this CA's creation, so a
+        test can check that the requested TTL is exactly the lifetime it got."""
+        if isinstance(csr_pem, str):
+            csr_pem = csr_pem.encode()
+        csr = x509.load_pem_x509_csr(csr_pem)
+        if not csr.is_signature_valid:
+            raise ValueError("CSR signature does not verify")
+        try:
+            san = csr.extensions.get_extension_for_class(x509.SubjectAlternativeName)
+        except x509.ExtensionNotFound:
+            raise ValueError("CSR has no SubjectAltName") from None
+        subject = csr.subject
+        start = datetime.datetime.now(datetime.timezone.utc).replace(microsecond=0)
+        cert = (x509.CertificateBuilder().subject_name(subject).issuer_name(self.name)
+                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(start)
+                .not_valid_after(start + datetime.timedelta(seconds=int(ttl_seconds)))
+                .add_extension(san.value, critical=san.critical or len(subject) == 0)
+                .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
+                .add_extension(x509.KeyUsage(digital_signature=True, content_commitment=False,
+                                             key_encipherment=True, data_encipherment=False,
+                                             key_agreement=False, key_cert_sign=False, crl_sign=False,
+                                             encipher_only=False, decipher_only=False), critical=True)
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH,
+                                                      ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .add_extension(x509.AuthorityKeyIdentifier.from_issuer_public_key(self.key.public_key()),
+                               critical=False)
+                .sign(self.key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM)

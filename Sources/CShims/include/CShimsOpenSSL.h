@@ -41,6 +41,9 @@ static inline X509_EXTENSION *CShims_sk_X509_EXTENSION_value(void *stack, int in
     return sk_X509_EXTENSION_value((STACK_OF(X509_EXTENSION) *)stack, index);
 }
 
+static inline long CShims_SSL_set_tlsext_host_name(SSL *ssl, const char *name) { return SSL_set_tlsext_host_name(ssl, name); }
+static inline long CShims_SSL_set_min_proto_version(SSL *ssl, int version) { return SSL_set_min_proto_version(ssl, version); }
+
 /// ALPN on the HBONE server: select "h2" or fail the handshake (ISTIO_COMPAT §5.1).
 static inline int CShims_alpn_select_h2(SSL *ssl, const unsigned char **out, unsigned char *outlen,
                                         const unsigned char *in, unsigned int inlen, void *arg) {

@@ -1,0 +1,98 @@
+"""The Istio CA backend against a test double speaking the real protobuf messages over gRPC/TLS
+(ca_double.py): the CSR, the token (re-read per call), the cluster id and the impersonation
+metadata; rotation at half-life; an outage retried with backoff while the old certificate
+keeps serving."""
+import os
+import pathlib
+import shutil
+import tempfile
+
+import pytest
+
+from daemon import wait_for
+from identities import MiniCA
+from test_certificates import CART, LOCAL_CONFIG
+from test_identity import try_handshake
+
+grpc = pytest.importorskip("grpc")
+from ca_double import IstioCADouble  # noqa: E402
+
+
+@pytest.fixture
+def token_dir():
+    # The CertWorker reads the token as ZTUNNEL_WORKER_UID, as a projected token (mode 0644) is
+    # read in a pod; pytest's own tmp_path is private to root.
+    path = tempfile.mkdtemp(prefix="ztunnel-token-")
+    os.chmod(path, 0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture
+def ca_double(tmp_path):
+    ca = MiniCA()
+    double = IstioCADouble(ca, str(tmp_path / "double"))
+    double.start()
+    ca.issue(str(tmp_path / "client"), "client")
+    yield double
+    double.stop()
+
+
+def start(start_daemon, tmp_path, double, ttl, token_dir):
+    token = pathlib.Path(token_dir) / "istio-token"
+    token.write_text("token-1")
+    os.chmod(token, 0o644)
+    double.require_token("token-1")
+    daemon = start_daemon(extra_env={
+        "CA_ADDRESS": f"https://127.0.0.1:{double.port}", "CA_ROOT_CA": double.root_pem_path,
+        "AUTH_TOKEN": str(token), "ISTIO_META_CLUSTER_ID": "test-cluster", "SECRET_TTL": ttl, "NODE_NAME": "node-a",
+    })
+    with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
+        f.write(LOCAL_CONFIG)
+    daemon.wait_ready()
+    return daemon, token
+
+
+def ok_calls(double):
+    return [c for c in double.calls if c["error"] is None]
+
+
+def test_csr_token_cluster_id_impersonation_and_rotation(start_daemon, tmp_path, ca_double, token_dir):
+    daemon, token = start(start_daemon, tmp_path, ca_double, "4s", token_dir)
+    wait_for(lambda: len(ok_calls(ca_double)) >= 2, 30, "a CSR and its renewal at half-life")
+    first = ok_calls(ca_double)[0]
+    assert first["csr_uris"] == [CART] and first["csr_san_critical"] and first["csr_subject_empty"]
+    assert first["csr_signature_valid"] and first["validity_duration"] == 4
+    assert first["authorization"] == "Bearer token-1" and first["clusterid"] == "test-cluster"
+    assert first["metadata"] == {"ImpersonatedIdentity": CART}
+    issued = [e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]
+    assert issued[0]["ca"] == "istiod" and issued[1]["renewal"] == "true"
+
+    # The token rotates on disk: the next CSR carries the new one.
+    token.write_text("token-2")
+    ca_double.require_token("token-2")
+    before = len(ok_calls(ca_double))
+    wait_for(lambda: len(ok_calls(ca_double)) > before, 30, "a CSR with the new token")
+    assert ok_calls(ca_double)[-1]["authorization"] == "Bearer token-2"
+    sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30, "a handshake")
+    assert sans == [CART]
+
+
+def test_outage_is_retried_with_backoff_while_the_old_certificate_serves(start_daemon, tmp_path, ca_double, token_dir):
+    daemon, _ = start(start_daemon, tmp_path, ca_double, "12s", token_dir)
+    wait_for(lambda: ok_calls(ca_double), 30, "the first certificate")
+    ca_double.set_outage(True)
+    failed = lambda: [e for e in daemon.audit_events("certificate_failed") if e["identity"] == CART]  # noqa: E731
+    wait_for(lambda: len(failed()) >= 3, 30, "three failed renewals")
+    backoffs = [int(e["backoff_ms"]) for e in failed()[:3]]
+    assert backoffs[0] < backoffs[1] < backoffs[2]  # exponential, with jitter within ±20 %
+    # The certificate from before the outage is still valid and still serves.
+    entry = next(c for c in daemon.config_dump()["certificates"] if c["identity"] == CART)
+    assert entry["state"] == "Available"
+    sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30, "a handshake")
+    assert sans == [CART]
+    ca_double.set_outage(False)
+    recovered = len([e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART])
+    wait_for(lambda: len([e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]) > recovered,
+             60, "a certificate after the outage")
+    assert next(c for c in daemon.config_dump()["certificates"] if c["identity"] == CART)["failedRenewals"] >= 3
