@@ -15,6 +15,10 @@ final class CertWorker {
     private let staticIdentities: [StoredIdentity]
     private var manager: CertificateManager?
     private var peers: [UInt16: IPCSocket] = [:]
+    /// When the signature counts were last pushed (monotonic ms); they are pushed at most every
+    /// ten seconds, not per signature.
+    private var lastStatusPush: Int64 = 0
+    private var signaturesSinceStatus = false
 
     init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) {
         self.supervisor = supervisor
@@ -30,14 +34,16 @@ final class CertWorker {
             var fds = [pollfd(fd: supervisor.fd.rawValue, events: Int16(POLLIN), revents: 0)]
             let order = peers.keys.sorted()
             fds += order.compactMap { peers[$0] }.map { pollfd(fd: $0.fd.rawValue, events: Int16(POLLIN), revents: 0) }
-            var timeout: Int32 = -1
+            var timeout: Int32 = signaturesSinceStatus ? 10_000 : -1
             if let deadline = manager?.nextDeadline {
-                timeout = Int32(clamping: max(0, deadline - Clock.monotonicMilliseconds()))
+                timeout = min(timeout < 0 ? Int32.max : timeout, Int32(clamping: max(0, deadline - Clock.monotonicMilliseconds())))
             }
             if poll(&fds, nfds_t(fds.count), timeout) < 0 { continue }
             if fds[0].revents != 0 { handleSupervisor() }
             for (offset, index) in order.enumerated() where fds[offset + 1].revents != 0 { handlePeer(index) }
-            if manager?.runDue() == true { publishStatus() }
+            if manager?.runDue() == true || (signaturesSinceStatus && Clock.monotonicMilliseconds() - lastStatusPush >= 10_000) {
+                publishStatus()
+            }
         }
     }
 
@@ -73,6 +79,8 @@ final class CertWorker {
         }
         let frame = CertWorkerMessage.status(Array(entries.prefix(64))).frame()
         for (_, peer) in peers { try? peer.send(frame) }
+        lastStatusPush = Clock.monotonicMilliseconds()
+        signaturesSinceStatus = false
     }
 
     func reportAudit(_ event: String, _ fields: [(String, String)]) {
@@ -126,6 +134,7 @@ final class CertWorker {
                 switch SigningOracle(store: store).answer(handle: handle, algorithm: algorithm, digest: digest) {
                 case .signature(let bytes):
                     try peer.send(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId))
+                    signaturesSinceStatus = true
                 case .refused(let reason):
                     reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)])
                     try peer.send(CertWorkerMessage.signRefused(reason).frame(requestId: frame.requestId))

@@ -11,6 +11,7 @@ struct ListenerFactory {
     let tracker: ConnectionTracker
     let guardrails: DestinationGuard
     let identities: IdentityTable
+    let signer: SignerClient
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
@@ -19,6 +20,7 @@ struct ListenerFactory {
         let tracker = tracker
         let guardrails = guardrails
         let identities = identities
+        let signer = signer
         let onFollowUp = onFollowUp
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
@@ -46,7 +48,7 @@ struct ListenerFactory {
                     return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails))
                 case "inbound":
                     tracker.track(channel)
-                    return channel.pipeline.addHandler(TLSServerHandler(identities: identities))
+                    return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer))
                 default:
                     Log.warn("unknown listener \(name); closing connection")
                     return channel.close()

@@ -19,6 +19,8 @@ final class SignerClient: @unchecked Sendable {
     private var nextRequestId: UInt32 = 1
     private var replies: [UInt32: CertWorkerMessage] = [:]
     private var waiting: Set<UInt32> = []
+    /// Asynchronous requests: the completion runs on the reader thread.
+    private var completions: [UInt32: ([UInt8]?) -> Void] = [:]
     /// The identities this NetWorker wants certificates for; sent on every (re)attach.
     private var wanted: [String] = []
 
@@ -95,11 +97,18 @@ final class SignerClient: @unchecked Sendable {
                     onStatus?(entries)
                 case .signature, .signRefused:
                     pthread_mutex_lock(&mutex)
+                    let completion = completions.removeValue(forKey: frame.requestId)
                     if waiting.contains(frame.requestId) {
                         replies[frame.requestId] = message
                         pthread_cond_broadcast(&condition)
                     }
                     pthread_mutex_unlock(&mutex)
+                    if let completion {
+                        if case .signature(let signature) = message { completion(signature) } else {
+                            if case .signRefused(let reason) = message { Log.warn("the CertWorker refused a sign request: \(reason)") }
+                            completion(nil)
+                        }
+                    }
                 }
             } catch {
                 // Closed (the CertWorker exited) or bad bytes from it: stop using this channel.
@@ -111,6 +120,34 @@ final class SignerClient: @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Sends a sign request without waiting; `completion` runs on the reader thread with the
+    /// signature, or nil on refusal. Returns the request id (for `cancel`), or nil when there is
+    /// no channel or the send failed.
+    func signAsync(handle: [UInt8], digest: [UInt8], completion: @escaping ([UInt8]?) -> Void) -> UInt32? {
+        pthread_mutex_lock(&mutex)
+        defer { pthread_mutex_unlock(&mutex) }
+        guard let channel else { return nil }
+        let requestId = nextRequestId
+        nextRequestId = nextRequestId &+ 1
+        completions[requestId] = completion
+        do {
+            try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
+                                                digest: digest).frame(requestId: requestId))
+        } catch {
+            completions[requestId] = nil
+            Log.warn("cannot send a sign request: \(error)")
+            return nil
+        }
+        return requestId
+    }
+
+    /// Forgets an asynchronous request that missed its deadline: a late reply is dropped.
+    func cancel(_ requestId: UInt32) {
+        pthread_mutex_lock(&mutex)
+        completions[requestId] = nil
+        pthread_mutex_unlock(&mutex)
     }
 
     /// Signs a SHA-256 digest with the key named by `handle`; nil on refusal, a closed channel or

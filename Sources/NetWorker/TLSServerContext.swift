@@ -56,6 +56,8 @@ final class TLSServerContext: @unchecked Sendable {
         }
         SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
         CShims_SSL_CTX_require_alpn_h2(context)
+        // Handshakes run in ASYNC_JOBs so a signature round trip does not block the event loop.
+        _ = CShims_SSL_CTX_set_mode(context, Int(SSL_MODE_ASYNC))
         _ = CShims_SSL_CTX_disable_session_reuse(context)
     }
 
@@ -77,7 +79,10 @@ final class TLSServerContext: @unchecked Sendable {
                 let signer = Unmanaged<SignerClient>.fromOpaque(arg).takeUnretainedValue()
                 let handleBytes = Array(UnsafeBufferPointer(start: handle, count: Int(CKEYHANDLE_ID_LEN)))
                 let digestBytes = Array(UnsafeBufferPointer(start: digest, count: digestLength))
-                guard let answer = signer.sign(handle: handleBytes, digest: digestBytes), answer.count <= capacity else { return 0 }
+                // Inside an ASYNC_JOB the event loop does the round trip; elsewhere, block.
+                let answer = AsyncSignSlot.signInsideJob(handle: handleBytes, digest: digestBytes)
+                    ?? signer.sign(handle: handleBytes, digest: digestBytes)
+                guard let answer, answer.count <= capacity else { return 0 }
                 answer.withUnsafeBufferPointer { signature.update(from: $0.baseAddress!, count: answer.count) }  // non-empty: decoder refuses empty
                 signatureLength.pointee = answer.count
                 return 1

@@ -16,12 +16,19 @@ final class TLSServerHandler: ChannelInboundHandler {
     typealias OutboundOut = ByteBuffer
 
     private let identities: IdentityTable
+    private let signer: SignerClient
+    private let slot = AsyncSignSlot()
     private var ssl: OpaquePointer?
     private var readBIO: OpaquePointer?
     private var writeBIO: OpaquePointer?
     private var isDone = false
+    /// How long a signature round trip may take before the handshake fails.
+    static let signDeadline = TimeAmount.seconds(2)
 
-    init(identities: IdentityTable) { self.identities = identities }
+    init(identities: IdentityTable, signer: SignerClient) {
+        self.identities = identities
+        self.signer = signer
+    }
 
     func handlerAdded(context: ChannelHandlerContext) {
         guard let server = identities.inboundContext else {
@@ -42,8 +49,17 @@ final class TLSServerHandler: ChannelInboundHandler {
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
-        if let ssl { SSL_free(ssl) }
-        ssl = nil
+        guard let ssl else { return }
+        if slot.isInFlight || slot.request != nil {
+            // A job is paused waiting for a signature: let it finish (failing) so its stack is
+            // returned to OpenSSL's pool before the SSL goes.
+            slot.isInFlight = false
+            slot.request = nil
+            slot.outcome = .failure
+            _ = slot.whileCurrent { SSL_do_handshake(ssl) }
+        }
+        SSL_free(ssl)
+        self.ssl = nil
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
@@ -54,20 +70,61 @@ final class TLSServerHandler: ChannelInboundHandler {
             _ = BIO_write(readBIO, base, Int32(raw.count))
         }
         buffer.moveReaderIndex(to: buffer.writerIndex)
+        drive(context: context)
+    }
+
+    /// Runs the handshake as far as it can go now.
+    private func drive(context: ChannelHandlerContext) {
+        guard let ssl, !isDone else { return }
         OpenSSLError.clearQueue()
-        let rc = SSL_do_handshake(ssl)
+        let rc = slot.whileCurrent { SSL_do_handshake(ssl) }
         if rc == 1 {
             finishHandshake(context: context, ssl: ssl)
             return
         }
         let error = SSL_get_error(ssl, rc)
         flushOutput(context: context)
-        if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
+        switch error {
+        case SSL_ERROR_WANT_READ, SSL_ERROR_WANT_WRITE:
+            return
+        case SSL_ERROR_WANT_ASYNC:
+            sendPendingSignature(context: context)
+        default:
             Log.info("inbound: TLS handshake failed: \(OpenSSLError("SSL_do_handshake"))",
                      [("peer", "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")")])
             isDone = true
             context.close(promise: nil)
         }
+    }
+
+    /// The paused job asked for a signature: send it from the event loop's own stack, resume the
+    /// handshake on this loop when the reply (or the deadline) comes.
+    private func sendPendingSignature(context: ChannelHandlerContext) {
+        guard let request = slot.request, !slot.isInFlight else { return }
+        slot.request = nil
+        slot.isInFlight = true
+        let loop = context.eventLoop
+        let requestId = signer.signAsync(handle: request.handle, digest: request.digest) { signature in
+            loop.execute { self.completeSignature(signature, context: context) }
+        }
+        guard let requestId else {
+            completeSignature(nil, context: context)
+            return
+        }
+        Log.debug("inbound: handshake paused for signature request \(requestId)")
+        loop.scheduleTask(in: Self.signDeadline) {
+            guard self.slot.isInFlight else { return }
+            Log.warn("inbound: sign request \(requestId) missed its deadline")
+            self.signer.cancel(requestId)
+            self.completeSignature(nil, context: context)
+        }
+    }
+
+    private func completeSignature(_ signature: [UInt8]?, context: ChannelHandlerContext) {
+        guard slot.isInFlight else { return }  // already answered, timed out or closed
+        slot.isInFlight = false
+        slot.outcome = signature.map { .signature($0) } ?? .failure
+        drive(context: context)
     }
 
     private func finishHandshake(context: ChannelHandlerContext, ssl: OpaquePointer) {

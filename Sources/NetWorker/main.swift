@@ -34,6 +34,7 @@ enum NetWorkerMain {
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
+            signer: signer,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break

@@ -115,3 +115,50 @@ def test_a_client_from_another_ca_is_refused(start_daemon, tmp_path):
     # from the server's log.
     wait_for(lambda: "TLS handshake failed" in daemon.log(), 10, "the server to refuse the handshake")
     assert daemon.log().count("mTLS established") == established
+
+
+def test_a_pending_signature_does_not_block_the_event_loop(start_daemon, tmp_path):
+    """SSL_MODE_ASYNC: while a handshake waits for the CertWorker's signature, the same event
+    loop serves other connections; the handshake fails at the signing deadline, and handshakes
+    work again once the CertWorker answers."""
+    from daemon import http
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "server")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"),
+                                     "ZTUNNEL_WORKER_THREADS": "1",  # one event loop for everything
+                                     "RUST_LOG": "debug"})
+    daemon.wait_ready()
+    client = str(tmp_path / "client")
+    wait_for(lambda: try_handshake(daemon.ports["inbound"], client), 30, "a first handshake")
+    (cert,) = daemon.workers("cert-worker")
+    os.kill(cert, signal.SIGSTOP)  # the CertWorker cannot answer
+    try:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+        context.set_alpn_protocols(["h2"])
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = context.wrap_bio(incoming, outgoing)
+        with socket.create_connection(("127.0.0.1", daemon.ports["inbound"]), timeout=10) as raw:
+            try:
+                tls.do_handshake()
+            except ssl.SSLWantReadError:
+                raw.sendall(outgoing.read())  # ClientHello
+            # The server pauses the handshake for the signature of its CertificateVerify, which the
+            # stopped CertWorker cannot give.
+            wait_for(lambda: "handshake paused for signature request" in daemon.log(), 10, "the paused handshake")
+            status, _ = http(daemon.ports["readiness"], "/healthz/ready", timeout=10)
+            assert status == 200
+            # Answered before the signing deadline: the event loop was not blocked by the wait
+            # (a blocking sign would first have timed out and logged it).
+            log = daemon.log()
+            assert "missed its deadline" not in log and "timed out" not in log
+            wait_for(lambda: "missed its deadline" in daemon.log(), 10, "the signing deadline")
+    finally:
+        os.kill(cert, signal.SIGCONT)
+    sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], client), 30, "a handshake after SIGCONT")
+    assert sans
+    # Stopped and continued, the CertWorker resumed its wait (restart_syscall) rather than being
+    # killed by its sandbox.
+    assert daemon.workers("cert-worker") == [cert] and not daemon.audit_events("worker_exit")

@@ -65,8 +65,11 @@ def test_csr_token_cluster_id_impersonation_and_rotation(start_daemon, tmp_path,
     assert first["csr_signature_valid"] and first["validity_duration"] == 4
     assert first["authorization"] == "Bearer token-1" and first["clusterid"] == "test-cluster"
     assert first["metadata"] == {"ImpersonatedIdentity": CART}
-    issued = [e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]
-    assert issued[0]["ca"] == "istiod" and issued[1]["renewal"] == "true"
+    # The double records a call before it answers: wait for the CertWorker's side of the second.
+    def issued():
+        return [e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]
+    wait_for(lambda: len(issued()) >= 2, 30, "two issued certificates in the audit log")
+    assert issued()[0]["ca"] == "istiod" and issued()[1]["renewal"] == "true"
 
     # The token rotates on disk: the next CSR carries the new one.
     token.write_text("token-2")
