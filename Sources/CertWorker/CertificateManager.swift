@@ -37,6 +37,8 @@ final class CertificateManager {
         /// Consecutive failures (reset on success), and all failures since the entry was made.
         var failures = 0
         var totalFailures = 0
+        /// A CSR is with the CA; its key waits here, never leaving this thread.
+        var isInFlight = false
 
         init(id: SpiffeId) { self.id = id }
     }
@@ -45,6 +47,7 @@ final class CertificateManager {
     static let maxInFlight = 8
 
     private let ca: CertificateAuthority
+    private let executor: CSRExecutor
     private let store: KeyStore
     private let ttlSeconds: Int
     private let audit: (String, [(String, String)]) -> Void
@@ -55,9 +58,13 @@ final class CertificateManager {
     /// For tests: the wall clock in seconds and monotonic milliseconds.
     var now: () -> (wall: Int, monotonic: Int64) = { (Int(time(nil)), Clock.monotonicMilliseconds()) }
 
-    init(ca: CertificateAuthority, store: KeyStore, ttlSeconds: Int,
+    /// Called after an asynchronous completion changed state (for the status push).
+    var onChange: () -> Void = {}
+
+    init(ca: CertificateAuthority, executor: CSRExecutor = InlineCSRExecutor(), store: KeyStore, ttlSeconds: Int,
          audit: @escaping (String, [(String, String)]) -> Void, publish: @escaping (IdentityMaterial) -> Void) {
         self.ca = ca
+        self.executor = executor
         self.store = store
         self.ttlSeconds = ttlSeconds
         self.audit = audit
@@ -95,7 +102,7 @@ final class CertificateManager {
 
     /// The earliest time (monotonic ms) something is due, if anything is.
     var nextDeadline: Int64? {
-        entries.values.flatMap { [$0.refreshAt] + $0.retiring.map(\.1) }.min()
+        entries.values.flatMap { ($0.isInFlight ? [] : [$0.refreshAt]) + $0.retiring.map(\.1) }.min()
     }
 
     /// Issues what is due (at most `maxInFlight` per call: the built-in CA answers synchronously)
@@ -114,19 +121,42 @@ final class CertificateManager {
                 audit("certificate_expired", [("identity", entry.id.description), ("serial", current.leaf.serialNumberHex)])
             }
         }
-        let due = entries.values.filter { $0.refreshAt <= clock.monotonic }.sorted { $0.refreshAt < $1.refreshAt }
-        for entry in due.prefix(Self.maxInFlight) { issue(entry, clock: clock) }
+        let inFlight = entries.values.filter(\.isInFlight).count
+        let due = entries.values.filter { !$0.isInFlight && $0.refreshAt <= clock.monotonic }.sorted { $0.refreshAt < $1.refreshAt }
+        for entry in due.prefix(max(0, Self.maxInFlight - inFlight)) { issue(entry, clock: clock) }
         return changed || !due.isEmpty
     }
 
+    /// Makes the key and CSR here, sends the CSR through the executor, and finishes on this
+    /// thread when the CA answers.
     private func issue(_ entry: Entry, clock: (wall: Int, monotonic: Int64)) {
         let isRenewal = entry.current != nil
+        let key: PrivateKey
+        let csr: String
         do {
-            let key = try KeyAndCSR.generateKey()
-            let csr = try KeyAndCSR.makeCSR(for: entry.id, key: key)
-            audit("csr_sent", [("identity", entry.id.description), ("ca", ca.name), ("renewal", "\(isRenewal)")])
-            let issued = try ca.issue(csrPEM: csr, identity: entry.id, ttlSeconds: ttlSeconds)
-            let identity = try accept(issued, key: key, for: entry.id)
+            key = try KeyAndCSR.generateKey()
+            csr = try KeyAndCSR.makeCSR(for: entry.id, key: key)
+        } catch {
+            failed(entry, error, clock: clock)
+            return
+        }
+        audit("csr_sent", [("identity", entry.id.description), ("ca", ca.name), ("renewal", "\(isRenewal)")])
+        entry.isInFlight = true
+        let (ca, identity, ttl) = (self.ca, entry.id, ttlSeconds)
+        executor.submit({ Result { try ca.issue(csrPEM: csr, identity: identity, ttlSeconds: ttl) } }) { [weak self, weak entry] result in
+            guard let self, let entry else { return }
+            entry.isInFlight = false
+            // Forgotten while the CSR was out: drop the answer (and the key with it).
+            guard self.entries[entry.id.description] === entry else { return }
+            self.finish(entry, result, key: key, isRenewal: isRenewal)
+            self.onChange()
+        }
+    }
+
+    private func finish(_ entry: Entry, _ result: Result<IssuedCertificate, Error>, key: PrivateKey, isRenewal: Bool) {
+        let clock = now()
+        do {
+            let identity = try accept(try result.get(), key: key, for: entry.id)
             if let old = entry.current { entry.retiring.append((old, clock.monotonic + Self.retireGraceMilliseconds)) }
             entry.current = identity
             entry.state = .available
@@ -143,22 +173,26 @@ final class CertificateManager {
             reportIssued(identity, renewal: isRenewal, refreshInMilliseconds: entry.refreshAt - clock.monotonic)
             publish(identity.material)
         } catch {
-            entry.failures += 1
-            entry.totalFailures += 1
-            let base = entry.backoffMilliseconds == 0 ? 1000 : min(150_000, entry.backoffMilliseconds * 2)
-            entry.backoffMilliseconds = base
-            let jittered = base + Int64.random(in: -(base / 5)...(base / 5))
-            // Keep serving a still-valid certificate; retry no later than it expires.
-            if let current = entry.current, current.leaf.validity.notAfter > clock.wall {
-                let untilExpiry = Int64(current.leaf.validity.notAfter - clock.wall) * 1000
-                entry.refreshAt = clock.monotonic + min(jittered, untilExpiry)
-            } else {
-                entry.state = .unavailable("\(error)")
-                entry.refreshAt = clock.monotonic + jittered
-            }
-            audit("certificate_failed", [("identity", entry.id.description), ("ca", ca.name), ("error", "\(error)"),
-                                         ("failures", "\(entry.failures)"), ("backoff_ms", "\(jittered)")])
+            failed(entry, error, clock: clock)
         }
+    }
+
+    private func failed(_ entry: Entry, _ error: Error, clock: (wall: Int, monotonic: Int64)) {
+        entry.failures += 1
+        entry.totalFailures += 1
+        let base = entry.backoffMilliseconds == 0 ? 1000 : min(150_000, entry.backoffMilliseconds * 2)
+        entry.backoffMilliseconds = base
+        let jittered = base + Int64.random(in: -(base / 5)...(base / 5))
+        // Keep serving a still-valid certificate; retry no later than it expires.
+        if let current = entry.current, current.leaf.validity.notAfter > clock.wall {
+            let untilExpiry = Int64(current.leaf.validity.notAfter - clock.wall) * 1000
+            entry.refreshAt = clock.monotonic + min(jittered, untilExpiry)
+        } else {
+            entry.state = .unavailable("\(error)")
+            entry.refreshAt = clock.monotonic + jittered
+        }
+        audit("certificate_failed", [("identity", entry.id.description), ("ca", ca.name), ("error", "\(error)"),
+                                     ("failures", "\(entry.failures)"), ("backoff_ms", "\(jittered)")])
     }
 
     /// Checks an issued chain before it is used: the leaf must carry exactly the identity asked

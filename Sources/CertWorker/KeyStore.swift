@@ -43,7 +43,11 @@ final class KeyStore {
     /// OpenSSL's secure heap: mmap'd, mlock'd, MADV_DONTDUMP, cleared on free. Private key
     /// numbers are allocated there. Must run before any key is loaded.
     static func enableSecureHeap(bytes: Int = 256 * 1024) throws {
-        if CRYPTO_secure_malloc_initialized() == 1 { return }
-        guard CRYPTO_secure_malloc_init(bytes, 32) == 1 else { throw OpenSSLError("CRYPTO_secure_malloc_init") }
+        try secureHeapLock.withLock {
+            if CRYPTO_secure_malloc_initialized() == 1 { return }
+            guard CRYPTO_secure_malloc_init(bytes, 32) == 1 else { throw OpenSSLError("CRYPTO_secure_malloc_init") }
+        }
     }
+
+    private static let secureHeapLock = Mutex()
 }

@@ -14,24 +14,28 @@ final class CertWorker {
     /// Identities from ZTUNNEL_STATIC_IDENTITY_DIR: fixed for the worker's life.
     private let staticIdentities: [StoredIdentity]
     private var manager: CertificateManager?
+    private let executor: ThreadCSRExecutor
     private var peers: [UInt16: IPCSocket] = [:]
     /// When the signature counts were last pushed (monotonic ms); they are pushed at most every
     /// ten seconds, not per signature.
     private var lastStatusPush: Int64 = 0
     private var signaturesSinceStatus = false
 
-    init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) {
+    init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) throws {
         self.supervisor = supervisor
         self.store = store
         staticIdentities = store.identities
-        manager = CertificateManager(ca: ca, store: store, ttlSeconds: ttlSeconds,
+        executor = try ThreadCSRExecutor()
+        manager = CertificateManager(ca: ca, executor: executor, store: store, ttlSeconds: ttlSeconds,
                                      audit: { [unowned self] in self.reportAudit($0, $1) },
                                      publish: { [unowned self] in self.publish($0) })
+        manager?.onChange = { [unowned self] in self.publishStatus() }
     }
 
     func run() -> Never {
         while true {
-            var fds = [pollfd(fd: supervisor.fd.rawValue, events: Int16(POLLIN), revents: 0)]
+            var fds = [pollfd(fd: supervisor.fd.rawValue, events: Int16(POLLIN), revents: 0),
+                       pollfd(fd: executor.wakeFd.rawValue, events: Int16(POLLIN), revents: 0)]
             let order = peers.keys.sorted()
             fds += order.compactMap { peers[$0] }.map { pollfd(fd: $0.fd.rawValue, events: Int16(POLLIN), revents: 0) }
             var timeout: Int32 = signaturesSinceStatus ? 10_000 : -1
@@ -40,7 +44,8 @@ final class CertWorker {
             }
             if poll(&fds, nfds_t(fds.count), timeout) < 0 { continue }
             if fds[0].revents != 0 { handleSupervisor() }
-            for (offset, index) in order.enumerated() where fds[offset + 1].revents != 0 { handlePeer(index) }
+            if fds[1].revents != 0 { executor.drainCompleted() }
+            for (offset, index) in order.enumerated() where fds[offset + 2].revents != 0 { handlePeer(index) }
             if manager?.runDue() == true || (signaturesSinceStatus && Clock.monotonicMilliseconds() - lastStatusPush >= 10_000) {
                 publishStatus()
             }
@@ -179,7 +184,10 @@ enum CertWorkerMain {
         }
         guard let authority else { WorkerBootstrap.die("no certificate authority") }
         let ttl = Int(started.configuration.milliseconds("SECRET_TTL") / 1000)
-        let worker = CertWorker(supervisor: started.channel, store: store, ca: authority, ttlSeconds: max(1, ttl))
+        let worker: CertWorker
+        do { worker = try CertWorker(supervisor: started.channel, store: store, ca: authority, ttlSeconds: max(1, ttl)) } catch {
+            WorkerBootstrap.die("cannot start the CA thread: \(error)")
+        }
         Log.info("confined", [("pid", "\(getpid())"), ("identities", "\(store.identities.count)"),
                               ("openssl", String(cString: OpenSSL_version(OPENSSL_VERSION)))])
         for identity in store.identities {

@@ -99,3 +99,30 @@ def test_outage_is_retried_with_backoff_while_the_old_certificate_serves(start_d
     wait_for(lambda: len([e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]) > recovered,
              60, "a certificate after the outage")
     assert next(c for c in daemon.config_dump()["certificates"] if c["identity"] == CART)["failedRenewals"] >= 3
+
+
+def test_a_stuck_ca_does_not_stall_signing(start_daemon, tmp_path, token_dir):
+    """CSRs go to the CA from a thread of their own: while the CA swallows a request, the
+    CertWorker still signs handshakes for the identities it has."""
+    import socket
+    black_hole = socket.socket()
+    black_hole.bind(("127.0.0.1", 0))
+    black_hole.listen(8)  # connections complete in the kernel; nothing ever answers them
+    try:
+        ca = MiniCA()
+        ca.issue(str(tmp_path / "identities" / "server"), "server")
+        ca.issue(str(tmp_path / "client"), "client")
+        daemon = start_daemon(extra_env={
+            "CA_ADDRESS": f"https://127.0.0.1:{black_hole.getsockname()[1]}", "CA_ROOT_CA": ca.root_pem.decode(),
+            "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "NODE_NAME": "node-a",
+        })
+        with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
+            f.write(LOCAL_CONFIG)
+        daemon.wait_ready()
+        wait_for(lambda: daemon.audit_events("csr_sent"), 30, "a CSR on its way to the silent CA")
+        sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30,
+                           "a handshake while the CSR is pending")
+        assert sans == ["spiffe://cluster.local/ns/default/sa/server"]
+        assert not daemon.audit_events("certificate_failed")  # the CA call is still in flight
+    finally:
+        black_hole.close()

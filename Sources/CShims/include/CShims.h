@@ -10,6 +10,7 @@
 #include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/signalfd.h>
+#include <sys/eventfd.h>
 #include <sys/wait.h>
 #include <poll.h>
 
