@@ -93,18 +93,7 @@ final class CertWorker {
     }
 
     private func handleSupervisor() {
-        let message: SupervisorMessage
-        do {
-            guard case .frame(let frame) = try supervisor.receive(blocking: false) else { return }
-            message = try SupervisorMessage.decode(frame)
-        } catch IPCError.closed {
-            Log.info("supervisor closed the channel; exiting")
-            exit(0)
-        } catch {
-            // The Supervisor is trusted; bad bytes from it mean a bug, and a key holder must not
-            // guess. Exit and be restarted with a clean state.
-            WorkerBootstrap.die("bad message from the supervisor: \(error)")
-        }
+        guard let message = WorkerBootstrap.nextMessage(from: supervisor, blocking: false) else { return }
         switch message {
         case .configured:
             do { try supervisor.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }

@@ -63,6 +63,21 @@ public enum WorkerBootstrap {
         return Started(channel: channel, setup: setup, configuration: configuration)
     }
 
+    /// The next message from the Supervisor, or nil when nothing is queued (non-blocking).
+    /// The channel closing means the Supervisor is gone: exit 0. Bad bytes from the trusted
+    /// Supervisor mean a bug; a worker must not guess, so it exits and is restarted clean.
+    public static func nextMessage(from channel: IPCSocket, blocking: Bool) -> SupervisorMessage? {
+        do {
+            guard case .frame(let frame) = try channel.receive(blocking: blocking) else { return nil }
+            return try SupervisorMessage.decode(frame)
+        } catch IPCError.closed {
+            Log.info("supervisor closed the channel; exiting")
+            exit(0)
+        } catch {
+            die("bad message from the supervisor: \(error)")
+        }
+    }
+
     public static func die(_ reason: String) -> Never {
         FileHandleStderr.write("ztunnel worker \(getpid()): \(reason)\n")
         exit(78)

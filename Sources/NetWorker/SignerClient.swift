@@ -12,8 +12,7 @@ import Glibc
 /// Blocking: the event-loop thread doing the handshake waits for the round trip (about 120-160
 /// µs). SSL_MODE_ASYNC, which would free the loop during the wait, is not wired yet.
 final class SignerClient: @unchecked Sendable {
-    private var mutex = pthread_mutex_t()
-    private var condition = pthread_cond_t()
+    private let condition = MonotonicCondition()
     private var channel: IPCSocket?
     private var generation = 0
     private var nextRequestId: UInt32 = 1
@@ -29,24 +28,16 @@ final class SignerClient: @unchecked Sendable {
     /// Called on the reader thread with the CertWorker's certificate states. Set before `attach`.
     var onStatus: (@Sendable ([CertificateStatus]) -> Void)?
 
-    init() {
-        pthread_mutex_init(&mutex, nil)
-        var attributes = pthread_condattr_t()
-        pthread_condattr_init(&attributes)
-        pthread_condattr_setclock(&attributes, CLOCK_MONOTONIC)
-        pthread_cond_init(&condition, &attributes)
-        pthread_condattr_destroy(&attributes)
-    }
+    init() {}
 
     /// Adopts a new channel (the CertWorker was replaced, or this is the first) and starts its
     /// reader thread. Requests waiting on the old channel fail at their deadline.
     func attach(_ socket: IPCSocket) {
-        pthread_mutex_lock(&mutex)
-        channel = socket
-        generation += 1
-        let myGeneration = generation
-        let wanted = self.wanted
-        pthread_mutex_unlock(&mutex)
+        let (myGeneration, wanted) = condition.withLock { () -> (Int, [String]) in
+            channel = socket
+            generation += 1
+            return (generation, self.wanted)
+        }
         sendWant(wanted, on: socket)
         let box = Unmanaged.passRetained(ReaderContext(client: self, socket: socket, generation: myGeneration))
         var thread = pthread_t()
@@ -61,10 +52,10 @@ final class SignerClient: @unchecked Sendable {
 
     /// Replaces the list of wanted identities and tells the CertWorker, if attached.
     func want(_ identities: [String]) {
-        pthread_mutex_lock(&mutex)
-        wanted = identities
-        let socket = channel
-        pthread_mutex_unlock(&mutex)
+        let socket = condition.withLock { () -> IPCSocket? in
+            wanted = identities
+            return channel
+        }
         if let socket { sendWant(identities, on: socket) }
     }
 
@@ -96,13 +87,13 @@ final class SignerClient: @unchecked Sendable {
                 case .status(let entries):
                     onStatus?(entries)
                 case .signature, .signRefused:
-                    pthread_mutex_lock(&mutex)
-                    let completion = completions.removeValue(forKey: frame.requestId)
-                    if waiting.contains(frame.requestId) {
-                        replies[frame.requestId] = message
-                        pthread_cond_broadcast(&condition)
+                    let completion = condition.withLock { () -> (([UInt8]?) -> Void)? in
+                        if waiting.contains(frame.requestId) {
+                            replies[frame.requestId] = message
+                            condition.broadcast()
+                        }
+                        return completions.removeValue(forKey: frame.requestId)
                     }
-                    pthread_mutex_unlock(&mutex)
                     if let completion {
                         if case .signature(let signature) = message { completion(signature) } else {
                             if case .signRefused(let reason) = message { Log.warn("the CertWorker refused a sign request: \(reason)") }
@@ -114,9 +105,7 @@ final class SignerClient: @unchecked Sendable {
                 // Closed (the CertWorker exited) or bad bytes from it: stop using this channel.
                 // The Supervisor hands over a new one when the CertWorker is back.
                 Log.info("signer channel ended: \(error)")
-                pthread_mutex_lock(&mutex)
-                if self.generation == generation { channel = nil }
-                pthread_mutex_unlock(&mutex)
+                condition.withLock { if self.generation == generation { channel = nil } }
                 return
             }
         }
@@ -126,17 +115,26 @@ final class SignerClient: @unchecked Sendable {
     /// signature, or nil on refusal. Returns the request id (for `cancel`), or nil when there is
     /// no channel or the send failed.
     func signAsync(handle: [UInt8], digest: [UInt8], completion: @escaping ([UInt8]?) -> Void) -> UInt32? {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        guard let channel else { return nil }
+        condition.withLock {
+            guard let requestId = send(handle: handle, digest: digest) else { return nil }
+            completions[requestId] = completion
+            return requestId
+        }
+    }
+
+    /// Sends one sign request; call with the lock held. Nil when there is no channel or the send
+    /// failed (logged).
+    private func send(handle: [UInt8], digest: [UInt8]) -> UInt32? {
+        guard let channel else {
+            Log.warn("sign request without a signer channel (CertWorker not attached)")
+            return nil
+        }
         let requestId = nextRequestId
         nextRequestId = nextRequestId &+ 1
-        completions[requestId] = completion
         do {
             try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
                                                 digest: digest).frame(requestId: requestId))
         } catch {
-            completions[requestId] = nil
             Log.warn("cannot send a sign request: \(error)")
             return nil
         }
@@ -145,51 +143,30 @@ final class SignerClient: @unchecked Sendable {
 
     /// Forgets an asynchronous request that missed its deadline: a late reply is dropped.
     func cancel(_ requestId: UInt32) {
-        pthread_mutex_lock(&mutex)
-        completions[requestId] = nil
-        pthread_mutex_unlock(&mutex)
+        condition.withLock { completions[requestId] = nil }
     }
 
     /// Signs a SHA-256 digest with the key named by `handle`; nil on refusal, a closed channel or
     /// a missed deadline (the handshake then fails, and the reason is logged).
     func sign(handle: [UInt8], digest: [UInt8], timeoutMilliseconds: Int64 = 2000) -> [UInt8]? {
-        pthread_mutex_lock(&mutex)
-        defer { pthread_mutex_unlock(&mutex) }
-        guard let channel else {
-            Log.warn("sign request without a signer channel (CertWorker not attached)")
-            return nil
-        }
-        let requestId = nextRequestId
-        nextRequestId = nextRequestId &+ 1
-        waiting.insert(requestId)
-        defer { waiting.remove(requestId); replies[requestId] = nil }
-        do {
-            try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
-                                              digest: digest).frame(requestId: requestId))
-        } catch {
-            Log.warn("cannot send a sign request: \(error)")
-            return nil
-        }
-        let deadline = Clock.monotonicMilliseconds() + timeoutMilliseconds
-        while replies[requestId] == nil {
-            let now = Clock.monotonicMilliseconds()
-            if now >= deadline {
+        condition.withLock {
+            // The reply may come before the wait starts: register before sending.
+            let requestId = nextRequestId
+            waiting.insert(requestId)
+            defer { waiting.remove(requestId); replies[requestId] = nil }
+            guard send(handle: handle, digest: digest) == requestId else { return nil }
+            let deadline = Clock.monotonicMilliseconds() + timeoutMilliseconds
+            guard condition.wait(until: deadline, for: { replies[requestId] != nil }) else {
                 Log.warn("sign request \(requestId) timed out after \(timeoutMilliseconds) ms")
                 return nil
             }
-            var wake = timespec()
-            clock_gettime(CLOCK_MONOTONIC, &wake)
-            let target = Int64(wake.tv_sec) * 1000 + Int64(wake.tv_nsec) / 1_000_000 + (deadline - now)
-            wake.tv_sec = Int(target / 1000)
-            wake.tv_nsec = Int((target % 1000) * 1_000_000)
-            pthread_cond_timedwait(&condition, &mutex, &wake)
-        }
-        switch replies[requestId] {
-        case .signature(let signature): return signature
-        case .signRefused(let reason):
-            Log.warn("the CertWorker refused a sign request: \(reason)")
-            return nil
-        default: return nil
+            switch replies[requestId] {
+            case .signature(let signature): return signature
+            case .signRefused(let reason):
+                Log.warn("the CertWorker refused a sign request: \(reason)")
+                return nil
+            default: return nil
+            }
         }
     }
 }

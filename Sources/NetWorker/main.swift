@@ -66,16 +66,7 @@ struct ControlLoop {
 
     mutating func run() -> Never {
         while true {
-            let message: SupervisorMessage
-            do {
-                guard case .frame(let frame) = try channel.receive() else { continue }
-                message = try SupervisorMessage.decode(frame)
-            } catch IPCError.closed {
-                Log.info("supervisor closed the channel; exiting")
-                exit(0)
-            } catch {
-                WorkerBootstrap.die("bad message from the supervisor: \(error)")
-            }
+            guard let message = WorkerBootstrap.nextMessage(from: channel, blocking: true) else { continue }
             switch message {
             case .listener(let name, let fd):
                 do { servers.append(try factory.adopt(name: name, fd: fd).wait()) } catch {

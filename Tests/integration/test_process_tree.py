@@ -21,6 +21,8 @@ def test_tree_and_confinement(start_daemon):
     # The kernel gives /proc/PID of a non-dumpable process to root; a dumpable one keeps its uid.
     (cert,) = daemon.workers("cert-worker")
     assert os.stat(f"/proc/{cert}/status").st_uid == 0
+    # Key memory (OpenSSL's secure heap) is locked in RAM: never swapped out.
+    assert int(proc_status(cert)["VmLck"].split()[0]) > 0
     for net in daemon.workers("net-worker"):
         assert os.stat(f"/proc/{net}/status").st_uid == 65534
     # The Supervisor keeps a few capabilities, not all of them.
