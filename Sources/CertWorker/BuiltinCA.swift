@@ -20,6 +20,9 @@ final class BuiltinCA: CertificateAuthority {
     /// Intermediates between the CA certificate and the root, PEM, appended to each chain.
     private let intermediatesPEM: [String]
     let rootsPEM: String
+    /// The only trust domain a self-signed root issues for; nil for a plugged-in CA, whose
+    /// certificate says nothing machine-checkable about it.
+    private let trustDomain: String?
     /// The wall clock in seconds; tests move it.
     var now: () -> Int = { Int(time(nil)) }
 
@@ -47,6 +50,14 @@ final class BuiltinCA: CertificateAuthority {
         caCertificate = certificate
         intermediatesPEM = []
         rootsPEM = try certificate.pem()
+        self.trustDomain = trustDomain
+    }
+
+    /// The NetWorker names the identities it needs; a compromised one must not obtain a
+    /// certificate for another trust domain from our self-signed root.
+    func refusal(for identity: SpiffeId) -> String? {
+        guard let trustDomain, identity.trustDomain != trustDomain else { return nil }
+        return "trust domain \(identity.trustDomain) is not this CA's (\(trustDomain))"
     }
 
     /// A plugged-in CA (Istio `cacerts` layout), read before the sandbox.
@@ -69,6 +80,7 @@ final class BuiltinCA: CertificateAuthority {
         caCertificate = certificate
         caKey = key
         rootsPEM = roots
+        trustDomain = nil
         intermediatesPEM = try chain.map { try $0.pem() }.filter { !roots.contains($0) && $0 != caPEM }
     }
 

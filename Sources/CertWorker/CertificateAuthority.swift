@@ -14,4 +14,11 @@ protocol CertificateAuthority: AnyObject {
     var name: String { get }
     /// Signs `csrPEM` for `identity` with a lifetime of `ttlSeconds`. Throws with the reason.
     func issue(csrPEM: String, identity: SpiffeId, ttlSeconds: Int) throws -> IssuedCertificate
+    /// Why this CA will not issue for `identity` at all, before any key is made; nil if it may.
+    func refusal(for identity: SpiffeId) -> String?
+}
+
+extension CertificateAuthority {
+    /// istiod decides itself (its node authorization bounds impersonation).
+    func refusal(for identity: SpiffeId) -> String? { nil }
 }

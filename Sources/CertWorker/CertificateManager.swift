@@ -45,6 +45,9 @@ final class CertificateManager {
 
     static let retireGraceMilliseconds: Int64 = 30_000
     static let maxInFlight = 8
+    /// Identities one NetWorker may ask for: a node runs a bounded number of pods, and a
+    /// compromised NetWorker must not make the CertWorker mint keys without end.
+    static let maxWantedPerNetWorker = 64
 
     private let ca: CertificateAuthority
     private let executor: CSRExecutor
@@ -78,6 +81,15 @@ final class CertificateManager {
         for text in identities {
             guard let id = SpiffeId(text) else {
                 audit("identity_refused", [("identity", text), ("reason", "not a SPIFFE id"), ("net_worker", "\(netWorker)")])
+                continue
+            }
+            if let refusal = ca.refusal(for: id) {
+                audit("identity_refused", [("identity", text), ("reason", refusal), ("net_worker", "\(netWorker)")])
+                continue
+            }
+            guard valid.count < Self.maxWantedPerNetWorker else {
+                audit("identity_refused", [("identity", text), ("reason", "over \(Self.maxWantedPerNetWorker) identities"),
+                                           ("net_worker", "\(netWorker)"), ("security", "true")])
                 continue
             }
             valid.insert(id.description)

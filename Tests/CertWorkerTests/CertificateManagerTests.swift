@@ -17,6 +17,7 @@ import Glibc
         var isDown = false
         var requests: [String] = []
         init() throws { real = try BuiltinCA(selfSignedFor: "cluster.local") }
+        func refusal(for identity: SpiffeId) -> String? { real.refusal(for: identity) }
         func issue(csrPEM: String, identity: SpiffeId, ttlSeconds: Int) throws -> IssuedCertificate {
             requests.append(identity.description)
             if isDown { throw BuiltinCA.CAError("CA unavailable") }
@@ -106,6 +107,17 @@ import Glibc
         harness.manager.want([Harness.id], from: 0)
         harness.advance(seconds: 0)
         #expect(harness.manager.entries[Harness.id]?.state == .unavailable("CA unavailable"))
+    }
+
+    @Test func wantsAreBoundedAndOutsideTheTrustDomainRefused() throws {
+        let harness = try Harness(ttl: 100)
+        var many = (0..<100).map { "spiffe://cluster.local/ns/n\($0)/sa/s" }
+        many.append("spiffe://evil.example/ns/a/sa/b")
+        harness.manager.want(many, from: 0)
+        #expect(harness.manager.entries.count == CertificateManager.maxWantedPerNetWorker)
+        #expect(harness.manager.entries["spiffe://evil.example/ns/a/sa/b"] == nil)
+        let refusals = harness.events().filter { $0.0 == "identity_refused" }
+        #expect(refusals.count == 100 - CertificateManager.maxWantedPerNetWorker + 1)
     }
 
     @Test func identitiesNobodyWantsAreForgotten() throws {
