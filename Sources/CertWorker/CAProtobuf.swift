@@ -36,11 +36,12 @@ enum CAProtobuf {
             let (field, wireType) = (key >> 3, key & 7)
             switch wireType {
             case 0: _ = try readVarint(bytes, &offset)
-            case 1: offset += 8
+            case 1: offset += 8  // checked against the end below
             case 5: offset += 4
             case 2:
-                let length = Int(try readVarint(bytes, &offset))
-                guard length >= 0, length <= bytes.count - offset else { throw DecodeError("truncated field \(field)") }
+                guard let length = Int(exactly: try readVarint(bytes, &offset)), length <= bytes.count - offset else {
+                    throw DecodeError("truncated field \(field)")
+                }
                 if field == 1 {
                     guard let text = String(validating: bytes[offset..<offset + length], as: UTF8.self) else {
                         throw DecodeError("cert_chain is not UTF-8")

@@ -1,3 +1,4 @@
+internal import COpenSSL
 import IPC
 import OpenSSLSupport
 import Shared
@@ -57,6 +58,9 @@ final class CertificateManager {
     private let publish: (IdentityMaterial) -> Void
     private(set) var entries: [String: Entry] = [:]
     private var wants: [UInt16: Set<String>] = [:]
+    /// CSRs with the CA, counting those of identities forgotten meanwhile: their keys are still
+    /// held until the CA answers.
+    private var inFlight = 0
     private var lastRoots: String?
     /// For tests: the wall clock in seconds and monotonic milliseconds.
     var now: () -> (wall: Int, monotonic: Int64) = { (Int(time(nil)), Clock.monotonicMilliseconds()) }
@@ -78,21 +82,22 @@ final class CertificateManager {
     /// wants any more are forgotten (their keys dropped).
     func want(_ identities: [String], from netWorker: UInt16) {
         var valid = Set<String>()
+        var refused = 0
+        // One audit line per refusal, up to a few per request; the rest are counted, so a
+        // request cannot turn into a thousand audit lines.
+        func refuse(_ text: String, _ reason: String) {
+            refused += 1
+            if refused <= 8 { audit("identity_refused", [("identity", text), ("reason", reason), ("net_worker", "\(netWorker)")]) }
+        }
         for text in identities {
-            guard let id = SpiffeId(text) else {
-                audit("identity_refused", [("identity", text), ("reason", "not a SPIFFE id"), ("net_worker", "\(netWorker)")])
-                continue
-            }
-            if let refusal = ca.refusal(for: id) {
-                audit("identity_refused", [("identity", text), ("reason", refusal), ("net_worker", "\(netWorker)")])
-                continue
-            }
-            guard valid.count < Self.maxWantedPerNetWorker else {
-                audit("identity_refused", [("identity", text), ("reason", "over \(Self.maxWantedPerNetWorker) identities"),
-                                           ("net_worker", "\(netWorker)"), ("security", "true")])
-                continue
-            }
+            guard let id = SpiffeId(text) else { refuse(text, "not a SPIFFE id"); continue }
+            if let refusal = ca.refusal(for: id) { refuse(text, refusal); continue }
+            guard valid.count < Self.maxWantedPerNetWorker else { refuse(text, "over \(Self.maxWantedPerNetWorker) identities"); continue }
             valid.insert(id.description)
+        }
+        if refused > 8 {
+            audit("identity_refused", [("count", "\(refused - 8)"), ("reason", "further refusals in the same request"),
+                                       ("net_worker", "\(netWorker)")])
         }
         wants[netWorker] = valid
         let wanted = wants.values.reduce(into: Set<String>()) { $0.formUnion($1) }
@@ -114,7 +119,10 @@ final class CertificateManager {
 
     /// The earliest time (monotonic ms) something is due, if anything is.
     var nextDeadline: Int64? {
-        entries.values.flatMap { ($0.isInFlight ? [] : [$0.refreshAt]) + $0.retiring.map(\.1) }.min()
+        // With every CSR slot taken nothing can be issued: wait for a CA answer (the executor
+        // wakes the loop) rather than spin on a due time that cannot be served.
+        let canIssue = inFlight < Self.maxInFlight
+        return entries.values.flatMap { ((canIssue && !$0.isInFlight) ? [$0.refreshAt] : []) + $0.retiring.map(\.1) }.min()
     }
 
     /// Issues what is due (at most `maxInFlight` per call: the built-in CA answers synchronously)
@@ -133,10 +141,10 @@ final class CertificateManager {
                 audit("certificate_expired", [("identity", entry.id.description), ("serial", current.leaf.serialNumberHex)])
             }
         }
-        let inFlight = entries.values.filter(\.isInFlight).count
         let due = entries.values.filter { !$0.isInFlight && $0.refreshAt <= clock.monotonic }.sorted { $0.refreshAt < $1.refreshAt }
-        for entry in due.prefix(max(0, Self.maxInFlight - inFlight)) { issue(entry, clock: clock) }
-        return changed || !due.isEmpty
+        let issuing = Array(due.prefix(max(0, Self.maxInFlight - inFlight)))
+        for entry in issuing { issue(entry, clock: clock) }
+        return changed || !issuing.isEmpty
     }
 
     /// Makes the key and CSR here, sends the CSR through the executor, and finishes on this
@@ -154,9 +162,12 @@ final class CertificateManager {
         }
         audit("csr_sent", [("identity", entry.id.description), ("ca", ca.name), ("renewal", "\(isRenewal)")])
         entry.isInFlight = true
+        inFlight += 1
         let (ca, identity, ttl) = (self.ca, entry.id, ttlSeconds)
         executor.submit({ Result { try ca.issue(csrPEM: csr, identity: identity, ttlSeconds: ttl) } }) { [weak self, weak entry] result in
-            guard let self, let entry else { return }
+            guard let self else { return }
+            self.inFlight -= 1
+            guard let entry else { return }
             entry.isInFlight = false
             // Forgotten while the CSR was out: drop the answer (and the key with it).
             guard self.entries[entry.id.description] === entry else { return }
@@ -217,6 +228,12 @@ final class CertificateManager {
         guard leaf.spiffeIds.first == id.description else {
             throw BuiltinCA.CAError("issued certificate is for \(leaf.spiffeIds.first ?? "nobody"), not \(id)")
         }
+        // A leaf for another key would sign nothing that verifies, and could take over another
+        // identity's handle in the key store.
+        guard leaf.withUnsafeX509({ X509_check_private_key($0, key.pkey) }) == 1 else {
+            throw BuiltinCA.CAError("issued certificate does not carry the key of our CSR")
+        }
+        guard leaf.validity.notAfter > now().wall else { throw BuiltinCA.CAError("issued certificate has already expired") }
         let material = IdentityMaterial(spiffeId: id.description, certificateChainPEM: issued.chainPEM.joined(),
                                         rootsPEM: issued.rootsPEM, handle: try leaf.publicKeyDigest())
         return StoredIdentity(material: material, leaf: leaf, key: key, source: ca.name)

@@ -9,8 +9,9 @@ import Glibc
 
 /// One unary gRPC call over HTTP/2 over TLS, all in OpenSSL and nghttp2 (no second TLS stack):
 /// connect with a deadline, TLS 1.3 with the server name verified against the given roots and
-/// ALPN h2, one POST stream, then the response headers, body and trailers. Blocking, bounded by
-/// socket timeouts; one connection per call.
+/// ALPN h2, one POST stream, then the response headers, body and trailers. The socket is
+/// non-blocking and every wait is a poll against one absolute deadline for the whole call, so a
+/// peer that drips bytes cannot hold the CA thread past it. One connection per call.
 final class HTTP2Call {
     struct CallError: Error, CustomStringConvertible {
         let description: String
@@ -28,22 +29,45 @@ final class HTTP2Call {
     private var response = Response()
     private var requestBody: [UInt8] = []
     private var requestOffset = 0
+    private var fd: Int32 = -1
+    /// Monotonic ms by which the whole call must be done.
+    private var deadline: Int64 = 0
 
     /// POSTs `body` to `path` on host:port. `serverName` is verified (DNS name or IP literal).
     static func post(host: String, port: UInt16, serverName: String, roots: OpaquePointer, path: String,
                      headers: [(String, String)], body: [UInt8], timeoutSeconds: Int) throws -> Response {
-        let fd = try connect(host: host, port: port, timeoutSeconds: timeoutSeconds)
-        defer { Syscall.close(fd) }
-        let ssl = try handshake(fd: fd, serverName: serverName, roots: roots)
-        defer { SSL_free(ssl) }
         let call = HTTP2Call()
+        call.deadline = Clock.monotonicMilliseconds() + Int64(timeoutSeconds) * 1000
+        call.fd = try call.connect(host: host, port: port)
+        defer { Syscall.close(call.fd) }
+        let ssl = try call.handshake(serverName: serverName, roots: roots)
+        defer { SSL_free(ssl) }
         call.requestBody = body
         return try call.exchange(ssl: ssl, authority: "\(serverName):\(port)", path: path, headers: headers)
     }
 
     // MARK: - TCP and TLS
 
-    private static func connect(host: String, port: UInt16, timeoutSeconds: Int) throws -> Int32 {
+    /// Waits until `fd` is ready for `events` or the call's deadline passes.
+    private func wait(for events: Int16, _ what: String) throws {
+        let remaining = deadline - Clock.monotonicMilliseconds()
+        guard remaining > 0 else { throw CallError("timed out \(what)") }
+        var pfd = pollfd(fd: fd, events: events, revents: 0)
+        let rc = poll(&pfd, 1, Int32(clamping: remaining))
+        if rc == 0 { throw CallError("timed out \(what)") }
+    }
+
+    /// After an OpenSSL call on the non-blocking socket returned `rc`: wait for what it needs, or
+    /// throw its error.
+    private func waitAfter(_ ssl: OpaquePointer, _ rc: Int32, _ what: String) throws {
+        switch SSL_get_error(ssl, rc) {
+        case SSL_ERROR_WANT_READ: try wait(for: Int16(POLLIN), what)
+        case SSL_ERROR_WANT_WRITE: try wait(for: Int16(POLLOUT), what)
+        default: throw CallError("\(what): \(OpenSSLError("TLS"))")
+        }
+    }
+
+    private func connect(host: String, port: UInt16) throws -> Int32 {
         var hints = addrinfo()
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
@@ -54,22 +78,35 @@ final class HTTP2Call {
         var candidate: UnsafeMutablePointer<addrinfo>? = first
         while let info = candidate {
             candidate = info.pointee.ai_next
-            let fd = socket(info.pointee.ai_family, info.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), info.pointee.ai_protocol)
-            if fd < 0 { continue }
-            // On Linux SO_SNDTIMEO bounds connect(2) too.
-            var timeout = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-            setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
-            setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
+            let candidateFd = socket(info.pointee.ai_family,
+                                     info.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue),
+                                     info.pointee.ai_protocol)
+            if candidateFd < 0 { continue }
             var one: Int32 = 1
-            setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
-            if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 { return fd }
-            lastError = String(cString: strerror(errno))
-            Syscall.close(fd)
+            setsockopt(candidateFd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            fd = candidateFd
+            if Glibc.connect(candidateFd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 { return candidateFd }
+            if errno == EINPROGRESS {
+                do {
+                    try wait(for: Int16(POLLOUT), "connecting to \(host):\(port)")
+                    var error: Int32 = 0
+                    var length = socklen_t(MemoryLayout<Int32>.size)
+                    getsockopt(candidateFd, SOL_SOCKET, SO_ERROR, &error, &length)
+                    if error == 0 { return candidateFd }
+                    lastError = String(cString: strerror(error))
+                } catch {
+                    lastError = "\(error)"
+                }
+            } else {
+                lastError = String(cString: strerror(errno))
+            }
+            Syscall.close(candidateFd)
+            fd = -1
         }
         throw CallError("cannot connect to \(host):\(port): \(lastError)")
     }
 
-    private static func handshake(fd: Int32, serverName: String, roots: OpaquePointer) throws -> OpaquePointer {
+    private func handshake(serverName: String, roots: OpaquePointer) throws -> OpaquePointer {
         guard let context = SSL_CTX_new(TLS_client_method()) else { throw OpenSSLError("SSL_CTX_new") }
         defer { SSL_CTX_free(context) }
         SSL_CTX_set_cert_store(context, roots)
@@ -90,10 +127,13 @@ final class HTTP2Call {
             throw OpenSSLError("TLS client set-up")
         }
         OpenSSLError.clearQueue()
-        guard SSL_connect(ssl) == 1 else {
-            let error = OpenSSLError("TLS handshake with \(serverName)")
-            SSL_free(ssl)
-            throw error
+        while true {
+            let rc = SSL_connect(ssl)
+            if rc == 1 { break }
+            do { try waitAfter(ssl, rc, "in the TLS handshake with \(serverName)") } catch {
+                SSL_free(ssl)
+                throw error
+            }
         }
         var selected: UnsafePointer<UInt8>?
         var length: UInt32 = 0
@@ -144,7 +184,11 @@ final class HTTP2Call {
         while !response.closed {
             try flush(session: session, ssl: ssl)
             let read = SSL_read(ssl, &buffer, Int32(buffer.count))
-            guard read > 0 else { throw CallError("connection ended before the response: \(OpenSSLError("SSL_read"))") }
+            if read <= 0 {
+                if SSL_get_error(ssl, read) == SSL_ERROR_ZERO_RETURN { throw CallError("connection ended before the response") }
+                try waitAfter(ssl, read, "waiting for the CA's response")
+                continue
+            }
             guard nghttp2_session_mem_recv(session, buffer, Int(read)) >= 0 else { throw CallError("malformed HTTP/2 from the CA") }
         }
         return response
@@ -183,7 +227,12 @@ final class HTTP2Call {
             let length = nghttp2_session_mem_send(session, &data)
             guard length >= 0 else { throw CallError("nghttp2 send") }
             guard length > 0, let data else { return }
-            guard SSL_write(ssl, data, Int32(length)) == Int32(length) else { throw CallError("TLS write: \(OpenSSLError("SSL_write"))") }
+            // nghttp2 hands out its buffer once: write all of it, waiting as needed.
+            while true {
+                let written = SSL_write(ssl, data, Int32(length))
+                if written == Int32(length) { break }
+                try waitAfter(ssl, written, "writing to the CA")
+            }
         }
     }
 }

@@ -16,6 +16,8 @@ final class CertWorker {
     private var manager: CertificateManager?
     private let executor: ThreadCSRExecutor
     private var peers: [UInt16: IPCSocket] = [:]
+    /// Refused sign requests per NetWorker since its channel was attached.
+    private var refusals: [UInt16: Int] = [:]
     /// When the signature counts were last pushed (monotonic ms); they are pushed at most every
     /// ten seconds, not per signature.
     private var lastStatusPush: Int64 = 0
@@ -58,32 +60,59 @@ final class CertWorker {
     }
 
     private func publish(_ material: IdentityMaterial) {
-        for (index, peer) in peers {
-            do { try peer.send(CertWorkerMessage.identity(material).frame()) } catch {
-                Log.warn("cannot push \(material.spiffeId) to net-worker[\(index)]: \(error)")
-            }
+        for index in peers.keys { pushIdentity(material, to: index) }
+    }
+
+    /// An identity too large for one message (a CA answering with an enormous chain) is not sent
+    /// at all: the NetWorker would refuse the frame and lose its whole channel.
+    private func pushIdentity(_ material: IdentityMaterial, to index: UInt16) {
+        guard material.fitsOneMessage else {
+            reportAudit("identity_refused", [("identity", String(material.spiffeId.prefix(256))),
+                                             ("reason", "certificate chain or roots too large to hand to the NetWorkers")])
+            return
         }
+        push(CertWorkerMessage.identity(material).frame(), to: index)
+    }
+
+    /// Sends to a NetWorker without ever waiting: the CertWorker serves every NetWorker from one
+    /// loop, and one that stops reading (it parses network traffic; it may be compromised) must
+    /// not stop signing for the others. Such a peer loses its channel, which is audited.
+    /// `droppable` frames (status) are simply skipped when its queue is full.
+    private func push(_ frame: IPCFrame, to index: UInt16, droppable: Bool = false) {
+        guard let peer = peers[index] else { return }
+        do { try peer.send(frame, blocking: false) } catch IPCError.wouldBlock where droppable {
+            return
+        } catch IPCError.wouldBlock {
+            closePeer(index, reason: "not reading its signer channel")
+        } catch {
+            peers[index] = nil  // closed: the NetWorker is gone; the Supervisor reconnects its successor
+        }
+    }
+
+    private func closePeer(_ index: UInt16, reason: String) {
+        reportAudit("signer_violation", [("net_worker", "\(index)"), ("reason", reason), ("security", "true")])
+        Log.error("security: net-worker[\(index)]: \(reason); closing its signer channel")
+        peers[index] = nil
+        refusals[index] = nil
     }
 
     /// Every identity's state, pushed to the NetWorkers after anything changed.
     private func publishStatus() {
         var entries = staticIdentities.map { identity in
-            CertificateStatus(spiffeId: identity.material.spiffeId, state: "Available",
-                              certificateChainPEM: identity.material.certificateChainPEM, rootsPEM: identity.material.rootsPEM,
-                              nextRenewal: 0, failedRenewals: 0, signatures: UInt64(identity.signatures))
+            CertificateStatus(spiffeId: identity.material.spiffeId, state: "Available", nextRenewal: 0, failedRenewals: 0,
+                              signatures: UInt64(identity.signatures))
         }
         let wallNow = Int64(time(nil))
         let monotonicNow = Clock.monotonicMilliseconds()
         for entry in manager?.entries.values.sorted(by: { $0.id.description < $1.id.description }) ?? [] {
             entries.append(CertificateStatus(
-                spiffeId: entry.id.description, state: entry.state.text,
-                certificateChainPEM: entry.current?.material.certificateChainPEM ?? "",
-                rootsPEM: entry.current?.material.rootsPEM ?? "",
+                spiffeId: entry.id.description, state: String(entry.state.text.prefix(256)),
                 nextRenewal: wallNow + (entry.refreshAt - monotonicNow) / 1000,
                 failedRenewals: UInt32(clamping: entry.totalFailures), signatures: UInt64(entry.current?.signatures ?? 0)))
         }
-        let frame = CertWorkerMessage.status(Array(entries.prefix(64))).frame()
-        for (_, peer) in peers { try? peer.send(frame) }
+        // 64 wanted identities per NetWorker and a few static ones: the list fits one frame.
+        let frame = CertWorkerMessage.status(Array(entries.prefix(128))).frame()
+        for index in peers.keys { push(frame, to: index, droppable: true) }
         lastStatusPush = Clock.monotonicMilliseconds()
         signaturesSinceStatus = false
     }
@@ -98,13 +127,9 @@ final class CertWorker {
         case .configured:
             do { try supervisor.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }
         case .signerPeer(let index, let fd):
-            let peer = IPCSocket(fd)
-            peers[index] = peer
-            for identity in currentIdentities {
-                do { try peer.send(CertWorkerMessage.identity(identity.material).frame()) } catch {
-                    Log.warn("cannot push \(identity.material.spiffeId) to net-worker[\(index)]: \(error)")
-                }
-            }
+            peers[index] = IPCSocket(fd)
+            refusals[index] = nil
+            for identity in currentIdentities { pushIdentity(identity.material, to: index) }
             Log.debug("signer channel to net-worker[\(index)] attached")
             publishStatus()
         case .drain:
@@ -127,11 +152,10 @@ final class CertWorker {
             case .sign(let handle, let algorithm, let digest):
                 switch SigningOracle(store: store).answer(handle: handle, algorithm: algorithm, digest: digest) {
                 case .signature(let bytes):
-                    try peer.send(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId))
+                    push(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId), to: index)
                     signaturesSinceStatus = true
                 case .refused(let reason):
-                    reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)])
-                    try peer.send(CertWorkerMessage.signRefused(reason).frame(requestId: frame.requestId))
+                    refuse(reason, from: index, requestId: frame.requestId)
                 }
             case .want(let identities):
                 manager?.want(identities, from: index)
@@ -141,10 +165,21 @@ final class CertWorker {
         } catch IPCError.closed {
             peers[index] = nil
         } catch {
-            reportAudit("signer_violation", [("net_worker", "\(index)"), ("reason", "\(error)"), ("security", "true")])
-            Log.error("security: net-worker[\(index)] sent a malformed sign request; closing its signer channel", [("reason", "\(error)")])
-            peers[index] = nil
+            closePeer(index, reason: "malformed request: \(error)")
         }
+    }
+
+    /// A refused sign request. A few are normal (a handle retired during a handshake); many mean a
+    /// NetWorker probing the oracle: the first are audited one by one, then the channel is closed.
+    private func refuse(_ reason: String, from index: UInt16, requestId: UInt32) {
+        let count = (refusals[index] ?? 0) + 1
+        refusals[index] = count
+        if count <= 8 { reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)]) }
+        if count >= 64 {
+            closePeer(index, reason: "\(count) refused sign requests")
+            return
+        }
+        push(CertWorkerMessage.signRefused(reason).frame(requestId: requestId), to: index)
     }
 }
 

@@ -11,6 +11,8 @@ public enum IPCError: Error, Equatable, CustomStringConvertible {
     case controlTruncated
     case malformed(String)
     case closed
+    /// A non-blocking send found the peer's queue full: it is not reading.
+    case wouldBlock
     case system(String)
 
     public var description: String {
@@ -25,6 +27,7 @@ public enum IPCError: Error, Equatable, CustomStringConvertible {
         case .controlTruncated: return "control data truncated (MSG_CTRUNC)"
         case .malformed(let reason): return "malformed: \(reason)"
         case .closed: return "channel closed"
+        case .wouldBlock: return "peer is not reading (queue full)"
         case .system(let reason): return reason
         }
     }

@@ -20,16 +20,18 @@ public final class IPCSocket: @unchecked Sendable {
     }
 
     /// Sends one frame and its fds. The fds stay owned by the caller's `OwnedFD`s (the kernel
-    /// duplicates them into the peer). Safe to call from several threads.
-    public func send(_ frame: IPCFrame) throws {
+    /// duplicates them into the peer). Safe to call from several threads. With `blocking: false`
+    /// a full socket (a peer that stopped reading) throws `IPCError.wouldBlock` instead of waiting:
+    /// a process must never be wedged by a peer it does not trust.
+    public func send(_ frame: IPCFrame, blocking: Bool = true) throws {
         let bytes = try frame.encodedBytes()
         precondition(frame.fds.count <= IPCFrame.maxFds, "frame with \(frame.fds.count) fds")
-        try sendRaw(bytes, fds: frame.fds.map { $0.rawValue })
+        try sendRaw(bytes, fds: frame.fds.map { $0.rawValue }, blocking: blocking)
     }
 
     /// Sends bytes that need not be a valid frame; for the tests and the fault-injection hook that
     /// prove the receiver refuses them.
-    public func sendRaw(_ bytes: [UInt8], fds: [Int32] = []) throws {
+    public func sendRaw(_ bytes: [UInt8], fds: [Int32] = [], blocking: Bool = true) throws {
         try sendLock.withLock {
             var iov = iovec()
             var bytes = bytes
@@ -55,10 +57,13 @@ public final class IPCSocket: @unchecked Sendable {
                                 data.storeBytes(of: fd, toByteOffset: index * MemoryLayout<Int32>.size, as: Int32.self)
                             }
                         }
+                        let flags = Int32(MSG_NOSIGNAL) | (blocking ? 0 : Int32(MSG_DONTWAIT))
                         do {
-                            _ = try Syscall.retrying("sendmsg") { sendmsg(fd.rawValue, &header, Int32(MSG_NOSIGNAL)) }
+                            _ = try Syscall.retrying("sendmsg") { sendmsg(fd.rawValue, &header, flags) }
                         } catch let error as SyscallError where error.errno == EPIPE || error.errno == ECONNRESET {
                             throw IPCError.closed
+                        } catch let error as SyscallError where error.errno == EAGAIN {
+                            throw IPCError.wouldBlock
                         }
                     }
                 }

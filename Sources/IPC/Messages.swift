@@ -125,6 +125,14 @@ public enum WorkerMessage: Equatable {
     /// fields. The Supervisor adds time, sequence and the sender.
     case audit(event: String, fields: [(String, String)])
 
+    /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
+    /// worker must not be able to forge them).
+    public static let certWorkerAuditEvents: Set<String> = [
+        "certificate_loaded", "csr_sent", "certificate_issued", "certificate_failed", "certificate_expired",
+        "certificate_forgotten", "trust_bundle_changed", "identity_refused", "sign_refused", "signer_violation",
+    ]
+    public static let reservedAuditKeys: Set<String> = ["time", "seq", "event", "role", "index", "pid"]
+
     public static func == (a: WorkerMessage, b: WorkerMessage) -> Bool {
         switch (a, b) {
         case (.hello(let v1, let r1, let p1), .hello(let v2, let r2, let p2)): return v1 == v2 && r1 == r2 && p1 == p2

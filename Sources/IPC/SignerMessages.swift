@@ -31,26 +31,31 @@ public struct IdentityMaterial: Equatable, Sendable {
 }
 
 /// The CertWorker's view of one identity, for /config_dump, `ztunnel certs` and the metrics.
+/// The certificates themselves travel in `identity` messages; this is small, so the whole list
+/// fits one frame.
 public struct CertificateStatus: Equatable, Sendable {
     public var spiffeId: String
     /// `Initializing`, `Available` or `Unavailable: <reason>` (ISTIO_COMPAT §17.2).
     public var state: String
-    public var certificateChainPEM: String
-    public var rootsPEM: String
     /// Seconds since the epoch of the next renewal; 0 when none is scheduled (static files).
     public var nextRenewal: Int64
     public var failedRenewals: UInt32
     public var signatures: UInt64
 
-    public init(spiffeId: String, state: String, certificateChainPEM: String, rootsPEM: String,
-                nextRenewal: Int64, failedRenewals: UInt32, signatures: UInt64) {
+    public init(spiffeId: String, state: String, nextRenewal: Int64, failedRenewals: UInt32, signatures: UInt64) {
         self.spiffeId = spiffeId
         self.state = state
-        self.certificateChainPEM = certificateChainPEM
-        self.rootsPEM = rootsPEM
         self.nextRenewal = nextRenewal
         self.failedRenewals = failedRenewals
         self.signatures = signatures
+    }
+}
+
+extension IdentityMaterial {
+    /// Whether an `identity` message with this material fits what the decoder accepts.
+    public var fitsOneMessage: Bool {
+        spiffeId.utf8.count <= 2048 && certificateChainPEM.utf8.count <= 32 * 1024 && rootsPEM.utf8.count <= 16 * 1024
+            && handle.count == 32
     }
 }
 
@@ -92,7 +97,6 @@ public enum CertWorkerMessage: Equatable, Sendable {
             writer.u16(UInt16(entries.count))
             for entry in entries {
                 writer.string(entry.spiffeId); writer.string(entry.state)
-                writer.string(entry.certificateChainPEM); writer.string(entry.rootsPEM)
                 writer.i64(entry.nextRenewal); writer.u32(entry.failedRenewals); writer.u64(entry.signatures)
             }
         }
@@ -118,15 +122,13 @@ public enum CertWorkerMessage: Equatable, Sendable {
             message = .signature(signature)
         case .signRefused: message = .signRefused(try reader.string("refusal", max: 512))
         case .status:
-            // A status frame must fit one IPC frame: a handful of identities per NetWorker.
-            let count = try reader.count("certificate statuses", max: 64)
+            let count = try reader.count("certificate statuses", max: 128)
             var entries: [CertificateStatus] = []
             for _ in 0..<count {
                 entries.append(CertificateStatus(
-                    spiffeId: try reader.string("spiffe id", max: 2048), state: try reader.string("state", max: 1024),
-                    certificateChainPEM: try reader.string("certificate chain", max: 32 * 1024),
-                    rootsPEM: try reader.string("roots", max: 16 * 1024), nextRenewal: try reader.i64("next renewal"),
-                    failedRenewals: try reader.u32("failed renewals"), signatures: try reader.u64("signatures")))
+                    spiffeId: try reader.string("spiffe id", max: 2048), state: try reader.string("state", max: 256),
+                    nextRenewal: try reader.i64("next renewal"), failedRenewals: try reader.u32("failed renewals"),
+                    signatures: try reader.u64("signatures")))
             }
             message = .status(entries)
         }

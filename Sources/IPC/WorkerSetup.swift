@@ -63,7 +63,8 @@ public struct WorkerSetup: Equatable, Sendable {
         let settingCount = try reader.count("setup settings", max: 512)
         var settings: [(String, String)] = []
         for _ in 0..<settingCount {
-            settings.append((try reader.string("setting name", max: 128), try reader.string("setting value")))
+            // Values (an inline PEM bundle in CA_ROOT_CA, say) are bounded by the frame only.
+            settings.append((try reader.string("setting name", max: 128), try reader.string("setting value", max: IPCFrame.maxPayload)))
         }
         self.settings = settings
         uid = try reader.u32("setup uid")

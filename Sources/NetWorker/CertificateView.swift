@@ -8,9 +8,9 @@ import Shared
 /// our additions (`nextRenewal`, `failedRenewals`, `signatures`, `issuer`), and the metrics.
 /// Only public material is handled here.
 enum CertificateView {
-    static func configDumpEntry(_ status: CertificateStatus) -> JSON {
-        let chain = (try? Certificate.parseChain(pem: status.certificateChainPEM)) ?? []
-        let roots = (try? Certificate.parseChain(pem: status.rootsPEM)) ?? []
+    static func configDumpEntry(_ status: CertificateStatus, _ material: IdentityMaterial?) -> JSON {
+        let chain = material.flatMap { try? Certificate.parseChain(pem: $0.certificateChainPEM) } ?? []
+        let roots = material.flatMap { try? Certificate.parseChain(pem: $0.rootsPEM) } ?? []
         var members: [(String, JSON)] = [
             ("identity", .string(status.spiffeId)),
             ("state", .string(status.state)),
@@ -38,13 +38,15 @@ enum CertificateView {
 
 /// Per-identity certificate metrics: the expiry users ask upstream for, and failed renewals.
 enum CertificateMetrics {
-    static func lines(_ statuses: [CertificateStatus], now: Int = Int(Clock.epochSeconds())) -> [String] {
+    static func lines(_ statuses: [CertificateStatus], _ materials: [String: IdentityMaterial],
+                      now: Int = Int(Clock.epochSeconds())) -> [String] {
         var lines = [
             "# HELP ztunnel_certificate_expiry_seconds Seconds until the identity's current certificate expires.",
             "# TYPE ztunnel_certificate_expiry_seconds gauge",
         ]
         for status in statuses {
-            guard let leaf = (try? Certificate.parseChain(pem: status.certificateChainPEM))?.first else { continue }
+            guard let material = materials[status.spiffeId],
+                  let leaf = (try? Certificate.parseChain(pem: material.certificateChainPEM))?.first else { continue }
             lines.append("ztunnel_certificate_expiry_seconds{identity=\"\(status.spiffeId)\"} \(leaf.validity.notAfter - now)")
         }
         lines += [

@@ -4,7 +4,7 @@ import Shared
 /// The admin /config_dump document (ISTIO_COMPAT §17.2) plus our `processes` section: the
 /// supervised process table (role, pid, state, restarts, last exit cause).
 enum ConfigDump {
-    static func build(state: NetWorkerState, certificates: [CertificateStatus]) -> JSON {
+    static func build(state: NetWorkerState, certificates: [CertificateStatus], materials: [String: IdentityMaterial]) -> JSON {
         let (table, _) = state.snapshot
         let processes = table.map { entry in
             JSON.object([("role", .string("\(entry.role)")), ("index", .int(Int64(entry.index))),
@@ -23,7 +23,7 @@ enum ConfigDump {
                                  ("buildStatus", .string("Modified")), ("istioVersion", .string("unknown")),
                                  ("cryptoProvider", .string("openssl"))])),
             ("config", .object(config)),
-            ("certificates", .array(certificates.map(CertificateView.configDumpEntry))),
+            ("certificates", .array(certificates.map { CertificateView.configDumpEntry($0, materials[$0.spiffeId]) })),
             ("processes", .array(processes)),
         ])
     }

@@ -58,7 +58,7 @@ struct HTTPEndpoints {
         for entry in table {
             lines.append("ztunnel_worker_restarts_total{role=\"\(entry.role)\",index=\"\(entry.index)\"} \(entry.restarts)")
         }
-        lines += CertificateMetrics.lines(identities.certificateStatuses)
+        lines += CertificateMetrics.lines(identities.certificateStatuses, identities.materialsById)
         lines.append("# EOF")
         return Reply(status: 200, reason: "OK", body: lines.joined(separator: "\n") + "\n")
     }
@@ -71,7 +71,7 @@ struct HTTPEndpoints {
                          body: "<html><body><h1>ztunnel admin</h1><ul>\(links)</ul></body></html>\n")
         case "/config_dump":
             return Reply(status: 200, reason: "OK", contentType: "application/json",
-                         body: ConfigDump.build(state: state, certificates: identities.certificateStatuses).serialized(pretty: true) + "\n")
+                         body: ConfigDump.build(state: state, certificates: identities.certificateStatuses, materials: identities.materialsById).serialized(pretty: true) + "\n")
         case "/quitquitquit":
             guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
             return Reply(status: 200, reason: "OK", body: "shutdown now\n", followUp: .requestShutdown)

@@ -36,5 +36,6 @@ final class IdentityTable: @unchecked Sendable {
         lock.withLock { contexts.keys.sorted().first.flatMap { contexts[$0] } }
     }
 
-    var identities: [IdentityMaterial] { lock.withLock { materials.values.sorted { $0.spiffeId < $1.spiffeId } } }
+    /// The certificates the CertWorker pushed, by SPIFFE id.
+    var materialsById: [String: IdentityMaterial] { lock.withLock { materials } }
 }

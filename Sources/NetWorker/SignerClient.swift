@@ -60,7 +60,7 @@ final class SignerClient: @unchecked Sendable {
     }
 
     private func sendWant(_ identities: [String], on socket: IPCSocket) {
-        do { try socket.send(SignerRequest.want(identities: identities).frame(requestId: 0)) } catch {
+        do { try socket.send(SignerRequest.want(identities: identities).frame(requestId: 0), blocking: false) } catch {
             Log.warn("cannot send wanted identities to the CertWorker: \(error)")
         }
     }
@@ -113,32 +113,34 @@ final class SignerClient: @unchecked Sendable {
 
     /// Sends a sign request without waiting; `completion` runs on the reader thread with the
     /// signature, or nil on refusal. Returns the request id (for `cancel`), or nil when there is
-    /// no channel or the send failed.
+    /// no channel or the request could not be queued.
     func signAsync(handle: [UInt8], digest: [UInt8], completion: @escaping ([UInt8]?) -> Void) -> UInt32? {
-        condition.withLock {
-            guard let requestId = send(handle: handle, digest: digest) else { return nil }
+        // Registered before sending (the reply can be quick); sent outside the lock, which the
+        // reader thread needs to deliver replies.
+        let (channel, requestId) = condition.withLock { () -> (IPCSocket?, UInt32) in
+            let requestId = nextRequestId
+            nextRequestId = nextRequestId &+ 1
             completions[requestId] = completion
-            return requestId
+            return (self.channel, requestId)
         }
-    }
-
-    /// Sends one sign request; call with the lock held. Nil when there is no channel or the send
-    /// failed (logged).
-    private func send(handle: [UInt8], digest: [UInt8]) -> UInt32? {
-        guard let channel else {
-            Log.warn("sign request without a signer channel (CertWorker not attached)")
-            return nil
-        }
-        let requestId = nextRequestId
-        nextRequestId = nextRequestId &+ 1
-        do {
-            try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
-                                                digest: digest).frame(requestId: requestId))
-        } catch {
-            Log.warn("cannot send a sign request: \(error)")
+        guard let channel, send(handle: handle, digest: digest, requestId: requestId, on: channel) else {
+            condition.withLock { completions[requestId] = nil }
             return nil
         }
         return requestId
+    }
+
+    /// Queues one sign request without waiting: when the CertWorker is so far behind that its
+    /// queue is full, this handshake fails rather than an event loop stopping for all the others.
+    private func send(handle: [UInt8], digest: [UInt8], requestId: UInt32, on channel: IPCSocket) -> Bool {
+        do {
+            try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
+                                                digest: digest).frame(requestId: requestId), blocking: false)
+            return true
+        } catch {
+            Log.warn("cannot send a sign request: \(error)")
+            return false
+        }
     }
 
     /// Forgets an asynchronous request that missed its deadline: a late reply is dropped.
@@ -146,15 +148,24 @@ final class SignerClient: @unchecked Sendable {
         condition.withLock { completions[requestId] = nil }
     }
 
-    /// Signs a SHA-256 digest with the key named by `handle`; nil on refusal, a closed channel or
-    /// a missed deadline (the handshake then fails, and the reason is logged).
+    /// Signs a SHA-256 digest with the key named by `handle`, waiting; nil on refusal, a closed
+    /// channel or a missed deadline (the handshake then fails, and the reason is logged). Only for
+    /// a handshake outside an ASYNC_JOB.
     func sign(handle: [UInt8], digest: [UInt8], timeoutMilliseconds: Int64 = 2000) -> [UInt8]? {
-        condition.withLock {
-            // The reply may come before the wait starts: register before sending.
+        let (channel, requestId) = condition.withLock { () -> (IPCSocket?, UInt32) in
             let requestId = nextRequestId
+            nextRequestId = nextRequestId &+ 1
             waiting.insert(requestId)
+            return (self.channel, requestId)
+        }
+        return condition.withLock {
             defer { waiting.remove(requestId); replies[requestId] = nil }
-            guard send(handle: handle, digest: digest) == requestId else { return nil }
+            guard let channel else {
+                Log.warn("sign request without a signer channel (CertWorker not attached)")
+                return nil
+            }
+            // Queued with the lock held is safe here: the send never waits.
+            guard send(handle: handle, digest: digest, requestId: requestId, on: channel) else { return nil }
             let deadline = Clock.monotonicMilliseconds() + timeoutMilliseconds
             guard condition.wait(until: deadline, for: { replies[requestId] != nil }) else {
                 Log.warn("sign request \(requestId) timed out after \(timeoutMilliseconds) ms")

@@ -69,12 +69,16 @@ public enum Syscall {
         }
     }
 
-    /// Reads a whole small file (a key-less config or profile file); refuses files over `limit`.
+    /// Reads a whole small file; refuses files over `limit`. The read buffer is cleared before it
+    /// is freed, so a key file read through here leaves only the returned copy, which the caller
+    /// clears.
     public static func readFile(_ path: String, limit: Int = 1 << 20) throws -> [UInt8] {
         let fd = try retrying("open(\(path))") { open(path, O_RDONLY | O_CLOEXEC) }
         defer { close(fd) }
         var out: [UInt8] = []
+        out.reserveCapacity(min(limit, 64 * 1024))
         var chunk = [UInt8](repeating: 0, count: 65536)
+        defer { chunk.withUnsafeMutableBytes { raw in if let base = raw.baseAddress { explicit_bzero(base, raw.count) } } }
         while true {
             let n = try chunk.withUnsafeMutableBytes { raw in
                 try retrying("read(\(path))") { Glibc.read(fd, raw.baseAddress, raw.count) }

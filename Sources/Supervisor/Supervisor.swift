@@ -105,7 +105,7 @@ final class Supervisor {
             slot.setupDeadline = nil
             audit.record("worker_ready", slot.auditFields)
             Log.info("\(slot.name) is ready", [("pid", "\(slot.pid)")])
-            if isDraining { try slot.ipc?.send(SupervisorMessage.drain(deadlineMilliseconds: 0).frame()) }
+            if isDraining { try slot.ipc?.send(SupervisorMessage.drain(deadlineMilliseconds: 0).frame(), blocking: false) }
             broadcastProcessTable()
         case (.shutdownRequest, .running) where slot.spec.permittedWhileRunning.contains(.shutdownRequest):
             audit.record("shutdown_requested", slot.auditFields)
@@ -113,6 +113,10 @@ final class Supervisor {
         case (.audit(let event, let fields), .settingUp), (.audit(let event, let fields), .running):
             guard slot.spec.permittedWhileRunning.contains(.audit) else {
                 throw Violation("audit events are not permitted from \(slot.spec.role)")
+            }
+            guard WorkerMessage.certWorkerAuditEvents.contains(event),
+                  !fields.contains(where: { WorkerMessage.reservedAuditKeys.contains($0.0) }) else {
+                throw Violation("audit event \(event) is not one the CertWorker may write, or forges a reserved key")
             }
             audit.record(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) })
         default:
@@ -125,17 +129,17 @@ final class Supervisor {
         guard let ipc = slot.ipc else { return }
         if slot.spec.receivesListeners {
             for listener in broker.listeners where Int(slot.index) < listener.fds.count {
-                try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame())
+                try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame(), blocking: false)
             }
         }
         if slot.spec.receivesProcessTable {
-            try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame())
+            try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
         }
         if slot.spec.receivesListeners {
-            try ipc.send(SupervisorMessage.localConfig(localConfig).frame())
+            try ipc.send(SupervisorMessage.localConfig(localConfig).frame(), blocking: false)
         }
         connectSigners(newcomer: slot)
-        try ipc.send(SupervisorMessage.configured.frame())
+        try ipc.send(SupervisorMessage.configured.frame(), blocking: false)
     }
 
     /// The Supervisor makes every socketpair (STYLE.md §2): a signer channel between the
@@ -153,8 +157,8 @@ final class Supervisor {
         for (cert, net) in pairs {
             do {
                 let (certEnd, netEnd) = try IPCSocket.pair()
-                try cert.ipc?.send(SupervisorMessage.signerPeer(index: net.index, fd: certEnd.fd).frame())
-                try net.ipc?.send(SupervisorMessage.signerChannel(fd: netEnd.fd).frame())
+                try cert.ipc?.send(SupervisorMessage.signerPeer(index: net.index, fd: certEnd.fd).frame(), blocking: false)
+                try net.ipc?.send(SupervisorMessage.signerChannel(fd: netEnd.fd).frame(), blocking: false)
             } catch {
                 Log.warn("cannot connect \(cert.name) and \(net.name): \(error)")
             }
@@ -169,9 +173,18 @@ final class Supervisor {
     private func broadcastProcessTable() {
         let frame = SupervisorMessage.processTable(slots.map(\.entry)).frame()
         for slot in slots where slot.spec.receivesProcessTable && (slot.state == .settingUp || slot.state == .running) {
-            // A worker that cannot take the table is dying; its pidfd will say so.
-            try? slot.ipc?.send(frame)
+            sendWithoutWaiting(frame, to: slot)
         }
+    }
+
+    /// The Supervisor never blocks on a worker: one that stops reading its channel is killed
+    /// (and replaced), instead of wedging the only privileged process. A closed channel means the
+    /// worker is exiting; its pidfd says how.
+    private func sendWithoutWaiting(_ frame: IPCFrame, to slot: WorkerSlot) {
+        do { try slot.ipc?.send(frame, blocking: false) } catch IPCError.wouldBlock {
+            audit.record("worker_unresponsive", slot.auditFields)
+            kill(slot, reason: "killed by the supervisor: not reading its control channel")
+        } catch {}
     }
 
     // MARK: - The loop
@@ -208,8 +221,11 @@ final class Supervisor {
     }
 
     private func readMessages(from slot: WorkerSlot) {
-        // Drain what is queued; stop at the first refusal (the worker is killed).
-        while let ipc = slot.ipc {
+        // Take what is queued, a bounded number per turn so one chatty worker cannot keep the
+        // loop from signals, deadlines and the others; stop at the first refusal.
+        var budget = 64
+        while let ipc = slot.ipc, budget > 0 {
+            budget -= 1
             do {
                 guard case .frame(let frame) = try ipc.receive(blocking: false) else { return }
                 try handle(try WorkerMessage.decode(frame), from: slot)
@@ -242,6 +258,9 @@ final class Supervisor {
         var status: Int32 = 0
         let rc = waitpid(slot.pid, &status, WNOHANG)
         guard rc == slot.pid else { return }
+        // Its last messages (a shutdown request, an audit event) are still queued: take them
+        // before the channel is forgotten, unless it was killed for what it sent.
+        if slot.killReason == nil { readMessages(from: slot) }
         let cause = slot.killReason ?? ExitCause.describe(waitStatus: status)
         workerGone(slot, cause: cause)
     }
@@ -321,7 +340,7 @@ final class Supervisor {
         let frame = SupervisorMessage.drain(deadlineMilliseconds: UInt32(clamping: deadline)).frame()
         for slot in slots {
             slot.restartAt = nil
-            if slot.state == .running || slot.state == .settingUp { try? slot.ipc?.send(frame) }
+            if slot.state == .running || slot.state == .settingUp { sendWithoutWaiting(frame, to: slot) }
             if slot.state == .backoff { slot.state = .stopped }
         }
         // Workers exit themselves at the deadline; a margin later the stragglers are killed.

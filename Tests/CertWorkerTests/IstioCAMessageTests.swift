@@ -20,6 +20,10 @@ import Testing
         #expect(throws: CAProtobuf.DecodeError.self) { try CAProtobuf.decodeResponse([0x0a, 0x05, 0x41]) }
         #expect(throws: CAProtobuf.DecodeError.self) { try CAProtobuf.decodeResponse([0x0b]) }  // wire type 3
         #expect(throws: CAProtobuf.DecodeError.self) { try CAProtobuf.decodeResponse([0x0a, 0x80]) }
+        // Found in review: a length of 2^63 or more must be an error, not a trap.
+        let huge: [UInt8] = [0x0a, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x01, 0x41]
+        #expect(throws: CAProtobuf.DecodeError.self) { try CAProtobuf.decodeResponse(huge) }
+        #expect(throws: CAProtobuf.DecodeError.self) { try CAProtobuf.decodeResponse([0x09, 0x01]) }  // fixed64 past the end
     }
 
     func response(status: Int = 200, grpc: String = "0", message: [UInt8]) -> HTTP2Call.Response {
