@@ -24,7 +24,7 @@ final class BuiltinCA: CertificateAuthority {
     /// certificate says nothing machine-checkable about it.
     private let trustDomain: String?
     /// The wall clock in seconds; tests move it.
-    var now: () -> Int = { Int(time(nil)) }
+    var now: () -> Int = { Int(Clock.epochSeconds()) }
 
     struct CAError: Error, CustomStringConvertible {
         let description: String
@@ -42,7 +42,7 @@ final class BuiltinCA: CertificateAuthority {
             throw OpenSSLError("CA name")
         }
         try Self.fill(x509, subject: name, issuer: name, publicKey: caKey.pkey, lifetimeSeconds: 10 * 365 * 86_400,
-                      backdateSeconds: 60, at: Int(time(nil)))
+                      backdateSeconds: 60, at: Int(Clock.epochSeconds()))
         try Self.addExtension(x509, issuer: x509, NID_basic_constraints, "critical,CA:TRUE")
         try Self.addExtension(x509, issuer: x509, NID_key_usage, "critical,keyCertSign,cRLSign")
         try Self.addExtension(x509, issuer: x509, NID_subject_key_identifier, "hash")

@@ -63,7 +63,7 @@ final class CertificateManager {
     private var inFlight = 0
     private var lastRoots: String?
     /// For tests: the wall clock in seconds and monotonic milliseconds.
-    var now: () -> (wall: Int, monotonic: Int64) = { (Int(time(nil)), Clock.monotonicMilliseconds()) }
+    var now: () -> (wall: Int, monotonic: Int64) = { (Int(Clock.epochSeconds()), Clock.monotonicMilliseconds()) }
 
     /// Called after an asynchronous completion changed state (for the status push).
     var onChange: () -> Void = {}

@@ -102,7 +102,7 @@ final class CertWorker {
             CertificateStatus(spiffeId: identity.material.spiffeId, state: "Available", nextRenewal: 0, failedRenewals: 0,
                               signatures: UInt64(identity.signatures))
         }
-        let wallNow = Int64(time(nil))
+        let wallNow = Clock.epochSeconds()
         let monotonicNow = Clock.monotonicMilliseconds()
         for entry in manager?.entries.values.sorted(by: { $0.id.description < $1.id.description }) ?? [] {
             entries.append(CertificateStatus(

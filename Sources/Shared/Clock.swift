@@ -20,10 +20,10 @@ public enum Clock {
     }
 
     /// Now, as `2026-11-21T23:15:00.123Z`.
-    public static func rfc3339Now(fractional: Bool = true) -> String {
+    public static func rfc3339Now() -> String {
         var ts = timespec()
         clock_gettime(CLOCK_REALTIME, &ts)
-        return rfc3339(seconds: Int(ts.tv_sec), milliseconds: fractional ? Int(ts.tv_nsec) / 1_000_000 : nil)
+        return rfc3339(seconds: Int(ts.tv_sec), milliseconds: Int(ts.tv_nsec) / 1_000_000)
     }
 
     /// Seconds since the epoch as RFC 3339 UTC; with `milliseconds`, three fractional digits.

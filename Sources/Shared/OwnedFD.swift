@@ -41,11 +41,5 @@ public final class OwnedFD: @unchecked Sendable, CustomStringConvertible {
         }
     }
 
-    /// A second fd for the same open file, owned separately (dup with close-on-exec).
-    public func duplicate() throws -> OwnedFD {
-        let copy = try Syscall.retrying("fcntl(F_DUPFD_CLOEXEC)") { fcntl(rawValue, F_DUPFD_CLOEXEC, 0) }
-        return OwnedFD(takingOwnershipOf: copy)
-    }
-
     public var description: String { "fd \(fd)" }
 }

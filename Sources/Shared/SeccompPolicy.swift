@@ -32,11 +32,6 @@ public struct SeccompPolicy: Sendable, Equatable {
         }
     }
 
-    /// Whether this machine's libseccomp knows `name` for the native architecture.
-    public static func isKnownSyscall(_ name: String) -> Bool {
-        seccomp_syscall_resolve_name(name) != __NR_SCMP_ERROR
-    }
-
     /// Installs the filter on every thread of the process (TSYNC). Names this architecture does
     /// not have are skipped (the profile is shared across architectures); they are returned so the
     /// caller can log them.

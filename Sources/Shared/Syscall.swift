@@ -47,17 +47,6 @@ public enum Syscall {
         return (fds[0], fds[1])
     }
 
-    public static func setCloseOnExec(_ fd: Int32, _ on: Bool) throws {
-        let flags = try retrying("fcntl(F_GETFD)") { fcntl(fd, F_GETFD) }
-        let next = on ? flags | FD_CLOEXEC : flags & ~FD_CLOEXEC
-        _ = try retrying("fcntl(F_SETFD)") { fcntl(fd, F_SETFD, next) }
-    }
-
-    public static func setNonBlocking(_ fd: Int32) throws {
-        let flags = try retrying("fcntl(F_GETFL)") { fcntl(fd, F_GETFL) }
-        _ = try retrying("fcntl(F_SETFL)") { fcntl(fd, F_SETFL, flags | O_NONBLOCK) }
-    }
-
     /// Writes all of `bytes` to a blocking fd.
     public static func writeAll(_ fd: Int32, _ bytes: [UInt8]) throws {
         var offset = 0
