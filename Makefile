@@ -4,10 +4,9 @@
 SHELL := /bin/bash
 APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3
 FUZZ_SECONDS ?= 60
-FUZZ_NO_MAIN = $(firstword $(wildcard /opt/swift/usr/lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a) \
-                           $(wildcard $(dir $(shell command -v swift))../lib/clang/*/lib/linux/libclang_rt.fuzzer_no_main-x86_64.a))
+FUZZ_SMOKE_SECONDS ?= 20
 
-.PHONY: deps build demo test unit-test integration-test fuzz clean
+.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -32,15 +31,15 @@ unit-test: build
 integration-test: build
 	python3 -m pytest -v Tests/integration
 
-test: unit-test integration-test
+test: unit-test integration-test fuzz-smoke
 
-# Fuzzes the IPC decoders for FUZZ_SECONDS with libFuzzer and AddressSanitizer (Fuzz/ package).
+# Every parser of outside bytes has a libFuzzer target (Fuzz/run.sh): `make test` runs each for
+# FUZZ_SMOKE_SECONDS with AddressSanitizer, `make fuzz` for FUZZ_SECONDS.
+fuzz-smoke: deps
+	Fuzz/run.sh $(FUZZ_SMOKE_SECONDS)
+
 fuzz: deps
-	cd Fuzz && swift build --scratch-path ../.build-fuzz --product IPCFuzz \
-	  -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
-	  -Xlinker $(FUZZ_NO_MAIN) -Xlinker -lstdc++
-	python3 Fuzz/seeds.py .build-fuzz/corpus
-	SWIFT_BACKTRACE=enable=no .build-fuzz/debug/IPCFuzz -max_total_time=$(FUZZ_SECONDS) -print_final_stats=1 -artifact_prefix=.build-fuzz/ .build-fuzz/corpus
+	Fuzz/run.sh $(FUZZ_SECONDS)
 
 clean:
 	rm -rf .build .build-fuzz

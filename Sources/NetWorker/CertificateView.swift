@@ -1,4 +1,3 @@
-import FoundationEssentials
 import IPC
 import OpenSSLSupport
 import Shared
@@ -28,7 +27,7 @@ enum CertificateView {
         let (notBefore, notAfter) = certificate.validity
         let pem = (try? certificate.pem()) ?? ""
         return .object([
-            ("pem", .string(Data(pem.utf8).base64EncodedString())),
+            ("pem", .string(Base64.encode(Array(pem.utf8)))),
             ("serialNumber", .string(certificate.serialNumberHex)),
             ("validFrom", .string(Clock.rfc3339(seconds: notBefore))),
             ("expirationTime", .string(Clock.rfc3339(seconds: notAfter))),

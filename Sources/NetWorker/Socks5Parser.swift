@@ -21,9 +21,21 @@ struct Socks5Parser {
     private var phase = Phase.greeting
     private var buffer: [UInt8] = []
 
+    /// The most bytes held before a decision: a greeting is at most 257 bytes and a request 22,
+    /// plus what a client pipelines behind them. More is refused, so a client that streams bytes
+    /// at the handshake cannot make us buffer without end.
+    static let maxBuffered = 4096
+
     /// Feeds received bytes; returns what to do next. Call again with no bytes after `.reply` to
-    /// continue with what is buffered.
+    /// continue with what is buffered. After a decision (`connect` or `fail`) it holds nothing
+    /// more and answers `needMore`.
     mutating func feed(_ bytes: [UInt8]) -> Action {
+        guard phase != .done else { return .needMore }
+        guard buffer.count + bytes.count <= Self.maxBuffered else {
+            phase = .done
+            buffer.removeAll()
+            return .fail([], reason: "more than \(Self.maxBuffered) bytes before the handshake completed")
+        }
         buffer += bytes
         switch phase {
         case .greeting: return parseGreeting()

@@ -31,6 +31,13 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         guard (try? request.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
             fatalError("SignerRequest re-encodes differently")
         }
+        // The CertWorker's shape check on what a NetWorker asks it to sign.
+        if case .sign(_, _, let content) = request, let side = CertificateVerifyContent.side(of: content) {
+            let hash = Array(content.suffix(content.count - 64 - side.rawValue.utf8.count - 1))
+            guard CertificateVerifyContent.make(side, transcriptHash: hash) == content else {
+                fatalError("accepted a content that is not padding, context, 0, hash")
+            }
+        }
     }
     if let message = try? SupervisorMessage.decode(frame) {
         guard (try? message.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
