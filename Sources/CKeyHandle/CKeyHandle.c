@@ -2,8 +2,8 @@
 //
 // libssl sees an ordinary EC key (its keymgmt is EC-named, so EVP_PKEY_is_a(key, "EC") holds and
 // the certificate type is recognised). The key data is the public point plus a 32-byte handle;
-// signing hashes the message with SHA-256 (from the default provider) and hands the digest to the
-// app's callback. The entry points are the minimal set libssl 3.0 needs (docs/KEY_HANDLES.md).
+// signing hands the unhashed to-be-signed content (the TLS 1.3 CertificateVerify input) to the
+// app's callback, whose key holder checks its shape, hashes it with SHA-256 and signs. The entry points are the minimal set libssl 3.0 needs (docs/KEY_HANDLES.md).
 #include "CKeyHandle.h"
 
 #include <string.h>
@@ -19,7 +19,6 @@
 #define KH_PARAM_HANDLE "kh-handle" /* octet string, CKEYHANDLE_ID_LEN bytes */
 #define KH_PUB_LEN 65               /* uncompressed P-256 point: 04 || X || Y */
 #define KH_SIG_MAX 72               /* DER ECDSA-Sig-Value for P-256, worst case */
-#define KH_DIGEST_LEN 32
 
 /* Written once by CKeyHandle_install before any SSL_CTX exists, then only read. */
 static CKeyHandle_sign_fn kh_sign_cb;
@@ -222,15 +221,15 @@ static int kh_digest_sign_init(void *vctx, const char *mdname, void *provkey,
     return 1;
 }
 
-/* One-shot EVP_DigestSign, which libssl uses for CertificateVerify (and TLS 1.2
-   ServerKeyExchange). sig == NULL asks for the maximum size. Deliberately shallow: it may run on
-   an ASYNC_JOB's small stack. */
+/* One-shot EVP_DigestSign, which libssl uses for CertificateVerify. sig == NULL asks for the
+   maximum size. The content is handed to the callback unhashed: in TLS 1.3 it is the
+   CertificateVerify input of RFC 8446 §4.4.3, whose shape the key holder checks before it hashes
+   and signs, so a compromised caller cannot use the handle as a general-purpose signer.
+   Deliberately shallow: it may run on an ASYNC_JOB's small stack. */
 static int kh_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t sigsize,
                           const unsigned char *tbs, size_t tbslen)
 {
     kh_sigctx *ctx = vctx;
-    unsigned char digest[KH_DIGEST_LEN];
-    unsigned int digest_len = 0;
     size_t len = 0;
     int ok;
 
@@ -240,11 +239,8 @@ static int kh_digest_sign(void *vctx, unsigned char *sig, size_t *siglen, size_t
     }
     if (ctx->key == NULL || !ctx->key->has_handle)
         return 0;
-    ok = EVP_Digest(tbs, tbslen, digest, &digest_len, kh_sha256, NULL)
-         && digest_len == KH_DIGEST_LEN
-         && kh_sign_cb(kh_sign_arg, ctx->key->handle, digest, KH_DIGEST_LEN, sig, &len, sigsize) == 1
+    ok = kh_sign_cb(kh_sign_arg, ctx->key->handle, tbs, tbslen, sig, &len, sigsize) == 1
          && len > 0 && len <= sigsize;
-    OPENSSL_cleanse(digest, sizeof(digest));
     if (!ok) {
         ERR_raise_data(ERR_LIB_PROV, ERR_R_OPERATION_FAIL, KH_PROV_NAME ": signing callback failed");
         return 0;

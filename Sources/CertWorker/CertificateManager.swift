@@ -67,6 +67,8 @@ final class CertificateManager {
 
     /// Called after an asynchronous completion changed state (for the status push).
     var onChange: () -> Void = {}
+    /// Called when an identity is forgotten, so the NetWorkers withdraw it from their tables.
+    var onForget: (String) -> Void = { _ in }
 
     init(ca: CertificateAuthority, executor: CSRExecutor = InlineCSRExecutor(), store: KeyStore, ttlSeconds: Int,
          audit: @escaping (String, [(String, String)]) -> Void, publish: @escaping (IdentityMaterial) -> Void) {
@@ -115,6 +117,7 @@ final class CertificateManager {
         if let current = entry.current { store.remove(handle: current.material.handle) }
         for (old, _) in entry.retiring { store.remove(handle: old.material.handle) }
         audit("certificate_forgotten", [("identity", entry.id.description)])
+        onForget(entry.id.description)
     }
 
     /// The earliest time (monotonic ms) something is due, if anything is.

@@ -37,8 +37,19 @@ final class KeyStore {
 
     func insert(_ identity: StoredIdentity) { byHandle[identity.material.handle] = identity }
 
+    /// Handles dropped recently, oldest first (bounded): a sign request for one of them is a race
+    /// with the withdrawal, not a NetWorker probing the oracle.
+    private var withdrawn: [[UInt8]] = []
+    static let withdrawnMemory = 256
+
     /// Drops a key: its handle signs nothing from now on, and its memory is cleared on free.
-    func remove(handle: [UInt8]) { byHandle[handle] = nil }
+    func remove(handle: [UInt8]) {
+        guard byHandle.removeValue(forKey: handle) != nil else { return }
+        withdrawn.append(handle)
+        if withdrawn.count > Self.withdrawnMemory { withdrawn.removeFirst(withdrawn.count - Self.withdrawnMemory) }
+    }
+
+    func wasWithdrawn(_ handle: [UInt8]) -> Bool { withdrawn.contains(handle) }
 
     /// OpenSSL's secure heap: mmap'd, mlock'd, MADV_DONTDUMP, cleared on free. Private key
     /// numbers are allocated there. Must run before any key is loaded.

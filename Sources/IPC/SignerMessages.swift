@@ -5,10 +5,46 @@ import Shared
 /// opaque key handle; the NetWorker asks it to sign TLS handshakes with that handle. No private
 /// key ever crosses this channel (STYLE.md §4, the OpenSSH monitor pattern).
 public enum SignatureAlgorithm: UInt8, Sendable {
-    /// ECDSA P-256 over a SHA-256 digest (TLS `ecdsa_secp256r1_sha256`); the digest is 32 bytes.
+    /// ECDSA P-256 with SHA-256 (TLS `ecdsa_secp256r1_sha256`) over a TLS 1.3 CertificateVerify
+    /// content, which the CertWorker checks and hashes itself.
     case ecdsaP256SHA256 = 1
+}
 
-    public var digestLength: Int { 32 }
+/// The only thing the CertWorker signs: the content of a TLS 1.3 CertificateVerify (RFC 8446
+/// §4.4.3): 64 bytes of 0x20, the server or client context string, one 0x00, then the
+/// handshake transcript hash (32 bytes with a SHA-256 suite, 48 with SHA-384). A NetWorker sends
+/// this unhashed content instead of a digest, so that a compromised NetWorker holding a key
+/// handle cannot obtain a signature over anything but a handshake transcript (OpenSSH's monitor
+/// binds what it signs in the same way). What it cannot check: that the transcript is of a
+/// handshake that really happens; the handle's certificate still only authenticates TLS.
+public enum CertificateVerifyContent {
+    public enum Side: String, Sendable, Equatable {
+        case server = "TLS 1.3, server CertificateVerify"
+        case client = "TLS 1.3, client CertificateVerify"
+    }
+
+    static let padding = [UInt8](repeating: 0x20, count: 64)
+    public static let transcriptHashLengths: Set<Int> = [32, 48]
+    /// The longest valid content: padding, context, separator, a SHA-384 transcript hash.
+    public static let maxLength = 64 + 33 + 1 + 48
+
+    /// The side whose context the content carries, or nil when it is not exactly a TLS 1.3
+    /// CertificateVerify content.
+    public static func side(of content: [UInt8]) -> Side? {
+        guard content.count > 98, content.starts(with: padding) else { return nil }
+        for side in [Side.server, .client] {
+            let context = Array(side.rawValue.utf8)
+            let separator = 64 + context.count
+            guard content.count > separator, Array(content[64..<separator]) == context, content[separator] == 0 else { continue }
+            return transcriptHashLengths.contains(content.count - separator - 1) ? side : nil
+        }
+        return nil
+    }
+
+    /// A well-formed content for `side` around `transcriptHash` (tests and fuzz seeds).
+    public static func make(_ side: Side, transcriptHash: [UInt8]) -> [UInt8] {
+        padding + Array(side.rawValue.utf8) + [0] + transcriptHash
+    }
 }
 
 /// What a NetWorker receives about one identity: never its private key.
@@ -69,9 +105,12 @@ public enum CertWorkerMessage: Equatable, Sendable {
     case signRefused(String)
     /// Every identity's certificate state (the whole list; replaces the previous one).
     case status([CertificateStatus])
+    /// The identity is gone (its last workload left): drop its certificate and handle. A sign
+    /// request already on its way is answered `signRefused` without counting against the sender.
+    case withdraw(spiffeId: String)
 
     public enum Code: UInt16, CaseIterable {
-        case identity = 0x0301, signature = 0x0302, signRefused = 0x0303, status = 0x0304
+        case identity = 0x0301, signature = 0x0302, signRefused = 0x0303, status = 0x0304, withdraw = 0x0305
     }
 
     public var code: Code {
@@ -80,12 +119,14 @@ public enum CertWorkerMessage: Equatable, Sendable {
         case .signature: return .signature
         case .signRefused: return .signRefused
         case .status: return .status
+        case .withdraw: return .withdraw
         }
     }
 
     public func frame(requestId: UInt32 = 0) -> IPCFrame {
         var writer = WireWriter()
         switch self {
+        case .withdraw(let spiffeId): writer.string(spiffeId)
         case .identity(let material):
             writer.string(material.spiffeId)
             writer.string(material.certificateChainPEM)
@@ -131,6 +172,7 @@ public enum CertWorkerMessage: Equatable, Sendable {
                     signatures: try reader.u64("signatures")))
             }
             message = .status(entries)
+        case .withdraw: message = .withdraw(spiffeId: try reader.string("spiffe id", max: 2048))
         }
         try reader.finish("\(code)")
         return message
@@ -140,9 +182,9 @@ public enum CertWorkerMessage: Equatable, Sendable {
 /// Messages from a NetWorker to the CertWorker. The CertWorker treats each as untrusted input from
 /// a process that parses network traffic.
 public enum SignerRequest: Equatable, Sendable {
-    /// Sign a digest with the key named by the handle; answered by `signature` or `signRefused`
-    /// with the same request id.
-    case sign(handle: [UInt8], algorithm: UInt8, digest: [UInt8])
+    /// Sign a TLS 1.3 CertificateVerify content (`CertificateVerifyContent`) with the key named by
+    /// the handle; answered by `signature` or `signRefused` with the same request id.
+    case sign(handle: [UInt8], algorithm: UInt8, content: [UInt8])
     /// The identities this NetWorker needs certificates for (its whole list: anything it wanted
     /// before and does not list now may be forgotten).
     case want(identities: [String])
@@ -159,8 +201,8 @@ public enum SignerRequest: Equatable, Sendable {
     public func frame(requestId: UInt32) -> IPCFrame {
         var writer = WireWriter()
         switch self {
-        case .sign(let handle, let algorithm, let digest):
-            writer.data(handle); writer.u8(algorithm); writer.data(digest)
+        case .sign(let handle, let algorithm, let content):
+            writer.data(handle); writer.u8(algorithm); writer.data(content)
         case .want(let identities):
             writer.u16(UInt16(identities.count))
             for identity in identities { writer.string(identity) }
@@ -178,7 +220,7 @@ public enum SignerRequest: Equatable, Sendable {
         switch code {
         case .sign:
             request = .sign(handle: try reader.data("key handle", max: 64), algorithm: try reader.u8("algorithm"),
-                            digest: try reader.data("digest", max: 128))
+                            content: try reader.data("content", max: 256))
         case .want:
             let count = try reader.count("wanted identities", max: 1024)
             var identities: [String] = []

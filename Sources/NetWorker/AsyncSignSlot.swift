@@ -15,7 +15,7 @@ final class AsyncSignSlot {
     enum Outcome { case signature([UInt8]), failure }
 
     /// What the paused job asked for, until the event loop sends it.
-    var request: (handle: [UInt8], digest: [UInt8])?
+    var request: (handle: [UInt8], content: [UInt8])?
     var outcome: Outcome?
     var isInFlight = false
 
@@ -35,10 +35,10 @@ final class AsyncSignSlot {
 
     /// Called by the provider's sign callback. Returns nil when not inside an ASYNC_JOB of a
     /// connection that has a slot (then the caller signs blocking).
-    static func signInsideJob(handle: [UInt8], digest: [UInt8]) -> [UInt8]?? {
+    static func signInsideJob(handle: [UInt8], content: [UInt8]) -> [UInt8]?? {
         guard ASYNC_get_current_job() != nil, let raw = pthread_getspecific(key) else { return nil }
         let slot = Unmanaged<AsyncSignSlot>.fromOpaque(raw).takeUnretainedValue()
-        slot.request = (handle, digest)
+        slot.request = (handle, content)
         slot.outcome = nil
         while slot.outcome == nil {
             guard ASYNC_pause_job() == 1 else { return .some(nil) }

@@ -30,6 +30,17 @@ final class IdentityTable: @unchecked Sendable {
         }
     }
 
+    /// Drops an identity the CertWorker withdrew: new handshakes no longer use its handle
+    /// (issue #6: before, a departed identity stayed here with a handle nobody knew, and each
+    /// handshake for it drew a refusal that counted against this NetWorker).
+    func withdraw(_ spiffeId: String) {
+        let removed = lock.withLock { () -> Bool in
+            materials[spiffeId] = nil
+            return contexts.removeValue(forKey: spiffeId) != nil
+        }
+        if removed { Log.info("identity withdrawn", [("identity", spiffeId)]) }
+    }
+
     /// The context 15008 serves. In local mode the host has one inbound listener, so it serves the
     /// first identity in order; per-pod listeners (in-pod mode) will each serve their pod's.
     var inboundContext: TLSServerContext? {

@@ -9,8 +9,8 @@ import Glibc
 /// with a deadline. Replies are matched by request id; a late reply finds nobody waiting and is
 /// dropped (relayd `ca.c`).
 ///
-/// Blocking: the event-loop thread doing the handshake waits for the round trip (about 120-160
-/// µs). SSL_MODE_ASYNC, which would free the loop during the wait, is not wired yet.
+/// Handshakes sign asynchronously (`signAsync`, SSL_MODE_ASYNC): the event loop never waits for
+/// the round trip. `sign` blocks, for a signature needed outside an ASYNC_JOB.
 final class SignerClient: @unchecked Sendable {
     private let condition = MonotonicCondition()
     private var channel: IPCSocket?
@@ -25,6 +25,8 @@ final class SignerClient: @unchecked Sendable {
 
     /// Called on the reader thread for each identity the CertWorker pushes. Set before `attach`.
     var onIdentity: (@Sendable (IdentityMaterial) -> Void)?
+    /// Called on the reader thread when the CertWorker withdraws an identity. Set before `attach`.
+    var onWithdraw: (@Sendable (String) -> Void)?
     /// Called on the reader thread with the CertWorker's certificate states. Set before `attach`.
     var onStatus: (@Sendable ([CertificateStatus]) -> Void)?
 
@@ -86,6 +88,8 @@ final class SignerClient: @unchecked Sendable {
                     onIdentity?(material)
                 case .status(let entries):
                     onStatus?(entries)
+                case .withdraw(let spiffeId):
+                    onWithdraw?(spiffeId)
                 case .signature, .signRefused:
                     let completion = condition.withLock { () -> (([UInt8]?) -> Void)? in
                         if waiting.contains(frame.requestId) {
@@ -114,7 +118,7 @@ final class SignerClient: @unchecked Sendable {
     /// Sends a sign request without waiting; `completion` runs on the reader thread with the
     /// signature, or nil on refusal. Returns the request id (for `cancel`), or nil when there is
     /// no channel or the request could not be queued.
-    func signAsync(handle: [UInt8], digest: [UInt8], completion: @escaping ([UInt8]?) -> Void) -> UInt32? {
+    func signAsync(handle: [UInt8], content: [UInt8], completion: @escaping ([UInt8]?) -> Void) -> UInt32? {
         // Registered before sending (the reply can be quick); sent outside the lock, which the
         // reader thread needs to deliver replies.
         let (channel, requestId) = condition.withLock { () -> (IPCSocket?, UInt32) in
@@ -123,7 +127,7 @@ final class SignerClient: @unchecked Sendable {
             completions[requestId] = completion
             return (self.channel, requestId)
         }
-        guard let channel, send(handle: handle, digest: digest, requestId: requestId, on: channel) else {
+        guard let channel, send(handle: handle, content: content, requestId: requestId, on: channel) else {
             condition.withLock { completions[requestId] = nil }
             return nil
         }
@@ -132,10 +136,10 @@ final class SignerClient: @unchecked Sendable {
 
     /// Queues one sign request without waiting: when the CertWorker is so far behind that its
     /// queue is full, this handshake fails rather than an event loop stopping for all the others.
-    private func send(handle: [UInt8], digest: [UInt8], requestId: UInt32, on channel: IPCSocket) -> Bool {
+    private func send(handle: [UInt8], content: [UInt8], requestId: UInt32, on channel: IPCSocket) -> Bool {
         do {
             try channel.send(SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue,
-                                                digest: digest).frame(requestId: requestId), blocking: false)
+                                                content: content).frame(requestId: requestId), blocking: false)
             return true
         } catch {
             Log.warn("cannot send a sign request: \(error)")
@@ -148,10 +152,10 @@ final class SignerClient: @unchecked Sendable {
         condition.withLock { completions[requestId] = nil }
     }
 
-    /// Signs a SHA-256 digest with the key named by `handle`, waiting; nil on refusal, a closed
+    /// Signs a TLS 1.3 CertificateVerify content with the key named by `handle`, waiting; nil on refusal, a closed
     /// channel or a missed deadline (the handshake then fails, and the reason is logged). Only for
     /// a handshake outside an ASYNC_JOB.
-    func sign(handle: [UInt8], digest: [UInt8], timeoutMilliseconds: Int64 = 2000) -> [UInt8]? {
+    func sign(handle: [UInt8], content: [UInt8], timeoutMilliseconds: Int64 = 2000) -> [UInt8]? {
         let (channel, requestId) = condition.withLock { () -> (IPCSocket?, UInt32) in
             let requestId = nextRequestId
             nextRequestId = nextRequestId &+ 1
@@ -165,7 +169,7 @@ final class SignerClient: @unchecked Sendable {
                 return nil
             }
             // Queued with the lock held is safe here: the send never waits.
-            guard send(handle: handle, digest: digest, requestId: requestId, on: channel) else { return nil }
+            guard send(handle: handle, content: content, requestId: requestId, on: channel) else { return nil }
             let deadline = Clock.monotonicMilliseconds() + timeoutMilliseconds
             guard condition.wait(until: deadline, for: { replies[requestId] != nil }) else {
                 Log.warn("sign request \(requestId) timed out after \(timeoutMilliseconds) ms")

@@ -74,16 +74,22 @@ final class TLSServerContext: @unchecked Sendable {
             if installedSigner != nil { return }
             installedSigner = signer
             let arg = Unmanaged.passRetained(signer).toOpaque()
-            let installed = CKeyHandle_install({ arg, handle, digest, digestLength, signature, signatureLength, capacity in
-                guard let arg, let handle, let digest, let signature, let signatureLength else { return 0 }
+            let installed = CKeyHandle_install({ arg, handle, content, contentLength, signature, signatureLength, capacity in
+                guard let arg, let handle, let content, let signature, let signatureLength else { return 0 }
+                // Only a TLS 1.3 CertificateVerify input is ever sent; the CertWorker checks the
+                // same shape and closes the channel of a NetWorker that sends anything else.
+                guard contentLength <= CertificateVerifyContent.maxLength else { return 0 }
                 let signer = Unmanaged<SignerClient>.fromOpaque(arg).takeUnretainedValue()
                 let handleBytes = Array(UnsafeBufferPointer(start: handle, count: Int(CKEYHANDLE_ID_LEN)))
-                let digestBytes = Array(UnsafeBufferPointer(start: digest, count: digestLength))
+                let contentBytes = Array(UnsafeBufferPointer(start: content, count: contentLength))
+                guard CertificateVerifyContent.side(of: contentBytes) != nil else { return 0 }
                 // Inside an ASYNC_JOB the event loop does the round trip; elsewhere, block.
-                let answer = AsyncSignSlot.signInsideJob(handle: handleBytes, digest: digestBytes)
-                    ?? signer.sign(handle: handleBytes, digest: digestBytes)
-                guard let answer, answer.count <= capacity else { return 0 }
-                answer.withUnsafeBufferPointer { signature.update(from: $0.baseAddress!, count: answer.count) }  // non-empty: decoder refuses empty
+                let answer = AsyncSignSlot.signInsideJob(handle: handleBytes, content: contentBytes)
+                    ?? signer.sign(handle: handleBytes, content: contentBytes)
+                guard let answer, !answer.isEmpty, answer.count <= capacity else { return 0 }
+                answer.withUnsafeBufferPointer { buffer in
+                    if let base = buffer.baseAddress { signature.update(from: base, count: answer.count) }
+                }
                 signatureLength.pointee = answer.count
                 return 1
             }, arg)

@@ -8,7 +8,8 @@ import Glibc
 #endif
 
 /// The signing oracle against a real key: it signs only for a known handle, the allowed
-/// algorithm and a digest of the right length; the signature verifies with the certificate's key.
+/// algorithm and a TLS 1.3 CertificateVerify content; the signature verifies with the
+/// certificate's key.
 @Suite struct SigningOracleTests {
     /// A throwaway CA and a leaf for spiffe://cluster.local/ns/test/sa/oracle, made with the
     /// openssl CLI in a fresh directory.
@@ -40,29 +41,36 @@ import Glibc
         let store = KeyStore()
         store.insert(identity)
         let oracle = SigningOracle(store: store)
-        let digest = [UInt8](repeating: 0x5a, count: 32)
+        let content = CertificateVerifyContent.make(.server, transcriptHash: [UInt8](repeating: 0x5a, count: 32))
         let handle = identity.material.handle
 
-        #expect(oracle.answer(handle: [UInt8](repeating: 1, count: 32), algorithm: 1, digest: digest)
+        #expect(oracle.answer(handle: [UInt8](repeating: 1, count: 32), algorithm: 1, content: content)
                 == .refused("unknown key handle"))
-        #expect(oracle.answer(handle: handle, algorithm: 1, digest: Array(digest.prefix(20)))
-                == .refused("digest of 20 bytes, ecdsaP256SHA256 needs 32"))
-        if case .signature = oracle.answer(handle: handle, algorithm: 9, digest: digest) {
+        // Issue #6: a bare digest (what a general-purpose signer would take) is a violation.
+        #expect(oracle.answer(handle: handle, algorithm: 1, content: [UInt8](repeating: 0x5a, count: 32))
+                == .violation("content of 32 bytes is not a TLS 1.3 CertificateVerify input"))
+        if case .signature = oracle.answer(handle: handle, algorithm: 9, content: content) {
             Issue.record("signed with an unknown algorithm")
         }
         #expect(identity.signatures == 0)
 
-        guard case .signature(let signature) = oracle.answer(handle: handle, algorithm: 1, digest: digest) else {
+        guard case .signature(let signature) = oracle.answer(handle: handle, algorithm: 1, content: content) else {
             Issue.record("no signature"); return
         }
         #expect(identity.signatures == 1)
+        // The signature is over SHA-256 of the content, made by the oracle, and verifies with the
+        // certificate's key.
         let verified = identity.leaf.withUnsafeX509 { x509 -> Int32 in
-            guard let key = X509_get0_pubkey(x509), let context = EVP_PKEY_CTX_new(key, nil) else { return -1 }
-            defer { EVP_PKEY_CTX_free(context) }
-            guard EVP_PKEY_verify_init(context) == 1 else { return -1 }
-            return EVP_PKEY_verify(context, signature, signature.count, digest, digest.count)
+            guard let key = X509_get0_pubkey(x509), let context = EVP_MD_CTX_new() else { return -1 }
+            defer { EVP_MD_CTX_free(context) }
+            guard EVP_DigestVerifyInit(context, nil, EVP_sha256(), nil, key) == 1 else { return -1 }
+            return EVP_DigestVerify(context, signature, signature.count, content, content.count)
         }
         #expect(verified == 1)
+
+        // A withdrawn handle is refused without blame (a handshake may race the withdrawal).
+        store.remove(handle: handle)
+        #expect(oracle.answer(handle: handle, algorithm: 1, content: content) == .retired("key handle was withdrawn"))
     }
 
     @Test func aKeyThatDoesNotMatchItsCertificateIsRefused() throws {

@@ -15,14 +15,16 @@
 /// Length of a key handle in bytes. Handles are opaque to this module.
 #define CKEYHANDLE_ID_LEN 32
 
-/// Signs a SHA-256 digest with the key named by `handle`; writes a DER ECDSA signature into
-/// `sig` (capacity `sig_cap`, at least 72 bytes) and its length into `*sig_len`. Returns 1 on
-/// success, 0 on failure (the TLS handshake then fails cleanly with an OpenSSL error).
-/// Called from inside OpenSSL on the thread doing the TLS handshake, possibly concurrently from
-/// several threads, and possibly on an ASYNC_JOB's small stack: keep it shallow. `digest` is
-/// the 32-byte SHA-256 of the data to sign; it must not be logged or kept.
+/// Signs `content` with the key named by `handle` (ECDSA P-256 over SHA-256 of the content);
+/// writes a DER ECDSA signature into `sig` (capacity `sig_cap`, at least 72 bytes) and its length
+/// into `*sig_len`. Returns 1 on success, 0 on failure (the TLS handshake then fails cleanly with
+/// an OpenSSL error). `content` is libssl's whole to-be-signed buffer, unhashed: in TLS 1.3 the
+/// CertificateVerify input (64 bytes 0x20, the context string, 0x00, the transcript hash), which
+/// the key holder checks before it signs. Called from inside OpenSSL on the thread doing the TLS
+/// handshake, possibly concurrently from several threads, and possibly on an ASYNC_JOB's small
+/// stack: keep it shallow. `content` must not be logged or kept.
 typedef int (*CKeyHandle_sign_fn)(void *arg, const unsigned char handle[CKEYHANDLE_ID_LEN],
-                                  const unsigned char *digest, size_t digest_len,
+                                  const unsigned char *content, size_t content_len,
                                   unsigned char *sig, size_t *sig_len, size_t sig_cap);
 
 /// Registers the provider (name "ztkh") with the default library context, loads "default" and
@@ -36,7 +38,8 @@ int CKeyHandle_install(CKeyHandle_sign_fn sign, void *arg);
 /// point) plus the opaque handle, owned by the "ztkh" provider. Usable with
 /// SSL_CTX_use_PrivateKey / SSL_use_PrivateKey and SSL_CTX_check_private_key (which compare the
 /// public keys only: a wrong handle shows up at the first signature, so do a test signature).
-/// Supports one-shot EVP_DigestSign with SHA-256 only (what libssl uses); no verify, no export.
+/// Supports one-shot EVP_DigestSign with SHA-256 only (what libssl uses for CertificateVerify);
+/// no verify, no export.
 /// Does not call the callback. The caller owns the result (EVP_PKEY_free). NULL on failure
 /// (OpenSSL error queue set). CKeyHandle_install must have succeeded first.
 EVP_PKEY *CKeyHandle_make_key(X509 *cert, const unsigned char handle[CKEYHANDLE_ID_LEN]);
