@@ -89,18 +89,50 @@ def test_garbage_on_ipc_is_a_security_event(start_daemon):
     assert "security: net-worker[0] violated the IPC protocol" in daemon.log()
 
 
-def test_crash_loop_exits_nonzero(start_daemon):
-    daemon = start_daemon(extra_env={"ZTUNNEL_CRASH_LOOP_LIMIT": "3", "ZTUNNEL_RESTART_BACKOFF": "10ms"})
+def test_workers_that_never_get_ready_end_in_a_crash_loop(start_daemon):
+    # A broken set-up (here: a static identity directory that does not exist) kills the
+    # CertWorker before it is ready, every time: that is a crash loop, and the Supervisor gives up.
+    daemon = start_daemon(extra_env={"ZTUNNEL_CRASH_LOOP_LIMIT": "3", "ZTUNNEL_RESTART_BACKOFF": "10ms",
+                                     "ZTUNNEL_STATIC_IDENTITY_DIR": "/nonexistent/ztunnel-identities"})
+    assert daemon.wait(timeout=60) == 1
+    lines = [line for line in daemon.log().splitlines() if "crash loop" in line]
+    assert len(lines) == 1 and "giving up" in lines[0] and "before becoming ready" in lines[0]
+    (event,) = daemon.audit_events("crash_loop")
+    assert event["exits"] == 3
+    assert not daemon.children()  # no worker outlives the Supervisor
+
+
+def test_serving_workers_are_replaced_forever(start_daemon):
+    # Issue #6: a worker that was serving and dies (what a packet of death would do) is replaced
+    # with capped backoff however often it happens; the node's proxy never gives up on it.
+    daemon = start_daemon(extra_env={"ZTUNNEL_CRASH_LOOP_LIMIT": "3", "ZTUNNEL_RESTART_BACKOFF": "10ms",
+                                     "ZTUNNEL_RESTART_BACKOFF_MAX": "50ms"})
     daemon.wait_ready()
-    for _ in range(2):
+    for _ in range(6):
         (old,) = daemon.workers("net-worker")
         os.kill(old, signal.SIGKILL)
         replaced(daemon, "net-worker", old)
-    (old,) = daemon.workers("net-worker")
-    (cert,) = daemon.workers("cert-worker")
-    os.kill(old, signal.SIGKILL)
-    assert daemon.wait(timeout=30) == 1
-    lines = [line for line in daemon.log().splitlines() if "crash loop" in line]
-    assert len(lines) == 1 and "giving up" in lines[0]
-    assert daemon.audit_events("crash_loop")
-    assert not alive(cert)  # no worker outlives the Supervisor
+    assert daemon.proc.poll() is None
+    assert not daemon.audit_events("crash_loop")
+    restarts = daemon.audit_events("worker_restart")
+    assert len(restarts) == 6 and all(e["was_serving"] is True for e in restarts)
+    assert [e["backoff_ms"] for e in restarts][:3] == [0, 10, 20]
+    assert max(e["backoff_ms"] for e in restarts) == 50
+    status, body = http(daemon.ports["stats"], "/metrics")
+    assert status == 200
+    assert 'ztunnel_worker_restarts_total{role="net-worker"} 6' in body.splitlines()
+    assert 'ztunnel_worker_restarts_total{role="cert-worker"} 0' in body.splitlines()
+
+
+def test_malformed_queries_do_not_crash_the_readiness_port(start_daemon):
+    # Issue #6: `GET /healthz/ready?=` trapped in the query parser; five of them stopped the node.
+    daemon = start_daemon()
+    daemon.wait_ready()
+    (worker,) = daemon.workers("net-worker")
+    for target in ["/healthz/ready?=", "/healthz/ready?", "/healthz/ready?&&=&", "/healthz/ready?a==b", "/?=",
+                   "/config_dump?=&=", "/healthz/ready?" + "a=b&" * 1000]:
+        for port in ("readiness", "admin", "stats"):
+            http(daemon.ports[port], target)
+    assert daemon.ready()
+    assert daemon.workers("net-worker") == [worker]
+    assert not daemon.audit_events("worker_exit")
