@@ -5,6 +5,9 @@
 #include <unistd.h>
 #include <seccomp.h>
 #include <spawn.h>
+#include <errno.h>
+#include <netdb.h>
+#include <resolv.h>
 
 struct cmsghdr *CShims_CMSG_FIRSTHDR(const struct msghdr *msg) { return CMSG_FIRSTHDR(msg); }
 struct cmsghdr *CShims_CMSG_NXTHDR(struct msghdr *msg, struct cmsghdr *cmsg) { return CMSG_NXTHDR(msg, cmsg); }
@@ -20,8 +23,18 @@ int CShims_pidfd_send_signal(int pidfd, int sig) { return (int)syscall(SYS_pidfd
 long CShims_forbidden_syscall(void) { return syscall(SYS_vhangup); }
 int CShims_close_range(unsigned int first, unsigned int last) { return (int)syscall(SYS_close_range, first, last, 0); }
 
-int CShims_seccomp_rule_add0(void *ctx, uint32_t action, int syscall) {
-    return seccomp_rule_add((scmp_filter_ctx)ctx, action, syscall, 0);
+int CShims_seccomp_rule_add_conditions(void *ctx, uint32_t action, int syscall, uint32_t count,
+                                       const uint32_t *indexes, const uint32_t *ops,
+                                       const uint64_t *values, const uint64_t *values_two) {
+    struct scmp_arg_cmp conditions[6];
+    if (count > 6) return -EINVAL;
+    for (uint32_t i = 0; i < count; i++) {
+        conditions[i].arg = indexes[i];
+        conditions[i].op = (enum scmp_compare)ops[i];
+        conditions[i].datum_a = values[i];
+        conditions[i].datum_b = values_two[i];
+    }
+    return seccomp_rule_add_array((scmp_filter_ctx)ctx, action, syscall, count, conditions);
 }
 uint32_t CShims_SCMP_ACT_ERRNO(uint16_t errnum) { return SCMP_ACT_ERRNO(errnum); }
 
@@ -29,4 +42,10 @@ int CShims_setresuid(uid_t uid) { return setresuid(uid, uid, uid); }
 int CShims_setresgid(gid_t gid) { return setresgid(gid, gid, gid); }
 int CShims_spawn_addclosefrom(void *actions, int from) {
     return posix_spawn_file_actions_addclosefrom_np((posix_spawn_file_actions_t *)actions, from);
+}
+
+void CShims_resolver_warm_up(void) {
+    struct addrinfo *result = NULL;
+    (void)res_init();
+    if (getaddrinfo("localhost", NULL, NULL, &result) == 0) freeaddrinfo(result);
 }

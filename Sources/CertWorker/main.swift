@@ -1,4 +1,5 @@
 internal import COpenSSL
+internal import CShims
 import IPC
 import OpenSSLSupport
 import Shared
@@ -22,6 +23,8 @@ final class CertWorker {
     /// ten seconds, not per signature.
     private var lastStatusPush: Int64 = 0
     private var signaturesSinceStatus = false
+    /// Where a CA token from the Supervisor goes (the Istio CA client), if anywhere.
+    var tokenSink: ((String) -> Void)?
 
     init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) throws {
         self.supervisor = supervisor
@@ -32,6 +35,10 @@ final class CertWorker {
                                      audit: { [unowned self] in self.reportAudit($0, $1) },
                                      publish: { [unowned self] in self.publish($0) })
         manager?.onChange = { [unowned self] in self.publishStatus() }
+        manager?.onForget = { [unowned self] spiffeId in
+            let frame = CertWorkerMessage.withdraw(spiffeId: spiffeId).frame()
+            for index in self.peers.keys { self.push(frame, to: index) }
+        }
     }
 
     func run() -> Never {
@@ -136,6 +143,8 @@ final class CertWorker {
             // Nothing outlives a sign request; there is nothing to wait for.
             Log.info("drain requested; exiting")
             exit(0)
+        case .caToken(let token):
+            tokenSink?(token)
         case .setup, .listener, .processTable, .signerChannel, .localConfig:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
@@ -149,13 +158,17 @@ final class CertWorker {
         do {
             guard case .frame(let frame) = try peer.receive(blocking: false) else { return }
             switch try SignerRequest.decode(frame) {
-            case .sign(let handle, let algorithm, let digest):
-                switch SigningOracle(store: store).answer(handle: handle, algorithm: algorithm, digest: digest) {
+            case .sign(let handle, let algorithm, let content):
+                switch SigningOracle(store: store).answer(handle: handle, algorithm: algorithm, content: content) {
                 case .signature(let bytes):
                     push(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId), to: index)
                     signaturesSinceStatus = true
                 case .refused(let reason):
                     refuse(reason, from: index, requestId: frame.requestId)
+                case .retired(let reason):
+                    push(CertWorkerMessage.signRefused(reason).frame(requestId: frame.requestId), to: index)
+                case .violation(let reason):
+                    closePeer(index, reason: reason)
                 }
             case .want(let identities):
                 manager?.want(identities, from: index)
@@ -201,6 +214,7 @@ enum CertWorkerMain {
             let caDirectory = configuration.string("ZTUNNEL_CA_DIR")
             if !configuration.string("CA_ADDRESS").isEmpty {
                 authority = try IstioCAClient(configuration: configuration)
+                CShims_resolver_warm_up()
             } else {
                 authority = caDirectory.isEmpty ? try BuiltinCA(selfSignedFor: configuration.string("TRUST_DOMAIN"))
                                                 : try BuiltinCA(directory: caDirectory)
@@ -212,6 +226,7 @@ enum CertWorkerMain {
         do { worker = try CertWorker(supervisor: started.channel, store: store, ca: authority, ttlSeconds: max(1, ttl)) } catch {
             WorkerBootstrap.die("cannot start the CA thread: \(error)")
         }
+        if let istio = authority as? IstioCAClient { worker.tokenSink = { istio.setToken($0) } }
         Log.info("confined", [("pid", "\(getpid())"), ("identities", "\(store.identities.count)"),
                               ("openssl", String(cString: OpenSSL_version(OPENSSL_VERSION)))])
         for identity in store.identities {

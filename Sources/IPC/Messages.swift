@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 1
+    public static let version: UInt16 = 2
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
@@ -39,16 +39,20 @@ public enum SupervisorMessage {
     /// To a NetWorker: the local configuration file's bytes (LOCAL_XDS_PATH), which the
     /// NetWorker parses; the Supervisor only reads the file.
     case localConfig([UInt8])
+    /// To the CertWorker: the bearer token for the Istio CA (AUTH_TOKEN's file, read by the
+    /// Supervisor, or its literal value), trimmed; sent at set-up and whenever it changes. The
+    /// CertWorker opens no file after its sandbox, so the token comes to it.
+    case caToken(String)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
-        case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108
+        case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
             case .listener, .signerChannel, .signerPeer: return 1
-            case .setup, .configured, .processTable, .drain, .localConfig: return 0
+            case .setup, .configured, .processTable, .drain, .localConfig, .caToken: return 0
             }
         }
     }
@@ -63,6 +67,7 @@ public enum SupervisorMessage {
         case .signerChannel: return .signerChannel
         case .signerPeer: return .signerPeer
         case .localConfig: return .localConfig
+        case .caToken: return .caToken
         }
     }
 
@@ -80,6 +85,7 @@ public enum SupervisorMessage {
         case .signerChannel(let fd): fds = [fd]
         case .signerPeer(let index, let fd): writer.u16(index); fds = [fd]
         case .localConfig(let bytes): writer.data(bytes)
+        case .caToken(let token): writer.string(token)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -106,6 +112,10 @@ public enum SupervisorMessage {
         case .signerChannel: message = .signerChannel(fd: frame.fds[0])
         case .signerPeer: message = .signerPeer(index: try reader.u16("signer peer index"), fd: frame.fds[0])
         case .localConfig: message = .localConfig(try reader.data("local config"))
+        case .caToken:
+            let token = try reader.string("CA token", max: CAToken.maxBytes)
+            guard CAToken.problem(with: token) == nil else { throw IPCError.malformed("CA token is not a header value") }
+            message = .caToken(token)
         }
         try reader.finish(name)
         return message

@@ -40,14 +40,25 @@ public enum WorkerBootstrap {
         var resolved: [String: String] = [:]
         for (name, value) in setup.settings { resolved[name] = value }
         let configuration: Configuration
-        do { configuration = try Configuration(resolved: resolved) } catch { die("bad configuration: \(error)") }
+        do { configuration = try Configuration(resolved: resolved, onlyGiven: true) } catch { die("bad configuration: \(error)") }
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"),
                       component: "\(role)[\(setup.index)]")
         let parent = getppid()
         do { try beforeSandbox?(configuration) } catch { die("\(error)") }
         do {
-            let skipped = try Sandbox.enter(setup.sandboxProfile)
-            if !skipped.isEmpty { Log.debug("seccomp: syscalls unknown on this architecture: \(skipped.joined(separator: ","))") }
+            let report = try Sandbox.enter(setup.sandboxProfile)
+            if !report.skippedSyscalls.isEmpty {
+                Log.debug("seccomp: syscalls unknown on this architecture: \(report.skippedSyscalls.joined(separator: ","))")
+            }
+            switch report.landlock {
+            case .enforced(let abi, let skipped)?:
+                Log.info("landlock enforced", [("abi", "\(abi)"), ("not_enforced", skipped.isEmpty ? "none" : skipped.joined(separator: ","))])
+            case .unsupported(let reason)?:
+                // Logged once; seccomp still holds (issue #6).
+                Log.warn("landlock unavailable; seccomp alone confines this worker", [("reason", reason)])
+            case nil:
+                break
+            }
         } catch {
             die("\(error)")
         }

@@ -12,9 +12,12 @@ public struct WorkerSetup: Equatable, Sendable {
     public var gid: UInt32
     public var isDumpable: Bool
     public var seccomp: SeccompPolicy
+    public var landlock: Landlock.Policy?
 
     public init(protocolVersion: UInt16 = IPCProtocol.version, role: WorkerRole, index: UInt16,
-                settings: [(String, String)], uid: UInt32, gid: UInt32, isDumpable: Bool, seccomp: SeccompPolicy) {
+                settings: [(String, String)], uid: UInt32, gid: UInt32, isDumpable: Bool, seccomp: SeccompPolicy,
+                landlock: Landlock.Policy? = nil) {
+        self.landlock = landlock
         self.protocolVersion = protocolVersion
         self.role = role
         self.index = index
@@ -29,10 +32,11 @@ public struct WorkerSetup: Equatable, Sendable {
         a.protocolVersion == b.protocolVersion && a.role == b.role && a.index == b.index
             && a.settings.map { "\($0.0)=\($0.1)" } == b.settings.map { "\($0.0)=\($0.1)" }
             && a.uid == b.uid && a.gid == b.gid && a.isDumpable == b.isDumpable && a.seccomp == b.seccomp
+            && a.landlock == b.landlock
     }
 
     public var sandboxProfile: Sandbox.Profile {
-        Sandbox.Profile(uid: uid, gid: gid, isDumpable: isDumpable, seccomp: seccomp)
+        Sandbox.Profile(uid: uid, gid: gid, isDumpable: isDumpable, seccomp: seccomp, landlock: landlock)
     }
 
     func encode(into writer: inout WireWriter) {
@@ -47,10 +51,31 @@ public struct WorkerSetup: Equatable, Sendable {
         writer.bool(seccomp.isAuditMode)
         writer.u16(UInt16(seccomp.rules.count))
         for rule in seccomp.rules {
-            switch rule {
-            case .allow(let name): writer.u8(0); writer.string(name); writer.u16(0)
-            case .errno(let name, let code): writer.u8(1); writer.string(name); writer.u16(code)
+            switch rule.action {
+            case .allow: writer.u8(0); writer.string(rule.name); writer.u16(0)
+            case .errno(let code): writer.u8(1); writer.string(rule.name); writer.u16(code)
             }
+            writer.u8(UInt8(rule.conditions.count))
+            for condition in rule.conditions {
+                writer.u8(condition.index)
+                writer.u8(condition.op.rawValue)
+                switch condition.value {
+                case .literal(let value): writer.u8(0); writer.u64(value)
+                case .ownPid: writer.u8(1); writer.u64(0)
+                }
+                writer.u64(condition.valueTwo)
+            }
+        }
+        writer.bool(landlock != nil)
+        if let landlock {
+            writer.bool(landlock.denyFilesystem)
+            writer.bool(landlock.allowedTCPConnectPorts != nil)
+            let ports = landlock.allowedTCPConnectPorts ?? []
+            writer.u16(UInt16(ports.count))
+            for port in ports { writer.u16(port) }
+            writer.bool(landlock.denyTCPBind)
+            writer.bool(landlock.scopeSignals)
+            writer.bool(landlock.scopeAbstractUnixSockets)
         }
     }
 
@@ -77,16 +102,59 @@ public struct WorkerSetup: Equatable, Sendable {
             let kind = try reader.u8("seccomp rule kind")
             let name = try reader.string("seccomp syscall", max: 64)
             let code = try reader.u16("seccomp errno")
+            let action: SeccompPolicy.Action
             switch kind {
             case 0:
                 // One encoding per message: an allow rule carries errno 0, nothing else.
                 guard code == 0 else { throw IPCError.malformed("seccomp allow rule with errno \(code)") }
-                rules.append(.allow(name))
-            case 1: rules.append(.errno(name, code))
+                action = .allow
+            case 1: action = .errno(code)
             default: throw IPCError.malformed("seccomp rule kind \(kind)")
             }
+            rules.append(SeccompPolicy.Rule(name: name, action: action, conditions: try Self.conditions(from: &reader)))
         }
         seccomp = SeccompPolicy(isAuditMode: isAudit, rules: rules)
+        landlock = try Self.landlock(from: &reader)
+    }
+
+    private static func landlock(from reader: inout WireReader) throws -> Landlock.Policy? {
+        guard try reader.bool("landlock present") else { return nil }
+        let denyFilesystem = try reader.bool("landlock filesystem")
+        let restrictsConnect = try reader.bool("landlock connect restricted")
+        let count = try reader.count("landlock ports", max: 64)
+        var ports: [UInt16] = []
+        for _ in 0..<count { ports.append(try reader.u16("landlock port")) }
+        // One encoding: ports only when connect is restricted.
+        guard restrictsConnect || ports.isEmpty else { throw IPCError.malformed("landlock ports without a connect restriction") }
+        return Landlock.Policy(denyFilesystem: denyFilesystem, allowedTCPConnectPorts: restrictsConnect ? ports : nil,
+                               denyTCPBind: try reader.bool("landlock bind"), scopeSignals: try reader.bool("landlock signals"),
+                               scopeAbstractUnixSockets: try reader.bool("landlock abstract unix"))
+    }
+
+    /// A rule's argument conditions: at most six, each on an argument 0...5, with a known operator
+    /// and one encoding only (the own-pid operand carries 0).
+    private static func conditions(from reader: inout WireReader) throws -> [SeccompPolicy.Condition] {
+        let count = Int(try reader.u8("seccomp condition count"))
+        guard count <= 6 else { throw IPCError.malformed("seccomp rule with \(count) conditions") }
+        var conditions: [SeccompPolicy.Condition] = []
+        for _ in 0..<count {
+            let index = try reader.u8("seccomp argument index")
+            guard index <= SeccompPolicy.maxArgumentIndex else { throw IPCError.malformed("seccomp argument index \(index)") }
+            let rawOp = try reader.u8("seccomp operator")
+            guard let op = SeccompPolicy.Operator(rawValue: rawOp) else { throw IPCError.malformed("seccomp operator \(rawOp)") }
+            let source = try reader.u8("seccomp operand source")
+            let value = try reader.u64("seccomp value")
+            let operand: SeccompPolicy.Operand
+            switch source {
+            case 0: operand = .literal(value)
+            case 1:
+                guard value == 0 else { throw IPCError.malformed("seccomp own-pid operand with value \(value)") }
+                operand = .ownPid
+            default: throw IPCError.malformed("seccomp operand source \(source)")
+            }
+            conditions.append(SeccompPolicy.Condition(index: index, op: op, value: operand, valueTwo: try reader.u64("seccomp value two")))
+        }
+        return conditions
     }
 }
 

@@ -11,7 +11,8 @@ enum ConfigDump {
                          ("pid", .int(Int64(entry.pid))), ("state", .string("\(entry.state)")),
                          ("restarts", .int(Int64(entry.restarts))), ("lastExitCause", .string(entry.lastExitCause))])
         }
-        let config = Configuration.settings.map { (camelCase($0.name), JSON.string(state.configuration.string($0.name))) }
+        // Only what this NetWorker was given (its role's settings), and never a secret.
+        let config = state.configuration.displayable.map { (camelCase($0.name), JSON.string($0.value)) }
         return .object([
             ("workloads", .array([])),
             ("services", .array([])),

@@ -24,9 +24,12 @@ struct HTTPEndpoints {
     let state: NetWorkerState
     let identities: IdentityTable
     let liveConnections: () -> Int
+    /// The `ztunnel_bound_reached_total` lines (BoundReporter).
+    var boundMetrics: () -> [String] = { [] }
 
     func respond(port: Port, method: String, uri: String) -> Reply {
-        let (path, query) = Self.split(uri)
+        let target = RequestTarget(parsing: uri)
+        let (path, query) = (target.path, target.query)
         switch port {
         case .readiness: return readiness(method: method, path: path)
         case .stats: return stats(path: path)
@@ -52,13 +55,15 @@ struct HTTPEndpoints {
             "istio_build{component=\"ztunnel\",tag=\"unknown\"} 1",
             "# TYPE istio_tcp_sockets_open gauge",
             "istio_tcp_sockets_open{reporter=\"source\"} \(liveConnections())",
-            "# HELP ztunnel_worker_restarts Restarts of each supervised worker process.",
+            "# HELP ztunnel_worker_restarts Replacements of supervised worker processes, per role.",
             "# TYPE ztunnel_worker_restarts counter",
         ]
-        for entry in table {
-            lines.append("ztunnel_worker_restarts_total{role=\"\(entry.role)\",index=\"\(entry.index)\"} \(entry.restarts)")
+        for role in WorkerRole.allCases {
+            let restarts = table.filter { $0.role == role }.reduce(UInt64(0)) { $0 + UInt64($1.restarts) }
+            lines.append("ztunnel_worker_restarts_total{role=\"\(role)\"} \(restarts)")
         }
         lines += CertificateMetrics.lines(identities.certificateStatuses, identities.materialsById)
+        lines += boundMetrics()
         lines.append("# EOF")
         return Reply(status: 200, reason: "OK", body: lines.joined(separator: "\n") + "\n")
     }
@@ -89,15 +94,5 @@ struct HTTPEndpoints {
         default:
             return Reply(status: 404, reason: "Not Found", body: "not found\n")
         }
-    }
-
-    static func split(_ uri: String) -> (String, [String: String]) {
-        guard let mark = uri.firstIndex(of: "?") else { return (uri, [:]) }
-        var query: [String: String] = [:]
-        for pair in uri[uri.index(after: mark)...].split(separator: "&") {
-            let parts = pair.split(separator: "=", maxSplits: 1)
-            query[String(parts[0])] = parts.count > 1 ? String(parts[1]) : ""
-        }
-        return (String(uri[..<mark]), query)
     }
 }

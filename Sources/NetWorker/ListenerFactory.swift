@@ -4,7 +4,7 @@ import NIOPosix
 import Shared
 
 /// Adopts a listening socket from the fd broker into SwiftNIO and gives each accepted connection
-/// the pipeline of its listener.
+/// the pipeline of its listener, after admitting it against the listener's connection cap.
 struct ListenerFactory {
     let group: EventLoopGroup
     let endpoints: HTTPEndpoints
@@ -12,6 +12,9 @@ struct ListenerFactory {
     let guardrails: DestinationGuard
     let identities: IdentityTable
     let signer: SignerClient
+    let bounds: Bounds
+    let limiter: ConnectionLimiter
+    let reporter: BoundReporter
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
@@ -21,12 +24,32 @@ struct ListenerFactory {
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                factory.configure(channel, for: name).flatMapErrorThrowing { error in
+                factory.admit(channel, for: name).flatMapErrorThrowing { error in
                     Log.warn("\(name): cannot set up a connection: \(error)")
                     throw error
                 }
             }
             .withBoundSocket(fd.take())
+    }
+
+    private static func isHTTP(_ name: String) -> Bool { ["admin", "stats", "readiness"].contains(name) }
+
+    /// The listener's cap first (issue #6): over it, the connection is closed at once and the
+    /// bound reported; under it, the slot is held until the connection closes.
+    private func admit(_ channel: Channel, for name: String) -> EventLoopFuture<Void> {
+        let cap = Self.isHTTP(name) ? bounds.maxHTTPConnectionsPerListener : bounds.maxConnectionsPerListener
+        guard limiter.admit(name, cap: cap) else {
+            reporter.reached(.connections, listener: name, peer: Self.peer(channel), detail: "\(cap) live connections")
+            channel.close(promise: nil)
+            return channel.eventLoop.makeSucceededVoidFuture()
+        }
+        let limiter = self.limiter
+        channel.closeFuture.whenComplete { _ in limiter.release(name) }
+        return configure(channel, for: name)
+    }
+
+    static func peer(_ channel: Channel) -> String {
+        channel.remoteAddress.map { "\($0)" } ?? "?"
     }
 
     /// The pipeline of a connection accepted on the listener called `name`.
@@ -35,21 +58,71 @@ struct ListenerFactory {
         case "admin", "stats", "readiness":
             let port: HTTPEndpoints.Port = name == "admin" ? .admin : (name == "stats" ? .stats : .readiness)
             let handler = HTTPServerHandler(port: port, endpoints: endpoints, onFollowUp: onFollowUp)
-            return channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true).flatMap {
+            let guardHandler = RequestHeadGuard(listener: name, bounds: bounds, reporter: reporter)
+            return channel.pipeline.addHandler(guardHandler).flatMap {
+                channel.pipeline.configureHTTPServerPipeline(withErrorHandling: true)
+            }.flatMap {
                 channel.pipeline.addHandler(handler)
             }
         case "socks5":
             tracker.track(channel)
-            return channel.pipeline.addHandler(Socks5Handler(guardrails: guardrails))
+            return channel.pipeline.addHandler(Socks5Handler(guardrails: guardrails, bounds: bounds, reporter: reporter))
         case "outbound", "inbound-plaintext":
             tracker.track(channel)
-            return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails))
+            return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,
+                                                                  reporter: reporter))
         case "inbound":
             tracker.track(channel)
-            return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer))
+            return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer, bounds: bounds,
+                                                                reporter: reporter))
         default:
             Log.warn("unknown listener \(name); closing connection")
             return channel.close()
         }
+    }
+}
+
+/// The admin, stats and readiness ports take one small request per connection: its bytes are
+/// counted before the HTTP decoder sees them (at most `Bounds.httpMaxHeadBytes`, as upstream's
+/// 8 KiB buffer) and the connection is closed when the request has not been answered within
+/// `httpHeadMilliseconds` (upstream's 2 s header timeout), so a slow or endless client holds a
+/// slot for a bounded time only.
+final class RequestHeadGuard: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+
+    private let listener: String
+    private let bounds: Bounds
+    private let reporter: BoundReporter
+    private var received = 0
+    private var deadline: Scheduled<Void>?
+
+    init(listener: String, bounds: Bounds, reporter: BoundReporter) {
+        self.listener = listener
+        self.bounds = bounds
+        self.reporter = reporter
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let (listener, reporter, limit) = (self.listener, self.reporter, bounds.httpHeadMilliseconds)
+        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
+            guard channel.isActive else { return }
+            reporter.reached(.requestHeadTimeout, listener: listener, peer: ListenerFactory.peer(channel),
+                             detail: "no complete request within \(limit) ms")
+            channel.close(promise: nil)
+        }
+        channel.closeFuture.whenComplete { [deadline] _ in deadline?.cancel() }
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        received += unwrapInboundIn(data).readableBytes
+        guard received <= Bounds.httpMaxHeadBytes else {
+            reporter.reached(.requestHeadSize, listener: listener, peer: ListenerFactory.peer(context.channel),
+                             detail: "request over \(Bounds.httpMaxHeadBytes) bytes")
+            context.close(promise: nil)
+            return
+        }
+        context.fireChannelRead(data)
     }
 }

@@ -7,23 +7,41 @@ import Glibc
 
 /// Captured plaintext on 15001 (outbound) and 15006 (inbound plaintext) for destinations outside
 /// the mesh: reads the original destination (SO_ORIGINAL_DST, set by the REDIRECT rule), refuses
-/// loops, connects, and relays. Bytes that arrive before the upstream connects are kept and sent
-/// first. Mesh destinations (HBONE) are not routed yet: with no workloads known, every
-/// destination is outside the mesh.
-final class PassthroughHandler: ChannelInboundHandler, RemovableChannelHandler {
+/// loops, connects, and relays. Mesh destinations (HBONE) are not routed yet: with no workloads
+/// known, every destination is outside the mesh.
+///
+/// Bounds (issue #6): the upstream must be connected within `Bounds.handshakeMilliseconds`;
+/// until then no more is read from the client (its bytes wait in the kernel) and what had already
+/// arrived is kept, up to `Bounds.earlyDataBytes`, and sent first. Nothing is dropped.
+final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
 
     private let guardrails: DestinationGuard
     private let listenerName: String
+    private let bounds: Bounds
+    private let reporter: BoundReporter
     private var early: [ByteBuffer] = []
+    private var earlyBytes = 0
+    private var heldRead = false
+    private var isRelaying = false
+    private var deadline: Scheduled<Void>?
 
-    init(listenerName: String, guardrails: DestinationGuard) {
+    init(listenerName: String, guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter) {
         self.listenerName = listenerName
         self.guardrails = guardrails
+        self.bounds = bounds
+        self.reporter = reporter
     }
 
     func channelActive(context: ChannelHandlerContext) {
         let channel = context.channel
+        let (reporter, limit, name) = (self.reporter, bounds.handshakeMilliseconds, listenerName)
+        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
+            reporter.reached(.handshakeTimeout, listener: name, peer: ListenerFactory.peer(channel),
+                             detail: "upstream not connected within \(limit) ms")
+            channel.close(promise: nil)
+        }
         guard let provider = channel as? SocketOptionProvider else {
             context.close(promise: nil)
             return
@@ -55,18 +73,51 @@ final class PassthroughHandler: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelActive()
     }
 
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        context.fireChannelInactive()
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        if heldRead {
+            heldRead = false
+            context.read()
+        }
+    }
+
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        early.append(unwrapInboundIn(data))
+        let buffer = unwrapInboundIn(data)
+        earlyBytes += buffer.readableBytes
+        guard earlyBytes <= Bounds.earlyDataBytes else {
+            reporter.reached(.earlyData, listener: listenerName, peer: ListenerFactory.peer(context.channel),
+                             detail: "over \(Bounds.earlyDataBytes) bytes before the upstream connected")
+            context.close(promise: nil)
+            return
+        }
+        early.append(buffer)
+    }
+
+    /// Until the relay takes over, reads wait: the kernel holds the client's bytes.
+    func read(context: ChannelHandlerContext) {
+        if isRelaying { context.read() } else { heldRead = true }
     }
 
     private func connect(channel: Channel, host: String, port: UInt16) {
         Upstream.connect(on: channel.eventLoop, host: host, port: port).whenComplete { result in
             switch result {
             case .success(let upstream):
+                guard channel.isActive else {
+                    upstream.close(promise: nil)
+                    return
+                }
+                self.deadline?.cancel()
                 for buffer in self.early { upstream.write(buffer, promise: nil) }
                 self.early.removeAll()
                 upstream.flush()
-                Upstream.relay(client: channel, upstream: upstream, removing: self)
+                self.isRelaying = true
+                Upstream.relay(client: channel, upstream: upstream, removing: self, idleMilliseconds: self.bounds.idleMilliseconds,
+                               listener: self.listenerName, reporter: self.reporter)
             case .failure(let error):
                 Log.debug("\(self.listenerName): connect to \(host):\(port) failed: \(error)")
                 channel.close(promise: nil)

@@ -4,19 +4,72 @@ import Shared
 
 /// Serves one SOCKS5 client: runs `Socks5Parser`, connects to the destination on the same event
 /// loop, answers, then hands both channels to a `RelayHandler` pair.
-final class Socks5Handler: ChannelInboundHandler, RemovableChannelHandler {
+///
+/// Bounds (issue #6): the whole handshake, connect included, must finish within
+/// `Bounds.handshakeMilliseconds`; while the upstream connects no more is read from the client
+/// (its bytes wait in the kernel), and what had already arrived is kept, up to
+/// `Bounds.earlyDataBytes`, and sent first. Nothing the client sends is dropped.
+final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private var parser = Socks5Parser()
     private var isConnecting = false
+    private var early: [ByteBuffer] = []
+    private var earlyBytes = 0
+    private var heldRead = false
+    private var deadline: Scheduled<Void>?
     private let guardrails: DestinationGuard
+    private let bounds: Bounds
+    private let reporter: BoundReporter
+    static let listener = "socks5"
 
-    init(guardrails: DestinationGuard) { self.guardrails = guardrails }
+    init(guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter) {
+        self.guardrails = guardrails
+        self.bounds = bounds
+        self.reporter = reporter
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let (reporter, limit) = (self.reporter, bounds.handshakeMilliseconds)
+        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
+            reporter.reached(.handshakeTimeout, listener: Self.listener, peer: ListenerFactory.peer(channel),
+                             detail: "SOCKS5 handshake and connect not done within \(limit) ms")
+            channel.close(promise: nil)
+        }
+    }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        // The relay has taken over: pass on the read that waited while connecting.
+        if heldRead {
+            heldRead = false
+            context.read()
+        }
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        context.fireChannelInactive()
+    }
+
+    /// A client that stops sending before its request is complete will never complete it.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event, !isConnecting {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !isConnecting else { return }
         var buffer = unwrapInboundIn(data)
+        guard !isConnecting else {
+            keepEarly(buffer, context: context)
+            return
+        }
         var action = parser.feed(buffer.readBytes(length: buffer.readableBytes) ?? [])
         while case .reply(let bytes) = action {
             context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes)), promise: nil)
@@ -27,15 +80,30 @@ final class Socks5Handler: ChannelInboundHandler, RemovableChannelHandler {
             break
         case .fail(let bytes, let reason):
             Log.debug("socks5: refused client: \(reason)")
-            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(bytes: bytes))).whenComplete { _ in
-                context.close(promise: nil)
-            }
+            fail(context, bytes)
         case .connect(let host, let port, let leftover):
-            connect(context: context, host: host, port: port, leftover: leftover)
+            if !leftover.isEmpty { keepEarly(context.channel.allocator.buffer(bytes: leftover), context: context) }
+            connect(context: context, host: host, port: port)
         }
     }
 
-    private func connect(context: ChannelHandlerContext, host: String, port: UInt16, leftover: [UInt8]) {
+    /// While connecting, reads wait (the kernel holds the client's bytes): the relay asks again.
+    func read(context: ChannelHandlerContext) {
+        if isConnecting { heldRead = true } else { context.read() }
+    }
+
+    private func keepEarly(_ buffer: ByteBuffer, context: ChannelHandlerContext) {
+        earlyBytes += buffer.readableBytes
+        guard earlyBytes <= Bounds.earlyDataBytes else {
+            reporter.reached(.earlyData, listener: Self.listener, peer: ListenerFactory.peer(context.channel),
+                             detail: "over \(Bounds.earlyDataBytes) bytes before the upstream connected")
+            context.close(promise: nil)
+            return
+        }
+        early.append(buffer)
+    }
+
+    private func connect(context: ChannelHandlerContext, host: String, port: UInt16) {
         isConnecting = true
         if let refusal = guardrails.refusal(host: host, port: port) {
             Log.debug("socks5: refused \(host):\(port): \(refusal)")
@@ -46,9 +114,17 @@ final class Socks5Handler: ChannelInboundHandler, RemovableChannelHandler {
         Upstream.connect(on: context.eventLoop, host: host, port: port).whenComplete { result in
             switch result {
             case .success(let upstream):
+                guard client.isActive else {
+                    upstream.close(promise: nil)
+                    return
+                }
+                self.deadline?.cancel()
                 client.writeAndFlush(client.allocator.buffer(bytes: Socks5Parser.reply(.succeeded)), promise: nil)
-                if !leftover.isEmpty { upstream.writeAndFlush(upstream.allocator.buffer(bytes: leftover), promise: nil) }
-                Upstream.relay(client: client, upstream: upstream, removing: self)
+                for buffer in self.early { upstream.write(buffer, promise: nil) }
+                self.early.removeAll()
+                upstream.flush()
+                Upstream.relay(client: client, upstream: upstream, removing: self, idleMilliseconds: self.bounds.idleMilliseconds,
+                               listener: Self.listener, reporter: self.reporter)
             case .failure(let error):
                 Log.debug("socks5: connect to \(host):\(port) failed: \(error)")
                 self.fail(context, Socks5Parser.reply(.connectionRefused))
@@ -89,16 +165,43 @@ enum Upstream {
             .connect(to: address)
     }
 
-    /// Replaces `handler` on the client with one side of a relay and puts the other on upstream.
-    static func relay(client: Channel, upstream: Channel, removing handler: RemovableChannelHandler) {
+    /// Replaces `handler` on the client with one side of a relay and puts the other on upstream,
+    /// with an idle timer: a connection with no bytes either way for `idleMilliseconds` is
+    /// closed (both sides) and reported.
+    static func relay(client: Channel, upstream: Channel, removing handler: RemovableChannelHandler,
+                      idleMilliseconds: Int64, listener: String, reporter: BoundReporter) {
         let (clientSide, upstreamSide) = RelayHandler.pair()
+        let idle = TimeAmount.milliseconds(idleMilliseconds)
+        let peer = ListenerFactory.peer(client)
+        let onIdle: @Sendable () -> Void = {
+            reporter.reached(.idleTimeout, listener: listener, peer: peer, detail: "no bytes either way for \(idleMilliseconds) ms")
+        }
+        // One timer, on the client side: it sees a read for every byte the client sends and a
+        // write for every byte the upstream sends, so it measures silence in both directions.
         upstream.pipeline.addHandler(upstreamSide).flatMap {
-            client.pipeline.addHandler(clientSide)
+            client.pipeline.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloser(onIdle), clientSide])
         }.flatMap {
             client.pipeline.removeHandler(handler)
         }.whenFailure { _ in
             client.close(promise: nil)
             upstream.close(promise: nil)
         }
+    }
+}
+
+/// Closes its channel (and so, through the relay, the partner) on an idle event.
+final class IdleCloser: ChannelInboundHandler {
+    typealias InboundIn = NIOAny
+    private let onIdle: @Sendable () -> Void
+
+    init(_ onIdle: @escaping @Sendable () -> Void) { self.onIdle = onIdle }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            onIdle()
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 }

@@ -17,6 +17,9 @@ final class TLSServerHandler: ChannelInboundHandler {
 
     private let identities: IdentityTable
     private let signer: SignerClient
+    private let bounds: Bounds
+    private let reporter: BoundReporter
+    private var deadline: Scheduled<Void>?
     private let slot = AsyncSignSlot()
     private var ssl: OpaquePointer?
     private var readBIO: OpaquePointer?
@@ -25,30 +28,75 @@ final class TLSServerHandler: ChannelInboundHandler {
     /// How long a signature round trip may take before the handshake fails.
     static let signDeadline = TimeAmount.seconds(2)
 
-    init(identities: IdentityTable, signer: SignerClient) {
+    static let listener = "inbound"
+
+    init(identities: IdentityTable, signer: SignerClient, bounds: Bounds, reporter: BoundReporter) {
         self.identities = identities
         self.signer = signer
+        self.bounds = bounds
+        self.reporter = reporter
     }
 
+    /// Arms the handshake deadline. The SSL object is made only when the first bytes arrive, so a
+    /// connection that never speaks costs a socket and this handler, not an SSL (issue #6: ten
+    /// thousand silent connections must leave memory bounded).
     func handlerAdded(context: ChannelHandlerContext) {
+        let channel = context.channel
+        let (reporter, limit) = (self.reporter, bounds.handshakeMilliseconds)
+        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
+            reporter.reached(.handshakeTimeout, listener: Self.listener, peer: ListenerFactory.peer(channel),
+                             detail: "TLS handshake not done within \(limit) ms")
+            channel.close(promise: nil)
+        }
+    }
+
+    private func makeSSL(context: ChannelHandlerContext) -> Bool {
         guard let server = identities.inboundContext else {
             Log.warn("inbound: no identity is available yet; closing the connection")
             context.close(promise: nil)
-            return
+            return false
         }
-        guard let ssl = SSL_new(server.context), let readBIO = BIO_new(BIO_s_mem()), let writeBIO = BIO_new(BIO_s_mem()) else {
+        guard let ssl = SSL_new(server.context) else {
             Log.error("inbound: \(OpenSSLError("SSL_new"))")
             context.close(promise: nil)
-            return
+            return false
+        }
+        let readBIO = BIO_new(BIO_s_mem())
+        let writeBIO = BIO_new(BIO_s_mem())
+        guard let readBIO, let writeBIO else {
+            Log.error("inbound: \(OpenSSLError("BIO_new"))")
+            BIO_free(readBIO)
+            BIO_free(writeBIO)
+            SSL_free(ssl)
+            context.close(promise: nil)
+            return false
         }
         SSL_set_bio(ssl, readBIO, writeBIO)  // the SSL owns both BIOs from here on
         SSL_set_accept_state(ssl)
         self.ssl = ssl
         self.readBIO = readBIO
         self.writeBIO = writeBIO
+        return true
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        deadline?.cancel()
+        context.fireChannelInactive()
+    }
+
+    /// A client that stops sending before the handshake is done will never finish it: close now
+    /// rather than hold the slot until the deadline.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event, !isDone {
+            isDone = true
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        deadline?.cancel()
         guard let ssl else { return }
         if slot.isInFlight || slot.request != nil {
             // A job is paused waiting for a signature: let it finish (failing) so its stack is
@@ -63,8 +111,19 @@ final class TLSServerHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard let ssl, let readBIO, !isDone else { return }
+        guard !isDone else { return }
+        if ssl == nil && !makeSSL(context: context) { return }
+        guard let readBIO else { return }
         var buffer = unwrapInboundIn(data)
+        // While a handshake waits (for a signature, say) the client's records pile up in the read
+        // BIO: a handshake is a few KiB, so more than the bound is refused, not buffered.
+        guard Int(CShims_BIO_pending(readBIO)) + buffer.readableBytes <= Bounds.tlsHandshakeInputBytes else {
+            reporter.reached(.handshakeInput, listener: Self.listener, peer: ListenerFactory.peer(context.channel),
+                             detail: "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
+            isDone = true
+            context.close(promise: nil)
+            return
+        }
         buffer.withUnsafeReadableBytes { raw in
             guard let base = raw.baseAddress, raw.count > 0 else { return }
             _ = BIO_write(readBIO, base, Int32(raw.count))
@@ -104,7 +163,7 @@ final class TLSServerHandler: ChannelInboundHandler {
         slot.request = nil
         slot.isInFlight = true
         let loop = context.eventLoop
-        let requestId = signer.signAsync(handle: request.handle, digest: request.digest) { signature in
+        let requestId = signer.signAsync(handle: request.handle, content: request.content) { signature in
             loop.execute { self.completeSignature(signature, context: context) }
         }
         guard let requestId else {
@@ -129,6 +188,7 @@ final class TLSServerHandler: ChannelInboundHandler {
 
     private func finishHandshake(context: ChannelHandlerContext, ssl: OpaquePointer) {
         isDone = true
+        deadline?.cancel()
         flushOutput(context: context)
         let ours = identities.inboundContext?.spiffeId
         var peerIdentity = "none"

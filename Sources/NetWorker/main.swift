@@ -26,15 +26,21 @@ enum NetWorkerMain {
             if let address = configuration.address(name) { proxyPorts.insert(address.port) }
         }
         let identities = IdentityTable()
+        let reporter = BoundReporter()
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
+        signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
         let factory = ListenerFactory(
             group: group,
-            endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count }),
+            endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
+                                     boundMetrics: { reporter.metricLines() }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
             signer: signer,
+            bounds: Bounds(configuration),
+            limiter: ConnectionLimiter(),
+            reporter: reporter,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break
@@ -78,7 +84,8 @@ struct ControlLoop {
             case .localConfig(let bytes):
                 do {
                     let config = try LocalConfig.parse(String(decoding: bytes, as: UTF8.self))
-                    let wanted = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
+                    let (wanted, skipped) = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
+                    for reason in skipped { Log.warn(reason) }
                     Log.info("local config", [("workloads", "\(config.workloads.count)"), ("identities", "\(wanted.count)")])
                     signer.want(wanted)
                 } catch {
@@ -93,7 +100,7 @@ struct ControlLoop {
                 drain(deadlineMilliseconds: Int64(deadline))
             case .signerChannel(let fd):
                 signer.attach(IPCSocket(fd))
-            case .setup, .signerPeer:
+            case .setup, .signerPeer, .caToken:
                 WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
         }

@@ -28,7 +28,8 @@ public struct Configuration: Sendable {
         Setting("CA_ROOT_CA", .string, default: "./var/run/secrets/istio/root-cert.pem",
                 "trust anchor for the CA connection: a file, inline PEM, or SYSTEM"),
         Setting("AUTH_TOKEN", .string, default: Configuration.defaultTokenPath,
-                "bearer token file for the CA (re-read on every request), or a literal token"),
+                "bearer token file for the CA (read by the Supervisor, re-read every 10 s), or a literal token",
+                isSecret: true),
         Setting("ISTIO_META_CLUSTER_ID", .string, default: "Kubernetes", "cluster id sent to the CA"),
         Setting("POD_NAMESPACE", .string, default: "", "ztunnel's namespace (its own identity is not impersonated)"),
         Setting("SERVICE_ACCOUNT", .string, default: "", "ztunnel's service account"),
@@ -37,10 +38,14 @@ public struct Configuration: Sendable {
         Setting("ZTUNNEL_STATIC_IDENTITY_DIR", .path, default: "",
                 "static identities: one subdirectory each with cert-chain.pem, key.pem, root-cert.pem (read by the CertWorker only)"),
         Setting("ZTUNNEL_NET_WORKERS", .integer(1...64), default: "1", "number of NetWorker processes"),
-        Setting("ZTUNNEL_WORKER_UID", .integer(1...0x7fff_fffe), default: "65534",
-                "uid the workers run as when the daemon starts as root"),
-        Setting("ZTUNNEL_WORKER_GID", .integer(1...0x7fff_fffe), default: "65534",
-                "gid the workers run as when the daemon starts as root"),
+        Setting("ZTUNNEL_CERT_WORKER_UID", .integer(1...0x7fff_fffe), default: "65532",
+                "uid the CertWorker runs as when the daemon starts as root (must differ from the NetWorker's)"),
+        Setting("ZTUNNEL_CERT_WORKER_GID", .integer(1...0x7fff_fffe), default: "65532",
+                "gid the CertWorker runs as when the daemon starts as root"),
+        Setting("ZTUNNEL_NET_WORKER_UID", .integer(1...0x7fff_fffe), default: "65533",
+                "uid the NetWorkers run as when the daemon starts as root (must differ from the CertWorker's)"),
+        Setting("ZTUNNEL_NET_WORKER_GID", .integer(1...0x7fff_fffe), default: "65533",
+                "gid the NetWorkers run as when the daemon starts as root"),
         Setting("ZTUNNEL_SECCOMP_DIR", .path, default: "",
                 "directory of the per-role seccomp profiles; empty = security/seccomp found beside the binaries"),
         Setting("ZTUNNEL_SECCOMP_MODE", .choice(["enforce", "audit"]), default: "enforce",
@@ -57,6 +62,12 @@ public struct Configuration: Sendable {
                 "deadline for a new worker's setup handshake"),
         Setting("ZTUNNEL_DEBUG_FAULT_INJECTION", .bool, default: "false",
                 "enables POST /debug/fault on the admin port (tests only; never in production)"),
+        Setting("ZTUNNEL_HANDSHAKE_TIMEOUT", .duration, default: "10s",
+                "deadline from accept to the end of a TLS or SOCKS5 handshake, or to a captured connection's upstream being connected"),
+        Setting("ZTUNNEL_IDLE_TIMEOUT", .duration, default: "1h",
+                "a relayed connection with no bytes either way for this long is closed"),
+        Setting("ZTUNNEL_MAX_CONNECTIONS", .integer(1...1_000_000), default: "16384",
+                "connections each proxy listener of each NetWorker serves at once; more are closed at accept"),
         Setting("ZTUNNEL_OUTBOUND_ADDR", .socketAddress, default: "wildcard:15001", "outbound capture listener"),
         Setting("ZTUNNEL_INBOUND_PLAINTEXT_ADDR", .socketAddress, default: "wildcard:15006",
                 "inbound plaintext capture listener"),
@@ -73,6 +84,10 @@ public struct Configuration: Sendable {
 
     /// Resolved values by setting name.
     public private(set) var values: [String: String]
+    /// The settings this process was given. A worker receives only the ones its role declares
+    /// (the Supervisor's role table), so a secret never reaches a process that does not use it;
+    /// reading any other setting is a programming error.
+    public private(set) var available: Set<String>
 
     public enum ParseError: Error, CustomStringConvertible {
         case invalid(setting: String, source: String, reason: String)
@@ -127,10 +142,11 @@ public struct Configuration: Sendable {
 
     /// Rebuilds a configuration from resolved values (a worker's setup message). Checks them again:
     /// a worker trusts the Supervisor, but a bad value is still an error, not a crash.
-    public init(resolved: [String: String], sources: [String: String] = [:]) throws {
+    public init(resolved: [String: String], sources: [String: String] = [:], onlyGiven: Bool = false) throws {
         var values = resolved
         let wildcard = Setting.parseBool(values["IPV6_ENABLED"] ?? "true") == false ? "0.0.0.0" : "[::]"
-        for setting in Self.settings {
+        let settings = onlyGiven ? Self.settings.filter { resolved[$0.name] != nil } : Self.settings
+        for setting in settings {
             var value = values[setting.name] ?? setting.defaultValue
             if case .socketAddress = setting.kind, value.hasPrefix("wildcard:") {
                 value = wildcard + value.dropFirst("wildcard".count)
@@ -142,11 +158,17 @@ public struct Configuration: Sendable {
             }
         }
         self.values = values
+        available = Set(settings.map(\.name))
     }
 
     public func string(_ name: String) -> String {
-        precondition(Self.settings.contains { $0.name == name }, "undeclared setting \(name)")
+        precondition(available.contains(name), "setting \(name) is undeclared, or not given to this role (RoleSpec.settings)")
         return values[name] ?? ""
+    }
+
+    /// The settings of this process that may be shown (/config_dump): never a secret.
+    public var displayable: [(name: String, value: String)] {
+        Self.settings.filter { !$0.isSecret && available.contains($0.name) }.map { ($0.name, values[$0.name] ?? "") }
     }
 
     public func int(_ name: String) -> Int { Int(string(name)) ?? 0 }

@@ -7,7 +7,7 @@ import Glibc
 /// The per-role confinement a worker enters before it touches any input but its setup message.
 /// One function, one fixed order (openssh `privsep_child_demote`): drop the capability bounding
 /// set, switch to the unprivileged uid/gid, clear every capability set, set dumpability, set
-/// no_new_privs, install seccomp. Each step's failure stops the worker: a half-confined worker
+/// no_new_privs, restrict with Landlock, install seccomp. Each step's failure stops the worker: a half-confined worker
 /// must not serve.
 public enum Sandbox {
     public struct Profile: Sendable {
@@ -17,13 +17,26 @@ public enum Sandbox {
         /// its own uid.
         public var isDumpable: Bool
         public var seccomp: SeccompPolicy
+        /// The second wall (nil: none). Applied after no_new_privs, before seccomp, while the
+        /// worker is still single-threaded (Landlock confines the calling thread and what it
+        /// creates afterwards).
+        public var landlock: Landlock.Policy?
 
-        public init(uid: UInt32, gid: UInt32, isDumpable: Bool, seccomp: SeccompPolicy) {
+        public init(uid: UInt32, gid: UInt32, isDumpable: Bool, seccomp: SeccompPolicy, landlock: Landlock.Policy? = nil) {
             self.uid = uid
             self.gid = gid
             self.isDumpable = isDumpable
             self.seccomp = seccomp
+            self.landlock = landlock
         }
+    }
+
+    /// What `enter` achieved, for the worker to log once.
+    public struct Report: Sendable {
+        /// Syscall names of the profile this architecture lacks.
+        public var skippedSyscalls: [String]
+        /// nil when no Landlock policy was asked for.
+        public var landlock: Landlock.Outcome?
     }
 
     public enum SandboxError: Error, CustomStringConvertible {
@@ -38,8 +51,9 @@ public enum Sandbox {
         }
     }
 
-    /// Enters the sandbox. Returns the syscall names the profile had that this architecture lacks.
-    public static func enter(_ profile: Profile) throws -> [String] {
+    /// Enters the sandbox. A kernel without Landlock is not an error (seccomp still holds): the
+    /// report says so and the worker logs it once.
+    public static func enter(_ profile: Profile) throws -> Report {
         if geteuid() == 0 {
             try dropBoundingSet()
             try step("setgroups") { setgroups(0, nil) }
@@ -54,7 +68,8 @@ public enum Sandbox {
             try step("setrlimit(RLIMIT_CORE)") { setrlimit(__rlimit_resource_t(RLIMIT_CORE.rawValue), &limit) }
         }
         try step("PR_SET_NO_NEW_PRIVS") { CShims_prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) }
-        return try profile.seccomp.install()
+        let landlock = try profile.landlock.map { try Landlock.restrictSelf($0) }
+        return Report(skippedSyscalls: try profile.seccomp.install(), landlock: landlock)
     }
 
     /// Keeps only `keep` (capability numbers) in the permitted and effective sets and drops the

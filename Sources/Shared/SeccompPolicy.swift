@@ -4,15 +4,80 @@ internal import CShims
 import Glibc
 #endif
 
-/// A role's seccomp allowlist as the worker installs it: the syscalls allowed, the ones answered
-/// with an errno (libc probes that must fail softly), and what happens to everything else.
-/// The Supervisor builds it from the role's profile file (`SeccompProfile`); the worker installs it
-/// with `install()` as the last step of `Sandbox.enter`.
+/// A role's seccomp allowlist as the worker installs it: the syscalls allowed (whole, or only
+/// with arguments that pass the rule's conditions), the ones answered with an errno (libc probes
+/// that must fail softly), and what happens to everything else. The Supervisor builds it from
+/// the role's profile file (`SeccompProfile`); the worker installs it with `install()` as the last
+/// step of `Sandbox.enter`.
 public struct SeccompPolicy: Sendable, Equatable {
-    public enum Rule: Sendable, Equatable {
-        case allow(String)
-        case errno(String, UInt16)
+    public enum Action: Sendable, Equatable {
+        case allow
+        case errno(UInt16)
     }
+
+    /// The comparisons of libseccomp (`enum scmp_compare`), with the OCI profile names.
+    public enum Operator: UInt8, Sendable, CaseIterable {
+        case notEqual = 1, lessThan, lessOrEqual, equal, greaterOrEqual, greaterThan, maskedEqual
+
+        public var profileName: String {
+            switch self {
+            case .notEqual: return "SCMP_CMP_NE"
+            case .lessThan: return "SCMP_CMP_LT"
+            case .lessOrEqual: return "SCMP_CMP_LE"
+            case .equal: return "SCMP_CMP_EQ"
+            case .greaterOrEqual: return "SCMP_CMP_GE"
+            case .greaterThan: return "SCMP_CMP_GT"
+            case .maskedEqual: return "SCMP_CMP_MASKED_EQ"
+            }
+        }
+    }
+
+    /// Where a condition's value comes from: a number in the profile, or this process's pid, which
+    /// only the worker knows when it installs the filter (signals to itself only).
+    public enum Operand: Sendable, Equatable {
+        case literal(UInt64)
+        case ownPid
+    }
+
+    /// One argument check: `args[index] <op> value` (for maskedEqual: `args[index] & value == valueTwo`).
+    public struct Condition: Sendable, Equatable {
+        public var index: UInt8
+        public var op: Operator
+        public var value: Operand
+        public var valueTwo: UInt64
+
+        public init(index: UInt8, op: Operator, value: Operand, valueTwo: UInt64 = 0) {
+            self.index = index
+            self.op = op
+            self.value = value
+            self.valueTwo = valueTwo
+        }
+    }
+
+    /// A syscall, what to do, and (when not empty) the conditions that must all hold. Several rules
+    /// for one syscall are alternatives.
+    public struct Rule: Sendable, Equatable {
+        public var name: String
+        public var action: Action
+        public var conditions: [Condition]
+
+        public init(name: String, action: Action, conditions: [Condition] = []) {
+            self.name = name
+            self.action = action
+            self.conditions = conditions
+        }
+
+        public static func allow(_ name: String, _ conditions: [Condition] = []) -> Rule {
+            Rule(name: name, action: .allow, conditions: conditions)
+        }
+
+        public static func errno(_ name: String, _ code: UInt16, _ conditions: [Condition] = []) -> Rule {
+            Rule(name: name, action: .errno(code), conditions: conditions)
+        }
+    }
+
+    /// seccomp has six syscall arguments.
+    public static let maxArgumentIndex: UInt8 = 5
 
     /// In audit mode a syscall outside the list is logged by the kernel instead of killing.
     public var isAuditMode: Bool
@@ -43,20 +108,30 @@ public struct SeccompPolicy: Sendable, Equatable {
         }
         defer { seccomp_release(context) }
         var skipped: [String] = []
+        let pid = UInt64(getpid())
         for rule in rules {
-            let (name, action): (String, UInt32) = {
-                switch rule {
-                case .allow(let name): return (name, UInt32(SCMP_ACT_ALLOW))
-                case .errno(let name, let code): return (name, CShims_SCMP_ACT_ERRNO(code))
-                }
-            }()
-            let number = seccomp_syscall_resolve_name(name)
+            let action: UInt32
+            switch rule.action {
+            case .allow: action = UInt32(SCMP_ACT_ALLOW)
+            case .errno(let code): action = CShims_SCMP_ACT_ERRNO(code)
+            }
+            let number = seccomp_syscall_resolve_name(rule.name)
             if number == __NR_SCMP_ERROR {
-                skipped.append(name)
+                skipped.append(rule.name)
                 continue
             }
-            let rc = CShims_seccomp_rule_add0(context, action, number)
-            if rc != 0 { throw InstallError.libseccomp("seccomp_rule_add(\(name))", rc) }
+            var indexes = rule.conditions.map { UInt32($0.index) }
+            var ops = rule.conditions.map { UInt32($0.op.rawValue) }
+            var values = rule.conditions.map { condition -> UInt64 in
+                switch condition.value {
+                case .literal(let value): return value
+                case .ownPid: return pid
+                }
+            }
+            var valuesTwo = rule.conditions.map(\.valueTwo)
+            let rc = CShims_seccomp_rule_add_conditions(context, action, number, UInt32(rule.conditions.count),
+                                                        &indexes, &ops, &values, &valuesTwo)
+            if rc != 0 { throw InstallError.libseccomp("seccomp_rule_add(\(rule.name))", rc) }
         }
         var rc = seccomp_attr_set(context, SCMP_FLTATR_CTL_TSYNC, 1)
         if rc != 0 { throw InstallError.libseccomp("seccomp_attr_set(TSYNC)", rc) }
@@ -67,5 +142,11 @@ public struct SeccompPolicy: Sendable, Equatable {
         rc = seccomp_load(context)
         if rc != 0 { throw InstallError.libseccomp("seccomp_load", rc) }
         return skipped
+    }
+
+    /// The number of distinct syscalls the policy lets through in some form (allowed whole or
+    /// under conditions), for the logs and notes.
+    public var allowedSyscallCount: Int {
+        Set(rules.filter { $0.action == .allow }.map(\.name)).count
     }
 }

@@ -15,12 +15,15 @@ public struct Setting: Sendable {
     public let kind: Kind
     public let defaultValue: String
     public let help: String
+    /// A secret (a literal token) is sent to no worker and shown nowhere.
+    public let isSecret: Bool
 
-    public init(_ name: String, _ kind: Kind, default defaultValue: String, _ help: String) {
+    public init(_ name: String, _ kind: Kind, default defaultValue: String, _ help: String, isSecret: Bool = false) {
         self.name = name
         self.kind = kind
         self.defaultValue = defaultValue
         self.help = help
+        self.isSecret = isSecret
     }
 
     /// `--net-workers` for `ZTUNNEL_NET_WORKERS`, `--local-xds-path` for `LOCAL_XDS_PATH`.

@@ -2,7 +2,8 @@ import IPC
 import Shared
 
 /// Everything the Supervisor knows about a role, in one table (relayd's `procs[]`): the binary it
-/// runs, how many, the listeners it is handed, its sandbox and the messages it may send.
+/// runs, how many, the listeners it is handed, its sandbox, the settings it receives and the
+/// messages it may send.
 struct RoleSpec {
     let role: WorkerRole
     let executable: String
@@ -15,15 +16,46 @@ struct RoleSpec {
     let receivesProcessTable: Bool
     /// Messages this role may send once it is running; anything else is a violation.
     let permittedWhileRunning: Set<WorkerMessage.Code>
+    /// The settings (names) this role is sent in its setup message: only those it reads. A
+    /// setting no role lists stays in the Supervisor; `AUTH_TOKEN` is one (the Supervisor reads
+    /// the token and hands its value to the CertWorker alone).
+    let settings: [String]
+    /// The settings naming this role's uid and gid.
+    let uidSetting: String
+    let gidSetting: String
+
+    /// Settings every worker reads: logging and the fault-injection switch.
+    static let common = ["RUST_LOG", "LOG_FORMAT", "ZTUNNEL_DEBUG_FAULT_INJECTION"]
+
+    static let certWorker = RoleSpec(
+        role: .certWorker, executable: "ztunnel-cert-worker", seccompProfile: "cert-worker.json",
+        isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.audit],
+        settings: common + ["TRUST_DOMAIN", "SECRET_TTL", "CA_ADDRESS", "CA_ROOT_CA", "ISTIO_META_CLUSTER_ID", "POD_NAMESPACE",
+                            "SERVICE_ACCOUNT", "ZTUNNEL_CA_DIR", "ZTUNNEL_STATIC_IDENTITY_DIR"],
+        uidSetting: "ZTUNNEL_CERT_WORKER_UID", gidSetting: "ZTUNNEL_CERT_WORKER_GID")
+
+    static let netWorker = RoleSpec(
+        role: .netWorker, executable: "ztunnel-net-worker", seccompProfile: "net-worker.json",
+        isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest],
+        settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
+                            "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
+                            "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR"] + Bounds.settingNames,
+        uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
+
+    /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once
+    /// set up, may bind no TCP port and may signal nothing outside their own process. The
+    /// CertWorker may connect over TCP only to the CA's port (none with the built-in CA); the
+    /// NetWorker's connects are its job (upstreams anywhere), so they stay open.
+    func landlock(_ configuration: Configuration) -> Landlock.Policy {
+        var connectPorts: [UInt16]?
+        if role == .certWorker {
+            connectPorts = CAAddress.port(of: configuration.string("CA_ADDRESS")).map { [$0] } ?? []
+        }
+        return Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: connectPorts, denyTCPBind: true,
+                               scopeSignals: true, scopeAbstractUnixSockets: true)
+    }
 
     static func table(netWorkers: Int) -> [(RoleSpec, Int)] {
-        [
-            (RoleSpec(role: .certWorker, executable: "ztunnel-cert-worker", seccompProfile: "cert-worker.json",
-                      isDumpable: false, receivesListeners: false, receivesProcessTable: false,
-                      permittedWhileRunning: [.audit]), 1),
-            (RoleSpec(role: .netWorker, executable: "ztunnel-net-worker", seccompProfile: "net-worker.json",
-                      isDumpable: true, receivesListeners: true, receivesProcessTable: true,
-                      permittedWhileRunning: [.shutdownRequest]), netWorkers),
-        ]
+        [(certWorker, 1), (netWorker, netWorkers)]
     }
 }

@@ -19,6 +19,11 @@ final class Supervisor {
     private let signalFd: OwnedFD
     /// The LOCAL_XDS_PATH file's bytes, read once at start; NetWorkers parse them.
     private let localConfig: [UInt8]
+    private let tokenSource: CATokenSource
+    /// The CA token as last read and sent; the last refusal, logged once until it changes.
+    private var caToken: String?
+    private var caTokenProblem: CATokenError?
+    private var nextTokenRead: Int64?
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -37,6 +42,7 @@ final class Supervisor {
             windowMilliseconds: configuration.milliseconds("ZTUNNEL_CRASH_LOOP_WINDOW"),
             initialBackoffMilliseconds: configuration.milliseconds("ZTUNNEL_RESTART_BACKOFF"),
             maxBackoffMilliseconds: configuration.milliseconds("ZTUNNEL_RESTART_BACKOFF_MAX"))
+        tokenSource = CATokenSource(configuration: configuration)
         for (spec, count) in RoleSpec.table(netWorkers: configuration.int("ZTUNNEL_NET_WORKERS")) {
             for index in 0..<count { slots.append(WorkerSlot(spec: spec, index: UInt16(index))) }
         }
@@ -44,6 +50,7 @@ final class Supervisor {
 
     /// Runs until drained or given up; returns the process exit code.
     func run() -> Int32 {
+        refreshCAToken()
         for slot in slots { start(slot) }
         while exitCode == nil {
             pollOnce()
@@ -82,12 +89,13 @@ final class Supervisor {
     }
 
     private func setup(for slot: WorkerSlot) -> WorkerSetup {
-        let settings = Configuration.settings.map { ($0.name, configuration.string($0.name)) }
+        let settings = slot.spec.settings.map { ($0, configuration.string($0)) }
         return WorkerSetup(role: slot.spec.role, index: slot.index, settings: settings,
-                           uid: UInt32(configuration.int("ZTUNNEL_WORKER_UID")),
-                           gid: UInt32(configuration.int("ZTUNNEL_WORKER_GID")),
+                           uid: UInt32(configuration.int(slot.spec.uidSetting)),
+                           gid: UInt32(configuration.int(slot.spec.gidSetting)),
                            isDumpable: slot.spec.isDumpable,
-                           seccomp: policies[slot.spec.role] ?? SeccompPolicy(isAuditMode: false, rules: []))
+                           seccomp: policies[slot.spec.role] ?? SeccompPolicy(isAuditMode: false, rules: []),
+                           landlock: slot.spec.landlock(configuration))
     }
 
     /// Dispatches one message from a worker. Each case checks the worker's state first: a message
@@ -138,8 +146,33 @@ final class Supervisor {
         if slot.spec.receivesListeners {
             try ipc.send(SupervisorMessage.localConfig(localConfig).frame(), blocking: false)
         }
+        if slot.spec.role == .certWorker, let caToken {
+            try ipc.send(SupervisorMessage.caToken(caToken).frame(), blocking: false)
+        }
         connectSigners(newcomer: slot)
         try ipc.send(SupervisorMessage.configured.frame(), blocking: false)
+    }
+
+    /// Reads the CA token again (a file is re-read every 10 s: projected tokens rotate) and hands
+    /// a changed one to the CertWorker. A token that cannot be read or used is logged and audited
+    /// once; the CertWorker keeps the last good one.
+    private func refreshCAToken() {
+        if case .file = tokenSource.kind { nextTokenRead = Clock.monotonicMilliseconds() + CATokenSource.refreshMilliseconds }
+        switch tokenSource.read() {
+        case .success(let token):
+            caTokenProblem = nil
+            guard let token, token != caToken else { return }
+            caToken = token
+            let frame = SupervisorMessage.caToken(token).frame()
+            for slot in slots where slot.spec.role == .certWorker && (slot.state == .settingUp || slot.state == .running) {
+                sendWithoutWaiting(frame, to: slot)
+            }
+        case .failure(let problem):
+            guard problem != caTokenProblem else { return }
+            caTokenProblem = problem
+            Log.warn("\(problem); the CertWorker keeps the last good token")
+            audit.record("ca_token_refused", [("reason", .string(problem.description))])
+        }
     }
 
     /// The Supervisor makes every socketpair (STYLE.md §2): a signer channel between the
@@ -215,6 +248,7 @@ final class Supervisor {
 
     private func pollTimeout() -> Int32 {
         var deadlines = slots.compactMap { $0.setupDeadline } + slots.compactMap { $0.restartAt }
+        if let nextTokenRead { deadlines.append(nextTokenRead) }
         if let drainDeadline { deadlines.append(drainDeadline) }
         guard let next = deadlines.min() else { return -1 }
         return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
@@ -266,6 +300,7 @@ final class Supervisor {
     }
 
     private func workerGone(_ slot: WorkerSlot, cause: String) {
+        let wasReady = slot.state == .running
         slot.pidfd = nil
         slot.ipc = nil
         slot.setupDeadline = nil
@@ -277,15 +312,16 @@ final class Supervisor {
             return
         }
         Log.warn("\(slot.name) exited: \(cause)", [("pid", "\(slot.pid)")])
-        switch restartPolicy.workerExited(at: Clock.monotonicMilliseconds()) {
+        switch restartPolicy.workerExited(slot: slot.name, at: Clock.monotonicMilliseconds(), wasReady: wasReady) {
         case .restart(let delay):
             slot.restarts += 1
             slot.state = .backoff
             slot.restartAt = Clock.monotonicMilliseconds() + delay
-            audit.record("worker_restart", slot.auditFields + [("backoff_ms", .int(delay)), ("restarts", .int(Int64(slot.restarts)))])
+            audit.record("worker_restart", slot.auditFields + [("backoff_ms", .int(delay)), ("restarts", .int(Int64(slot.restarts))),
+                                                               ("was_serving", .bool(wasReady))])
             broadcastProcessTable()
         case .giveUp(let exits, let window):
-            let line = "crash loop: \(exits) worker exits within \(window / 1000)s (last: \(slot.name) \(cause)); giving up so the pod is restarted"
+            let line = "crash loop: \(exits) workers exited before becoming ready within \(window / 1000)s (last: \(slot.name) \(cause)); giving up so the pod is restarted"
             audit.record("crash_loop", [("exits", .int(Int64(exits))), ("window_ms", .int(window)), ("last", .string(slot.name))])
             Log.error(line)
             terminateAll()
@@ -303,6 +339,7 @@ final class Supervisor {
             }
             if let at = slot.restartAt, now >= at, !isDraining, exitCode == nil { start(slot) }
         }
+        if let nextTokenRead, now >= nextTokenRead { refreshCAToken() }
         if let drainDeadline, now >= drainDeadline {
             self.drainDeadline = nil
             for slot in slots where slot.isAlive {

@@ -72,6 +72,7 @@ enum Main {
             fail("invalid LOCAL_XDS_PATH (\(localPath)): \(error)")
         }
 
+        raiseFileLimit()
         let binDirectory = executableDirectory()
         let policies: [WorkerRole: SeccompPolicy]
         do { policies = try loadSeccompPolicies(configuration, binDirectory: binDirectory) } catch { fail("\(error)") }
@@ -102,6 +103,17 @@ enum Main {
                                     binDirectory: binDirectory, policies: policies, signalFd: signalFd,
                                     localConfig: localConfig)
         return supervisor.run()
+    }
+
+    /// Raises the soft limit on open files to the hard limit, as upstream ztunnel does: every
+    /// proxied connection is one or two fds, and the workers inherit the limit.
+    static func raiseFileLimit() {
+        var limit = rlimit()
+        guard getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) == 0, limit.rlim_cur < limit.rlim_max else { return }
+        limit.rlim_cur = limit.rlim_max
+        if setrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit) != 0 {
+            Log.warn("cannot raise the open-file limit: \(String(cString: strerror(errno)))")
+        }
     }
 
     /// The directory of the running binary: the workers' binaries are found beside it.

@@ -11,7 +11,15 @@ import Glibc
     static let setup = WorkerSetup(
         role: .netWorker, index: 3, settings: [("LOCAL_XDS_PATH", "/x.yaml"), ("RUST_LOG", "debug")],
         uid: 65534, gid: 1337, isDumpable: false,
-        seccomp: SeccompPolicy(isAuditMode: true, rules: [.allow("read"), .errno("openat", 13)]))
+        seccomp: SeccompPolicy(isAuditMode: true, rules: [
+            .allow("read"), .errno("openat", 13),
+            .allow("socket", [SeccompPolicy.Condition(index: 0, op: .equal, value: .literal(2)),
+                              SeccompPolicy.Condition(index: 2, op: .equal, value: .literal(6))]),
+            .allow("tgkill", [SeccompPolicy.Condition(index: 0, op: .equal, value: .ownPid)]),
+            .allow("clone", [SeccompPolicy.Condition(index: 0, op: .maskedEqual, value: .literal(0x7e03_0000), valueTwo: 0x1_0000)]),
+        ]),
+        landlock: Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: [15012], denyTCPBind: true,
+                                  scopeSignals: true, scopeAbstractUnixSockets: false))
 
     static let table = [
         ProcessEntry(role: .certWorker, index: 0, pid: 41, state: .running, restarts: 0, lastExitCause: ""),
@@ -103,7 +111,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x0109, 0x0205, 0xffff] {
+        for type: UInt16 in [0, 0x010a, 0x0205, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }
@@ -146,7 +154,43 @@ import Glibc
         let setup = WorkerSetup(role: .certWorker, index: 0, settings: [], uid: 1, gid: 1, isDumpable: false,
                                 seccomp: SeccompPolicy(isAuditMode: false, rules: [.allow("read")]))
         var frame = SupervisorMessage.setup(setup).frame()
-        frame.payload[frame.payload.count - 1] = 1  // the rule's errno field
+        // The rule's errno field: before the condition count and the landlock flag.
+        frame.payload[frame.payload.count - 3] = 1
         #expect(throws: IPCError.malformed("seccomp allow rule with errno 1")) { try SupervisorMessage.decode(frame) }
+    }
+
+    /// Issue #6: argument filters travel with the rules, each field range-checked, and the
+    /// own-pid operand has one encoding.
+    @Test func seccompConditionsAreCheckedOnDecode() throws {
+        func setup(_ condition: SeccompPolicy.Condition) -> IPCFrame {
+            SupervisorMessage.setup(WorkerSetup(role: .netWorker, index: 0, settings: [], uid: 1, gid: 1, isDumpable: true,
+                                                seccomp: SeccompPolicy(isAuditMode: false, rules: [.allow("tgkill", [condition])]))).frame()
+        }
+        var frame = setup(SeccompPolicy.Condition(index: 0, op: .equal, value: .ownPid))
+        // Layout of the tail: ... u8 index, u8 op, u8 source, u64 value, u64 valueTwo, bool landlock.
+        let tail = frame.payload.count - 1 - 8 - 8 - 1 - 1 - 1
+        frame.payload[tail] = 6
+        #expect(throws: IPCError.malformed("seccomp argument index 6")) { try SupervisorMessage.decode(frame) }
+        frame = setup(SeccompPolicy.Condition(index: 0, op: .equal, value: .ownPid))
+        frame.payload[tail + 1] = 8
+        #expect(throws: IPCError.malformed("seccomp operator 8")) { try SupervisorMessage.decode(frame) }
+        frame = setup(SeccompPolicy.Condition(index: 0, op: .equal, value: .ownPid))
+        frame.payload[tail + 3 + 7] = 1
+        #expect(throws: IPCError.malformed("seccomp own-pid operand with value 1")) { try SupervisorMessage.decode(frame) }
+    }
+
+    @Test func caTokenIsAHeaderValue() throws {
+        guard case .caToken(let token) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.caToken("abc.def-ghi").frame())) else {
+            Issue.record("not a token"); return
+        }
+        #expect(token == "abc.def-ghi")
+        for bad in ["", "a b", "tok\u{0}en", "line\nbreak"] {
+            #expect(throws: IPCError.malformed("CA token is not a header value")) {
+                try SupervisorMessage.decode(SupervisorMessage.caToken(bad).frame())
+            }
+        }
+        // Issue #6: a token file's trailing newline is trimmed, as users expect.
+        #expect(CAToken.normalized(Array("  tok.en\n\n".utf8)) == "tok.en")
+        #expect(CAToken.problem(with: CAToken.normalized(Array("a\u{0}b\n".utf8))) == "the token holds byte 0x0")
     }
 }

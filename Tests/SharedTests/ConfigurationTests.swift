@@ -93,3 +93,12 @@ import Testing
         #expect(value.serialized() == #"{"b":"q\"\\\n\u0001","a":[-1,true,null]}"#)
     }
 }
+
+@Suite struct Base64Tests {
+    /// RFC 4648 §10 test vectors.
+    @Test func rfc4648Vectors() {
+        let vectors = ["": "", "f": "Zg==", "fo": "Zm8=", "foo": "Zm9v", "foob": "Zm9vYg==", "fooba": "Zm9vYmE=", "foobar": "Zm9vYmFy"]
+        for (plain, encoded) in vectors { #expect(Base64.encode(Array(plain.utf8)) == encoded) }
+        #expect(Base64.encode([0xff, 0xfe, 0xfd]) == "//79")
+    }
+}

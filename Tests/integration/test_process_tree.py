@@ -16,15 +16,18 @@ def test_tree_and_confinement(start_daemon):
         assert status["CapEff"] == "0000000000000000"
         assert status["CapPrm"] == "0000000000000000"
         assert status["CapBnd"] == "0000000000000000"
-        assert status["Uid"].split() == ["65534"] * 4
-        assert status["Gid"].split() == ["65534"] * 4
+        # Each role has its own uid and gid (issue #6): a NetWorker cannot signal or trace the
+        # CertWorker as "the same user".
+        expected = "65532" if children[pid] == "ztunnel-cert-worker" else "65533"
+        assert status["Uid"].split() == [expected] * 4
+        assert status["Gid"].split() == [expected] * 4
     # The kernel gives /proc/PID of a non-dumpable process to root; a dumpable one keeps its uid.
     (cert,) = daemon.workers("cert-worker")
     assert os.stat(f"/proc/{cert}/status").st_uid == 0
     # Key memory (OpenSSL's secure heap) is locked in RAM: never swapped out.
     assert int(proc_status(cert)["VmLck"].split()[0]) > 0
     for net in daemon.workers("net-worker"):
-        assert os.stat(f"/proc/{net}/status").st_uid == 65534
+        assert os.stat(f"/proc/{net}/status").st_uid == 65533
     # The Supervisor keeps a few capabilities, not all of them.
     supervisor = int(proc_status(daemon.pid)["CapEff"], 16)
     assert supervisor != 0 and supervisor & (1 << 21)  # CAP_SYS_ADMIN kept for setns

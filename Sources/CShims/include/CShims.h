@@ -38,11 +38,20 @@ int CShims_setresgid(gid_t gid);
 /// posix_spawn_file_actions_addclosefrom_np (glibc 2.34) needs _GNU_SOURCE.
 int CShims_spawn_addclosefrom(void *actions, int from);
 
-/// seccomp_rule_add(3) is variadic; rules here carry no argument filters.
-int CShims_seccomp_rule_add0(void *ctx, uint32_t action, int syscall);
+/// seccomp_rule_add_array(3) with the argument conditions as parallel arrays (at most 6), so
+/// Swift need not build `struct scmp_arg_cmp`. Returns libseccomp's result (0 or -errno).
+int CShims_seccomp_rule_add_conditions(void *ctx, uint32_t action, int syscall, uint32_t count,
+                                       const uint32_t *indexes, const uint32_t *ops,
+                                       const uint64_t *values, const uint64_t *values_two);
 /// SCMP_ACT_ERRNO(x) is a function-like macro.
 uint32_t CShims_SCMP_ACT_ERRNO(uint16_t errnum);
 
+/// Makes glibc's resolver read its configuration (resolv.conf, nsswitch.conf, gai.conf) now:
+/// once a worker is confined it can open no file, but glibc keeps what it read and only stats
+/// resolv.conf afterwards.
+void CShims_resolver_warm_up(void);
+
 #include "CShimsOpenSSL.h"
+#include "CShimsLandlock.h"
 
 #endif

@@ -1,0 +1,41 @@
+/// The limits a NetWorker enforces on every connection (issue #6): a deadline for each phase, a
+/// cap on connections per listener and a bound on every buffer, so that what a peer sends, or
+/// does not send, can cost this process only a bounded amount of memory and time. Read once from
+/// the configuration; the values are plain data so handlers can copy them.
+public struct Bounds: Sendable, Equatable {
+    /// The settings that configure these bounds (a NetWorker receives them, RoleSpec.settings).
+    public static let settingNames = ["ZTUNNEL_HANDSHAKE_TIMEOUT", "ZTUNNEL_IDLE_TIMEOUT", "ZTUNNEL_MAX_CONNECTIONS"]
+
+    /// From accept to the end of a TLS or SOCKS5 handshake, or to the upstream being connected
+    /// on a captured connection.
+    public var handshakeMilliseconds: Int64
+    /// A relayed connection with no bytes in either direction for this long is closed.
+    public var idleMilliseconds: Int64
+    /// Connections each listener of each NetWorker serves at once; the next ones are closed at
+    /// accept (the kernel's backlog and the peers' retries absorb bursts).
+    public var maxConnectionsPerListener: Int
+    /// The admin, stats and readiness ports: the request head must arrive within this (hyper's
+    /// 2 s in the real ztunnel) and fit in `httpMaxHeadBytes`.
+    public var httpHeadMilliseconds: Int64 = 2_000
+    public static let httpMaxHeadBytes = 8 * 1024
+    /// Those ports serve few clients (a prober, Prometheus, an operator): a small cap of their own.
+    public var maxHTTPConnectionsPerListener = 256
+    /// Bytes a captured or SOCKS5 client may send before its upstream is connected; reading stops
+    /// at this bound until the upstream can take them.
+    public static let earlyDataBytes = 64 * 1024
+    /// Bytes of TLS records taken from a client while its handshake waits (for a signature, say):
+    /// a handshake is a few KiB; more is refused.
+    public static let tlsHandshakeInputBytes = 64 * 1024
+
+    public init(handshakeMilliseconds: Int64, idleMilliseconds: Int64, maxConnectionsPerListener: Int) {
+        self.handshakeMilliseconds = handshakeMilliseconds
+        self.idleMilliseconds = idleMilliseconds
+        self.maxConnectionsPerListener = maxConnectionsPerListener
+    }
+
+    public init(_ configuration: Configuration) {
+        self.init(handshakeMilliseconds: configuration.milliseconds("ZTUNNEL_HANDSHAKE_TIMEOUT"),
+                  idleMilliseconds: configuration.milliseconds("ZTUNNEL_IDLE_TIMEOUT"),
+                  maxConnectionsPerListener: configuration.int("ZTUNNEL_MAX_CONNECTIONS"))
+    }
+}
