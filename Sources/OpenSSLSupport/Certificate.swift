@@ -137,21 +137,39 @@ public final class Certificate: @unchecked Sendable {
     public func withUnsafeX509<R>(_ body: (OpaquePointer) throws -> R) rethrows -> R { try body(x509) }
 }
 
-/// A SPIFFE id as ztunnel parses it: `spiffe://<td>/ns/<ns>/sa/<sa>`, exactly five segments.
+/// A SPIFFE id as ztunnel parses it: `spiffe://<td>/ns/<ns>/sa/<sa>`, exactly five segments,
+/// and valid to the SPIFFE ID specification (§2): the trust domain of lowercase letters, digits,
+/// `.`, `-` and `_` (at most 255 bytes), each path segment of letters, digits, `.`, `-` and `_`
+/// and neither `.` nor `..`, the whole id at most 2048 bytes. Issue #6: ids are spliced into
+/// OpenSSL configuration strings, audit lines and Prometheus labels, so nothing else may pass.
 public struct SpiffeId: Equatable, Sendable, CustomStringConvertible {
     public let trustDomain: String
     public let namespace: String
     public let serviceAccount: String
 
+    public static let maxLength = 2048
+
     public init?(_ text: String) {
-        guard text.hasPrefix("spiffe://") else { return nil }
+        guard text.utf8.count <= Self.maxLength, text.hasPrefix("spiffe://") else { return nil }
         let parts = text.dropFirst("spiffe://".count).split(separator: "/", omittingEmptySubsequences: false)
-        guard parts.count == 5, parts[1] == "ns", parts[3] == "sa", !parts[0].isEmpty, !parts[2].isEmpty, !parts[4].isEmpty else {
-            return nil
-        }
+        guard parts.count == 5, parts[1] == "ns", parts[3] == "sa" else { return nil }
+        guard Self.isTrustDomain(parts[0]), Self.isSegment(parts[2]), Self.isSegment(parts[4]) else { return nil }
         trustDomain = String(parts[0])
         namespace = String(parts[2])
         serviceAccount = String(parts[4])
+    }
+
+    static func isTrustDomain(_ text: Substring) -> Bool {
+        !text.isEmpty && text.utf8.count <= 255
+            && text.utf8.allSatisfy { (0x61...0x7a).contains($0) || (0x30...0x39).contains($0) || $0 == 0x2e || $0 == 0x2d || $0 == 0x5f }
+    }
+
+    static func isSegment(_ text: Substring) -> Bool {
+        !text.isEmpty && text != "." && text != ".."
+            && text.utf8.allSatisfy {
+                (0x61...0x7a).contains($0) || (0x41...0x5a).contains($0) || (0x30...0x39).contains($0)
+                    || $0 == 0x2e || $0 == 0x2d || $0 == 0x5f
+            }
     }
 
     public var description: String { "spiffe://\(trustDomain)/ns/\(namespace)/sa/\(serviceAccount)" }

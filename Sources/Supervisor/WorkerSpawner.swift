@@ -61,8 +61,17 @@ enum WorkerSpawner {
         var pid: pid_t = 0
         let rc = posix_spawn(&pid, path, &actions, &attributes, argv, envp)
         guard rc == 0 else { throw SyscallError(function: "posix_spawn(\(path))", errno: rc) }
-        let pidfd = try Syscall.retrying("pidfd_open") { CShims_pidfd_open(pid, 0) }
-        return Spawned(pid: pid, pidfd: OwnedFD(takingOwnershipOf: pidfd), ipc: parentEnd)
+        do {
+            let pidfd = try Syscall.retrying("pidfd_open") { CShims_pidfd_open(pid, 0) }
+            return Spawned(pid: pid, pidfd: OwnedFD(takingOwnershipOf: pidfd), ipc: parentEnd)
+        } catch {
+            // Without a pidfd the Supervisor cannot watch this child: end it and reap it now
+            // rather than leave a worker nobody supervises, or a zombie (issue #6).
+            kill(pid, SIGKILL)
+            var status: Int32 = 0
+            _ = waitpid(pid, &status, 0)
+            throw error
+        }
     }
 
     private static func check(_ step: String, _ body: () -> Int32) throws {

@@ -126,6 +126,9 @@ import Glibc
 
     @Test func identitiesNobodyWantsAreForgotten() throws {
         var harness = try Harness(ttl: 100)
+        final class Withdrawn { var ids: [String] = [] }
+        let withdrawn = Withdrawn()
+        harness.manager.onForget = { withdrawn.ids.append($0) }
         harness.manager.want([Harness.id], from: 0)
         harness.manager.want([Harness.id], from: 1)
         harness.advance(seconds: 0)
@@ -136,6 +139,8 @@ import Glibc
         #expect(harness.manager.entries[Harness.id] == nil)
         #expect(harness.store.byHandle[handle] == nil)
         #expect(harness.events().map(\.0).contains("certificate_forgotten"))
+        // The NetWorkers are told to withdraw it (issue #6: identities used to be only added).
+        #expect(withdrawn.ids == [Harness.id])
     }
 
     @Test func theCSRIsWhatTheIstioCAExpects() throws {

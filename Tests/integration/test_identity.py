@@ -4,6 +4,7 @@ import os
 import signal
 import socket
 import ssl
+import threading
 
 from cryptography.hazmat.primitives import serialization
 
@@ -85,15 +86,37 @@ def test_mtls_through_a_key_handle_and_no_key_in_the_networker(start_daemon, tmp
 
 
 def test_handshakes_resume_after_the_certworker_is_replaced(start_daemon, tmp_path):
+    """CertWorker kill -9 under a handshake loop heals without restarting any NetWorker
+    (issue #6): the signer channel is replaced, the identities come back, handshakes resume."""
     daemon, server_id, _ = start_with_identity(start_daemon, tmp_path)
     client = str(tmp_path / "client")
     wait_for(lambda: try_handshake(daemon.ports["inbound"], client), 30, "the first handshake")
-    (old,) = daemon.workers("cert-worker")
-    os.kill(old, signal.SIGKILL)
-    wait_for(lambda: daemon.workers("cert-worker") not in ([], [old]) and daemon.ready(), 30, "a new CertWorker")
-    sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], client), 30, "a handshake after the restart")
+    networkers = daemon.workers("net-worker")
+    outcomes = []
+    stop = threading.Event()
+
+    def loop():
+        while not stop.is_set() and len(outcomes) < 5000:
+            outcomes.append(try_handshake(daemon.ports["inbound"], client) is not None)
+
+    thread = threading.Thread(target=loop)
+    thread.start()
+    try:
+        wait_for(lambda: sum(outcomes) >= 5, 30, "handshakes before the kill")
+        (old,) = daemon.workers("cert-worker")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: daemon.workers("cert-worker") not in ([], [old]) and daemon.ready(), 30, "a new CertWorker")
+        after = len(outcomes)
+        wait_for(lambda: sum(outcomes[after:]) >= 5, 30, "handshakes after the restart")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    sans, _ = handshake(daemon.ports["inbound"], client)
     assert sans == [server_id]
+    assert daemon.workers("net-worker") == networkers  # no NetWorker was restarted
     assert len(daemon.audit_events("certificate_loaded")) == 2
+    assert not any(e["role"] == "net-worker" for e in daemon.audit_events("worker_exit"))
+    assert not daemon.audit_events("signer_violation")
 
 
 def test_a_client_from_another_ca_is_refused(start_daemon, tmp_path):
