@@ -2,6 +2,7 @@
 #include "CShims.h"
 #include <sys/prctl.h>
 #include <sys/syscall.h>
+#include <sched.h>
 #include <unistd.h>
 #include <seccomp.h>
 #include <spawn.h>
@@ -21,6 +22,9 @@ int CShims_prctl(int option, unsigned long arg2, unsigned long arg3, unsigned lo
 int CShims_pidfd_open(pid_t pid, unsigned int flags) { return (int)syscall(SYS_pidfd_open, pid, flags); }
 int CShims_pidfd_send_signal(int pidfd, int sig) { return (int)syscall(SYS_pidfd_send_signal, pidfd, sig, NULL, 0); }
 long CShims_forbidden_syscall(void) { return syscall(SYS_vhangup); }
+long CShims_fault_clone_newuser(void) { return syscall(SYS_clone, CLONE_NEWUSER | CLONE_THREAD | CLONE_SIGHAND | CLONE_VM, 0, 0, 0, 0); }
+long CShims_fault_netlink_socket(void) { return syscall(SYS_socket, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0); }
+long CShims_fault_signal_parent(void) { pid_t parent = getppid(); return syscall(SYS_tgkill, parent, parent, 0); }
 int CShims_close_range(unsigned int first, unsigned int last) { return (int)syscall(SYS_close_range, first, last, 0); }
 
 int CShims_seccomp_rule_add_conditions(void *ctx, uint32_t action, int syscall, uint32_t count,

@@ -25,6 +25,9 @@ final class CertWorker {
     private var signaturesSinceStatus = false
     /// Where a CA token from the Supervisor goes (the Istio CA client), if anywhere.
     var tokenSink: ((String) -> Void)?
+    /// ZTUNNEL_DEBUG_FAULT_INJECTION, checked here too: the Supervisor relays faults only when it
+    /// is on, and this worker does not take its word for it.
+    var faultInjectionEnabled = false
 
     init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) throws {
         self.supervisor = supervisor
@@ -145,6 +148,8 @@ final class CertWorker {
             exit(0)
         case .caToken(let token):
             tokenSink?(token)
+        case .fault(let kind, let port):
+            FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled)
         case .setup, .listener, .processTable, .signerChannel, .localConfig:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
@@ -227,6 +232,7 @@ enum CertWorkerMain {
             WorkerBootstrap.die("cannot start the CA thread: \(error)")
         }
         if let istio = authority as? IstioCAClient { worker.tokenSink = { istio.setToken($0) } }
+        worker.faultInjectionEnabled = started.configuration.bool("ZTUNNEL_DEBUG_FAULT_INJECTION")
         Log.info("confined", [("pid", "\(getpid())"), ("identities", "\(store.identities.count)"),
                               ("openssl", String(cString: OpenSSL_version(OPENSSL_VERSION)))])
         for identity in store.identities {

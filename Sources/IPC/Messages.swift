@@ -20,6 +20,15 @@ public enum WorkerRole: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     }
 }
 
+/// A fault the tests ask the CertWorker to commit (only with ZTUNNEL_DEBUG_FAULT_INJECTION=true,
+/// which the Supervisor and the CertWorker both check), to show its walls hold from inside.
+public enum FaultKind: UInt8, Sendable, CaseIterable {
+    /// Open a file (/etc/hostname): seccomp answers EACCES, Landlock denies every path.
+    case openFile = 1
+    /// A TCP connect to 127.0.0.1:<port>: Landlock allows only the CA's port.
+    case connect = 2
+}
+
 /// Messages from the Supervisor to a worker.
 public enum SupervisorMessage {
     /// First message on a new worker's channel: everything it needs to confine itself and run.
@@ -43,16 +52,18 @@ public enum SupervisorMessage {
     /// Supervisor, or its literal value), trimmed; sent at set-up and whenever it changes. The
     /// CertWorker opens no file after its sandbox, so the token comes to it.
     case caToken(String)
+    /// To the CertWorker, relayed from a NetWorker's `faultRequest` (tests only).
+    case fault(FaultKind, port: UInt16)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
-        case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109
+        case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
             case .listener, .signerChannel, .signerPeer: return 1
-            case .setup, .configured, .processTable, .drain, .localConfig, .caToken: return 0
+            case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault: return 0
             }
         }
     }
@@ -68,6 +79,7 @@ public enum SupervisorMessage {
         case .signerPeer: return .signerPeer
         case .localConfig: return .localConfig
         case .caToken: return .caToken
+        case .fault: return .fault
         }
     }
 
@@ -86,6 +98,7 @@ public enum SupervisorMessage {
         case .signerPeer(let index, let fd): writer.u16(index); fds = [fd]
         case .localConfig(let bytes): writer.data(bytes)
         case .caToken(let token): writer.string(token)
+        case .fault(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -116,6 +129,9 @@ public enum SupervisorMessage {
             let token = try reader.string("CA token", max: CAToken.maxBytes)
             guard CAToken.problem(with: token) == nil else { throw IPCError.malformed("CA token is not a header value") }
             message = .caToken(token)
+        case .fault:
+            let (kind, port) = try FaultKind.decode(&reader)
+            message = .fault(kind, port: port)
         }
         try reader.finish(name)
         return message
@@ -134,6 +150,9 @@ public enum WorkerMessage: Equatable {
     /// An audit event for the Supervisor's sink (CertWorker only): the event name and string
     /// fields. The Supervisor adds time, sequence and the sender.
     case audit(event: String, fields: [(String, String)])
+    /// A test asks (through the admin port) for a fault in the CertWorker; NetWorkers only, and
+    /// only when fault injection is enabled, else a violation.
+    case faultRequest(FaultKind, port: UInt16)
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -149,12 +168,13 @@ public enum WorkerMessage: Equatable {
         case (.ready, .ready), (.shutdownRequest, .shutdownRequest): return true
         case (.audit(let e1, let f1), .audit(let e2, let f2)):
             return e1 == e2 && f1.map { $0.0 + "=" + $0.1 } == f2.map { $0.0 + "=" + $0.1 }
+        case (.faultRequest(let k1, let p1), .faultRequest(let k2, let p2)): return k1 == k2 && p1 == p2
         default: return false
         }
     }
 
     public enum Code: UInt16, CaseIterable {
-        case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204
+        case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
 
         /// No worker message may carry an fd: fds flow from the Supervisor only.
         public var fdCount: Int { 0 }
@@ -166,6 +186,7 @@ public enum WorkerMessage: Equatable {
         case .ready: return .ready
         case .shutdownRequest: return .shutdownRequest
         case .audit: return .audit
+        case .faultRequest: return .faultRequest
         }
     }
 
@@ -179,6 +200,7 @@ public enum WorkerMessage: Equatable {
             writer.string(event)
             writer.u16(UInt16(fields.count))
             for (key, value) in fields { writer.string(key); writer.string(value) }
+        case .faultRequest(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
     }
@@ -208,8 +230,19 @@ public enum WorkerMessage: Equatable {
             var fields: [(String, String)] = []
             for _ in 0..<count { fields.append((try reader.string("audit key", max: 64), try reader.string("audit value", max: 4096))) }
             message = .audit(event: event, fields: fields)
+        case .faultRequest:
+            let (kind, port) = try FaultKind.decode(&reader)
+            message = .faultRequest(kind, port: port)
         }
         try reader.finish(name)
         return message
+    }
+}
+
+extension FaultKind {
+    static func decode(_ reader: inout WireReader) throws -> (FaultKind, UInt16) {
+        let raw = try reader.u8("fault kind")
+        guard let kind = FaultKind(rawValue: raw) else { throw IPCError.malformed("fault kind \(raw)") }
+        return (kind, try reader.u16("fault port"))
     }
 }

@@ -1,26 +1,68 @@
 internal import CShims
 import IPC
+import Shared
 #if canImport(Glibc)
 import Glibc
 #endif
 
 /// Faults the tests inject through the admin port (only with ZTUNNEL_DEBUG_FAULT_INJECTION=true)
-/// to prove that the seccomp allowlist kills and that the Supervisor refuses garbage IPC.
+/// to prove from inside a running worker that its walls hold: each forbidden operation fails or
+/// kills the worker, as its seccomp profile and Landlock policy say. Every operation here is
+/// harmless should a wall ever let it through, so a broken filter shows up as a survivor or a
+/// success in the log, never as damage.
 enum FaultInjection {
-    enum Kind: String, Sendable {
-        /// A syscall outside every worker allowlist: vhangup(2). Harmless if it ever ran (it
-        /// needs CAP_SYS_TTY_CONFIG), so a broken filter shows up as a survivor, not damage.
+    enum Kind: String, Sendable, CaseIterable {
+        /// A syscall outside every worker allowlist: vhangup(2). Killed (SIGSYS).
         case seccomp
-        /// Bytes that are no valid frame, on the IPC socket.
+        /// Bytes that are no valid frame, on the IPC socket: the Supervisor kills the worker.
         case ipcGarbage = "ipc-garbage"
+        /// clone(2) with CLONE_NEWUSER: killed (the clone rule admits threads only).
+        case cloneNamespace = "clone-namespace"
+        /// socket(AF_NETLINK): killed (INET and INET6 only).
+        case netlinkSocket = "netlink-socket"
+        /// tgkill(2) of the parent: killed (own pid only).
+        case signalOther = "signal-other"
+        /// openat(2) of /etc/hostname: EACCES from seccomp, and from Landlock under it.
+        case openFile = "open-file"
+        /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
+        case certOpenFile = "cert-open-file"
+        /// The CertWorker connects to 127.0.0.1:`port` (relayed): Landlock allows the CA's port only.
+        case certConnect = "cert-connect"
     }
 
-    static func inject(_ kind: Kind, channel: IPCSocket) {
+    /// Runs on the NetWorker's main (control) thread after the response is written.
+    static func inject(_ kind: Kind, port: UInt16, channel: IPCSocket) {
         switch kind {
         case .seccomp:
             _ = CShims_forbidden_syscall()
         case .ipcGarbage:
             try? channel.sendRaw([0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0x01])
+        case .cloneNamespace:
+            report(kind, CShims_fault_clone_newuser())
+        case .netlinkSocket:
+            let fd = CShims_fault_netlink_socket()
+            report(kind, fd)
+            if fd >= 0 { close(Int32(fd)) }
+        case .signalOther:
+            report(kind, CShims_fault_signal_parent())
+        case .openFile:
+            let fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
+            report(kind, Int(fd))
+            if fd >= 0 { close(fd) }
+        case .certOpenFile:
+            try? channel.send(WorkerMessage.faultRequest(.openFile, port: 0).frame())
+        case .certConnect:
+            try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
+        }
+    }
+
+    /// Says what a fault that was not killed did: the tests read this line.
+    static func report<T: BinaryInteger>(_ kind: Kind, _ result: T) {
+        let error = errno
+        if result < 0 {
+            Log.warn("fault \(kind.rawValue): refused: \(String(cString: strerror(error))) (errno \(error))")
+        } else {
+            Log.error("fault \(kind.rawValue): the wall let it through (result \(result))")
         }
     }
 }

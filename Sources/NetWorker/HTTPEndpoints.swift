@@ -10,7 +10,7 @@ struct HTTPEndpoints {
     enum FollowUp: Equatable, Sendable {
         case none
         case requestShutdown
-        case injectFault(FaultInjection.Kind)
+        case injectFault(FaultInjection.Kind, port: UInt16)
     }
 
     struct Reply: Sendable {
@@ -88,9 +88,11 @@ struct HTTPEndpoints {
             }
             guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
             guard let kind = query["kind"].flatMap(FaultInjection.Kind.init(rawValue:)) else {
-                return Reply(status: 400, reason: "Bad Request", body: "kind must be seccomp or ipc-garbage\n")
+                let kinds = FaultInjection.Kind.allCases.map(\.rawValue).joined(separator: ", ")
+                return Reply(status: 400, reason: "Bad Request", body: "kind must be one of \(kinds)\n")
             }
-            return Reply(status: 200, reason: "OK", body: "injecting \(kind.rawValue)\n", followUp: .injectFault(kind))
+            let port = query["port"].flatMap(UInt16.init) ?? 0
+            return Reply(status: 200, reason: "OK", body: "injecting \(kind.rawValue)\n", followUp: .injectFault(kind, port: port))
         default:
             return Reply(status: 404, reason: "Not Found", body: "not found\n")
         }

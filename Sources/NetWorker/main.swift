@@ -45,7 +45,7 @@ enum NetWorkerMain {
                 switch followUp {
                 case .none: break
                 case .requestShutdown: try? channel.send(WorkerMessage.shutdownRequest.frame())
-                case .injectFault(let kind): FaultInjection.inject(kind, channel: channel)
+                case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel)
                 }
             })
         var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker, signer: signer)
@@ -100,7 +100,7 @@ struct ControlLoop {
                 drain(deadlineMilliseconds: Int64(deadline))
             case .signerChannel(let fd):
                 signer.attach(IPCSocket(fd))
-            case .setup, .signerPeer, .caToken:
+            case .setup, .signerPeer, .caToken, .fault:
                 WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
         }

@@ -118,6 +118,14 @@ final class Supervisor {
         case (.shutdownRequest, .running) where slot.spec.permittedWhileRunning.contains(.shutdownRequest):
             audit.record("shutdown_requested", slot.auditFields)
             beginDrain(reason: "admin /quitquitquit via \(slot.name)")
+        case (.faultRequest(let kind, let port), .running) where slot.spec.permittedWhileRunning.contains(.faultRequest):
+            // Tests only: with fault injection off this message has no business existing.
+            guard configuration.bool("ZTUNNEL_DEBUG_FAULT_INJECTION") else {
+                throw Violation("fault request while fault injection is disabled")
+            }
+            audit.record("fault_injected", slot.auditFields + [("kind", .string("\(kind)")), ("port", .int(Int64(port)))])
+            let frame = SupervisorMessage.fault(kind, port: port).frame()
+            for cert in slots where cert.spec.role == .certWorker && cert.state == .running { sendWithoutWaiting(frame, to: cert) }
         case (.audit(let event, let fields), .settingUp), (.audit(let event, let fields), .running):
             guard slot.spec.permittedWhileRunning.contains(.audit) else {
                 throw Violation("audit events are not permitted from \(slot.spec.role)")
@@ -183,7 +191,9 @@ final class Supervisor {
         let pairs: [(cert: WorkerSlot, net: WorkerSlot)]
         switch newcomer.spec.role {
         case .netWorker:
-            pairs = slots.filter { $0.spec.role == .certWorker && $0.isAlive && $0.state != .stopped }.map { ($0, newcomer) }
+            // Only a CertWorker that has said hello (confined, speaking our protocol): one still
+            // starting may never get there, and is paired with every NetWorker when it does.
+            pairs = slots.filter { $0.spec.role == .certWorker && isUp($0) }.map { ($0, newcomer) }
         case .certWorker:
             pairs = slots.filter { $0.spec.role == .netWorker && isUp($0) }.map { (newcomer, $0) }
         }

@@ -29,6 +29,13 @@ int CShims_pidfd_send_signal(int pidfd, int sig);
 /// vhangup(2), a syscall outside every worker allowlist: used only by the fault-injection hook that
 /// proves the seccomp allowlist kills the process.
 long CShims_forbidden_syscall(void);
+/// Fault injection (tests only), each harmless should the filter ever let it through:
+/// clone(2) with CLONE_NEWUSER (combined with CLONE_THREAD, which the kernel refuses: EINVAL);
+long CShims_fault_clone_newuser(void);
+/// socket(AF_NETLINK, SOCK_RAW, NETLINK_ROUTE) (a socket nobody uses);
+long CShims_fault_netlink_socket(void);
+/// tgkill(parent, parent, 0): signal 0 only checks that the target exists.
+long CShims_fault_signal_parent(void);
 /// getdents64 on /proc/self/fd replacement: closes every fd >= lowfd (close_range(2)).
 int CShims_close_range(unsigned int first, unsigned int last);
 
