@@ -49,6 +49,8 @@ final class CertificateManager {
     /// Identities one NetWorker may ask for: a node runs a bounded number of pods, and a
     /// compromised NetWorker must not make the CertWorker mint keys without end.
     static let maxWantedPerNetWorker = 64
+    /// New identities one NetWorker may add per minute (a node's pods come and go more slowly).
+    static let maxNewPerMinute = 128
 
     private let ca: CertificateAuthority
     private let executor: CSRExecutor
@@ -58,6 +60,8 @@ final class CertificateManager {
     private let publish: (IdentityMaterial) -> Void
     private(set) var entries: [String: Entry] = [:]
     private var wants: [UInt16: Set<String>] = [:]
+    /// When each NetWorker last added new identities (monotonic ms), for `maxNewPerMinute`.
+    private var newEntries: [UInt16: [Int64]] = [:]
     /// CSRs with the CA, counting those of identities forgotten meanwhile: their keys are still
     /// held until the CA answers.
     private var inFlight = 0
@@ -101,6 +105,19 @@ final class CertificateManager {
             audit("identity_refused", [("count", "\(refused - 8)"), ("reason", "further refusals in the same request"),
                                        ("net_worker", "\(netWorker)")])
         }
+        // New identities cost a key and a CSR each: at most `maxNewPerMinute` per NetWorker, so
+        // flipping between two lists cannot make the CertWorker mint keys without end.
+        let now = self.now().monotonic
+        var budget = newEntryBudget(for: netWorker, now: now)
+        for name in valid where entries[name] == nil && !(wants.values.contains { $0.contains(name) }) {
+            if budget == 0 {
+                valid.remove(name)
+                refuse(name, "over \(Self.maxNewPerMinute) new identities a minute")
+                continue
+            }
+            budget -= 1
+            newEntries[netWorker, default: []].append(now)
+        }
         wants[netWorker] = valid
         let wanted = wants.values.reduce(into: Set<String>()) { $0.formUnion($1) }
         for name in wanted where entries[name] == nil {
@@ -111,6 +128,13 @@ final class CertificateManager {
             forget(entry)
             entries[name] = nil
         }
+    }
+
+    /// New identities `netWorker` may still ask for in the current minute.
+    private func newEntryBudget(for netWorker: UInt16, now: Int64) -> Int {
+        let recent = (newEntries[netWorker] ?? []).filter { now - $0 < 60_000 }
+        newEntries[netWorker] = recent
+        return max(0, Self.maxNewPerMinute - recent.count)
     }
 
     private func forget(_ entry: Entry) {

@@ -18,6 +18,12 @@ enum FaultProbe {
             let fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
             report("cert-open-file", Int(fd), errno)
             if fd >= 0 { close(fd) }
+        case .makeDirectory:
+            let path = "/tmp/ztunnel-wall-probe-\(getpid())"
+            let rc = mkdir(path, 0o700)
+            let error = errno
+            if rc == 0 { rmdir(path) }
+            report("cert-make-dir", Int(rc), error)
         case .connect:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return report("cert-connect", -1, errno) }

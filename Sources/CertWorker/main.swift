@@ -17,8 +17,10 @@ final class CertWorker {
     private var manager: CertificateManager?
     private let executor: ThreadCSRExecutor
     private var peers: [UInt16: IPCSocket] = [:]
-    /// Refused sign requests per NetWorker since its channel was attached.
+    /// Refused sign requests per NetWorker in the current minute (`refusalWindowStart`): a
+    /// NetWorker probing the oracle is cut off, occasional refusals never add up to that.
     private var refusals: [UInt16: Int] = [:]
+    private var refusalWindowStart: Int64 = 0
     /// When the signature counts were last pushed (monotonic ms); they are pushed at most every
     /// ten seconds, not per signature.
     private var lastStatusPush: Int64 = 0
@@ -94,8 +96,12 @@ final class CertWorker {
             return
         } catch IPCError.wouldBlock {
             closePeer(index, reason: "not reading its signer channel")
-        } catch {
+        } catch IPCError.closed {
             peers[index] = nil  // closed: the NetWorker is gone; the Supervisor reconnects its successor
+        } catch {
+            // A frame this process could not encode (oversize): our bug, not the peer's. The
+            // peer keeps its channel (issue #6: dropping it let one NetWorker cut them all).
+            Log.error("cannot send a \(frame.type) frame to net-worker[\(index)]: \(error)")
         }
     }
 
@@ -116,19 +122,38 @@ final class CertWorker {
         let monotonicNow = Clock.monotonicMilliseconds()
         for entry in manager?.entries.values.sorted(by: { $0.id.description < $1.id.description }) ?? [] {
             entries.append(CertificateStatus(
-                spiffeId: entry.id.description, state: String(entry.state.text.prefix(256)),
+                spiffeId: entry.id.description, state: entry.state.text.utf8Prefix(256),
                 nextRenewal: wallNow + (entry.refreshAt - monotonicNow) / 1000,
                 failedRenewals: UInt32(clamping: entry.totalFailures), signatures: UInt64(entry.current?.signatures ?? 0)))
         }
-        // 64 wanted identities per NetWorker and a few static ones: the list fits one frame.
-        let frame = CertWorkerMessage.status(Array(entries.prefix(128))).frame()
+        let frame = CertWorkerMessage.status(Self.fitting(entries)).frame()
         for index in peers.keys { push(frame, to: index, droppable: true) }
         lastStatusPush = Clock.monotonicMilliseconds()
         signaturesSinceStatus = false
     }
 
+    /// As many statuses as one frame holds (ids are up to 2048 bytes each, so 128 of them may not
+    /// fit); the rest are left out of /config_dump rather than breaking the channel.
+    static func fitting(_ entries: [CertificateStatus]) -> [CertificateStatus] {
+        var size = 2
+        var kept: [CertificateStatus] = []
+        for entry in entries.prefix(128) {
+            size += 8 + entry.spiffeId.utf8.count + entry.state.utf8.count + 20
+            guard size <= IPCFrame.maxPayload else {
+                Log.warn("certificate status list truncated to \(kept.count) of \(entries.count) identities")
+                break
+            }
+            kept.append(entry)
+        }
+        return kept
+    }
+
+    /// Sends an audit event, each field clamped to what the Supervisor accepts (values of 4 KiB,
+    /// 32 fields): a CA's long issuer or many roots must not make the Supervisor read this
+    /// worker's message as a violation and kill it (issue #6 review).
     func reportAudit(_ event: String, _ fields: [(String, String)]) {
-        try? supervisor.send(WorkerMessage.audit(event: event, fields: fields).frame())
+        let clamped = fields.prefix(32).map { ($0.0.utf8Prefix(64), $0.1.utf8Prefix(4000)) }
+        try? supervisor.send(WorkerMessage.audit(event: event, fields: Array(clamped)).frame())
     }
 
     private func handleSupervisor() {
@@ -190,6 +215,11 @@ final class CertWorker {
     /// A refused sign request. A few are normal (a handle retired during a handshake); many mean a
     /// NetWorker probing the oracle: the first are audited one by one, then the channel is closed.
     private func refuse(_ reason: String, from index: UInt16, requestId: UInt32) {
+        let now = Clock.monotonicMilliseconds()
+        if now - refusalWindowStart >= 60_000 {
+            refusalWindowStart = now
+            refusals.removeAll()
+        }
         let count = (refusals[index] ?? 0) + 1
         refusals[index] = count
         if count <= 8 { reportAudit("sign_refused", [("net_worker", "\(index)"), ("reason", reason)]) }

@@ -27,6 +27,9 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     case openFile = 1
     /// A TCP connect to 127.0.0.1:<port>: Landlock allows only the CA's port.
     case connect = 2
+    /// mkdir(2) under /tmp: outside the seccomp allowlist (a kill), and denied by Landlock when
+    /// seccomp only logs (audit mode): the live proof of the second wall.
+    case makeDirectory = 3
 }
 
 /// Messages from the Supervisor to a worker.

@@ -78,7 +78,7 @@ final class ConnectionLimiter: @unchecked Sendable {
     }
 
     func release(_ listener: String) {
-        lock.withLock { live[listener, default: 1] -= 1 }
+        lock.withLock { live[listener] = max(0, live[listener, default: 0] - 1) }
     }
 
     func count(_ listener: String) -> Int { lock.withLock { live[listener, default: 0] } }

@@ -24,8 +24,12 @@ enum FaultInjection {
         case signalOther = "signal-other"
         /// openat(2) of /etc/hostname: EACCES from seccomp, and from Landlock under it.
         case openFile = "open-file"
+        /// mkdir(2) under /tmp: a kill under seccomp; EACCES from Landlock when seccomp only logs.
+        case makeDirectory = "make-dir"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
         case certOpenFile = "cert-open-file"
+        /// The CertWorker makes a directory under /tmp (relayed).
+        case certMakeDirectory = "cert-make-dir"
         /// The CertWorker connects to 127.0.0.1:`port` (relayed): Landlock allows the CA's port only.
         case certConnect = "cert-connect"
     }
@@ -49,11 +53,26 @@ enum FaultInjection {
             let fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
             report(kind, Int(fd))
             if fd >= 0 { close(fd) }
+        case .makeDirectory:
+            report(kind, makeProbeDirectory())
         case .certOpenFile:
             try? channel.send(WorkerMessage.faultRequest(.openFile, port: 0).frame())
+        case .certMakeDirectory:
+            try? channel.send(WorkerMessage.faultRequest(.makeDirectory, port: 0).frame())
         case .certConnect:
             try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
         }
+    }
+
+    /// Makes (and, should that succeed, removes) /tmp/ztunnel-wall-probe-<pid>; returns mkdir's
+    /// result with errno intact.
+    static func makeProbeDirectory() -> Int32 {
+        let path = "/tmp/ztunnel-wall-probe-\(getpid())"
+        let rc = mkdir(path, 0o700)
+        let error = errno
+        if rc == 0 { rmdir(path) }
+        errno = error
+        return rc
     }
 
     /// Says what a fault that was not killed did: the tests read this line.

@@ -91,7 +91,11 @@ struct HTTPEndpoints {
                 let kinds = FaultInjection.Kind.allCases.map(\.rawValue).joined(separator: ", ")
                 return Reply(status: 400, reason: "Bad Request", body: "kind must be one of \(kinds)\n")
             }
-            let port = query["port"].flatMap(UInt16.init) ?? 0
+            var port: UInt16 = 0
+            if let text = query["port"] {
+                guard let value = UInt16(text) else { return Reply(status: 400, reason: "Bad Request", body: "port must be 0-65535\n") }
+                port = value
+            }
             return Reply(status: 200, reason: "OK", body: "injecting \(kind.rawValue)\n", followUp: .injectFault(kind, port: port))
         default:
             return Reply(status: 404, reason: "Not Found", body: "not found\n")

@@ -41,6 +41,19 @@ final class IdentityTable: @unchecked Sendable {
         if removed { Log.info("identity withdrawn", [("identity", spiffeId)]) }
     }
 
+    /// Forgets every identity: their handles belonged to a CertWorker that is gone.
+    func removeAll() {
+        let count = lock.withLock { () -> Int in
+            defer {
+                contexts.removeAll()
+                materials.removeAll()
+                statuses.removeAll()
+            }
+            return contexts.count
+        }
+        if count > 0 { Log.info("identities dropped for a new CertWorker", [("count", "\(count)")]) }
+    }
+
     /// The context 15008 serves. In local mode the host has one inbound listener, so it serves the
     /// first identity in order; per-pod listeners (in-pod mode) will each serve their pod's.
     var inboundContext: TLSServerContext? {

@@ -87,9 +87,10 @@ struct ListenerFactory {
 /// 8 KiB buffer) and the connection is closed when the request has not been answered within
 /// `httpHeadMilliseconds` (upstream's 2 s header timeout), so a slow or endless client holds a
 /// slot for a bounded time only.
-final class RequestHeadGuard: ChannelInboundHandler {
+final class RequestHeadGuard: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
 
     private let listener: String
     private let bounds: Bounds
@@ -124,5 +125,12 @@ final class RequestHeadGuard: ChannelInboundHandler {
             return
         }
         context.fireChannelRead(data)
+    }
+
+    /// The answer has begun: the request was read in time, and a slow reader of a long answer
+    /// (/config_dump) is not cut off by the head deadline.
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        deadline?.cancel()
+        context.write(data, promise: promise)
     }
 }

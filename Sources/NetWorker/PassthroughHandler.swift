@@ -24,6 +24,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var early: [ByteBuffer] = []
     private var earlyBytes = 0
     private var heldRead = false
+    private var clientInputClosed = false
     private var isRelaying = false
     private var deadline: Scheduled<Void>?
 
@@ -78,6 +79,17 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
+    /// NIO reads to the end on EOF even while reads are held: a client that half-closes while
+    /// the upstream connects has its EOF passed on once the relay is up (issue #6 review: it was
+    /// dropped, and the relay waited for the idle timeout).
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event, !isRelaying {
+            clientInputClosed = true
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         if heldRead {
@@ -115,6 +127,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 for buffer in self.early { upstream.write(buffer, promise: nil) }
                 self.early.removeAll()
                 upstream.flush()
+                if self.clientInputClosed { upstream.close(mode: .output, promise: nil) }
                 self.isRelaying = true
                 Upstream.relay(client: channel, upstream: upstream, removing: self, idleMilliseconds: self.bounds.idleMilliseconds,
                                listener: self.listenerName, reporter: self.reporter)

@@ -25,6 +25,8 @@ final class SignerClient: @unchecked Sendable {
 
     /// Called on the reader thread for each identity the CertWorker pushes. Set before `attach`.
     var onIdentity: (@Sendable (IdentityMaterial) -> Void)?
+    /// Called when a new signer channel is attached, before its reader starts. Set before `attach`.
+    var onAttach: (@Sendable () -> Void)?
     /// Called on the reader thread when the CertWorker withdraws an identity. Set before `attach`.
     var onWithdraw: (@Sendable (String) -> Void)?
     /// Called on the reader thread with the CertWorker's certificate states. Set before `attach`.
@@ -35,6 +37,10 @@ final class SignerClient: @unchecked Sendable {
     /// Adopts a new channel (the CertWorker was replaced, or this is the first) and starts its
     /// reader thread. Requests waiting on the old channel fail at their deadline.
     func attach(_ socket: IPCSocket) {
+        // The handles we hold name keys of the CertWorker at the other end of the old channel: a
+        // new CertWorker knows none of its predecessor's issued keys (issue #6 review: handshakes
+        // with stale handles drew refusals until the channel was cut). It pushes what it has.
+        onAttach?()
         let (myGeneration, wanted) = condition.withLock { () -> (Int, [String]) in
             channel = socket
             generation += 1

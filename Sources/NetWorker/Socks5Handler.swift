@@ -19,6 +19,7 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
     private var early: [ByteBuffer] = []
     private var earlyBytes = 0
     private var heldRead = false
+    private var clientInputClosed = false
     private var deadline: Scheduled<Void>?
     private let guardrails: DestinationGuard
     private let bounds: Bounds
@@ -55,10 +56,12 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
-    /// A client that stops sending before its request is complete will never complete it.
+    /// A client that stops sending before its request is complete will never complete it. One
+    /// that half-closes while the upstream connects (its request sent whole) has its EOF passed
+    /// on once the relay is up, so the upstream sees the end of the request.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if let event = event as? ChannelEvent, case .inputClosed = event, !isConnecting {
-            context.close(promise: nil)
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            if isConnecting { clientInputClosed = true } else { context.close(promise: nil) }
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -123,6 +126,7 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
                 for buffer in self.early { upstream.write(buffer, promise: nil) }
                 self.early.removeAll()
                 upstream.flush()
+                if self.clientInputClosed { upstream.close(mode: .output, promise: nil) }
                 Upstream.relay(client: client, upstream: upstream, removing: self, idleMilliseconds: self.bounds.idleMilliseconds,
                                listener: Self.listener, reporter: self.reporter)
             case .failure(let error):
@@ -140,13 +144,33 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
 }
 
 /// Refuses destinations that would loop back into this proxy (ISTIO_COMPAT §2, "illegal ports").
+/// The host is parsed as an address, not compared as text: every spelling that reaches this
+/// host's loopback counts (127/8, ::1, the unspecified 0.0.0.0 and ::, and IPv4-mapped
+/// ::ffff:127.x and ::ffff:0.0.0.0; issue #6 review found the textual check let those through).
 struct DestinationGuard: Sendable {
     let proxyPorts: Set<UInt16>
 
     func refusal(host: String, port: UInt16) -> String? {
-        let isLoopback = host.hasPrefix("127.") || host == "::1" || host == "0:0:0:0:0:0:0:1"
-        if isLoopback && proxyPorts.contains(port) { return "loopback destination on a proxy port" }
+        if proxyPorts.contains(port) && Self.reachesLoopback(host) { return "loopback destination on a proxy port" }
         return nil
+    }
+
+    static func reachesLoopback(_ host: String) -> Bool {
+        var v4 = in_addr()
+        if inet_pton(AF_INET, host, &v4) == 1 { return isLoopbackOrUnspecified(UInt32(bigEndian: v4.s_addr)) }
+        var v6 = in6_addr()
+        guard inet_pton(AF_INET6, host, &v6) == 1 else { return false }
+        let bytes = withUnsafeBytes(of: &v6) { Array($0) }
+        if bytes[0..<15].allSatisfy({ $0 == 0 }) { return bytes[15] <= 1 }  // :: and ::1
+        if bytes[0..<10].allSatisfy({ $0 == 0 }) && bytes[10] == 0xff && bytes[11] == 0xff {
+            let mapped = UInt32(bytes[12]) << 24 | UInt32(bytes[13]) << 16 | UInt32(bytes[14]) << 8 | UInt32(bytes[15])
+            return isLoopbackOrUnspecified(mapped)
+        }
+        return false
+    }
+
+    private static func isLoopbackOrUnspecified(_ address: UInt32) -> Bool {
+        address >> 24 == 127 || address == 0
     }
 }
 

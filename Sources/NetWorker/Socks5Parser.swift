@@ -22,9 +22,10 @@ struct Socks5Parser {
     private var buffer: [UInt8] = []
 
     /// The most bytes held before a decision: a greeting is at most 257 bytes and a request 22,
-    /// plus what a client pipelines behind them. More is refused, so a client that streams bytes
-    /// at the handshake cannot make us buffer without end.
-    static let maxBuffered = 4096
+    /// plus what a client pipelines behind them (kept and sent first, up to the early-data bound
+    /// of 64 KiB). More is refused, so a client that streams bytes at the handshake cannot make
+    /// us buffer without end.
+    static let maxBuffered = 64 * 1024
 
     /// Feeds received bytes; returns what to do next. Call again with no bytes after `.reply` to
     /// continue with what is buffered. After a decision (`connect` or `fail`) it holds nothing

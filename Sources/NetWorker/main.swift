@@ -30,6 +30,7 @@ enum NetWorkerMain {
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
         signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
+        signer.onAttach = { identities.removeAll() }
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },

@@ -24,3 +24,15 @@ public enum Base64 {
         return String(decoding: out, as: UTF8.self)
     }
 }
+
+extension String {
+    /// The longest prefix of at most `maxBytes` UTF-8 bytes that ends on a character boundary:
+    /// what a message encoder uses so that its receiver's byte limit always holds (issue #6: a
+    /// character-count prefix of non-ASCII text overran a 256-byte field and broke the channel).
+    public func utf8Prefix(_ maxBytes: Int) -> String {
+        guard utf8.count > maxBytes else { return self }
+        var end = utf8.index(utf8.startIndex, offsetBy: maxBytes)
+        while end > utf8.startIndex, String.Index(end, within: self) == nil { end = utf8.index(before: end) }
+        return String(self[..<end])
+    }
+}

@@ -265,6 +265,12 @@ public enum Landlock {
         if version >= 1 { return .available(Int(version)) }
         if version == 0 { return .unavailable("Landlock ABI version query returned 0") }
         if let reason = unavailableReason(err) { return .unavailable(reason) }
+        // A container runtime's own seccomp profile may answer the Landlock syscalls with EPERM
+        // or EACCES: Landlock is then out of reach, which is not a reason to refuse to start
+        // (issue #6 review: every worker would exit before ready and the node crash-loop).
+        if err == EPERM || err == EACCES {
+            return .unavailable("the Landlock syscalls are refused here (\(err == EPERM ? "EPERM" : "EACCES"), likely the container runtime's seccomp profile)")
+        }
         return .failed(err)
     }
 

@@ -63,8 +63,17 @@ public struct Setting: Sendable {
 
 /// Durations in the forms ztunnel's configuration uses: `250ms`, `5s`, `2m`, `1h`, or bare seconds.
 public enum Duration {
-    /// Milliseconds, or nil if `text` is not a duration.
+    /// The longest duration accepted: ten years. Longer values are refused, so that deadlines
+    /// computed from them (now + duration) cannot overflow and trap.
+    public static let maxMilliseconds: Int64 = 10 * 365 * 24 * 3_600_000
+
+    /// Milliseconds, or nil if `text` is not a duration (or is longer than ten years).
     public static func parse(_ text: String) -> Int64? {
+        guard let value = parseUnbounded(text), value <= maxMilliseconds else { return nil }
+        return value
+    }
+
+    private static func parseUnbounded(_ text: String) -> Int64? {
         let units: [(String, Int64)] = [("ms", 1), ("s", 1000), ("m", 60_000), ("h", 3_600_000)]
         for (suffix, factor) in units where text.hasSuffix(suffix) {
             let number = text.dropLast(suffix.count)

@@ -61,9 +61,20 @@ public enum Syscall {
     /// Reads a whole small file; refuses files over `limit`. The read buffer is cleared before it
     /// is freed, so a key file read through here leaves only the returned copy, which the caller
     /// clears.
-    public static func readFile(_ path: String, limit: Int = 1 << 20) throws -> [UInt8] {
-        let fd = try retrying("open(\(path))") { open(path, O_RDONLY | O_CLOEXEC) }
+    /// Reads a whole file of at most `limit` bytes. With `regularOnly`, anything but a regular
+    /// file (a FIFO, a device) is refused before a read could block: for files read on a loop
+    /// that must not stall (the Supervisor's token refresh).
+    public static func readFile(_ path: String, limit: Int = 1 << 20, regularOnly: Bool = false) throws -> [UInt8] {
+        let flags = O_RDONLY | O_CLOEXEC | (regularOnly ? O_NONBLOCK : 0)
+        let fd = try retrying("open(\(path))") { open(path, flags) }
         defer { close(fd) }
+        if regularOnly {
+            var info = stat()
+            _ = try retrying("fstat(\(path))") { fstat(fd, &info) }
+            guard info.st_mode & S_IFMT == S_IFREG else {
+                throw SyscallError(function: "read(\(path)): not a regular file", errno: EINVAL)
+            }
+        }
         var out: [UInt8] = []
         out.reserveCapacity(min(limit, 64 * 1024))
         var chunk = [UInt8](repeating: 0, count: 65536)

@@ -15,22 +15,28 @@ struct CATokenSource {
         case literal(String)
     }
 
-    let kind: Kind
-    /// How often the file is read again: projected tokens are replaced hours before they expire.
+    private let setting: String
+    private let usesCA: Bool
+    /// How often the source is looked at again: projected tokens are replaced hours before they
+    /// expire, and a token file may appear after start (a volume mounted late).
     static let refreshMilliseconds: Int64 = 10_000
 
     init(configuration: Configuration) {
-        let setting = configuration.string("AUTH_TOKEN")
-        if configuration.string("CA_ADDRESS").isEmpty {
-            kind = .none  // the built-in CA needs no token
-        } else if !setting.isEmpty && access(setting, F_OK) == 0 {
-            kind = .file(setting)
-        } else if setting != Configuration.defaultTokenPath && !setting.isEmpty {
-            kind = .literal(setting)
-        } else {
-            kind = .none
-        }
+        setting = configuration.string("AUTH_TOKEN")
+        usesCA = !configuration.string("CA_ADDRESS").isEmpty
     }
+
+    /// Decided anew at each read, as upstream does per call: a path that exists is a file; one
+    /// that does not, other than the default path, is the token itself.
+    var kind: Kind {
+        if !usesCA || setting.isEmpty { return .none }  // the built-in CA needs no token
+        if access(setting, F_OK) == 0 { return .file(setting) }
+        if setting != Configuration.defaultTokenPath { return .literal(setting) }
+        return .none
+    }
+
+    /// Whether the source is looked at again periodically (a path, existing or not yet).
+    var isRefreshed: Bool { usesCA && !setting.isEmpty && (setting.hasPrefix("/") || setting.hasPrefix(".")) }
 
     /// The current token, or why it cannot be used. `.success(nil)`: there is no token to send.
     func read() -> Result<String?, CATokenError> {
@@ -39,7 +45,7 @@ struct CATokenSource {
         case .none: return .success(nil)
         case .literal(let value): token = CAToken.normalized(Array(value.utf8))
         case .file(let path):
-            do { token = CAToken.normalized(try Syscall.readFile(path, limit: CAToken.maxBytes + 64)) } catch {
+            do { token = CAToken.normalized(try Syscall.readFile(path, limit: CAToken.maxBytes + 64, regularOnly: true)) } catch {
                 return .failure(CATokenError(description: "cannot read the CA token \(path): \(error)"))
             }
         }

@@ -70,6 +70,7 @@ final class Supervisor {
         let path = binDirectory + "/" + slot.spec.executable
         slot.restartAt = nil
         slot.killReason = nil
+        slot.killedForSetupTimeout = false
         do {
             let spawned = try WorkerSpawner.spawn(executable: path)
             slot.pid = spawned.pid
@@ -83,7 +84,7 @@ final class Supervisor {
         } catch {
             Log.error("cannot start \(slot.name): \(error)")
             audit.record("worker_start_failed", slot.auditFields + [("error", .string("\(error)"))])
-            if slot.isAlive { kill(slot, reason: "setup could not be sent: \(error)") } else { workerGone(slot, cause: "spawn failed: \(error)") }
+            if slot.isAlive { kill(slot, reason: "setup could not be sent: \(error)") } else { workerGone(slot, cause: "spawn failed: \(error)", isStartupFailure: true) }
         }
         broadcastProcessTable()
     }
@@ -165,7 +166,7 @@ final class Supervisor {
     /// a changed one to the CertWorker. A token that cannot be read or used is logged and audited
     /// once; the CertWorker keeps the last good one.
     private func refreshCAToken() {
-        if case .file = tokenSource.kind { nextTokenRead = Clock.monotonicMilliseconds() + CATokenSource.refreshMilliseconds }
+        if tokenSource.isRefreshed { nextTokenRead = Clock.monotonicMilliseconds() + CATokenSource.refreshMilliseconds }
         switch tokenSource.read() {
         case .success(let token):
             caTokenProblem = nil
@@ -306,11 +307,26 @@ final class Supervisor {
         // before the channel is forgotten, unless it was killed for what it sent.
         if slot.killReason == nil { readMessages(from: slot) }
         let cause = slot.killReason ?? ExitCause.describe(waitStatus: status)
-        workerGone(slot, cause: cause)
+        workerGone(slot, cause: cause, isStartupFailure: Self.isStartupFailure(state: slot.state, waitStatus: status,
+                                                                                killedForSetupTimeout: slot.killedForSetupTimeout))
     }
 
-    private func workerGone(_ slot: WorkerSlot, cause: String) {
-        let wasReady = slot.state == .running
+    /// Whether an exit says the worker could not start (a broken set-up), as opposed to a worker
+    /// that may have been killed by what it read. A worker reads outside bytes from the moment it
+    /// is handed its listeners or signer peers, which is before it reports ready, so "not yet
+    /// ready" is not enough (issue #6 review: a poisoned backlog would make replacements die in
+    /// SettingUp and count towards giving up). Start-up failures are: dying before the hello
+    /// (nothing from outside read yet), a worker's own EX_CONFIG exit (78: it cannot confine
+    /// itself or use its configuration), and missing the setup deadline.
+    static func isStartupFailure(state: ProcessEntry.State, waitStatus: Int32, killedForSetupTimeout: Bool) -> Bool {
+        if state == .running { return false }
+        if killedForSetupTimeout || state == .starting { return true }
+        let exitedNormally = waitStatus & 0x7f == 0
+        return exitedNormally && (waitStatus >> 8) & 0xff == 78
+    }
+
+    private func workerGone(_ slot: WorkerSlot, cause: String, isStartupFailure: Bool) {
+        let wasReady = !isStartupFailure
         slot.pidfd = nil
         slot.ipc = nil
         slot.setupDeadline = nil
@@ -345,6 +361,7 @@ final class Supervisor {
             if let deadline = slot.setupDeadline, now >= deadline, slot.isAlive {
                 slot.setupDeadline = nil
                 audit.record("worker_setup_timeout", slot.auditFields)
+                slot.killedForSetupTimeout = true
                 kill(slot, reason: "killed by the supervisor: setup handshake timed out in state \(slot.state)")
             }
             if let at = slot.restartAt, now >= at, !isDraining, exitCode == nil { start(slot) }

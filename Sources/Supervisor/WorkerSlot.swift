@@ -19,6 +19,8 @@ final class WorkerSlot {
     var restartAt: Int64?
     /// Why the Supervisor killed the current process, reported as its exit cause.
     var killReason: String?
+    /// The current process missed its setup deadline (a start-up failure, not a crash).
+    var killedForSetupTimeout = false
 
     init(spec: RoleSpec, index: UInt16) {
         self.spec = spec

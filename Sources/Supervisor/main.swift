@@ -66,6 +66,11 @@ enum Main {
         guard configuration.isLocalMode else {
             fail("invalid LOCAL_XDS_PATH: unset, and shared mode (istio-cni/ZDS, xDS) is not implemented yet; set LOCAL_XDS_PATH to a local config file")
         }
+        // One uid per role is the point (issue #6): with equal uids a NetWorker could signal or
+        // trace the key holder as "the same user".
+        if geteuid() == 0 && configuration.int("ZTUNNEL_CERT_WORKER_UID") == configuration.int("ZTUNNEL_NET_WORKER_UID") {
+            fail("invalid ZTUNNEL_NET_WORKER_UID: it must differ from ZTUNNEL_CERT_WORKER_UID (\(configuration.int("ZTUNNEL_CERT_WORKER_UID")))")
+        }
         let localPath = configuration.string("LOCAL_XDS_PATH")
         let localConfig: [UInt8]
         do { localConfig = try Syscall.readFile(localPath, limit: 60 * 1024) } catch {

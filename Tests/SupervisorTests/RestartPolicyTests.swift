@@ -48,3 +48,25 @@ import Testing
         #expect(restart.workerExited(slot: "a", at: 120_002, wasReady: false) == .restart(afterMilliseconds: 0))
     }
 }
+
+/// Which exits count as start-up failures (towards giving up) and which as crashes of a worker
+/// that may have read outside bytes (replaced forever).
+@Suite struct StartupFailureTests {
+    static func exited(_ code: Int32) -> Int32 { code << 8 }
+    static let killedBySIGSEGV: Int32 = 11
+
+    @Test func beforeTheHelloOrAnOwnConfigExitIsAStartupFailure() {
+        #expect(Supervisor.isStartupFailure(state: .starting, waitStatus: Self.killedBySIGSEGV, killedForSetupTimeout: false))
+        #expect(Supervisor.isStartupFailure(state: .settingUp, waitStatus: Self.exited(78), killedForSetupTimeout: false))
+        #expect(Supervisor.isStartupFailure(state: .settingUp, waitStatus: 9, killedForSetupTimeout: true))
+    }
+
+    /// Review finding: a worker is handed listeners and signer peers before it reports ready, so
+    /// a crash in SettingUp may be a packet of death: it must not count towards giving up.
+    @Test func aCrashAfterTheHelloIsNotAStartupFailure() {
+        #expect(!Supervisor.isStartupFailure(state: .settingUp, waitStatus: Self.killedBySIGSEGV, killedForSetupTimeout: false))
+        #expect(!Supervisor.isStartupFailure(state: .settingUp, waitStatus: Self.exited(1), killedForSetupTimeout: false))
+        #expect(!Supervisor.isStartupFailure(state: .running, waitStatus: 9, killedForSetupTimeout: false))
+        #expect(!Supervisor.isStartupFailure(state: .running, waitStatus: Self.exited(78), killedForSetupTimeout: false))
+    }
+}

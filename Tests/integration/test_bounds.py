@@ -139,3 +139,22 @@ def test_ten_thousand_silent_connections_leave_readiness_and_memory_bounded(star
     finally:
         for s in held:
             s.close()
+
+
+def test_socks5_half_close_while_connecting_reaches_the_upstream(start_daemon, echo_server):
+    # Review finding: an EOF that arrived while the upstream was connecting was dropped, and the
+    # relay waited for the idle timeout. A request-then-EOF client must see the answer and EOF.
+    daemon = start_daemon()
+    daemon.wait_ready()
+    s = socket.create_connection(("127.0.0.1", daemon.ports["socks5"]), timeout=10)
+    with s:
+        s.sendall(b"\x05\x01\x00" + b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.1")
+                  + struct.pack(">H", echo_server.port) + b"whole request")
+        s.shutdown(socket.SHUT_WR)
+        data = b""
+        while True:
+            chunk = s.recv(4096)
+            if not chunk:
+                break
+            data += chunk
+        assert data == b"\x05\x00" + b"\x05\x00\x00\x01" + bytes(6) + b"whole request"

@@ -6,6 +6,7 @@ import re
 import pytest
 
 from daemon import EchoServer, http, wait_for
+from test_identity import memory_contains
 from test_restart import replaced
 
 FAULTS = {"ZTUNNEL_DEBUG_FAULT_INJECTION": "true"}
@@ -27,7 +28,7 @@ def landlock_abi(daemon, role):
     return int(match.group(1)) if match else 0
 
 
-@pytest.mark.parametrize("kind", ["clone-namespace", "netlink-socket", "signal-other"])
+@pytest.mark.parametrize("kind", ["clone-namespace", "netlink-socket", "signal-other", "make-dir"])
 def test_forbidden_operations_kill_the_networker(start_daemon, kind):
     daemon = start_daemon(extra_env=FAULTS)
     daemon.wait_ready()
@@ -52,8 +53,10 @@ def test_opening_a_file_fails_in_both_workers(start_daemon):
 
 
 def test_landlock_is_a_second_wall(start_daemon):
-    """With seccomp only logging (audit mode), Landlock alone still denies every path to both
-    workers, and every TCP connect but the CA's port to the CertWorker."""
+    """With seccomp only logging (audit mode), Landlock alone still denies paths to both workers
+    (mkdir: outside both allowlists, so in audit mode only Landlock stands in its way; `open`
+    keeps its EACCES rule even in audit mode and would not show Landlock), and every TCP connect
+    but the CA's port to the CertWorker."""
     ca_port_server, other_server = EchoServer(), EchoServer()
     try:
         daemon = start_daemon(extra_env={**FAULTS, "ZTUNNEL_SECCOMP_MODE": "audit",
@@ -61,13 +64,13 @@ def test_landlock_is_a_second_wall(start_daemon):
         daemon.wait_ready()
         if landlock_abi(daemon, "net-worker") < 4:
             pytest.skip("this kernel has no Landlock with network rules (ABI >= 4); seccomp alone confines the workers")
-        inject(daemon, "open-file")
-        inject(daemon, "cert-open-file")
+        inject(daemon, "make-dir")
+        inject(daemon, "cert-make-dir")
         inject(daemon, "cert-connect", other_server.port)
-        wait_for(lambda: all(fault_line(daemon, w) for w in ("open-file", "cert-open-file", f"cert-connect port {other_server.port}")),
+        wait_for(lambda: all(fault_line(daemon, w) for w in ("make-dir", "cert-make-dir", f"cert-connect port {other_server.port}")),
                  10, "the faults reported")
-        assert "refused: Permission denied (errno 13)" in fault_line(daemon, "open-file")
-        assert "refused: Permission denied (errno 13)" in fault_line(daemon, "cert-open-file")
+        assert "refused: Permission denied (errno 13)" in fault_line(daemon, "make-dir")
+        assert "refused: Permission denied (errno 13)" in fault_line(daemon, "cert-make-dir")
         assert "refused: Permission denied (errno 13)" in fault_line(daemon, f"cert-connect port {other_server.port}")
         inject(daemon, "cert-connect", ca_port_server.port)
         wait_for(lambda: fault_line(daemon, f"cert-connect port {ca_port_server.port}"), 10, "the CA-port connect reported")
@@ -78,13 +81,15 @@ def test_landlock_is_a_second_wall(start_daemon):
         other_server.close()
 
 
-def test_each_role_has_its_own_filter_and_settings(start_daemon):
-    daemon = start_daemon(extra_env={"AUTH_TOKEN": "literal-secret-token", "CA_ADDRESS": "127.0.0.1:1", "CA_ROOT_CA": "SYSTEM"})
+def test_the_token_reaches_the_certworker_alone(start_daemon):
+    token = b"literal-secret-token-4f1c9a"
+    daemon = start_daemon(extra_env={"AUTH_TOKEN": token.decode(), "CA_ADDRESS": "127.0.0.1:1", "CA_ROOT_CA": "SYSTEM"})
     daemon.wait_ready()
-    # The literal token is a secret: not in the NetWorker's /config_dump, nor in its setup.
+    # Not in /config_dump, and nowhere in the NetWorker's memory (it never received it); the
+    # CertWorker, which sends it to the CA, has it (the scan's positive control).
     dump = http(daemon.ports["admin"], "/config_dump")[1]
-    assert "literal-secret-token" not in dump and "authToken" not in dump
-    for pid in daemon.children():
-        with open(f"/proc/{pid}/status") as f:
-            status = f.read()
-        assert "Seccomp_filters:\t1" in status
+    assert token.decode() not in dump and "authToken" not in dump
+    (net,) = daemon.workers("net-worker")
+    (cert,) = daemon.workers("cert-worker")
+    assert memory_contains(net, [token]) == set()
+    assert memory_contains(cert, [token]) == {0}
