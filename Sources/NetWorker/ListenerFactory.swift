@@ -105,15 +105,10 @@ final class RequestHeadGuard: ChannelDuplexHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let channel = context.channel
-        let (listener, reporter, limit) = (self.listener, self.reporter, bounds.httpHeadMilliseconds)
-        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
-            guard channel.isActive else { return }
-            reporter.reached(.requestHeadTimeout, listener: listener, peer: ListenerFactory.peer(channel),
-                             detail: "no complete request within \(limit) ms")
-            channel.close(promise: nil)
-        }
-        channel.closeFuture.whenComplete { [deadline] _ in deadline?.cancel() }
+        let limit = bounds.httpHeadMilliseconds
+        deadline = reporter.deadline(.requestHeadTimeout, on: context.channel, listener: listener, after: limit,
+                                     detail: "no complete request within \(limit) ms")
+        context.channel.closeFuture.whenComplete { [deadline] _ in deadline?.cancel() }
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {

@@ -37,12 +37,9 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
 
     func channelActive(context: ChannelHandlerContext) {
         let channel = context.channel
-        let (reporter, limit, name) = (self.reporter, bounds.handshakeMilliseconds, listenerName)
-        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
-            reporter.reached(.handshakeTimeout, listener: name, peer: ListenerFactory.peer(channel),
-                             detail: "upstream not connected within \(limit) ms")
-            channel.close(promise: nil)
-        }
+        let limit = bounds.handshakeMilliseconds
+        deadline = reporter.deadline(.handshakeTimeout, on: channel, listener: listenerName, after: limit,
+                                     detail: "upstream not connected within \(limit) ms")
         guard let provider = channel as? SocketOptionProvider else {
             context.close(promise: nil)
             return

@@ -33,13 +33,9 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     func handlerAdded(context: ChannelHandlerContext) {
-        let channel = context.channel
-        let (reporter, limit) = (self.reporter, bounds.handshakeMilliseconds)
-        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
-            reporter.reached(.handshakeTimeout, listener: Self.listener, peer: ListenerFactory.peer(channel),
-                             detail: "SOCKS5 handshake and connect not done within \(limit) ms")
-            channel.close(promise: nil)
-        }
+        let limit = bounds.handshakeMilliseconds
+        deadline = reporter.deadline(.handshakeTimeout, on: context.channel, listener: Self.listener, after: limit,
+                                     detail: "SOCKS5 handshake and connect not done within \(limit) ms")
     }
 
     func handlerRemoved(context: ChannelHandlerContext) {

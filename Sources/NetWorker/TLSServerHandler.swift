@@ -41,13 +41,9 @@ final class TLSServerHandler: ChannelInboundHandler {
     /// connection that never speaks costs a socket and this handler, not an SSL (issue #6: ten
     /// thousand silent connections must leave memory bounded).
     func handlerAdded(context: ChannelHandlerContext) {
-        let channel = context.channel
-        let (reporter, limit) = (self.reporter, bounds.handshakeMilliseconds)
-        deadline = context.eventLoop.scheduleTask(in: .milliseconds(limit)) {
-            reporter.reached(.handshakeTimeout, listener: Self.listener, peer: ListenerFactory.peer(channel),
-                             detail: "TLS handshake not done within \(limit) ms")
-            channel.close(promise: nil)
-        }
+        let limit = bounds.handshakeMilliseconds
+        deadline = reporter.deadline(.handshakeTimeout, on: context.channel, listener: Self.listener, after: limit,
+                                     detail: "TLS handshake not done within \(limit) ms")
     }
 
     private func makeSSL(context: ChannelHandlerContext) -> Bool {
