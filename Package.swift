@@ -26,6 +26,9 @@ let package = Package(
         .target(name: "CShims"),
 
         .target(name: "Shared", dependencies: ["CShims", "CSeccomp", "CCap"]),
+        // The mesh model (workloads, services, policies) and L4 authorization: pure Swift, no
+        // imports, shared by the data plane and the sources that fill it.
+        .target(name: "Mesh"),
         .target(name: "IPC", dependencies: ["Shared", "CShims"]),
         // Public-key material and TLS plumbing over OpenSSL, for the CertWorker and NetWorker.
         .target(name: "OpenSSLSupport", dependencies: ["COpenSSL", "CShims", "Shared"]),
@@ -37,7 +40,7 @@ let package = Package(
         .executableTarget(
             name: "NetWorker",
             dependencies: [
-                "IPC", "Shared", "CShims", "CNghttp2", "COpenSSL", "OpenSSLSupport", "CKeyHandle",
+                "IPC", "Shared", "Mesh", "CShims", "CNghttp2", "COpenSSL", "OpenSSLSupport", "CKeyHandle",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -45,6 +48,7 @@ let package = Package(
 
         .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
+        .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
         .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL"]),
         .testTarget(name: "NetWorkerTests", dependencies: [

@@ -17,6 +17,7 @@ declare -A sources=(
   [socks5]="Sources/NetWorker/Socks5Parser.swift"
   [local_config]="Sources/NetWorker/YAMLReader.swift Sources/NetWorker/LocalConfig.swift"
   [ca_response]="Sources/CertWorker/CAResponse.swift Sources/CertWorker/CAProtobuf.swift"
+  [ip_address]="Sources/Mesh/IPAddress.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086
@@ -37,7 +38,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc request_target socks5 local_config ca_response; do
+for target in ipc request_target socks5 local_config ca_response ip_address; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"

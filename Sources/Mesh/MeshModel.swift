@@ -1,0 +1,97 @@
+/// The data plane's view of the mesh: workloads, services and policies with the indexes routing
+/// (ISTIO_COMPAT §9) and the inbound checks (§10, §12) need. One model for both sources: the
+/// local config file fills it today, the xDS worker will publish into the same shape. Updates
+/// follow xDS semantics: inserting a workload replaces the old one with that uid entirely;
+/// endpoints for a service not yet known are staged and appear when it arrives.
+///
+/// A value type: a connection works on the snapshot it took, so it never sees half of an update.
+struct MeshModel: Equatable, Sendable {
+    private(set) var workloads: [String: Workload] = [:]
+    private(set) var services: [String: Service] = [:]
+    private(set) var policies: [String: Policy] = [:]
+    /// Workload uid by each of its addresses (HostNetwork workloads are not indexed by IP).
+    private(set) var workloadByAddress: [NetworkAddress: String] = [:]
+    /// Service keys by VIP (several services may share one).
+    private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
+
+    init() {}
+
+    // MARK: - Updates
+
+    mutating func insert(_ workload: Workload) {
+        removeWorkload(uid: workload.uid)
+        workloads[workload.uid] = workload
+        guard workload.networkMode == .standard else { return }
+        for ip in workload.addresses {
+            workloadByAddress[NetworkAddress(network: workload.network, ip: ip)] = workload.uid
+        }
+    }
+
+    mutating func removeWorkload(uid: String) {
+        guard let old = workloads.removeValue(forKey: uid) else { return }
+        for ip in old.addresses {
+            let key = NetworkAddress(network: old.network, ip: ip)
+            if workloadByAddress[key] == uid { workloadByAddress[key] = nil }
+        }
+    }
+
+    mutating func insert(_ service: Service) {
+        removeService(key: service.key)
+        services[service.key] = service
+        for vip in service.vips { servicesByVIP[vip, default: []].append(service.key) }
+    }
+
+    mutating func removeService(key: String) {
+        guard let old = services.removeValue(forKey: key) else { return }
+        for vip in old.vips {
+            servicesByVIP[vip]?.removeAll { $0 == key }
+            if servicesByVIP[vip]?.isEmpty == true { servicesByVIP[vip] = nil }
+        }
+    }
+
+    mutating func insert(_ policy: Policy) { policies[policy.key] = policy }
+    mutating func removePolicy(key: String) { policies[key] = nil }
+
+    // MARK: - Lookups
+
+    func workload(at address: NetworkAddress) -> Workload? {
+        workloadByAddress[address].flatMap { workloads[$0] }
+    }
+
+    /// The services whose VIP is exactly `address`, in insertion order.
+    func services(at address: NetworkAddress) -> [Service] {
+        (servicesByVIP[address] ?? []).compactMap { services[$0] }
+    }
+
+    /// The endpoints of a service: each workload that lists it, with its port map. Endpoints of a
+    /// service that is not (yet) known are "staged": listed by `stagedServices`.
+    func endpoints(of serviceKey: String) -> [(workload: Workload, ports: [UInt16: UInt16])] {
+        workloads.values.sorted { $0.uid < $1.uid }.compactMap { workload in
+            workload.services[serviceKey].map { (workload, $0) }
+        }
+    }
+
+    /// Service keys that workloads list but no service has (yet): their endpoints wait here.
+    var stagedServices: [String] {
+        Set(workloads.values.flatMap { $0.services.keys }).filter { services[$0] == nil }.sorted()
+    }
+
+    /// The policies that apply to a destination workload (ISTIO_COMPAT §12.1): GLOBAL ones, the
+    /// NAMESPACE ones of its namespace, and the WORKLOAD_SELECTOR ones it lists. Keys naming no
+    /// known policy are returned in `unknown` (the caller warns).
+    func policies(for workload: Workload) -> (policies: [Policy], unknown: [String]) {
+        var result = policies.values.filter { policy in
+            switch policy.scope {
+            case .global: return true
+            case .namespace: return policy.namespace == workload.namespace
+            case .workloadSelector: return false
+            }
+        }
+        var unknown: [String] = []
+        for key in workload.authorizationPolicies {
+            guard let policy = policies[key] else { unknown.append(key); continue }
+            if policy.scope == .workloadSelector && !result.contains(where: { $0.key == key }) { result.append(policy) }
+        }
+        return (result.sorted { $0.key < $1.key }, unknown)
+    }
+}
