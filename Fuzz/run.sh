@@ -15,7 +15,7 @@ mkdir -p "$out/artifacts"
 declare -A sources=(
   [request_target]="Sources/NetWorker/RequestTarget.swift"
   [socks5]="Sources/NetWorker/Socks5Parser.swift"
-  [local_config]="Sources/NetWorker/YAMLReader.swift Sources/NetWorker/LocalConfig.swift"
+  [local_config]="$(ls Sources/Mesh/*.swift | tr '\n' ' ')"
   [ca_response]="Sources/CertWorker/CAResponse.swift Sources/CertWorker/CAProtobuf.swift"
   [ip_address]="Sources/Mesh/IPAddress.swift"
 )

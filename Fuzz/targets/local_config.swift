@@ -1,14 +1,15 @@
 // libFuzzer target for the local configuration reader (LOCAL_XDS_PATH). Built standalone, with
-// no package: the reader and its checks have no imports.
+// no package: the reader, its checks and the mesh model they fill have no imports.
 //
-//   swiftc -parse-as-library -sanitize=fuzzer,address -O \
-//     Sources/NetWorker/YAMLReader.swift Sources/NetWorker/LocalConfig.swift \
+//   swiftc -parse-as-library -sanitize=fuzzer,address -O Sources/Mesh/*.swift \
 //     Fuzz/targets/local_config.swift -o /tmp/fuzz_local_config
 //   /tmp/fuzz_local_config -max_total_time=60 Fuzz/seeds/local_config
 //
 // Besides "never crash", it checks invariants and traps (fatalError) when one breaks:
-// parsing is deterministic; every identity is a well-formed, sorted, unique SPIFFE id; and any
-// accepted tree, written back out as quoted flow YAML, reads back as the same tree.
+// parsing is deterministic; every identity is a well-formed, sorted, unique SPIFFE id; the model
+// holds exactly the parsed workloads (unique uids, each address indexed to its workload) and
+// every service by each of its VIPs; and any accepted tree, written back out as quoted flow YAML,
+// reads back as the same tree.
 
 /// Entry point: one input per call. Always returns 0 (libFuzzer's "keep going").
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -40,8 +41,32 @@ private func checkConfig(_ text: String) {
     where message.unicodeScalars.contains(where: { [.control, .format].contains($0.properties.generalCategory) }) {
         fatalError("a skipped message carries control characters: \(message.debugDescription)")
     }
-    for workload in first.workloads where workload.protocolName != "HBONE" && workload.protocolName != "TCP" {
-        fatalError("protocol \(workload.protocolName.debugDescription) passed the check")
+    checkModel(first)
+}
+
+/// The model agrees with the parsed lists: one workload per uid, every standard-mode address
+/// indexed to a workload that has it, every service found by each of its VIPs, policy keys
+/// matching their policies.
+private func checkModel(_ config: LocalConfig) {
+    let model = config.model
+    guard model.workloads.count == config.workloads.count else { fatalError("the model lost or gained workloads") }
+    for workload in config.workloads {
+        guard !workload.uid.isEmpty, model.workloads[workload.uid] == workload else { fatalError("workload \(workload.uid) differs") }
+        guard !workload.namespace.isEmpty else { fatalError("a workload without a namespace passed") }
+    }
+    for (address, uid) in model.workloadByAddress {
+        guard let workload = model.workloads[uid], workload.network == address.network, workload.addresses.contains(address.ip),
+              workload.networkMode == .standard else { fatalError("address \(address) indexed to the wrong workload") }
+    }
+    for (key, service) in model.services {
+        guard key == service.key, !service.hostname.isEmpty else { fatalError("service key \(key) is wrong") }
+        for vip in service.vips where !model.services(at: vip).contains(service) { fatalError("VIP \(vip) does not find \(key)") }
+        _ = model.endpoints(of: key)
+    }
+    for (key, policy) in model.policies where key != policy.key { fatalError("policy key \(key) is wrong") }
+    for workload in config.workloads {
+        let applying = model.policies(for: workload)
+        guard applying.unknown.count <= workload.authorizationPolicies.count else { fatalError("unknown policies invented") }
     }
 }
 

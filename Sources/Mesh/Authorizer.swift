@@ -6,32 +6,39 @@
 /// Pure: no I/O, no logging, no clock, no state. It does not choose the policies (the caller
 /// passes `MeshModel.policies(for:)`), does not resolve the destination port, and does not verify
 /// the source identity: the caller passes the identity its TLS handshake proved, or nil.
-enum Authorizer {
+public enum Authorizer {
     /// What a connection is judged on.
-    struct Connection: Equatable, Sendable {
+    public struct Connection: Equatable, Sendable {
         /// `spiffe://<td>/ns/<ns>/sa/<sa>` as the peer's certificate proved it, or nil when there is
         /// none (plaintext inbound). A string not of that shape is treated as no identity.
-        var sourceIdentity: String?
+        public var sourceIdentity: String?
         /// The TCP peer's address.
-        var sourceIP: IPAddress
-        var destinationIP: IPAddress
+        public var sourceIP: IPAddress
+        public var destinationIP: IPAddress
         /// The resolved application port (not 15008).
-        var destinationPort: UInt16
+        public var destinationPort: UInt16
+
+        public init(sourceIdentity: String?, sourceIP: IPAddress, destinationIP: IPAddress, destinationPort: UInt16) {
+            self.sourceIdentity = sourceIdentity
+            self.sourceIP = sourceIP
+            self.destinationIP = destinationIP
+            self.destinationPort = destinationPort
+        }
     }
 
     /// The verdict, with what the caller should log about dry-run policies that matched (they
     /// never change the verdict).
-    enum Decision: Equatable, Sendable {
+    public enum Decision: Equatable, Sendable {
         case allow(dryRunLogs: [String])
         /// `policy` is the key of the DENY policy that denied, nil when no ALLOW policy allowed.
         case deny(reason: String, policy: String?, dryRunLogs: [String])
 
-        var isAllowed: Bool {
+        public var isAllowed: Bool {
             if case .allow = self { return true }
             return false
         }
 
-        var dryRunLogs: [String] {
+        public var dryRunLogs: [String] {
             switch self {
             case .allow(let logs), .deny(_, _, let logs): return logs
             }
@@ -45,7 +52,7 @@ enum Authorizer {
     ///
     /// Does not filter `policies` by scope or namespace: every policy passed is applied. The first
     /// denying policy in the order given names the reason (`MeshModel` sorts them by key).
-    static func decide(_ policies: [Policy], for connection: Connection) -> Decision {
+    public static func decide(_ policies: [Policy], for connection: Connection) -> Decision {
         let deny = policies.filter { $0.action == .deny }
         let allow = policies.filter { $0.action == .allow }
         var logs: [String] = []
@@ -74,7 +81,7 @@ enum Authorizer {
     /// Ignores the action and `dryRun`, and deliberately does NOT apply the fail-closed rule for
     /// L7-only DENY policies (an L7-only policy does not match here); `decide` applies it, through
     /// `failsClosed`.
-    static func matches(_ policy: Policy, _ connection: Connection) -> Bool {
+    public static func matches(_ policy: Policy, _ connection: Connection) -> Bool {
         let source = SourceIdentity(connection.sourceIdentity)
         // `contains` over no groups is false: a policy with zero groups never matches.
         return policy.groups.contains { group in
@@ -91,7 +98,7 @@ enum Authorizer {
     ///
     /// Does not look at `dryRun` (a dry-run one is only logged, by `decide`), nor at ALLOW policies
     /// of that shape: they never match, which is already the restrictive outcome.
-    static func failsClosed(_ policy: Policy) -> Bool {
+    public static func failsClosed(_ policy: Policy) -> Bool {
         let allMatches = policy.groups.flatMap { $0.flatMap { $0 } }
         // A DENY policy with zero groups carries no rule at all (nothing was dropped): it stays a
         // no-op. A group with zero clauses has no match and already matches everything.

@@ -1,18 +1,18 @@
 /// An IPv4 or IPv6 address as its network-order bytes (4 or 16), parsed strictly from text and
 /// printed canonically (dotted quad; RFC 5952 for IPv6). Pure, no imports: the mesh model, the
 /// local config and (later) xDS use it, and its parser is fuzzed with theirs.
-struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
-    let bytes: [UInt8]
+public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
+    public let bytes: [UInt8]
 
-    var isIPv4: Bool { bytes.count == 4 }
+    public var isIPv4: Bool { bytes.count == 4 }
 
     /// From raw bytes (xDS `bytes` fields): nil unless 4 or 16 long (ISTIO_COMPAT §6.3).
-    init?(bytes: [UInt8]) {
+    public init?(bytes: [UInt8]) {
         guard bytes.count == 4 || bytes.count == 16 else { return nil }
         self.bytes = bytes
     }
 
-    init?(_ text: String) {
+    public init?(_ text: String) {
         if let v4 = Self.parseIPv4(Substring(text)) {
             bytes = v4
         } else if let v6 = Self.parseIPv6(text) {
@@ -22,12 +22,12 @@ struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
         }
     }
 
-    static func < (a: IPAddress, b: IPAddress) -> Bool {
+    public static func < (a: IPAddress, b: IPAddress) -> Bool {
         a.bytes.count != b.bytes.count ? a.bytes.count < b.bytes.count : a.bytes.lexicographicallyPrecedes(b.bytes)
     }
 
     /// Four decimal octets, no leading zeros, each at most 255.
-    static func parseIPv4(_ text: Substring) -> [UInt8]? {
+    public static func parseIPv4(_ text: Substring) -> [UInt8]? {
         let parts = text.split(separator: ".", omittingEmptySubsequences: false)
         guard parts.count == 4 else { return nil }
         var out: [UInt8] = []
@@ -41,7 +41,7 @@ struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
 
     /// Eight groups of up to four hex digits, one `::` for a run of zero groups, an optional
     /// trailing dotted IPv4; no zone, no brackets.
-    static func parseIPv6(_ text: String) -> [UInt8]? {
+    public static func parseIPv6(_ text: String) -> [UInt8]? {
         let utf8 = Array(text.utf8)
         guard utf8.contains(58), utf8.count <= 45 else { return nil }
         let marks = utf8.indices.dropLast().filter { utf8[$0] == 58 && utf8[$0 + 1] == 58 }
@@ -80,7 +80,7 @@ struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
         return words.flatMap { [UInt8($0 >> 8), UInt8($0 & 0xff)] }
     }
 
-    var description: String {
+    public var description: String {
         if isIPv4 { return bytes.map(String.init).joined(separator: ".") }
         let words = stride(from: 0, to: 16, by: 2).map { UInt16(bytes[$0]) << 8 | UInt16(bytes[$0 + 1]) }
         // RFC 5952: the longest run (two or more) of zero groups becomes "::", the first if tied.
@@ -104,18 +104,18 @@ struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable {
 }
 
 /// A CIDR block: an address and a prefix length (0...32 or 0...128).
-struct IPPrefix: Hashable, CustomStringConvertible, Sendable {
-    let address: IPAddress
-    let length: Int
+public struct IPPrefix: Hashable, CustomStringConvertible, Sendable {
+    public let address: IPAddress
+    public let length: Int
 
-    init?(address: IPAddress, length: Int) {
+    public init?(address: IPAddress, length: Int) {
         guard length >= 0, length <= address.bytes.count * 8 else { return nil }
         self.address = address
         self.length = length
     }
 
     /// `10.0.0.0/8`, or a bare address (a host prefix).
-    init?(_ text: String) {
+    public init?(_ text: String) {
         let parts = text.split(separator: "/", omittingEmptySubsequences: false)
         guard parts.count <= 2, let address = IPAddress(String(parts[0])) else { return nil }
         var length = address.bytes.count * 8
@@ -127,7 +127,7 @@ struct IPPrefix: Hashable, CustomStringConvertible, Sendable {
     }
 
     /// Whether `other` falls within this block (same family only).
-    func contains(_ other: IPAddress) -> Bool {
+    public func contains(_ other: IPAddress) -> Bool {
         guard other.bytes.count == address.bytes.count else { return false }
         var remaining = length
         for index in 0..<address.bytes.count where remaining > 0 {
@@ -139,5 +139,5 @@ struct IPPrefix: Hashable, CustomStringConvertible, Sendable {
         return true
     }
 
-    var description: String { "\(address)/\(length)" }
+    public var description: String { "\(address)/\(length)" }
 }

@@ -5,20 +5,20 @@
 /// endpoints for a service not yet known are staged and appear when it arrives.
 ///
 /// A value type: a connection works on the snapshot it took, so it never sees half of an update.
-struct MeshModel: Equatable, Sendable {
-    private(set) var workloads: [String: Workload] = [:]
-    private(set) var services: [String: Service] = [:]
-    private(set) var policies: [String: Policy] = [:]
+public struct MeshModel: Equatable, Sendable {
+    public private(set) var workloads: [String: Workload] = [:]
+    public private(set) var services: [String: Service] = [:]
+    public private(set) var policies: [String: Policy] = [:]
     /// Workload uid by each of its addresses (HostNetwork workloads are not indexed by IP).
-    private(set) var workloadByAddress: [NetworkAddress: String] = [:]
+    public private(set) var workloadByAddress: [NetworkAddress: String] = [:]
     /// Service keys by VIP (several services may share one).
-    private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
+    public private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
 
-    init() {}
+    public init() {}
 
     // MARK: - Updates
 
-    mutating func insert(_ workload: Workload) {
+    public mutating func insert(_ workload: Workload) {
         removeWorkload(uid: workload.uid)
         workloads[workload.uid] = workload
         guard workload.networkMode == .standard else { return }
@@ -27,7 +27,7 @@ struct MeshModel: Equatable, Sendable {
         }
     }
 
-    mutating func removeWorkload(uid: String) {
+    public mutating func removeWorkload(uid: String) {
         guard let old = workloads.removeValue(forKey: uid) else { return }
         for ip in old.addresses {
             let key = NetworkAddress(network: old.network, ip: ip)
@@ -35,13 +35,13 @@ struct MeshModel: Equatable, Sendable {
         }
     }
 
-    mutating func insert(_ service: Service) {
+    public mutating func insert(_ service: Service) {
         removeService(key: service.key)
         services[service.key] = service
         for vip in service.vips { servicesByVIP[vip, default: []].append(service.key) }
     }
 
-    mutating func removeService(key: String) {
+    public mutating func removeService(key: String) {
         guard let old = services.removeValue(forKey: key) else { return }
         for vip in old.vips {
             servicesByVIP[vip]?.removeAll { $0 == key }
@@ -49,37 +49,37 @@ struct MeshModel: Equatable, Sendable {
         }
     }
 
-    mutating func insert(_ policy: Policy) { policies[policy.key] = policy }
-    mutating func removePolicy(key: String) { policies[key] = nil }
+    public mutating func insert(_ policy: Policy) { policies[policy.key] = policy }
+    public mutating func removePolicy(key: String) { policies[key] = nil }
 
     // MARK: - Lookups
 
-    func workload(at address: NetworkAddress) -> Workload? {
+    public func workload(at address: NetworkAddress) -> Workload? {
         workloadByAddress[address].flatMap { workloads[$0] }
     }
 
     /// The services whose VIP is exactly `address`, in insertion order.
-    func services(at address: NetworkAddress) -> [Service] {
+    public func services(at address: NetworkAddress) -> [Service] {
         (servicesByVIP[address] ?? []).compactMap { services[$0] }
     }
 
     /// The endpoints of a service: each workload that lists it, with its port map. Endpoints of a
     /// service that is not (yet) known are "staged": listed by `stagedServices`.
-    func endpoints(of serviceKey: String) -> [(workload: Workload, ports: [UInt16: UInt16])] {
+    public func endpoints(of serviceKey: String) -> [(workload: Workload, ports: [UInt16: UInt16])] {
         workloads.values.sorted { $0.uid < $1.uid }.compactMap { workload in
             workload.services[serviceKey].map { (workload, $0) }
         }
     }
 
     /// Service keys that workloads list but no service has (yet): their endpoints wait here.
-    var stagedServices: [String] {
+    public var stagedServices: [String] {
         Set(workloads.values.flatMap { $0.services.keys }).filter { services[$0] == nil }.sorted()
     }
 
     /// The policies that apply to a destination workload (ISTIO_COMPAT §12.1): GLOBAL ones, the
     /// NAMESPACE ones of its namespace, and the WORKLOAD_SELECTOR ones it lists. Keys naming no
     /// known policy are returned in `unknown` (the caller warns).
-    func policies(for workload: Workload) -> (policies: [Policy], unknown: [String]) {
+    public func policies(for workload: Workload) -> (policies: [Policy], unknown: [String]) {
         var result = policies.values.filter { policy in
             switch policy.scope {
             case .global: return true

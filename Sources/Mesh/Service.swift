@@ -1,30 +1,30 @@
 /// A service of the mesh (ISTIO_COMPAT §7.1 `Service`), keyed `namespace/hostname`.
-struct Service: Equatable, Sendable {
-    enum Visibility: String, Sendable { case `public` = "Public", namespace = "Namespace" }
-    enum IPFamilies: String, Sendable { case automatic = "Automatic", ipv4Only = "IPv4", ipv6Only = "IPv6", dual = "Dual" }
+public struct Service: Equatable, Sendable {
+    public enum Visibility: String, Sendable { case `public` = "Public", namespace = "Namespace" }
+    public enum IPFamilies: String, Sendable { case automatic = "Automatic", ipv4Only = "IPv4", ipv6Only = "IPv6", dual = "Dual" }
 
-    struct LoadBalancer: Equatable, Sendable {
-        enum Mode: String, Sendable { case standard = "Standard", strict = "Strict", failover = "Failover", passthrough = "Passthrough" }
-        enum Scope: String, Sendable { case region = "Region", zone = "Zone", subzone = "Subzone", node = "Node", cluster = "Cluster", network = "Network" }
-        enum HealthPolicy: String, Sendable { case onlyHealthy = "OnlyHealthy", allowAll = "AllowAll" }
-        var routingPreferences: [Scope] = []
-        var mode: Mode = .standard
-        var healthPolicy: HealthPolicy = .onlyHealthy
+    public struct LoadBalancer: Equatable, Sendable {
+        public enum Mode: String, Sendable { case standard = "Standard", strict = "Strict", failover = "Failover", passthrough = "Passthrough" }
+        public enum Scope: String, Sendable { case region = "Region", zone = "Zone", subzone = "Subzone", node = "Node", cluster = "Cluster", network = "Network" }
+        public enum HealthPolicy: String, Sendable { case onlyHealthy = "OnlyHealthy", allowAll = "AllowAll" }
+        public var routingPreferences: [Scope] = []
+        public var mode: Mode = .standard
+        public var healthPolicy: HealthPolicy = .onlyHealthy
     }
 
-    var name: String
-    var namespace: String
-    var hostname: String
+    public var name: String
+    public var namespace: String
+    public var hostname: String
     /// Virtual IPs; a VIP with a prefix length is a CIDR VIP.
-    var vips: [NetworkAddress] = []
+    public var vips: [NetworkAddress] = []
     /// Service port → target port (0: a named port, resolved per endpoint).
-    var ports: [UInt16: UInt16] = [:]
-    var subjectAltNames: [String] = []
-    var waypoint: GatewayAddress?
-    var loadBalancer: LoadBalancer?
-    var ipFamilies: IPFamilies = .automatic
-    var canonical = false
-    var visibility: Visibility = .public
+    public var ports: [UInt16: UInt16] = [:]
+    public var subjectAltNames: [String] = []
+    public var waypoint: GatewayAddress?
+    public var loadBalancer: LoadBalancer?
+    public var ipFamilies: IPFamilies = .automatic
+    public var canonical = false
+    public var visibility: Visibility = .public
 
-    var key: String { "\(namespace)/\(hostname)" }
+    public var key: String { "\(namespace)/\(hostname)" }
 }

@@ -1,4 +1,5 @@
 import IPC
+import Mesh
 import Shared
 
 /// The admin /config_dump document (ISTIO_COMPAT §17.2) plus our `processes` section: the
@@ -13,12 +14,15 @@ enum ConfigDump {
         }
         // Only what this NetWorker was given (its role's settings), and never a secret.
         let config = state.configuration.displayable.map { (camelCase($0.name), JSON.string($0.value)) }
+        let model = state.model
+        let workloads = MeshDump.workloads(model), services = MeshDump.services(model), policies = MeshDump.policies(model)
         return .object([
-            ("workloads", .array([])),
-            ("services", .array([])),
-            ("policies", .array([])),
-            ("stagedServices", .object([])),
-            ("staticConfig", .object([("workloads", .array([])), ("policies", .array([])), ("services", .array([]))])),
+            ("workloads", workloads),
+            ("services", services),
+            ("policies", policies),
+            ("stagedServices", MeshDump.stagedServices(model)),
+            // Local mode: the model is the local config file as parsed (no xDS source yet).
+            ("staticConfig", .object([("workloads", workloads), ("policies", policies), ("services", services)])),
             ("version", .object([("version", .string("0.1.0")), ("gitRevision", .string("unknown")),
                                  ("rustVersion", .string("none (Swift)")), ("buildProfile", .string("debug")),
                                  ("buildStatus", .string("Modified")), ("istioVersion", .string("unknown")),

@@ -70,7 +70,8 @@ struct ListenerFactory {
         case "outbound", "inbound-plaintext":
             tracker.track(channel)
             return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,
-                                                                  reporter: reporter))
+                                                                  reporter: reporter,
+                                                                  authorization: InboundAuthorization(state: endpoints.state)))
         case "inbound":
             tracker.track(channel)
             return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer, bounds: bounds,

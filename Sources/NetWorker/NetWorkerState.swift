@@ -1,4 +1,5 @@
 import IPC
+import Mesh
 import Shared
 
 /// What the NetWorker's handlers read from any event-loop thread: the process table the Supervisor
@@ -9,6 +10,7 @@ final class NetWorkerState: @unchecked Sendable {
     private let lock = Mutex()
     private var processTable: [ProcessEntry] = []
     private var draining = false
+    private var meshModel = MeshModel()
 
     init(configuration: Configuration, index: UInt16) {
         self.configuration = configuration
@@ -16,6 +18,9 @@ final class NetWorkerState: @unchecked Sendable {
     }
 
     func update(processTable: [ProcessEntry]) { lock.withLock { self.processTable = processTable } }
+    /// Replaces the mesh model as a whole: a connection works on the snapshot it took.
+    func update(model: MeshModel) { lock.withLock { meshModel = model } }
+    var model: MeshModel { lock.withLock { meshModel } }
     func startDraining() { lock.withLock { draining = true } }
 
     var snapshot: (table: [ProcessEntry], isDraining: Bool) { lock.withLock { (processTable, draining) } }

@@ -21,6 +21,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let listenerName: String
     private let bounds: Bounds
     private let reporter: BoundReporter
+    private let authorization: InboundAuthorization?
     private var early: [ByteBuffer] = []
     private var earlyBytes = 0
     private var heldRead = false
@@ -28,7 +29,9 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var isRelaying = false
     private var deadline: Scheduled<Void>?
 
-    init(listenerName: String, guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter) {
+    init(listenerName: String, guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter,
+         authorization: InboundAuthorization? = nil) {
+        self.authorization = authorization
         self.listenerName = listenerName
         self.guardrails = guardrails
         self.bounds = bounds
@@ -66,9 +69,27 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 channel.close(promise: nil)
                 return
             }
+            guard self.isAuthorized(channel: channel, host: host, port: port) else {
+                channel.close(promise: nil)
+                return
+            }
             self.connect(channel: channel, host: host, port: port)
         }
         context.fireChannelActive()
+    }
+
+    /// Inbound plaintext to a mesh workload is authorized with no source identity (ISTIO_COMPAT
+    /// §11); a refusal names the policy. Outbound captures are not checked here (the destination's
+    /// own proxy authorizes), nor destinations outside the mesh.
+    private func isAuthorized(channel: Channel, host: String, port: UInt16) -> Bool {
+        guard listenerName == "inbound-plaintext", let authorization,
+              let source = channel.remoteAddress?.ipAddress,
+              let verdict = authorization.check(source: source, destination: host, port: port, identity: nil) else { return true }
+        guard case .deny(let reason, let policy, _) = verdict.decision else { return true }
+        Log.info("\(listenerName): connection denied", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
+                                                         ("workload", verdict.workload.uid), ("policy", policy ?? "none"),
+                                                         ("reason", reason)])
+        return false
     }
 
     func channelInactive(context: ChannelHandlerContext) {

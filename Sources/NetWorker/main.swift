@@ -1,4 +1,5 @@
 import IPC
+import Mesh
 import NIOCore
 import NIOPosix
 import Shared
@@ -85,9 +86,11 @@ struct ControlLoop {
             case .localConfig(let bytes):
                 do {
                     let config = try LocalConfig.parse(String(decoding: bytes, as: UTF8.self))
+                    state.update(model: config.model)
                     let (wanted, skipped) = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
                     for reason in skipped { Log.warn(reason) }
-                    Log.info("local config", [("workloads", "\(config.workloads.count)"), ("identities", "\(wanted.count)")])
+                    Log.info("local config", [("workloads", "\(config.model.workloads.count)"), ("services", "\(config.model.services.count)"),
+                                              ("policies", "\(config.model.policies.count)"), ("identities", "\(wanted.count)")])
                     signer.want(wanted)
                 } catch {
                     // The Supervisor could read the file but it does not parse: a configuration

@@ -122,7 +122,9 @@ def socks5_connect(port, dest_port, dest_host="127.0.0.1", timeout=5):
 
 
 class Daemon:
-    def __init__(self, extra_env=None, args=("proxy", "ztunnel"), local_config=True):
+    def __init__(self, extra_env=None, args=("proxy", "ztunnel"), local_config=True, netns=None):
+        """`local_config`: True for an empty one, a string for its YAML text, False for none.
+        `netns`: run the daemon inside that network namespace (`ip netns exec` keeps the pid)."""
         self.tmp = tempfile.mkdtemp(prefix="ztunnel-test-")
         self.audit_path = os.path.join(self.tmp, "audit.log")
         self.stderr_path = os.path.join(self.tmp, "stderr.log")
@@ -135,12 +137,13 @@ class Daemon:
         if local_config:
             path = os.path.join(self.tmp, "local.yaml")
             with open(path, "w") as f:
-                f.write("workloads: []\nservices: []\npolicies: []\n")
+                f.write(local_config if isinstance(local_config, str) else "workloads: []\nservices: []\npolicies: []\n")
             env["LOCAL_XDS_PATH"] = path
         env.update(extra_env or {})
         self.env = env
         self.stderr = open(self.stderr_path, "wb")
-        self.proc = subprocess.Popen([ZTUNNEL, *args], env=env, stdin=subprocess.DEVNULL,
+        prefix = ["ip", "netns", "exec", netns] if netns else []
+        self.proc = subprocess.Popen([*prefix, ZTUNNEL, *args], env=env, stdin=subprocess.DEVNULL,
                                      stdout=self.stderr, stderr=self.stderr)
         self.pid = self.proc.pid
 

@@ -1,6 +1,6 @@
 // A small, strict YAML-subset reader for the local configuration file (LOCAL_XDS_PATH).
-// It has no imports at all, so the NetWorker does not link Foundation/ICU for it, and the same
-// file compiles standalone into a libFuzzer target (Fuzz/targets/local_config.swift).
+// It has no imports at all, like the rest of the Mesh module, so nothing links Foundation/ICU for
+// it, and the module compiles standalone into a libFuzzer target (Fuzz/targets/local_config.swift).
 
 /// One node of a document read by `YAMLReader`: a scalar, a sequence or a mapping, with its
 /// optional tag and the 1-based line it starts on.
