@@ -9,6 +9,8 @@ import Shared
 /// here (the caller passes them through, as today).
 struct InboundAuthorization: Sendable {
     let state: NetWorkerState
+    /// Where allowed connections are registered, to be checked again when policies change.
+    var live: AuthorizedConnections?
 
     struct Verdict {
         let workload: Workload

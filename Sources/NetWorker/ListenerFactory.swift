@@ -15,6 +15,7 @@ struct ListenerFactory {
     let bounds: Bounds
     let limiter: ConnectionLimiter
     let reporter: BoundReporter
+    let authorization: InboundAuthorization
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
@@ -71,7 +72,7 @@ struct ListenerFactory {
             tracker.track(channel)
             return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,
                                                                   reporter: reporter,
-                                                                  authorization: InboundAuthorization(state: endpoints.state)))
+                                                                  authorization: authorization))
         case "inbound":
             tracker.track(channel)
             return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer, bounds: bounds,

@@ -85,7 +85,11 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
         guard listenerName == "inbound-plaintext", let authorization,
               let source = channel.remoteAddress?.ipAddress,
               let verdict = authorization.check(source: source, destination: host, port: port, identity: nil) else { return true }
-        guard case .deny(let reason, let policy, _) = verdict.decision else { return true }
+        guard case .deny(let reason, let policy, _) = verdict.decision else {
+            authorization.live?.register(.init(channel: channel, listener: listenerName, source: source, destination: host,
+                                               port: port, identity: nil))
+            return true
+        }
         Log.info("\(listenerName): connection denied", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
                                                          ("workload", verdict.workload.uid), ("policy", policy ?? "none"),
                                                          ("reason", reason)])

@@ -28,6 +28,7 @@ enum NetWorkerMain {
         }
         let identities = IdentityTable()
         let reporter = BoundReporter()
+        let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
         signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
@@ -43,6 +44,7 @@ enum NetWorkerMain {
             bounds: Bounds(configuration),
             limiter: ConnectionLimiter(),
             reporter: reporter,
+            authorization: authorization,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break
@@ -50,7 +52,8 @@ enum NetWorkerMain {
                 case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel)
                 }
             })
-        var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker, signer: signer)
+        var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker, signer: signer,
+                                  authorization: authorization)
         control.run()
     }
 }
@@ -62,9 +65,12 @@ struct ControlLoop {
     let factory: ListenerFactory
     let tracker: ConnectionTracker
     let signer: SignerClient
+    let authorization: InboundAuthorization
     private var servers: [Channel] = []
 
-    init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient) {
+    init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient,
+         authorization: InboundAuthorization) {
+        self.authorization = authorization
         self.channel = channel
         self.state = state
         self.factory = factory
@@ -87,6 +93,9 @@ struct ControlLoop {
                 do {
                     let config = try LocalConfig.parse(String(decoding: bytes, as: UTF8.self))
                     state.update(model: config.model)
+                    if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
+                        Log.info("policy change closed \(closed) live connections")
+                    }
                     let (wanted, skipped) = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
                     for reason in skipped { Log.warn(reason) }
                     Log.info("local config", [("workloads", "\(config.model.workloads.count)"), ("services", "\(config.model.services.count)"),
@@ -94,8 +103,8 @@ struct ControlLoop {
                     signer.want(wanted)
                 } catch {
                     // The Supervisor could read the file but it does not parse: a configuration
-                    // error, not a crash. Serve without certificates and say why.
-                    Log.error("\(error)")
+                    // error, not a crash. The model in force stays (none at start) and we say why.
+                    Log.error("\(error); keeping the mesh model in force")
                 }
             case .configured:
                 do { try channel.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }

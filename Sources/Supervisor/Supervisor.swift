@@ -17,8 +17,12 @@ final class Supervisor {
     private var slots: [WorkerSlot] = []
     private var restartPolicy: RestartPolicy
     private let signalFd: OwnedFD
-    /// The LOCAL_XDS_PATH file's bytes, read once at start; NetWorkers parse them.
-    private let localConfig: [UInt8]
+    /// The LOCAL_XDS_PATH file's bytes as last read; NetWorkers parse them. The file is looked at
+    /// again every `localConfigCheckMilliseconds` and a changed one is sent to every NetWorker.
+    private var localConfig: [UInt8]
+    private var nextLocalConfigCheck: Int64?
+    private var localConfigUnreadable = false
+    static let localConfigCheckMilliseconds: Int64 = 2_000
     private let tokenSource: CATokenSource
     /// The CA token as last read and sent; the last refusal, logged once until it changes.
     private var caToken: String?
@@ -51,6 +55,7 @@ final class Supervisor {
     /// Runs until drained or given up; returns the process exit code.
     func run() -> Int32 {
         refreshCAToken()
+        nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
         for slot in slots { start(slot) }
         while exitCode == nil {
             pollOnce()
@@ -162,6 +167,31 @@ final class Supervisor {
         try ipc.send(SupervisorMessage.configured.frame(), blocking: false)
     }
 
+    /// Reads LOCAL_XDS_PATH again and hands changed bytes to every NetWorker, which parses them
+    /// and keeps its current model if they do not parse (the Supervisor parses nothing). A file
+    /// that cannot be read is logged once and the last good bytes stay in force.
+    private func reloadLocalConfig() {
+        nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
+        let path = configuration.string("LOCAL_XDS_PATH")
+        let bytes: [UInt8]
+        do { bytes = try Syscall.readFile(path, limit: 60 * 1024, regularOnly: true) } catch {
+            if !localConfigUnreadable {
+                localConfigUnreadable = true
+                Log.warn("cannot read LOCAL_XDS_PATH (\(path)) again: \(error); the last one read stays in force")
+            }
+            return
+        }
+        localConfigUnreadable = false
+        guard bytes != localConfig else { return }
+        localConfig = bytes
+        audit.record("local_config_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count)))])
+        Log.info("LOCAL_XDS_PATH changed; sending it to the NetWorkers", [("bytes", "\(bytes.count)")])
+        let frame = SupervisorMessage.localConfig(bytes).frame()
+        for slot in slots where slot.spec.receivesListeners && (slot.state == .settingUp || slot.state == .running) {
+            sendWithoutWaiting(frame, to: slot)
+        }
+    }
+
     /// Reads the CA token again (a file is re-read every 10 s: projected tokens rotate) and hands
     /// a changed one to the CertWorker. A token that cannot be read or used is logged and audited
     /// once; the CertWorker keeps the last good one.
@@ -260,6 +290,7 @@ final class Supervisor {
     private func pollTimeout() -> Int32 {
         var deadlines = slots.compactMap { $0.setupDeadline } + slots.compactMap { $0.restartAt }
         if let nextTokenRead { deadlines.append(nextTokenRead) }
+        if let nextLocalConfigCheck { deadlines.append(nextLocalConfigCheck) }
         if let drainDeadline { deadlines.append(drainDeadline) }
         guard let next = deadlines.min() else { return -1 }
         return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
@@ -367,6 +398,7 @@ final class Supervisor {
             if let at = slot.restartAt, now >= at, !isDraining, exitCode == nil { start(slot) }
         }
         if let nextTokenRead, now >= nextTokenRead { refreshCAToken() }
+        if let nextLocalConfigCheck, now >= nextLocalConfigCheck, !isDraining { reloadLocalConfig() }
         if let drainDeadline, now >= drainDeadline {
             self.drainDeadline = nil
             for slot in slots where slot.isAlive {

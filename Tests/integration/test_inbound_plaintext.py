@@ -125,3 +125,58 @@ def test_inbound_plaintext_reads_the_original_destination_and_authorizes(start_d
     finally:
         for listener in listeners:
             listener.close()
+
+
+def test_a_policy_change_closes_live_connections_it_now_denies(start_daemon, namespace):
+    daemon = start_daemon(local_config=LOCAL_CONFIG, netns=namespace.name)
+    namespace.run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", APP, "-m", "owner", "!", "--uid-owner",
+                  str(NET_WORKER_UID), "-j", "REDIRECT", "--to-ports", str(daemon.ports["inbound_plaintext"]))
+    listener = namespace.call(echo_listener, APP, 8080)
+
+    def ready():
+        try:
+            return http(daemon.ports["readiness"], "/healthz/ready", timeout=2)[0] == 200
+        except OSError:
+            return False
+
+    def open_live():
+        s = socket.socket()
+        s.settimeout(10)
+        s.bind((CLIENT, 0))
+        s.connect((APP, 8080))
+        s.sendall(b"ping")
+        assert s.recv(4) == b"ping"
+        return s
+
+    try:
+        wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
+        live = namespace.call(open_live)
+        with live:
+            # A file that does not parse changes nothing: the model in force stays.
+            with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
+                f.write(LOCAL_CONFIG + "unknownKey: 1\n")
+            wait_for(lambda: "keeping the mesh model in force" in daemon.log(), 30, "the bad file refused")
+            live.sendall(b"pong")
+            assert live.recv(4) == b"pong"
+            # A new DENY for the client's address: the live connection is closed, new ones refused.
+            with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
+                f.write(LOCAL_CONFIG + f"""- name: no-client
+  namespace: shop
+  scope: Namespace
+  action: Deny
+  dryRun: false
+  rules:
+  - - - sourceIps: ["{CLIENT}/32"]
+""")
+            wait_for(lambda: "connection closed due to policy change" in daemon.log(), 30, "the live connection re-checked")
+            live.settimeout(10)
+            try:
+                assert live.recv(4) == b""
+            except ConnectionResetError:
+                pass
+        line = next(l for l in daemon.log().splitlines() if "connection closed due to policy change" in l)
+        assert "policy=shop/no-client" in line
+        assert namespace.call(exchange, CLIENT, 8080) == b""
+        assert daemon.audit_events("local_config_changed")
+    finally:
+        listener.close()
