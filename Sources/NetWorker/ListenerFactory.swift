@@ -67,12 +67,14 @@ struct ListenerFactory {
             }
         case "socks5":
             tracker.track(channel)
-            return channel.pipeline.addHandler(Socks5Handler(guardrails: guardrails, bounds: bounds, reporter: reporter))
+            return channel.pipeline.addHandler(Socks5Handler(guardrails: guardrails, bounds: bounds, reporter: reporter,
+                                                             routing: OutboundRouting(state: endpoints.state)))
         case "outbound", "inbound-plaintext":
             tracker.track(channel)
             return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,
                                                                   reporter: reporter,
-                                                                  authorization: authorization))
+                                                                  authorization: authorization,
+                                                                  routing: OutboundRouting(state: endpoints.state)))
         case "inbound":
             tracker.track(channel)
             return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer, bounds: bounds,

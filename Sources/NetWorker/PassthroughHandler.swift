@@ -22,6 +22,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let bounds: Bounds
     private let reporter: BoundReporter
     private let authorization: InboundAuthorization?
+    private let routing: OutboundRouting?
     private var early: [ByteBuffer] = []
     private var earlyBytes = 0
     private var heldRead = false
@@ -30,8 +31,9 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var deadline: Scheduled<Void>?
 
     init(listenerName: String, guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter,
-         authorization: InboundAuthorization? = nil) {
+         authorization: InboundAuthorization? = nil, routing: OutboundRouting? = nil) {
         self.authorization = authorization
+        self.routing = routing
         self.listenerName = listenerName
         self.guardrails = guardrails
         self.bounds = bounds
@@ -73,7 +75,20 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 channel.close(promise: nil)
                 return
             }
-            self.connect(channel: channel, host: host, port: port)
+            var (target, targetPort) = (host, port)
+            if self.listenerName == "outbound", let routing = self.routing {
+                switch routing.resolve(host: host, port: port, client: channel.remoteAddress?.ipAddress) {
+                case .connect(let routedHost, let routedPort, let via):
+                    (target, targetPort) = (routedHost, routedPort)
+                    Log.debug("outbound: \(host):\(port) via \(via) to \(routedHost):\(routedPort)")
+                case .refuse(let reason):
+                    Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
+                                                             ("reason", reason)])
+                    channel.close(promise: nil)
+                    return
+                }
+            }
+            self.connect(channel: channel, host: target, port: targetPort)
         }
         context.fireChannelActive()
     }

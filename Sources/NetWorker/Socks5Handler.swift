@@ -24,9 +24,11 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
     private let guardrails: DestinationGuard
     private let bounds: Bounds
     private let reporter: BoundReporter
+    private let routing: OutboundRouting?
     static let listener = "socks5"
 
-    init(guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter) {
+    init(guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter, routing: OutboundRouting? = nil) {
+        self.routing = routing
         self.guardrails = guardrails
         self.bounds = bounds
         self.reporter = reporter
@@ -110,7 +112,19 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let client = context.channel
-        Upstream.connect(on: context.eventLoop, host: host, port: port).whenComplete { result in
+        var (target, targetPort) = (host, port)
+        if let routing {
+            switch routing.resolve(host: host, port: port, client: client.remoteAddress?.ipAddress) {
+            case .connect(let routedHost, let routedPort, _):
+                (target, targetPort) = (routedHost, routedPort)
+            case .refuse(let reason):
+                Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
+                                                       ("reason", reason)])
+                fail(context, Socks5Parser.reply(.hostUnreachable))
+                return
+            }
+        }
+        Upstream.connect(on: context.eventLoop, host: target, port: targetPort).whenComplete { result in
             switch result {
             case .success(let upstream):
                 guard client.isActive else {

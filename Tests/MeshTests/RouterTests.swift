@@ -1,0 +1,83 @@
+import Testing
+@testable import Mesh
+
+/// Outbound routing (ISTIO_COMPAT §9) on a small model: services by VIP to endpoints, workloads
+/// directly, HBONE flagged, unknown destinations passed through, and every refusal named.
+@Suite struct RouterTests {
+    static func ip(_ text: String) -> IPAddress { IPAddress(text) ?? IPAddress(bytes: [0, 0, 0, 0])! }  // literals below are valid
+    static let vip = NetworkAddress(network: "", ip: ip("10.96.0.1"))
+
+    static func model(status: Workload.Status = .healthy, tunnel: Workload.TunnelProtocol = .none, visibility: Service.Visibility = .public,
+                      waypoint: Bool = false) -> MeshModel {
+        var model = MeshModel()
+        var service = Service(name: "echo", namespace: "shop", hostname: "echo.shop.svc.cluster.local")
+        service.vips = [vip]
+        service.ports = [80: 8080]
+        service.visibility = visibility
+        service.subjectAltNames = ["spiffe://cluster.local/ns/shop/sa/echo-san"]
+        if waypoint { service.waypoint = GatewayAddress(destination: .address(network: "", ip: ip("10.0.0.99"))) }
+        model.insert(service)
+        for (index, capacity) in [(1, 1), (2, 3)] as [(Int, UInt32)] {
+            var workload = Workload(uid: "echo-\(index)", namespace: "shop")
+            workload.addresses = [ip("10.1.0.\(index)"), ip("fd00::\(index)")]
+            workload.services = ["shop/echo.shop.svc.cluster.local": [80: 9000 + UInt16(index)]]
+            workload.status = status
+            workload.tunnelProtocol = tunnel
+            workload.trustDomain = "cluster.local"
+            workload.serviceAccount = "echo"
+            workload.capacity = capacity
+            model.insert(workload)
+        }
+        return model
+    }
+
+    func route(_ model: MeshModel, _ address: NetworkAddress = RouterTests.vip, port: UInt16 = 80, namespace: String? = nil,
+               pick: Int = 0) -> Router.Route {
+        Router.route(model, to: address, port: port, clientNamespace: namespace) { _ in pick }
+    }
+
+    @Test func aServiceVIPGoesToAnEndpointOnItsTargetPort() {
+        #expect(route(Self.model(), pick: 0) == .direct(workloadUid: "echo-1", ip: Self.ip("10.1.0.1"), port: 9001))
+        #expect(route(Self.model(), pick: 1) == .direct(workloadUid: "echo-2", ip: Self.ip("10.1.0.2"), port: 9002))
+        // The endpoint address follows the VIP's family.
+        var model = Self.model()
+        var service = model.services["shop/echo.shop.svc.cluster.local"]!  // inserted above
+        service.vips = [NetworkAddress(network: "", ip: Self.ip("fd00:96::1"))]
+        model.insert(service)
+        #expect(route(model, NetworkAddress(network: "", ip: Self.ip("fd00:96::1"))) == .direct(workloadUid: "echo-1", ip: Self.ip("fd00::1"), port: 9001))
+    }
+
+    @Test func weightsAreCapacities() {
+        var seen: [UInt32] = []
+        _ = Router.route(Self.model(), to: Self.vip, port: 80, clientNamespace: nil) { weights in seen = weights; return 0 }
+        #expect(seen == [1, 3])
+        var counts = [0, 0]
+        for _ in 0..<4000 { counts[Router.weightedRandom([1, 3])] += 1 }
+        #expect(counts[1] > counts[0] * 2)  // 3:1 in expectation; far from 1:1
+    }
+
+    @Test func refusalsAreNamed() {
+        #expect(route(Self.model(status: .unhealthy)) == .refused("no healthy upstream for shop/echo.shop.svc.cluster.local:80"))
+        #expect(route(Self.model(), port: 81) == .refused("service shop/echo.shop.svc.cluster.local has no port 81"))
+        if case .refused = route(Self.model(waypoint: true)) {} else { Issue.record("a waypoint was not refused") }
+    }
+
+    @Test func hboneEndpointsCarryTheExpectedIdentities() {
+        #expect(route(Self.model(tunnel: .hbone)) == .hbone(
+            workloadUid: "echo-1", ip: Self.ip("10.1.0.1"), port: 9001,
+            identities: ["spiffe://cluster.local/ns/shop/sa/echo-san", "spiffe://cluster.local/ns/shop/sa/echo"]))
+    }
+
+    @Test func workloadsDirectlyAndUnknownsPassThrough() {
+        let model = Self.model()
+        #expect(route(model, NetworkAddress(network: "", ip: Self.ip("10.1.0.2")), port: 7000) == .direct(workloadUid: "echo-2", ip: Self.ip("10.1.0.2"), port: 7000))
+        #expect(route(model, NetworkAddress(network: "", ip: Self.ip("8.8.8.8"))) == .passthrough)
+    }
+
+    @Test func namespaceVisibleServicesOnlyForTheirNamespace() {
+        let model = Self.model(visibility: .namespace)
+        #expect(route(model, namespace: "other") == .passthrough)
+        #expect(route(model, namespace: nil) == .passthrough)
+        if case .direct = route(model, namespace: "shop") {} else { Issue.record("same-namespace client not routed") }
+    }
+}

@@ -1,0 +1,74 @@
+"""Outbound routing from the local config's mesh model (ISTIO_COMPAT §9), through SOCKS5 on
+loopback: a service VIP is sent to an endpoint on its target port, a workload that speaks HBONE
+is refused (never sent in plaintext), and a service with no healthy endpoint is refused."""
+from daemon import socks5_connect
+
+
+def config(echo_port):
+    return f"""
+workloads:
+- uid: test//Pod/shop/echo-1
+  name: echo-1
+  namespace: shop
+  workloadIps: ["127.0.0.1"]
+  protocol: TCP
+  services:
+    "shop/echo.shop.svc.cluster.local":
+      80: {echo_port}
+- uid: test//Pod/shop/secure-1
+  name: secure-1
+  namespace: shop
+  serviceAccount: secure
+  trustDomain: cluster.local
+  workloadIps: ["10.88.0.7"]
+  protocol: HBONE
+  services:
+    "shop/secure.shop.svc.cluster.local":
+      443: 8443
+- uid: test//Pod/shop/down-1
+  name: down-1
+  namespace: shop
+  workloadIps: ["10.88.0.8"]
+  status: Unhealthy
+  services:
+    "shop/down.shop.svc.cluster.local":
+      80: 8080
+services:
+- name: echo
+  namespace: shop
+  hostname: echo.shop.svc.cluster.local
+  vips: ["/10.96.0.1"]
+  ports: {{80: 0}}
+- name: secure
+  namespace: shop
+  hostname: secure.shop.svc.cluster.local
+  vips: ["/10.96.0.2"]
+  ports: {{443: 8443}}
+- name: down
+  namespace: shop
+  hostname: down.shop.svc.cluster.local
+  vips: ["/10.96.0.3"]
+  ports: {{80: 8080}}
+"""
+
+
+def test_services_route_to_endpoints_and_hbone_is_never_sent_in_plaintext(start_daemon, echo_server):
+    daemon = start_daemon(local_config=config(echo_server.port))
+    daemon.wait_ready()
+    # The VIP is never contacted: the NetWorker connects to the endpoint (127.0.0.1:<echo>).
+    sock, code = socks5_connect(daemon.ports["socks5"], 80, dest_host="10.96.0.1")
+    with sock:
+        assert code == 0
+        sock.sendall(b"through the service")
+        assert sock.recv(100) == b"through the service"
+    # An HBONE workload behind a VIP: refused (host unreachable), never plaintext.
+    sock, code = socks5_connect(daemon.ports["socks5"], 443, dest_host="10.96.0.2")
+    sock.close()
+    assert code == 4
+    # No healthy endpoint: refused.
+    sock, code = socks5_connect(daemon.ports["socks5"], 80, dest_host="10.96.0.3")
+    sock.close()
+    assert code == 4
+    log = daemon.log()
+    assert "reached over HBONE, which this proxy cannot originate yet" in log
+    assert "no healthy upstream for shop/down.shop.svc.cluster.local:80" in log
