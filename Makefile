@@ -18,6 +18,7 @@ deps:
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq python3-pytest >/dev/null
 	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
 	@python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
+	@python3 -c 'import h2' 2>/dev/null || python3 -m pip install -q h2
 
 build: deps
 	swift build

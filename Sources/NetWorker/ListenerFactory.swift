@@ -77,8 +77,10 @@ struct ListenerFactory {
                                                                   routing: OutboundRouting(state: endpoints.state)))
         case "inbound":
             tracker.track(channel)
-            return channel.pipeline.addHandler(TLSServerHandler(identities: identities, signer: signer, bounds: bounds,
-                                                                reporter: reporter))
+            return channel.pipeline.addHandlers([
+                TLSServerHandler(identities: identities, signer: signer, bounds: bounds, reporter: reporter),
+                HBONEServerHandler(authorization: authorization, proxyPorts: guardrails.proxyPorts),
+            ])
         default:
             Log.warn("unknown listener \(name); closing connection")
             return channel.close()

@@ -7,12 +7,12 @@ import Shared
 /// The TLS side of an inbound HBONE connection (15008), OpenSSL driven through memory BIOs:
 /// bytes from the socket go into the read BIO, OpenSSL's output is drained from the write BIO to
 /// the socket. After the handshake it checks the client's SPIFFE identity (same trust domain as
-/// ours, ISTIO_COMPAT §5.1).
-///
-/// Not yet: the HTTP/2 CONNECT stream that follows (HBONE server). The connection is closed with
-/// close_notify once the handshake and the identity check are done.
-final class TLSServerHandler: ChannelInboundHandler {
+/// ours, ISTIO_COMPAT §5.1), fires `TLSEstablished` and from then on passes decrypted bytes
+/// inbound and encrypts what the next handler (the HBONE server) writes.
+final class TLSServerHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
+    typealias InboundOut = ByteBuffer
+    typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
     private let identities: IdentityTable
@@ -24,7 +24,9 @@ final class TLSServerHandler: ChannelInboundHandler {
     private var ssl: OpaquePointer?
     private var readBIO: OpaquePointer?
     private var writeBIO: OpaquePointer?
+    /// The handshake is over (either way); `isActive`: it succeeded and application data flows.
     private var isDone = false
+    private var isActive = false
     /// How long a signature round trip may take before the handshake fails.
     static let signDeadline = TimeAmount.seconds(2)
 
@@ -107,6 +109,10 @@ final class TLSServerHandler: ChannelInboundHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        if isActive {
+            readApplicationData(unwrapInboundIn(data), context: context)
+            return
+        }
         guard !isDone else { return }
         if ssl == nil && !makeSSL(context: context) { return }
         guard let readBIO else { return }
@@ -198,18 +204,89 @@ final class TLSServerHandler: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
-        Log.info("inbound: mTLS established; HBONE streams are not served yet, closing",
+        Log.info("inbound: mTLS established",
                  [("peer_identity", peer.description), ("local_identity", ours?.description ?? "?")])
-        _ = SSL_shutdown(ssl)
-        flushOutput(context: context)
-        context.close(promise: nil)
+        isActive = true
+        context.fireUserInboundEventTriggered(TLSEstablished(peer: peer, local: ours))
+        // Records that arrived with the end of the handshake are application data already.
+        readApplicationData(nil, context: context)
     }
 
-    /// Moves whatever OpenSSL wrote (handshake records, alerts) to the socket.
-    private func flushOutput(context: ChannelHandlerContext) {
-        guard let writeBIO else { return }
+    /// Decrypts what is in the read BIO (plus `buffer`) and passes the plaintext on.
+    private func readApplicationData(_ buffer: ByteBuffer?, context: ChannelHandlerContext) {
+        guard let ssl, let readBIO else { return }
+        if var buffer {
+            buffer.withUnsafeReadableBytes { raw in
+                guard let base = raw.baseAddress, raw.count > 0 else { return }
+                _ = BIO_write(readBIO, base, Int32(raw.count))
+            }
+            buffer.moveReaderIndex(to: buffer.writerIndex)
+        }
+        while true {
+            var plain = context.channel.allocator.buffer(capacity: 16 * 1024)
+            var rc: Int32 = 0
+            _ = plain.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { raw in
+                rc = slot.whileCurrent { SSL_read(ssl, raw.baseAddress, Int32(raw.count)) }
+                return Int(max(0, rc))
+            }
+            if rc > 0 {
+                context.fireChannelRead(wrapInboundOut(plain))
+                continue
+            }
+            let error = SSL_get_error(ssl, rc)
+            flushOutput(context: context)  // key updates, alerts
+            if error == SSL_ERROR_ZERO_RETURN {
+                // close_notify: the peer sends no more.
+                context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            }
+            break
+        }
+        context.fireChannelReadComplete()
+    }
+
+    /// Encrypts what the HBONE server writes; nothing may be written before the handshake ends.
+    func write(context: ChannelHandlerContext, data: NIOAny, promise: EventLoopPromise<Void>?) {
+        guard isActive, let ssl else {
+            promise?.fail(ChannelError.ioOnClosedChannel)
+            return
+        }
+        var buffer = unwrapOutboundIn(data)
+        var ok = true
+        while buffer.readableBytes > 0 && ok {
+            let written = buffer.withUnsafeReadableBytes { raw -> Int32 in
+                slot.whileCurrent { SSL_write(ssl, raw.baseAddress, Int32(min(raw.count, Int(Int32.max)))) }
+            }
+            if written > 0 { buffer.moveReaderIndex(forwardBy: Int(written)) } else { ok = false }
+        }
+        flushOutput(context: context, promise: ok ? promise : nil)
+        if !ok { promise?.fail(ChannelError.ioOnClosedChannel) }
+    }
+
+    func flush(context: ChannelHandlerContext) {
+        context.flush()
+    }
+
+    /// Closing: a close_notify first, so the peer can tell a clean end from a cut connection.
+    func close(context: ChannelHandlerContext, mode: CloseMode, promise: EventLoopPromise<Void>?) {
+        if isActive, mode == .all, let ssl {
+            isActive = false
+            _ = SSL_shutdown(ssl)
+            flushOutput(context: context)
+        }
+        context.close(mode: mode, promise: promise)
+    }
+
+    /// Moves whatever OpenSSL wrote (handshake records, application data, alerts) to the socket.
+    private func flushOutput(context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
+        guard let writeBIO else {
+            promise?.succeed(())
+            return
+        }
         var pending = CShims_BIO_pending(writeBIO)
-        guard pending > 0 else { return }
+        guard pending > 0 else {
+            promise?.succeed(())
+            return
+        }
         var buffer = context.channel.allocator.buffer(capacity: Int(pending))
         while pending > 0 {
             let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Int(pending)) { raw in
@@ -218,6 +295,12 @@ final class TLSServerHandler: ChannelInboundHandler {
             if read == 0 { break }
             pending = CShims_BIO_pending(writeBIO)
         }
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: nil)
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
     }
+}
+
+/// Fired inbound by the TLS handler once the handshake succeeded and the peer's identity passed.
+struct TLSEstablished {
+    let peer: SpiffeId
+    let local: SpiffeId?
 }

@@ -1,0 +1,92 @@
+"""Inbound HBONE on 15008 (ISTIO_COMPAT §5, §10): mutual TLS through a key handle, then HTTP/2
+CONNECT streams to the application, authorized with the client's SPIFFE identity; refusals
+answer the status codes of §5.6. The client is Python's ssl and h2."""
+import hashlib
+import os
+
+import pytest
+
+pytest.importorskip("h2")
+from daemon import wait_for  # noqa: E402
+from hbone_client import HBONEClient  # noqa: E402
+from identities import MiniCA  # noqa: E402
+
+
+def config(echo_port):
+    # No trust domain or service account: the static identity (from the test's own CA) is what
+    # 15008 presents, rather than one the built-in CA would issue for this workload.
+    return f"""
+workloads:
+- uid: test//Pod/shop/echo-1
+  name: echo-1
+  namespace: shop
+  workloadIps: ["127.0.0.1"]
+  protocol: HBONE
+  authorizationPolicies: ["shop/only-client"]
+policies:
+- name: only-client
+  namespace: shop
+  scope: WorkloadSelector
+  action: Allow
+  dryRun: false
+  rules:
+  - - - principals: [!Exact cluster.local/ns/default/sa/client]
+"""
+
+
+@pytest.fixture
+def hbone(start_daemon, tmp_path, echo_server):
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "client"), "client")
+    ca.issue(str(tmp_path / "intruder"), "intruder")
+    daemon = start_daemon(local_config=config(echo_server.port),
+                          extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    return daemon, tmp_path, echo_server
+
+
+def test_connect_streams_carry_bytes_both_ways(hbone):
+    daemon, tmp, echo = hbone
+    client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
+    try:
+        streams = [client.connect(f"127.0.0.1:{echo.port}") for _ in range(8)]
+        assert client.pump(lambda: all(s in client.status for s in streams))
+        assert all(client.status[s] == 200 for s in streams)
+        payloads = {s: os.urandom(100_000 + i) for i, s in enumerate(streams)}
+        for s, payload in payloads.items():
+            client.send(s, payload, end=True)
+        assert client.pump(lambda: all(s in client.ended for s in streams), limit=10_000)
+        for s, payload in payloads.items():
+            assert hashlib.sha256(client.data[s]).digest() == hashlib.sha256(payload).digest(), s
+    finally:
+        client.close()
+    assert "inbound: HBONE stream connected peer_identity=spiffe://cluster.local/ns/default/sa/client" in daemon.log()
+
+
+def test_refusals_answer_the_status_of_5_6(hbone):
+    daemon, tmp, echo = hbone
+    client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
+    try:
+        cases = {
+            client.connect(f"127.0.0.1:{echo.port}", method="GET"): 400,  # not CONNECT
+            client.connect("not-an-authority"): 400,
+            client.connect(f"127.0.0.2:{echo.port}"): 400,  # not the address this connection arrived on
+            client.connect(f"127.0.0.1:{daemon.ports['inbound']}"): 503,  # one of this proxy's ports
+            client.connect("127.0.0.1:1"): 503,  # nothing listens there
+        }
+        assert client.pump(lambda: all(s in client.status or s in client.reset for s in cases))
+        for stream, status in cases.items():
+            assert client.status.get(stream) == status, (stream, client.status, client.reset)
+    finally:
+        client.close()
+    # A client identity the policy does not allow: 401.
+    intruder = HBONEClient(daemon.ports["inbound"], str(tmp / "intruder"))
+    try:
+        stream = intruder.connect(f"127.0.0.1:{echo.port}")
+        assert intruder.pump(lambda: stream in intruder.status)
+        assert intruder.status[stream] == 401
+    finally:
+        intruder.close()
+    assert "shop/only-client" in daemon.log() or "allow policies exist" in daemon.log()
