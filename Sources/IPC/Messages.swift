@@ -50,7 +50,7 @@ public enum SupervisorMessage {
     case signerPeer(index: UInt16, fd: OwnedFD)
     /// To a NetWorker: the local configuration file's bytes (LOCAL_XDS_PATH), which the
     /// NetWorker parses; the Supervisor only reads the file.
-    case localConfig([UInt8])
+    case localConfig(generation: UInt32, [UInt8])
     /// To the CertWorker: the bearer token for the Istio CA (AUTH_TOKEN's file, read by the
     /// Supervisor, or its literal value), trimmed; sent at set-up and whenever it changes. The
     /// CertWorker opens no file after its sandbox, so the token comes to it.
@@ -99,7 +99,7 @@ public enum SupervisorMessage {
         case .drain(let deadline): writer.u32(deadline)
         case .signerChannel(let fd): fds = [fd]
         case .signerPeer(let index, let fd): writer.u16(index); fds = [fd]
-        case .localConfig(let bytes): writer.data(bytes)
+        case .localConfig(let generation, let bytes): writer.u32(generation); writer.data(bytes)
         case .caToken(let token): writer.string(token)
         case .fault(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         }
@@ -127,7 +127,8 @@ public enum SupervisorMessage {
         case .drain: message = .drain(deadlineMilliseconds: try reader.u32("drain deadline"))
         case .signerChannel: message = .signerChannel(fd: frame.fds[0])
         case .signerPeer: message = .signerPeer(index: try reader.u16("signer peer index"), fd: frame.fds[0])
-        case .localConfig: message = .localConfig(try reader.data("local config"))
+        case .localConfig:
+            message = .localConfig(generation: try reader.u32("local config generation"), try reader.data("local config"))
         case .caToken:
             let token = try reader.string("CA token", max: CAToken.maxBytes)
             guard CAToken.problem(with: token) == nil else { throw IPCError.malformed("CA token is not a header value") }
@@ -156,6 +157,8 @@ public enum WorkerMessage: Equatable {
     /// A test asks (through the admin port) for a fault in the CertWorker; NetWorkers only, and
     /// only when fault injection is enabled, else a violation.
     case faultRequest(FaultKind, port: UInt16)
+    /// A NetWorker's answer to `localConfig`: whether that generation parsed and is in force.
+    case localConfigApplied(generation: UInt32, accepted: Bool)
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -172,12 +175,14 @@ public enum WorkerMessage: Equatable {
         case (.audit(let e1, let f1), .audit(let e2, let f2)):
             return e1 == e2 && f1.map { $0.0 + "=" + $0.1 } == f2.map { $0.0 + "=" + $0.1 }
         case (.faultRequest(let k1, let p1), .faultRequest(let k2, let p2)): return k1 == k2 && p1 == p2
+        case (.localConfigApplied(let g1, let a1), .localConfigApplied(let g2, let a2)): return g1 == g2 && a1 == a2
         default: return false
         }
     }
 
     public enum Code: UInt16, CaseIterable {
         case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
+        case localConfigApplied = 0x0206
 
         /// No worker message may carry an fd: fds flow from the Supervisor only.
         public var fdCount: Int { 0 }
@@ -190,6 +195,7 @@ public enum WorkerMessage: Equatable {
         case .shutdownRequest: return .shutdownRequest
         case .audit: return .audit
         case .faultRequest: return .faultRequest
+        case .localConfigApplied: return .localConfigApplied
         }
     }
 
@@ -204,6 +210,7 @@ public enum WorkerMessage: Equatable {
             writer.u16(UInt16(fields.count))
             for (key, value) in fields { writer.string(key); writer.string(value) }
         case .faultRequest(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
+        case .localConfigApplied(let generation, let accepted): writer.u32(generation); writer.bool(accepted)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
     }
@@ -236,6 +243,8 @@ public enum WorkerMessage: Equatable {
         case .faultRequest:
             let (kind, port) = try FaultKind.decode(&reader)
             message = .faultRequest(kind, port: port)
+        case .localConfigApplied:
+            message = .localConfigApplied(generation: try reader.u32("local config generation"), accepted: try reader.bool("accepted"))
         }
         try reader.finish(name)
         return message

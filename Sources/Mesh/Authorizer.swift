@@ -116,15 +116,16 @@ public enum Authorizer {
         return nil
     }
 
-    /// A DENY policy's groups where a clause made only of empty matches (the L7 part of a rule
-    /// istiod emptied) counts as matching instead of never matching: a rule "deny principal X
-    /// for GET" denies X altogether rather than nothing. With every match empty this is
-    /// `failsClosed`; a mixed rule keeps its L4 conditions (issue #8 review of the gap).
+    /// A DENY policy's groups where an empty match in a clause (an L7 condition istiod emptied:
+    /// it emits one match per `to` operation or `from` source) counts as matching instead of
+    /// never matching: "deny principal X for GET" denies X altogether rather than nobody, and
+    /// `to: [{ports: [9000]}, {paths: [/admin]}]` denies every port. With every match empty this
+    /// is `failsClosed`; the rule's other L4 conditions still hold (review findings).
     private static func matchesFailingClosed(_ policy: Policy, _ connection: Connection) -> Bool {
         let source = SourceIdentity(connection.sourceIdentity)
         return policy.groups.contains { group in
             group.allSatisfy { clause in
-                clause.isEmpty || clause.allSatisfy(\.isEmpty) || clause.contains { !$0.isEmpty && matches($0, source, connection) }
+                clause.isEmpty || clause.contains(where: \.isEmpty) || clause.contains { matches($0, source, connection) }
             }
         }
     }

@@ -6,6 +6,14 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
 
     public var isIPv4: Bool { bytes.count == 4 }
 
+    /// The IPv4 address of an IPv4-mapped IPv6 address (`::ffff:a.b.c.d`), else the address itself:
+    /// a dual-stack socket reports IPv4 peers that way, and they are the same host.
+    public var unmapped: IPAddress {
+        guard bytes.count == 16, bytes[0..<10].allSatisfy({ $0 == 0 }), bytes[10] == 0xff, bytes[11] == 0xff,
+              let v4 = IPAddress(bytes: Array(bytes[12...])) else { return self }
+        return v4
+    }
+
     /// From raw bytes (xDS `bytes` fields): nil unless 4 or 16 long (ISTIO_COMPAT §6.3).
     public init?(bytes: [UInt8]) {
         guard bytes.count == 4 || bytes.count == 16 else { return nil }

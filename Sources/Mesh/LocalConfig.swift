@@ -51,6 +51,13 @@ public struct LocalConfig: Equatable, Sendable {
                                  + "expected workloads, services or policies")
             }
         }
+        // A policy a workload names but the file lacks is a typo that would silently drop it
+        // (a STRICT-mTLS DENY, say): refused, as everything else that would fail silently.
+        for (index, workload) in config.workloads.enumerated() {
+            for key in workload.authorizationPolicies where config.model.policies[key] == nil {
+                throw ParseError("workloads[\(index)].authorizationPolicies: no policy \(YAMLError.quote(key)) in the file")
+            }
+        }
         return config
     }
 

@@ -23,14 +23,14 @@ public struct MeshModel: Equatable, Sendable {
         workloads[workload.uid] = workload
         guard workload.networkMode == .standard else { return }
         for ip in workload.addresses {
-            workloadByAddress[NetworkAddress(network: workload.network, ip: ip)] = workload.uid
+            workloadByAddress[NetworkAddress(network: workload.network, ip: ip.unmapped)] = workload.uid
         }
     }
 
     public mutating func removeWorkload(uid: String) {
         guard let old = workloads.removeValue(forKey: uid) else { return }
         for ip in old.addresses {
-            let key = NetworkAddress(network: old.network, ip: ip)
+            let key = NetworkAddress(network: old.network, ip: ip.unmapped)
             if workloadByAddress[key] == uid { workloadByAddress[key] = nil }
         }
     }
@@ -54,8 +54,9 @@ public struct MeshModel: Equatable, Sendable {
 
     // MARK: - Lookups
 
+    /// The workload owning an address (an IPv4-mapped IPv6 address is looked up as IPv4).
     public func workload(at address: NetworkAddress) -> Workload? {
-        workloadByAddress[address].flatMap { workloads[$0] }
+        workloadByAddress[NetworkAddress(network: address.network, ip: address.ip.unmapped)].flatMap { workloads[$0] }
     }
 
     /// The services whose VIP is exactly `address`, in insertion order.
@@ -88,9 +89,11 @@ public struct MeshModel: Equatable, Sendable {
             }
         }
         var unknown: [String] = []
-        for key in workload.authorizationPolicies {
+        // Every policy the workload lists applies, whatever its scope (upstream applies the list
+        // as given; a review found NAMESPACE or GLOBAL policies listed from elsewhere dropped).
+        for key in Set(workload.authorizationPolicies) {
             guard let policy = policies[key] else { unknown.append(key); continue }
-            if policy.scope == .workloadSelector && !result.contains(where: { $0.key == key }) { result.append(policy) }
+            if !result.contains(where: { $0.namespace == policy.namespace && $0.name == policy.name }) { result.append(policy) }
         }
         return (result.sorted { $0.key < $1.key }, unknown)
     }

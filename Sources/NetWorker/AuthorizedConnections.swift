@@ -35,10 +35,9 @@ final class AuthorizedConnections: @unchecked Sendable {
         let live = lock.withLock { Array(entries.values) }
         var closed = 0
         for entry in live {
-            // A destination that no longer belongs to a workload is no longer the mesh's to police.
-            guard let verdict = authorization.check(source: entry.source, destination: entry.destination, port: entry.port,
-                                                    identity: entry.identity),
-                  case .deny(let reason, let policy, _) = verdict.decision else { continue }
+            // A destination whose workload is gone is denied too: nothing allows it any more.
+            guard case .denied(let reason, let policy, _) = authorization.check(
+                source: entry.source, destination: entry.destination, port: entry.port, identity: entry.identity) else { continue }
             Log.info("\(entry.listener): connection closed due to policy change",
                      [("src", entry.source), ("dst", "\(entry.destination):\(entry.port)"), ("policy", policy ?? "none"),
                       ("reason", reason)])

@@ -251,14 +251,15 @@ final class HBONEServerHandler: ChannelInboundHandler {
             return respond(stream, status: 400, "ip mismatch: \(host) is not the address this connection arrived on")
         }
         guard !proxyPorts.contains(port) else { return respond(stream, status: 503, "port \(port) is one of this proxy's") }
-        guard let source = context.channel.remoteAddress?.ipAddress,
-              let verdict = authorization.check(source: source, destination: host, port: port, identity: peer?.description) else {
-            return respond(stream, status: 503, "no workload owns \(host)")
-        }
-        if case .deny(let reason, let policy, _) = verdict.decision {
+        let source = context.channel.remoteAddress?.ipAddress
+        switch authorization.check(source: source, destination: host, port: port, identity: peer?.description) {
+        case .denied(let reason, _, nil):
+            return respond(stream, status: 503, reason)
+        case .denied(let reason, let policy, _?):
             return respond(stream, status: 401, "denied by \(policy ?? "policy"): \(reason)")
+        case .allowed:
+            connectUpstream(stream, host: host, port: port, source: source ?? "?")
         }
-        connectUpstream(stream, host: host, port: port, source: source)
     }
 
     private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String) {
@@ -273,6 +274,16 @@ final class HBONEServerHandler: ChannelInboundHandler {
                     upstream.close(promise: nil)
                     return
                 }
+                // Registered, then decided again: a policy change that raced the first decision
+                // (while connecting) is either seen here or re-checks this stream later.
+                handler.authorization.live?.register(.init(channel: upstream, listener: Self.listener, source: source,
+                                                           destination: host, port: port, identity: handler.peer?.description))
+                if case .denied(let reason, let policy, _) = handler.authorization.check(
+                    source: source, destination: host, port: port, identity: handler.peer?.description) {
+                    upstream.close(promise: nil)
+                    handler.respond(stream, status: 401, "denied by \(policy ?? "policy"): \(reason)")
+                    return
+                }
                 stream.upstream = upstream
                 upstream.pipeline.addHandler(HBONEUpstreamHandler(server: handler, stream: stream)).whenFailure { _ in
                     upstream.close(promise: nil)
@@ -281,8 +292,6 @@ final class HBONEServerHandler: ChannelInboundHandler {
                 for buffer in stream.early { handler.forward(buffer, of: stream, to: upstream) }
                 stream.early.removeAll()
                 if stream.clientEnded { upstream.close(mode: .output, promise: nil) }
-                handler.authorization.live?.register(.init(channel: upstream, listener: Self.listener, source: source,
-                                                           destination: host, port: port, identity: handler.peer?.description))
                 Log.info("inbound: HBONE stream connected", [("peer_identity", handler.peer?.description ?? "none"),
                                                              ("src", source), ("dst", "\(host):\(port)")])
             }

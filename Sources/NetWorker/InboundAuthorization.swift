@@ -3,32 +3,59 @@ import Shared
 
 /// L4 authorization of inbound connections (ISTIO_COMPAT §10 step 5, §11, §12) against the mesh
 /// model the NetWorker holds: the destination workload is the one owning the destination
-/// address; the policies are those that apply to it; the source identity is the TLS peer's on
-/// 15008 and none on 15006 (so `principals` and the like fail, which is how STRICT mTLS is
-/// enforced). Destinations that belong to no workload are not the mesh's: they are not checked
-/// here (the caller passes them through, as today).
+/// address on this node's network (`NETWORK`); the policies are those that apply to it; the
+/// source identity is the TLS peer's on 15008 and none on 15006 (so `principals` and the like
+/// fail, which is how STRICT mTLS is enforced).
+///
+/// Fails closed: a destination no workload owns, or a source address that cannot be read, is
+/// refused, as upstream does (it has no workload whose policies could allow it).
 struct InboundAuthorization: Sendable {
     let state: NetWorkerState
     /// Where allowed connections are registered, to be checked again when policies change.
     var live: AuthorizedConnections?
+    private let warnings = WarnOnce()
 
-    struct Verdict {
-        let workload: Workload
-        let decision: Authorizer.Decision
+    init(state: NetWorkerState, live: AuthorizedConnections? = nil) {
+        self.state = state
+        self.live = live
     }
 
-    /// The decision for a connection from `source` (with `identity`, if any) to
-    /// `destination:port`, or nil when no workload owns `destination`.
-    func check(source: String, destination: String, port: UInt16, identity: String?) -> Verdict? {
+    enum Verdict {
+        case allowed(Workload)
+        /// `workload` is nil when no workload owns the destination.
+        case denied(reason: String, policy: String?, workload: Workload?)
+    }
+
+    func check(source: String?, destination: String, port: UInt16, identity: String?) -> Verdict {
         let model = state.model
-        guard let destinationIP = IPAddress(destination), let sourceIP = IPAddress(source),
-              let workload = model.workload(at: NetworkAddress(network: "", ip: destinationIP)) else { return nil }
+        guard let destinationIP = IPAddress(destination) else {
+            return .denied(reason: "destination \(destination) is not an address", policy: nil, workload: nil)
+        }
+        let network = state.configuration.string("NETWORK")
+        guard let workload = model.workload(at: NetworkAddress(network: network, ip: destinationIP)) else {
+            return .denied(reason: "unknown destination: no workload owns \(destination)", policy: nil, workload: nil)
+        }
+        guard let source, let sourceIP = IPAddress(source) else {
+            return .denied(reason: "the source address cannot be read", policy: nil, workload: workload)
+        }
         let (policies, unknown) = model.policies(for: workload)
-        for key in unknown { Log.warn("workload \(workload.uid) names unknown authorization policy \(key)") }
+        for key in unknown { warnings.warn("workload \(workload.uid) names unknown authorization policy \(key)") }
         let connection = Authorizer.Connection(sourceIdentity: identity, sourceIP: sourceIP, destinationIP: destinationIP,
                                                destinationPort: port)
         let decision = Authorizer.decide(policies, for: connection)
         for line in decision.dryRunLogs { Log.info(line, [("src", source), ("dst", "\(destination):\(port)")]) }
-        return Verdict(workload: workload, decision: decision)
+        if case .deny(let reason, let policy, _) = decision { return .denied(reason: reason, policy: policy, workload: workload) }
+        return .allowed(workload)
+    }
+}
+
+/// Logs each distinct message once (a misconfiguration seen per connection must not flood the log).
+final class WarnOnce: @unchecked Sendable {
+    private let lock = Mutex()
+    private var seen: Set<String> = []
+
+    func warn(_ message: String) {
+        let isNew = lock.withLock { seen.count < 1024 && seen.insert(message).inserted }
+        if isNew { Log.warn(message) }
     }
 }

@@ -25,11 +25,20 @@ enum MeshDump {
         ]
         members += strings.filter { !$0.1.isEmpty }.map { ($0.0, .string($0.1)) }
         if workload.nativeTunnel { members.append(("nativeTunnel", .bool(true))) }
+        if let tunnel = workload.applicationTunnel {
+            var fields: [(String, JSON)] = [("protocol", .string(tunnel.tunnelProtocol.rawValue))]
+            if let port = tunnel.port { fields.append(("port", .int(Int64(port)))) }
+            members.append(("applicationTunnel", .object(fields)))
+        }
         if !workload.authorizationPolicies.isEmpty {
             members.append(("authorizationPolicies", .array(workload.authorizationPolicies.map { .string($0) })))
         }
         members.append(("status", .string(workload.status.rawValue)))
         if !workload.clusterId.isEmpty { members.append(("clusterId", .string(workload.clusterId))) }
+        if let locality = workload.locality {
+            members.append(("locality", .object([("region", .string(locality.region)), ("zone", .string(locality.zone)),
+                                                 ("subzone", .string(locality.subzone))])))
+        }
         if !workload.services.isEmpty { members.append(("services", .array(workload.services.keys.sorted().map { .string($0) }))) }
         members.append(("capacity", .int(Int64(workload.capacity))))
         return .object(members)

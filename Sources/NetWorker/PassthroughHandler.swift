@@ -93,22 +93,24 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
         context.fireChannelActive()
     }
 
-    /// Inbound plaintext to a mesh workload is authorized with no source identity (ISTIO_COMPAT
-    /// §11); a refusal names the policy. Outbound captures are not checked here (the destination's
-    /// own proxy authorizes), nor destinations outside the mesh.
+    /// Inbound plaintext is authorized with no source identity (ISTIO_COMPAT §11): it is
+    /// registered first (so a policy change racing this decision still re-checks it), then
+    /// decided; a refusal, an unknown destination included, names its reason. Outbound captures
+    /// are not checked here (the destination's own proxy authorizes).
     private func isAuthorized(channel: Channel, host: String, port: UInt16) -> Bool {
-        guard listenerName == "inbound-plaintext", let authorization,
-              let source = channel.remoteAddress?.ipAddress,
-              let verdict = authorization.check(source: source, destination: host, port: port, identity: nil) else { return true }
-        guard case .deny(let reason, let policy, _) = verdict.decision else {
-            authorization.live?.register(.init(channel: channel, listener: listenerName, source: source, destination: host,
-                                               port: port, identity: nil))
+        guard listenerName == "inbound-plaintext", let authorization else { return true }
+        let source = channel.remoteAddress?.ipAddress
+        authorization.live?.register(.init(channel: channel, listener: listenerName, source: source ?? "?", destination: host,
+                                           port: port, identity: nil))
+        switch authorization.check(source: source, destination: host, port: port, identity: nil) {
+        case .allowed:
             return true
+        case .denied(let reason, let policy, let workload):
+            Log.info("\(listenerName): connection denied", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
+                                                             ("workload", workload?.uid ?? "none"), ("policy", policy ?? "none"),
+                                                             ("reason", reason)])
+            return false
         }
-        Log.info("\(listenerName): connection denied", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
-                                                         ("workload", verdict.workload.uid), ("policy", policy ?? "none"),
-                                                         ("reason", reason)])
-        return false
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -67,6 +67,7 @@ struct ControlLoop {
     let signer: SignerClient
     let authorization: InboundAuthorization
     private var servers: [Channel] = []
+    private var hasModel = false
 
     init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient,
          authorization: InboundAuthorization) {
@@ -89,23 +90,8 @@ struct ControlLoop {
                 Log.debug("serving \(name)")
             case .processTable(let entries):
                 state.update(processTable: entries)
-            case .localConfig(let bytes):
-                do {
-                    let config = try LocalConfig.parse(String(decoding: bytes, as: UTF8.self))
-                    state.update(model: config.model)
-                    if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
-                        Log.info("policy change closed \(closed) live connections")
-                    }
-                    let (wanted, skipped) = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
-                    for reason in skipped { Log.warn(reason) }
-                    Log.info("local config", [("workloads", "\(config.model.workloads.count)"), ("services", "\(config.model.services.count)"),
-                                              ("policies", "\(config.model.policies.count)"), ("identities", "\(wanted.count)")])
-                    signer.want(wanted)
-                } catch {
-                    // The Supervisor could read the file but it does not parse: a configuration
-                    // error, not a crash. The model in force stays (none at start) and we say why.
-                    Log.error("\(error); keeping the mesh model in force")
-                }
+            case .localConfig(let generation, let bytes):
+                applyLocalConfig(generation: generation, bytes)
             case .configured:
                 do { try channel.send(WorkerMessage.ready.frame()) } catch { WorkerBootstrap.die("cannot send ready: \(error)") }
                 Log.info("serving", [("listeners", "\(servers.count)")])
@@ -117,6 +103,33 @@ struct ControlLoop {
                 WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
         }
+    }
+
+    /// Parses a generation of the local config and puts it in force: the model is replaced whole,
+    /// the wanted identities updated and every live authorized connection decided again. A file
+    /// that does not parse keeps the model in force, and at start (no model yet) stops this
+    /// worker: serving with no model would allow what the file was written to deny. Either way the
+    /// Supervisor is told, so it never hands refused bytes to a new NetWorker.
+    private mutating func applyLocalConfig(generation: UInt32, _ bytes: [UInt8]) {
+        let config: LocalConfig
+        do { config = try LocalConfig.parse(String(decoding: bytes, as: UTF8.self)) } catch {
+            if !hasModel { WorkerBootstrap.die("\(error)") }
+            Log.error("\(error); keeping the mesh model in force")
+            try? channel.send(WorkerMessage.localConfigApplied(generation: generation, accepted: false).frame())
+            return
+        }
+        hasModel = true
+        state.update(model: config.model)
+        if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
+            Log.info("policy change closed \(closed) live connections")
+        }
+        let (wanted, skipped) = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
+        for reason in skipped { Log.warn(reason) }
+        Log.info("local config", [("generation", "\(generation)"), ("workloads", "\(config.model.workloads.count)"),
+                                  ("services", "\(config.model.services.count)"), ("policies", "\(config.model.policies.count)"),
+                                  ("identities", "\(wanted.count)")])
+        signer.want(wanted)
+        try? channel.send(WorkerMessage.localConfigApplied(generation: generation, accepted: true).frame())
     }
 
     /// Stops accepting, lets live connections finish until the deadline, closes the rest, exits 0.

@@ -19,6 +19,7 @@ public struct Configuration: Sendable {
         Setting("LOG_FORMAT", .choice(["plain", "json"]), default: "plain", "debug log format"),
         Setting("ZTUNNEL_WORKER_THREADS", .integer(0...256), default: "0",
                 "event-loop threads per NetWorker; 0 = one per CPU"),
+        Setting("NETWORK", .string, default: "", "this node's network: workloads are found by (network, address)"),
         Setting("NODE_NAME", .string, default: "",
                 "this node; certificates are prefetched for local-config workloads on it (all HBONE workloads when unset)"),
         Setting("TRUST_DOMAIN", .string, default: "cluster.local", "trust domain of the built-in CA's self-signed root"),

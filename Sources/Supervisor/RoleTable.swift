@@ -37,7 +37,7 @@ struct RoleSpec {
     static let netWorker = RoleSpec(
         role: .netWorker, executable: "ztunnel-net-worker", seccompProfile: "net-worker.json",
         isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest],
-        settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
+        settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "NETWORK", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")

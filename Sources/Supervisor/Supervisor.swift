@@ -17,9 +17,18 @@ final class Supervisor {
     private var slots: [WorkerSlot] = []
     private var restartPolicy: RestartPolicy
     private let signalFd: OwnedFD
-    /// The LOCAL_XDS_PATH file's bytes as last read; NetWorkers parse them. The file is looked at
-    /// again every `localConfigCheckMilliseconds` and a changed one is sent to every NetWorker.
+    /// The LOCAL_XDS_PATH bytes a NetWorker last accepted (at first: as read at start), which a
+    /// new NetWorker is given. The file is looked at again every `localConfigCheckMilliseconds`;
+    /// bytes that changed and then stayed the same for one more look (not a file caught half
+    /// written) are sent to the NetWorkers as a new generation, and become the accepted bytes
+    /// once a NetWorker says they parsed. The Supervisor itself parses nothing.
     private var localConfig: [UInt8]
+    private var localConfigGeneration: UInt32 = 0
+    /// The last bytes read, the bytes waiting to be seen unchanged once more, and the generation
+    /// sent but not yet acknowledged.
+    private var lastSeenLocalConfig: [UInt8]
+    private var candidateLocalConfig: [UInt8]?
+    private var trialLocalConfig: (generation: UInt32, bytes: [UInt8])?
     private var nextLocalConfigCheck: Int64?
     private var localConfigUnreadable = false
     static let localConfigCheckMilliseconds: Int64 = 2_000
@@ -35,6 +44,7 @@ final class Supervisor {
     init(configuration: Configuration, audit: AuditSink, broker: FdBroker, binDirectory: String,
          policies: [WorkerRole: SeccompPolicy], signalFd: OwnedFD, localConfig: [UInt8]) {
         self.localConfig = localConfig
+        lastSeenLocalConfig = localConfig
         self.configuration = configuration
         self.audit = audit
         self.broker = broker
@@ -132,6 +142,9 @@ final class Supervisor {
             audit.record("fault_injected", slot.auditFields + [("kind", .string("\(kind)")), ("port", .int(Int64(port)))])
             let frame = SupervisorMessage.fault(kind, port: port).frame()
             for cert in slots where cert.spec.role == .certWorker && cert.state == .running { sendWithoutWaiting(frame, to: cert) }
+        case (.localConfigApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
+             (.localConfigApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
+            localConfigApplied(generation: generation, accepted: accepted, from: slot)
         case (.audit(let event, let fields), .settingUp), (.audit(let event, let fields), .running):
             guard slot.spec.permittedWhileRunning.contains(.audit) else {
                 throw Violation("audit events are not permitted from \(slot.spec.role)")
@@ -149,6 +162,10 @@ final class Supervisor {
     /// Replays what a (new) worker needs: its listeners, the process table, then the go-ahead.
     private func handOver(to slot: WorkerSlot) throws {
         guard let ipc = slot.ipc else { return }
+        // The mesh model before the listeners: nothing is accepted before it is in force.
+        if slot.spec.receivesListeners {
+            try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
+        }
         if slot.spec.receivesListeners {
             for listener in broker.listeners where Int(slot.index) < listener.fds.count {
                 try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame(), blocking: false)
@@ -156,9 +173,6 @@ final class Supervisor {
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
-        }
-        if slot.spec.receivesListeners {
-            try ipc.send(SupervisorMessage.localConfig(localConfig).frame(), blocking: false)
         }
         if slot.spec.role == .certWorker, let caToken {
             try ipc.send(SupervisorMessage.caToken(caToken).frame(), blocking: false)
@@ -182,13 +196,41 @@ final class Supervisor {
             return
         }
         localConfigUnreadable = false
-        guard bytes != localConfig else { return }
-        localConfig = bytes
-        audit.record("local_config_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count)))])
-        Log.info("LOCAL_XDS_PATH changed; sending it to the NetWorkers", [("bytes", "\(bytes.count)")])
-        let frame = SupervisorMessage.localConfig(bytes).frame()
+        guard bytes != lastSeenLocalConfig else {
+            candidateLocalConfig = nil
+            return
+        }
+        // Seen changed twice in a row, 2 s apart: not a file caught in the middle of a write.
+        guard bytes == candidateLocalConfig else {
+            candidateLocalConfig = bytes
+            return
+        }
+        candidateLocalConfig = nil
+        lastSeenLocalConfig = bytes
+        localConfigGeneration &+= 1
+        trialLocalConfig = (localConfigGeneration, bytes)
+        audit.record("local_config_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count))),
+                                              ("generation", .int(Int64(localConfigGeneration)))])
+        Log.info("LOCAL_XDS_PATH changed; sending it to the NetWorkers", [("bytes", "\(bytes.count)"),
+                                                                          ("generation", "\(localConfigGeneration)")])
+        let frame = SupervisorMessage.localConfig(generation: localConfigGeneration, bytes).frame()
         for slot in slots where slot.spec.receivesListeners && (slot.state == .settingUp || slot.state == .running) {
             sendWithoutWaiting(frame, to: slot)
+        }
+    }
+
+    /// A NetWorker's verdict on a generation of the local config: accepted bytes become what new
+    /// NetWorkers get; refused ones are recorded and never handed to a restarted NetWorker (which
+    /// would refuse to start on them).
+    private func localConfigApplied(generation: UInt32, accepted: Bool, from slot: WorkerSlot) {
+        guard let trial = trialLocalConfig, trial.generation == generation else { return }
+        trialLocalConfig = nil
+        if accepted {
+            localConfig = trial.bytes
+            audit.record("local_config_applied", slot.auditFields + [("generation", .int(Int64(generation)))])
+        } else {
+            audit.record("local_config_refused", slot.auditFields + [("generation", .int(Int64(generation)))])
+            Log.warn("the NetWorkers refused LOCAL_XDS_PATH generation \(generation) (see their log); the previous one stays in force")
         }
     }
 
@@ -398,7 +440,10 @@ final class Supervisor {
             if let at = slot.restartAt, now >= at, !isDraining, exitCode == nil { start(slot) }
         }
         if let nextTokenRead, now >= nextTokenRead { refreshCAToken() }
-        if let nextLocalConfigCheck, now >= nextLocalConfigCheck, !isDraining { reloadLocalConfig() }
+        if let nextLocalConfigCheck, now >= nextLocalConfigCheck {
+            // No reloads while draining (and no deadline left in the past to spin the loop on).
+            if isDraining { self.nextLocalConfigCheck = nil } else { reloadLocalConfig() }
+        }
         if let drainDeadline, now >= drainDeadline {
             self.drainDeadline = nil
             for slot in slots where slot.isAlive {

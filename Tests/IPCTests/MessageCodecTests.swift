@@ -111,7 +111,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x010b, 0x0206, 0xffff] {
+        for type: UInt16 in [0, 0x010b, 0x0207, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }

@@ -152,10 +152,13 @@ def test_a_policy_change_closes_live_connections_it_now_denies(start_daemon, nam
         wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
         live = namespace.call(open_live)
         with live:
-            # A file that does not parse changes nothing: the model in force stays.
+            # A file that does not parse changes nothing: the model in force stays (a wiped model
+            # would close this connection: its workload would be gone), and a NetWorker started
+            # afterwards gets the last accepted file, not the refused one.
             with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
                 f.write(LOCAL_CONFIG + "unknownKey: 1\n")
-            wait_for(lambda: "keeping the mesh model in force" in daemon.log(), 30, "the bad file refused")
+            wait_for(lambda: daemon.audit_events("local_config_refused"), 30, "the bad file refused")
+            assert "keeping the mesh model in force" in daemon.log()
             live.sendall(b"pong")
             assert live.recv(4) == b"pong"
             # A new DENY for the client's address: the live connection is closed, new ones refused.
@@ -177,6 +180,37 @@ def test_a_policy_change_closes_live_connections_it_now_denies(start_daemon, nam
         line = next(l for l in daemon.log().splitlines() if "connection closed due to policy change" in l)
         assert "policy=shop/no-client" in line
         assert namespace.call(exchange, CLIENT, 8080) == b""
-        assert daemon.audit_events("local_config_changed")
+        denied = [l for l in daemon.log().splitlines() if "inbound-plaintext: connection denied" in l]
+        assert denied and "policy=shop/no-client" in denied[-1]
+        assert daemon.audit_events("local_config_applied")
+    finally:
+        listener.close()
+
+
+def test_unknown_destinations_are_refused_not_passed_through(start_daemon, namespace):
+    # Upstream drops inbound plaintext to an address no workload owns; so do we (fail closed).
+    daemon = start_daemon(local_config=LOCAL_CONFIG, netns=namespace.name)
+    namespace.run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", CLIENT, "-m", "owner", "!", "--uid-owner",
+                  str(NET_WORKER_UID), "-j", "REDIRECT", "--to-ports", str(daemon.ports["inbound_plaintext"]))
+    listener = namespace.call(echo_listener, CLIENT, 8080)
+    try:
+        def ready():
+            try:
+                return http(daemon.ports["readiness"], "/healthz/ready", timeout=2)[0] == 200
+            except OSError:
+                return False
+        wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
+
+        def to_client_address():
+            with socket.socket() as s:
+                s.settimeout(10)
+                s.connect((CLIENT, 8080))
+                try:
+                    s.sendall(b"x")
+                    return s.recv(1)
+                except OSError:
+                    return b""
+        assert namespace.call(to_client_address) == b""
+        assert "reason=unknown destination: no workload owns 10.77.0.20" in daemon.log()
     finally:
         listener.close()

@@ -136,3 +136,13 @@ def test_malformed_queries_do_not_crash_the_readiness_port(start_daemon):
     assert daemon.ready()
     assert daemon.workers("net-worker") == [worker]
     assert not daemon.audit_events("worker_exit")
+
+
+def test_a_local_config_that_does_not_parse_stops_the_start(start_daemon):
+    # Serving with no model would allow what the file was written to deny: the NetWorker refuses
+    # to start on it, and the Supervisor gives up after the crash-loop limit, naming the error.
+    daemon = start_daemon(local_config="workloads:\n- namespace: shop\n  bogus: 1\n",
+                          extra_env={"ZTUNNEL_CRASH_LOOP_LIMIT": "2", "ZTUNNEL_RESTART_BACKOFF": "10ms"})
+    assert daemon.wait(timeout=60) == 1
+    log = daemon.log()
+    assert "LOCAL_XDS_PATH: workloads[0]" in log and "giving up" in log
