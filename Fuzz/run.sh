@@ -18,6 +18,7 @@ declare -A sources=(
   [local_config]="$(ls Sources/Mesh/*.swift | tr '\n' ' ')"
   [ca_response]="Sources/CertWorker/CAResponse.swift Sources/CertWorker/CAProtobuf.swift"
   [ip_address]="Sources/Mesh/IPAddress.swift"
+  [connect_authority]="Sources/NetWorker/ConnectAuthority.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086
@@ -38,7 +39,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc request_target socks5 local_config ca_response ip_address; do
+for target in ipc request_target socks5 local_config ca_response ip_address connect_authority; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"

@@ -243,9 +243,16 @@ final class HBONEServerHandler: ChannelInboundHandler {
         guard let context else { return }
         stream.target = stream.authority.isEmpty ? "?" : stream.authority
         guard stream.method == "CONNECT" else { return respond(stream, status: 400, "method \(stream.method) is not CONNECT") }
-        guard let (host, port) = Self.splitAuthority(stream.authority), let ip = IPAddress(host) else {
-            return respond(stream, status: 400, "authority \(stream.authority) is not IP:port")
+        let host: String, port: UInt16
+        switch ConnectAuthority.parse(stream.authority) {
+        case .address(let address, let number)?:
+            (host, port) = (address, number)
+        case .hostname?:
+            return respond(stream, status: 503, "hostname authorities (services by name) are not supported yet")
+        case nil:
+            return respond(stream, status: 400, "authority \(stream.authority) is neither IP:port nor host:port")
         }
+        guard let ip = IPAddress(host) else { return respond(stream, status: 400, "authority \(stream.authority) is not an address") }
         // The authority must name the address this connection arrived on (§10 step 3).
         guard let local = context.channel.localAddress?.ipAddress.flatMap(IPAddress.init), local == ip else {
             return respond(stream, status: 400, "ip mismatch: \(host) is not the address this connection arrived on")
@@ -296,16 +303,6 @@ final class HBONEServerHandler: ChannelInboundHandler {
                                                              ("src", source), ("dst", "\(host):\(port)")])
             }
         }
-    }
-
-    /// `IP:port` or `[IPv6]:port`.
-    static func splitAuthority(_ authority: String) -> (String, UInt16)? {
-        guard let colon = authority.lastIndex(of: ":"), let port = UInt16(authority[authority.index(after: colon)...]), port > 0 else {
-            return nil
-        }
-        var host = authority[..<colon]
-        if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() } else if host.contains(":") { return nil }
-        return (String(host), port)
     }
 
     // MARK: - Responses and data

@@ -91,6 +91,12 @@ def test_connection_cap_closes_the_excess_and_keeps_serving(start_daemon):
     daemon.wait_ready()
     held = [socket.create_connection(("127.0.0.1", daemon.ports["inbound"])) for _ in range(20)]
     try:
+        # Connected is not accepted: wait until the NetWorker holds all 20, or the extra one below
+        # could be accepted before some of them.
+        def live():
+            _, body = http(daemon.ports["stats"], "/metrics")
+            return 'istio_tcp_sockets_open{reporter="source"} 20' in body.splitlines()
+        wait_for(live, 20, "the NetWorker to hold the 20 connections")
         wait_for(daemon.ready, 10, "readiness")
         extra = socket.create_connection(("127.0.0.1", daemon.ports["inbound"]))
         with extra:
