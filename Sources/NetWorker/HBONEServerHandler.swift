@@ -37,6 +37,8 @@ final class HBONEServerHandler: ChannelInboundHandler {
         var early: [ByteBuffer] = []
         var isDeferred = false
         var target = ""
+        /// Metrics and the access-log line, once the stream is authorized (or refused by policy).
+        var record: ConnectionRecord?
 
         init(id: Int32) { self.id = id }
     }
@@ -49,14 +51,16 @@ final class HBONEServerHandler: ChannelInboundHandler {
     static let connectionWindow: UInt32 = 16 * 1024 * 1024
 
     private let authorization: InboundAuthorization
+    private let metrics: TrafficMetrics
     private let proxyPorts: Set<UInt16>
     private var session: OpaquePointer?
     private var context: ChannelHandlerContext?
     private var streams: [Int32: Stream] = [:]
     private var peer: SpiffeId?
 
-    init(authorization: InboundAuthorization, proxyPorts: Set<UInt16>) {
+    init(authorization: InboundAuthorization, metrics: TrafficMetrics, proxyPorts: Set<UInt16>) {
         self.authorization = authorization
+        self.metrics = metrics
         self.proxyPorts = proxyPorts
     }
 
@@ -185,7 +189,9 @@ final class HBONEServerHandler: ChannelInboundHandler {
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamId, _, user in
             guard let user else { return 0 }
             let handler = Unmanaged<HBONEServerHandler>.fromOpaque(user).takeUnretainedValue()
-            handler.streams.removeValue(forKey: streamId)?.upstream?.close(promise: nil)
+            let stream = handler.streams.removeValue(forKey: streamId)
+            stream?.upstream?.close(promise: nil)
+            stream?.record?.finish()
             return 0
         }
         return callbacks
@@ -220,6 +226,7 @@ final class HBONEServerHandler: ChannelInboundHandler {
     private func dataReceived(stream id: Int32, _ bytes: UnsafeRawBufferPointer) {
         guard let stream = streams[id], let context else { return }
         let buffer = context.channel.allocator.buffer(bytes: bytes)
+        stream.record?.received += UInt64(bytes.count)
         guard let upstream = stream.upstream else {
             stream.early.append(buffer)  // bounded by the stream window we advertised
             return
@@ -262,11 +269,37 @@ final class HBONEServerHandler: ChannelInboundHandler {
         switch authorization.check(source: source, destination: host, port: port, identity: peer?.description) {
         case .denied(let reason, _, nil):
             return respond(stream, status: 503, reason)
-        case .denied(let reason, let policy, _?):
+        case .denied(let reason, let policy, let workload?):
+            stream.record = record(for: stream, source: source, destination: workload, host: host, port: port)
+            stream.record?.finish(error: "denied by \(policy ?? "policy"): \(reason)", responseFlags: "DENY")
             return respond(stream, status: 401, "denied by \(policy ?? "policy"): \(reason)")
-        case .allowed:
+        case .allowed(let workload):
+            stream.record = record(for: stream, source: source, destination: workload, host: host, port: port)
             connectUpstream(stream, host: host, port: port, source: source ?? "?")
         }
+    }
+
+    /// The stream's metrics labels (reporter destination, the TLS peer as source principal,
+    /// mutual TLS) and access-log fields (§15.2-15.3).
+    private func record(for stream: Stream, source: String?, destination: Workload, host: String, port: UInt16) -> ConnectionRecord {
+        let model = authorization.state.model
+        let network = authorization.state.configuration.string("NETWORK")
+        let sourceWorkload = source.flatMap(IPAddress.init).flatMap { model.workload(at: NetworkAddress(network: network, ip: $0)) }
+        let labels = TrafficMetrics.Labels(reporter: "destination", source: sourceWorkload, sourcePrincipal: peer?.description,
+                                           destination: destination, service: nil, destinationPrincipal: destination.identity,
+                                           responseFlags: "-", isMutualTLS: true)
+        var fields: [(String, String)] = [("src.addr", context?.channel.remoteAddress.map(Self.address) ?? "?")]
+        if let sourceWorkload { fields += [("src.workload", sourceWorkload.name), ("src.namespace", sourceWorkload.namespace)] }
+        if let peer { fields.append(("src.identity", peer.description)) }
+        fields += [("dst.addr", context?.channel.localAddress.map(Self.address) ?? "?"), ("dst.hbone_addr", stream.authority),
+                   ("dst.workload", destination.name), ("dst.namespace", destination.namespace)]
+        if let identity = destination.identity { fields.append(("dst.identity", identity)) }
+        return ConnectionRecord(metrics: metrics, labels: labels, direction: "inbound", fields: fields)
+    }
+
+    static func address(_ address: NIOCore.SocketAddress) -> String {
+        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
     private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String) {
@@ -275,6 +308,7 @@ final class HBONEServerHandler: ChannelInboundHandler {
         Upstream.connect(on: context.eventLoop, host: host, port: port).whenComplete { result in
             switch result {
             case .failure(let error):
+                stream.record?.finish(error: "connect to the application failed: \(error)", responseFlags: "CONNECT")
                 handler.respond(stream, status: 503, "connect to the application failed: \(error)")
             case .success(let upstream):
                 guard handler.streams[stream.id] === stream else {  // the stream ended meanwhile
@@ -368,6 +402,7 @@ final class HBONEServerHandler: ChannelInboundHandler {
     /// Bytes from the application for `stream`: queued for the client, and the application is not
     /// read further while too much waits.
     func upstreamRead(_ buffer: ByteBuffer, stream: Stream) {
+        stream.record?.sent += UInt64(buffer.readableBytes)
         if var pending = stream.toClient {
             pending.discardReadBytes()
             var incoming = buffer

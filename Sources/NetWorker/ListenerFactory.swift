@@ -16,6 +16,7 @@ struct ListenerFactory {
     let limiter: ConnectionLimiter
     let reporter: BoundReporter
     let authorization: InboundAuthorization
+    let metrics: TrafficMetrics
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
@@ -74,12 +75,12 @@ struct ListenerFactory {
             return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,
                                                                   reporter: reporter,
                                                                   authorization: authorization,
-                                                                  routing: OutboundRouting(state: endpoints.state)))
+                                                                  routing: OutboundRouting(state: endpoints.state), metrics: metrics))
         case "inbound":
             tracker.track(channel)
             return channel.pipeline.addHandlers([
                 TLSServerHandler(identities: identities, signer: signer, bounds: bounds, reporter: reporter),
-                HBONEServerHandler(authorization: authorization, proxyPorts: guardrails.proxyPorts),
+                HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts),
             ])
         default:
             Log.warn("unknown listener \(name); closing connection")

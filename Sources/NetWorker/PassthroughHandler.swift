@@ -1,3 +1,4 @@
+import Mesh
 import NIOCore
 import NIOPosix
 import Shared
@@ -23,6 +24,9 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let reporter: BoundReporter
     private let authorization: InboundAuthorization?
     private let routing: OutboundRouting?
+    private let metrics: TrafficMetrics?
+    /// The inbound connection's metrics and access-log line, once it is authorized.
+    private var record: ConnectionRecord?
     private var early: [ByteBuffer] = []
     private var earlyBytes = 0
     private var heldRead = false
@@ -31,7 +35,8 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var deadline: Scheduled<Void>?
 
     init(listenerName: String, guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter,
-         authorization: InboundAuthorization? = nil, routing: OutboundRouting? = nil) {
+         authorization: InboundAuthorization? = nil, routing: OutboundRouting? = nil, metrics: TrafficMetrics? = nil) {
+        self.metrics = metrics
         self.authorization = authorization
         self.routing = routing
         self.listenerName = listenerName
@@ -103,14 +108,36 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
         authorization.live?.register(.init(channel: channel, listener: listenerName, source: source ?? "?", destination: host,
                                            port: port, identity: nil))
         switch authorization.check(source: source, destination: host, port: port, identity: nil) {
-        case .allowed:
+        case .allowed(let workload):
+            record = inboundRecord(channel: channel, source: source, destination: workload, host: host, port: port)
             return true
         case .denied(let reason, let policy, let workload):
+            if let workload {
+                inboundRecord(channel: channel, source: source, destination: workload, host: host, port: port)?
+                    .finish(error: "denied by \(policy ?? "policy"): \(reason)", responseFlags: "DENY")
+            }
             Log.info("\(listenerName): connection denied", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
                                                              ("workload", workload?.uid ?? "none"), ("policy", policy ?? "none"),
                                                              ("reason", reason)])
             return false
         }
+    }
+
+    /// Labels and access-log fields of inbound plaintext (§15.2-15.3): no identity either way on
+    /// the wire, so no source principal and `connection_security_policy=unknown`.
+    private func inboundRecord(channel: Channel, source: String?, destination: Workload, host: String,
+                               port: UInt16) -> ConnectionRecord? {
+        guard let metrics, let authorization else { return nil }
+        let model = authorization.state.model
+        let network = authorization.state.configuration.string("NETWORK")
+        let sourceWorkload = source.flatMap(IPAddress.init).flatMap { model.workload(at: NetworkAddress(network: network, ip: $0)) }
+        let labels = TrafficMetrics.Labels(reporter: "destination", source: sourceWorkload, sourcePrincipal: nil, destination: destination,
+                                           service: nil, destinationPrincipal: destination.identity, responseFlags: "-",
+                                           isMutualTLS: false)
+        var fields: [(String, String)] = [("src.addr", channel.remoteAddress.map(HBONEServerHandler.address) ?? "?")]
+        if let sourceWorkload { fields += [("src.workload", sourceWorkload.name), ("src.namespace", sourceWorkload.namespace)] }
+        fields += [("dst.addr", "\(host):\(port)"), ("dst.workload", destination.name), ("dst.namespace", destination.namespace)]
+        return ConnectionRecord(metrics: metrics, labels: labels, direction: "inbound", fields: fields)
     }
 
     func channelInactive(context: ChannelHandlerContext) {
@@ -169,9 +196,10 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 if self.clientInputClosed { upstream.close(mode: .output, promise: nil) }
                 self.isRelaying = true
                 Upstream.relay(client: channel, upstream: upstream, removing: self, idleMilliseconds: self.bounds.idleMilliseconds,
-                               listener: self.listenerName, reporter: self.reporter)
+                               listener: self.listenerName, reporter: self.reporter, record: self.record)
             case .failure(let error):
                 Log.debug("\(self.listenerName): connect to \(host):\(port) failed: \(error)")
+                self.record?.finish(error: "connect to \(host):\(port) failed: \(error)", responseFlags: "CONNECT")
                 channel.close(promise: nil)
             }
         }

@@ -4,19 +4,22 @@ import NIOCore
 /// backpressure (a side reads only while its partner can write) and half-close (EOF on one side
 /// shuts the other side's output).
 final class RelayHandler: ChannelDuplexHandler {
-    typealias InboundIn = NIOAny
+    typealias InboundIn = ByteBuffer
     typealias OutboundIn = NIOAny
     typealias OutboundOut = NIOAny
 
     private var partner: RelayHandler?
     private var context: ChannelHandlerContext?
     private var pendingRead = false
+    /// Counts the bytes this side reads: the client side's as received, the upstream side's as sent.
+    private let count: ((Int) -> Void)?
 
-    private init() {}
+    private init(count: ((Int) -> Void)?) { self.count = count }
 
-    static func pair() -> (RelayHandler, RelayHandler) {
-        let first = RelayHandler()
-        let second = RelayHandler()
+    /// The client side and the upstream side; `record`, when given, counts the bytes both ways.
+    static func pair(record: ConnectionRecord? = nil) -> (RelayHandler, RelayHandler) {
+        let first = RelayHandler(count: record.map { record in { record.received += UInt64($0) } })
+        let second = RelayHandler(count: record.map { record in { record.sent += UInt64($0) } })
         first.partner = second
         second.partner = first
         return (first, second)
@@ -32,6 +35,7 @@ final class RelayHandler: ChannelDuplexHandler {
     }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        count?(unwrapInboundIn(data).readableBytes)
         partner?.context?.write(data, promise: nil)
     }
 

@@ -203,8 +203,9 @@ enum Upstream {
     /// with an idle timer: a connection with no bytes either way for `idleMilliseconds` is
     /// closed (both sides) and reported.
     static func relay(client: Channel, upstream: Channel, removing handler: RemovableChannelHandler,
-                      idleMilliseconds: Int64, listener: String, reporter: BoundReporter) {
-        let (clientSide, upstreamSide) = RelayHandler.pair()
+                      idleMilliseconds: Int64, listener: String, reporter: BoundReporter, record: ConnectionRecord? = nil) {
+        let (clientSide, upstreamSide) = RelayHandler.pair(record: record)
+        if let record { client.closeFuture.whenComplete { _ in record.finish() } }
         let idle = TimeAmount.milliseconds(idleMilliseconds)
         let peer = ListenerFactory.peer(client)
         let onIdle: @Sendable () -> Void = {

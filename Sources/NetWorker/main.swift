@@ -28,6 +28,7 @@ enum NetWorkerMain {
         }
         let identities = IdentityTable()
         let reporter = BoundReporter()
+        let metrics = TrafficMetrics()
         let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
@@ -36,7 +37,7 @@ enum NetWorkerMain {
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
-                                     boundMetrics: { reporter.metricLines() }),
+                                     boundMetrics: { reporter.metricLines() + metrics.metricLines() }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
@@ -45,6 +46,7 @@ enum NetWorkerMain {
             limiter: ConnectionLimiter(),
             reporter: reporter,
             authorization: authorization,
+            metrics: metrics,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break

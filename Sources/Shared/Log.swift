@@ -49,17 +49,25 @@ public enum Log {
     public static func info(_ message: @autoclosure () -> String, _ fields: [(String, String)] = []) { emit(.info, message(), fields) }
     public static func debug(_ message: @autoclosure () -> String, _ fields: [(String, String)] = []) { emit(.debug, message(), fields) }
 
-    private static func emit(_ level: Level, _ message: String, _ fields: [(String, String)]) {
+    /// An access-log event (upstream's `access` target, ISTIO_COMPAT §15.3): the scope is
+    /// `access` instead of this process's component, so tools that read ztunnel's access lines
+    /// find them.
+    public static func access(_ level: Level, _ message: String, _ fields: [(String, String)]) {
+        emit(level, message, fields, scope: "access")
+    }
+
+    private static func emit(_ level: Level, _ message: String, _ fields: [(String, String)], scope: String? = nil) {
         guard isEnabled(level) else { return }
         let time = Clock.rfc3339Now()
+        let scope = scope ?? component
         var line: String
         if json {
             var members: [(String, JSON)] = [("time", .string(time)), ("level", .string(level.name)),
-                                             ("scope", .string(component)), ("message", .string(message))]
+                                             ("scope", .string(scope)), ("message", .string(message))]
             members += fields.map { ($0.0, JSON.string($0.1)) }
             line = JSON.object(members).serialized()
         } else {
-            line = "\(time)\t\(level.name)\t\(component)\t\(message)"
+            line = "\(time)\t\(level.name)\t\(scope)\t\(message)"
             for (key, value) in fields { line += " \(key)=\(value)" }
         }
         line += "\n"

@@ -7,7 +7,7 @@ import os
 import pytest
 
 pytest.importorskip("h2")
-from daemon import wait_for  # noqa: E402
+from daemon import http, wait_for  # noqa: E402
 from hbone_client import HBONEClient  # noqa: E402
 from identities import MiniCA  # noqa: E402
 
@@ -63,6 +63,28 @@ def test_connect_streams_carry_bytes_both_ways(hbone):
     finally:
         client.close()
     assert "inbound: HBONE stream connected peer_identity=spiffe://cluster.local/ns/default/sa/client" in daemon.log()
+    # Istio's TCP metrics (§15) and one access-log line per stream (§15.3).
+    wait_for(lambda: daemon.log().count("\taccess\tconnection complete") >= 8, 10, "the access-log lines")
+    lines = [l for l in daemon.log().splitlines() if "\taccess\tconnection complete" in l]
+    for line in lines:
+        for field in ("src.identity=spiffe://cluster.local/ns/default/sa/client", f"dst.hbone_addr=127.0.0.1:{echo.port}",
+                      "dst.workload=echo-1", "dst.namespace=shop", "direction=inbound"):
+            assert field in line, (field, line)
+    # Inbound: bytes from the server's view, and each stream's payload went both ways.
+    received = sorted(int(l.split("bytes_recv=")[1].split()[0]) for l in lines)
+    assert received == sorted(len(p) for p in payloads.values())
+    body = http(daemon.ports["stats"], "/metrics")[1]
+    # The client connects from 127.0.0.1, which the local config gives to workload shop/echo-1.
+    labels = ('reporter="destination",source_workload="unknown",source_canonical_service="unknown",'
+              'source_canonical_revision="unknown",source_workload_namespace="shop",'
+              'source_principal="spiffe://cluster.local/ns/default/sa/client"')
+    opened = [l for l in body.splitlines() if l.startswith("istio_tcp_connections_opened_total{" + labels)]
+    assert opened and opened[0].endswith(" 8"), body[-3000:]
+    assert 'connection_security_policy="mutual_tls"' in opened[0] and 'destination_workload_namespace="shop"' in opened[0]
+    received = [l for l in body.splitlines() if l.startswith("istio_tcp_received_bytes_total{" + labels)]
+    assert int(received[0].rsplit(" ", 1)[1]) == sum(len(p) for p in payloads.values())
+    sent = [l for l in body.splitlines() if l.startswith("istio_tcp_sent_bytes_total{" + labels)]
+    assert int(sent[0].rsplit(" ", 1)[1]) == sum(len(p) for p in payloads.values())
 
 
 def test_refusals_answer_the_status_of_5_6(hbone):
@@ -90,3 +112,6 @@ def test_refusals_answer_the_status_of_5_6(hbone):
     finally:
         intruder.close()
     assert "shop/only-client" in daemon.log() or "allow policies exist" in daemon.log()
+    body = http(daemon.ports["stats"], "/metrics")[1]
+    denied = [l for l in body.splitlines() if l.startswith("istio_tcp_connections_closed_total{") and 'response_flags="DENY"' in l]
+    assert denied and 'source_principal="spiffe://cluster.local/ns/default/sa/intruder"' in denied[0]

@@ -122,6 +122,12 @@ def test_inbound_plaintext_reads_the_original_destination_and_authorizes(start_d
         assert "policy=shop/require-identity-on-9090" in denied[1]
         dump = namespace.call(lambda: http(daemon.ports["admin"], "/config_dump")[1])
         assert '"uid": "test//Pod/shop/cart-1"' in dump and '"name": "no-legacy-net"' in dump
+        # Metrics: plaintext is connection_security_policy="unknown"; the refusals are DENY.
+        body = namespace.call(lambda: http(daemon.ports["stats"], "/metrics")[1])
+        closed = [l for l in body.splitlines() if l.startswith("istio_tcp_connections_closed_total{")]
+        assert all('connection_security_policy="unknown"' in l and 'source_principal="unknown"' in l for l in closed), closed
+        denied = [l for l in closed if 'response_flags="DENY"' in l]
+        assert denied and denied[0].endswith(" 2"), closed
     finally:
         for listener in listeners:
             listener.close()
