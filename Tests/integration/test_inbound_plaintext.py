@@ -84,6 +84,23 @@ def exchange(source, port, payload=b"hello cart"):
         return data
 
 
+def start_captured(start_daemon, namespace, capture=APP):
+    """The daemon inside the namespace, with istio-cni's REDIRECT of TCP to `capture` onto 15006
+    (keyed on the NetWorker's uid instead of the mark), once it answers readiness there."""
+    daemon = start_daemon(local_config=LOCAL_CONFIG, netns=namespace.name)
+    namespace.run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", capture, "-m", "owner", "!", "--uid-owner",
+                  str(NET_WORKER_UID), "-j", "REDIRECT", "--to-ports", str(daemon.ports["inbound_plaintext"]))
+
+    def ready():
+        try:
+            return http(daemon.ports["readiness"], "/healthz/ready", timeout=2)[0] == 200
+        except OSError:
+            return False
+    wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
+    assert daemon.proc.poll() is None, daemon.log()
+    return daemon
+
+
 @pytest.fixture
 def namespace():
     ns = Netns(f"zt-test-{os.getpid()}")
@@ -96,19 +113,9 @@ def namespace():
 
 
 def test_inbound_plaintext_reads_the_original_destination_and_authorizes(start_daemon, namespace):
-    daemon = start_daemon(local_config=LOCAL_CONFIG, netns=namespace.name)
-    # What istio-cni does for a pod (§2.1), keyed here on the NetWorker's uid instead of the mark.
-    namespace.run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", APP, "-m", "owner", "!", "--uid-owner",
-                  str(NET_WORKER_UID), "-j", "REDIRECT", "--to-ports", str(daemon.ports["inbound_plaintext"]))
+    daemon = start_captured(start_daemon, namespace)
     listeners = [namespace.call(echo_listener, APP, port) for port in (8080, 9090)]
     try:
-        def ready():
-            try:
-                return http(daemon.ports["readiness"], "/healthz/ready", timeout=2)[0] == 200
-            except OSError:
-                return False
-        wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
-        assert daemon.proc.poll() is None, daemon.log()
         # Allowed: a source outside 192.168/16, to a port no identity is required on.
         assert namespace.call(exchange, CLIENT, 8080) == b"hello cart"
         # Denied by the namespace policy shop/no-legacy-net (source 192.168.0.0/16).
@@ -134,16 +141,8 @@ def test_inbound_plaintext_reads_the_original_destination_and_authorizes(start_d
 
 
 def test_a_policy_change_closes_live_connections_it_now_denies(start_daemon, namespace):
-    daemon = start_daemon(local_config=LOCAL_CONFIG, netns=namespace.name)
-    namespace.run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", APP, "-m", "owner", "!", "--uid-owner",
-                  str(NET_WORKER_UID), "-j", "REDIRECT", "--to-ports", str(daemon.ports["inbound_plaintext"]))
+    daemon = start_captured(start_daemon, namespace)
     listener = namespace.call(echo_listener, APP, 8080)
-
-    def ready():
-        try:
-            return http(daemon.ports["readiness"], "/healthz/ready", timeout=2)[0] == 200
-        except OSError:
-            return False
 
     def open_live():
         s = socket.socket()
@@ -155,7 +154,6 @@ def test_a_policy_change_closes_live_connections_it_now_denies(start_daemon, nam
         return s
 
     try:
-        wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
         live = namespace.call(open_live)
         with live:
             # A file that does not parse changes nothing: the model in force stays (a wiped model
@@ -195,18 +193,9 @@ def test_a_policy_change_closes_live_connections_it_now_denies(start_daemon, nam
 
 def test_unknown_destinations_are_refused_not_passed_through(start_daemon, namespace):
     # Upstream drops inbound plaintext to an address no workload owns; so do we (fail closed).
-    daemon = start_daemon(local_config=LOCAL_CONFIG, netns=namespace.name)
-    namespace.run("iptables", "-t", "nat", "-A", "OUTPUT", "-p", "tcp", "-d", CLIENT, "-m", "owner", "!", "--uid-owner",
-                  str(NET_WORKER_UID), "-j", "REDIRECT", "--to-ports", str(daemon.ports["inbound_plaintext"]))
+    daemon = start_captured(start_daemon, namespace, capture=CLIENT)
     listener = namespace.call(echo_listener, CLIENT, 8080)
     try:
-        def ready():
-            try:
-                return http(daemon.ports["readiness"], "/healthz/ready", timeout=2)[0] == 200
-            except OSError:
-                return False
-        wait_for(lambda: namespace.call(ready) or daemon.proc.poll() is not None, 60, "readiness inside the namespace")
-
         def to_client_address():
             with socket.socket() as s:
                 s.settimeout(10)
