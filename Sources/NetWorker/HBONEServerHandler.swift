@@ -39,6 +39,8 @@ final class HBONEServerHandler: ChannelInboundHandler {
         var target = ""
         /// Metrics and the access-log line, once the stream is authorized (or refused by policy).
         var record: ConnectionRecord?
+        /// The workload the stream is for, once authorized (its baggage goes on the 200).
+        var destination: Workload?
 
         init(id: Int32) { self.id = id }
     }
@@ -274,6 +276,7 @@ final class HBONEServerHandler: ChannelInboundHandler {
             stream.record?.finish(error: "denied by \(policy ?? "policy"): \(reason)", responseFlags: "DENY")
             return respond(stream, status: 401, "denied by \(policy ?? "policy"): \(reason)")
         case .allowed(let workload):
+            stream.destination = workload
             stream.record = record(for: stream, source: source, destination: workload, host: host, port: port)
             connectUpstream(stream, host: host, port: port, source: source ?? "?")
         }
@@ -351,30 +354,56 @@ final class HBONEServerHandler: ChannelInboundHandler {
 
     private func respondOK(_ stream: Stream) {
         guard let session else { return }
-        submit(session, stream: stream.id, status: 200, withBody: true)
+        let baggage = stream.destination.map(Self.baggage) ?? ""
+        submit(session, stream: stream.id, status: 200, withBody: true, extra: baggage.isEmpty ? [] : [("baggage", baggage)])
         flushSession()
     }
 
-    private func submit(_ session: OpaquePointer, stream id: Int32, status: Int, withBody: Bool) {
-        let name = Array(":status".utf8), value = Array(String(status).utf8)
-        name.withUnsafeBufferPointer { namePointer in
-            value.withUnsafeBufferPointer { valuePointer in
-                var header = nghttp2_nv(name: UnsafeMutablePointer(mutating: namePointer.baseAddress),
-                                        value: UnsafeMutablePointer(mutating: valuePointer.baseAddress),
-                                        namelen: name.count, valuelen: value.count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
-                guard withBody else {
-                    _ = nghttp2_submit_response(session, id, &header, 1, nil)
-                    return
-                }
-                var provider = nghttp2_data_provider()
-                provider.read_callback = { _, streamId, buffer, length, flags, _, user in
-                    guard let user, let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
-                    let handler = Unmanaged<HBONEServerHandler>.fromOpaque(user).takeUnretainedValue()
-                    return handler.read(stream: streamId, into: buffer, length: length, flags: flags)
-                }
-                _ = nghttp2_submit_response(session, id, &header, 1, &provider)
+    private func submit(_ session: OpaquePointer, stream id: Int32, status: Int, withBody: Bool, extra: [(String, String)] = []) {
+        Self.withHeaders([(":status", String(status))] + extra) { headers, count in
+            guard withBody else {
+                _ = nghttp2_submit_response(session, id, headers, count, nil)
+                return
             }
+            var provider = nghttp2_data_provider()
+            provider.read_callback = { _, streamId, buffer, length, flags, _, user in
+                guard let user, let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+                let handler = Unmanaged<HBONEServerHandler>.fromOpaque(user).takeUnretainedValue()
+                return handler.read(stream: streamId, into: buffer, length: length, flags: flags)
+            }
+            _ = nghttp2_submit_response(session, id, headers, count, &provider)
         }
+    }
+
+    /// Header name/value pairs as nghttp2_nv for the length of `body` (nghttp2 copies them when a
+    /// response is submitted).
+    private static func withHeaders(_ headers: [(String, String)], _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+        let strings = headers.flatMap { [Array($0.0.utf8), Array($0.1.utf8)] }
+        let storage = strings.map { bytes -> UnsafeMutablePointer<UInt8> in
+            let pointer = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, bytes.count))
+            pointer.initialize(from: bytes, count: bytes.count)
+            return pointer
+        }
+        defer { storage.forEach { $0.deallocate() } }
+        let list = UnsafeMutablePointer<nghttp2_nv>.allocate(capacity: headers.count)
+        defer { list.deallocate() }
+        for index in 0..<headers.count {
+            list[index] = nghttp2_nv(name: storage[2 * index], value: storage[2 * index + 1], namelen: strings[2 * index].count,
+                                     valuelen: strings[2 * index + 1].count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+        }
+        body(list, headers.count)
+    }
+
+    /// The `baggage` of the 200 (ISTIO_COMPAT §5.3, §5.6): the destination workload's metadata,
+    /// W3C-baggage style, empty items left out, comma-joined without spaces.
+    static func baggage(for workload: Workload) -> String {
+        let items: [(String, String)] = [
+            ("k8s.cluster.name", workload.clusterId), ("k8s.namespace.name", workload.namespace),
+            ("k8s.\(workload.workloadType.rawValue).name", workload.workloadName), ("service.name", workload.canonicalName),
+            ("service.version", workload.canonicalRevision), ("cloud.region", workload.locality?.region ?? ""),
+            ("cloud.availability_zone", workload.locality?.zone ?? ""),
+        ]
+        return items.filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
     }
 
     /// nghttp2 asks for up to `length` bytes of the stream's response body.

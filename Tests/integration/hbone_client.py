@@ -26,6 +26,7 @@ class HBONEClient:
         self.status = {}
         self.ended = set()
         self.reset = {}
+        self.headers = {}
 
     def flush(self):
         out = self.conn.data_to_send()
@@ -75,6 +76,7 @@ class HBONEClient:
         if True:
             for event in self.conn.receive_data(chunk):
                 if isinstance(event, h2.events.ResponseReceived):
+                    self.headers[event.stream_id] = dict(event.headers)
                     self.status[event.stream_id] = int(dict(event.headers)[b":status"])
                 elif isinstance(event, h2.events.DataReceived):
                     self.data[event.stream_id] = self.data.get(event.stream_id, b"") + event.data

@@ -22,6 +22,11 @@ workloads:
   namespace: shop
   workloadIps: ["127.0.0.1"]
   protocol: HBONE
+  clusterId: test-cluster
+  workloadName: echo
+  workloadType: deployment
+  canonicalName: echo
+  canonicalRevision: v1
   authorizationPolicies: ["shop/only-client"]
 policies:
 - name: only-client
@@ -54,6 +59,9 @@ def test_connect_streams_carry_bytes_both_ways(hbone):
         streams = [client.connect(f"127.0.0.1:{echo.port}") for _ in range(8)]
         assert client.pump(lambda: all(s in client.status for s in streams))
         assert all(client.status[s] == 200 for s in streams)
+        # The 200 carries the destination workload's baggage (§5.3, §5.6).
+        assert client.headers[streams[0]][b"baggage"] == (b"k8s.cluster.name=test-cluster,k8s.namespace.name=shop,"
+                                                          b"k8s.deployment.name=echo,service.name=echo,service.version=v1")
         payloads = {s: os.urandom(100_000 + i) for i, s in enumerate(streams)}
         for s, payload in payloads.items():
             client.send(s, payload, end=True)
@@ -75,8 +83,8 @@ def test_connect_streams_carry_bytes_both_ways(hbone):
     assert received == sorted(len(p) for p in payloads.values())
     body = http(daemon.ports["stats"], "/metrics")[1]
     # The client connects from 127.0.0.1, which the local config gives to workload shop/echo-1.
-    labels = ('reporter="destination",source_workload="unknown",source_canonical_service="unknown",'
-              'source_canonical_revision="unknown",source_workload_namespace="shop",'
+    labels = ('reporter="destination",source_workload="echo",source_canonical_service="echo",'
+              'source_canonical_revision="v1",source_workload_namespace="shop",'
               'source_principal="spiffe://cluster.local/ns/default/sa/client"')
     opened = [l for l in body.splitlines() if l.startswith("istio_tcp_connections_opened_total{" + labels)]
     assert opened and opened[0].endswith(" 8"), body[-3000:]
