@@ -69,7 +69,7 @@ struct ListenerFactory {
         case "socks5":
             tracker.track(channel)
             return channel.pipeline.addHandler(Socks5Handler(guardrails: guardrails, bounds: bounds, reporter: reporter,
-                                                             routing: OutboundRouting(state: endpoints.state)))
+                                                             routing: OutboundRouting(state: endpoints.state), metrics: metrics))
         case "outbound", "inbound-plaintext":
             tracker.track(channel)
             return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,

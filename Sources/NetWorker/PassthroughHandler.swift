@@ -83,9 +83,13 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
             var (target, targetPort) = (host, port)
             if self.listenerName == "outbound", let routing = self.routing {
                 switch routing.resolve(host: host, port: port, client: channel.remoteAddress?.ipAddress) {
-                case .connect(let routedHost, let routedPort, let via):
+                case .connect(let routedHost, let routedPort, let via, let routed):
                     (target, targetPort) = (routedHost, routedPort)
                     Log.debug("outbound: \(host):\(port) via \(via) to \(routedHost):\(routedPort)")
+                    if let metrics = self.metrics {
+                        self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(HBONEServerHandler.address) ?? "?",
+                                                    upstream: "\(routedHost):\(routedPort)")
+                    }
                 case .refuse(let reason):
                     Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
                                                              ("reason", reason)])

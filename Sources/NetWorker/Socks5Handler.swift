@@ -25,9 +25,13 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
     private let bounds: Bounds
     private let reporter: BoundReporter
     private let routing: OutboundRouting?
+    private let metrics: TrafficMetrics?
+    private var record: ConnectionRecord?
     static let listener = "socks5"
 
-    init(guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter, routing: OutboundRouting? = nil) {
+    init(guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter, routing: OutboundRouting? = nil,
+         metrics: TrafficMetrics? = nil) {
+        self.metrics = metrics
         self.routing = routing
         self.guardrails = guardrails
         self.bounds = bounds
@@ -115,8 +119,12 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
         var (target, targetPort) = (host, port)
         if let routing {
             switch routing.resolve(host: host, port: port, client: client.remoteAddress?.ipAddress) {
-            case .connect(let routedHost, let routedPort, _):
+            case .connect(let routedHost, let routedPort, _, let routed):
                 (target, targetPort) = (routedHost, routedPort)
+                if let metrics {
+                    record = routed.record(metrics: metrics, client: client.remoteAddress.map(HBONEServerHandler.address) ?? "?",
+                                           upstream: "\(routedHost):\(routedPort)")
+                }
             case .refuse(let reason):
                 Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
                                                        ("reason", reason)])
@@ -138,9 +146,10 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
                 upstream.flush()
                 if self.clientInputClosed { upstream.close(mode: .output, promise: nil) }
                 Upstream.relay(client: client, upstream: upstream, removing: self, idleMilliseconds: self.bounds.idleMilliseconds,
-                               listener: Self.listener, reporter: self.reporter)
+                               listener: Self.listener, reporter: self.reporter, record: self.record)
             case .failure(let error):
                 Log.debug("socks5: connect to \(host):\(port) failed: \(error)")
+                self.record?.finish(error: "connect to \(target):\(targetPort) failed: \(error)", responseFlags: "CONNECT")
                 self.fail(context, Socks5Parser.reply(.connectionRefused))
             }
         }

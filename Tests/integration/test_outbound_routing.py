@@ -1,7 +1,7 @@
 """Outbound routing from the local config's mesh model (ISTIO_COMPAT §9), through SOCKS5 on
 loopback: a service VIP is sent to an endpoint on its target port, a workload that speaks HBONE
 is refused (never sent in plaintext), and a service with no healthy endpoint is refused."""
-from daemon import socks5_connect
+from daemon import http, socks5_connect, wait_for
 
 
 def config(echo_port):
@@ -72,3 +72,13 @@ def test_services_route_to_endpoints_and_hbone_is_never_sent_in_plaintext(start_
     log = daemon.log()
     assert "reached over HBONE, which this proxy cannot originate yet" in log
     assert "no healthy upstream for shop/down.shop.svc.cluster.local:80" in log
+    # Outbound telemetry (§15): reporter source, the service and the endpoint's workload.
+    wait_for(lambda: "\taccess\tconnection complete" in daemon.log(), 10, "the access line")
+    line = next(l for l in daemon.log().splitlines() if "\taccess\tconnection complete" in l)
+    for field in ("direction=outbound", "dst.service=echo.shop.svc.cluster.local", "dst.workload=echo-1",
+                  f"dst.addr=127.0.0.1:{echo_server.port}", "bytes_sent=19", "bytes_recv=19"):
+        assert field in line, (field, line)
+    body = http(daemon.ports["stats"], "/metrics")[1]
+    opened = [l for l in body.splitlines() if l.startswith('istio_tcp_connections_opened_total{reporter="source"')]
+    assert opened and 'destination_service="echo.shop.svc.cluster.local"' in opened[0], body[-2000:]
+    assert 'destination_service_name="echo"' in opened[0] and 'connection_security_policy="unknown"' in opened[0]
