@@ -36,6 +36,8 @@ final class HBONEServerHandler: ChannelInboundHandler {
         /// Bytes from the client before the application was connected (bounded by the window).
         var early: [ByteBuffer] = []
         var isDeferred = false
+        /// Answered with an error: what the client still sends is dropped.
+        var isRefused = false
         var target = ""
         /// Metrics and the access-log line, once the stream is authorized (or refused by policy).
         var record: ConnectionRecord?
@@ -59,6 +61,10 @@ final class HBONEServerHandler: ChannelInboundHandler {
     private var context: ChannelHandlerContext?
     private var streams: [Int32: Stream] = [:]
     private var peer: SpiffeId?
+    /// Inside nghttp2_session_mem_recv: nghttp2 forbids sending from its callbacks, so a flush
+    /// asked for then is done once receiving returns.
+    private var isReceiving = false
+    private var wantsFlush = false
 
     init(authorization: InboundAuthorization, metrics: TrafficMetrics, proxyPorts: Set<UInt16>) {
         self.authorization = authorization
@@ -92,10 +98,13 @@ final class HBONEServerHandler: ChannelInboundHandler {
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         guard let session else { return }
         let buffer = unwrapInboundIn(data)
+        isReceiving = true
         let consumed = buffer.withUnsafeReadableBytes { raw -> Int in
             guard let base = raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count > 0 else { return 0 }
             return nghttp2_session_mem_recv(session, base, raw.count)
         }
+        isReceiving = false
+        if wantsFlush { flushSession() }
         guard consumed >= 0 else {
             Log.info("inbound: HTTP/2 protocol error from the client: \(String(cString: nghttp2_strerror(Int32(consumed))))",
                      [("peer", ListenerFactory.peer(context.channel))])
@@ -107,8 +116,24 @@ final class HBONEServerHandler: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
-        for stream in streams.values { stream.upstream?.close(promise: nil) }
+        for stream in streams.values {
+            stream.upstream?.close(promise: nil)
+            stream.record?.finish(error: "connection closed with the stream open", responseFlags: "CONNECT")
+        }
         context.fireChannelInactive()
+    }
+
+    /// Nothing is read, from the client or any application, while the client's socket cannot take
+    /// more: what the peer does not read is bounded by NIO's high watermark, not by its patience
+    /// (a client that sends PINGs, or asks for a large answer, and never reads).
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        _ = context.channel.setOption(ChannelOptions.autoRead, value: writable)
+        for stream in streams.values where (stream.toClient?.readableBytes ?? 0) < Self.maxPendingToClient {
+            _ = stream.upstream?.setOption(ChannelOptions.autoRead, value: writable)
+        }
+        if writable { context.read() }
+        context.fireChannelWritabilityChanged()
     }
 
     // MARK: - Session
@@ -143,6 +168,11 @@ final class HBONEServerHandler: ChannelInboundHandler {
 
     /// Writes whatever nghttp2 has queued (frames, data) through the TLS handler.
     func flushSession() {
+        guard !isReceiving else {
+            wantsFlush = true
+            return
+        }
+        wantsFlush = false
         guard let session, let context else { return }
         var wrote = false
         while true {
@@ -229,6 +259,11 @@ final class HBONEServerHandler: ChannelInboundHandler {
         guard let stream = streams[id], let context else { return }
         let buffer = context.channel.allocator.buffer(bytes: bytes)
         stream.record?.received += UInt64(bytes.count)
+        guard !stream.isRefused else {
+            // Answered already: its bytes are dropped, and the window given back at once.
+            if let session { _ = nghttp2_session_consume(session, id, bytes.count) }
+            return
+        }
         guard let upstream = stream.upstream else {
             stream.early.append(buffer)  // bounded by the stream window we advertised
             return
@@ -240,7 +275,9 @@ final class HBONEServerHandler: ChannelInboundHandler {
     private func forward(_ buffer: ByteBuffer, of stream: Stream, to upstream: Channel) {
         let count = buffer.readableBytes
         let id = stream.id
-        upstream.writeAndFlush(buffer).whenSuccess { [weak self] in
+        // The window is given back whatever the write's outcome: a failed write must not shrink
+        // the connection's window for good (the stream ends anyway).
+        upstream.writeAndFlush(buffer).whenComplete { [weak self] _ in
             guard let self, let session = self.session else { return }
             _ = nghttp2_session_consume(session, id, count)
             self.flushSession()
@@ -325,6 +362,7 @@ final class HBONEServerHandler: ChannelInboundHandler {
                 if case .denied(let reason, let policy, _) = handler.authorization.check(
                     source: source, destination: host, port: port, identity: handler.peer?.description) {
                     upstream.close(promise: nil)
+                    stream.record?.finish(error: "denied by \(policy ?? "policy"): \(reason)", responseFlags: "DENY")
                     handler.respond(stream, status: 401, "denied by \(policy ?? "policy"): \(reason)")
                     return
                 }
@@ -348,6 +386,11 @@ final class HBONEServerHandler: ChannelInboundHandler {
         guard let session else { return }
         Log.info("inbound: HBONE request refused", [("status", "\(status)"), ("peer_identity", peer?.description ?? "none"),
                                                      ("target", stream.target), ("reason", reason)])
+        stream.isRefused = true
+        for buffer in stream.early { _ = nghttp2_session_consume(session, stream.id, buffer.readableBytes) }
+        stream.early.removeAll()
+        // The answer ends our side (END_STREAM); what the client still sends is dropped and its
+        // window given back (a reset here would overtake the answer in nghttp2's queue).
         submit(session, stream: stream.id, status: status, withBody: false)
         flushSession()
     }

@@ -238,6 +238,14 @@ final class TLSServerHandler: ChannelDuplexHandler {
             if error == SSL_ERROR_ZERO_RETURN {
                 // close_notify: the peer sends no more.
                 context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
+            } else if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
+                // A fatal TLS error (a bad record MAC, an alert): the connection is over, and
+                // nothing more may pile up in the read BIO.
+                Log.info("inbound: TLS error after the handshake: \(OpenSSLError("SSL_read"))",
+                         [("peer", ListenerFactory.peer(context.channel))])
+                isActive = false
+                context.close(promise: nil)
+                return
             }
             break
         }

@@ -62,8 +62,8 @@ final class TrafficMetrics: @unchecked Sendable {
 
     private let lock = Mutex()
     private var counters: [Labels: Counters] = [:]
-    /// Distinct label sets kept at most; past it new ones are folded into the last (a bound on
-    /// what a stream of distinct peers can make this process hold).
+    /// Distinct label sets kept at most; past it new ones are not counted (a bound on what a
+    /// stream of distinct peers can make this process hold).
     static let maxLabelSets = 10_000
 
     func opened(_ labels: Labels) { update(labels) { $0.opened += 1 } }
@@ -86,7 +86,7 @@ final class TrafficMetrics: @unchecked Sendable {
 
     /// The families of §15.1 this NetWorker reports.
     func metricLines() -> [String] {
-        let snapshot = lock.withLock { counters }.sorted { $0.key.rendered < $1.key.rendered }
+        let snapshot = lock.withLock { counters }.map { ($0.key.rendered, $0.value) }.sorted { $0.0 < $1.0 }
         var lines: [String] = []
         let families: [(String, String, (Counters) -> UInt64)] = [
             ("istio_tcp_connections_opened", "The number of TCP connections opened.", { $0.opened }),
@@ -97,7 +97,7 @@ final class TrafficMetrics: @unchecked Sendable {
         ]
         for (name, help, value) in families {
             lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter"]
-            for (labels, counters) in snapshot { lines.append("\(name)_total\(labels.rendered) \(value(counters))") }
+            for (rendered, counters) in snapshot { lines.append("\(name)_total\(rendered) \(value(counters))") }
         }
         return lines
     }

@@ -123,3 +123,25 @@ def test_refusals_answer_the_status_of_5_6(hbone):
     body = http(daemon.ports["stats"], "/metrics")[1]
     denied = [l for l in body.splitlines() if l.startswith("istio_tcp_connections_closed_total{") and 'response_flags="DENY"' in l]
     assert denied and 'source_principal="spiffe://cluster.local/ns/default/sa/intruder"' in denied[0]
+
+
+def test_bytes_sent_on_refused_streams_are_dropped_and_the_window_given_back(hbone):
+    """Review finding: data on an answered (refused) stream was kept and its flow-control window
+    never given back; 16 MiB of it stalled every stream of the connection. 20 MiB are sent on
+    refused streams here, then a new stream must still carry its bytes."""
+    daemon, tmp, echo = hbone
+    client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
+    try:
+        chunk = b"x" * 1_000_000
+        for _ in range(5):
+            refused = client.connect("127.0.0.1:1")  # nothing listens: 503
+            assert client.pump(lambda: refused in client.status)
+            for _ in range(4):
+                client.send(refused, chunk)
+        stream = client.connect(f"127.0.0.1:{echo.port}")
+        assert client.pump(lambda: client.status.get(stream) == 200)
+        client.send(stream, b"still flowing", end=True)
+        assert client.pump(lambda: stream in client.ended)
+        assert client.data[stream] == b"still flowing"
+    finally:
+        client.close()
