@@ -78,7 +78,14 @@ struct ListenerFactory {
                                                                   routing: OutboundRouting(state: endpoints.state), metrics: metrics))
         case "inbound":
             tracker.track(channel)
+            // An HBONE connection with no bytes either way for the idle timeout is closed (with
+            // close_notify): nothing else would end a silent authenticated connection.
+            let idle = bounds.idleMilliseconds
+            let onIdle: @Sendable () -> Void = { [reporter] in
+                reporter.reached(.idleTimeout, listener: name, peer: ListenerFactory.peer(channel), detail: "no bytes either way for \(idle) ms")
+            }
             return channel.pipeline.addHandlers([
+                IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
                 TLSServerHandler(identities: identities, signer: signer, bounds: bounds, reporter: reporter),
                 HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts),
             ])

@@ -145,3 +145,29 @@ def test_bytes_sent_on_refused_streams_are_dropped_and_the_window_given_back(hbo
         assert client.data[stream] == b"still flowing"
     finally:
         client.close()
+
+
+def test_a_silent_hbone_connection_meets_the_idle_timeout(start_daemon, tmp_path, echo_server):
+    """Review finding: after the handshake nothing ended a silent authenticated connection."""
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(local_config=config(echo_server.port),
+                          extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "ZTUNNEL_IDLE_TIMEOUT": "500ms"})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    try:
+        client.sock.settimeout(10)
+        # Our SETTINGS arrive, then nothing: the proxy closes after 500 ms of silence (if it did
+        # not, recv would time out and fail the test).
+        while True:
+            try:
+                chunk = client.sock.recv(65536)
+            except ConnectionResetError:
+                break
+            if not chunk:
+                break
+        assert 'bound="idle_timeout"' in http(daemon.ports["stats"], "/metrics")[1]
+    finally:
+        client.close()
