@@ -319,27 +319,12 @@ final class HBONEServerHandler: ChannelInboundHandler {
         }
     }
 
-    /// The stream's metrics labels (reporter destination, the TLS peer as source principal,
-    /// mutual TLS) and access-log fields (§15.2-15.3).
+    /// The stream's metrics labels and access-log fields (the TLS peer as source principal).
     private func record(for stream: Stream, source: String?, destination: Workload, host: String, port: UInt16) -> ConnectionRecord {
-        let model = authorization.state.model
-        let network = authorization.state.configuration.string("NETWORK")
-        let sourceWorkload = source.flatMap(IPAddress.init).flatMap { model.workload(at: NetworkAddress(network: network, ip: $0)) }
-        let labels = TrafficMetrics.Labels(reporter: "destination", source: sourceWorkload, sourcePrincipal: peer?.description,
-                                           destination: destination, service: nil, destinationPrincipal: destination.identity,
-                                           responseFlags: "-", isMutualTLS: true)
-        var fields: [(String, String)] = [("src.addr", context?.channel.remoteAddress.map(Self.address) ?? "?")]
-        if let sourceWorkload { fields += [("src.workload", sourceWorkload.name), ("src.namespace", sourceWorkload.namespace)] }
-        if let peer { fields.append(("src.identity", peer.description)) }
-        fields += [("dst.addr", context?.channel.localAddress.map(Self.address) ?? "?"), ("dst.hbone_addr", stream.authority),
-                   ("dst.workload", destination.name), ("dst.namespace", destination.namespace)]
-        if let identity = destination.identity { fields.append(("dst.identity", identity)) }
-        return ConnectionRecord(metrics: metrics, labels: labels, direction: "inbound", fields: fields)
-    }
-
-    static func address(_ address: NIOCore.SocketAddress) -> String {
-        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
-        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+        authorization.record(metrics: metrics, source: source, sourceAddress: context?.channel.remoteAddress.map(ListenerFactory.address) ?? "?",
+                             peer: peer?.description, destination: destination,
+                             destinationAddress: context?.channel.localAddress.map(ListenerFactory.address) ?? "?",
+                             hboneAddress: stream.authority)
     }
 
     private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String) {

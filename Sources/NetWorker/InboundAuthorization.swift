@@ -31,8 +31,7 @@ struct InboundAuthorization: Sendable {
         guard let destinationIP = IPAddress(destination) else {
             return .denied(reason: "destination \(destination) is not an address", policy: nil, workload: nil)
         }
-        let network = state.configuration.string("NETWORK")
-        guard let workload = model.workload(at: NetworkAddress(network: network, ip: destinationIP)) else {
+        guard let workload = state.workload(at: destination, in: model) else {
             return .denied(reason: "unknown destination: no workload owns \(destination)", policy: nil, workload: nil)
         }
         guard let source, let sourceIP = IPAddress(source) else {
@@ -46,6 +45,27 @@ struct InboundAuthorization: Sendable {
         for line in decision.dryRunLogs { Log.info(line, [("src", source), ("dst", "\(destination):\(port)")]) }
         if case .deny(let reason, let policy, _) = decision { return .denied(reason: reason, policy: policy, workload: workload) }
         return .allowed(workload)
+    }
+}
+
+extension InboundAuthorization {
+    /// An inbound connection's (or HBONE stream's) metrics labels and access-log fields
+    /// (§15.2-15.3): reporter `destination`; with a TLS `peer` its identity is the source
+    /// principal and the connection `mutual_tls`, without one (plaintext) neither.
+    func record(metrics: TrafficMetrics, source: String?, sourceAddress: String, peer: String?, destination: Workload,
+                destinationAddress: String, hboneAddress: String?) -> ConnectionRecord {
+        let sourceWorkload = state.workload(at: source, in: state.model)
+        let labels = TrafficMetrics.Labels(reporter: "destination", source: sourceWorkload, sourcePrincipal: peer,
+                                           destination: destination, service: nil, destinationPrincipal: destination.identity,
+                                           responseFlags: "-", isMutualTLS: peer != nil)
+        var fields: [(String, String)] = [("src.addr", sourceAddress)]
+        if let sourceWorkload { fields += [("src.workload", sourceWorkload.name), ("src.namespace", sourceWorkload.namespace)] }
+        if let peer { fields.append(("src.identity", peer)) }
+        fields.append(("dst.addr", destinationAddress))
+        if let hboneAddress { fields.append(("dst.hbone_addr", hboneAddress)) }
+        fields += [("dst.workload", destination.name), ("dst.namespace", destination.namespace)]
+        if peer != nil, let identity = destination.identity { fields.append(("dst.identity", identity)) }
+        return ConnectionRecord(metrics: metrics, labels: labels, direction: "inbound", fields: fields)
     }
 }
 

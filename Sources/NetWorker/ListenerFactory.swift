@@ -54,6 +54,12 @@ struct ListenerFactory {
         channel.remoteAddress.map { "\($0)" } ?? "?"
     }
 
+    /// `ip:port`, or `[ipv6]:port`, as access logs write addresses.
+    static func address(_ address: NIOCore.SocketAddress) -> String {
+        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
+
     /// The pipeline of a connection accepted on the listener called `name`.
     private func configure(_ channel: Channel, for name: String) -> EventLoopFuture<Void> {
         switch name {

@@ -21,6 +21,12 @@ final class NetWorkerState: @unchecked Sendable {
     /// Replaces the mesh model as a whole: a connection works on the snapshot it took.
     func update(model: MeshModel) { lock.withLock { meshModel = model } }
     var model: MeshModel { lock.withLock { meshModel } }
+
+    /// The workload of `model` owning `address` (IP text) on this node's network, if any.
+    func workload(at address: String?, in model: MeshModel) -> Workload? {
+        guard let address, let ip = IPAddress(address) else { return nil }
+        return model.workload(at: NetworkAddress(network: configuration.string("NETWORK"), ip: ip))
+    }
     func startDraining() { lock.withLock { draining = true } }
 
     var snapshot: (table: [ProcessEntry], isDraining: Bool) { lock.withLock { (processTable, draining) } }

@@ -24,7 +24,7 @@ struct OutboundRouting: Sendable {
     func resolve(host: String, port: UInt16, client: String?) -> Resolution {
         let model = state.model
         let network = state.configuration.string("NETWORK")
-        let source = client.flatMap(IPAddress.init).flatMap { model.workload(at: NetworkAddress(network: network, ip: $0)) }
+        let source = state.workload(at: client, in: model)
         guard let ip = IPAddress(host) else { return .connect(host: host, port: port, via: "passthrough", target: Target(source: source)) }
         let destination = NetworkAddress(network: network, ip: ip)
         switch Router.route(model, to: destination, port: port, clientNamespace: source?.namespace, pick: Router.weightedRandom) {

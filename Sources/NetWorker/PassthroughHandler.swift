@@ -87,7 +87,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     (target, targetPort) = (routedHost, routedPort)
                     Log.debug("outbound: \(host):\(port) via \(via) to \(routedHost):\(routedPort)")
                     if let metrics = self.metrics {
-                        self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(HBONEServerHandler.address) ?? "?",
+                        self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
                                                     upstream: "\(routedHost):\(routedPort)")
                     }
                 case .refuse(let reason):
@@ -127,21 +127,13 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
         }
     }
 
-    /// Labels and access-log fields of inbound plaintext (§15.2-15.3): no identity either way on
-    /// the wire, so no source principal and `connection_security_policy=unknown`.
+    /// Inbound plaintext's record: no identity either way on the wire (§15.2-15.3).
     private func inboundRecord(channel: Channel, source: String?, destination: Workload, host: String,
                                port: UInt16) -> ConnectionRecord? {
         guard let metrics, let authorization else { return nil }
-        let model = authorization.state.model
-        let network = authorization.state.configuration.string("NETWORK")
-        let sourceWorkload = source.flatMap(IPAddress.init).flatMap { model.workload(at: NetworkAddress(network: network, ip: $0)) }
-        let labels = TrafficMetrics.Labels(reporter: "destination", source: sourceWorkload, sourcePrincipal: nil, destination: destination,
-                                           service: nil, destinationPrincipal: destination.identity, responseFlags: "-",
-                                           isMutualTLS: false)
-        var fields: [(String, String)] = [("src.addr", channel.remoteAddress.map(HBONEServerHandler.address) ?? "?")]
-        if let sourceWorkload { fields += [("src.workload", sourceWorkload.name), ("src.namespace", sourceWorkload.namespace)] }
-        fields += [("dst.addr", "\(host):\(port)"), ("dst.workload", destination.name), ("dst.namespace", destination.namespace)]
-        return ConnectionRecord(metrics: metrics, labels: labels, direction: "inbound", fields: fields)
+        return authorization.record(metrics: metrics, source: source,
+                                    sourceAddress: channel.remoteAddress.map(ListenerFactory.address) ?? "?", peer: nil,
+                                    destination: destination, destinationAddress: "\(host):\(port)", hboneAddress: nil)
     }
 
     func channelInactive(context: ChannelHandlerContext) {

@@ -122,7 +122,7 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
             case .connect(let routedHost, let routedPort, _, let routed):
                 (target, targetPort) = (routedHost, routedPort)
                 if let metrics {
-                    record = routed.record(metrics: metrics, client: client.remoteAddress.map(HBONEServerHandler.address) ?? "?",
+                    record = routed.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
                                            upstream: "\(routedHost):\(routedPort)")
                 }
             case .refuse(let reason):
