@@ -201,7 +201,9 @@ final class CertWorker {
                     closePeer(index, reason: reason)
                 }
             case .want(let identities):
-                manager?.want(identities, from: index)
+                // A static identity is fixed for the worker's life: it is not fetched again.
+                let fixed = Set(staticIdentities.map(\.material.spiffeId))
+                manager?.want(identities.filter { !fixed.contains($0) }, from: index)
                 manager?.runDue()
                 publishStatus()
             }

@@ -3,10 +3,10 @@ import OpenSSLSupport
 import Shared
 
 /// The identities the CertWorker has pushed (public material and key handles only) and the TLS
-/// server context built for each. Read from event-loop threads, written by the signer reader.
+/// contexts built for each: the server side (15008) and the client side (the outbound pool). Read from event-loop threads, written by the signer reader.
 final class IdentityTable: @unchecked Sendable {
     private let lock = Mutex()
-    private var contexts: [String: TLSServerContext] = [:]
+    private var contexts: [String: (server: TLSContext, client: TLSContext)] = [:]
     private var materials: [String: IdentityMaterial] = [:]
     private var statuses: [CertificateStatus] = []
 
@@ -19,7 +19,8 @@ final class IdentityTable: @unchecked Sendable {
 
     func update(_ material: IdentityMaterial) {
         do {
-            let context = try TLSServerContext(material: material)
+            let context = (server: try TLSContext(material: material, side: .server),
+                           client: try TLSContext(material: material, side: .client))
             lock.withLock {
                 contexts[material.spiffeId] = context
                 materials[material.spiffeId] = material
@@ -54,10 +55,14 @@ final class IdentityTable: @unchecked Sendable {
         if count > 0 { Log.info("identities dropped for a new CertWorker", [("count", "\(count)")]) }
     }
 
-    /// The context 15008 serves. In local mode the host has one inbound listener, so it serves the
-    /// first identity in order; per-pod listeners (in-pod mode) will each serve their pod's.
-    var inboundContext: TLSServerContext? {
-        lock.withLock { contexts.keys.sorted().first.flatMap { contexts[$0] } }
+    /// The context 15008 presents for `identity` (the destination workload's), if it is here.
+    func serverContext(for identity: String) -> TLSContext? {
+        lock.withLock { contexts[identity]?.server }
+    }
+
+    /// The context an outbound tunnel presents for `identity` (the source workload's), if it is here.
+    func clientContext(for identity: String) -> TLSContext? {
+        lock.withLock { contexts[identity]?.client }
     }
 
     /// The certificates the CertWorker pushed, by SPIFFE id.

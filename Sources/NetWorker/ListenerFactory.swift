@@ -17,6 +17,7 @@ struct ListenerFactory {
     let reporter: BoundReporter
     let authorization: InboundAuthorization
     let metrics: TrafficMetrics
+    let pools: HBONEPools
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
@@ -60,6 +61,27 @@ struct ListenerFactory {
         return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
+    private var routing: OutboundRouting { OutboundRouting(state: endpoints.state, identities: identities) }
+
+    /// The certificate 15008 presents on `channel` (ISTIO_COMPAT §5.1): that of the workload
+    /// owning the address the connection arrived on, as upstream presents the destination pod's.
+    /// An address no workload owns, or a workload whose certificate is not here, is refused:
+    /// presenting another workload's identity would let a client believe it reached that one.
+    private func certificate(_ channel: Channel) -> Result<TLSContext, TLSHandler.Refusal> {
+        let state = endpoints.state
+        let address = channel.localAddress?.ipAddress
+        guard let workload = state.workload(at: address, in: state.model) else {
+            return .failure(.init(reason: "no workload of this node owns \(address ?? "?"), so there is no certificate to present"))
+        }
+        guard let identity = workload.identity else {
+            return .failure(.init(reason: "workload \(workload.uid) has no identity (trust domain or service account unknown)"))
+        }
+        guard let context = identities.serverContext(for: identity) else {
+            return .failure(.init(reason: "no certificate for \(identity) yet"))
+        }
+        return .success(context)
+    }
+
     /// The pipeline of a connection accepted on the listener called `name`.
     private func configure(_ channel: Channel, for name: String) -> EventLoopFuture<Void> {
         switch name {
@@ -75,13 +97,13 @@ struct ListenerFactory {
         case "socks5":
             tracker.track(channel)
             return channel.pipeline.addHandler(Socks5Handler(guardrails: guardrails, bounds: bounds, reporter: reporter,
-                                                             routing: OutboundRouting(state: endpoints.state), metrics: metrics))
+                                                             routing: routing, metrics: metrics, pools: pools))
         case "outbound", "inbound-plaintext":
             tracker.track(channel)
             return channel.pipeline.addHandler(PassthroughHandler(listenerName: name, guardrails: guardrails, bounds: bounds,
                                                                   reporter: reporter,
                                                                   authorization: authorization,
-                                                                  routing: OutboundRouting(state: endpoints.state), metrics: metrics))
+                                                                  routing: routing, metrics: metrics, pools: pools))
         case "inbound":
             tracker.track(channel)
             // An HBONE connection with no bytes either way for the idle timeout is closed (with
@@ -92,7 +114,7 @@ struct ListenerFactory {
             }
             return channel.pipeline.addHandlers([
                 IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
-                TLSServerHandler(identities: identities, signer: signer, bounds: bounds, reporter: reporter),
+                TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),
                 HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts),
             ])
         default:

@@ -3,15 +3,35 @@ import Shared
 
 /// Where an outbound connection (15001, SOCKS5) goes, from the mesh model (ISTIO_COMPAT §9 via
 /// `Router`): the original destination when it is not the mesh's, a plain-TCP workload
-/// directly, a service VIP to one of its endpoints. A destination that must be reached over
-/// HBONE is refused: the HBONE client does not exist yet, and sending a mesh workload's traffic
-/// in plaintext is exactly what this proxy must never do (fail closed).
+/// directly, a service VIP to one of its endpoints, and an HBONE workload through a tunnel from
+/// the pool, presenting the source workload's certificate. A destination that must be reached
+/// over HBONE is never sent in plaintext: when no tunnel can be made (an unknown source, no
+/// certificate yet) the connection is refused (fail closed).
 struct OutboundRouting: Sendable {
     let state: NetWorkerState
+    let identities: IdentityTable
 
     enum Resolution {
         case connect(host: String, port: UInt16, via: String, target: Target)
+        case tunnel(Tunnel)
         case refuse(String)
+    }
+
+    /// An HBONE tunnel: TCP (and mTLS) to `address:port`, one CONNECT to `authority`.
+    struct Tunnel {
+        let address: String
+        let port: UInt16
+        let authority: String
+        /// The server must present one of these (§5.4).
+        let expected: [String]
+        /// What the client presents: the source workload's certificate.
+        let context: TLSContext
+        let target: Target
+
+        /// The pool's key (§5.5): source identity, expected identities, destination address.
+        var key: HBONEPool.Key {
+            HBONEPool.Key(source: context.spiffeId.description, expected: expected, address: address, port: port)
+        }
     }
 
     /// What the connection is for, for its metrics and access-log line.
@@ -34,8 +54,21 @@ struct OutboundRouting: Sendable {
             let service = model.services(at: destination).first
             return .connect(host: target.description, port: targetPort, via: "workload \(uid)",
                             target: Target(source: source, destination: model.workloads[uid], service: service))
-        case .hbone(let uid, _, _, _):
-            return .refuse("\(uid) is reached over HBONE, which this proxy cannot originate yet; refusing rather than sending plaintext")
+        case .hbone(let uid, let ip, let targetPort, let expected):
+            guard let source else {
+                return .refuse("\(uid) is reached over HBONE, and the client \(client ?? "?") is no workload of this node to present an identity for")
+            }
+            guard let identity = source.identity else {
+                return .refuse("source workload \(source.uid) has no identity (trust domain or service account unknown)")
+            }
+            guard let context = identities.clientContext(for: identity) else {
+                return .refuse("no certificate for \(identity) yet; refusing rather than sending \(uid)'s traffic in plaintext")
+            }
+            let service = model.services(at: destination).first
+            let authority = !ip.isIPv4 ? "[\(ip)]:\(targetPort)" : "\(ip):\(targetPort)"
+            return .tunnel(Tunnel(address: ip.description, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")),
+                                  authority: authority, expected: expected, context: context,
+                                  target: Target(source: source, destination: model.workloads[uid], service: service)))
         case .refused(let reason):
             return .refuse(reason)
         }
@@ -43,17 +76,22 @@ struct OutboundRouting: Sendable {
 }
 
 extension OutboundRouting.Target {
-    /// An outbound connection's record (reporter `source`, plaintext: no principals, security
-    /// policy `unknown`, ISTIO_COMPAT §15.2-15.3).
-    func record(metrics: TrafficMetrics, client: String, upstream: String) -> ConnectionRecord {
-        let labels = TrafficMetrics.Labels(reporter: "source", source: source, sourcePrincipal: nil, destination: destination,
+    /// An outbound connection's record (reporter `source`, ISTIO_COMPAT §15.2-15.3). Plaintext
+    /// has no principals and security policy `unknown`; a tunnel (`sourceIdentity` given, and the
+    /// `hbone` address) is mutual TLS with both identities.
+    func record(metrics: TrafficMetrics, client: String, upstream: String, sourceIdentity: String? = nil,
+                hbone: String? = nil) -> ConnectionRecord {
+        let labels = TrafficMetrics.Labels(reporter: "source", source: source, sourcePrincipal: sourceIdentity, destination: destination,
                                            service: service, destinationPrincipal: destination?.identity, responseFlags: "-",
-                                           isMutualTLS: false)
+                                           isMutualTLS: sourceIdentity != nil)
         var fields: [(String, String)] = [("src.addr", client)]
         if let source { fields += [("src.workload", source.name), ("src.namespace", source.namespace)] }
+        if let sourceIdentity { fields.append(("src.identity", sourceIdentity)) }
         fields.append(("dst.addr", upstream))
+        if let hbone { fields.append(("dst.hbone_addr", hbone)) }
         if let service { fields.append(("dst.service", service.hostname)) }
         if let destination { fields += [("dst.workload", destination.name), ("dst.namespace", destination.namespace)] }
+        if sourceIdentity != nil, let identity = destination?.identity { fields.append(("dst.identity", identity)) }
         return ConnectionRecord(metrics: metrics, labels: labels, direction: "outbound", fields: fields)
     }
 }

@@ -25,6 +25,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private let authorization: InboundAuthorization?
     private let routing: OutboundRouting?
     private let metrics: TrafficMetrics?
+    private let pools: HBONEPools?
     /// The inbound connection's metrics and access-log line, once it is authorized.
     private var record: ConnectionRecord?
     private var early: [ByteBuffer] = []
@@ -35,8 +36,10 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     private var deadline: Scheduled<Void>?
 
     init(listenerName: String, guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter,
-         authorization: InboundAuthorization? = nil, routing: OutboundRouting? = nil, metrics: TrafficMetrics? = nil) {
+         authorization: InboundAuthorization? = nil, routing: OutboundRouting? = nil, metrics: TrafficMetrics? = nil,
+         pools: HBONEPools? = nil) {
         self.metrics = metrics
+        self.pools = pools
         self.authorization = authorization
         self.routing = routing
         self.listenerName = listenerName
@@ -90,6 +93,15 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                         self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
                                                     upstream: "\(routedHost):\(routedPort)")
                     }
+                case .tunnel(let tunnel):
+                    Log.debug("outbound: \(host):\(port) through HBONE to \(tunnel.address):\(tunnel.port)")
+                    if let metrics = self.metrics {
+                        self.record = tunnel.target.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
+                                                           upstream: "\(tunnel.address):\(tunnel.port)",
+                                                           sourceIdentity: tunnel.context.spiffeId.description, hbone: tunnel.authority)
+                    }
+                    self.tunnel(channel: channel, tunnel)
+                    return
                 case .refuse(let reason):
                     Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
                                                              ("reason", reason)])
@@ -175,6 +187,30 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// Until the relay takes over, reads wait: the kernel holds the client's bytes.
     func read(context: ChannelHandlerContext) {
         if isRelaying { context.read() } else { heldRead = true }
+    }
+
+    /// Carries the connection through an HBONE tunnel from the pool; until the server answered,
+    /// reads stay held as for a plain connect.
+    private func tunnel(channel: Channel, _ tunnel: OutboundRouting.Tunnel) {
+        guard let pools else {
+            channel.close(promise: nil)
+            return
+        }
+        HBONETunnel.open(tunnel, for: channel, pools: pools, record: record).flatMap { stage -> EventLoopFuture<Void> in
+            self.deadline?.cancel()
+            self.isRelaying = true
+            let early = self.early
+            self.early.removeAll()
+            return stage.attach(channel, early: early, inputClosed: self.clientInputClosed, idleMilliseconds: self.bounds.idleMilliseconds,
+                                reporter: self.reporter, listener: self.listenerName).flatMap {
+                channel.pipeline.removeHandler(self)
+            }
+        }.whenFailure { error in
+            Log.info("outbound: HBONE tunnel failed", [("src", ListenerFactory.peer(channel)), ("dst", tunnel.authority),
+                                                      ("via", "\(tunnel.address):\(tunnel.port)"), ("reason", "\(error)")])
+            self.record?.finish(error: "\(error)", responseFlags: "CONNECT")
+            channel.close(promise: nil)
+        }
     }
 
     private func connect(channel: Channel, host: String, port: UInt16) {

@@ -26,12 +26,14 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
     private let reporter: BoundReporter
     private let routing: OutboundRouting?
     private let metrics: TrafficMetrics?
+    private let pools: HBONEPools?
     private var record: ConnectionRecord?
     static let listener = "socks5"
 
     init(guardrails: DestinationGuard, bounds: Bounds, reporter: BoundReporter, routing: OutboundRouting? = nil,
-         metrics: TrafficMetrics? = nil) {
+         metrics: TrafficMetrics? = nil, pools: HBONEPools? = nil) {
         self.metrics = metrics
+        self.pools = pools
         self.routing = routing
         self.guardrails = guardrails
         self.bounds = bounds
@@ -125,6 +127,14 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
                     record = routed.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
                                            upstream: "\(routedHost):\(routedPort)")
                 }
+            case .tunnel(let tunnel):
+                if let metrics {
+                    record = tunnel.target.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
+                                                  upstream: "\(tunnel.address):\(tunnel.port)",
+                                                  sourceIdentity: tunnel.context.spiffeId.description, hbone: tunnel.authority)
+                }
+                self.tunnel(context: context, tunnel)
+                return
             case .refuse(let reason):
                 Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
                                                        ("reason", reason)])
@@ -152,6 +162,31 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
                 self.record?.finish(error: "connect to \(target):\(targetPort) failed: \(error)", responseFlags: "CONNECT")
                 self.fail(context, Socks5Parser.reply(.connectionRefused))
             }
+        }
+    }
+
+    /// Carries the connection through an HBONE tunnel from the pool; the SOCKS5 success reply
+    /// goes out once the server answered 200, a failure reply otherwise.
+    private func tunnel(context: ChannelHandlerContext, _ tunnel: OutboundRouting.Tunnel) {
+        let client = context.channel
+        guard let pools else {
+            fail(context, Socks5Parser.reply(.generalFailure))
+            return
+        }
+        HBONETunnel.open(tunnel, for: client, pools: pools, record: record).flatMap { stage -> EventLoopFuture<Void> in
+            self.deadline?.cancel()
+            client.writeAndFlush(client.allocator.buffer(bytes: Socks5Parser.reply(.succeeded)), promise: nil)
+            let early = self.early
+            self.early.removeAll()
+            return stage.attach(client, early: early, inputClosed: self.clientInputClosed, idleMilliseconds: self.bounds.idleMilliseconds,
+                                reporter: self.reporter, listener: Self.listener).flatMap {
+                client.pipeline.removeHandler(self)
+            }
+        }.whenFailure { error in
+            Log.info("socks5: HBONE tunnel failed", [("src", ListenerFactory.peer(client)), ("dst", tunnel.authority),
+                                                    ("via", "\(tunnel.address):\(tunnel.port)"), ("reason", "\(error)")])
+            self.record?.finish(error: "\(error)", responseFlags: "CONNECT")
+            self.fail(context, Socks5Parser.reply(.connectionRefused))
         }
     }
 

@@ -15,7 +15,7 @@ enum NetWorkerMain {
         // allowlist has no open(2).
         let cores = System.coreCount
         let signer = SignerClient()
-        let started = WorkerBootstrap.start(as: .netWorker) { _ in try TLSServerContext.installProvider(signer) }
+        let started = WorkerBootstrap.start(as: .netWorker) { _ in try TLSContext.installProvider(signer) }
         let channel = started.channel
         let configuration = started.configuration
         let state = NetWorkerState(configuration: configuration, index: started.setup.index)
@@ -34,6 +34,10 @@ enum NetWorkerMain {
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
         signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
         signer.onAttach = { identities.removeAll() }
+        let bounds = Bounds(configuration)
+        let pools = HBONEPools(settings: HBONEPool.Settings(
+            signer: signer, bounds: bounds, reporter: reporter, maxStreams: configuration.int("POOL_MAX_STREAMS_PER_CONNECTION"),
+            idleRelease: .milliseconds(configuration.milliseconds("POOL_UNUSED_RELEASE_TIMEOUT"))))
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
@@ -42,11 +46,12 @@ enum NetWorkerMain {
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
             signer: signer,
-            bounds: Bounds(configuration),
+            bounds: bounds,
             limiter: ConnectionLimiter(),
             reporter: reporter,
             authorization: authorization,
             metrics: metrics,
+            pools: pools,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break

@@ -39,7 +39,8 @@ struct RoleSpec {
         isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest],
         settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "NETWORK", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
-                            "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR"] + Bounds.settingNames,
+                            "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
+                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
 
     /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once

@@ -72,10 +72,10 @@ def http(port, path, method="GET", timeout=5):
 class EchoServer:
     """A TCP echo server on loopback, in a thread, for relays to connect to."""
 
-    def __init__(self):
+    def __init__(self, host="127.0.0.1"):
         self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
+        self.sock.bind((host, 0))
+        self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
         self.stopped = False
         threading.Thread(target=self._serve, daemon=True).start()
@@ -105,9 +105,10 @@ class EchoServer:
         self.sock.close()
 
 
-def socks5_connect(port, dest_port, dest_host="127.0.0.1", timeout=5):
-    """Opens a SOCKS5 CONNECT through the proxy; returns (socket, reply code)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=timeout)
+def socks5_connect(port, dest_port, dest_host="127.0.0.1", timeout=5, source=None):
+    """Opens a SOCKS5 CONNECT through the proxy (from `source`, an address of this host, when
+    given); returns (socket, reply code)."""
+    s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None)
     s.sendall(b"\x05\x01\x00")
     if s.recv(2) != b"\x05\x00":
         raise ConnectionError("SOCKS5 greeting refused")
@@ -122,9 +123,11 @@ def socks5_connect(port, dest_port, dest_host="127.0.0.1", timeout=5):
 
 
 class Daemon:
-    def __init__(self, extra_env=None, args=("proxy", "ztunnel"), local_config=True, netns=None):
+    def __init__(self, extra_env=None, args=("proxy", "ztunnel"), local_config=True, netns=None, hbone_wildcard=False):
         """`local_config`: True for an empty one, a string for its YAML text, False for none.
-        `netns`: run the daemon inside that network namespace (`ip netns exec` keeps the pid)."""
+        `netns`: run the daemon inside that network namespace (`ip netns exec` keeps the pid).
+        `hbone_wildcard`: 15008 listens on every address (workloads on other loopback addresses
+        reach it) and outbound tunnels dial its port (ZTUNNEL_HBONE_PORT)."""
         self.tmp = tempfile.mkdtemp(prefix="ztunnel-test-")
         self.audit_path = os.path.join(self.tmp, "audit.log")
         self.stderr_path = os.path.join(self.tmp, "stderr.log")
@@ -134,6 +137,9 @@ class Daemon:
         for (setting, name), port in zip(LISTENERS.items(), ports):
             env[setting] = f"127.0.0.1:{port}"
             self.ports[name] = port
+        if hbone_wildcard:
+            env["ZTUNNEL_INBOUND_ADDR"] = f"0.0.0.0:{self.ports['inbound']}"
+            env["ZTUNNEL_HBONE_PORT"] = str(self.ports["inbound"])
         if local_config:
             path = os.path.join(self.tmp, "local.yaml")
             with open(path, "w") as f:

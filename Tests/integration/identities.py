@@ -90,3 +90,19 @@ class MiniCA:
                                critical=False)
                 .sign(self.key, hashes.SHA256()))
         return cert.public_bytes(serialization.Encoding.PEM)
+
+
+def serving_config(service_account="server", namespace="default", ip="127.0.0.1"):
+    """A local config whose one workload owns `ip` with the identity
+    spiffe://cluster.local/ns/<namespace>/sa/<service_account>: 15008 presents that workload's
+    certificate to connections arriving on `ip` (a static identity of that name serves it)."""
+    return f"""
+workloads:
+- uid: test//Pod/{namespace}/{service_account}-1
+  name: {service_account}-1
+  namespace: {namespace}
+  serviceAccount: {service_account}
+  trustDomain: cluster.local
+  workloadIps: ["{ip}"]
+  protocol: HBONE
+"""

@@ -16,7 +16,7 @@ workloads:
   namespace: shop
   serviceAccount: cart
   trustDomain: cluster.local
-  workloadIps: ["10.10.2.9"]
+  workloadIps: ["127.0.0.1"]  # 15008 on loopback presents cart's certificate
   protocol: HBONE
   node: node-a
 - uid: test//Pod/shop/web-1

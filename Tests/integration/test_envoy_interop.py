@@ -64,6 +64,8 @@ workloads:
 - uid: test//Pod/shop/echo-1
   name: echo-1
   namespace: shop
+  serviceAccount: echo
+  trustDomain: cluster.local
   workloadIps: ["127.0.0.1"]
   protocol: HBONE
 """

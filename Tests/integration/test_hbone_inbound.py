@@ -13,13 +13,15 @@ from identities import MiniCA  # noqa: E402
 
 
 def config(echo_port):
-    # No trust domain or service account: the static identity (from the test's own CA) is what
-    # 15008 presents, rather than one the built-in CA would issue for this workload.
+    # The workload's identity is a static one (from the test's own CA): 15008 presents it, and
+    # the built-in CA is not asked for another.
     return f"""
 workloads:
 - uid: test//Pod/shop/echo-1
   name: echo-1
   namespace: shop
+  serviceAccount: echo
+  trustDomain: cluster.local
   workloadIps: ["127.0.0.1"]
   protocol: HBONE
   clusterId: test-cluster

@@ -9,7 +9,7 @@ import threading
 from cryptography.hazmat.primitives import serialization
 
 from daemon import wait_for
-from identities import MiniCA
+from identities import MiniCA, serving_config
 
 
 def handshake(port, client_dir, timeout=5):
@@ -56,7 +56,7 @@ def start_with_identity(start_daemon, tmp_path):
     ca = MiniCA()
     server_id, server_key = ca.issue(str(tmp_path / "identities" / "server"), "server")
     ca.issue(str(tmp_path / "client"), "client")
-    daemon = start_daemon(extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
+    daemon = start_daemon(local_config=serving_config(), extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
     daemon.wait_ready()
     return daemon, server_id, server_key
 
@@ -148,7 +148,7 @@ def test_a_pending_signature_does_not_block_the_event_loop(start_daemon, tmp_pat
     ca = MiniCA()
     ca.issue(str(tmp_path / "identities" / "server"), "server")
     ca.issue(str(tmp_path / "client"), "client")
-    daemon = start_daemon(extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"),
+    daemon = start_daemon(local_config=serving_config(), extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"),
                                      "ZTUNNEL_WORKER_THREADS": "1",  # one event loop for everything
                                      "RUST_LOG": "debug"})
     daemon.wait_ready()

@@ -10,7 +10,7 @@ import tempfile
 import pytest
 
 from daemon import wait_for
-from identities import MiniCA
+from identities import MiniCA, serving_config
 from test_certificates import CART, LOCAL_CONFIG
 from test_identity import try_handshake
 
@@ -116,8 +116,9 @@ def test_a_stuck_ca_does_not_stall_signing(start_daemon, tmp_path, token_dir):
             "CA_ADDRESS": f"https://127.0.0.1:{black_hole.getsockname()[1]}", "CA_ROOT_CA": ca.root_pem.decode(),
             "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "NODE_NAME": "node-a",
         })
+        # The static "server" identity owns loopback; cart's CSR goes to the silent CA.
         with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
-            f.write(LOCAL_CONFIG)
+            f.write(serving_config() + LOCAL_CONFIG.split("workloads:", 1)[1].replace('["127.0.0.1"]', '["10.10.2.9"]'))
         daemon.wait_ready()
         wait_for(lambda: daemon.audit_events("csr_sent"), 30, "a CSR on its way to the silent CA")
         sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30,

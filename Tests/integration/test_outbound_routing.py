@@ -1,6 +1,7 @@
 """Outbound routing from the local config's mesh model (ISTIO_COMPAT §9), through SOCKS5 on
 loopback: a service VIP is sent to an endpoint on its target port, a workload that speaks HBONE
-is refused (never sent in plaintext), and a service with no healthy endpoint is refused."""
+is refused when there is no source identity to tunnel with (never sent in plaintext), and a
+service with no healthy endpoint is refused. Tunnels themselves: test_outbound_hbone.py."""
 from daemon import http, socks5_connect, wait_for
 
 
@@ -61,7 +62,8 @@ def test_services_route_to_endpoints_and_hbone_is_never_sent_in_plaintext(start_
         assert code == 0
         sock.sendall(b"through the service")
         assert sock.recv(100) == b"through the service"
-    # An HBONE workload behind a VIP: refused (host unreachable), never plaintext.
+    # An HBONE workload behind a VIP, for a client whose workload has no identity (no trust
+    # domain or service account) to tunnel with: refused (host unreachable), never plaintext.
     sock, code = socks5_connect(daemon.ports["socks5"], 443, dest_host="10.96.0.2")
     sock.close()
     assert code == 4
@@ -70,7 +72,7 @@ def test_services_route_to_endpoints_and_hbone_is_never_sent_in_plaintext(start_
     sock.close()
     assert code == 4
     log = daemon.log()
-    assert "reached over HBONE, which this proxy cannot originate yet" in log
+    assert "source workload test//Pod/shop/echo-1 has no identity" in log
     assert "no healthy upstream for shop/down.shop.svc.cluster.local:80" in log
     # Outbound telemetry (§15): reporter source, the service and the endpoint's workload.
     wait_for(lambda: "\taccess\tconnection complete" in daemon.log(), 10, "the access line")

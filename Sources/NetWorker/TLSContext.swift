@@ -5,18 +5,27 @@ import IPC
 import OpenSSLSupport
 import Shared
 
-/// An SSL_CTX for the HBONE server side of one identity (ISTIO_COMPAT §5.1): TLS 1.3 only,
-/// AES-GCM suites, X25519 and P-256, ALPN h2, a client certificate required and verified against
-/// the identity's roots, no session reuse. Its private key is a key handle: every signature is a
-/// round trip to the CertWorker through the CKeyHandle provider.
-final class TLSServerContext: @unchecked Sendable {
+/// An SSL_CTX for one identity on one side of HBONE (ISTIO_COMPAT §5.1): TLS 1.3 only, AES-GCM
+/// suites, X25519 and P-256, ALPN h2, the peer's certificate required and verified against the
+/// identity's roots, no session reuse, no SNI. Its private key is a key handle: every signature
+/// is a round trip to the CertWorker through the CKeyHandle provider. The server side (15008)
+/// requires a client certificate and selects h2; the client side (the outbound pool) offers h2
+/// and presents the source workload's certificate. Which SPIFFE ids are acceptable is checked
+/// by `TLSHandler` after the handshake.
+final class TLSContext: @unchecked Sendable {
+    enum Side: Sendable { case server, client }
+
     let context: OpaquePointer
     let spiffeId: SpiffeId
+    let side: Side
 
-    init(material: IdentityMaterial) throws {
+    init(material: IdentityMaterial, side: Side) throws {
         guard let spiffeId = SpiffeId(material.spiffeId) else { throw OpenSSLError("identity \(material.spiffeId) is not SPIFFE") }
         self.spiffeId = spiffeId
-        guard let context = SSL_CTX_new(TLS_server_method()) else { throw OpenSSLError("SSL_CTX_new") }
+        self.side = side
+        guard let context = SSL_CTX_new(side == .server ? TLS_server_method() : TLS_client_method()) else {
+            throw OpenSSLError("SSL_CTX_new")
+        }
         self.context = context
         try configure(material)
     }
@@ -55,7 +64,13 @@ final class TLSServerContext: @unchecked Sendable {
             try root.withUnsafeX509 { guard X509_STORE_add_cert(store, $0) == 1 else { throw OpenSSLError("X509_STORE_add_cert") } }
         }
         SSL_CTX_set_verify(context, SSL_VERIFY_PEER | SSL_VERIFY_FAIL_IF_NO_PEER_CERT, nil)
-        CShims_SSL_CTX_require_alpn_h2(context)
+        switch side {
+        case .server:
+            CShims_SSL_CTX_require_alpn_h2(context)
+        case .client:
+            let h2: [UInt8] = [2, 0x68, 0x32]  // "h2", length-prefixed
+            guard SSL_CTX_set_alpn_protos(context, h2, UInt32(h2.count)) == 0 else { throw OpenSSLError("SSL_CTX_set_alpn_protos") }
+        }
         // Handshakes run in ASYNC_JOBs so a signature round trip does not block the event loop.
         _ = CShims_SSL_CTX_set_mode(context, Int(SSL_MODE_ASYNC))
         _ = CShims_SSL_CTX_disable_session_reuse(context)

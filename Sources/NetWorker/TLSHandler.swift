@@ -4,18 +4,32 @@ import NIOCore
 import OpenSSLSupport
 import Shared
 
-/// The TLS side of an inbound HBONE connection (15008), OpenSSL driven through memory BIOs:
-/// bytes from the socket go into the read BIO, OpenSSL's output is drained from the write BIO to
-/// the socket. After the handshake it checks the client's SPIFFE identity (same trust domain as
-/// ours, ISTIO_COMPAT §5.1), fires `TLSEstablished` and from then on passes decrypted bytes
-/// inbound and encrypts what the next handler (the HBONE server) writes.
-final class TLSServerHandler: ChannelDuplexHandler {
+/// One side of an HBONE connection's TLS, OpenSSL driven through memory BIOs: bytes from the
+/// socket go into the read BIO, OpenSSL's output is drained from the write BIO to the socket.
+/// The server (15008) presents the certificate its `choose` closure picks for the connection
+/// (the destination workload's) and accepts a client whose SPIFFE id is in our trust domain; the
+/// client (the outbound pool) presents the source workload's and accepts a server only when one
+/// of its SPIFFE ids is an expected identity (ISTIO_COMPAT §5.1, §5.4). After the handshake it
+/// fires `TLSEstablished` and from then on passes decrypted bytes inbound and encrypts what the
+/// next handler (the HTTP/2 session) writes. A handshake that fails fires `TLSFailed` with the
+/// reason, then closes.
+final class TLSHandler: ChannelDuplexHandler {
     typealias InboundIn = ByteBuffer
     typealias InboundOut = ByteBuffer
     typealias OutboundIn = ByteBuffer
     typealias OutboundOut = ByteBuffer
 
-    private let identities: IdentityTable
+    /// Why the server presents no certificate on a connection.
+    struct Refusal: Error { let reason: String }
+
+    enum Role {
+        /// Picks the context for an accepted connection when its first bytes arrive.
+        case server(choose: (Channel) -> Result<TLSContext, Refusal>)
+        /// Presents `context` and accepts a server presenting one of `expected`.
+        case client(context: TLSContext, expected: [String])
+    }
+
+    private let role: Role
     private let signer: SignerClient
     private let bounds: Bounds
     private let reporter: BoundReporter
@@ -24,70 +38,95 @@ final class TLSServerHandler: ChannelDuplexHandler {
     private var ssl: OpaquePointer?
     private var readBIO: OpaquePointer?
     private var writeBIO: OpaquePointer?
+    private var local: SpiffeId?
     /// The handshake is over (either way); `isActive`: it succeeded and application data flows.
     private var isDone = false
     private var isActive = false
     /// How long a signature round trip may take before the handshake fails.
     static let signDeadline = TimeAmount.seconds(2)
 
-    static let listener = "inbound"
+    /// The listener name in logs and bound metrics.
+    private let listener: String
 
-    init(identities: IdentityTable, signer: SignerClient, bounds: Bounds, reporter: BoundReporter) {
-        self.identities = identities
+    init(role: Role, signer: SignerClient, bounds: Bounds, reporter: BoundReporter) {
+        self.role = role
         self.signer = signer
         self.bounds = bounds
         self.reporter = reporter
+        if case .server = role { listener = "inbound" } else { listener = "outbound" }
     }
 
-    /// Arms the handshake deadline. The SSL object is made only when the first bytes arrive, so a
-    /// connection that never speaks costs a socket and this handler, not an SSL (issue #6: ten
-    /// thousand silent connections must leave memory bounded).
+    /// Arms the handshake deadline. On the server the SSL object is made only when the first
+    /// bytes arrive, so a connection that never speaks costs a socket and this handler, not an
+    /// SSL (issue #6: ten thousand silent connections must leave memory bounded).
     func handlerAdded(context: ChannelHandlerContext) {
         let limit = bounds.handshakeMilliseconds
-        deadline = reporter.deadline(.handshakeTimeout, on: context.channel, listener: Self.listener, after: limit,
+        deadline = reporter.deadline(.handshakeTimeout, on: context.channel, listener: listener, after: limit,
                                      detail: "TLS handshake not done within \(limit) ms")
+        if context.channel.isActive { start(context: context) }
+    }
+
+    func channelActive(context: ChannelHandlerContext) {
+        start(context: context)
+        context.fireChannelActive()
+    }
+
+    /// The client speaks first: its ClientHello goes out as soon as the TCP connection is up.
+    private func start(context: ChannelHandlerContext) {
+        guard case .client(let tls, _) = role, ssl == nil, !isDone else { return }
+        guard makeSSL(tls, context: context) else { return }
+        drive(context: context)
     }
 
     private func makeSSL(context: ChannelHandlerContext) -> Bool {
-        guard let server = identities.inboundContext else {
-            Log.warn("inbound: no identity is available yet; closing the connection")
-            context.close(promise: nil)
+        guard case .server(let choose) = role else { return false }
+        switch choose(context.channel) {
+        case .success(let tls):
+            return makeSSL(tls, context: context)
+        case .failure(let refusal):
+            fail(context: context, refusal.reason)
             return false
         }
-        guard let ssl = SSL_new(server.context) else {
-            Log.error("inbound: \(OpenSSLError("SSL_new"))")
-            context.close(promise: nil)
+    }
+
+    private func makeSSL(_ tls: TLSContext, context: ChannelHandlerContext) -> Bool {
+        guard let ssl = SSL_new(tls.context) else {
+            fail(context: context, "\(OpenSSLError("SSL_new"))")
             return false
         }
         let readBIO = BIO_new(BIO_s_mem())
         let writeBIO = BIO_new(BIO_s_mem())
         guard let readBIO, let writeBIO else {
-            Log.error("inbound: \(OpenSSLError("BIO_new"))")
             BIO_free(readBIO)
             BIO_free(writeBIO)
             SSL_free(ssl)
-            context.close(promise: nil)
+            fail(context: context, "\(OpenSSLError("BIO_new"))")
             return false
         }
         SSL_set_bio(ssl, readBIO, writeBIO)  // the SSL owns both BIOs from here on
-        SSL_set_accept_state(ssl)
+        if tls.side == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
         self.ssl = ssl
         self.readBIO = readBIO
         self.writeBIO = writeBIO
+        self.local = tls.spiffeId
         return true
     }
 
-    func channelInactive(context: ChannelHandlerContext) {
+    /// The handshake failed or was refused: say why (logged, and passed on for the session's
+    /// own account), then close.
+    private func fail(context: ChannelHandlerContext, _ reason: String) {
+        isDone = true
         deadline?.cancel()
-        context.fireChannelInactive()
+        Log.info("\(listener): TLS handshake failed", [("peer", ListenerFactory.peer(context.channel)), ("reason", reason)])
+        context.fireUserInboundEventTriggered(TLSFailed(reason: reason))
+        context.close(promise: nil)
     }
 
     /// A client that stops sending before the handshake is done will never finish it: close now
     /// rather than hold the slot until the deadline.
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event, !isDone {
-            isDone = true
-            context.close(promise: nil)
+            fail(context: context, "the peer closed the connection during the handshake")
             return
         }
         context.fireUserInboundEventTriggered(event)
@@ -120,10 +159,9 @@ final class TLSServerHandler: ChannelDuplexHandler {
         // While a handshake waits (for a signature, say) the client's records pile up in the read
         // BIO: a handshake is a few KiB, so more than the bound is refused, not buffered.
         guard Int(CShims_BIO_pending(readBIO)) + buffer.readableBytes <= Bounds.tlsHandshakeInputBytes else {
-            reporter.reached(.handshakeInput, listener: Self.listener, peer: ListenerFactory.peer(context.channel),
+            reporter.reached(.handshakeInput, listener: listener, peer: ListenerFactory.peer(context.channel),
                              detail: "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
-            isDone = true
-            context.close(promise: nil)
+            fail(context: context, "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
             return
         }
         buffer.withUnsafeReadableBytes { raw in
@@ -151,10 +189,9 @@ final class TLSServerHandler: ChannelDuplexHandler {
         case SSL_ERROR_WANT_ASYNC:
             sendPendingSignature(context: context)
         default:
-            Log.info("inbound: TLS handshake failed: \(OpenSSLError("SSL_do_handshake"))",
-                     [("peer", "\(context.channel.remoteAddress.map { "\($0)" } ?? "?")")])
-            isDone = true
-            context.close(promise: nil)
+            let reason = "\(OpenSSLError("SSL_do_handshake"))"
+            flushOutput(context: context)  // the alert, so the peer learns why
+            fail(context: context, reason)
         }
     }
 
@@ -172,10 +209,10 @@ final class TLSServerHandler: ChannelDuplexHandler {
             completeSignature(nil, context: context)
             return
         }
-        Log.debug("inbound: handshake paused for signature request \(requestId)")
+        Log.debug("\(listener): handshake paused for signature request \(requestId)")
         loop.scheduleTask(in: Self.signDeadline) {
             guard self.slot.isInFlight else { return }
-            Log.warn("inbound: sign request \(requestId) missed its deadline")
+            Log.warn("\(self.listener): sign request \(requestId) missed its deadline")
             self.signer.cancel(requestId)
             self.completeSignature(nil, context: context)
         }
@@ -192,20 +229,28 @@ final class TLSServerHandler: ChannelDuplexHandler {
         isDone = true
         deadline?.cancel()
         flushOutput(context: context)
-        let ours = identities.inboundContext?.spiffeId
-        var peerIdentity = "none"
-        if let peer = SSL_get0_peer_certificate(ssl) {
-            let certificate = Certificate(retaining: peer)
-            peerIdentity = certificate.spiffeIds.first ?? "none"
+        let ours = local
+        let presented = SSL_get0_peer_certificate(ssl).map { Certificate(retaining: $0).spiffeIds } ?? []
+        let candidates = presented.compactMap(SpiffeId.init)
+        let accepted: SpiffeId?
+        let refusal: String
+        switch role {
+        case .server:
+            // Any SPIFFE id of the client in our trust domain (§5.1); RBAC judges the rest.
+            accepted = candidates.first { $0.trustDomain == ours?.trustDomain }
+            refusal = "client identity \(presented.first ?? "none") is not in our trust domain"
+        case .client(_, let expected):
+            // One of the server's SPIFFE ids must be exactly an expected identity (§5.4).
+            accepted = candidates.first { expected.contains($0.description) }
+            refusal = "server identity \(presented.first ?? "none") is not the expected \(expected.joined(separator: " or "))"
         }
-        let peer = SpiffeId(peerIdentity)
-        guard let peer, peer.trustDomain == ours?.trustDomain else {
-            Log.info("inbound: refused client identity \(peerIdentity): not in our trust domain")
-            context.close(promise: nil)
+        guard let peer = accepted else {
+            fail(context: context, refusal)
             return
         }
-        Log.info("inbound: mTLS established",
-                 [("peer_identity", peer.description), ("local_identity", ours?.description ?? "?")])
+        Log.info("\(listener): mTLS established",
+                 [("peer", ListenerFactory.peer(context.channel)), ("peer_identity", peer.description),
+                  ("local_identity", ours?.description ?? "?")])
         isActive = true
         context.fireUserInboundEventTriggered(TLSEstablished(peer: peer, local: ours))
         // Records that arrived with the end of the handshake are application data already.
@@ -241,7 +286,7 @@ final class TLSServerHandler: ChannelDuplexHandler {
             } else if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
                 // A fatal TLS error (a bad record MAC, an alert): the connection is over, and
                 // nothing more may pile up in the read BIO.
-                Log.info("inbound: TLS error after the handshake: \(OpenSSLError("SSL_read"))",
+                Log.info("\(listener): TLS error after the handshake: \(OpenSSLError("SSL_read"))",
                          [("peer", ListenerFactory.peer(context.channel))])
                 isActive = false
                 context.close(promise: nil)
@@ -311,4 +356,10 @@ final class TLSServerHandler: ChannelDuplexHandler {
 struct TLSEstablished {
     let peer: SpiffeId
     let local: SpiffeId?
+}
+
+/// Fired inbound by the TLS handler when the handshake failed or the peer's identity did not
+/// pass, just before it closes the connection.
+struct TLSFailed {
+    let reason: String
 }

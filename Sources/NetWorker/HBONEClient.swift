@@ -1,0 +1,342 @@
+internal import CNghttp2
+import Mesh
+import NIOCore
+import NIOPosix
+import OpenSSLSupport
+import Shared
+
+/// The client side of HBONE (ISTIO_COMPAT §5.2-5.3), on the shared HTTP/2 codec above a client
+/// `TLSHandler`: one pooled mTLS connection that carries many CONNECT streams, each bridged to
+/// one captured TCP connection once the server answered 200.
+final class HBONEClientHandler: HTTP2Connection {
+    static let maxHeaderListBytes = 16 * 1024
+
+    private let maxStreams: Int
+    private let idleRelease: TimeAmount
+    /// Completed when the TLS handshake is done and the session is up (or failed, with why).
+    private var ready: EventLoopPromise<Void>?
+    private var failure: String?
+    private var idleTimer: Scheduled<Void>?
+    /// Streams asked for and not yet closed (a new stream counts before nghttp2 numbers it).
+    private var openStreams = 0
+    private(set) var peer: SpiffeId?
+
+    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount) {
+        self.ready = ready
+        self.maxStreams = maxStreams
+        self.idleRelease = idleRelease
+        super.init(listener: "outbound")
+    }
+
+    override var maxHeaderListBytes: Int { Self.maxHeaderListBytes }
+
+    override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let established = event as? TLSEstablished {
+            peer = established.peer
+            startSession(context: context, server: false, maxHeaderListBytes: Self.maxHeaderListBytes,
+                         maxConcurrentStreams: UInt32(maxStreams))
+            ready?.succeed(())
+            ready = nil
+            armIdleTimer()
+            return
+        }
+        if let failed = event as? TLSFailed {
+            failure = failed.reason
+            return
+        }
+        super.userInboundEventTriggered(context: context, event: event)
+    }
+
+    override func channelInactive(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        ready?.fail(HBONEError(failure ?? "the connection closed during the handshake"))
+        ready = nil
+        super.channelInactive(context: context)
+    }
+
+    override func handlerRemoved(context: ChannelHandlerContext) {
+        idleTimer?.cancel()
+        ready?.fail(HBONEError(failure ?? "the connection was torn down"))
+        ready = nil
+        super.handlerRemoved(context: context)
+    }
+
+    /// Whether another stream may start here: the connection is up, has not been told to go
+    /// away, and carries fewer than min(our limit, the server's) streams (§5.5).
+    var hasCapacity: Bool {
+        guard let session, let context, context.channel.isActive, nghttp2_session_check_request_allowed(session) != 0 else {
+            return false
+        }
+        let peerLimit = Int(nghttp2_session_get_remote_settings(session, NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS))
+        return openStreams < min(maxStreams, peerLimit)
+    }
+
+    /// Takes one stream slot: the pool reserves it when it hands this connection out, so that
+    /// demands served in the same turn of the loop cannot overfill it. `open` uses it.
+    func reserve() {
+        openStreams += 1
+        idleTimer?.cancel()
+        idleTimer = nil
+    }
+
+    /// Sends a CONNECT for `authority` with `headers` in the slot `reserve` took. The future
+    /// succeeds once the server answered 200 (the stream is then open and waits for its TCP
+    /// side) and fails with the reason otherwise; either way the stream belongs to this connection.
+    func open(authority: String, headers: [(String, String)], record: ConnectionRecord?) -> (Stream?, EventLoopFuture<Void>) {
+        guard let session, let context else {
+            releaseSlot()
+            return (nil, HBONEClientHandler.failed(on: self.context?.eventLoop, "the HBONE connection is not up"))
+        }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        let stream = Stream(id: -1)
+        stream.target = authority
+        stream.record = record
+        stream.answered = promise
+        var id: Int32 = -1
+        let all = [(":method", "CONNECT"), (":authority", authority)] + headers
+        Self.withHeaders(all) { nva, count in
+            withDataProvider { id = nghttp2_submit_request(session, nil, nva, count, $0, nil) }
+        }
+        guard id > 0 else {
+            releaseSlot()
+            promise.fail(HBONEError("cannot open a stream: \(String(cString: nghttp2_strerror(id)))"))
+            return (nil, promise.futureResult)
+        }
+        stream.id = id
+        streams[id] = stream
+        flushSession()
+        return (stream, promise.futureResult)
+    }
+
+    /// Resets a stream whose client went away before it was bridged.
+    func cancel(_ stream: Stream) {
+        guard let session, streams[stream.id] === stream else { return }
+        _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream.id, UInt32(NGHTTP2_CANCEL.rawValue))
+        flushSession()
+    }
+
+    private static func failed(on loop: EventLoop?, _ reason: String) -> EventLoopFuture<Void> {
+        (loop ?? MultiThreadedEventLoopGroup.singleton.any()).makeFailedFuture(HBONEError(reason))
+    }
+
+    override func headersReceived(_ stream: Stream) {
+        guard let answered = stream.answered else { return }
+        stream.answered = nil
+        if stream.status == 200 {
+            answered.succeed(())
+            return
+        }
+        // Anything but 200 fails the connection (§5.3); the server ended its side already.
+        stream.isRefused = true
+        answered.fail(HBONEError("the server answered \(stream.status) to CONNECT \(stream.target)"))
+        if let session {
+            _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream.id, UInt32(NGHTTP2_CANCEL.rawValue))
+            flushSession()
+        }
+    }
+
+    override func streamClosed(_ id: Int32, errorCode: UInt32) {
+        let known = streams[id] != nil
+        super.streamClosed(id, errorCode: errorCode)
+        if known { releaseSlot() }
+    }
+
+    private func releaseSlot() {
+        openStreams -= 1
+        if openStreams == 0 { armIdleTimer() }
+    }
+
+    /// A connection with no stream for `idleRelease` is closed: GOAWAY first, then close_notify.
+    private func armIdleTimer() {
+        guard let context, idleTimer == nil else { return }
+        idleTimer = context.eventLoop.scheduleTask(in: idleRelease) { [weak self] in
+            guard let self, self.openStreams == 0, let context = self.context else { return }
+            Log.debug("outbound: releasing an unused pooled HBONE connection", [("peer", ListenerFactory.peer(context.channel))])
+            if let session = self.session {
+                _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_NO_ERROR.rawValue))
+                self.flushSession()
+            }
+            context.close(promise: nil)
+        }
+    }
+
+    // Bytes from the captured client count as received, bytes from the server as sent, as the
+    // plaintext relay counts them.
+    override func countFromPeer(_ stream: Stream, _ count: Int) { stream.record?.sent += UInt64(count) }
+    override func countFromTCP(_ stream: Stream, _ count: Int) { stream.record?.received += UInt64(count) }
+}
+
+/// The HBONE connections of one event loop (ISTIO_COMPAT §5.5), used only on that loop: keyed by
+/// (source identity, expected identities, destination address), each reused until it carries
+/// its stream limit, then another is opened. Demands for a key with no usable connection while
+/// one is being made wait for it, so only one handshake per key is in flight.
+final class HBONEPool {
+    struct Key: Hashable {
+        let source: String
+        let expected: [String]
+        let address: String
+        let port: UInt16
+    }
+
+    private let eventLoop: EventLoop
+    private let settings: Settings
+    private var connections: [Key: [HBONEClientHandler]] = [:]
+    private var connecting: [Key: EventLoopFuture<HBONEClientHandler>] = [:]
+
+    struct Settings {
+        let signer: SignerClient
+        let bounds: Bounds
+        let reporter: BoundReporter
+        let maxStreams: Int
+        let idleRelease: TimeAmount
+    }
+
+    init(eventLoop: EventLoop, settings: Settings) {
+        self.eventLoop = eventLoop
+        self.settings = settings
+    }
+
+    /// A connection for `tunnel` with one stream slot reserved: a pooled one, the one being made
+    /// for its key, or a new one.
+    func connection(for tunnel: OutboundRouting.Tunnel) -> EventLoopFuture<HBONEClientHandler> {
+        eventLoop.preconditionInEventLoop()
+        let key = tunnel.key
+        if let usable = connections[key]?.first(where: \.hasCapacity) {
+            usable.reserve()
+            return eventLoop.makeSucceededFuture(usable)
+        }
+        if let pending = connecting[key] {
+            // Wait for the handshake in flight, then look again (it may be full by then).
+            return pending.flatMap { _ in self.connection(for: tunnel) }
+        }
+        let made = connect(tunnel, key: key)
+        connecting[key] = made
+        made.whenComplete { _ in self.connecting[key] = nil }
+        return made
+    }
+
+    private func connect(_ tunnel: OutboundRouting.Tunnel, key: Key) -> EventLoopFuture<HBONEClientHandler> {
+        let address: NIOCore.SocketAddress
+        do { address = try NIOCore.SocketAddress(ipAddress: tunnel.address, port: Int(tunnel.port)) } catch {
+            return eventLoop.makeFailedFuture(error)
+        }
+        let ready = eventLoop.makePromise(of: Void.self)
+        let handler = HBONEClientHandler(ready: ready, maxStreams: settings.maxStreams, idleRelease: settings.idleRelease)
+        let settings = self.settings
+        let tls = TLSHandler(role: .client(context: tunnel.context, expected: tunnel.expected), signer: settings.signer,
+                             bounds: settings.bounds, reporter: settings.reporter)
+        let connected = ClientBootstrap(group: eventLoop)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .connectTimeout(.seconds(10))
+            .channelInitializer { channel in channel.pipeline.addHandlers([tls, handler]) }
+            .connect(to: address)
+        connected.whenFailure { error in
+            ready.fail(HBONEError("TCP connect to \(tunnel.address):\(tunnel.port) failed: \(error)"))
+        }
+        return connected.flatMap { channel in
+            ready.futureResult.map {
+                handler.reserve()  // for the demand that made it
+                self.connections[key, default: []].append(handler)
+                channel.closeFuture.whenComplete { _ in
+                    self.connections[key]?.removeAll { $0 === handler }
+                    if self.connections[key]?.isEmpty == true { self.connections[key] = nil }
+                }
+                return handler
+            }.flatMapErrorThrowing { error in
+                channel.close(promise: nil)
+                throw error
+            }
+        }
+    }
+
+    /// Connections open now, for tests and the pool's log.
+    var count: Int { connections.values.reduce(0) { $0 + $1.count } }
+}
+
+/// The pools of all event loops: each loop has its own, used only there (no lock on the path).
+final class HBONEPools: @unchecked Sendable {
+    private let lock = Mutex()
+    private var pools: [ObjectIdentifier: HBONEPool] = [:]
+    private let settings: HBONEPool.Settings
+
+    init(settings: HBONEPool.Settings) { self.settings = settings }
+
+    func pool(for eventLoop: EventLoop) -> HBONEPool {
+        lock.withLock {
+            let key = ObjectIdentifier(eventLoop)
+            if let pool = pools[key] { return pool }
+            let pool = HBONEPool(eventLoop: eventLoop, settings: settings)
+            pools[key] = pool
+            return pool
+        }
+    }
+}
+
+/// Carries one captured connection (15001, SOCKS5) through an HBONE tunnel.
+enum HBONETunnel {
+    /// Opens a stream for `tunnel` on a pooled connection; the future succeeds once the server
+    /// answered 200 (then `Stage.attach` bridges the client) and fails with the reason the
+    /// tunnel could not be made.
+    static func open(_ tunnel: OutboundRouting.Tunnel, for client: Channel, pools: HBONEPools,
+                     record: ConnectionRecord?) -> EventLoopFuture<Stage> {
+        let pool = pools.pool(for: client.eventLoop)
+        let headers = requestHeaders(tunnel, client: client)
+        return pool.connection(for: tunnel).flatMap { connection in
+            let (stream, answered) = connection.open(authority: tunnel.authority, headers: headers, record: record)
+            return answered.map { Stage(connection: connection, stream: stream) }
+        }
+    }
+
+    /// A tunnel answered 200, waiting for its client's bytes.
+    struct Stage {
+        let connection: HBONEClientHandler
+        let stream: HTTP2Connection.Stream?
+
+        /// Bridges `client` to the stream; `early` bytes go first.
+        func attach(_ client: Channel, early: [ByteBuffer], inputClosed: Bool, idleMilliseconds: Int64,
+                    reporter: BoundReporter, listener: String) -> EventLoopFuture<Void> {
+            guard let stream else { return client.eventLoop.makeFailedFuture(HBONEError("no stream")) }
+            let idle = TimeAmount.milliseconds(idleMilliseconds)
+            let peer = ListenerFactory.peer(client)
+            let onIdle: @Sendable () -> Void = {
+                reporter.reached(.idleTimeout, listener: listener, peer: peer, detail: "no bytes either way for \(idleMilliseconds) ms")
+            }
+            do {
+                // On the client's loop (the tunnel future completes there): added at once.
+                try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloser(onIdle)])
+                try connection.attach(client, to: stream)
+            } catch {
+                connection.cancel(stream)
+                return client.eventLoop.makeFailedFuture(error)
+            }
+            for buffer in early { connection.tcpRead(buffer, stream: stream) }
+            if inputClosed { connection.tcpEnded(stream: stream) }
+            return client.eventLoop.makeSucceededVoidFuture()
+        }
+    }
+
+    /// `baggage` (the source workload), `forwarded` and a fresh `traceparent` (§5.3).
+    static func requestHeaders(_ tunnel: OutboundRouting.Tunnel, client: Channel) -> [(String, String)] {
+        var headers: [(String, String)] = []
+        if let source = tunnel.target.source {
+            let baggage = HBONEServerHandler.baggage(for: source)
+            if !baggage.isEmpty { headers.append(("baggage", baggage)) }
+        }
+        var forwarded = "for=\"\(client.remoteAddress.map(ListenerFactory.address) ?? "unknown")\""
+        if let service = tunnel.target.service { forwarded += ";host=\(service.hostname)" }
+        headers.append(("forwarded", forwarded))
+        headers.append(("traceparent", traceparent()))
+        return headers
+    }
+
+    /// `00-<32 hex trace id>-<16 hex span id>-00`, random per connection.
+    static func traceparent() -> String {
+        var generator = SystemRandomNumberGenerator()
+        let digits = Array("0123456789abcdef")
+        func hex(_ count: Int) -> String {
+            String((0..<count * 2).map { _ in digits[Int.random(in: 0..<16, using: &generator)] })
+        }
+        return "00-\(hex(16))-\(hex(8))-00"
+    }
+}

@@ -1,0 +1,446 @@
+internal import CNghttp2
+import NIOCore
+import NIOPosix
+import Shared
+
+/// The HTTP/2 codec both sides of HBONE share (ISTIO_COMPAT §5.2), on nghttp2 above the TLS
+/// handler: the session, its frames to and from the socket, and the bridge between each CONNECT
+/// stream and the TCP connection it carries (the application on 15008, the captured client on
+/// the outbound side). The server (`HBONEServerHandler`) and the client (`HBONEClientHandler`)
+/// add how a stream begins: answering a request, or sending one and reading the answer.
+///
+/// Flow control is tied to progress both ways, so no stream buffers without bound: bytes from
+/// the peer are acknowledged to HTTP/2 (WINDOW_UPDATE) only once the stream's TCP socket took
+/// them (automatic window updates are off), and the TCP side is read only while less than
+/// `maxPendingToPeer` bytes wait for the peer's window. Nothing is read from the peer, or from any
+/// stream's TCP side, while the peer's socket cannot take more.
+class HTTP2Connection: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    /// One CONNECT stream and the TCP connection it carries.
+    final class Stream {
+        var id: Int32
+        var method = ""
+        var authority = ""
+        var status = 0
+        var headerBytes = 0
+        /// The first header block (the request, or the answer) was handled.
+        var headersDone = false
+        /// The TCP side, once it is attached (connected application, or answered client).
+        var tcp: Channel?
+        /// From the TCP side, waiting for the peer's flow-control window.
+        var toPeer: ByteBuffer?
+        /// The TCP side finished sending: END_STREAM once `toPeer` is out.
+        var tcpEnded = false
+        /// The peer ended its side before the TCP side was attached.
+        var peerEnded = false
+        /// Bytes from the peer before the TCP side was attached (bounded by the stream window).
+        var early: [ByteBuffer] = []
+        var isDeferred = false
+        /// May send DATA: the server once it answered 200, the client once it read the 200.
+        var isOpen = false
+        /// Answered with an error (server) or not answered 200 (client): its bytes are dropped.
+        var isRefused = false
+        var target = ""
+        /// Metrics and the access-log line.
+        var record: ConnectionRecord?
+        /// The client side's wait for the answer: 200, or the reason it failed.
+        var answered: EventLoopPromise<Void>?
+
+        init(id: Int32) { self.id = id }
+    }
+
+    /// TCP-side bytes held per stream before that side is no longer read.
+    static let maxPendingToPeer = 256 * 1024
+    static let streamWindow: UInt32 = 4 * 1024 * 1024
+    static let connectionWindow: UInt32 = 16 * 1024 * 1024
+
+    var session: OpaquePointer?
+    var context: ChannelHandlerContext?
+    var streams: [Int32: Stream] = [:]
+    /// Inside nghttp2_session_mem_recv: nghttp2 forbids sending from its callbacks, so a flush
+    /// asked for then is done once receiving returns.
+    private var isReceiving = false
+    private var wantsFlush = false
+    /// "inbound" or "outbound", for logs.
+    let listener: String
+
+    init(listener: String) { self.listener = listener }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) {
+        for stream in streams.values { stream.tcp?.close(promise: nil) }
+        streams.removeAll()
+        if let session { nghttp2_session_del(session) }
+        session = nil
+        self.context = nil
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard let session else { return }
+        let buffer = unwrapInboundIn(data)
+        isReceiving = true
+        let consumed = buffer.withUnsafeReadableBytes { raw -> Int in
+            guard let base = raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count > 0 else { return 0 }
+            return nghttp2_session_mem_recv(session, base, raw.count)
+        }
+        isReceiving = false
+        if wantsFlush { flushSession() }
+        guard consumed >= 0 else {
+            Log.info("\(listener): HTTP/2 protocol error from the peer: \(String(cString: nghttp2_strerror(Int32(consumed))))",
+                     [("peer", ListenerFactory.peer(context.channel))])
+            flushSession()
+            context.close(promise: nil)
+            return
+        }
+        flushSession()
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event {
+            context.close(promise: nil)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        for stream in streams.values {
+            stream.tcp?.close(promise: nil)
+            stream.answered?.fail(HBONEError("the HBONE connection closed before the answer"))
+            stream.answered = nil
+            stream.record?.finish(error: "connection closed with the stream open", responseFlags: "CONNECT")
+        }
+        context.fireChannelInactive()
+    }
+
+    /// Nothing is read, from the peer or any stream's TCP side, while the peer's socket cannot
+    /// take more: what the peer does not read is bounded by NIO's high watermark, not by its
+    /// patience (a peer that sends PINGs, or asks for a large answer, and never reads).
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        let writable = context.channel.isWritable
+        _ = context.channel.setOption(ChannelOptions.autoRead, value: writable)
+        for stream in streams.values where (stream.toPeer?.readableBytes ?? 0) < Self.maxPendingToPeer {
+            _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: writable)
+        }
+        if writable { context.read() }
+        context.fireChannelWritabilityChanged()
+    }
+
+    // MARK: - Session
+
+    /// Makes the session (`server` or client) with the settings of §5.2 and sends them.
+    func startSession(context: ChannelHandlerContext, server: Bool, maxHeaderListBytes: Int, maxConcurrentStreams: UInt32) {
+        guard let callbacks = makeCallbacks() else { context.close(promise: nil); return }
+        defer { nghttp2_session_callbacks_del(callbacks) }
+        var option: OpaquePointer?
+        guard nghttp2_option_new(&option) == 0, let option else { context.close(promise: nil); return }
+        defer { nghttp2_option_del(option) }
+        // Window updates only once the TCP side took the bytes (backpressure).
+        nghttp2_option_set_no_auto_window_update(option, 1)
+        nghttp2_option_set_max_send_header_block_length(option, 16 * 1024)
+        var created: OpaquePointer?
+        let user = Unmanaged.passUnretained(self).toOpaque()
+        let rc = server ? nghttp2_session_server_new2(&created, callbacks, user, option)
+                        : nghttp2_session_client_new2(&created, callbacks, user, option)
+        guard rc == 0, let created else {
+            context.close(promise: nil)
+            return
+        }
+        session = created
+        var settings = [
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: maxConcurrentStreams),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: Self.streamWindow),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(maxHeaderListBytes)),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+        ]
+        _ = nghttp2_submit_settings(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+        // The connection window, as upstream's HTTP2_CONNECTION_WINDOW_SIZE default (§5.2).
+        _ = nghttp2_session_set_local_window_size(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(Self.connectionWindow))
+        flushSession()
+    }
+
+    /// Writes whatever nghttp2 has queued (frames, data) through the TLS handler.
+    func flushSession() {
+        guard !isReceiving else {
+            wantsFlush = true
+            return
+        }
+        wantsFlush = false
+        guard let session, let context else { return }
+        var wrote = false
+        while true {
+            var data: UnsafePointer<UInt8>?
+            let length = nghttp2_session_mem_send(session, &data)
+            guard length > 0, let data else { break }
+            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: UnsafeRawBufferPointer(start: data, count: length))),
+                          promise: nil)
+            wrote = true
+        }
+        if wrote { context.flush() }
+        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+            context.close(promise: nil)
+        }
+    }
+
+    private func makeCallbacks() -> OpaquePointer? {
+        var callbacks: OpaquePointer?
+        guard nghttp2_session_callbacks_new(&callbacks) == 0, let callbacks else { return nil }
+        nghttp2_session_callbacks_set_on_begin_headers_callback(callbacks) { _, frame, user in
+            guard let frame, let user else { return 0 }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            if frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) {
+                handler.beginHeaders(stream: frame.pointee.hd.stream_id, category: frame.pointee.headers.cat)
+            }
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_header_callback(callbacks) { _, frame, name, nameLength, value, valueLength, _, user in
+            guard let frame, let name, let value, let user else { return 0 }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            return handler.header(stream: frame.pointee.hd.stream_id, name: UnsafeBufferPointer(start: name, count: nameLength),
+                                  value: UnsafeBufferPointer(start: value, count: valueLength))
+        }
+        nghttp2_session_callbacks_set_on_frame_recv_callback(callbacks) { _, frame, user in
+            guard let frame, let user else { return 0 }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            handler.frameReceived(type: frame.pointee.hd.type, flags: frame.pointee.hd.flags, stream: frame.pointee.hd.stream_id)
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_data_chunk_recv_callback(callbacks) { _, _, streamId, data, length, user in
+            guard let data, let user else { return 0 }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            handler.dataReceived(stream: streamId, UnsafeRawBufferPointer(start: data, count: length))
+            return 0
+        }
+        nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamId, errorCode, user in
+            guard let user else { return 0 }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            handler.streamClosed(streamId, errorCode: errorCode)
+            return 0
+        }
+        return callbacks
+    }
+
+    // MARK: - What the two sides do differently
+
+    /// A HEADERS frame begins (a request on the server, a response on the client).
+    func beginHeaders(stream id: Int32, category: nghttp2_headers_category) {}
+
+    /// A complete header block arrived for `stream`.
+    func headersReceived(_ stream: Stream) {}
+
+    /// One header of a block; a block over `maxHeaderListBytes` fails the stream.
+    func header(stream id: Int32, name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) -> Int32 {
+        guard let stream = streams[id] else { return 0 }
+        stream.headerBytes += name.count + value.count + 32
+        guard stream.headerBytes <= maxHeaderListBytes else { return Int32(NGHTTP2_ERR_TEMPORAL_CALLBACK_FAILURE.rawValue) }
+        switch String(decoding: name, as: UTF8.self) {
+        case ":method": stream.method = String(decoding: value, as: UTF8.self)
+        case ":authority": stream.authority = String(decoding: value, as: UTF8.self)
+        case ":status": stream.status = Int(String(decoding: value, as: UTF8.self)) ?? 0
+        default: break
+        }
+        return 0
+    }
+
+    /// The largest header block accepted (§5.2: 64 KiB on the server, 16 KiB on the client).
+    var maxHeaderListBytes: Int { 64 * 1024 }
+
+    /// The stream is gone (answered and done, reset, or the connection ended).
+    func streamClosed(_ id: Int32, errorCode: UInt32) {
+        guard let stream = streams.removeValue(forKey: id) else { return }
+        stream.tcp?.close(promise: nil)
+        if let answered = stream.answered {
+            stream.answered = nil
+            answered.fail(HBONEError(errorCode == 0 ? "the stream ended before an answer"
+                                                    : "the stream was reset (HTTP/2 error \(errorCode))"))
+        }
+        stream.record?.finish()
+    }
+
+    // MARK: - Frames and data
+
+    private func frameReceived(type: UInt8, flags: UInt8, stream id: Int32) {
+        guard let stream = streams[id] else { return }
+        let isHeaders = type == UInt8(NGHTTP2_HEADERS.rawValue)
+        if isHeaders && flags & UInt8(NGHTTP2_FLAG_END_HEADERS.rawValue) != 0 && !stream.headersDone {
+            stream.headersDone = true
+            headersReceived(stream)
+        }
+        if flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0 && (isHeaders || type == UInt8(NGHTTP2_DATA.rawValue)) {
+            // The peer finished sending: pass the half-close on.
+            if let tcp = stream.tcp { tcp.close(mode: .output, promise: nil) } else { stream.peerEnded = true }
+        }
+    }
+
+    private func dataReceived(stream id: Int32, _ bytes: UnsafeRawBufferPointer) {
+        guard let stream = streams[id], let context else { return }
+        let buffer = context.channel.allocator.buffer(bytes: bytes)
+        guard !stream.isRefused else {
+            // Answered already: its bytes are dropped, and the window given back at once.
+            if let session { _ = nghttp2_session_consume(session, id, bytes.count) }
+            return
+        }
+        guard let tcp = stream.tcp else {
+            stream.early.append(buffer)  // bounded by the stream window we advertised
+            return
+        }
+        forward(buffer, of: stream, to: tcp)
+    }
+
+    /// Writes peer bytes to the TCP side and opens the window by as much once it took them.
+    func forward(_ buffer: ByteBuffer, of stream: Stream, to tcp: Channel) {
+        let count = buffer.readableBytes
+        let id = stream.id
+        countFromPeer(stream, count)
+        // The window is given back whatever the write's outcome: a failed write must not shrink
+        // the connection's window for good (the stream ends anyway).
+        tcp.writeAndFlush(buffer).whenComplete { [weak self] _ in
+            guard let self, let session = self.session else { return }
+            _ = nghttp2_session_consume(session, id, count)
+            self.flushSession()
+        }
+    }
+
+    /// Counts bytes that came from the HTTP/2 peer (received on the server, sent... see overrides).
+    func countFromPeer(_ stream: Stream, _ count: Int) {}
+    /// Counts bytes that came from the TCP side.
+    func countFromTCP(_ stream: Stream, _ count: Int) {}
+
+    /// Attaches the TCP side to an open stream: its reads go to the stream, what the peer sent
+    /// meanwhile is written to it, and an end the peer already sent is passed on.
+    /// Call on the event loop both channels share.
+    func attach(_ tcp: Channel, to stream: Stream) throws {
+        try tcp.pipeline.syncOperations.addHandler(StreamTCPHandler(connection: self, stream: stream))
+        stream.tcp = tcp
+        stream.isOpen = true
+        for buffer in stream.early { forward(buffer, of: stream, to: tcp) }
+        stream.early.removeAll()
+        if stream.peerEnded { tcp.close(mode: .output, promise: nil) }
+        resume(stream)
+    }
+
+    /// A data provider for `stream`'s body: what its TCP side sends.
+    func withDataProvider(_ body: (UnsafeMutablePointer<nghttp2_data_provider>) -> Void) {
+        var provider = nghttp2_data_provider()
+        provider.read_callback = { _, streamId, buffer, length, flags, _, user in
+            guard let user, let buffer, let flags else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            return handler.read(stream: streamId, into: buffer, length: length, flags: flags)
+        }
+        body(&provider)
+    }
+
+    /// Header name/value pairs as nghttp2_nv for the length of `body` (nghttp2 copies them when a
+    /// request or response is submitted).
+    static func withHeaders(_ headers: [(String, String)], _ body: (UnsafeMutablePointer<nghttp2_nv>, Int) -> Void) {
+        let strings = headers.flatMap { [Array($0.0.utf8), Array($0.1.utf8)] }
+        let storage = strings.map { bytes -> UnsafeMutablePointer<UInt8> in
+            let pointer = UnsafeMutablePointer<UInt8>.allocate(capacity: max(1, bytes.count))
+            pointer.initialize(from: bytes, count: bytes.count)
+            return pointer
+        }
+        defer { storage.forEach { $0.deallocate() } }
+        let list = UnsafeMutablePointer<nghttp2_nv>.allocate(capacity: max(1, headers.count))
+        defer { list.deallocate() }
+        for index in 0..<headers.count {
+            list[index] = nghttp2_nv(name: storage[2 * index], value: storage[2 * index + 1], namelen: strings[2 * index].count,
+                                     valuelen: strings[2 * index + 1].count, flags: UInt8(NGHTTP2_NV_FLAG_NONE.rawValue))
+        }
+        body(list, headers.count)
+    }
+
+    /// nghttp2 asks for up to `length` bytes of the stream's body.
+    private func read(stream id: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int,
+                      flags: UnsafeMutablePointer<UInt32>) -> Int {
+        guard let stream = streams[id] else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+        if stream.isOpen, var pending = stream.toPeer, pending.readableBytes > 0 {
+            let count = min(length, pending.readableBytes)
+            pending.withUnsafeReadableBytes { raw in
+                if let base = raw.baseAddress { buffer.update(from: base.assumingMemoryBound(to: UInt8.self), count: count) }
+            }
+            pending.moveReaderIndex(forwardBy: count)
+            stream.toPeer = pending
+            if pending.readableBytes < Self.maxPendingToPeer / 2 { _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: true) }
+            return count
+        }
+        if stream.isOpen && stream.tcpEnded {
+            flags.pointee |= UInt32(NGHTTP2_DATA_FLAG_EOF.rawValue)
+            return 0
+        }
+        stream.isDeferred = true
+        return Int(NGHTTP2_ERR_DEFERRED.rawValue)
+    }
+
+    /// Bytes from the TCP side of `stream`: queued for the peer, and that side is not read
+    /// further while too much waits.
+    func tcpRead(_ buffer: ByteBuffer, stream: Stream) {
+        countFromTCP(stream, buffer.readableBytes)
+        if var pending = stream.toPeer {
+            pending.discardReadBytes()
+            var incoming = buffer
+            pending.writeBuffer(&incoming)
+            stream.toPeer = pending
+        } else {
+            stream.toPeer = buffer
+        }
+        if (stream.toPeer?.readableBytes ?? 0) >= Self.maxPendingToPeer {
+            _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: false)
+        }
+        resume(stream)
+    }
+
+    /// The TCP side finished sending (EOF or close): end the stream once its bytes are out.
+    func tcpEnded(stream: Stream) {
+        stream.tcpEnded = true
+        resume(stream)
+    }
+
+    func resume(_ stream: Stream) {
+        guard let session, streams[stream.id] === stream else { return }
+        if stream.isDeferred {
+            stream.isDeferred = false
+            _ = nghttp2_session_resume_data(session, stream.id)
+        }
+        flushSession()
+    }
+}
+
+/// Why an HBONE stream or connection failed, in words for the access log.
+struct HBONEError: Error, CustomStringConvertible {
+    let description: String
+    init(_ description: String) { self.description = description }
+}
+
+/// The TCP side of one HBONE stream: its bytes go to the stream, its end ends it.
+final class StreamTCPHandler: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+
+    private let connection: HTTP2Connection
+    private let stream: HTTP2Connection.Stream
+
+    init(connection: HTTP2Connection, stream: HTTP2Connection.Stream) {
+        self.connection = connection
+        self.stream = stream
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        connection.tcpRead(unwrapInboundIn(data), stream: stream)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, case .inputClosed = event { connection.tcpEnded(stream: stream) }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        connection.tcpEnded(stream: stream)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,184 @@
+"""Outbound HBONE in local mode (ISTIO_COMPAT §5.3-5.5, §9): one daemon serves both sides on one
+host, as upstream's local development mode does. A client workload (127.0.0.3) reaches an HBONE
+workload (127.0.0.2) through SOCKS5; the daemon carries it through a pooled mTLS HTTP/2
+connection presenting the client's certificate, into its own 15008 (which presents the
+destination's), and on to the application. Both identities come from the built-in CA."""
+import asyncio
+import hashlib
+import os
+import re
+import socket
+import struct
+import subprocess
+
+from daemon import EchoServer, http, socks5_connect, wait_for
+
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
+ECHO_ID = "spiffe://cluster.local/ns/shop/sa/echo"
+
+
+def config(echo_port):
+    return f"""
+workloads:
+- uid: test//Pod/default/client-1
+  name: client-1
+  namespace: default
+  serviceAccount: client
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.3"]
+  protocol: HBONE
+  workloadName: client
+  workloadType: deployment
+  canonicalName: client
+  canonicalRevision: v1
+  clusterId: test-cluster
+- uid: test//Pod/shop/echo-1
+  name: echo-1
+  namespace: shop
+  serviceAccount: echo
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.2"]
+  protocol: HBONE
+  workloadName: echo
+  canonicalName: echo
+  services:
+    "shop/echo.shop.svc.cluster.local":
+      80: {echo_port}
+services:
+- name: echo
+  namespace: shop
+  hostname: echo.shop.svc.cluster.local
+  vips: ["/10.96.0.9"]
+  ports:
+    80: {echo_port}
+"""
+
+
+def start(start_daemon, echo_port, extra_env=None):
+    daemon = start_daemon(local_config=config(echo_port), extra_env=extra_env, hbone_wildcard=True)
+    inbound = daemon.ports["inbound"]
+    daemon.wait_ready()
+    def available():
+        lines = [l for l in daemon.log().splitlines() if "identity available" in l]
+        return all(any(f"identity={i}" in l for l in lines) for i in (CLIENT_ID, ECHO_ID))
+    wait_for(available, 30, "both workload identities")
+    return daemon, inbound
+
+
+def round_trip(sock, payload):
+    sock.sendall(payload)
+    sock.shutdown(socket.SHUT_WR)
+    received = b""
+    while True:
+        chunk = sock.recv(65536)
+        if not chunk:
+            return received
+        received += chunk
+
+
+def access_lines(daemon):
+    return [l for l in daemon.log().splitlines() if "\taccess\tconnection complete" in l]
+
+
+def test_socks5_to_an_hbone_workload_is_tunneled_with_both_identities(start_daemon):
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, inbound = start(start_daemon, echo.port)
+        payload = os.urandom(1 << 20)
+        for target in ("127.0.0.2", "10.96.0.9"):  # the workload's address, then the service VIP
+            sock, code = socks5_connect(daemon.ports["socks5"], 80 if target.startswith("10.") else echo.port, target,
+                                        source="127.0.0.3")
+            with sock:
+                assert code == 0, f"SOCKS5 reply {code} for {target}:\n{daemon.log()[-3000:]}"
+                assert hashlib.sha256(round_trip(sock, payload)).digest() == hashlib.sha256(payload).digest()
+        wait_for(lambda: len(access_lines(daemon)) >= 4, 10, "both sides' access-log lines for both connections")
+        lines = access_lines(daemon)
+        outbound = [l for l in lines if "direction=outbound" in l]
+        inbound_lines = [l for l in lines if "direction=inbound" in l]
+        assert len(outbound) == 2 and len(inbound_lines) == 2, lines
+        for line in outbound:
+            assert f"src.identity={CLIENT_ID}" in line and f"dst.identity={ECHO_ID}" in line, line
+            assert f"dst.addr=127.0.0.2:{inbound}" in line and f"dst.hbone_addr=127.0.0.2:{echo.port}" in line, line
+            assert f"bytes_sent={1 << 20}" in line and f"bytes_recv={1 << 20}" in line, line
+        for line in inbound_lines:
+            assert f"src.identity={CLIENT_ID}" in line and f"dst.identity={ECHO_ID}" in line, line
+        # Both connections went over one pooled HBONE connection, whose 15008 side presented the
+        # destination's certificate: one handshake, seen from the server.
+        assert daemon.log().count("inbound: mTLS established") == 1, daemon.log()[-4000:]
+        metrics = http(daemon.ports["stats"], "/metrics")[1]
+        opened = [l for l in metrics.splitlines() if l.startswith("istio_tcp_connections_opened_total{")]
+        assert any('reporter="source"' in l and 'connection_security_policy="mutual_tls"' in l
+                   and f'source_principal="{CLIENT_ID}"' in l for l in opened), opened
+        assert any('reporter="destination"' in l and 'connection_security_policy="mutual_tls"' in l for l in opened), opened
+    finally:
+        echo.close()
+
+
+def test_an_hbone_workload_is_refused_for_a_client_that_is_no_workload(start_daemon):
+    """Fail closed: with no source workload there is no identity to present, and the mesh
+    workload's traffic is never sent in plaintext."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, _ = start(start_daemon, echo.port)
+        sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source="127.0.0.9")
+        sock.close()
+        assert code != 0
+        wait_for(lambda: "no workload of this node to present an identity for" in daemon.log(), 10, "the refusal's reason")
+    finally:
+        echo.close()
+
+
+async def _one_stream(socks_port, dest_port, payload, replied, all_replied):
+    """One SOCKS5 connection to the echo workload; it ends its side only once every stream of the
+    test has been answered, so all of them are open at the same time."""
+    reader, writer = await asyncio.open_connection("127.0.0.1", socks_port, local_addr=("127.0.0.3", 0))
+    writer.write(b"\x05\x01\x00")
+    assert await reader.readexactly(2) == b"\x05\x00"
+    writer.write(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.2") + struct.pack(">H", dest_port))
+    reply = await reader.readexactly(10)
+    assert reply[1] == 0, f"SOCKS5 reply {reply[1]}"
+    writer.write(payload)
+    await writer.drain()
+    replied()
+    await all_replied.wait()
+    writer.write_eof()
+    received = await reader.read()
+    writer.close()
+    return hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+
+
+def hbone_connections(port):
+    """Established TCP connections to 127.0.0.2:port (the pool's, seen from their client side)."""
+    out = subprocess.run(["ss", "-Htn", "state", "established", "dst", f"127.0.0.2:{port}"], capture_output=True, text=True)
+    return len([l for l in out.stdout.splitlines() if l.strip()])
+
+
+def test_a_thousand_concurrent_streams_share_pooled_connections(start_daemon):
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, inbound = start(start_daemon, echo.port, {"ZTUNNEL_MAX_CONNECTIONS": "4096", "ZTUNNEL_WORKER_THREADS": "2"})
+        payloads = [os.urandom(16 * 1024 + i) for i in range(1000)]
+        peak = {}
+
+        async def run():
+            all_replied = asyncio.Event()
+            answered = []
+
+            def replied():
+                answered.append(1)
+                if len(answered) == len(payloads):
+                    peak["connections"] = hbone_connections(inbound)
+                    all_replied.set()
+            return await asyncio.gather(*(_one_stream(daemon.ports["socks5"], echo.port, p, replied, all_replied)
+                                          for p in payloads))
+
+        results = asyncio.run(run())
+        assert all(results), f"{results.count(False)} of 1000 streams lost bytes"
+        # 1000 streams open at once, at most 100 per connection (POOL_MAX_STREAMS_PER_CONNECTION)
+        # and one pool per event loop (2 here): at least 10 connections, at most 12.
+        assert 10 <= peak["connections"] <= 12, f"{peak['connections']} HBONE connections for 1000 streams"
+        wait_for(lambda: len([l for l in access_lines(daemon) if "direction=outbound" in l]) >= 1000, 30,
+                 "1000 outbound access-log lines")
+        assert not [l for l in access_lines(daemon) if "error=" in l]
+    finally:
+        echo.close()
