@@ -3,8 +3,12 @@
 
 1. starts the Supervisor (`ztunnel proxy ztunnel`) with examples/local.yaml, waits for readiness;
 2. shows the process tree and each worker's confinement from /proc;
-3. carries bytes through the SOCKS5 listener to a local echo server, and lists the certificates the
-   built-in CA issued (`ztunnel certs`);
+3. lists the certificates the built-in CA issued (`ztunnel certs`), then runs two applications
+   from the config on loopback addresses: `sleep` (127.0.0.3) calls the echo service's VIP through
+   SOCKS5, ztunnel tunnels it over HBONE (sleep's certificate, a pooled mTLS HTTP/2 connection)
+   into its own 15008 (echo's certificate), authorizes it and reaches echo (127.0.0.2:9080); both
+   sides' access-log lines show both identities. `curl`, whom echo's policy does not admit, is
+   refused with 401 on 15008;
 4. kills the NetWorker with SIGKILL while a client keeps connecting: no connection is refused;
 5. sends SIGTERM and shows the drain and the exit code;
 6. prints the audit log.
@@ -21,6 +25,8 @@ sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
 from daemon import EchoServer, http, proc_status, socks5_connect, wait_for  # noqa: E402
 
 READINESS, ADMIN, SOCKS5 = 15021, 15000, 15080
+ECHO_VIP, ECHO_ADDRESS, ECHO_PORT = "10.96.0.20", "127.0.0.2", 9080
+SLEEP_ADDRESS, CURL_ADDRESS = "127.0.0.3", "127.0.0.4"
 
 
 def step(text):
@@ -51,8 +57,16 @@ def main():
     if not os.path.exists("/proc/net/if_inet6"):
         env["IPV6_ENABLED"] = "false"  # no IPv6 on this host: wildcard listeners bind 0.0.0.0
     step("starting: ztunnel proxy ztunnel (local mode, default ports)")
-    daemon = subprocess.Popen([os.path.join(ROOT, ".build", "debug", "ztunnel"), "proxy", "ztunnel"], env=env)
-    echo = EchoServer()
+    log_path = os.path.join(tmp, "ztunnel.log")
+    log_file = open(log_path, "wb")
+    print(f"(the daemon's log: {log_path})")
+    daemon = subprocess.Popen([os.path.join(ROOT, ".build", "debug", "ztunnel"), "proxy", "ztunnel"], env=env,
+                              stdout=log_file, stderr=log_file)
+    echo = EchoServer(host=ECHO_ADDRESS, port=ECHO_PORT)
+
+    def log_lines(needle):
+        with open(log_path, errors="replace") as f:
+            return [line.rstrip("\n") for line in f if needle in line]
     try:
         wait_for(lambda: ready() or daemon.poll() is not None, 60, "readiness")
         if daemon.poll() is not None:
@@ -67,15 +81,27 @@ def main():
             print(f"  {pid} {name}: Uid={status['Uid'].split()[0]} Seccomp={status['Seccomp']} "
                   f"NoNewPrivs={status['NoNewPrivs']} CapEff={status['CapEff']} dumpable={dumpable}")
 
-        step("SOCKS5 on :15080 to a local echo server")
-        sock, code = socks5_connect(SOCKS5, echo.port)
-        sock.sendall(b"hello through ztunnel")
-        print("reply code", code, "echo:", sock.recv(100))
-        sock.close()
-
-        step("certificates: the built-in CA issued one for the local config's HBONE workload")
-        wait_for(lambda: '"Available"' in http(ADMIN, "/config_dump")[1], 30, "a certificate")
+        step("certificates: the built-in CA issued one for each HBONE workload of the local config")
+        wait_for(lambda: http(ADMIN, "/config_dump")[1].count('"Available"') >= 3, 30, "three certificates")
         subprocess.run([os.path.join(ROOT, ".build", "debug", "ztunnel"), "certs"], check=True)
+
+        step(f"two applications over HBONE: sleep ({SLEEP_ADDRESS}) -> SOCKS5 :15080 -> {ECHO_VIP}:80 (echo service)")
+        sock, code = socks5_connect(SOCKS5, 80, ECHO_VIP, source=SLEEP_ADDRESS)
+        sock.sendall(b"hello from sleep, over HBONE")
+        print("SOCKS5 reply code", code, "| echo answered:", sock.recv(100))
+        sock.close()
+        wait_for(lambda: len(log_lines("connection complete")) >= 2, 10, "both access-log lines")
+        for line in log_lines("connection complete"):
+            fields = dict(f.split("=", 1) for f in line.split("\t")[-1].split(" ") if "=" in f)
+            print(f"  {fields.get('direction'):8} src.identity={fields.get('src.identity')} "
+                  f"dst.identity={fields.get('dst.identity')} dst.addr={fields.get('dst.addr')} "
+                  f"dst.hbone_addr={fields.get('dst.hbone_addr')} bytes_sent={fields.get('bytes_sent')}")
+
+        step("curl (127.0.0.4), also in the mesh: echo's policy admits only sleep's identity")
+        sock, code = socks5_connect(SOCKS5, 80, ECHO_VIP, source=CURL_ADDRESS)
+        sock.close()
+        wait_for(lambda: log_lines("HBONE request refused"), 10, "the refusal on 15008")
+        print("SOCKS5 reply code", code, "| 15008:", log_lines("HBONE request refused")[-1].split("\t", 3)[-1])
 
         step("kill -9 the NetWorker while a client connects in a loop")
         (old,) = [p for p, n in children(daemon.pid).items() if n == "ztunnel-net-worker"]
@@ -113,6 +139,7 @@ def main():
             daemon.kill()
             daemon.wait()
         echo.close()
+        log_file.close()
     step(f"audit log ({audit})")
     with open(audit) as f:
         print(f.read(), end="")

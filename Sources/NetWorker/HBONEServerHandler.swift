@@ -69,7 +69,8 @@ final class HBONEServerHandler: HTTP2Connection {
         }
         guard let ip = IPAddress(host) else { return respond(stream, status: 400, "authority \(stream.authority) is not an address") }
         // The authority must name the address this connection arrived on (§10 step 3).
-        guard let local = context.channel.localAddress?.ipAddress.flatMap(IPAddress.init), local == ip else {
+        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped.
+        guard let local = context.channel.localAddress?.ipAddress.flatMap(IPAddress.init), local.unmapped == ip.unmapped else {
             return respond(stream, status: 400, "ip mismatch: \(host) is not the address this connection arrived on")
         }
         guard !proxyPorts.contains(port) else { return respond(stream, status: 503, "port \(port) is one of this proxy's") }

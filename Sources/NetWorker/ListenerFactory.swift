@@ -56,8 +56,10 @@ struct ListenerFactory {
     }
 
     /// `ip:port`, or `[ipv6]:port`, as access logs write addresses.
+    /// An IPv4 peer of a dual-stack listener (`::ffff:a.b.c.d`) is written as IPv4.
     static func address(_ address: NIOCore.SocketAddress) -> String {
-        guard let ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        guard var ip = address.ipAddress, let port = address.port else { return "\(address)" }
+        if ip.hasPrefix("::ffff:") && ip.contains(".") { ip.removeFirst(7) }
         return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 

@@ -1,3 +1,6 @@
+#if canImport(Glibc)
+import Glibc
+#endif
 import Testing
 @testable import Mesh
 
@@ -39,11 +42,14 @@ import Testing
         let config = try LocalConfig.parse(Fixture.example)
         #expect(config.workloads.map(\.uid) == ["demo//Pod/shop/frontend-7d9f", "demo//Pod/shop/cart-5c2a"])
         #expect(config.workloads.map(\.tunnelProtocol) == [.hbone, .hbone])
-        let demo = try LocalConfig.parse(Fixture.demo)
-        #expect(demo.workloads.map(\.name) == ["frontend-7d9f"])
-        #expect(demo.model.workloads.keys.sorted() == ["demo//Pod/shop/frontend-7d9f"])
-        #expect(demo.model.services.isEmpty && demo.model.policies.isEmpty)
-        #expect(demo.wantedIdentities(node: "").identities == ["spiffe://cluster.local/ns/shop/sa/frontend"])
+        let demo = try LocalConfig.parse(try Fixture.demo)
+        #expect(demo.workloads.map(\.name) == ["sleep-5f7c", "curl-9a1e", "echo-6b8d"])
+        #expect(demo.model.workloads.keys.sorted() == ["demo//Pod/default/curl-9a1e", "demo//Pod/default/sleep-5f7c",
+                                                       "demo//Pod/shop/echo-6b8d"])
+        #expect(demo.model.services.count == 1 && demo.model.policies.count == 1)
+        #expect(demo.wantedIdentities(node: "").identities == ["spiffe://cluster.local/ns/default/sa/curl",
+                                                               "spiffe://cluster.local/ns/default/sa/sleep",
+                                                               "spiffe://cluster.local/ns/shop/sa/echo"])
     }
 
     @Test func jsonDocumentReadsLikeYAML() throws {
@@ -782,22 +788,24 @@ private enum Fixture {
           - - - sourceIps: ["192.168.0.0/16"]
         """
 
-    /// A copy of examples/local.yaml, the file the demo uses.
-    static let demo = """
-        # A local-mode configuration in real ztunnel's LOCAL_XDS_PATH format (ISTIO_COMPAT §19).
-        # The daemon checks that it is readable; workloads, services and policies are applied once
-        # the xDS/local-config work lands (see the issues).
-        workloads:
-        - uid: demo//Pod/shop/frontend-7d9f
-          name: frontend-7d9f
-          namespace: shop
-          serviceAccount: frontend
-          trustDomain: cluster.local
-          workloadIps: ["10.10.1.5"]
-          protocol: HBONE
-        services: []
-        policies: []
-        """
+    /// examples/local.yaml, the file the demo uses, read from the repository.
+    static var demo: String {
+        get throws {
+            let root = String(#filePath).split(separator: "/", omittingEmptySubsequences: false).dropLast(3).joined(separator: "/")
+            guard let file = fopen(root + "/examples/local.yaml", "r") else { throw DemoFileMissing() }
+            defer { fclose(file) }
+            var bytes: [UInt8] = []
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            while true {
+                let count = fread(&chunk, 1, chunk.count, file)
+                if count == 0 { break }
+                bytes += chunk[0..<count]
+            }
+            return String(decoding: bytes, as: UTF8.self)
+        }
+    }
+
+    struct DemoFileMissing: Error {}
 
     /// Every field of the format (a copy of Fuzz/seeds/local_config/model.yaml).
     static let everyField = """

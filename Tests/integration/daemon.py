@@ -72,9 +72,10 @@ def http(port, path, method="GET", timeout=5):
 class EchoServer:
     """A TCP echo server on loopback, in a thread, for relays to connect to."""
 
-    def __init__(self, host="127.0.0.1"):
+    def __init__(self, host="127.0.0.1", port=0):
         self.sock = socket.socket()
-        self.sock.bind((host, 0))
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, port))
         self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
         self.stopped = False
@@ -138,7 +139,10 @@ class Daemon:
             env[setting] = f"127.0.0.1:{port}"
             self.ports[name] = port
         if hbone_wildcard:
-            env["ZTUNNEL_INBOUND_ADDR"] = f"0.0.0.0:{self.ports['inbound']}"
+            # [::] where the host has IPv6, as the default (dual-stack: IPv4 peers appear as
+            # ::ffff:a.b.c.d), else 0.0.0.0.
+            wildcard = "[::]" if os.path.exists("/proc/net/if_inet6") else "0.0.0.0"
+            env["ZTUNNEL_INBOUND_ADDR"] = f"{wildcard}:{self.ports['inbound']}"
             env["ZTUNNEL_HBONE_PORT"] = str(self.ports["inbound"])
         if local_config:
             path = os.path.join(self.tmp, "local.yaml")
