@@ -23,6 +23,12 @@ final class ConnectionTracker: @unchecked Sendable {
         }
     }
 
+    /// Tells every live connection that the NetWorker drains (HBONE connections send GOAWAY).
+    func announceDrain() {
+        let live = condition.withLock { Array(channels.values) }
+        for channel in live { channel.pipeline.fireUserInboundEventTriggered(DrainRequested()) }
+    }
+
     /// Blocks the calling (control) thread until no connection is left or `deadline` (monotonic
     /// ms) passes. Returns the connections still open.
     func waitUntilEmpty(deadline: Int64) -> [Channel] {

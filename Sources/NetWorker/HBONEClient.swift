@@ -21,11 +21,11 @@ final class HBONEClientHandler: HTTP2Connection {
     private var openStreams = 0
     private(set) var peer: SpiffeId?
 
-    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount) {
+    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount, keepaliveMilliseconds: Int64) {
         self.ready = ready
         self.maxStreams = maxStreams
         self.idleRelease = idleRelease
-        super.init(listener: "outbound")
+        super.init(listener: "outbound", keepaliveMilliseconds: keepaliveMilliseconds)
     }
 
     override var maxHeaderListBytes: Int { Self.maxHeaderListBytes }
@@ -221,7 +221,8 @@ final class HBONEPool {
             return eventLoop.makeFailedFuture(error)
         }
         let ready = eventLoop.makePromise(of: Void.self)
-        let handler = HBONEClientHandler(ready: ready, maxStreams: settings.maxStreams, idleRelease: settings.idleRelease)
+        let handler = HBONEClientHandler(ready: ready, maxStreams: settings.maxStreams, idleRelease: settings.idleRelease,
+                                         keepaliveMilliseconds: settings.bounds.keepaliveMilliseconds)
         let settings = self.settings
         let tls = TLSHandler(role: .client(context: tunnel.context, expected: tunnel.expected), signer: settings.signer,
                              bounds: settings.bounds, reporter: settings.reporter)

@@ -9,8 +9,8 @@ import Shared
 /// above the TLS handler: each CONNECT stream is validated, authorized with the client's SPIFFE
 /// identity, connected to the application and then carries its bytes both ways.
 ///
-/// Not yet: hostname authorities (services by hostname answer 503), the PROXY protocol towards
-/// applications with an application tunnel, PING keepalive and GOAWAY on drain (data-plane issue).
+/// Not yet: hostname authorities (services by hostname answer 503) and the PROXY protocol
+/// towards applications with an application tunnel (data-plane issue).
 final class HBONEServerHandler: HTTP2Connection {
     static let maxHeaderListBytes = 64 * 1024
 
@@ -21,11 +21,11 @@ final class HBONEServerHandler: HTTP2Connection {
     /// The workload each authorized stream is for (its baggage goes on the 200).
     private var destinations: [Int32: Workload] = [:]
 
-    init(authorization: InboundAuthorization, metrics: TrafficMetrics, proxyPorts: Set<UInt16>) {
+    init(authorization: InboundAuthorization, metrics: TrafficMetrics, proxyPorts: Set<UInt16>, keepaliveMilliseconds: Int64) {
         self.authorization = authorization
         self.metrics = metrics
         self.proxyPorts = proxyPorts
-        super.init(listener: "inbound")
+        super.init(listener: "inbound", keepaliveMilliseconds: keepaliveMilliseconds)
     }
 
     override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -65,12 +65,24 @@ class HTTP2Connection: ChannelInboundHandler {
     private var wantsFlush = false
     /// "inbound" or "outbound", for logs.
     let listener: String
+    /// PING every `keepalive`; a PING unanswered for two intervals closes the connection (§5.2).
+    private let keepalive: TimeAmount
+    private var keepaliveTask: RepeatedTask?
+    private var pingSentAt: NIODeadline?
+    /// GOAWAY was sent (drain): the connection closes once its last stream ends.
+    private(set) var isGoingAway = false
+    private var closeWhenFlushed = false
 
-    init(listener: String) { self.listener = listener }
+    init(listener: String, keepaliveMilliseconds: Int64) {
+        self.listener = listener
+        self.keepalive = .milliseconds(keepaliveMilliseconds)
+    }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
 
     func handlerRemoved(context: ChannelHandlerContext) {
+        keepaliveTask?.cancel()
+        keepaliveTask = nil
         for stream in streams.values { stream.tcp?.close(promise: nil) }
         streams.removeAll()
         if let session { nghttp2_session_del(session) }
@@ -103,10 +115,49 @@ class HTTP2Connection: ChannelInboundHandler {
             context.close(promise: nil)
             return
         }
+        if event is DrainRequested {
+            goAway(context: context)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
+    /// Graceful GOAWAY (§20): no new stream is accepted, the open ones finish, then the
+    /// connection closes (the drain deadline closes what is left).
+    func goAway(context: ChannelHandlerContext) {
+        guard let session, !isGoingAway else { return }
+        isGoingAway = true
+        _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
+                                  UInt32(NGHTTP2_NO_ERROR.rawValue), nil, 0)
+        flushSession()
+        Log.debug("\(listener): GOAWAY sent", [("peer", ListenerFactory.peer(context.channel)), ("streams", "\(streams.count)")])
+        if streams.isEmpty { context.close(promise: nil) }
+    }
+
+    /// Sends a PING each interval; closes the connection when the previous one went unanswered
+    /// for two intervals.
+    private func startKeepalive(context: ChannelHandlerContext) {
+        guard keepalive.nanoseconds > 0 else { return }
+        keepaliveTask = context.eventLoop.scheduleRepeatedTask(initialDelay: keepalive, delay: keepalive) { [weak self] _ in
+            guard let self, let session = self.session, let context = self.context else { return }
+            let now = NIODeadline.now()
+            if let sent = self.pingSentAt {
+                if now - sent >= self.keepalive * 2 {
+                    Log.info("\(self.listener): HBONE peer did not answer a PING; closing",
+                             [("peer", ListenerFactory.peer(context.channel)), ("waited_ms", "\((now - sent).nanoseconds / 1_000_000)")])
+                    context.close(promise: nil)
+                }
+                return
+            }
+            self.pingSentAt = now
+            _ = nghttp2_submit_ping(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nil)
+            self.flushSession()
+        }
+    }
+
     func channelInactive(context: ChannelHandlerContext) {
+        keepaliveTask?.cancel()
+        keepaliveTask = nil
         for stream in streams.values {
             stream.tcp?.close(promise: nil)
             stream.answered?.fail(HBONEError("the HBONE connection closed before the answer"))
@@ -160,6 +211,7 @@ class HTTP2Connection: ChannelInboundHandler {
         // The connection window, as upstream's HTTP2_CONNECTION_WINDOW_SIZE default (§5.2).
         _ = nghttp2_session_set_local_window_size(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(Self.connectionWindow))
         flushSession()
+        startKeepalive(context: context)
     }
 
     /// Writes whatever nghttp2 has queued (frames, data) through the TLS handler.
@@ -180,7 +232,7 @@ class HTTP2Connection: ChannelInboundHandler {
             wrote = true
         }
         if wrote { context.flush() }
-        if nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0 {
+        if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
             context.close(promise: nil)
         }
     }
@@ -251,6 +303,8 @@ class HTTP2Connection: ChannelInboundHandler {
     /// The stream is gone (answered and done, reset, or the connection ended).
     func streamClosed(_ id: Int32, errorCode: UInt32) {
         guard let stream = streams.removeValue(forKey: id) else { return }
+        // Closed once what nghttp2 still has queued (this stream's last frame) is written.
+        if isGoingAway && streams.isEmpty { closeWhenFlushed = true }
         stream.tcp?.close(promise: nil)
         if let answered = stream.answered {
             stream.answered = nil
@@ -263,6 +317,10 @@ class HTTP2Connection: ChannelInboundHandler {
     // MARK: - Frames and data
 
     private func frameReceived(type: UInt8, flags: UInt8, stream id: Int32) {
+        if type == UInt8(NGHTTP2_PING.rawValue) && flags & UInt8(NGHTTP2_FLAG_ACK.rawValue) != 0 {
+            pingSentAt = nil  // answered
+            return
+        }
         guard let stream = streams[id] else { return }
         let isHeaders = type == UInt8(NGHTTP2_HEADERS.rawValue)
         if isHeaders && flags & UInt8(NGHTTP2_FLAG_END_HEADERS.rawValue) != 0 && !stream.headersDone {
@@ -407,6 +465,10 @@ class HTTP2Connection: ChannelInboundHandler {
         flushSession()
     }
 }
+
+/// Sent through each tracked connection's pipeline when the NetWorker drains: HTTP/2
+/// connections answer with GOAWAY.
+struct DrainRequested {}
 
 /// Why an HBONE stream or connection failed, in words for the access log.
 struct HBONEError: Error, CustomStringConvertible {

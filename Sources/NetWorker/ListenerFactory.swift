@@ -117,7 +117,8 @@ struct ListenerFactory {
             return channel.pipeline.addHandlers([
                 IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
                 TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),
-                HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts),
+                HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts,
+                                   keepaliveMilliseconds: bounds.keepaliveMilliseconds),
             ])
         default:
             Log.warn("unknown listener \(name); closing connection")

@@ -144,6 +144,7 @@ struct ControlLoop {
         state.startDraining()
         let deadline = Clock.monotonicMilliseconds() + deadlineMilliseconds
         for server in servers { try? server.close().wait() }
+        tracker.announceDrain()
         Log.info("draining", [("live", "\(tracker.count)"), ("deadline_ms", "\(deadlineMilliseconds)")])
         let remaining = tracker.waitUntilEmpty(deadline: deadline)
         if !remaining.isEmpty {

@@ -4,7 +4,8 @@
 /// the configuration; the values are plain data so handlers can copy them.
 public struct Bounds: Sendable, Equatable {
     /// The settings that configure these bounds (a NetWorker receives them, RoleSpec.settings).
-    public static let settingNames = ["ZTUNNEL_HANDSHAKE_TIMEOUT", "ZTUNNEL_IDLE_TIMEOUT", "ZTUNNEL_MAX_CONNECTIONS"]
+    public static let settingNames = ["ZTUNNEL_HANDSHAKE_TIMEOUT", "ZTUNNEL_IDLE_TIMEOUT", "ZTUNNEL_MAX_CONNECTIONS",
+                                      "ZTUNNEL_HBONE_KEEPALIVE"]
 
     /// From accept to the end of a TLS or SOCKS5 handshake, or to the upstream being connected
     /// on a captured connection.
@@ -17,6 +18,9 @@ public struct Bounds: Sendable, Equatable {
     /// The admin, stats and readiness ports: the request head must arrive within this (hyper's
     /// 2 s in the real ztunnel) and fit in `httpMaxHeadBytes`.
     public var httpHeadMilliseconds: Int64 = 2_000
+    /// An HBONE connection sends a PING after this long and then as often (§5.2: 10 s); a PING
+    /// unanswered for twice this long tears the connection down.
+    public var keepaliveMilliseconds: Int64 = 10_000
     public static let httpMaxHeadBytes = 8 * 1024
     /// Those ports serve few clients (a prober, Prometheus, an operator): a small cap of their own.
     public var maxHTTPConnectionsPerListener = 256
@@ -37,5 +41,6 @@ public struct Bounds: Sendable, Equatable {
         self.init(handshakeMilliseconds: configuration.milliseconds("ZTUNNEL_HANDSHAKE_TIMEOUT"),
                   idleMilliseconds: configuration.milliseconds("ZTUNNEL_IDLE_TIMEOUT"),
                   maxConnectionsPerListener: configuration.int("ZTUNNEL_MAX_CONNECTIONS"))
+        keepaliveMilliseconds = configuration.milliseconds("ZTUNNEL_HBONE_KEEPALIVE")
     }
 }

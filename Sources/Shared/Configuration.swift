@@ -67,6 +67,8 @@ public struct Configuration: Sendable {
                 "deadline from accept to the end of a TLS or SOCKS5 handshake, or to a captured connection's upstream being connected"),
         Setting("ZTUNNEL_IDLE_TIMEOUT", .duration, default: "1h",
                 "a relayed connection with no bytes either way for this long is closed"),
+        Setting("ZTUNNEL_HBONE_KEEPALIVE", .duration, default: "10s",
+                "HTTP/2 PING interval on HBONE connections; no answer for twice this long closes the connection"),
         Setting("ZTUNNEL_MAX_CONNECTIONS", .integer(1...1_000_000), default: "16384",
                 "connections each proxy listener of each NetWorker serves at once; more are closed at accept"),
         Setting("POOL_MAX_STREAMS_PER_CONNECTION", .integer(1...10_000), default: "100",

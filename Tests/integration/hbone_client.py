@@ -27,6 +27,8 @@ class HBONEClient:
         self.ended = set()
         self.reset = {}
         self.headers = {}
+        self.pings = 0
+        self.goaway = None  # (error code, last stream id) once the server sent GOAWAY
 
     def flush(self):
         out = self.conn.data_to_send()
@@ -86,6 +88,10 @@ class HBONEClient:
                 elif isinstance(event, h2.events.StreamReset):
                     self.reset[event.stream_id] = event.error_code
                     self.ended.add(event.stream_id)
+                elif isinstance(event, h2.events.PingReceived):
+                    self.pings += 1  # h2 queues the ACK; flush() below sends it
+                elif isinstance(event, h2.events.ConnectionTerminated):
+                    self.goaway = (event.error_code, event.last_stream_id)
             self.flush()
         return True
 

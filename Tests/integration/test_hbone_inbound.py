@@ -3,6 +3,8 @@ CONNECT streams to the application, authorized with the client's SPIFFE identity
 answer the status codes of §5.6. The client is Python's ssl and h2."""
 import hashlib
 import os
+import signal
+import struct
 
 import pytest
 
@@ -173,3 +175,65 @@ def test_a_silent_hbone_connection_meets_the_idle_timeout(start_daemon, tmp_path
         assert 'bound="idle_timeout"' in http(daemon.ports["stats"], "/metrics")[1]
     finally:
         client.close()
+
+
+def start_hbone(start_daemon, tmp_path, echo_server, **env):
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(local_config=config(echo_server.port),
+                          extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), **env})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    return daemon
+
+
+def test_keepalive_pings_and_a_peer_that_stops_answering_is_cut(start_daemon, tmp_path, echo_server):
+    """§5.2: the server PINGs every interval (here 300 ms); a client that answers stays
+    connected, one that stops reading is torn down after two unanswered intervals."""
+    daemon = start_hbone(start_daemon, tmp_path, echo_server, ZTUNNEL_HBONE_KEEPALIVE="300ms")
+    answering = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    silent = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    try:
+        # The answering client reads (h2 ACKs each PING) and sees PINGs keep coming.
+        assert answering.pump(lambda: answering.pings >= 4, limit=100)
+        # The silent one stops reading after its handshake: its PING goes unanswered.
+        wait_for(lambda: "did not answer a PING" in daemon.log(), 10, "the silent peer's teardown")
+        stream = answering.connect(f"127.0.0.1:{echo_server.port}")
+        assert answering.pump(lambda: stream in answering.status) and answering.status[stream] == 200
+        assert daemon.log().count("did not answer a PING") == 1
+    finally:
+        answering.close()
+        silent.close()
+
+
+def test_drain_sends_goaway_and_lets_open_streams_finish(start_daemon, tmp_path, echo_server):
+    """§20: on SIGTERM the NetWorker stops accepting, sends GOAWAY on HBONE connections, and a
+    stream already open keeps carrying bytes until it ends."""
+    daemon = start_hbone(start_daemon, tmp_path, echo_server, CONNECTION_TERMINATION_DEADLINE="30s")
+    client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    try:
+        stream = client.connect(f"127.0.0.1:{echo_server.port}")
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200
+        daemon.proc.send_signal(signal.SIGTERM)
+        assert client.pump(lambda: client.goaway is not None, limit=100)
+        assert client.goaway == (0, stream)  # NO_ERROR, and this stream is still served
+        # Python's h2 refuses to send after a GOAWAY, though HTTP/2 allows it on streams up to
+        # the last stream id: the DATA frame (END_STREAM) is written by hand, and the answer read
+        # as raw frames until the server closes the connection.
+        payload = b"after goaway"
+        client.sock.sendall(struct.pack(">I", len(payload))[1:] + bytes([0, 1]) + struct.pack(">I", stream) + payload)
+        buffer, echoed, ended = b"", b"", False
+        while chunk := client.sock.recv(65536):
+            buffer += chunk
+            while len(buffer) >= 9 and len(buffer) >= 9 + int.from_bytes(buffer[:3], "big"):
+                length, kind, flags = int.from_bytes(buffer[:3], "big"), buffer[3], buffer[4]
+                frame_stream = int.from_bytes(buffer[5:9], "big") & 0x7FFFFFFF
+                if kind == 0 and frame_stream == stream:
+                    echoed += buffer[9:9 + length]
+                    ended = ended or bool(flags & 1)
+                buffer = buffer[9 + length:]
+        assert echoed == payload and ended  # then the server closed: its last stream was done
+    finally:
+        client.close()
+    assert daemon.proc.wait(timeout=30) == 0
