@@ -6,7 +6,7 @@ APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config p
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
-.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke clean
+.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -35,6 +35,12 @@ integration-test: build
 	python3 -m pytest -v Tests/integration
 
 test: unit-test integration-test fuzz-smoke
+
+# Figures, not pass/fail: direct TCP, an Envoy HBONE pair and ours, on a release build.
+bench: deps
+	@command -v iperf3 >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null
+	swift build -c release
+	python3 bench/run.py
 
 # Every parser of outside bytes has a libFuzzer target (Fuzz/run.sh): `make test` runs each for
 # FUZZ_SMOKE_SECONDS with AddressSanitizer, `make fuzz` for FUZZ_SECONDS.

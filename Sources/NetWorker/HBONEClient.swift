@@ -33,6 +33,7 @@ final class HBONEClientHandler: HTTP2Connection {
     override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let established = event as? TLSEstablished {
             peer = established.peer
+            tls = established.tls
             startSession(context: context, server: false, maxHeaderListBytes: Self.maxHeaderListBytes,
                          maxConcurrentStreams: UInt32(maxStreams))
             ready?.succeed(())
@@ -229,6 +230,7 @@ final class HBONEPool {
         let connected = ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.writeBufferWaterMark, value: HTTP2Connection.waterMark)
             .connectTimeout(.seconds(10))
             .channelInitializer { channel in channel.pipeline.addHandlers([tls, handler]) }
             .connect(to: address)

@@ -31,6 +31,7 @@ final class HBONEServerHandler: HTTP2Connection {
     override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let established = event as? TLSEstablished {
             peer = established.peer
+            tls = established.tls
             startSession(context: context, server: true, maxHeaderListBytes: Self.maxHeaderListBytes, maxConcurrentStreams: 200)
             return
         }

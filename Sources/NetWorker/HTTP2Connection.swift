@@ -29,8 +29,12 @@ class HTTP2Connection: ChannelInboundHandler {
         var headersDone = false
         /// The TCP side, once it is attached (connected application, or answered client).
         var tcp: Channel?
-        /// From the TCP side, waiting for the peer's flow-control window.
-        var toPeer: ByteBuffer?
+        /// From the TCP side, waiting for the peer's flow-control window (kept as received: no
+        /// merging copy), and how many bytes that is.
+        var toPeer: [ByteBuffer] = []
+        var toPeerBytes = 0
+        /// Its TCP side is not read until `toPeer` is down to half the bound.
+        var isTCPPaused = false
         /// The TCP side finished sending: END_STREAM once `toPeer` is out.
         var tcpEnded = false
         /// The peer ended its side before the TCP side was attached.
@@ -54,6 +58,12 @@ class HTTP2Connection: ChannelInboundHandler {
     /// TCP-side bytes held per stream before that side is no longer read.
     static let maxPendingToPeer = 256 * 1024
     static let streamWindow: UInt32 = 4 * 1024 * 1024
+    /// An HBONE connection carries many streams: it stops reading (everything) only when this
+    /// much waits for its socket, not at NIO's 64 KiB default, which a few frames cross and
+    /// which made reading flap on and off under load.
+    static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 2 * 1024 * 1024)
+    /// The largest DATA payload sent: a frame then fits one full TLS record.
+    static let dataFramePayload = 16 * 1024 - 9
     static let connectionWindow: UInt32 = 16 * 1024 * 1024
 
     var session: OpaquePointer?
@@ -63,6 +73,13 @@ class HTTP2Connection: ChannelInboundHandler {
     /// asked for then is done once receiving returns.
     private var isReceiving = false
     private var wantsFlush = false
+    /// TCP sides written to while receiving: flushed once, after the whole read is handled.
+    private var toFlush: [ObjectIdentifier: Channel] = [:]
+    /// The TLS handler below, once established: frames are sealed straight from nghttp2's output.
+    var tls: TLSHandler?
+    /// The buffer being received, so DATA payloads (which nghttp2 points into it) are sliced
+    /// rather than copied.
+    private var input: (base: UnsafeRawPointer, count: Int, buffer: ByteBuffer)?
     /// "inbound" or "outbound", for logs.
     let listener: String
     /// PING every `keepalive`; a PING unanswered for two intervals closes the connection (§5.2).
@@ -85,6 +102,7 @@ class HTTP2Connection: ChannelInboundHandler {
         keepaliveTask = nil
         for stream in streams.values { stream.tcp?.close(promise: nil) }
         streams.removeAll()
+        tls = nil
         if let session { nghttp2_session_del(session) }
         session = nil
         self.context = nil
@@ -96,6 +114,8 @@ class HTTP2Connection: ChannelInboundHandler {
         isReceiving = true
         let consumed = buffer.withUnsafeReadableBytes { raw -> Int in
             guard let base = raw.baseAddress?.assumingMemoryBound(to: UInt8.self), raw.count > 0 else { return 0 }
+            input = (UnsafeRawPointer(base), raw.count, buffer)
+            defer { input = nil }
             return nghttp2_session_mem_recv(session, base, raw.count)
         }
         isReceiving = false
@@ -110,11 +130,24 @@ class HTTP2Connection: ChannelInboundHandler {
         flushSession()
     }
 
+    /// The TCP sides written to during this burst of reads are flushed once, now.
+    func channelReadComplete(context: ChannelHandlerContext) {
+        flushTCPSides()
+        context.fireChannelReadComplete()
+    }
+
+    private func flushTCPSides() {
+        guard !toFlush.isEmpty else { return }
+        for tcp in toFlush.values { tcp.flush() }
+        toFlush.removeAll(keepingCapacity: true)
+    }
+
     func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
         if let event = event as? ChannelEvent, case .inputClosed = event {
             context.close(promise: nil)
             return
         }
+        if let established = event as? TLSEstablished { tls = established.tls }
         if event is DrainRequested {
             goAway(context: context)
             return
@@ -156,6 +189,7 @@ class HTTP2Connection: ChannelInboundHandler {
     }
 
     func channelInactive(context: ChannelHandlerContext) {
+        flushTCPSides()
         keepaliveTask?.cancel()
         keepaliveTask = nil
         for stream in streams.values {
@@ -173,7 +207,7 @@ class HTTP2Connection: ChannelInboundHandler {
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         let writable = context.channel.isWritable
         _ = context.channel.setOption(ChannelOptions.autoRead, value: writable)
-        for stream in streams.values where (stream.toPeer?.readableBytes ?? 0) < Self.maxPendingToPeer {
+        for stream in streams.values where !stream.isTCPPaused {
             _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: writable)
         }
         if writable { context.read() }
@@ -222,15 +256,43 @@ class HTTP2Connection: ChannelInboundHandler {
         }
         wantsFlush = false
         guard let session, let context else { return }
+        // Everything nghttp2 has queued goes out as one buffer and one flush (one TLS pass, one
+        // syscall), rather than one per frame.
+        if let tls {
+            // Sealed straight from nghttp2's buffer: no copy in between.
+            var wrote = false
+            while true {
+                var data: UnsafePointer<UInt8>?
+                let length = nghttp2_session_mem_send(session, &data)
+                guard length > 0, let data else { break }
+                wrote = true
+                guard tls.seal(UnsafeRawBufferPointer(start: data, count: length)) else {
+                    context.close(promise: nil)
+                    return
+                }
+            }
+            if wrote { tls.flushSealed() }
+            if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
+                context.close(promise: nil)
+            }
+            return
+        }
+        var output: ByteBuffer?
         var wrote = false
         while true {
             var data: UnsafePointer<UInt8>?
             let length = nghttp2_session_mem_send(session, &data)
             guard length > 0, let data else { break }
-            context.write(wrapOutboundOut(context.channel.allocator.buffer(bytes: UnsafeRawBufferPointer(start: data, count: length))),
-                          promise: nil)
+            let bytes = UnsafeRawBufferPointer(start: data, count: length)
+            if output == nil { output = context.channel.allocator.buffer(capacity: max(length, 16 * 1024)) }
+            output?.writeBytes(bytes)
             wrote = true
+            if let pending = output, pending.readableBytes >= 256 * 1024 {
+                context.write(wrapOutboundOut(pending), promise: nil)
+                output = nil
+            }
         }
+        if let output { context.write(wrapOutboundOut(output), promise: nil) }
         if wrote { context.flush() }
         if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
             context.close(promise: nil)
@@ -265,6 +327,11 @@ class HTTP2Connection: ChannelInboundHandler {
             let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
             handler.dataReceived(stream: streamId, UnsafeRawBufferPointer(start: data, count: length))
             return 0
+        }
+        // A DATA frame (9-byte header + payload) fills exactly one TLS record (16 KiB of
+        // plaintext): frames of 16 KiB of payload would each cost a second, 9-byte record.
+        nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks) { _, _, _, session, stream, maxFrame, _ in
+            min(Int(min(session, stream)), Int(maxFrame), HTTP2Connection.dataFramePayload)
         }
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamId, errorCode, user in
             guard let user else { return 0 }
@@ -305,7 +372,10 @@ class HTTP2Connection: ChannelInboundHandler {
         guard let stream = streams.removeValue(forKey: id) else { return }
         // Closed once what nghttp2 still has queued (this stream's last frame) is written.
         if isGoingAway && streams.isEmpty { closeWhenFlushed = true }
-        stream.tcp?.close(promise: nil)
+        if let tcp = stream.tcp {
+            // A clean end: what the peer sent is written before the close; a reset cuts it.
+            if errorCode == 0 { Self.closeAfterWrites(tcp, mode: .all) } else { tcp.close(promise: nil) }
+        }
         if let answered = stream.answered {
             stream.answered = nil
             answered.fail(HBONEError(errorCode == 0 ? "the stream ended before an answer"
@@ -329,13 +399,19 @@ class HTTP2Connection: ChannelInboundHandler {
         }
         if flags & UInt8(NGHTTP2_FLAG_END_STREAM.rawValue) != 0 && (isHeaders || type == UInt8(NGHTTP2_DATA.rawValue)) {
             // The peer finished sending: pass the half-close on.
-            if let tcp = stream.tcp { tcp.close(mode: .output, promise: nil) } else { stream.peerEnded = true }
+            if let tcp = stream.tcp { Self.closeAfterWrites(tcp, mode: .output) } else { stream.peerEnded = true }
         }
     }
 
     private func dataReceived(stream id: Int32, _ bytes: UnsafeRawBufferPointer) {
         guard let stream = streams[id], let context else { return }
-        let buffer = context.channel.allocator.buffer(bytes: bytes)
+        let buffer: ByteBuffer
+        if let input, let start = bytes.baseAddress, start >= input.base, start + bytes.count <= input.base + input.count,
+           let slice = input.buffer.getSlice(at: input.buffer.readerIndex + (start - input.base), length: bytes.count) {
+            buffer = slice  // shares the received buffer's storage: no copy
+        } else {
+            buffer = context.channel.allocator.buffer(bytes: bytes)
+        }
         guard !stream.isRefused else {
             // Answered already: its bytes are dropped, and the window given back at once.
             if let session { _ = nghttp2_session_consume(session, id, bytes.count) }
@@ -355,11 +431,20 @@ class HTTP2Connection: ChannelInboundHandler {
         countFromPeer(stream, count)
         // The window is given back whatever the write's outcome: a failed write must not shrink
         // the connection's window for good (the stream ends anyway).
-        tcp.writeAndFlush(buffer).whenComplete { [weak self] _ in
+        let written = tcp.write(buffer)
+        if isReceiving { toFlush[ObjectIdentifier(tcp)] = tcp } else { tcp.flush() }
+        written.whenComplete { [weak self] _ in
             guard let self, let session = self.session else { return }
             _ = nghttp2_session_consume(session, id, count)
             self.flushSession()
         }
+    }
+
+    /// Closes `tcp` (or its output) once every write queued before now is done: an empty write
+    /// completes after them, and is flushed with them. Closing at once would drop what is still
+    /// queued (a receive writes without flushing until the whole read is handled).
+    static func closeAfterWrites(_ tcp: Channel, mode: CloseMode) {
+        tcp.writeAndFlush(tcp.allocator.buffer(capacity: 0)).whenComplete { _ in tcp.close(mode: mode, promise: nil) }
     }
 
     /// Counts bytes that came from the HTTP/2 peer (received on the server, sent... see overrides).
@@ -376,7 +461,7 @@ class HTTP2Connection: ChannelInboundHandler {
         stream.isOpen = true
         for buffer in stream.early { forward(buffer, of: stream, to: tcp) }
         stream.early.removeAll()
-        if stream.peerEnded { tcp.close(mode: .output, promise: nil) }
+        if stream.peerEnded { Self.closeAfterWrites(tcp, mode: .output) }
         resume(stream)
     }
 
@@ -414,14 +499,22 @@ class HTTP2Connection: ChannelInboundHandler {
     private func read(stream id: Int32, into buffer: UnsafeMutablePointer<UInt8>, length: Int,
                       flags: UnsafeMutablePointer<UInt32>) -> Int {
         guard let stream = streams[id] else { return Int(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
-        if stream.isOpen, var pending = stream.toPeer, pending.readableBytes > 0 {
-            let count = min(length, pending.readableBytes)
-            pending.withUnsafeReadableBytes { raw in
-                if let base = raw.baseAddress { buffer.update(from: base.assumingMemoryBound(to: UInt8.self), count: count) }
+        if stream.isOpen, stream.toPeerBytes > 0 {
+            var count = 0
+            while count < length, !stream.toPeer.isEmpty {
+                let take = min(length - count, stream.toPeer[0].readableBytes)
+                stream.toPeer[0].withUnsafeReadableBytes { raw in
+                    if let base = raw.baseAddress { (buffer + count).update(from: base.assumingMemoryBound(to: UInt8.self), count: take) }
+                }
+                stream.toPeer[0].moveReaderIndex(forwardBy: take)
+                if stream.toPeer[0].readableBytes == 0 { stream.toPeer.removeFirst() }
+                count += take
             }
-            pending.moveReaderIndex(forwardBy: count)
-            stream.toPeer = pending
-            if pending.readableBytes < Self.maxPendingToPeer / 2 { _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: true) }
+            stream.toPeerBytes -= count
+            if stream.isTCPPaused && stream.toPeerBytes < Self.maxPendingToPeer / 2 {
+                stream.isTCPPaused = false
+                _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: true)
+            }
             return count
         }
         if stream.isOpen && stream.tcpEnded {
@@ -436,15 +529,11 @@ class HTTP2Connection: ChannelInboundHandler {
     /// further while too much waits.
     func tcpRead(_ buffer: ByteBuffer, stream: Stream) {
         countFromTCP(stream, buffer.readableBytes)
-        if var pending = stream.toPeer {
-            pending.discardReadBytes()
-            var incoming = buffer
-            pending.writeBuffer(&incoming)
-            stream.toPeer = pending
-        } else {
-            stream.toPeer = buffer
-        }
-        if (stream.toPeer?.readableBytes ?? 0) >= Self.maxPendingToPeer {
+        guard buffer.readableBytes > 0 else { return }
+        stream.toPeer.append(buffer)
+        stream.toPeerBytes += buffer.readableBytes
+        if stream.toPeerBytes >= Self.maxPendingToPeer && !stream.isTCPPaused {
+            stream.isTCPPaused = true
             _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: false)
         }
         resume(stream)

@@ -114,6 +114,7 @@ struct ListenerFactory {
             let onIdle: @Sendable () -> Void = { [reporter] in
                 reporter.reached(.idleTimeout, listener: name, peer: ListenerFactory.peer(channel), detail: "no bytes either way for \(idle) ms")
             }
+            _ = channel.setOption(ChannelOptions.writeBufferWaterMark, value: HTTP2Connection.waterMark)
             return channel.pipeline.addHandlers([
                 IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
                 TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),

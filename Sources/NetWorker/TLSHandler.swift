@@ -42,11 +42,14 @@ final class TLSHandler: ChannelDuplexHandler {
     /// The handshake is over (either way); `isActive`: it succeeded and application data flows.
     private var isDone = false
     private var isActive = false
+    static let plaintextChunk = 64 * 1024
     /// How long a signature round trip may take before the handshake fails.
     static let signDeadline = TimeAmount.seconds(2)
 
     /// The listener name in logs and bound metrics.
     private let listener: String
+    /// Set once the handshake succeeded: the direct path (`seal`, `flushSealed`) writes here.
+    private var context: ChannelHandlerContext?
 
     init(role: Role, signer: SignerClient, bounds: Bounds, reporter: BoundReporter) {
         self.role = role
@@ -134,6 +137,7 @@ final class TLSHandler: ChannelDuplexHandler {
 
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
+        self.context = nil
         guard let ssl else { return }
         if slot.isInFlight || slot.request != nil {
             // A job is paused waiting for a signature: let it finish (failing) so its stack is
@@ -252,7 +256,8 @@ final class TLSHandler: ChannelDuplexHandler {
                  [("peer", ListenerFactory.peer(context.channel)), ("peer_identity", peer.description),
                   ("local_identity", ours?.description ?? "?")])
         isActive = true
-        context.fireUserInboundEventTriggered(TLSEstablished(peer: peer, local: ours))
+        self.context = context
+        context.fireUserInboundEventTriggered(TLSEstablished(peer: peer, local: ours, tls: self))
         // Records that arrived with the end of the handshake are application data already.
         readApplicationData(nil, context: context)
     }
@@ -268,17 +273,25 @@ final class TLSHandler: ChannelDuplexHandler {
             buffer.moveReaderIndex(to: buffer.writerIndex)
         }
         while true {
-            var plain = context.channel.allocator.buffer(capacity: 16 * 1024)
+            // Up to 64 KiB of plaintext (four full records) per read passed on: the session
+            // above then handles a burst in one pass.
+            var plain = context.channel.allocator.buffer(capacity: Self.plaintextChunk)
             var rc: Int32 = 0
-            _ = plain.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { raw in
-                rc = slot.whileCurrent { SSL_read(ssl, raw.baseAddress, Int32(raw.count)) }
-                return Int(max(0, rc))
+            while plain.writableBytes >= 16 * 1024 {
+                _ = plain.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { raw in
+                    rc = slot.whileCurrent { SSL_read(ssl, raw.baseAddress, Int32(raw.count)) }
+                    return Int(max(0, rc))
+                }
+                if rc <= 0 { break }
             }
-            if rc > 0 {
+            // The error is read now: passing the plaintext on runs the session above, whose
+            // writes (SSL_write) would change what SSL_get_error reports for this read.
+            let error = rc > 0 ? SSL_ERROR_NONE : SSL_get_error(ssl, rc)
+            if plain.readableBytes > 0 {
                 context.fireChannelRead(wrapInboundOut(plain))
-                continue
+                guard isActive, self.ssl != nil else { return }  // closed by the session meanwhile
             }
-            let error = SSL_get_error(ssl, rc)
+            if rc > 0 { continue }
             flushOutput(context: context)  // key updates, alerts
             if error == SSL_ERROR_ZERO_RETURN {
                 // close_notify: the peer sends no more.
@@ -311,12 +324,33 @@ final class TLSHandler: ChannelDuplexHandler {
             }
             if written > 0 { buffer.moveReaderIndex(forwardBy: Int(written)) } else { ok = false }
         }
-        flushOutput(context: context, promise: ok ? promise : nil)
+        // Encrypted and queued; the socket write happens at the next flush, so a burst of
+        // frames leaves in one syscall.
+        drainOutput(context: context, flush: false, promise: ok ? promise : nil)
         if !ok { promise?.fail(ChannelError.ioOnClosedChannel) }
     }
 
     func flush(context: ChannelHandlerContext) {
         context.flush()
+    }
+
+    /// The direct path for the HTTP/2 session above: encrypts `bytes` at once, with no buffer in
+    /// between (nghttp2's output goes straight into the SSL). False when the connection is over.
+    func seal(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard isActive, let ssl, let base = bytes.baseAddress else { return false }
+        var offset = 0
+        while offset < bytes.count {
+            let written = slot.whileCurrent { SSL_write(ssl, base + offset, Int32(min(bytes.count - offset, Int(Int32.max)))) }
+            guard written > 0 else { return false }
+            offset += Int(written)
+        }
+        return true
+    }
+
+    /// Writes and flushes what `seal` encrypted: one buffer, one flush.
+    func flushSealed() {
+        guard let context else { return }
+        flushOutput(context: context)
     }
 
     /// Closing: a close_notify first, so the peer can tell a clean end from a cut connection.
@@ -331,6 +365,11 @@ final class TLSHandler: ChannelDuplexHandler {
 
     /// Moves whatever OpenSSL wrote (handshake records, application data, alerts) to the socket.
     private func flushOutput(context: ChannelHandlerContext, promise: EventLoopPromise<Void>? = nil) {
+        drainOutput(context: context, flush: true, promise: promise)
+    }
+
+    /// Moves what OpenSSL wrote to the pipeline, flushed or only queued.
+    private func drainOutput(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>?) {
         guard let writeBIO else {
             promise?.succeed(())
             return
@@ -348,7 +387,9 @@ final class TLSHandler: ChannelDuplexHandler {
             if read == 0 { break }
             pending = CShims_BIO_pending(writeBIO)
         }
-        context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
+        if flush { context.writeAndFlush(wrapOutboundOut(buffer), promise: promise) } else {
+            context.write(wrapOutboundOut(buffer), promise: promise)
+        }
     }
 }
 
@@ -356,6 +397,8 @@ final class TLSHandler: ChannelDuplexHandler {
 struct TLSEstablished {
     let peer: SpiffeId
     let local: SpiffeId?
+    /// The handler itself, for the session's direct write path.
+    let tls: TLSHandler?
 }
 
 /// Fired inbound by the TLS handler when the handshake failed or the peer's identity did not

@@ -29,10 +29,13 @@ LISTENERS = {
 
 
 def free_ports(count):
+    """Ports free on every address (a wildcard bind, dual-stack where the host has IPv6), so a
+    daemon may listen on one at [::] as well as on 127.0.0.1."""
     socks, ports = [], []
+    v6 = os.path.exists("/proc/net/if_inet6")
     for _ in range(count):
-        s = socket.socket()
-        s.bind(("127.0.0.1", 0))
+        s = socket.socket(socket.AF_INET6 if v6 else socket.AF_INET)
+        s.bind(("::" if v6 else "0.0.0.0", 0))
         socks.append(s)
         ports.append(s.getsockname()[1])
     for s in socks:

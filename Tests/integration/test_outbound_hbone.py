@@ -182,3 +182,48 @@ def test_a_thousand_concurrent_streams_share_pooled_connections(start_daemon):
         assert not [l for l in access_lines(daemon) if "error=" in l]
     finally:
         echo.close()
+
+
+def test_a_reader_that_pauses_does_not_stall_the_tunnel(start_daemon):
+    """Backpressure engages and releases: the client writes 48 MiB without reading, so the echo
+    server, then both HBONE windows, then the client's own socket fill up and reading pauses at
+    every hop; once the client reads, everything flows again and arrives intact. (A resume
+    condition that missed the moment the queue crossed its bound stalled this for good.)"""
+    import threading
+    import time
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, _ = start(start_daemon, echo.port)
+        payload = os.urandom(48 << 20)
+        sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source="127.0.0.3", timeout=60)
+        assert code == 0
+        progress = {"sent": 0, "done": False}
+
+        def write():
+            view = memoryview(payload)
+            for offset in range(0, len(payload), 65536):
+                sock.sendall(view[offset:offset + 65536])
+                progress["sent"] = offset + 65536
+            sock.shutdown(socket.SHUT_WR)
+            progress["done"] = True
+        writer = threading.Thread(target=write, daemon=True)
+        writer.start()
+        # Start reading only once the writer is held back by backpressure (no progress for
+        # 300 ms) or has finished: every bound in the path has then been reached.
+        last, since = -1, time.monotonic()
+        while not progress["done"] and time.monotonic() - since < 0.3:
+            if progress["sent"] != last:
+                last, since = progress["sent"], time.monotonic()
+            time.sleep(0.02)
+        received = bytearray()
+        while True:
+            chunk = sock.recv(1 << 20)
+            if not chunk:
+                break
+            received += chunk
+        writer.join(timeout=60)
+        sock.close()
+        assert len(received) == len(payload)
+        assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
+    finally:
+        echo.close()
