@@ -193,7 +193,12 @@ final class TLSHandler: ChannelDuplexHandler {
         case SSL_ERROR_WANT_ASYNC:
             sendPendingSignature(context: context)
         default:
-            let reason = "\(OpenSSLError("SSL_do_handshake"))"
+            var reason = "\(OpenSSLError("SSL_do_handshake"))"
+            // Say why the peer's certificate failed (expired, unknown CA...), not only that it did.
+            let verify = SSL_get_verify_result(ssl)
+            if verify != X509_V_OK, let text = X509_verify_cert_error_string(verify) {
+                reason += " (peer certificate: \(String(cString: text)))"
+            }
             flushOutput(context: context)  // the alert, so the peer learns why
             fail(context: context, reason)
         }

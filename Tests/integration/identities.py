@@ -22,14 +22,17 @@ class MiniCA:
                      .sign(self.key, hashes.SHA256()))
         self.root_pem = self.cert.public_bytes(serialization.Encoding.PEM)
 
-    def issue(self, directory, service_account, namespace="default"):
-        """Writes cert-chain.pem, key.pem and root-cert.pem; returns (spiffe id, private key)."""
-        spiffe = f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{service_account}"
+    def issue(self, directory, service_account, namespace="default", trust_domain=None, expired=False):
+        """Writes cert-chain.pem, key.pem and root-cert.pem; returns (spiffe id, private key).
+        `trust_domain` overrides the SPIFFE id's (same CA); `expired` makes a leaf whose validity
+        ended an hour ago."""
+        spiffe = f"spiffe://{trust_domain or self.trust_domain}/ns/{namespace}/sa/{service_account}"
         key = ec.generate_private_key(ec.SECP256R1())
+        end = self.now - datetime.timedelta(hours=1) if expired else self.now + datetime.timedelta(days=1)
         cert = (x509.CertificateBuilder().subject_name(x509.Name([])).issuer_name(self.name)
                 .public_key(key.public_key()).serial_number(x509.random_serial_number())
-                .not_valid_before(self.now - datetime.timedelta(minutes=5))
-                .not_valid_after(self.now + datetime.timedelta(days=1))
+                .not_valid_before(self.now - datetime.timedelta(hours=2))
+                .not_valid_after(end)
                 .add_extension(x509.SubjectAlternativeName([x509.UniformResourceIdentifier(spiffe)]), critical=True)
                 .sign(self.key, hashes.SHA256()))
         os.makedirs(directory, exist_ok=True)

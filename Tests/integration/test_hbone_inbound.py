@@ -237,3 +237,20 @@ def test_drain_sends_goaway_and_lets_open_streams_finish(start_daemon, tmp_path,
     finally:
         client.close()
     assert daemon.proc.wait(timeout=30) == 0
+
+
+def test_a_huge_header_block_resets_that_stream_only(hbone):
+    """A CONNECT whose header block is over the 64 KiB the server advertises is reset; the
+    connection and its other streams carry on."""
+    daemon, tmp, echo = hbone
+    client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
+    try:
+        huge = client.connect(f"127.0.0.1:{echo.port}", extra_headers=[("x-padding", "a" * (70 * 1024))])
+        assert client.pump(lambda: huge in client.reset or huge in client.status)
+        assert huge in client.reset and huge not in client.status
+        good = client.connect(f"127.0.0.1:{echo.port}")
+        assert client.pump(lambda: good in client.status) and client.status[good] == 200
+        client.send(good, b"still here", end=True)
+        assert client.pump(lambda: good in client.ended) and client.data[good] == b"still here"
+    finally:
+        client.close()

@@ -12,14 +12,15 @@ from daemon import wait_for
 from identities import MiniCA, serving_config
 
 
-def handshake(port, client_dir, timeout=5):
-    """Opens an HBONE-style mTLS connection (TLS 1.3, ALPN h2, client certificate); returns the
-    server's SPIFFE ids and the negotiated ALPN, or raises."""
+def handshake(port, client_dir, timeout=5, certificate=True):
+    """Opens an HBONE-style mTLS connection (TLS 1.3, ALPN h2, client certificate unless told
+    not to); returns the server's SPIFFE ids and the negotiated ALPN, or raises."""
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     context.minimum_version = ssl.TLSVersion.TLSv1_3
     context.check_hostname = False  # HBONE verifies the SPIFFE id, not a host name
     context.load_verify_locations(os.path.join(client_dir, "root-cert.pem"))
-    context.load_cert_chain(os.path.join(client_dir, "cert-chain.pem"), os.path.join(client_dir, "key.pem"))
+    if certificate:
+        context.load_cert_chain(os.path.join(client_dir, "cert-chain.pem"), os.path.join(client_dir, "key.pem"))
     context.set_alpn_protocols(["h2"])
     with socket.create_connection(("127.0.0.1", port), timeout=timeout) as raw:
         with context.wrap_socket(raw) as tls:
@@ -56,6 +57,9 @@ def start_with_identity(start_daemon, tmp_path):
     ca = MiniCA()
     server_id, server_key = ca.issue(str(tmp_path / "identities" / "server"), "server")
     ca.issue(str(tmp_path / "client"), "client")
+    # Clients the server must refuse although their certificates come from its own CA.
+    ca.issue(str(tmp_path / "other-domain"), "client", trust_domain="other.example")
+    ca.issue(str(tmp_path / "expired"), "client", expired=True)
     daemon = start_daemon(local_config=serving_config(), extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
     daemon.wait_ready()
     return daemon, server_id, server_key
@@ -138,6 +142,32 @@ def test_a_client_from_another_ca_is_refused(start_daemon, tmp_path):
     # from the server's log.
     wait_for(lambda: "TLS handshake failed" in daemon.log(), 10, "the server to refuse the handshake")
     assert daemon.log().count("mTLS established") == established
+
+
+def test_clients_without_a_valid_identity_are_refused_and_the_worker_keeps_serving(start_daemon, tmp_path):
+    """§5.1: no client certificate, a SPIFFE id in another trust domain, an expired certificate:
+    each handshake is refused with its reason in the log, and good clients are still served."""
+    daemon, _, _ = start_with_identity(start_daemon, tmp_path)
+    wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30, "a good handshake")
+    wait_for(lambda: "mTLS established" in daemon.log(), 10, "the server to log the good handshake")
+    cases = [
+        (dict(client_dir=str(tmp_path / "client"), certificate=False), "peer did not return a certificate"),
+        (dict(client_dir=str(tmp_path / "other-domain")), "client identity spiffe://other.example/ns/default/sa/client "
+                                                          "is not in our trust domain"),
+        (dict(client_dir=str(tmp_path / "expired")), "certificate has expired"),
+    ]
+    for kwargs, reason in cases:
+        failures = daemon.log().count("TLS handshake failed")
+        established = daemon.log().count("mTLS established")
+        try:
+            handshake(daemon.ports["inbound"], **kwargs)
+        except (OSError, ssl.SSLError):
+            pass  # refused before our side finished: fine
+        wait_for(lambda: daemon.log().count("TLS handshake failed") > failures, 10, f"the refusal ({reason})")
+        refusal = [l for l in daemon.log().splitlines() if "TLS handshake failed" in l][-1]
+        assert reason in refusal, refusal
+        assert daemon.log().count("mTLS established") == established
+    assert try_handshake(daemon.ports["inbound"], str(tmp_path / "client"))
 
 
 def test_a_pending_signature_does_not_block_the_event_loop(start_daemon, tmp_path):

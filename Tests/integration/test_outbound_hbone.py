@@ -227,3 +227,79 @@ def test_a_reader_that_pauses_does_not_stall_the_tunnel(start_daemon):
         assert hashlib.sha256(received).digest() == hashlib.sha256(payload).digest()
     finally:
         echo.close()
+
+
+def test_a_networker_killed_mid_stream_loses_only_its_own_streams(start_daemon):
+    """A client-side daemon with two NetWorkers tunnels 200 streams at once to a server-side
+    daemon (both trust one CA); one client-side NetWorker is killed with SIGKILL. Every stream
+    either completes with its bytes intact or ends (EOF or reset) without wrong bytes; the other
+    worker's streams complete; the killed one is replaced and new tunnels work."""
+    import signal
+    import tempfile
+    from identities import MiniCA
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        cacerts = tempfile.mkdtemp(prefix="ztunnel-test-ca-")
+        MiniCA().write_cacerts(cacerts)
+        server_side = start_daemon(local_config=config(echo.port), hbone_wildcard=True, extra_env={"ZTUNNEL_CA_DIR": cacerts})
+        server_side.wait_ready()
+        daemon = start_daemon(local_config=config(echo.port), extra_env={
+            "ZTUNNEL_CA_DIR": cacerts, "ZTUNNEL_HBONE_PORT": str(server_side.ports["inbound"]),
+            "ZTUNNEL_NET_WORKERS": "2", "ZTUNNEL_MAX_CONNECTIONS": "4096"})
+        daemon.wait_ready()
+        wait_for(lambda: daemon.log().count("identity available") >= 4 and "identity available" in server_side.log(), 30,
+                 "both daemons' identities")
+        workers = daemon.workers("net-worker")
+        assert len(workers) == 2
+        first, rest = os.urandom(4096), os.urandom(60_000)
+
+        async def one(opened, kill):
+            reader, writer = await asyncio.open_connection("127.0.0.1", daemon.ports["socks5"], local_addr=("127.0.0.3", 0))
+            writer.write(b"\x05\x01\x00")
+            assert await reader.readexactly(2) == b"\x05\x00"
+            writer.write(b"\x05\x01\x00\x01" + socket.inet_aton("127.0.0.2") + struct.pack(">H", echo.port))
+            assert (await reader.readexactly(10))[1] == 0
+            writer.write(first)
+            echoed = await reader.readexactly(len(first))
+            assert echoed == first
+            opened()
+            await kill.wait()
+            try:
+                writer.write(rest)
+                await writer.drain()
+                writer.write_eof()
+                received = await asyncio.wait_for(reader.read(), 30)
+            except (OSError, asyncio.IncompleteReadError):  # reset, or not connected any more
+                return "ended"
+            finally:
+                writer.close()
+            if received == rest:
+                return "intact"
+            assert rest.startswith(received), "wrong bytes after the kill"
+            return "ended"
+
+        async def run():
+            kill = asyncio.Event()
+            count = []
+
+            def opened():
+                count.append(1)
+                if len(count) == 200:
+                    os.kill(workers[0], signal.SIGKILL)
+                    kill.set()
+            return await asyncio.gather(*(one(opened, kill) for _ in range(200)))
+
+        outcomes = asyncio.run(run())
+        assert outcomes.count("intact") + outcomes.count("ended") == 200
+        assert outcomes.count("intact") > 0, "the surviving NetWorker's streams were lost too"
+        wait_for(lambda: len(daemon.workers("net-worker")) == 2 and workers[0] not in daemon.workers("net-worker")
+                 and daemon.ready(), 30, "the replacement NetWorker")
+        for _ in range(10):  # new tunnels work, whichever worker takes them
+            sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source="127.0.0.3")
+            with sock:
+                assert code == 0
+                assert round_trip(sock, b"after the kill") == b"after the kill"
+        print(f"\n200 streams, one of two NetWorkers killed: {outcomes.count('intact')} intact, "
+              f"{outcomes.count('ended')} ended")
+    finally:
+        echo.close()
