@@ -18,21 +18,35 @@ public enum Router {
         /// The workload speaks HBONE: TCP to `ip:15008`, CONNECT to `ip:port`, expecting one of
         /// `identities` (the service's SANs, then the workload's).
         case hbone(workloadUid: String, ip: IPAddress, port: UInt16, identities: [String])
+        /// The destination has a waypoint (§9 steps 2 and 5): TCP to the waypoint's `ip:hbonePort`,
+        /// CONNECT to the original `target:port`, expecting one of `identities` (the waypoint
+        /// service's SANs, then the waypoint workload's).
+        case waypoint(waypointUid: String, ip: IPAddress, hbonePort: UInt16, target: IPAddress, port: UInt16, identities: [String])
         /// The mesh knows the destination but there is nowhere to send it (the reason says why).
         case refused(String)
     }
 
     /// `pick(weights)` returns an index into `weights` (weighted random in production).
+    /// `sourceUid`: the client's workload; a waypoint is not used for its own traffic.
     public static func route(_ model: MeshModel, to destination: NetworkAddress, port: UInt16, clientNamespace: String?,
-                             pick: ([UInt32]) -> Int) -> Route {
+                             sourceUid: String? = nil, pick: ([UInt32]) -> Int) -> Route {
         if let workload = model.workload(at: destination) {
+            // Workload-addressed: its own waypoint, unless the client is that waypoint (step 5).
+            if let gateway = workload.waypoint {
+                let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, pick: pick)
+                if case .waypoint(let uid, _, _, _, _, _) = route, uid == sourceUid {} else { return route }
+            }
             return toWorkload(workload, ip: destination.ip, port: port, serviceSANs: [])
         }
         let candidates = model.services(at: destination).filter {
             $0.visibility == .public || $0.namespace == clientNamespace
         }
         guard let service = preferred(candidates, clientNamespace: clientNamespace) else { return .passthrough }
-        if service.waypoint != nil { return .refused("service \(service.key) has a waypoint; waypoints are not supported yet") }
+        if let gateway = service.waypoint {
+            // The service's waypoint gets the connection for the original VIP:port (step 2).
+            let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, pick: pick)
+            if case .waypoint(let uid, _, _, _, _, _) = route, uid == sourceUid {} else { return route }
+        }
         if service.loadBalancer?.mode == .passthrough { return .passthrough }
         return toEndpoint(of: service, model: model, port: port, family: destination.ip.isIPv4, pick: pick)
     }
@@ -62,10 +76,44 @@ public enum Router {
         return toWorkload(chosen.workload, ip: ip, port: chosen.port, serviceSANs: service.subjectAltNames)
     }
 
-    static func toWorkload(_ workload: Workload, ip: IPAddress, port: UInt16, serviceSANs: [String]) -> Route {
-        if workload.waypoint != nil {
-            return .refused("workload \(workload.uid) has a waypoint; waypoints are not supported yet")
+    /// The waypoint a `GatewayAddress` names: a workload at an address, or a service (by VIP or
+    /// hostname) whose healthy endpoint is picked. It must speak HBONE.
+    static func toWaypoint(_ gateway: GatewayAddress, model: MeshModel, target: IPAddress, port: UInt16,
+                           pick: ([UInt32]) -> Int) -> Route {
+        var service: Service?
+        switch gateway.destination {
+        case .address(let network, let ip):
+            let address = NetworkAddress(network: network, ip: ip)
+            if let workload = model.workload(at: address) {
+                return waypoint(workload, ip: ip, gateway: gateway, target: target, port: port, serviceSANs: [])
+            }
+            service = model.services(at: address).first
+        case .hostname(let namespace, let hostname):
+            service = model.services["\(namespace)/\(hostname)"]
         }
+        guard let service else { return .refused("waypoint \(gateway.text) is neither a known workload nor a service") }
+        let allowAll = service.loadBalancer?.healthPolicy == .allowAll
+        let usable = model.endpoints(of: service.key).map(\.workload).filter {
+            (allowAll || $0.status == .healthy) && !$0.addresses.isEmpty
+        }
+        guard !usable.isEmpty else { return .refused("waypoint service \(service.key) has no healthy endpoint") }
+        let chosen = usable[min(max(0, pick(usable.map { max(1, $0.capacity) })), usable.count - 1)]
+        let ip = chosen.addresses.first { $0.isIPv4 == target.isIPv4 } ?? chosen.addresses[0]  // not empty: filtered
+        return waypoint(chosen, ip: ip, gateway: gateway, target: target, port: port, serviceSANs: service.subjectAltNames)
+    }
+
+    private static func waypoint(_ workload: Workload, ip: IPAddress, gateway: GatewayAddress, target: IPAddress, port: UInt16,
+                                 serviceSANs: [String]) -> Route {
+        guard workload.tunnelProtocol == .hbone else {
+            return .refused("waypoint \(workload.uid) does not speak HBONE")
+        }
+        return .waypoint(waypointUid: workload.uid, ip: ip, hbonePort: gateway.hboneMtlsPort, target: target, port: port,
+                         identities: serviceSANs + [workload.identity].compactMap { $0 })
+    }
+
+    /// A workload reached as a service endpoint or by its address once waypoints are decided:
+    /// its own waypoint applies only when it was addressed directly (§9 step 5, in `route`).
+    static func toWorkload(_ workload: Workload, ip: IPAddress, port: UInt16, serviceSANs: [String]) -> Route {
         switch workload.tunnelProtocol {
         case .none: return .direct(workloadUid: workload.uid, ip: ip, port: port)
         case .hbone: return .hbone(workloadUid: workload.uid, ip: ip, port: port, identities: serviceSANs + [workload.identity].compactMap { $0 })

@@ -47,31 +47,46 @@ struct OutboundRouting: Sendable {
         let source = state.workload(at: client, in: model)
         guard let ip = IPAddress(host) else { return .connect(host: host, port: port, via: "passthrough", target: Target(source: source)) }
         let destination = NetworkAddress(network: network, ip: ip)
-        switch Router.route(model, to: destination, port: port, clientNamespace: source?.namespace, pick: Router.weightedRandom) {
+        switch Router.route(model, to: destination, port: port, clientNamespace: source?.namespace, sourceUid: source?.uid,
+                            pick: Router.weightedRandom) {
         case .passthrough:
             return .connect(host: host, port: port, via: "passthrough", target: Target(source: source))
         case .direct(let uid, let target, let targetPort):
             let service = model.services(at: destination).first
             return .connect(host: target.description, port: targetPort, via: "workload \(uid)",
                             target: Target(source: source, destination: model.workloads[uid], service: service))
-        case .hbone(let uid, let ip, let targetPort, let expected):
-            guard let source else {
-                return .refuse("\(uid) is reached over HBONE, and the client \(client ?? "?") is no workload of this node to present an identity for")
-            }
-            guard let identity = source.identity else {
-                return .refuse("source workload \(source.uid) has no identity (trust domain or service account unknown)")
-            }
-            guard let context = identities.clientContext(for: identity) else {
-                return .refuse("no certificate for \(identity) yet; refusing rather than sending \(uid)'s traffic in plaintext")
-            }
+        case .waypoint(let uid, let ip, let hbonePort, let target, let targetPort, let expected):
             let service = model.services(at: destination).first
-            let authority = !ip.isIPv4 ? "[\(ip)]:\(targetPort)" : "\(ip):\(targetPort)"
-            return .tunnel(Tunnel(address: ip.description, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")),
-                                  authority: authority, expected: expected, context: context,
-                                  target: Target(source: source, destination: model.workloads[uid], service: service)))
+            return tunnel(to: uid, dial: ip, port: hbonePort, target: target, targetPort: targetPort, expected: expected,
+                          source: source, client: client,
+                          record: Target(source: source, destination: model.workload(at: NetworkAddress(network: network, ip: target)),
+                                         service: service))
+        case .hbone(let uid, let ip, let targetPort, let expected):
+            let service = model.services(at: destination).first
+            return tunnel(to: uid, dial: ip, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")), target: ip,
+                          targetPort: targetPort, expected: expected, source: source, client: client,
+                          record: Target(source: source, destination: model.workloads[uid], service: service))
         case .refused(let reason):
             return .refuse(reason)
         }
+    }
+
+    /// A tunnel presenting the source workload's certificate, or a refusal when there is none
+    /// (never plaintext instead).
+    private func tunnel(to uid: String, dial ip: IPAddress, port: UInt16, target: IPAddress, targetPort: UInt16, expected: [String],
+                        source: Workload?, client: String?, record: Target) -> Resolution {
+        guard let source else {
+            return .refuse("\(uid) is reached over HBONE, and the client \(client ?? "?") is no workload of this node to present an identity for")
+        }
+        guard let identity = source.identity else {
+            return .refuse("source workload \(source.uid) has no identity (trust domain or service account unknown)")
+        }
+        guard let context = identities.clientContext(for: identity) else {
+            return .refuse("no certificate for \(identity) yet; refusing rather than sending \(uid)'s traffic in plaintext")
+        }
+        let authority = !target.isIPv4 ? "[\(target)]:\(targetPort)" : "\(target):\(targetPort)"
+        return .tunnel(Tunnel(address: ip.description, port: port, authority: authority, expected: expected, context: context,
+                              target: record))
     }
 }
 

