@@ -120,6 +120,26 @@ public enum Router {
         }
     }
 
+    /// The application port a hostname-form CONNECT (`service-hostname:port`) reaches on
+    /// `workload` (ISTIO_COMPAT §10 step 4): the service by that hostname (the client's namespace
+    /// preferred), then the port from the workload's endpoint port map for the service, else the
+    /// service's target port. A refusal says why (the caller answers 503).
+    public static func inboundPort(_ model: MeshModel, workload: Workload, hostname: String, port: UInt16,
+                                   clientNamespace: String?) -> Result<UInt16, Refusal> {
+        let candidates = model.services.values.filter { $0.hostname == hostname }.sorted { $0.key < $1.key }
+        guard let service = preferred(candidates, clientNamespace: clientNamespace) else {
+            return .failure(Refusal("no service has hostname \(hostname)"))
+        }
+        if let target = workload.services[service.key]?[port], target != 0 { return .success(target) }
+        if let target = service.ports[port], target != 0 { return .success(target) }
+        return .failure(Refusal("service \(service.key) has no target port for \(port) on \(workload.uid)"))
+    }
+
+    public struct Refusal: Error, Equatable, CustomStringConvertible {
+        public let description: String
+        init(_ description: String) { self.description = description }
+    }
+
     /// A weighted random index (capacity as weight), for production use.
     public static func weightedRandom(_ weights: [UInt32]) -> Int {
         let total = weights.reduce(UInt64(0)) { $0 + UInt64($1) }

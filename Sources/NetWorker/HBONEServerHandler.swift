@@ -9,8 +9,8 @@ import Shared
 /// above the TLS handler: each CONNECT stream is validated, authorized with the client's SPIFFE
 /// identity, connected to the application and then carries its bytes both ways.
 ///
-/// Not yet: hostname authorities (services by hostname answer 503) and the PROXY protocol
-/// towards applications with an application tunnel (data-plane issue).
+/// Not yet: the PROXY protocol towards applications with an application tunnel, and the
+/// "sandwich" exception for a waypoint behind ztunnel (data-plane issue).
 final class HBONEServerHandler: HTTP2Connection {
     static let maxHeaderListBytes = 64 * 1024
 
@@ -59,20 +59,36 @@ final class HBONEServerHandler: HTTP2Connection {
         guard let context else { return }
         stream.target = stream.authority.isEmpty ? "?" : stream.authority
         guard stream.method == "CONNECT" else { return respond(stream, status: 400, "method \(stream.method) is not CONNECT") }
+        guard let local = context.channel.localAddress?.ipAddress.flatMap(IPAddress.init)?.unmapped else {
+            return respond(stream, status: 503, "the connection's local address cannot be read")
+        }
         let host: String, port: UInt16
         switch ConnectAuthority.parse(stream.authority) {
         case .address(let address, let number)?:
-            (host, port) = (address, number)
-        case .hostname?:
-            return respond(stream, status: 503, "hostname authorities (services by name) are not supported yet")
+            guard let ip = IPAddress(address) else {
+                return respond(stream, status: 400, "authority \(stream.authority) is not an address")
+            }
+            // The authority must name the address this connection arrived on (§10 step 3). A
+            // dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped.
+            guard local == ip.unmapped else {
+                return respond(stream, status: 400, "ip mismatch: \(address) is not the address this connection arrived on")
+            }
+            (host, port) = (local.description, number)
+        case .hostname(let hostname, let number)?:
+            // A service by name (§10 step 4): the port comes from this workload's endpoint map
+            // for the service, and the upstream is the address the connection arrived on.
+            let model = authorization.state.model
+            guard let workload = authorization.state.workload(at: local.description, in: model) else {
+                return respond(stream, status: 503, "unknown destination: no workload owns \(local)")
+            }
+            let source = context.channel.remoteAddress?.ipAddress
+            let namespace = authorization.state.workload(at: source, in: model)?.namespace
+            switch Router.inboundPort(model, workload: workload, hostname: hostname, port: number, clientNamespace: namespace) {
+            case .success(let resolved): (host, port) = (local.description, resolved)
+            case .failure(let refusal): return respond(stream, status: 503, refusal.description)
+            }
         case nil:
             return respond(stream, status: 400, "authority \(stream.authority) is neither IP:port nor host:port")
-        }
-        guard let ip = IPAddress(host) else { return respond(stream, status: 400, "authority \(stream.authority) is not an address") }
-        // The authority must name the address this connection arrived on (§10 step 3).
-        // A dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped.
-        guard let local = context.channel.localAddress?.ipAddress.flatMap(IPAddress.init), local.unmapped == ip.unmapped else {
-            return respond(stream, status: 400, "ip mismatch: \(host) is not the address this connection arrived on")
         }
         guard !proxyPorts.contains(port) else { return respond(stream, status: 503, "port \(port) is one of this proxy's") }
         let source = context.channel.remoteAddress?.ipAddress

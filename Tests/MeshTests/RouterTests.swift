@@ -113,4 +113,20 @@ import Testing
         #expect(route(model, namespace: nil) == .passthrough)
         if case .direct = route(model, namespace: "shop") {} else { Issue.record("same-namespace client not routed") }
     }
+
+    /// §10 step 4: a hostname CONNECT reaches the workload on the port its endpoint map gives for
+    /// the service, else the service's target port; an unknown hostname or port is refused.
+    @Test func hostnameAuthoritiesResolveThePort() {
+        let model = Self.model()
+        let workload = model.workloads["echo-1"]!  // inserted by model()
+        let host = "echo.shop.svc.cluster.local"
+        #expect(Router.inboundPort(model, workload: workload, hostname: host, port: 80, clientNamespace: nil) == .success(9001))
+        var bare = workload
+        bare.services = [:]
+        #expect(Router.inboundPort(model, workload: bare, hostname: host, port: 80, clientNamespace: nil) == .success(8080))
+        #expect(Router.inboundPort(model, workload: workload, hostname: "nope.svc", port: 80, clientNamespace: nil)
+                == .failure(.init("no service has hostname nope.svc")))
+        #expect(Router.inboundPort(model, workload: bare, hostname: host, port: 81, clientNamespace: nil)
+                == .failure(.init("service shop/echo.shop.svc.cluster.local has no target port for 81 on echo-1")))
+    }
 }

@@ -32,6 +32,16 @@ workloads:
   canonicalName: echo
   canonicalRevision: v1
   authorizationPolicies: ["shop/only-client"]
+  services:
+    "shop/echo.shop.svc.cluster.local":
+      80: {echo_port}
+services:
+- name: echo
+  namespace: shop
+  hostname: echo.shop.svc.cluster.local
+  vips: ["/10.96.0.9"]
+  ports:
+    80: 0
 policies:
 - name: only-client
   namespace: shop
@@ -109,6 +119,8 @@ def test_refusals_answer_the_status_of_5_6(hbone):
             client.connect(f"127.0.0.2:{echo.port}"): 400,  # not the address this connection arrived on
             client.connect(f"127.0.0.1:{daemon.ports['inbound']}"): 503,  # one of this proxy's ports
             client.connect("127.0.0.1:1"): 503,  # nothing listens there
+            client.connect("unknown.shop.svc.cluster.local:80"): 503,  # no service by that name
+            client.connect("echo.shop.svc.cluster.local:81"): 503,  # the service has no such port
         }
         assert client.pump(lambda: all(s in client.status or s in client.reset for s in cases))
         for stream, status in cases.items():
@@ -252,5 +264,19 @@ def test_a_huge_header_block_resets_that_stream_only(hbone):
         assert client.pump(lambda: good in client.status) and client.status[good] == 200
         client.send(good, b"still here", end=True)
         assert client.pump(lambda: good in client.ended) and client.data[good] == b"still here"
+    finally:
+        client.close()
+
+
+def test_a_hostname_authority_reaches_the_service_port_of_this_workload(hbone):
+    """§10 step 4: `service-hostname:port` is resolved through this workload's endpoint port map
+    for the service (80 -> the echo port) and connects to the address the connection arrived on."""
+    daemon, tmp, echo = hbone
+    client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
+    try:
+        stream = client.connect("echo.shop.svc.cluster.local:80")
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200, client.status
+        client.send(stream, b"by name", end=True)
+        assert client.pump(lambda: stream in client.ended) and client.data[stream] == b"by name"
     finally:
         client.close()
