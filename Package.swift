@@ -12,9 +12,11 @@ let package = Package(
         .executable(name: "ztunnel-net-worker", targets: ["NetWorker"]),
         // For the libFuzzer package in Fuzz/.
         .library(name: "IPC", targets: ["IPC"]),
+        .library(name: "XDS", targets: ["XDS"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
     ],
     targets: [
         // System libraries, found through pkg-config.
@@ -30,6 +32,9 @@ let package = Package(
         // imports, shared by the data plane and the sources that fill it.
         .target(name: "Mesh"),
         .target(name: "IPC", dependencies: ["Shared", "CShims"]),
+        // istiod's resources (proto/*.proto, generated into Generated/ by scripts/gen-proto.sh)
+        // and their conversion into the mesh model, for the xDS worker to come (issue #8).
+        .target(name: "XDS", dependencies: ["Mesh", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Public-key material and TLS plumbing over OpenSSL, for the CertWorker and NetWorker.
         .target(name: "OpenSSLSupport", dependencies: ["COpenSSL", "CShims", "Shared"]),
         // The key-handle OpenSSL provider: a NetWorker's TLS signs through the CertWorker.
@@ -49,6 +54,7 @@ let package = Package(
         .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
+        .testTarget(name: "XDSTests", dependencies: ["XDS", "Mesh", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
         .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL"]),
         .testTarget(name: "NetWorkerTests", dependencies: [

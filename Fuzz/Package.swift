@@ -1,13 +1,19 @@
 // swift-tools-version:6.0
 import PackageDescription
 
-// The libFuzzer harness for the IPC decoders, kept out of the main build: it has no main of its
+// The libFuzzer harnesses for the IPC and xDS decoders, kept out of the main build: it has no main of its
 // own (libFuzzer provides it) and links only with -sanitize=fuzzer. `make fuzz` builds and runs it.
 let package = Package(
     name: "ztunnel-fuzz",
-    dependencies: [.package(name: "ztunnel-swift", path: "..")],
+    dependencies: [
+        .package(name: "ztunnel-swift", path: ".."),
+        .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
+    ],
     targets: [
         .executableTarget(name: "IPCFuzz", dependencies: [.product(name: "IPC", package: "ztunnel-swift")]),
+        .executableTarget(name: "XDSFuzz", dependencies: [
+            .product(name: "XDS", package: "ztunnel-swift"), .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+        ]),
     ],
     swiftLanguageModes: [.v5]
 )

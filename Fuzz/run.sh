@@ -33,17 +33,25 @@ fuzzer_no_main=$(ls /opt/swift/usr/lib/clang/*/lib/linux/libclang_rt.fuzzer_no_m
   -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
   -Xlinker "$fuzzer_no_main" -Xlinker -lstdc++ 2> >(grep -v "Cannot export local symbol" >&2))
 cp "$out/spm/debug/IPCFuzz" "$out/fuzz_ipc"
+# The xDS decoders (swift-protobuf's generated code and our conversion), likewise; the Mesh model
+# they feed is instrumented too, and XDS with it.
+(cd Fuzz && swift build -q --scratch-path ../$out/spm --product XDSFuzz \
+  -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
+  -Xlinker "$fuzzer_no_main" -Xlinker -lstdc++ 2> >(grep -v "Cannot export local symbol" >&2))
+cp "$out/spm/debug/XDSFuzz" "$out/fuzz_xds"
+python3 Fuzz/seeds_xds.py "$out/seeds-xds"
 python3 Fuzz/seeds.py "$out/seeds-ipc"
 
 status=0
 passed=0
 failed=0
 summary=()
-for target in ipc request_target socks5 local_config ca_response ip_address connect_authority; do
+for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"
   [ "$target" = ipc ] && seeds="$out/seeds-ipc"
+  [ "$target" = xds ] && seeds="$out/seeds-xds"
   log="$out/$target.log"
   if SWIFT_BACKTRACE=enable=no "$out/fuzz_$target" -max_total_time="$seconds" -print_final_stats=1 \
        -artifact_prefix="$out/artifacts/$target-" "$corpus" "$seeds" > "$log" 2>&1; then

@@ -12,6 +12,15 @@ public struct Policy: Equatable, Sendable {
     public var dryRun = false
 
     public var key: String { "\(namespace)/\(name)" }
+
+    public init(name: String, namespace: String, scope: Scope, action: Action, groups: [[[Match]]], dryRun: Bool = false) {
+        self.name = name
+        self.namespace = namespace
+        self.scope = scope
+        self.action = action
+        self.groups = groups
+        self.dryRun = dryRun
+    }
 }
 
 /// One match of a clause: every populated field pair must hold (ISTIO_COMPAT §12.3).
@@ -31,6 +40,25 @@ public struct Match: Equatable, Sendable {
 
     /// A match with no field at all (never matches; istiod leaves these when it drops L7 fields).
     public var isEmpty: Bool { self == Match() }
+
+    public init(namespaces: [StringMatch] = [], notNamespaces: [StringMatch] = [], principals: [StringMatch] = [],
+                notPrincipals: [StringMatch] = [], sourceIps: [IPPrefix] = [], notSourceIps: [IPPrefix] = [],
+                destinationIps: [IPPrefix] = [], notDestinationIps: [IPPrefix] = [], destinationPorts: [UInt16] = [],
+                notDestinationPorts: [UInt16] = [], serviceAccounts: [ServiceAccountMatch] = [],
+                notServiceAccounts: [ServiceAccountMatch] = []) {
+        self.namespaces = namespaces
+        self.notNamespaces = notNamespaces
+        self.principals = principals
+        self.notPrincipals = notPrincipals
+        self.sourceIps = sourceIps
+        self.notSourceIps = notSourceIps
+        self.destinationIps = destinationIps
+        self.notDestinationIps = notDestinationIps
+        self.destinationPorts = destinationPorts
+        self.notDestinationPorts = notDestinationPorts
+        self.serviceAccounts = serviceAccounts
+        self.notServiceAccounts = notServiceAccounts
+    }
 }
 
 public enum StringMatch: Equatable, Sendable {
@@ -53,4 +81,10 @@ public enum StringMatch: Equatable, Sendable {
 public struct ServiceAccountMatch: Equatable, Sendable {
     public var namespace: String
     public var serviceAccount: String
+
+    public init(namespace: String, serviceAccount: String) {
+        self.namespace = namespace
+        self.serviceAccount = serviceAccount
+    }
 }
+

@@ -10,6 +10,12 @@ public struct Service: Equatable, Sendable {
         public var routingPreferences: [Scope] = []
         public var mode: Mode = .standard
         public var healthPolicy: HealthPolicy = .onlyHealthy
+
+        public init(routingPreferences: [Scope] = [], mode: Mode = .standard, healthPolicy: HealthPolicy = .onlyHealthy) {
+            self.routingPreferences = routingPreferences
+            self.mode = mode
+            self.healthPolicy = healthPolicy
+        }
     }
 
     public var name: String
@@ -27,4 +33,15 @@ public struct Service: Equatable, Sendable {
     public var visibility: Visibility = .public
 
     public var key: String { "\(namespace)/\(hostname)" }
+}
+
+// Public initializers for the other sources of the model (xDS), kept out of the type bodies so
+// the memberwise initializers remain.
+
+extension Service {
+    public init(name: String, namespace: String, hostname: String) {
+        self.name = name
+        self.namespace = namespace
+        self.hostname = hostname
+    }
 }

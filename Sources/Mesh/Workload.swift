@@ -57,6 +57,11 @@ public struct GatewayAddress: Equatable, Sendable {
     public var destination: Destination
     public var hboneMtlsPort: UInt16 = 15008
 
+    public init(destination: Destination, hboneMtlsPort: UInt16 = 15008) {
+        self.destination = destination
+        self.hboneMtlsPort = hboneMtlsPort
+    }
+
     /// `network/ip` or `namespace/hostname`, as /config_dump writes it.
     public var text: String {
         switch destination {
@@ -86,6 +91,11 @@ public struct ApplicationTunnel: Equatable, Sendable {
     public var tunnelProtocol: TunnelProtocol
     /// The port to deliver to, or nil for the connection's own destination port.
     public var port: UInt16?
+
+    public init(tunnelProtocol: TunnelProtocol, port: UInt16? = nil) {
+        self.tunnelProtocol = tunnelProtocol
+        self.port = port
+    }
 }
 
 /// A workload's region, zone and subzone (ISTIO_COMPAT §7.1 `Locality`); empty when unknown.
@@ -93,4 +103,20 @@ public struct Locality: Equatable, Sendable {
     public var region: String = ""
     public var zone: String = ""
     public var subzone: String = ""
+
+    public init(region: String = "", zone: String = "", subzone: String = "") {
+        self.region = region
+        self.zone = zone
+        self.subzone = subzone
+    }
+}
+
+// Public initializers for the other sources of the model (xDS), kept out of the type bodies so
+// the memberwise initializers remain.
+
+extension Workload {
+    public init(uid: String, namespace: String) {
+        self.uid = uid
+        self.namespace = namespace
+    }
 }

@@ -1,0 +1,54 @@
+import Foundation
+import Mesh
+import SwiftProtobuf
+import XDS
+
+/// libFuzzer entry point for what istiod sends (ISTIO_COMPAT §7): the first byte picks the
+/// decoder (an Address resource, an Authorization resource, or a whole DeltaDiscoveryResponse
+/// whose resources are then converted by type URL); the rest is the message. Nothing may trap:
+/// bad input is a refusal (XDSConversion.Invalid) or a protobuf decoding error. A converted
+/// workload or service must also go into a mesh model without trouble.
+func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
+    guard size > 0, let data else { return 0 }
+    let bytes = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
+    var model = MeshModel()
+    func apply(_ address: XDSConversion.Address) {
+        switch address {
+        case .workload(let workload): model.insert(workload)
+        case .service(let service): model.insert(service)
+        }
+    }
+    switch data[0] % 3 {
+    case 0:
+        if let address = try? XDSConversion.address(bytes) { apply(address) }
+    case 1:
+        if let policy = try? XDSConversion.authorization(bytes) { model.insert(policy) }
+    default:
+        var options = BinaryDecodingOptions()
+        options.messageDepthLimit = 32
+        guard let response = try? Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: bytes, options: options) else {
+            return 0
+        }
+        for resource in response.resources where resource.hasResource {
+            let value = Array(resource.resource.value)
+            switch resource.resource.typeURL {
+            case XDSConversion.addressType: if let address = try? XDSConversion.address(value) { apply(address) }
+            case XDSConversion.authorizationType: if let policy = try? XDSConversion.authorization(value) { model.insert(policy) }
+            default: break
+            }
+        }
+    }
+    return 0
+}
+
+/// libFuzzer's entry for programs that keep their own main (SwiftPM gives every executable one).
+@_silgen_name("LLVMFuzzerRunDriver")
+func LLVMFuzzerRunDriver(
+    _ argc: UnsafeMutablePointer<Int32>,
+    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
+    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
+) -> Int32
+
+var argc = CommandLine.argc
+var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
+exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOneInput(data, size) })
