@@ -149,15 +149,20 @@ final class HBONEClientHandler: HTTP2Connection {
 
     /// A connection with no stream for `idleRelease` is closed: GOAWAY first, then close_notify.
     private func armIdleTimer() {
-        guard let context, idleTimer == nil else { return }
+        guard let context, idleTimer == nil, openStreams == 0 else { return }
         idleTimer = context.eventLoop.scheduleTask(in: idleRelease) { [weak self] in
-            guard let self, self.openStreams == 0, let context = self.context else { return }
+            guard let self else { return }
+            self.idleTimer = nil
+            guard self.openStreams == 0, let context = self.context else { return }
             Log.debug("outbound: releasing an unused pooled HBONE connection", [("peer", ListenerFactory.peer(context.channel))])
-            if let session = self.session {
-                _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_NO_ERROR.rawValue))
-                self.flushSession()
+            guard let session = self.session else {
+                context.close(promise: nil)
+                return
             }
-            context.close(promise: nil)
+            // GOAWAY; nghttp2 then wants neither to read nor to write, and the connection closes
+            // once the GOAWAY is written.
+            _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_NO_ERROR.rawValue))
+            self.flushSession()
         }
     }
 

@@ -21,11 +21,17 @@ final class HBONEServerHandler: HTTP2Connection {
     /// The workload each authorized stream is for (its baggage goes on the 200).
     private var destinations: [Int32: Workload] = [:]
 
-    init(authorization: InboundAuthorization, metrics: TrafficMetrics, proxyPorts: Set<UInt16>, keepaliveMilliseconds: Int64) {
+    private let bounds: Bounds
+    private let reporter: BoundReporter
+
+    init(authorization: InboundAuthorization, metrics: TrafficMetrics, proxyPorts: Set<UInt16>, bounds: Bounds,
+         reporter: BoundReporter) {
         self.authorization = authorization
         self.metrics = metrics
         self.proxyPorts = proxyPorts
-        super.init(listener: "inbound", keepaliveMilliseconds: keepaliveMilliseconds)
+        self.bounds = bounds
+        self.reporter = reporter
+        super.init(listener: "inbound", keepaliveMilliseconds: bounds.keepaliveMilliseconds)
     }
 
     override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
@@ -138,7 +144,17 @@ final class HBONEServerHandler: HTTP2Connection {
                     handler.respond(stream, status: 401, "denied by \(policy ?? "policy"): \(reason)")
                     return
                 }
-                do { try handler.attach(upstream, to: stream) } catch {
+                // Each stream meets the idle timeout on its own: the connection's PINGs keep
+                // the connection busy, not its streams.
+                let idle = handler.bounds.idleMilliseconds
+                let reporter = handler.reporter, peer = ListenerFactory.peer(upstream)
+                let onIdle: @Sendable () -> Void = {
+                    reporter.reached(.idleTimeout, listener: "inbound", peer: peer, detail: "no bytes either way for \(idle) ms")
+                }
+                do {
+                    try upstream.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle)])
+                    try handler.attach(upstream, to: stream)
+                } catch {
                     upstream.close(promise: nil)
                     handler.respond(stream, status: 503, "cannot bridge the application's connection: \(error)")
                     return

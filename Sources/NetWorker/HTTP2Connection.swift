@@ -89,6 +89,7 @@ class HTTP2Connection: ChannelInboundHandler {
     /// GOAWAY was sent (drain): the connection closes once its last stream ends.
     private(set) var isGoingAway = false
     private var closeWhenFlushed = false
+    private var isClosing = false
 
     init(listener: String, keepaliveMilliseconds: Int64) {
         self.listener = listener
@@ -193,7 +194,8 @@ class HTTP2Connection: ChannelInboundHandler {
         keepaliveTask?.cancel()
         keepaliveTask = nil
         for stream in streams.values {
-            stream.tcp?.close(promise: nil)
+            // Cut, not ended: the application must not take a truncated stream for a whole one.
+            if let tcp = stream.tcp { Self.reset(tcp) }
             stream.answered?.fail(HBONEError("the HBONE connection closed before the answer"))
             stream.answered = nil
             stream.record?.finish(error: "connection closed with the stream open", responseFlags: "CONNECT")
@@ -201,16 +203,13 @@ class HTTP2Connection: ChannelInboundHandler {
         context.fireChannelInactive()
     }
 
-    /// Nothing is read, from the peer or any stream's TCP side, while the peer's socket cannot
-    /// take more: what the peer does not read is bounded by NIO's high watermark, not by its
-    /// patience (a peer that sends PINGs, or asks for a large answer, and never reads).
+    /// While the peer's socket cannot take more, no frame is produced: nghttp2 keeps them (DATA
+    /// stays in the streams' queues, which pause their TCP sides at their bound), and the peer is
+    /// still read, so its WINDOW_UPDATEs and PING ACKs keep arriving. (Stopping reading instead
+    /// deadlocked a connection carrying bulk data both ways: each side waited for the other to
+    /// read; and it left streams attached meanwhile unpaused.) Writable again: the frames go out.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        let writable = context.channel.isWritable
-        _ = context.channel.setOption(ChannelOptions.autoRead, value: writable)
-        for stream in streams.values where !stream.isTCPPaused {
-            _ = stream.tcp?.setOption(ChannelOptions.autoRead, value: writable)
-        }
-        if writable { context.read() }
+        if context.channel.isWritable { flushSession() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -248,55 +247,43 @@ class HTTP2Connection: ChannelInboundHandler {
         startKeepalive(context: context)
     }
 
-    /// Writes whatever nghttp2 has queued (frames, data) through the TLS handler.
+    /// Writes what nghttp2 has queued (frames, data) through the TLS handler, sealed straight
+    /// from nghttp2's buffer, in slices of at most 256 KiB, while the socket is writable; the
+    /// rest waits for `channelWritabilityChanged`. One flush per slice: one TLS pass and one
+    /// syscall for a burst of frames.
     func flushSession() {
         guard !isReceiving else {
             wantsFlush = true
             return
         }
         wantsFlush = false
-        guard let session, let context else { return }
-        // Everything nghttp2 has queued goes out as one buffer and one flush (one TLS pass, one
-        // syscall), rather than one per frame.
-        if let tls {
-            // Sealed straight from nghttp2's buffer: no copy in between.
-            var wrote = false
-            while true {
+        guard let session, let context, let tls else { return }
+        while context.channel.isWritable {
+            var sealed = 0
+            while sealed < 256 * 1024 {
                 var data: UnsafePointer<UInt8>?
                 let length = nghttp2_session_mem_send(session, &data)
                 guard length > 0, let data else { break }
-                wrote = true
                 guard tls.seal(UnsafeRawBufferPointer(start: data, count: length)) else {
                     context.close(promise: nil)
                     return
                 }
+                sealed += length
             }
-            if wrote { tls.flushSealed() }
-            if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
-                context.close(promise: nil)
-            }
-            return
+            guard sealed > 0 else { break }
+            tls.flushSealed()
         }
-        var output: ByteBuffer?
-        var wrote = false
-        while true {
-            var data: UnsafePointer<UInt8>?
-            let length = nghttp2_session_mem_send(session, &data)
-            guard length > 0, let data else { break }
-            let bytes = UnsafeRawBufferPointer(start: data, count: length)
-            if output == nil { output = context.channel.allocator.buffer(capacity: max(length, 16 * 1024)) }
-            output?.writeBytes(bytes)
-            wrote = true
-            if let pending = output, pending.readableBytes >= 256 * 1024 {
-                context.write(wrapOutboundOut(pending), promise: nil)
-                output = nil
-            }
-        }
-        if let output { context.write(wrapOutboundOut(output), promise: nil) }
-        if wrote { context.flush() }
         if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
-            context.close(promise: nil)
+            closeWhenWritten(context)
         }
+    }
+
+    /// Closes once everything written so far has left (the last stream's final frames, a
+    /// GOAWAY): closing at once would fail the writes NIO still holds.
+    private func closeWhenWritten(_ context: ChannelHandlerContext) {
+        guard !isClosing else { return }
+        isClosing = true
+        tls?.flushSealed(then: { context.close(promise: nil) }) ?? context.close(promise: nil)
     }
 
     private func makeCallbacks() -> OpaquePointer? {
@@ -373,9 +360,16 @@ class HTTP2Connection: ChannelInboundHandler {
         // Closed once what nghttp2 still has queued (this stream's last frame) is written.
         if isGoingAway && streams.isEmpty { closeWhenFlushed = true }
         if let tcp = stream.tcp {
-            // A clean end: what the peer sent is written before the close; a reset cuts it.
-            if errorCode == 0 { Self.closeAfterWrites(tcp, mode: .all) } else { tcp.close(promise: nil) }
+            // A clean end: what the peer sent is written before the close; a reset is passed on
+            // as a TCP reset, so the application does not take a cut stream for a whole one.
+            if errorCode == 0 { Self.closeAfterWrites(tcp, mode: .all) } else { Self.reset(tcp) }
         }
+        // Bytes that arrived before the TCP side was attached are given back to the connection's
+        // window: a long-lived pooled connection must not shrink for good.
+        if let session {
+            for buffer in stream.early { _ = nghttp2_session_consume(session, id, buffer.readableBytes) }
+        }
+        stream.early.removeAll()
         if let answered = stream.answered {
             stream.answered = nil
             answered.fail(HBONEError(errorCode == 0 ? "the stream ended before an answer"
@@ -433,11 +427,21 @@ class HTTP2Connection: ChannelInboundHandler {
         // the connection's window for good (the stream ends anyway).
         let written = tcp.write(buffer)
         if isReceiving { toFlush[ObjectIdentifier(tcp)] = tcp } else { tcp.flush() }
-        written.whenComplete { [weak self] _ in
+        written.whenComplete { [weak self] result in
             guard let self, let session = self.session else { return }
             _ = nghttp2_session_consume(session, id, count)
+            // The TCP side is gone: tell the peer to stop sending on this stream.
+            if case .failure = result, let open = self.streams[id], open === stream {
+                _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), id, UInt32(NGHTTP2_CANCEL.rawValue))
+            }
             self.flushSession()
         }
+    }
+
+    /// Closes `tcp` with a TCP reset (SO_LINGER 0).
+    static func reset(_ tcp: Channel) {
+        if let provider = tcp as? SocketOptionProvider { _ = provider.setSoLinger(linger(l_onoff: 1, l_linger: 0)) }
+        tcp.close(promise: nil)
     }
 
     /// Closes `tcp` (or its output) once every write queued before now is done: an empty write

@@ -119,7 +119,7 @@ struct ListenerFactory {
                 IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
                 TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),
                 HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts,
-                                   keepaliveMilliseconds: bounds.keepaliveMilliseconds),
+                                   bounds: bounds, reporter: reporter),
             ])
         default:
             Log.warn("unknown listener \(name); closing connection")

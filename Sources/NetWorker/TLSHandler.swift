@@ -138,6 +138,10 @@ final class TLSHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         self.context = nil
+        defer {
+            readBIO = nil  // freed with the SSL
+            writeBIO = nil
+        }
         guard let ssl else { return }
         if slot.isInFlight || slot.request != nil {
             // A job is paused waiting for a signature: let it finish (failing) so its stack is
@@ -356,6 +360,19 @@ final class TLSHandler: ChannelDuplexHandler {
     func flushSealed() {
         guard let context else { return }
         flushOutput(context: context)
+    }
+
+    /// Like `flushSealed`, then runs `body` once everything written so far has left.
+    func flushSealed(then body: @escaping () -> Void) {
+        guard let context else { return body() }
+        let promise = context.eventLoop.makePromise(of: Void.self)
+        promise.futureResult.whenComplete { _ in body() }
+        if let writeBIO, CShims_BIO_pending(writeBIO) > 0 {
+            flushOutput(context: context, promise: promise)
+        } else {
+            // Nothing new: an empty write completes after every earlier one.
+            context.writeAndFlush(wrapOutboundOut(context.channel.allocator.buffer(capacity: 0)), promise: promise)
+        }
     }
 
     /// Closing: a close_notify first, so the peer can tell a clean end from a cut connection.

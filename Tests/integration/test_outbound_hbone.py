@@ -303,3 +303,25 @@ def test_a_networker_killed_mid_stream_loses_only_its_own_streams(start_daemon):
               f"{outcomes.count('ended')} ended")
     finally:
         echo.close()
+
+
+def test_an_unused_pooled_connection_is_released_after_a_long_stream(start_daemon):
+    """POOL_UNUSED_RELEASE_TIMEOUT (here 1 s): the pooled connection is closed (GOAWAY) once it
+    has carried no stream for that long, also when its first stream outlived the timeout (the
+    timer then fired while the stream was open; it must be armed again when the stream ends)."""
+    import time
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, inbound = start(start_daemon, echo.port, {"POOL_UNUSED_RELEASE_TIMEOUT": "1s"})
+        sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source="127.0.0.3")
+        assert code == 0
+        sock.sendall(b"first")
+        assert sock.recv(100) == b"first"
+        assert hbone_connections(inbound) == 1
+        time.sleep(1.5)  # the stream outlives the release timeout: time passing is the behaviour
+        sock.sendall(b"still open")
+        assert sock.recv(100) == b"still open" and hbone_connections(inbound) == 1
+        sock.close()
+        wait_for(lambda: hbone_connections(inbound) == 0, 10, "the unused pooled connection to be released")
+    finally:
+        echo.close()
