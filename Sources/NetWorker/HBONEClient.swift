@@ -173,7 +173,7 @@ final class HBONEClientHandler: HTTP2Connection {
 }
 
 /// The HBONE connections of one event loop (ISTIO_COMPAT §5.5), used only on that loop: keyed by
-/// (source identity, expected identities, destination address), each reused until it carries
+/// (source identity, expected identities, destination address, source IP), each reused until it carries
 /// its stream limit, then another is opened. Demands for a key with no usable connection while
 /// one is being made wait for it, so only one handshake per key is in flight.
 final class HBONEPool {
@@ -182,6 +182,7 @@ final class HBONEPool {
         let expected: [String]
         let address: String
         let port: UInt16
+        let clientIP: String
     }
 
     private let eventLoop: EventLoop

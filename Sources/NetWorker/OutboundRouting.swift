@@ -28,9 +28,14 @@ struct OutboundRouting: Sendable {
         let context: TLSContext
         let target: Target
 
-        /// The pool's key (§5.5): source identity, expected identities, destination address.
+        /// The client's IP: part of the pool key (§5.5), so clients never share a connection
+        /// across source addresses.
+        let clientIP: String
+
+        /// The pool's key (§5.5): source identity, expected identities, destination address,
+        /// source IP.
         var key: HBONEPool.Key {
-            HBONEPool.Key(source: context.spiffeId.description, expected: expected, address: address, port: port)
+            HBONEPool.Key(source: context.spiffeId.description, expected: expected, address: address, port: port, clientIP: clientIP)
         }
     }
 
@@ -86,7 +91,7 @@ struct OutboundRouting: Sendable {
         }
         let authority = !target.isIPv4 ? "[\(target)]:\(targetPort)" : "\(target):\(targetPort)"
         return .tunnel(Tunnel(address: ip.description, port: port, authority: authority, expected: expected, context: context,
-                              target: record))
+                              target: record, clientIP: client.flatMap(IPAddress.init)?.unmapped.description ?? "?"))
     }
 }
 

@@ -32,6 +32,13 @@ workloads:
   canonicalName: client
   canonicalRevision: v1
   clusterId: test-cluster
+- uid: test//Pod/default/client-2
+  name: client-2
+  namespace: default
+  serviceAccount: client
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.6"]
+  protocol: HBONE
 - uid: test//Pod/shop/echo-1
   name: echo-1
   namespace: shop
@@ -323,5 +330,25 @@ def test_an_unused_pooled_connection_is_released_after_a_long_stream(start_daemo
         assert sock.recv(100) == b"still open" and hbone_connections(inbound) == 1
         sock.close()
         wait_for(lambda: hbone_connections(inbound) == 0, 10, "the unused pooled connection to be released")
+    finally:
+        echo.close()
+
+
+def test_pooled_connections_are_not_shared_across_source_addresses(start_daemon):
+    """§5.5: the pool key holds the source IP: two pods with one identity get two connections,
+    and a pod's second connection reuses its first's. One event loop, so that one pool sees all."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, inbound = start(start_daemon, echo.port, {"ZTUNNEL_WORKER_THREADS": "1"})
+        held = []
+        for source in ("127.0.0.3", "127.0.0.6", "127.0.0.3"):
+            sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source=source)
+            assert code == 0
+            sock.sendall(b"hi")
+            assert sock.recv(10) == b"hi"
+            held.append(sock)
+        assert hbone_connections(inbound) == 2
+        for sock in held:
+            sock.close()
     finally:
         echo.close()
