@@ -352,3 +352,38 @@ def test_pooled_connections_are_not_shared_across_source_addresses(start_daemon)
             sock.close()
     finally:
         echo.close()
+
+
+def test_bulk_data_both_ways_on_one_pooled_connection(start_daemon):
+    """Eight tunnels on one pooled connection each send 24 MiB to an echo server and read it back
+    at the same time, so both ends of the HBONE connection write bulk data at once: neither may
+    stop reading the other (that deadlocked them), and every byte arrives."""
+    import threading
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, _ = start(start_daemon, echo.port, {"ZTUNNEL_WORKER_THREADS": "1"})
+        results = []
+
+        def one():
+            payload = os.urandom(24 << 20)
+            sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source="127.0.0.3", timeout=60)
+            assert code == 0
+            writer = threading.Thread(target=lambda: (sock.sendall(payload), sock.shutdown(socket.SHUT_WR)), daemon=True)
+            writer.start()
+            received = bytearray()
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += chunk
+            except OSError:
+                pass
+            writer.join(timeout=60)
+            sock.close()
+            results.append(hashlib.sha256(received).digest() == hashlib.sha256(payload).digest())
+        threads = [threading.Thread(target=one, daemon=True) for _ in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=120)
+        assert results == [True] * 8, results
+    finally:
+        echo.close()
