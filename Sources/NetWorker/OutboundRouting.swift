@@ -50,12 +50,29 @@ struct OutboundRouting: Sendable {
         let model = state.model
         let network = state.configuration.string("NETWORK")
         let source = state.workload(at: client, in: model)
-        guard let ip = IPAddress(host) else { return .connect(host: host, port: port, via: "passthrough", target: Target(source: source)) }
+        let ip: IPAddress
+        if let literal = IPAddress(host) {
+            ip = literal
+        } else {
+            // A name (SOCKS5): a mesh service's hostname resolves to its VIP on our network, the
+            // client's namespace first (as istiod's DNS would answer); other names are refused,
+            // since the NetWorker has no resolver (no files, no DNS).
+            let services = model.services.values.filter { $0.hostname == host }.sorted { $0.key < $1.key }
+            let service = services.first { $0.namespace == source?.namespace } ?? services.first
+            guard let service else {
+                return .refuse("\(host) is no service of the mesh, and names outside it are not resolved here")
+            }
+            let vips = service.vips.filter { $0.network == network }.map(\.ip)
+            guard let vip = vips.first(where: \.isIPv4) ?? vips.first else {
+                return .refuse("service \(service.key) has no VIP on network \"\(network)\" to resolve \(host) to")
+            }
+            ip = vip
+        }
         let destination = NetworkAddress(network: network, ip: ip)
         switch Router.route(model, to: destination, port: port, clientNamespace: source?.namespace, sourceUid: source?.uid,
                             pick: Router.weightedRandom) {
         case .passthrough:
-            return .connect(host: host, port: port, via: "passthrough", target: Target(source: source))
+            return .connect(host: ip.description, port: port, via: "passthrough", target: Target(source: source))
         case .direct(let uid, let target, let targetPort):
             let service = model.services(at: destination).first
             return .connect(host: target.description, port: targetPort, via: "workload \(uid)",

@@ -76,6 +76,20 @@ struct Socks5Parser {
             guard buffer.count >= 4 + addressLength + 2 else { return .needMore }
             host = stride(from: 4, to: 20, by: 2).map { String(UInt16(buffer[$0]) << 8 | UInt16(buffer[$0 + 1]), radix: 16) }
                 .joined(separator: ":")
+        case 3:
+            // A domain name: one length byte, then the name (RFC 1928). Only what a DNS name can
+            // hold is taken (letters, digits, '-', '.'), so nothing odd reaches a log or a lookup.
+            guard buffer.count >= 5 else { return .needMore }
+            let nameLength = Int(buffer[4])
+            guard nameLength > 0 else { phase = .done; return .fail(Self.reply(.generalFailure), reason: "empty domain name") }
+            addressLength = 1 + nameLength
+            guard buffer.count >= 4 + addressLength + 2 else { return .needMore }
+            let name = buffer[5..<(5 + nameLength)]
+            guard name.allSatisfy({ Self.isNameByte($0) }), name.first != UInt8(ascii: "-"), name.first != UInt8(ascii: ".") else {
+                phase = .done
+                return .fail(Self.reply(.generalFailure), reason: "domain name with characters a DNS name cannot have")
+            }
+            host = String(decoding: name, as: UTF8.self).lowercased()
         default:
             phase = .done
             return .fail(Self.reply(.addressTypeNotSupported), reason: "address type \(buffer[3]) is not supported")
@@ -86,6 +100,10 @@ struct Socks5Parser {
         buffer.removeAll()
         phase = .done
         return .connect(host: host, port: port, leftover: leftover)
+    }
+
+    private static func isNameByte(_ byte: UInt8) -> Bool {
+        (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a) || byte == 0x2d || byte == 0x2e
     }
 
     /// A reply with the given code and an all-zero IPv4 bound address.

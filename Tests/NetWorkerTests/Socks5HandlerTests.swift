@@ -89,11 +89,12 @@ import Testing
     }
 
     @Test func unsupportedRequestsAreAnsweredAndClosed() throws {
-        let name = Array("example.com".utf8)
+        let name = Array("exa mple.com".utf8)
         let cases: [([UInt8], UInt8)] = [
             ([5, 2, 0, 1, 10, 0, 0, 1, 0, 80], 7),  // BIND
             ([5, 3, 0, 1, 10, 0, 0, 1, 0, 80], 7),  // UDP ASSOCIATE
-            ([5, 1, 0, 3, UInt8(name.count)] + name + [0, 80], 8),  // a domain name
+            ([5, 1, 0, 3, UInt8(name.count)] + name + [0, 80], 1),  // a name no DNS name can be
+            ([5, 1, 0, 2, 0, 0], 8),  // an unknown address type
         ]
         for (request, code) in cases {
             let (channel, _) = try makeChannel()

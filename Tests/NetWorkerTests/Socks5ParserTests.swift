@@ -170,18 +170,28 @@ import Testing
         }
     }
 
-    @Test func domainNamesAreNotSupported() {
-        let name = Array("example.com".utf8)
-        let request: [UInt8] = [5, 1, 0, 3, UInt8(name.count)] + name + [0, 80]
+    /// Domain names (ATYP 3) are taken when they can be DNS names; routing decides what they
+    /// reach (mesh service hostnames only, in OutboundRouting).
+    @Test func domainNamesAreTakenWhenTheyCanBeDNSNames() {
+        let name = Array("Echo.shop.svc.cluster.local".utf8)
+        let request: [UInt8] = [5, 1, 0, 3, UInt8(name.count)] + name + [0, 80] + Array("early".utf8)
         let (replies, actions) = run([Self.greeting, request])
         #expect(replies == [[5, 0]])
-        #expect(failureReply(decision(actions).first) == [5, 8, 0, 1, 0, 0, 0, 0, 0, 0])
-        // Decided as soon as the address type is known.
+        #expect(decision(actions).first == .connect(host: "echo.shop.svc.cluster.local", port: 80, leftover: Array("early".utf8)))
+        // Byte by byte, the same decision.
         var parser = Socks5Parser()
         _ = run([Self.greeting], parser: &parser)
-        #expect(parser.feed([5, 1, 0]) == .needMore)
-        #expect(failureReply(parser.feed([3])) == Socks5Parser.reply(.addressTypeNotSupported))
-        // Unknown address types get the same answer.
+        var last = Socks5Parser.Action.needMore
+        for byte in [5, 1, 0, 3, UInt8(name.count)] + name + [0, 80] { last = parser.feed([byte]) }
+        #expect(last == .connect(host: "echo.shop.svc.cluster.local", port: 80, leftover: []))
+        // Names a DNS name cannot be, and an empty one, are refused.
+        for bad in ["a b", "-x.com", ".x", "x/y", "a\u{0}b", "é.com"] {
+            let bytes = Array(bad.utf8)
+            let actions = run([Self.greeting, [5, 1, 0, 3, UInt8(bytes.count)] + bytes + [0, 80]]).actions
+            #expect(failureReply(decision(actions).first)?[1] == Socks5Parser.ReplyCode.generalFailure.rawValue, "\(bad)")
+        }
+        #expect(failureReply(decision(run([Self.greeting, [5, 1, 0, 3, 0, 0, 80]]).actions).first)?[1] == 1)
+        // Unknown address types are still refused.
         for type: UInt8 in [0, 2, 5, 0xff] {
             #expect(failureReply(decision(run([Self.greeting, [5, 1, 0, type]]).actions).first)?[1] == 8, "type \(type)")
         }
