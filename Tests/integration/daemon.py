@@ -111,12 +111,17 @@ class EchoServer:
 
 def socks5_connect(port, dest_port, dest_host="127.0.0.1", timeout=5, source=None):
     """Opens a SOCKS5 CONNECT through the proxy (from `source`, an address of this host, when
-    given); returns (socket, reply code)."""
+    given) to an IPv4 address or, when `dest_host` is not one, to a name (ATYP 3); returns
+    (socket, reply code)."""
     s = socket.create_connection(("127.0.0.1", port), timeout=timeout, source_address=(source, 0) if source else None)
     s.sendall(b"\x05\x01\x00")
     if s.recv(2) != b"\x05\x00":
         raise ConnectionError("SOCKS5 greeting refused")
-    s.sendall(b"\x05\x01\x00\x01" + socket.inet_aton(dest_host) + struct.pack(">H", dest_port))
+    try:
+        address = b"\x01" + socket.inet_aton(dest_host)
+    except OSError:
+        address = b"\x03" + bytes([len(dest_host)]) + dest_host.encode()
+    s.sendall(b"\x05\x01\x00" + address + struct.pack(">H", dest_port))
     reply = b""
     while len(reply) < 10:
         chunk = s.recv(10 - len(reply))

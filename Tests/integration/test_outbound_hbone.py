@@ -389,21 +389,6 @@ def test_bulk_data_both_ways_on_one_pooled_connection(start_daemon):
         echo.close()
 
 
-def socks5_connect_name(port, name, dest_port, source):
-    """A SOCKS5 CONNECT by domain name (ATYP 3); returns (socket, reply code)."""
-    s = socket.create_connection(("127.0.0.1", port), timeout=10, source_address=(source, 0))
-    s.sendall(b"\x05\x01\x00")
-    assert s.recv(2) == b"\x05\x00"
-    s.sendall(b"\x05\x01\x00\x03" + bytes([len(name)]) + name.encode() + struct.pack(">H", dest_port))
-    reply = b""
-    while len(reply) < 10:
-        chunk = s.recv(10 - len(reply))
-        if not chunk:
-            break
-        reply += chunk
-    return s, (reply[1] if len(reply) >= 2 else None)
-
-
 def test_socks5_names_a_mesh_service_by_its_hostname(start_daemon):
     """SOCKS5 by name (§14): a mesh service's hostname resolves to its VIP and is routed like it
     (here through the tunnel); a name outside the mesh is refused with its reason, since the
@@ -411,12 +396,12 @@ def test_socks5_names_a_mesh_service_by_its_hostname(start_daemon):
     echo = EchoServer(host="127.0.0.2")
     try:
         daemon, _ = start(start_daemon, echo.port)
-        sock, code = socks5_connect_name(daemon.ports["socks5"], "echo.shop.svc.cluster.local", 80, "127.0.0.3")
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, "echo.shop.svc.cluster.local", source="127.0.0.3")
         with sock:
             assert code == 0
             sock.sendall(b"by name")
             assert sock.recv(100) == b"by name"
-        sock, code = socks5_connect_name(daemon.ports["socks5"], "example.com", 80, "127.0.0.3")
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, "example.com", source="127.0.0.3")
         sock.close()
         assert code == 4
         wait_for(lambda: "example.com is no service of the mesh" in daemon.log(), 10, "the refusal's reason")
