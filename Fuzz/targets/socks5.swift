@@ -1,7 +1,7 @@
 /// libFuzzer target: any bytes from a SOCKS5 client, fed to `Socks5Parser` in chunks whose sizes
 /// the input's first byte chooses (a real client's bytes arrive split anywhere). Nothing may
 /// trap; once the parser has decided (`connect` or `fail`) it stays decided, and a `connect`
-/// names a port and a numeric host.
+/// names a port and a numeric host or a lowercased DNS-shaped name.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzSocks5(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -21,7 +21,9 @@ public func fuzzSocks5(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
             fatalError("reply after the loop")
         case .connect(let host, _, _):
             if decided { fatalError("a second decision") }
-            if host.isEmpty || !host.allSatisfy({ $0.isHexDigit || $0 == "." || $0 == ":" }) { fatalError("host \(host)") }
+            // A numeric address, or a name shaped like a DNS name (ATYP 3), lowercased.
+            let shaped = host.allSatisfy { $0.isASCII && ($0.isNumber || ("a"..."z").contains($0) || $0 == "." || $0 == ":" || $0 == "-") }
+            if host.isEmpty || !shaped || host.first == "-" { fatalError("host \(host)") }
             decided = true
         case .fail:
             if decided { fatalError("a second decision") }
