@@ -83,12 +83,14 @@ final class HBONEClientHandler: HTTP2Connection {
     /// Sends a CONNECT for `authority` with `headers` in the slot `reserve` took. The future
     /// succeeds once the server answered 200 (the stream is then open and waits for its TCP
     /// side) and fails with the reason otherwise; either way the stream belongs to this connection.
-    func open(authority: String, headers: [(String, String)], record: ConnectionRecord?) -> (Stream?, EventLoopFuture<Void>) {
-        guard let session, let context else {
+    /// `loop` is the connection's (the pool hands out connections of its own loop only).
+    func open(on loop: EventLoop, authority: String, headers: [(String, String)],
+              record: ConnectionRecord?) -> (Stream?, EventLoopFuture<Void>) {
+        guard let session, context != nil else {
             releaseSlot()
-            return (nil, HBONEClientHandler.failed(on: self.context?.eventLoop, "the HBONE connection is not up"))
+            return (nil, loop.makeFailedFuture(HBONEError("the HBONE connection is not up")))
         }
-        let promise = context.eventLoop.makePromise(of: Void.self)
+        let promise = loop.makePromise(of: Void.self)
         let stream = Stream(id: -1)
         stream.target = authority
         stream.record = record
@@ -114,10 +116,6 @@ final class HBONEClientHandler: HTTP2Connection {
         guard let session, streams[stream.id] === stream else { return }
         _ = nghttp2_submit_rst_stream(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), stream.id, UInt32(NGHTTP2_CANCEL.rawValue))
         flushSession()
-    }
-
-    private static func failed(on loop: EventLoop?, _ reason: String) -> EventLoopFuture<Void> {
-        (loop ?? MultiThreadedEventLoopGroup.singleton.any()).makeFailedFuture(HBONEError(reason))
     }
 
     override func headersReceived(_ stream: Stream) {
@@ -292,7 +290,8 @@ enum HBONETunnel {
         let pool = pools.pool(for: client.eventLoop)
         let headers = requestHeaders(tunnel, client: client)
         return pool.connection(for: tunnel).flatMap { connection in
-            let (stream, answered) = connection.open(authority: tunnel.authority, headers: headers, record: record)
+            let (stream, answered) = connection.open(on: client.eventLoop, authority: tunnel.authority, headers: headers,
+                                                     record: record)
             return answered.map { Stage(connection: connection, stream: stream) }
         }
     }

@@ -1,4 +1,5 @@
 import Mesh
+import NIOCore
 import Shared
 
 /// Where an outbound connection (15001, SOCKS5) goes, from the mesh model (ISTIO_COMPAT §9 via
@@ -31,6 +32,12 @@ struct OutboundRouting: Sendable {
         /// The client's IP: part of the pool key (§5.5), so clients never share a connection
         /// across source addresses.
         let clientIP: String
+
+        /// The tunneled connection's record: mutual TLS, both identities, the HBONE authority.
+        func record(metrics: TrafficMetrics, client: Channel) -> ConnectionRecord {
+            target.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
+                          upstream: "\(address):\(port)", sourceIdentity: context.spiffeId.description, hbone: authority)
+        }
 
         /// The pool's key (§5.5): source identity, expected identities, destination address,
         /// source IP.

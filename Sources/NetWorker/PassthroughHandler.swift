@@ -95,11 +95,7 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                     }
                 case .tunnel(let tunnel):
                     Log.debug("outbound: \(host):\(port) through HBONE to \(tunnel.address):\(tunnel.port)")
-                    if let metrics = self.metrics {
-                        self.record = tunnel.target.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
-                                                           upstream: "\(tunnel.address):\(tunnel.port)",
-                                                           sourceIdentity: tunnel.context.spiffeId.description, hbone: tunnel.authority)
-                    }
+                    if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: channel) }
                     self.tunnel(channel: channel, tunnel)
                     return
                 case .refuse(let reason):

@@ -128,11 +128,7 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
                                            upstream: "\(routedHost):\(routedPort)")
                 }
             case .tunnel(let tunnel):
-                if let metrics {
-                    record = tunnel.target.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
-                                                  upstream: "\(tunnel.address):\(tunnel.port)",
-                                                  sourceIdentity: tunnel.context.spiffeId.description, hbone: tunnel.authority)
-                }
+                if let metrics { record = tunnel.record(metrics: metrics, client: client) }
                 self.tunnel(context: context, tunnel)
                 return
             case .refuse(let reason):
