@@ -41,7 +41,11 @@ let package = Package(
         .target(name: "CKeyHandle", dependencies: ["COpenSSL"], linkerSettings: [.linkedLibrary("crypto")]),
 
         .executableTarget(name: "Supervisor", dependencies: ["IPC", "Shared", "CShims"]),
-        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL", "CShims", "OpenSSLSupport", "CNghttp2"]),
+        // The HTTP/2 client to istiod (TLS on OpenSSL, HTTP/2 on nghttp2): the CA's unary calls and
+        // the xDS worker's ADS stream.
+        .target(name: "HTTP2Client", dependencies: ["COpenSSL", "CNghttp2", "CShims", "OpenSSLSupport", "Shared"]),
+
+        .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL", "CShims", "OpenSSLSupport", "HTTP2Client"]),
         .executableTarget(
             name: "NetWorker",
             dependencies: [
@@ -56,7 +60,7 @@ let package = Package(
         .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Mesh", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
-        .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL"]),
+        .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL", "HTTP2Client"]),
         .testTarget(name: "NetWorkerTests", dependencies: [
             "NetWorker", "IPC", "Shared", "OpenSSLSupport",
             .product(name: "NIOCore", package: "swift-nio"),

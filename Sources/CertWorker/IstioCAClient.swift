@@ -1,4 +1,5 @@
 internal import COpenSSL
+import HTTP2Client
 import OpenSSLSupport
 import Shared
 #if canImport(Glibc)
@@ -13,7 +14,7 @@ final class IstioCAClient: CertificateAuthority {
     let name = "istiod"
     let host: String
     let port: UInt16
-    private let roots: OpaquePointer
+    private let roots: TrustRoots
     /// The bearer token, as the Supervisor last sent it (nil: none configured). Set on the
     /// CertWorker's loop, read on the CA thread.
     private var token: String?
@@ -34,36 +35,13 @@ final class IstioCAClient: CertificateAuthority {
         }
         self.host = host
         self.port = port
-        guard let store = X509_STORE_new() else { throw OpenSSLError("X509_STORE_new") }
-        roots = store
-        let rootSetting = configuration.string("CA_ROOT_CA")
-        if rootSetting == "SYSTEM" {
-            // Loaded now, as a file: a hashed-directory lookup would open files during a
-            // handshake, after the sandbox, where no path can be opened any more.
-            guard let file = X509_get_default_cert_file(), X509_STORE_load_file(store, file) == 1 else {
-                throw OpenSSLError("system trust store")
-            }
-        } else {
-            let pem: String
-            if rootSetting.contains("-----BEGIN") {
-                pem = rootSetting
-            } else {
-                do { pem = String(decoding: try Syscall.readFile(rootSetting, limit: 256 * 1024), as: UTF8.self) } catch {
-                    throw CAError("invalid CA_ROOT_CA (\(rootSetting)): \(error)")
-                }
-            }
-            for certificate in try Certificate.parseChain(pem: pem) {
-                try certificate.withUnsafeX509 { guard X509_STORE_add_cert(store, $0) == 1 else { throw OpenSSLError("CA root") } }
-            }
-        }
+        roots = try TrustRoots(setting: "CA_ROOT_CA", value: configuration.string("CA_ROOT_CA"))
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
         let namespace = configuration.string("POD_NAMESPACE")
         let account = configuration.string("SERVICE_ACCOUNT")
         ownIdentity = namespace.isEmpty || account.isEmpty
             ? nil : "spiffe://\(configuration.string("TRUST_DOMAIN"))/ns/\(namespace)/sa/\(account)"
     }
-
-    deinit { X509_STORE_free(roots) }
 
     /// A new token from the Supervisor (already trimmed and checked to be a header value).
     func setToken(_ value: String) { tokenLock.withLock { token = value } }
