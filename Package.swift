@@ -58,7 +58,7 @@ let package = Package(
         .testTarget(name: "IPCTests", dependencies: ["IPC", "Shared"]),
         .testTarget(name: "SharedTests", dependencies: ["Shared"]),
         .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
-        .testTarget(name: "XDSTests", dependencies: ["XDS", "Mesh", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .testTarget(name: "XDSTests", dependencies: ["XDS", "Mesh", "HTTP2Client", "Shared", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
         .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL", "HTTP2Client"]),
         .testTarget(name: "NetWorkerTests", dependencies: [

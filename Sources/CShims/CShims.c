@@ -53,3 +53,5 @@ void CShims_resolver_warm_up(void) {
     (void)res_init();
     if (getaddrinfo("localhost", NULL, NULL, &result) == 0) freeaddrinfo(result);
 }
+
+int CShims_memfd_create(const char *name, unsigned int flags) { return (int)syscall(SYS_memfd_create, name, flags); }

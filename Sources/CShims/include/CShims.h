@@ -57,6 +57,8 @@ uint32_t CShims_SCMP_ACT_ERRNO(uint16_t errnum);
 /// once a worker is confined it can open no file, but glibc keeps what it read and only stats
 /// resolv.conf afterwards.
 void CShims_resolver_warm_up(void);
+/* memfd_create(2) (glibc declares it only with _GNU_SOURCE). */
+int CShims_memfd_create(const char *name, unsigned int flags);
 
 #include "CShimsOpenSSL.h"
 #include "CShimsLandlock.h"

@@ -1,0 +1,104 @@
+import Foundation
+import Mesh
+import SwiftProtobuf
+
+/// The xDS worker's resources as published to the NetWorkers: every accepted resource of both
+/// types with its name and version, and a generation. On the wire it is a
+/// `DeltaDiscoveryResponse` (system_version_info = the generation, each resource's `Any` naming
+/// its type), so the NetWorker decodes it with the same fuzzed decoder as istiod's pushes and
+/// converts every resource again itself: a compromised xDS worker can send it nothing the
+/// conversion would refuse from istiod. A restarted xDS worker reads it back to resubscribe with
+/// `initial_resource_versions`.
+public struct MeshSnapshot: Equatable, Sendable {
+    public struct Entry: Equatable, Sendable {
+        public let version: String
+        /// The resource's serialized message (`Address` or `Authorization`).
+        public let body: [UInt8]
+        public init(version: String, body: [UInt8]) { self.version = version; self.body = body }
+    }
+
+    public var generation: UInt64 = 0
+    /// Resource name → entry, per type URL (`XDSConversion.addressType`, `.authorizationType`).
+    public var resources: [String: [String: Entry]] = [:]
+
+    public init() {}
+
+    /// The snapshot's biggest size; the Supervisor and the NetWorker refuse a larger memfd.
+    public static let maxBytes = 512 << 20
+
+    public func entries(_ typeURL: String) -> [String: Entry] { resources[typeURL] ?? [:] }
+
+    /// name → version of one type: what a new stream claims to hold.
+    public func versions(_ typeURL: String) -> [String: String] { entries(typeURL).mapValues(\.version) }
+
+    public func encoded() throws -> [UInt8] {
+        var message = Envoy_Service_Discovery_V3_DeltaDiscoveryResponse()
+        message.systemVersionInfo = String(generation)
+        for typeURL in resources.keys.sorted() {
+            for (name, entry) in resources[typeURL]!.sorted(by: { $0.key < $1.key }) {
+                var resource = Envoy_Service_Discovery_V3_Resource()
+                resource.name = name
+                resource.version = entry.version
+                resource.resource.typeURL = typeURL
+                resource.resource.value = Data(entry.body)
+                message.resources.append(resource)
+            }
+        }
+        return try message.serializedBytes()
+    }
+
+    /// Decodes a snapshot; refuses bytes that are not one, a type it does not know, a resource
+    /// twice, and a generation that is not a number.
+    public static func decode(_ bytes: UnsafeRawBufferPointer) throws -> MeshSnapshot {
+        let message: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse
+        do {
+            let data = bytes.isEmpty ? Data() : Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: bytes.baseAddress!),
+                                                     count: bytes.count, deallocator: .none)
+            message = try Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: data, options: XDSConversion.decoding)
+        } catch {
+            throw XDSConversion.Invalid("not a mesh snapshot: \(error)")
+        }
+        guard let generation = UInt64(message.systemVersionInfo) else {
+            throw XDSConversion.Invalid("snapshot generation \"\(message.systemVersionInfo.prefix(32))\"")
+        }
+        var snapshot = MeshSnapshot()
+        snapshot.generation = generation
+        for resource in message.resources {
+            let typeURL = resource.resource.typeURL
+            guard typeURL == XDSConversion.addressType || typeURL == XDSConversion.authorizationType else {
+                throw XDSConversion.Invalid("snapshot resource of type \(typeURL.prefix(80))")
+            }
+            guard snapshot.resources[typeURL]?[resource.name] == nil else {
+                throw XDSConversion.Invalid("snapshot holds \(resource.name.prefix(80)) twice")
+            }
+            snapshot.resources[typeURL, default: [:]][resource.name] = Entry(version: resource.version, body: [UInt8](resource.resource.value))
+        }
+        return snapshot
+    }
+
+    /// The mesh model the snapshot describes, and the resources that did not convert ("name:
+    /// reason"), which are left out.
+    public func model() -> (model: MeshModel, refused: [String]) {
+        var model = MeshModel()
+        var refused: [String] = []
+        insert(into: &model, refused: &refused)
+        return (model, refused)
+    }
+
+    /// Adds the snapshot's resources to `model` (the local config's, when both are set).
+    public func insert(into model: inout MeshModel, refused: inout [String]) {
+        for (name, entry) in entries(XDSConversion.addressType).sorted(by: { $0.key < $1.key }) {
+            do {
+                switch try XDSConversion.address(entry.body) {
+                case .workload(let workload): model.insert(workload)
+                case .service(let service): model.insert(service)
+                }
+            } catch {
+                refused.append("\(name): \(error)")
+            }
+        }
+        for (name, entry) in entries(XDSConversion.authorizationType).sorted(by: { $0.key < $1.key }) {
+            do { model.insert(try XDSConversion.authorization(entry.body)) } catch { refused.append("\(name): \(error)") }
+        }
+    }
+}

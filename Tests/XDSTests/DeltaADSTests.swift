@@ -1,0 +1,169 @@
+import Foundation
+import HTTP2Client
+import Mesh
+@testable import Shared
+import SwiftProtobuf
+import Testing
+@testable import XDS
+
+/// The delta ADS protocol without I/O (ISTIO_COMPAT §6.3), the snapshot the xDS worker publishes,
+/// and gRPC message framing. The request and response bytes are checked against field numbers
+/// written by hand from §7.5.
+@Suite struct DeltaADSTests {
+    typealias Wire = XDSConversionTests
+
+    static func workloadAddress(uid: String, ip: [UInt8] = [10, 0, 0, 7]) -> [UInt8] {
+        let workload = Wire.stringField(20, uid) + Wire.stringField(1, "w") + Wire.stringField(2, "ns")
+            + Wire.bytesField(3, ip) + Wire.varintField(5, 1) + Wire.stringField(7, "sa")
+        return Wire.bytesField(1, workload)
+    }
+
+    static func policy(name: String, namespace: String) -> [UInt8] {
+        // Authorization: name 1, namespace 2, scope 3 (NAMESPACE = 1), action 4 (DENY = 1).
+        Wire.stringField(1, name) + Wire.stringField(2, namespace) + Wire.varintField(3, 1) + Wire.varintField(4, 1)
+    }
+
+    /// A DeltaDiscoveryResponse from bytes written from §7.5: system_version_info 1, resources 2
+    /// (Resource: version 1, resource 2 = Any{type_url 1, value 2}, name 3), type_url 4, nonce 5,
+    /// removed_resources 6.
+    static func response(_ typeURL: String, nonce: String, resources: [(String, String, [UInt8])], removed: [String] = []) throws
+        -> Envoy_Service_Discovery_V3_DeltaDiscoveryResponse {
+        var bytes = Wire.stringField(1, "v") + Wire.stringField(4, typeURL) + Wire.stringField(5, nonce)
+        for (name, version, body) in resources {
+            let any = Wire.stringField(1, typeURL) + Wire.bytesField(2, body)
+            bytes += Wire.bytesField(2, Wire.stringField(1, version) + Wire.bytesField(2, any) + Wire.stringField(3, name))
+        }
+        for name in removed { bytes += Wire.stringField(6, name) }
+        return try Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: bytes)
+    }
+
+    static func node() -> Envoy_Service_Discovery_V3_Node {
+        var node = Envoy_Service_Discovery_V3_Node()
+        node.id = "ztunnel~10.0.0.42~z.istio-system~istio-system.svc.cluster.local"
+        return node
+    }
+
+    @Test func aStreamOpensBothTypesWithTheNodeAndTheVersionsHeld() throws {
+        var state = MeshSnapshot()
+        state.resources[XDSConversion.addressType] = ["a/b": .init(version: "7", body: [])]
+        var ads = DeltaADS(node: Self.node(), state: state)
+        let requests = ads.streamOpened()
+        #expect(requests.map(\.typeURL) == [XDSConversion.addressType, XDSConversion.authorizationType])
+        // DeltaDiscoveryRequest: node 1 (Node: id 1), type_url 2, initial_resource_versions 5
+        // (map entry: key 1, value 2); no subscribe list (3) = wildcard.
+        let bytes: [UInt8] = try requests[0].serializedBytes()
+        let node = Wire.bytesField(1, Wire.stringField(1, Self.node().id))
+        let versions = Wire.bytesField(5, Wire.stringField(1, "a/b") + Wire.stringField(2, "7"))
+        #expect(bytes.starts(with: node))
+        #expect(Self.contains(bytes, Wire.stringField(2, XDSConversion.addressType)))
+        #expect(Self.contains(bytes, versions))
+        #expect(requests[1].initialResourceVersions.isEmpty && requests[1].hasNode)
+    }
+
+    @Test func goodResourcesApplyBadOnesAreNackedAndKeepTheirOldVersion() throws {
+        var ads = DeltaADS(node: Self.node())
+        _ = ads.streamOpened()
+        let first = ads.handle(try Self.response(XDSConversion.addressType, nonce: "n1",
+                                                 resources: [("c//Pod/ns/a", "1", Self.workloadAddress(uid: "c//Pod/ns/a"))]))
+        #expect(first.refused.isEmpty && first.changed && !first.reply.hasErrorDetail && first.reply.responseNonce == "n1")
+        // ACK: type_url 2 and response_nonce 6 only.
+        let ack: [UInt8] = try first.reply.serializedBytes()
+        #expect(ack == Wire.stringField(2, XDSConversion.addressType) + Wire.stringField(6, "n1"))
+        #expect(!ads.isSynced)
+
+        let second = ads.handle(try Self.response(XDSConversion.addressType, nonce: "n2", resources: [
+            ("c//Pod/ns/a", "2", Self.workloadAddress(uid: "c//Pod/ns/a", ip: [10, 0, 0, 7, 9])),  // 5-byte IP
+            ("c//Pod/ns/b", "1", Self.workloadAddress(uid: "c//Pod/ns/b")),
+            ("c//Pod/ns/wrong", "1", Self.workloadAddress(uid: "c//Pod/ns/other")),
+        ]))
+        #expect(second.refused.count == 2 && second.applied == 1 && second.changed)
+        // NACK: error_detail 7 (Status.message 2) = "name: reason" joined with "; ".
+        let message = second.reply.errorDetail.message
+        #expect(message.hasPrefix("c//Pod/ns/a: ") && message.contains("; c//Pod/ns/wrong: "), "\(message)")
+        let nack: [UInt8] = try second.reply.serializedBytes()
+        #expect(Self.contains(nack, Wire.bytesField(7, Wire.stringField(2, message))))
+        #expect(ads.state.versions(XDSConversion.addressType) == ["c//Pod/ns/a": "1", "c//Pod/ns/b": "1"])
+
+        let removal = ads.handle(try Self.response(XDSConversion.addressType, nonce: "n3", resources: [], removed: ["c//Pod/ns/b", "unknown"]))
+        #expect(removal.removed == 1 && removal.refused.isEmpty)
+        #expect(ads.state.versions(XDSConversion.addressType) == ["c//Pod/ns/a": "1"])
+    }
+
+    @Test func syncNeedsAnAcceptedFirstResponseOfEachTypeAndUnknownTypesAreAcked() throws {
+        var ads = DeltaADS(node: Self.node())
+        _ = ads.streamOpened()
+        let unknown = ads.handle(try Self.response("type.googleapis.com/istio.workload.Workload", nonce: "u", resources: [("x", "1", [1])]))
+        #expect(!unknown.changed && unknown.refused.isEmpty && unknown.reply.responseNonce == "u")
+        let badPolicy = ads.handle(try Self.response(XDSConversion.authorizationType, nonce: "p1",
+                                                     resources: [("ns/p", "1", Self.policy(name: "other", namespace: "ns"))]))
+        #expect(badPolicy.refused.count == 1)
+        _ = ads.handle(try Self.response(XDSConversion.addressType, nonce: "a1", resources: []))
+        #expect(!ads.isSynced)  // a NACK does not count (§6.4)
+        _ = ads.handle(try Self.response(XDSConversion.authorizationType, nonce: "p2",
+                                         resources: [("ns/p", "1", Self.policy(name: "p", namespace: "ns"))]))
+        #expect(ads.isSynced)
+        _ = ads.streamOpened()
+        #expect(!ads.isSynced)
+    }
+
+    @Test func aSnapshotRoundTripsAndConvertsIntoTheModel() throws {
+        var ads = DeltaADS(node: Self.node())
+        _ = ads.handle(try Self.response(XDSConversion.addressType, nonce: "a",
+                                         resources: [("c//Pod/ns/a", "1", Self.workloadAddress(uid: "c//Pod/ns/a"))]))
+        _ = ads.handle(try Self.response(XDSConversion.authorizationType, nonce: "p",
+                                         resources: [("ns/p", "3", Self.policy(name: "p", namespace: "ns"))]))
+        let bytes = try ads.state.encoded()
+        let decoded = try bytes.withUnsafeBytes { try MeshSnapshot.decode($0) }
+        #expect(decoded == ads.state && decoded.generation == 2)
+        let (model, refused) = decoded.model()
+        #expect(refused.isEmpty && model.workloads.keys.sorted() == ["c//Pod/ns/a"] && model.policies.keys.sorted() == ["ns/p"])
+
+        // Through a sealed memfd, as the NetWorker receives it.
+        let fd = try SealedMemfd.make(name: "test", bytes)
+        let mapped = try SealedMemfd.withContents(fd.rawValue, maxBytes: MeshSnapshot.maxBytes) { try MeshSnapshot.decode($0) }
+        #expect(mapped == decoded)
+        #expect(throws: SealedMemfd.Refused.self) { try SealedMemfd.checkedSize(fd.rawValue, maxBytes: bytes.count - 1) }
+    }
+
+    @Test func badSnapshotsAreRefused() throws {
+        let garbage: [UInt8] = [0xff, 0xff, 0xff]
+        #expect(throws: XDSConversion.Invalid.self) { try garbage.withUnsafeBytes { try MeshSnapshot.decode($0) } }
+        var snapshot = MeshSnapshot()
+        snapshot.resources["type.googleapis.com/other"] = ["x": .init(version: "1", body: [])]
+        let other = try snapshot.encoded()
+        #expect(throws: XDSConversion.Invalid.self) { try other.withUnsafeBytes { try MeshSnapshot.decode($0) } }
+        // A resource that does not convert is left out with its reason; the rest stands.
+        var mixed = MeshSnapshot()
+        mixed.resources[XDSConversion.addressType] = ["bad": .init(version: "1", body: [0x0a, 0x02, 0xff]),
+                                                      "c//Pod/ns/a": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/a"))]
+        let (model, refused) = mixed.model()
+        #expect(model.workloads.count == 1 && refused.count == 1 && refused[0].hasPrefix("bad: "))
+    }
+
+    @Test func anUnsealedMemfdIsRefused() throws {
+        let unsealed = try SealedMemfd.makeUnsealed(name: "unsealed")
+        #expect(throws: SealedMemfd.Refused.self) { try SealedMemfd.checkedSize(unsealed.rawValue, maxBytes: 1 << 20) }
+        // Not a memfd at all: a pipe.
+        var pipeFds: [Int32] = [0, 0]
+        _ = pipe(&pipeFds)
+        defer { close(pipeFds[0]); close(pipeFds[1]) }
+        #expect(throws: SealedMemfd.Refused.self) { try SealedMemfd.checkedSize(pipeFds[0], maxBytes: 1 << 20) }
+    }
+
+    @Test func grpcMessagesAreReassembledAndBoundedAndCompressionRefused() throws {
+        var framer = GRPCFramer(maxMessageBytes: 8)
+        let framed = GRPCFramer.frame([1, 2, 3]) + GRPCFramer.frame([4])
+        var messages: [[UInt8]] = []
+        for byte in framed { messages += try framer.append([byte]) }
+        #expect(messages == [[1, 2, 3], [4]] && framer.pendingBytes == 0)
+        #expect(throws: GRPCFramer.Refused.self) { _ = try framer.append([0, 0, 0, 0, 9]) }
+        var compressed = GRPCFramer(maxMessageBytes: 8)
+        #expect(throws: GRPCFramer.Refused.self) { _ = try compressed.append([1, 0, 0, 0, 1, 7]) }
+    }
+
+    static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
+        guard needle.count <= haystack.count else { return false }
+        return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }
+    }
+}
+
