@@ -10,6 +10,7 @@ let package = Package(
         .executable(name: "ztunnel", targets: ["Supervisor"]),
         .executable(name: "ztunnel-cert-worker", targets: ["CertWorker"]),
         .executable(name: "ztunnel-net-worker", targets: ["NetWorker"]),
+        .executable(name: "ztunnel-xds-worker", targets: ["XDSWorker"]),
         // For the libFuzzer package in Fuzz/.
         .library(name: "IPC", targets: ["IPC"]),
         .library(name: "XDS", targets: ["XDS"]),
@@ -46,10 +47,12 @@ let package = Package(
         .target(name: "HTTP2Client", dependencies: ["COpenSSL", "CNghttp2", "CShims", "OpenSSLSupport", "Shared"]),
 
         .executableTarget(name: "CertWorker", dependencies: ["IPC", "Shared", "COpenSSL", "CShims", "OpenSSLSupport", "HTTP2Client"]),
+        .executableTarget(name: "XDSWorker", dependencies: ["IPC", "Shared", "CShims", "HTTP2Client", "XDS", "Mesh",
+                                                         .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .executableTarget(
             name: "NetWorker",
             dependencies: [
-                "IPC", "Shared", "Mesh", "CShims", "CNghttp2", "COpenSSL", "OpenSSLSupport", "CKeyHandle",
+                "IPC", "Shared", "Mesh", "XDS", "CShims", "CNghttp2", "COpenSSL", "OpenSSLSupport", "CKeyHandle",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),

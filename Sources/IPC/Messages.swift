@@ -4,18 +4,20 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 2
+    public static let version: UInt16 = 3
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
 public enum WorkerRole: UInt8, Sendable, CaseIterable, CustomStringConvertible {
     case certWorker = 1
     case netWorker = 2
+    case xdsWorker = 3
 
     public var description: String {
         switch self {
         case .certWorker: return "cert-worker"
         case .netWorker: return "net-worker"
+        case .xdsWorker: return "xds-worker"
         }
     }
 }
@@ -51,21 +53,25 @@ public enum SupervisorMessage {
     /// To a NetWorker: the local configuration file's bytes (LOCAL_XDS_PATH), which the
     /// NetWorker parses; the Supervisor only reads the file.
     case localConfig(generation: UInt32, [UInt8])
-    /// To the CertWorker: the bearer token for the Istio CA (AUTH_TOKEN's file, read by the
-    /// Supervisor, or its literal value), trimmed; sent at set-up and whenever it changes. The
-    /// CertWorker opens no file after its sandbox, so the token comes to it.
+    /// To the CertWorker and the xDS worker: the bearer token for istiod (AUTH_TOKEN's file, read
+    /// by the Supervisor, or its literal value), trimmed; sent at set-up and whenever it changes.
+    /// No worker opens a file after its sandbox, so the token comes to it.
     case caToken(String)
+    /// To a NetWorker (and to a new xDS worker, which resubscribes from it): the mesh model the
+    /// xDS worker published, as a sealed memfd holding a `MeshSnapshot` (Sources/XDS).
+    case meshSnapshot(generation: UInt64, fd: OwnedFD)
     /// To the CertWorker, relayed from a NetWorker's `faultRequest` (tests only).
     case fault(FaultKind, port: UInt16)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
+        case meshSnapshot = 0x010b
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
-            case .listener, .signerChannel, .signerPeer: return 1
+            case .listener, .signerChannel, .signerPeer, .meshSnapshot: return 1
             case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault: return 0
             }
         }
@@ -83,6 +89,7 @@ public enum SupervisorMessage {
         case .localConfig: return .localConfig
         case .caToken: return .caToken
         case .fault: return .fault
+        case .meshSnapshot: return .meshSnapshot
         }
     }
 
@@ -102,6 +109,7 @@ public enum SupervisorMessage {
         case .localConfig(let generation, let bytes): writer.u32(generation); writer.data(bytes)
         case .caToken(let token): writer.string(token)
         case .fault(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
+        case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -136,6 +144,8 @@ public enum SupervisorMessage {
         case .fault:
             let (kind, port) = try FaultKind.decode(&reader)
             message = .fault(kind, port: port)
+        case .meshSnapshot:
+            message = .meshSnapshot(generation: try reader.u64("snapshot generation"), fd: frame.fds[0])
         }
         try reader.finish(name)
         return message
@@ -159,6 +169,9 @@ public enum WorkerMessage: Equatable {
     case faultRequest(FaultKind, port: UInt16)
     /// A NetWorker's answer to `localConfig`: whether that generation parsed and is in force.
     case localConfigApplied(generation: UInt32, accepted: Bool)
+    /// The xDS worker publishes a new mesh model: a sealed memfd holding a `MeshSnapshot`. The
+    /// only fd a worker may send; the Supervisor checks its seals and size before relaying it.
+    case meshSnapshot(generation: UInt64, fd: OwnedFD)
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -176,16 +189,17 @@ public enum WorkerMessage: Equatable {
             return e1 == e2 && f1.map { $0.0 + "=" + $0.1 } == f2.map { $0.0 + "=" + $0.1 }
         case (.faultRequest(let k1, let p1), .faultRequest(let k2, let p2)): return k1 == k2 && p1 == p2
         case (.localConfigApplied(let g1, let a1), .localConfigApplied(let g2, let a2)): return g1 == g2 && a1 == a2
+        case (.meshSnapshot(let g1, _), .meshSnapshot(let g2, _)): return g1 == g2
         default: return false
         }
     }
 
     public enum Code: UInt16, CaseIterable {
         case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
-        case localConfigApplied = 0x0206
+        case localConfigApplied = 0x0206, meshSnapshot = 0x0207
 
-        /// No worker message may carry an fd: fds flow from the Supervisor only.
-        public var fdCount: Int { 0 }
+        /// Only a snapshot carries an fd (its memfd); every other fd flows from the Supervisor.
+        public var fdCount: Int { self == .meshSnapshot ? 1 : 0 }
     }
 
     public var code: Code {
@@ -196,11 +210,13 @@ public enum WorkerMessage: Equatable {
         case .audit: return .audit
         case .faultRequest: return .faultRequest
         case .localConfigApplied: return .localConfigApplied
+        case .meshSnapshot: return .meshSnapshot
         }
     }
 
     public func frame(requestId: UInt32 = 0) -> IPCFrame {
         var writer = WireWriter()
+        var fds: [OwnedFD] = []
         switch self {
         case .hello(let version, let role, let pid):
             writer.u16(version); writer.u8(role.rawValue); writer.i32(pid)
@@ -211,8 +227,9 @@ public enum WorkerMessage: Equatable {
             for (key, value) in fields { writer.string(key); writer.string(value) }
         case .faultRequest(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         case .localConfigApplied(let generation, let accepted): writer.u32(generation); writer.bool(accepted)
+        case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
         }
-        return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes)
+        return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
 
     public static func decode(_ frame: IPCFrame) throws -> WorkerMessage {
@@ -245,6 +262,8 @@ public enum WorkerMessage: Equatable {
             message = .faultRequest(kind, port: port)
         case .localConfigApplied:
             message = .localConfigApplied(generation: try reader.u32("local config generation"), accepted: try reader.bool("accepted"))
+        case .meshSnapshot:
+            message = .meshSnapshot(generation: try reader.u64("snapshot generation"), fd: frame.fds[0])
         }
         try reader.finish(name)
         return message

@@ -20,6 +20,9 @@ struct ListenerFactory {
     let pools: HBONEPools
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
+    /// Listeners served at once, before any mesh model: admin, stats and readiness.
+    static let controlListeners: Set<String> = ["admin", "stats", "readiness"]
+
     /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
     func adopt(name: String, fd: OwnedFD) -> EventLoopFuture<Channel> {
         let factory = self

@@ -11,6 +11,7 @@ final class NetWorkerState: @unchecked Sendable {
     private var processTable: [ProcessEntry] = []
     private var draining = false
     private var meshModel = MeshModel()
+    private var meshPending = false
 
     init(configuration: Configuration, index: UInt16) {
         self.configuration = configuration
@@ -29,6 +30,12 @@ final class NetWorkerState: @unchecked Sendable {
     }
     func startDraining() { lock.withLock { draining = true } }
 
+    /// Whether the first mesh snapshot from xDS is still awaited (readiness names it "xds").
+    var awaitingMesh: Bool {
+        get { lock.withLock { meshPending } }
+        set { lock.withLock { meshPending = newValue } }
+    }
+
     var snapshot: (table: [ProcessEntry], isDraining: Bool) { lock.withLock { (processTable, draining) } }
 
     /// The workers that are not yet up and set up; empty means ready (ISTIO_COMPAT §16).
@@ -36,6 +43,6 @@ final class NetWorkerState: @unchecked Sendable {
         let (table, isDraining) = snapshot
         if isDraining { return ["draining"] }
         if table.isEmpty { return ["process table"] }
-        return table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted()
+        return table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted() + (awaitingMesh ? ["xds"] : [])
     }
 }

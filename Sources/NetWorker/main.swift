@@ -1,5 +1,6 @@
 import IPC
 import Mesh
+import XDS
 import NIOCore
 import NIOPosix
 import Shared
@@ -75,6 +76,14 @@ struct ControlLoop {
     let authorization: InboundAuthorization
     private var servers: [Channel] = []
     private var hasModel = false
+    /// The two sources of the mesh model (ISTIO_COMPAT §19: LOCAL_XDS_PATH and XDS_ADDRESS may be
+    /// set together): the local file's last good model and the xDS worker's last snapshot.
+    private var localConfig: LocalConfig?
+    private var snapshot: MeshSnapshot?
+    private let usesXDS: Bool
+    /// Data-plane listeners held back until the first mesh snapshot is in force (§6.4: nothing is
+    /// accepted before the model is); the kernel queues connections meanwhile.
+    private var heldListeners: [(String, OwnedFD)] = []
 
     init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient,
          authorization: InboundAuthorization) {
@@ -84,6 +93,8 @@ struct ControlLoop {
         self.factory = factory
         self.tracker = tracker
         self.signer = signer
+        usesXDS = !state.configuration.string("XDS_ADDRESS").isEmpty
+        state.awaitingMesh = usesXDS
     }
 
     mutating func run() -> Never {
@@ -91,10 +102,13 @@ struct ControlLoop {
             guard let message = WorkerBootstrap.nextMessage(from: channel, blocking: true) else { continue }
             switch message {
             case .listener(let name, let fd):
-                do { servers.append(try factory.adopt(name: name, fd: fd).wait()) } catch {
-                    WorkerBootstrap.die("cannot serve listener \(name): \(error)")
+                if usesXDS && snapshot == nil && !ListenerFactory.controlListeners.contains(name) {
+                    heldListeners.append((name, fd))
+                } else {
+                    adopt(name: name, fd: fd)
                 }
-                Log.debug("serving \(name)")
+            case .meshSnapshot(let generation, let fd):
+                applySnapshot(generation: generation, fd: fd)
             case .processTable(let entries):
                 state.update(processTable: entries)
             case .localConfig(let generation, let bytes):
@@ -112,6 +126,69 @@ struct ControlLoop {
         }
     }
 
+    private mutating func adopt(name: String, fd: OwnedFD) {
+        do { servers.append(try factory.adopt(name: name, fd: fd).wait()) } catch {
+            WorkerBootstrap.die("cannot serve listener \(name): \(error)")
+        }
+        Log.debug("serving \(name)")
+    }
+
+    /// Maps and decodes a snapshot from the xDS worker (relayed by the Supervisor) and puts it in
+    /// force with the local config's model. A snapshot that is not sealed, too large or does not
+    /// decode is refused and the model in force stays; resources that do not convert are left
+    /// out and logged (the xDS worker already refused them; this is the second check).
+    private mutating func applySnapshot(generation: UInt64, fd: OwnedFD) {
+        let decoded: MeshSnapshot
+        do {
+            decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: MeshSnapshot.maxBytes) { try MeshSnapshot.decode($0) }
+        } catch {
+            Log.error("mesh snapshot \(generation) refused: \(error); keeping the model in force")
+            return
+        }
+        snapshot = decoded
+        let refused = publishModel(reason: "xds", generation: "\(generation)")
+        for reason in refused.prefix(16) { Log.warn("mesh snapshot resource left out: \(reason)") }
+        state.awaitingMesh = false
+        for (name, fd) in heldListeners { adopt(name: name, fd: fd) }
+        heldListeners = []
+    }
+
+    /// Builds the model from both sources, puts it in force, decides live connections again and
+    /// asks for the identities of this node's workloads. Returns the snapshot resources left out.
+    @discardableResult
+    private mutating func publishModel(reason: String, generation: String) -> [String] {
+        var model = localConfig?.model ?? MeshModel()
+        var refused: [String] = []
+        snapshot?.insert(into: &model, refused: &refused)
+        hasModel = true
+        state.update(model: model)
+        if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
+            Log.info("policy change closed \(closed) live connections")
+        }
+        let node = state.configuration.string("NODE_NAME")
+        var wanted = Set<String>()
+        if let localConfig {
+            let (identities, skipped) = localConfig.wantedIdentities(node: node)
+            for reason in skipped { Log.warn(reason) }
+            wanted.formUnion(identities)
+        }
+        if let snapshot {
+            var fromXDS = MeshModel()
+            var ignored: [String] = []
+            snapshot.insert(into: &fromXDS, refused: &ignored)
+            for workload in fromXDS.workloads.values
+            where workload.tunnelProtocol == .hbone && (node.isEmpty || workload.node == node)
+                && !workload.trustDomain.isEmpty && !workload.serviceAccount.isEmpty {
+                wanted.insert("spiffe://\(workload.trustDomain)/ns/\(workload.namespace)/sa/\(workload.serviceAccount)")
+            }
+        }
+        Log.info("mesh model", [("source", reason), ("generation", generation), ("workloads", "\(model.workloads.count)"),
+                                ("services", "\(model.services.count)"), ("policies", "\(model.policies.count)"),
+                                ("identities", "\(wanted.count)")])
+        signer.want(wanted.sorted())
+        return refused
+    }
+
     /// Parses a generation of the local config and puts it in force: the model is replaced whole,
     /// the wanted identities updated and every live authorized connection decided again. A file
     /// that does not parse keeps the model in force, and at start (no model yet) stops this
@@ -125,17 +202,8 @@ struct ControlLoop {
             try? channel.send(WorkerMessage.localConfigApplied(generation: generation, accepted: false).frame())
             return
         }
-        hasModel = true
-        state.update(model: config.model)
-        if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
-            Log.info("policy change closed \(closed) live connections")
-        }
-        let (wanted, skipped) = config.wantedIdentities(node: state.configuration.string("NODE_NAME"))
-        for reason in skipped { Log.warn(reason) }
-        Log.info("local config", [("generation", "\(generation)"), ("workloads", "\(config.model.workloads.count)"),
-                                  ("services", "\(config.model.services.count)"), ("policies", "\(config.model.policies.count)"),
-                                  ("identities", "\(wanted.count)")])
-        signer.want(wanted)
+        localConfig = config
+        publishModel(reason: "local config", generation: "\(generation)")
         try? channel.send(WorkerMessage.localConfigApplied(generation: generation, accepted: true).frame())
     }
 

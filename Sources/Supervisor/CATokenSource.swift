@@ -23,13 +23,14 @@ struct CATokenSource {
 
     init(configuration: Configuration) {
         setting = configuration.string("AUTH_TOKEN")
-        usesCA = !configuration.string("CA_ADDRESS").isEmpty
+        // The token is istiod's: for its CA and for its xDS.
+        usesCA = !configuration.string("CA_ADDRESS").isEmpty || !configuration.string("XDS_ADDRESS").isEmpty
     }
 
     /// Decided anew at each read, as upstream does per call: a path that exists is a file; one
     /// that does not, other than the default path, is the token itself.
     var kind: Kind {
-        if !usesCA || setting.isEmpty { return .none }  // the built-in CA needs no token
+        if !usesCA || setting.isEmpty { return .none }  // the built-in CA and local config need no token
         if access(setting, F_OK) == 0 { return .file(setting) }
         if setting != Configuration.defaultTokenPath { return .literal(setting) }
         return .none

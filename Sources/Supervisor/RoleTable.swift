@@ -40,8 +40,18 @@ struct RoleSpec {
         settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "NETWORK", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
-                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT"] + Bounds.settingNames,
+                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
+
+    /// The xDS worker (issue #8): holds the one delta ADS stream to istiod, validates every
+    /// resource and publishes the mesh model to the NetWorkers through the Supervisor. It parses
+    /// remote input, so it is confined like a NetWorker and holds no key; it gets the bearer token.
+    static let xdsWorker = RoleSpec(
+        role: .xdsWorker, executable: "ztunnel-xds-worker", seccompProfile: "xds-worker.json",
+        isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot],
+        settings: common + ["XDS_ADDRESS", "XDS_ROOT_CA", "ALT_XDS_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAME", "POD_NAMESPACE",
+                            "INSTANCE_IP", "NODE_NAME"],
+        uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")
 
     /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once
     /// set up, may bind no TCP port and may signal nothing outside their own process. The
@@ -51,12 +61,15 @@ struct RoleSpec {
         var connectPorts: [UInt16]?
         if role == .certWorker {
             connectPorts = CAAddress.port(of: configuration.string("CA_ADDRESS")).map { [$0] } ?? []
+        } else if role == .xdsWorker {
+            connectPorts = CAAddress.port(of: configuration.string("XDS_ADDRESS")).map { [$0] } ?? []
         }
         return Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: connectPorts, denyTCPBind: true,
                                scopeSignals: true, scopeAbstractUnixSockets: true)
     }
 
-    static func table(netWorkers: Int) -> [(RoleSpec, Int)] {
-        [(certWorker, 1), (netWorker, netWorkers)]
+    /// The roles and how many of each: an xDS worker only when XDS_ADDRESS is set.
+    static func table(netWorkers: Int, xds: Bool) -> [(RoleSpec, Int)] {
+        [(certWorker, 1)] + (xds ? [(xdsWorker, 1)] : []) + [(netWorker, netWorkers)]
     }
 }

@@ -37,6 +37,10 @@ final class Supervisor {
     private var caToken: String?
     private var caTokenProblem: CATokenError?
     private var nextTokenRead: Int64?
+    /// The mesh model the xDS worker last published (a sealed memfd, checked here): relayed to
+    /// every NetWorker, given to each new one before its listeners, and to a restarted xDS worker
+    /// so it resubscribes with the versions it names. The Supervisor never parses it.
+    private var meshSnapshot: (generation: UInt64, fd: OwnedFD)?
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -57,7 +61,8 @@ final class Supervisor {
             initialBackoffMilliseconds: configuration.milliseconds("ZTUNNEL_RESTART_BACKOFF"),
             maxBackoffMilliseconds: configuration.milliseconds("ZTUNNEL_RESTART_BACKOFF_MAX"))
         tokenSource = CATokenSource(configuration: configuration)
-        for (spec, count) in RoleSpec.table(netWorkers: configuration.int("ZTUNNEL_NET_WORKERS")) {
+        for (spec, count) in RoleSpec.table(netWorkers: configuration.int("ZTUNNEL_NET_WORKERS"),
+                                             xds: !configuration.string("XDS_ADDRESS").isEmpty) {
             for index in 0..<count { slots.append(WorkerSlot(spec: spec, index: UInt16(index))) }
         }
     }
@@ -65,7 +70,7 @@ final class Supervisor {
     /// Runs until drained or given up; returns the process exit code.
     func run() -> Int32 {
         refreshCAToken()
-        nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
+        if configuration.isLocalMode { nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds }
         for slot in slots { start(slot) }
         while exitCode == nil {
             pollOnce()
@@ -142,6 +147,8 @@ final class Supervisor {
             audit.record("fault_injected", slot.auditFields + [("kind", .string("\(kind)")), ("port", .int(Int64(port)))])
             let frame = SupervisorMessage.fault(kind, port: port).frame()
             for cert in slots where cert.spec.role == .certWorker && cert.state == .running { sendWithoutWaiting(frame, to: cert) }
+        case (.meshSnapshot(let generation, let fd), .running) where slot.spec.permittedWhileRunning.contains(.meshSnapshot):
+            try acceptSnapshot(generation: generation, fd: fd, from: slot)
         case (.localConfigApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.localConfigApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             localConfigApplied(generation: generation, accepted: accepted, from: slot)
@@ -163,8 +170,11 @@ final class Supervisor {
     private func handOver(to slot: WorkerSlot) throws {
         guard let ipc = slot.ipc else { return }
         // The mesh model before the listeners: nothing is accepted before it is in force.
-        if slot.spec.receivesListeners {
+        if slot.spec.receivesListeners && configuration.isLocalMode {
             try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
+        }
+        if slot.spec.receivesListeners || slot.spec.role == .xdsWorker, let meshSnapshot {
+            try ipc.send(SupervisorMessage.meshSnapshot(generation: meshSnapshot.generation, fd: meshSnapshot.fd).frame(), blocking: false)
         }
         if slot.spec.receivesListeners {
             for listener in broker.listeners where Int(slot.index) < listener.fds.count {
@@ -174,12 +184,34 @@ final class Supervisor {
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
         }
-        if slot.spec.role == .certWorker, let caToken {
+        if slot.spec.role == .certWorker || slot.spec.role == .xdsWorker, let caToken {
             try ipc.send(SupervisorMessage.caToken(caToken).frame(), blocking: false)
         }
         connectSigners(newcomer: slot)
         try ipc.send(SupervisorMessage.configured.frame(), blocking: false)
     }
+
+    /// A snapshot from the xDS worker: a sealed memfd of bounded size and a newer generation, or a
+    /// violation. It replaces the one held and goes to every NetWorker; each maps and parses it.
+    private func acceptSnapshot(generation: UInt64, fd: OwnedFD, from slot: WorkerSlot) throws {
+        let size: Int
+        do { size = try SealedMemfd.checkedSize(fd.rawValue, maxBytes: Self.maxSnapshotBytes) } catch {
+            throw Violation("mesh snapshot refused: \(error)")
+        }
+        if let held = meshSnapshot, generation <= held.generation {
+            throw Violation("mesh snapshot generation \(generation) after \(held.generation)")
+        }
+        meshSnapshot = (generation, fd)
+        audit.record("mesh_snapshot", slot.auditFields + [("generation", .int(Int64(generation))), ("bytes", .int(Int64(size)))])
+        Log.debug("mesh snapshot", [("generation", "\(generation)"), ("bytes", "\(size)")])
+        let frame = SupervisorMessage.meshSnapshot(generation: generation, fd: fd).frame()
+        for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
+            sendWithoutWaiting(frame, to: net)
+        }
+    }
+
+    /// The largest snapshot relayed (`MeshSnapshot.maxBytes`; the Supervisor does not link it).
+    static let maxSnapshotBytes = 512 << 20
 
     /// Reads LOCAL_XDS_PATH again and hands changed bytes to every NetWorker, which parses them
     /// and keeps its current model if they do not parse (the Supervisor parses nothing). A file
@@ -245,7 +277,8 @@ final class Supervisor {
             guard let token, token != caToken else { return }
             caToken = token
             let frame = SupervisorMessage.caToken(token).frame()
-            for slot in slots where slot.spec.role == .certWorker && (slot.state == .settingUp || slot.state == .running) {
+            for slot in slots where (slot.spec.role == .certWorker || slot.spec.role == .xdsWorker)
+                && (slot.state == .settingUp || slot.state == .running) {
                 sendWithoutWaiting(frame, to: slot)
             }
         case .failure(let problem):
@@ -269,6 +302,8 @@ final class Supervisor {
             pairs = slots.filter { $0.spec.role == .certWorker && isUp($0) }.map { ($0, newcomer) }
         case .certWorker:
             pairs = slots.filter { $0.spec.role == .netWorker && isUp($0) }.map { (newcomer, $0) }
+        case .xdsWorker:
+            return
         }
         for (cert, net) in pairs {
             do {

@@ -63,18 +63,28 @@ enum Main {
             fail("\(error)")
         }
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
-        guard configuration.isLocalMode else {
-            fail("invalid LOCAL_XDS_PATH: unset, and shared mode (istio-cni/ZDS, xDS) is not implemented yet; set LOCAL_XDS_PATH to a local config file")
+        let usesXDS = !configuration.string("XDS_ADDRESS").isEmpty
+        guard configuration.isLocalMode || usesXDS else {
+            fail("invalid LOCAL_XDS_PATH: unset, and so is XDS_ADDRESS; set one or both (in-pod mode with istio-cni is not implemented yet)")
+        }
+        if usesXDS && CAAddress.parse(configuration.string("XDS_ADDRESS")) == nil {
+            fail("invalid XDS_ADDRESS \"\(configuration.string("XDS_ADDRESS"))\": expected [https://]host:port")
         }
         // One uid per role is the point (issue #6): with equal uids a NetWorker could signal or
         // trace the key holder as "the same user".
-        if geteuid() == 0 && configuration.int("ZTUNNEL_CERT_WORKER_UID") == configuration.int("ZTUNNEL_NET_WORKER_UID") {
-            fail("invalid ZTUNNEL_NET_WORKER_UID: it must differ from ZTUNNEL_CERT_WORKER_UID (\(configuration.int("ZTUNNEL_CERT_WORKER_UID")))")
+        let uids = [("ZTUNNEL_CERT_WORKER_UID", true), ("ZTUNNEL_NET_WORKER_UID", true), ("ZTUNNEL_XDS_WORKER_UID", usesXDS)]
+            .filter(\.1).map { ($0.0, configuration.int($0.0)) }
+        for (index, (name, uid)) in uids.enumerated() where geteuid() == 0 {
+            if let other = uids[..<index].first(where: { $0.1 == uid }) {
+                fail("invalid \(name): it must differ from \(other.0) (\(uid))")
+            }
         }
         let localPath = configuration.string("LOCAL_XDS_PATH")
-        let localConfig: [UInt8]
-        do { localConfig = try Syscall.readFile(localPath, limit: 60 * 1024) } catch {
-            fail("invalid LOCAL_XDS_PATH (\(localPath)): \(error)")
+        var localConfig: [UInt8] = []
+        if configuration.isLocalMode {
+            do { localConfig = try Syscall.readFile(localPath, limit: 60 * 1024) } catch {
+                fail("invalid LOCAL_XDS_PATH (\(localPath)): \(error)")
+            }
         }
 
         raiseFileLimit()
@@ -149,7 +159,7 @@ enum Main {
         }
         let audit = configuration.string("ZTUNNEL_SECCOMP_MODE") == "audit"
         var policies: [WorkerRole: SeccompPolicy] = [:]
-        for (spec, _) in RoleSpec.table(netWorkers: 1) {
+        for (spec, _) in RoleSpec.table(netWorkers: 1, xds: true) {
             policies[spec.role] = try SeccompProfile.load(path: directory + "/" + spec.seccompProfile, auditMode: audit)
         }
         return policies

@@ -57,11 +57,29 @@ import Glibc
     }
 
     @Test func workerMessagesRoundTrip() throws {
-        for message in [WorkerMessage.hello(protocolVersion: 1, role: .certWorker, pid: 77), .ready, .shutdownRequest] {
+        for message in [WorkerMessage.hello(protocolVersion: 1, role: .xdsWorker, pid: 77), .ready, .shutdownRequest] {
             let frame = try roundTrip(message.frame(requestId: 5))
             #expect(frame.requestId == 5)
             #expect(try WorkerMessage.decode(frame) == message)
         }
+    }
+
+    @Test func aMeshSnapshotCarriesItsMemfdBothWays() throws {
+        let fd = OwnedFD(takingOwnershipOf: dup(0))
+        let up = try roundTrip(WorkerMessage.meshSnapshot(generation: 1 << 40, fd: fd).frame())
+        guard case .meshSnapshot(let generation, let received) = try WorkerMessage.decode(up) else {
+            Issue.record("not a snapshot"); return
+        }
+        #expect(generation == 1 << 40 && received.rawValue >= 0)
+        let down = try roundTrip(SupervisorMessage.meshSnapshot(generation: 3, fd: received).frame())
+        guard case .meshSnapshot(3, _) = try SupervisorMessage.decode(down) else { Issue.record("not a snapshot"); return }
+        // Without its fd it is refused, in both directions.
+        var bare = WorkerMessage.meshSnapshot(generation: 1, fd: fd).frame()
+        bare.fds = []
+        #expect(throws: IPCError.wrongFdCount(type: "meshSnapshot", expected: 1, actual: 0)) { try WorkerMessage.decode(bare) }
+        var bareDown = SupervisorMessage.meshSnapshot(generation: 1, fd: fd).frame()
+        bareDown.fds = []
+        #expect(throws: IPCError.wrongFdCount(type: "meshSnapshot", expected: 1, actual: 0)) { try SupervisorMessage.decode(bareDown) }
     }
 
     @Test func frameHeaderIsBigEndianWithFdCount() throws {
@@ -111,7 +129,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x010b, 0x0207, 0xffff] {
+        for type: UInt16 in [0, 0x010c, 0x0208, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }

@@ -265,11 +265,14 @@ def encode_certificate_response(chain):
 # ---------------------------------------------------------------------------------------------
 # TLS material for the server itself.
 
-def _server_tls(server_name):
-    """Returns (root PEM, server key PEM, server cert PEM) from a fresh root used only here."""
+def _server_tls(server_name, root_common_name="ca-double server TLS root"):
+    """Returns (root PEM, server key PEM, server cert PEM) from a fresh root used only here.
+
+    root_common_name only labels the root (xds_double.py passes its own, so a test that hands
+    the daemon both roots can tell them apart in a TLS error)."""
     now = datetime.datetime.now(datetime.timezone.utc)
     root_key = ec.generate_private_key(ec.SECP256R1())
-    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ca-double server TLS root")])
+    root_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, root_common_name)])
     root = (x509.CertificateBuilder().subject_name(root_name).issuer_name(root_name)
             .public_key(root_key.public_key()).serial_number(x509.random_serial_number())
             .not_valid_before(now - datetime.timedelta(minutes=5))

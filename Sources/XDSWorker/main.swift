@@ -1,0 +1,1 @@
+XDSWorkerMain.run()

@@ -1,0 +1,212 @@
+"""The mesh from istiod (ISTIO_COMPAT §6, §7): the xDS worker holds one delta ADS stream to a
+stand-in for istiod written from the spec (xds_double.py), checks every resource, and publishes
+the accepted set to the NetWorkers as a sealed memfd through the Supervisor. These tests use the
+real binaries and real traffic: a workload pushed over xDS is reachable through SOCKS5 over HBONE;
+a bad resource is NACKed while the good ones apply; a DENY policy pushed later refuses the next
+connection; a restarted xDS worker resubscribes with the versions it held; a restarted NetWorker
+serves the last model while istiod is down."""
+import os
+import signal
+import socket
+
+import pytest
+
+from daemon import EchoServer, http, proc_status, socks5_connect, wait_for
+
+grpc = pytest.importorskip("grpc")
+import xds_double as x  # noqa: E402
+
+CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
+ECHO_ID = "spiffe://cluster.local/ns/shop/sa/echo"
+ECHO_HOST = "echo.shop.svc.cluster.local"
+CLIENT_UID = "test//Pod/default/client-1"
+ECHO_UID = "test//Pod/shop/echo-1"
+
+
+def mesh(xds, echo_port):
+    xds.set_resource(x.ADDRESS, CLIENT_UID, x.address_of_workload(x.workload(
+        CLIENT_UID, "client-1", "default", addresses=["127.0.0.3"], service_account="client")))
+    xds.set_resource(x.ADDRESS, ECHO_UID, x.address_of_workload(x.workload(
+        ECHO_UID, "echo-1", "shop", addresses=["127.0.0.2"], service_account="echo",
+        services={f"shop/{ECHO_HOST}": {80: echo_port}})))
+    xds.set_resource(x.ADDRESS, f"shop/{ECHO_HOST}", x.address_of_service(x.service(
+        "echo", "shop", ECHO_HOST, addresses=[("", "10.96.0.9")], ports=[(80, echo_port)])))
+
+
+@pytest.fixture
+def xds(tmp_path):
+    double = x.XdsDouble(str(tmp_path / "xds"))
+    double.start()
+    yield double
+    double.stop()
+
+
+def start(start_daemon, xds, extra_env=None):
+    env = {"XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path,
+           "AUTH_TOKEN": "xds-token", "ISTIO_META_CLUSTER_ID": "test-cluster", "POD_NAME": "ztunnel-abc",
+           "POD_NAMESPACE": "istio-system", "INSTANCE_IP": "10.0.0.42", "NODE_NAME": "",
+           "UNSTABLE_ENABLE_SOCKS5": "true", "ZTUNNEL_DEBUG_FAULT_INJECTION": "false"}
+    env.update(extra_env or {})
+    return start_daemon(local_config=False, extra_env=env, hbone_wildcard=True)
+
+
+def identities_ready(daemon):
+    lines = [l for l in daemon.log().splitlines() if "identity available" in l]
+    return all(any(f"identity={i}" in l for l in lines) for i in (CLIENT_ID, ECHO_ID))
+
+
+def echo_through_mesh(daemon, payload=b"over xds"):
+    """SOCKS5 from the client workload to the echo service's VIP; the echoed bytes, or the
+    SOCKS5 reply code when refused."""
+    sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
+    with sock:
+        if code != 0:
+            return code
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return received
+            received += chunk
+
+
+def acked(xds, type_url, since=0):
+    return xds.wait_for(lambda _, r: r["type_url"] == type_url and x.is_ack(r) and r["nonce_known"], 30, since=since)
+
+
+def test_a_mesh_pushed_by_istiod_carries_traffic_over_hbone(start_daemon, xds):
+    """Node, token and cluster id as §6.2 says; readiness and the data-plane listeners wait for
+    both types (§6.4); then a workload known only from xDS is reached over HBONE with both
+    identities."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        xds.set_outage(True)
+        daemon = start(start_daemon, xds)
+        # istiod down: the daemon is up but not ready, and names what it waits for.
+        wait_for(lambda: xds.stream_count >= 1, 30, "a first xDS stream")
+        status, body = wait_for(lambda: (lambda r: r if r[0] == 500 else None)(http(daemon.ports["readiness"], "/healthz/ready")),
+                                30, "readiness answering")
+        assert "xds" in str(body), body
+        (xdsw,) = daemon.workers("xds-worker")
+
+        mesh(xds, echo.port)
+        xds.set_outage(False)
+        first = xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 30)
+        node = first["node"]
+        assert node["id"] == "ztunnel~10.0.0.42~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
+        assert node["metadata"]["NAME"] == "ztunnel-abc" and node["metadata"]["NAMESPACE"] == "istio-system"
+        assert node["metadata"]["INSTANCE_IPS"] == "10.0.0.42" and node["metadata"]["CLUSTER_ID"] == "test-cluster"
+        assert first["resource_names_subscribe"] == [] and first["initial_resource_versions"] == {}
+        stream = xds.streams[first["stream"]]
+        assert stream["authorization"] == "Bearer xds-token" and stream["clusterid"] == "test-cluster"
+        acked(xds, x.ADDRESS)
+        acked(xds, x.AUTHORIZATION)
+
+        daemon.wait_ready()
+        wait_for(lambda: identities_ready(daemon), 30, "both workload identities, wanted from the xDS model")
+        assert echo_through_mesh(daemon) == b"over xds"
+        line = wait_for(lambda: next((l for l in daemon.log().splitlines()
+                                      if "\taccess\tconnection complete" in l and "direction=outbound" in l), None),
+                        10, "the outbound access line")
+        assert f"src.identity={CLIENT_ID}" in line and f"dst.identity={ECHO_ID}" in line and f"dst.service={ECHO_HOST}" in line
+        dump = daemon.config_dump()
+        assert {w["uid"] for w in dump["workloads"]} >= {CLIENT_UID, ECHO_UID}, dump["workloads"]
+
+        # The worker that parses istiod's bytes is confined like the others.
+        status = proc_status(xdsw)
+        assert status["CapEff"] == "0000000000000000" and status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
+        assert status["Uid"].split()[0] == "65534"
+    finally:
+        echo.close()
+
+
+def test_a_bad_resource_is_nacked_while_the_good_ones_apply(start_daemon, xds):
+    """Partial acceptance (§6.3): one push with a good workload and one whose IP has 5 bytes; the
+    NACK names the bad one, the good one is in force, and the bad one's previous version stays."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        mesh(xds, echo.port)
+        daemon = start(start_daemon, xds)
+        daemon.wait_ready()
+        mark = xds.mark()
+        bad = x.address_of_workload(x.workload(ECHO_UID, "echo-1", "shop", addresses=[b"\x7f\x00\x00\x02\x00"],
+                                               service_account="echo"))
+        good = x.address_of_workload(x.workload("test//Pod/default/new-1", "new-1", "default", addresses=["127.0.0.7"]))
+        xds.push_raw(x.ADDRESS, [(ECHO_UID, "bad-1", bad), ("test//Pod/default/new-1", "v1", good)])
+        nack = xds.wait_for(lambda _, r: x.is_nack(r), 30, since=mark)
+        assert nack["error_detail"].startswith(f"{ECHO_UID}: ") and "new-1" not in nack["error_detail"], nack["error_detail"]
+        wait_for(lambda: "test//Pod/default/new-1" in {w["uid"] for w in daemon.config_dump()["workloads"]}, 30,
+                 "the good workload in force")
+        assert "127.0.0.2" in next(w for w in daemon.config_dump()["workloads"] if w["uid"] == ECHO_UID)["workloadIps"]
+        wait_for(lambda: identities_ready(daemon), 30, "identities")
+        assert echo_through_mesh(daemon) == b"over xds"
+
+        # A reconnect does not claim the refused version.
+        mark = xds.mark()
+        xds.end_streams()
+        again = xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 30, since=mark)
+        assert again["initial_resource_versions"].get(ECHO_UID) != "bad-1"
+        assert again["initial_resource_versions"].get("test//Pod/default/new-1") == "v1"
+    finally:
+        echo.close()
+
+
+def test_a_deny_policy_from_istiod_refuses_the_next_connection(start_daemon, xds):
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        mesh(xds, echo.port)
+        daemon = start(start_daemon, xds)
+        daemon.wait_ready()
+        wait_for(lambda: identities_ready(daemon), 30, "identities")
+        assert echo_through_mesh(daemon) == b"over xds"
+        mark = xds.mark()
+        deny = x.authorization("deny-client", "shop", scope="NAMESPACE", action="DENY",
+                               groups=[x.auth_group(x.auth_rules(x.auth_match(principals=[{"exact": "cluster.local/ns/default/sa/client"}])))])
+        xds.set_resource(x.AUTHORIZATION, "shop/deny-client", deny)
+        acked(xds, x.AUTHORIZATION, since=mark)
+        wait_for(lambda: "shop/deny-client" in daemon.log() or echo_through_mesh(daemon) != b"over xds", 30,
+                 "the policy in force")
+        result = echo_through_mesh(daemon)
+        assert result != b"over xds", result
+        wait_for(lambda: "policy=shop/deny-client" in daemon.log() or "shop/deny-client" in daemon.log(), 10,
+                 "the refusal naming the policy")
+    finally:
+        echo.close()
+
+
+def test_workers_restart_without_losing_the_mesh(start_daemon, xds):
+    """kill -9 the xDS worker: the NetWorker keeps serving, and the new xDS worker resubscribes
+    with the versions it held (§6.3 initial_resource_versions). Then, with istiod down, kill -9
+    the NetWorker: its successor gets the model from the Supervisor and serves at once."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        mesh(xds, echo.port)
+        daemon = start(start_daemon, xds)
+        daemon.wait_ready()
+        wait_for(lambda: identities_ready(daemon), 30, "identities")
+        versions = {name: version for name, (version, _) in xds.resources(x.ADDRESS).items()}
+
+        xds.set_outage(True)
+        mark = xds.mark()
+        mark_streams = xds.stream_count
+        (old,) = daemon.workers("xds-worker")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: daemon.workers("xds-worker") and daemon.workers("xds-worker") != [old], 30, "a new xDS worker")
+        wait_for(lambda: xds.stream_count > mark_streams, 30, "the new worker trying istiod")
+        assert echo_through_mesh(daemon) == b"over xds"  # served from the last model, istiod down
+        xds.set_outage(False)
+        resumed = xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 30, since=mark)
+        assert resumed["initial_resource_versions"] == versions
+        acked(xds, x.AUTHORIZATION, since=mark)
+        xds.set_outage(True)
+
+        (net,) = daemon.workers("net-worker")
+        os.kill(net, signal.SIGKILL)
+        wait_for(lambda: daemon.workers("net-worker") and daemon.workers("net-worker") != [net], 30, "a new NetWorker")
+        daemon.wait_ready()
+        wait_for(lambda: identities_ready(daemon), 30, "identities again")
+        assert echo_through_mesh(daemon, b"after restart") == b"after restart"
+    finally:
+        echo.close()
