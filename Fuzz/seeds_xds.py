@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """Writes seeds for the xds fuzz target: valid resources encoded by hand from ISTIO_COMPAT §7's
 field numbers. The first byte selects the decoder: 0 Address, 1 Authorization, 2 a
-DeltaDiscoveryResponse carrying resources of both type URLs."""
+DeltaDiscoveryResponse carrying resources of both type URLs, 3 the same response through the xDS
+worker's DeltaADS, 4 a mesh snapshot (a response with system_version_info = the generation)."""
 import os
 import sys
 
@@ -55,6 +56,13 @@ def main(directory):
                 + field(2, text(1, "1") + field(2, any_policy) + text(3, "shop/p"))
                 + text(4, "type.googleapis.com/istio.workload.Address") + text(5, "nonce-1") + text(6, "gone"))
     seeds["response"] = b"\x02" + response
+    seeds["ads-response"] = b"\x03" + response
+    address_only = (field(2, text(1, "1") + field(2, any_address(field(1, workload))) + text(3, "c1//Pod/shop/echo-1"))
+                    + field(2, text(1, "1") + field(2, any_address(field(2, service))) + text(3, "shop/echo.shop.svc.cluster.local")))
+    seeds["ads-address"] = b"\x03" + address_only + text(4, "type.googleapis.com/istio.workload.Address") + text(5, "n2")
+    seeds["ads-policy"] = (b"\x03" + field(2, text(1, "1") + field(2, any_policy) + text(3, "shop/p"))
+                           + text(4, "type.googleapis.com/istio.security.Authorization") + text(5, "n3"))
+    seeds["snapshot"] = b"\x04" + text(1, "7") + address_only + field(2, text(1, "1") + field(2, any_policy) + text(3, "shop/p"))
     for name, data in seeds.items():
         with open(os.path.join(directory, name), "wb") as f:
             f.write(data)

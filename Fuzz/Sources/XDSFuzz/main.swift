@@ -4,10 +4,12 @@ import SwiftProtobuf
 import XDS
 
 /// libFuzzer entry point for what istiod sends (ISTIO_COMPAT §7): the first byte picks the
-/// decoder (an Address resource, an Authorization resource, or a whole DeltaDiscoveryResponse
-/// whose resources are then converted by type URL); the rest is the message. Nothing may trap:
-/// bad input is a refusal (XDSConversion.Invalid) or a protobuf decoding error. A converted
-/// workload or service must also go into a mesh model without trouble.
+/// decoder (an Address resource, an Authorization resource, a whole DeltaDiscoveryResponse whose
+/// resources are then converted by type URL, the same response through the xDS worker's
+/// `DeltaADS`, or a mesh snapshot as a NetWorker maps it); the rest is the message. Nothing may
+/// trap: bad input is a refusal (XDSConversion.Invalid) or a protobuf decoding error. A converted
+/// workload or service must also go into a mesh model without trouble; the worker's reply always
+/// carries the response's nonce, and what it accepted survives the snapshot round trip.
 func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard size > 0, let data else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: data + 1, count: size - 1))
@@ -18,7 +20,26 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         case .service(let service): model.insert(service)
         }
     }
-    switch data[0] % 3 {
+    switch data[0] % 5 {
+    case 3:
+        var options = BinaryDecodingOptions()
+        options.messageDepthLimit = 32
+        guard let response = try? Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: bytes, options: options) else {
+            return 0
+        }
+        var ads = DeltaADS(node: Envoy_Service_Discovery_V3_Node())
+        _ = ads.streamOpened()
+        let outcome = ads.handle(response)
+        precondition(outcome.reply.responseNonce == response.nonce && outcome.reply.typeURL == response.typeURL)
+        precondition(outcome.refused.isEmpty == !outcome.reply.hasErrorDetail)
+        guard let encoded = try? ads.state.encoded() else { fatalError("an accepted state that does not encode") }
+        let decoded = encoded.withUnsafeBytes { try? MeshSnapshot.decode($0) }
+        precondition(decoded == ads.state, "the accepted state does not survive the snapshot")
+        precondition(decoded?.model().refused.isEmpty == true, "an accepted resource the NetWorker refuses")
+        return 0
+    case 4:
+        if let snapshot = bytes.withUnsafeBytes({ try? MeshSnapshot.decode($0) }) { _ = snapshot.model() }
+        return 0
     case 0:
         if let address = try? XDSConversion.address(bytes) { apply(address) }
     case 1:
