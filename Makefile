@@ -6,7 +6,7 @@ APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config p
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
-.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench clean
+.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench bench-xds clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -41,6 +41,11 @@ bench: deps
 	@command -v iperf3 >/dev/null 2>&1 || DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iperf3 >/dev/null
 	swift build -c release
 	python3 bench/run.py
+
+# Figures for the published mesh at scale (issue #8): XDS_SCALE=workloads,services,policies.
+bench-xds: deps
+	swift build -c release
+	python3 bench/xds_scale.py
 
 # Every parser of outside bytes has a libFuzzer target (Fuzz/run.sh): `make test` runs each for
 # FUZZ_SMOKE_SECONDS with AddressSanitizer, `make fuzz` for FUZZ_SECONDS.

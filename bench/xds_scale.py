@@ -1,0 +1,118 @@
+#!/usr/bin/env python3
+"""How the published mesh scales (issue #8): istiod (the test double, Tests/integration/
+xds_double.py) serves a mesh of WORKLOADS workloads, SERVICES services and POLICIES policies; the
+daemon takes it over delta ADS in its xDS worker and publishes it to the NetWorker as a sealed
+memfd. Prints figures, asserts nothing:
+
+  - start to ready: daemon start until readiness (xDS connect, both types, snapshot, model);
+  - the snapshot's size (the Supervisor's mesh_snapshot audit event);
+  - one more workload pushed until the NetWorker reports the new generation in force;
+  - the xDS worker's and the NetWorker's memory (PSS).
+
+  make bench-xds            (release binaries; XDS_SCALE=20000,5000,1000 by default)
+"""
+import os
+import re
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
+os.environ.setdefault("ZTUNNEL_BIN_DIR", os.path.join(ROOT, ".build", "release"))
+
+import xds_double as x  # noqa: E402
+from daemon import Daemon, wait_for  # noqa: E402
+
+
+def pss_kib(pid):
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                if line.startswith("Pss:"):
+                    return int(line.split()[1])
+    except OSError:
+        return 0
+    return 0
+
+
+def build_mesh(xds, workloads, services, policies):
+    for s in range(services):
+        host = f"svc-{s}.ns-{s % 50}.svc.cluster.local"
+        xds.set_resource(x.ADDRESS, f"ns-{s % 50}/{host}", x.address_of_service(x.service(
+            f"svc-{s}", f"ns-{s % 50}", host, addresses=[("", f"10.96.{s // 250}.{s % 250 + 1}")], ports=[(80, 8080)])), version="1")
+    for w in range(workloads):
+        s = w % max(services, 1)
+        host = f"svc-{s}.ns-{s % 50}.svc.cluster.local"
+        uid = f"cluster1//Pod/ns-{w % 50}/pod-{w}"
+        xds.set_resource(x.ADDRESS, uid, x.address_of_workload(x.workload(
+            uid, f"pod-{w}", f"ns-{w % 50}", addresses=[f"10.{w // 65025 + 1}.{w // 255 % 255}.{w % 255 + 1}"],
+            service_account=f"sa-{w % 200}", node=f"node-{w % 100}",
+            services={f"ns-{s % 50}/{host}": {80: 8080}} if services else None)), version="1")
+    for p in range(policies):
+        xds.set_resource(x.AUTHORIZATION, f"ns-{p % 50}/policy-{p}", x.authorization(
+            f"policy-{p}", f"ns-{p % 50}", scope="NAMESPACE", action="ALLOW",
+            groups=[x.auth_group(x.auth_rules(x.auth_match(principals=[{"exact": f"cluster.local/ns/ns-{p % 50}/sa/sa-{p % 200}"}])))]),
+            version="1")
+
+
+def phases(log, generation):
+    """Seconds from the stream's opening to each later step, from the daemon's log timestamps."""
+    marks = [("stream opened", "xds stream opened id=1 "), ("synced", "xds synced"),
+             ("published", f"mesh published generation={generation} "),
+             ("in force", f"mesh model source=xds generation={generation} ")]
+    times = {}
+    for line in log.splitlines():
+        for name, needle in marks:
+            if needle in line and name not in times:
+                stamp = line.split("\t", 1)[0]
+                times[name] = int(stamp[11:13]) * 3600 + int(stamp[14:16]) * 60 + float(stamp[17:23])
+    start = times.get("stream opened")
+    return [f"{name} +{times[name] - start:.2f} s" for name, _ in marks[1:] if name in times and start is not None]
+
+
+def main():
+    workloads, services, policies = (int(v) for v in os.environ.get("XDS_SCALE", "20000,5000,1000").split(","))
+    tmp = tempfile.mkdtemp(prefix="ztunnel-xds-scale-")
+    xds = x.XdsDouble(tmp)
+    xds.start()
+    began = time.monotonic()
+    build_mesh(xds, workloads, services, policies)
+    print(f"xds-scale: mesh of {workloads} workloads, {services} services, {policies} policies "
+          f"(built by the double in {time.monotonic() - began:.1f} s)")
+    daemon = Daemon(local_config=False, extra_env={
+        "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t",
+        "NODE_NAME": "node-0", "RUST_LOG": "info"})
+    try:
+        started = time.monotonic()
+        daemon.wait_ready(timeout=600)
+        ready = time.monotonic() - started
+        snapshots = daemon.audit_events("mesh_snapshot")
+        print(f"xds-scale: start to ready {ready:.2f} s; snapshot generation {snapshots[-1]['generation']}, "
+              f"{snapshots[-1]['bytes'] / 1e6:.1f} MB")
+        generation = snapshots[-1]["generation"]
+        print("xds-scale: phases (log time): " + ", ".join(phases(daemon.log(), generation)))
+        # The double's own encoding is most of the time to sync; what the xDS worker takes is the
+        # time from the response leaving the double to its ACK arriving.
+        stream = xds.streams[0]
+        sent = next(r for r in stream["responses"] if r["type_url"] == x.ADDRESS)
+        ack = next(r for r in stream["requests"] if r["response_nonce"] == sent["nonce"])
+        print(f"xds-scale: the Address response ({len(sent['raw']) / 1e6:.1f} MB, {len(sent['resources'])} resources) "
+              f"sent to ACK received: {ack['time'] - sent['time']:.2f} s")
+
+        pushed = time.monotonic()
+        xds.set_resource(x.ADDRESS, "cluster1//Pod/ns-0/extra", x.address_of_workload(x.workload(
+            "cluster1//Pod/ns-0/extra", "extra", "ns-0", addresses=["10.250.0.1"])))
+        pattern = re.compile(rf"mesh model source=xds generation={generation + 1} ")
+        wait_for(lambda: pattern.search(daemon.log()), 600, "the next generation in force")
+        print(f"xds-scale: one more workload, push to in force in the NetWorker: {time.monotonic() - pushed:.2f} s")
+        (xdsw,) = daemon.workers("xds-worker")
+        (net,) = daemon.workers("net-worker")
+        print(f"xds-scale: PSS xDS worker {pss_kib(xdsw) / 1024:.0f} MiB, NetWorker {pss_kib(net) / 1024:.0f} MiB")
+    finally:
+        daemon.stop()
+        xds.stop()
+
+
+if __name__ == "__main__":
+    main()
