@@ -14,7 +14,7 @@ public struct GRPCFramer {
 
     /// One message framed for sending.
     public static func frame(_ message: [UInt8]) -> [UInt8] {
-        [0] + withUnsafeBytes(of: UInt32(message.count).bigEndian, Array.init) + message
+        [0] + withUnsafeBytes(of: UInt32(truncatingIfNeeded: message.count).bigEndian, Array.init) + message
     }
 
     /// Bytes received that do not yet make a whole message.

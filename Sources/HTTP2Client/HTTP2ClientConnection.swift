@@ -49,6 +49,9 @@ public final class HTTP2ClientConnection {
     /// Most bytes one stream may receive (the CA: a few KiB; xDS: its message bound).
     private let maxReceivedPerStream: Int
     private var received: [Int32: Int] = [:]
+    /// Header bytes received per stream (all blocks), bounded by `maxHeaderBytesPerStream`.
+    private var headerBytes: [Int32: Int] = [:]
+    static let maxHeaderBytesPerStream = 64 * 1024
     private var isClosed = false
 
     /// Connects and completes the TLS handshake by `deadline` (monotonic ms), waiting in poll.
@@ -148,18 +151,24 @@ public final class HTTP2ClientConnection {
 
     // MARK: - Reading and writing
 
+    /// Whether TLS holds input the socket's readiness no longer shows: read again without polling.
+    public var hasBufferedInput: Bool { !isClosed && SSL_pending(ssl) > 0 }
+
     /// Whether bytes wait for the socket to become writable.
     public var wantsWrite: Bool {
         guard let session else { return false }
         return !outbox.isEmpty || nghttp2_session_want_write(session) != 0
     }
 
-    /// Reads what the socket has (without blocking) and returns the events it produced. Throws
-    /// when the peer closed the connection or sent what HTTP/2 or TLS refuse.
-    public func readAvailable() throws -> [Event] {
+    /// Reads what the socket has (without blocking), at most `budget` bytes, and returns the
+    /// events it produced: a peer that sends without pause cannot make one call hold more than the
+    /// budget. Bytes TLS already decrypted beyond it wait (`hasBufferedInput`). Throws when the
+    /// peer closed the connection or sent what HTTP/2 or TLS refuse.
+    public func readAvailable(budget: Int = 4 << 20) throws -> [Event] {
         guard let session else { throw Failure("connection closed") }
         var buffer = [UInt8](repeating: 0, count: 16 * 1024)
-        while true {
+        var taken = 0
+        while taken < budget {
             let read = SSL_read(ssl, &buffer, Int32(buffer.count))
             if read <= 0 {
                 let error = SSL_get_error(ssl, read)
@@ -169,6 +178,7 @@ public final class HTTP2ClientConnection {
                 }
                 throw Failure("reading from \(peer): \(OpenSSLError("TLS"))")
             }
+            taken += Int(read)
             let consumed = nghttp2_session_mem_recv(session, buffer, Int(read))
             guard consumed >= 0 else { throw Failure("malformed HTTP/2 from \(peer): \(String(cString: nghttp2_strerror(Int32(consumed))))") }
             if isClosed { break }
@@ -220,7 +230,12 @@ public final class HTTP2ClientConnection {
             let header = Header(String(decoding: UnsafeBufferPointer(start: name, count: nameLength), as: UTF8.self),
                                 String(decoding: UnsafeBufferPointer(start: value, count: valueLength), as: UTF8.self))
             let stream = frame.pointee.hd.stream_id
-            guard (connection.pendingHeaders[stream]?.count ?? 0) < 256 else { return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue) }
+            // Bounded per stream, across blocks: HPACK lets a few wire bytes name kilobytes.
+            let bytes = (connection.headerBytes[stream] ?? 0) + nameLength + valueLength + 32
+            guard (connection.pendingHeaders[stream]?.count ?? 0) < 256, bytes <= HTTP2ClientConnection.maxHeaderBytesPerStream else {
+                return Int32(NGHTTP2_ERR_CALLBACK_FAILURE.rawValue)
+            }
+            connection.headerBytes[stream] = bytes
             connection.pendingHeaders[stream, default: []].append(header)
             return 0
         }
@@ -252,6 +267,7 @@ public final class HTTP2ClientConnection {
             connection.bodies[stream] = nil
             connection.received[stream] = nil
             connection.pendingHeaders[stream] = nil
+            connection.headerBytes[stream] = nil
             connection.events.append(.closed(stream: stream, errorCode: errorCode))
             return 0
         }
@@ -260,7 +276,8 @@ public final class HTTP2ClientConnection {
         // A large window: an xDS push of a big mesh is megabytes, and nghttp2 acknowledges what the
         // callbacks consumed.
         var settings = [nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: 4 << 20),
-                        nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0)]
+                        nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
+                        nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: 64 * 1024)]
         guard nghttp2_submit_settings(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count) == 0,
               nghttp2_session_set_local_window_size(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, 16 << 20) == 0 else {
             throw Failure("nghttp2 settings")
@@ -292,6 +309,14 @@ public final class HTTP2ClientConnection {
             if fd < 0 { continue }
             var one: Int32 = 1
             setsockopt(fd, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+            // A peer that vanishes without a reset (its node lost) is noticed: keepalive probes
+            // after 30 s idle, and unacknowledged data gives up after 60 s.
+            var idle: Int32 = 30, interval: Int32 = 10, count: Int32 = 3, userTimeout: Int32 = 60_000
+            setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &one, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPIDLE, &idle, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPINTVL, &interval, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, Int32(IPPROTO_TCP), TCP_KEEPCNT, &count, socklen_t(MemoryLayout<Int32>.size))
+            setsockopt(fd, Int32(IPPROTO_TCP), 18 /* TCP_USER_TIMEOUT */, &userTimeout, socklen_t(MemoryLayout<Int32>.size))
             if Glibc.connect(fd, info.pointee.ai_addr, info.pointee.ai_addrlen) == 0 { return fd }
             if errno == EINPROGRESS {
                 do {

@@ -62,6 +62,9 @@ public enum WorkerBootstrap {
         } catch {
             die("\(error)")
         }
+        // A write to a connection the peer reset must be an error, not a signal that ends the
+        // worker (OpenSSL's socket BIO writes with write(2)).
+        signal(SIGPIPE, SIG_IGN)
         // The parent-death signal is cleared by the credential change, so it is armed after it.
         // If the Supervisor is already gone, there is nobody to serve.
         _ = CShims_prctl(PR_SET_PDEATHSIG, UInt(SIGKILL), 0, 0, 0)

@@ -173,11 +173,11 @@ struct ControlLoop {
             wanted.formUnion(identities)
         }
         if let snapshot {
-            var fromXDS = MeshModel()
-            var ignored: [String] = []
-            snapshot.insert(into: &fromXDS, refused: &ignored)
-            for workload in fromXDS.workloads.values
-            where workload.tunnelProtocol == .hbone && (node.isEmpty || workload.node == node)
+            // The workloads the snapshot brought (resource name = uid), from the merged model:
+            // converted once.
+            let fromXDS = snapshot.entries(XDSConversion.addressType)
+            for workload in model.workloads.values
+            where fromXDS[workload.uid] != nil && workload.tunnelProtocol == .hbone && (node.isEmpty || workload.node == node)
                 && !workload.trustDomain.isEmpty && !workload.serviceAccount.isEmpty {
                 wanted.insert("spiffe://\(workload.trustDomain)/ns/\(workload.namespace)/sa/\(workload.serviceAccount)")
             }

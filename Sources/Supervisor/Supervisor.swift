@@ -191,20 +191,22 @@ final class Supervisor {
         try ipc.send(SupervisorMessage.configured.frame(), blocking: false)
     }
 
-    /// A snapshot from the xDS worker: a sealed memfd of bounded size and a newer generation, or a
-    /// violation. It replaces the one held and goes to every NetWorker; each maps and parses it.
+    /// A snapshot from the xDS worker: a sealed memfd of bounded size, or a violation. It replaces
+    /// the one held and goes to every NetWorker; each maps and parses it. The generation the
+    /// worker names is logged only: ordering is the Supervisor's own count, so a worker cannot
+    /// pin the NetWorkers to its snapshot by naming a huge generation (review of issue #8).
     private func acceptSnapshot(generation: UInt64, fd: OwnedFD, from slot: WorkerSlot) throws {
         let size: Int
         do { size = try SealedMemfd.checkedSize(fd.rawValue, maxBytes: Self.maxSnapshotBytes) } catch {
             throw Violation("mesh snapshot refused: \(error)")
         }
-        if let held = meshSnapshot, generation <= held.generation {
-            throw Violation("mesh snapshot generation \(generation) after \(held.generation)")
-        }
-        meshSnapshot = (generation, fd)
-        audit.record("mesh_snapshot", slot.auditFields + [("generation", .int(Int64(generation))), ("bytes", .int(Int64(size)))])
-        Log.debug("mesh snapshot", [("generation", "\(generation)"), ("bytes", "\(size)")])
-        let frame = SupervisorMessage.meshSnapshot(generation: generation, fd: fd).frame()
+        let relayed = (meshSnapshot?.generation ?? 0) &+ 1
+        meshSnapshot = (relayed, fd)
+        audit.record("mesh_snapshot", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: relayed))),
+                                                          ("worker_generation", .string(String(generation))),
+                                                          ("bytes", .int(Int64(size)))])
+        Log.debug("mesh snapshot", [("generation", "\(relayed)"), ("bytes", "\(size)")])
+        let frame = SupervisorMessage.meshSnapshot(generation: relayed, fd: fd).frame()
         for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
             sendWithoutWaiting(frame, to: net)
         }

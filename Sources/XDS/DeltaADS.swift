@@ -11,6 +11,9 @@ public struct DeltaADS {
     /// The two subscriptions, in the order upstream opens them.
     public static let typeURLs = [XDSConversion.addressType, XDSConversion.authorizationType]
 
+    /// The most refusal reasons one NACK names (the rest are counted).
+    public static let maxReasons = 100
+
     /// Every accepted resource; what is published and what a new stream claims to hold.
     public private(set) var state: MeshSnapshot
     public let node: Envoy_Service_Discovery_V3_Node
@@ -85,12 +88,16 @@ public struct DeltaADS {
         let changed = entries != state.entries(response.typeURL)
         if changed {
             state.resources[response.typeURL] = entries
-            state.generation += 1
+            state.generation &+= 1
         }
         if refused.isEmpty {
             acknowledgedTypes.insert(response.typeURL)
         } else {
-            reply.errorDetail.message = refused.joined(separator: "; ")
+            // Bounded: a response of a million empty resources must not build a NACK of gigabytes.
+            let shown = refused.prefix(Self.maxReasons).map { String($0.prefix(512)) }
+            let more = refused.count > Self.maxReasons ? ["\(refused.count - Self.maxReasons) more"] : []
+            reply.errorDetail.message = (shown + more).joined(separator: "; ")
+            refused = Array(refused.prefix(Self.maxReasons))
         }
         return Outcome(reply: reply, changed: changed, refused: refused, applied: applied, removed: removed)
     }

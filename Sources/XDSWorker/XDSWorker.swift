@@ -86,6 +86,7 @@ final class XDSWorker {
                 fds.append(pollfd(fd: connection.fd, events: Int16(POLLIN) | (connection.wantsWrite ? Int16(POLLOUT) : 0), revents: 0))
             }
             var timeout: Int32 = -1
+            if connection?.hasBufferedInput == true { timeout = 0 }
             if connection == nil && configured {
                 timeout = Int32(clamping: max(0, nextAttempt - Clock.monotonicMilliseconds()))
             }
@@ -95,7 +96,7 @@ final class XDSWorker {
                 if configured && Clock.monotonicMilliseconds() >= nextAttempt { connect() }
                 continue
             }
-            if fds.count > 1 && fds[1].revents != 0 { service() }
+            if fds.count > 1 && (fds[1].revents != 0 || connection?.hasBufferedInput == true) { service() }
         }
     }
 
@@ -214,7 +215,6 @@ final class XDSWorker {
                                                 ("rejected", "\(outcome.refused.count)"),
                                                 ("errors", String(outcome.reply.errorDetail.message.prefix(2000)))])
         }
-        try connection?.send(GRPCFramer.frame(try outcome.reply.serializedBytes()), on: stream)
         if ads.isSynced && !everSynced {
             everSynced = true
             backoffMilliseconds = 10
@@ -223,6 +223,11 @@ final class XDSWorker {
         }
         if ads.isSynced { backoffMilliseconds = 10 }
         if everSynced && ads.state.generation != publishedGeneration { publish() }
+        // The answer after publishing: a response that arrived with the stream's end is still put
+        // in force, and a stream already closed for sending is no connection error.
+        do { try connection?.send(GRPCFramer.frame(try outcome.reply.serializedBytes()), on: stream) } catch {
+            Log.debug("cannot answer on the closed stream: \(error)")
+        }
     }
 
     /// Hands the accepted set to the Supervisor as a sealed memfd.

@@ -89,6 +89,14 @@ import Testing
         #expect(ads.state.versions(XDSConversion.addressType) == ["c//Pod/ns/a": "1"])
     }
 
+    @Test func aNackNamesAtMostAHundredRefusals() throws {
+        var ads = DeltaADS(node: Self.node())
+        let bad = (0..<150).map { ("c//Pod/ns/\($0)", "1", [UInt8]([0x0a, 0x01])) }
+        let outcome = ads.handle(try Self.response(XDSConversion.addressType, nonce: "n", resources: bad))
+        #expect(outcome.refused.count == DeltaADS.maxReasons)
+        #expect(outcome.reply.errorDetail.message.hasSuffix("; 50 more"), "\(outcome.reply.errorDetail.message.suffix(40))")
+    }
+
     @Test func syncNeedsAnAcceptedFirstResponseOfEachTypeAndUnknownTypesAreAcked() throws {
         var ads = DeltaADS(node: Self.node())
         _ = ads.streamOpened()
