@@ -316,7 +316,70 @@ def _raw(data):
     return data
 
 
-class IstioCADouble:
+class TLSGrpcServer:
+    """What both of istiod's stand-ins share: a throwaway TLS root and server certificate
+    (`root_pem_path`, what the client must trust), a gRPC server on 127.0.0.1 with one service's
+    methods, start/stop and `with`. `handlers` maps method names to grpc method handlers."""
+
+    def __init__(self, tmp_dir, server_name, root_common_name, root_file, workers):
+        self.server_name = server_name
+        self.port = None
+        self._server = None
+        self._workers = workers
+        root, self._server_key, self._server_cert = _server_tls(server_name, root_common_name=root_common_name)
+        os.makedirs(tmp_dir, exist_ok=True)
+        self._root_path = os.path.join(tmp_dir, root_file)
+        with open(self._root_path, "wb") as f:
+            f.write(root)
+        self.root_pem = root
+
+    @property
+    def root_pem_path(self):
+        """The root that issued the server's TLS certificate (not the workload CA's root)."""
+        return self._root_path
+
+    @property
+    def address(self):
+        return f"127.0.0.1:{self.port}"
+
+    def _handlers(self):
+        raise NotImplementedError
+
+    def start(self):
+        if self._server is not None:
+            raise RuntimeError("already started")
+        service, methods = self._handlers()
+        handler = grpc.method_handlers_generic_handler(service, methods)
+        # so_reuseport off: with it on, a second server could silently share a port.
+        server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._workers), handlers=[handler],
+                             options=[("grpc.so_reuseport", 0)])
+        credentials = grpc.ssl_server_credentials([(self._server_key, self._server_cert)])
+        port = server.add_secure_port("127.0.0.1:0", credentials)
+        if not port:
+            raise RuntimeError("grpc could not bind 127.0.0.1")
+        server.start()
+        self._server, self.port = server, port
+        return port
+
+    def _stopping(self):
+        """Called before the server stops (end open streams)."""
+
+    def stop(self):
+        server, self._server = self._server, None
+        self._stopping()
+        if server is not None:
+            # grace=0 cancels calls in flight; wait() is bounded so a wedged server can't hang teardown.
+            server.stop(0).wait(10)
+
+    def __enter__(self):
+        self.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+
+class IstioCADouble(TLSGrpcServer):
     """istiod's CreateCertificate on 127.0.0.1 over TLS, backed by a MiniCA.
 
     Every call, including rejected ones, appends a dict to `calls` *before* the answer is sent,
@@ -339,60 +402,16 @@ class IstioCADouble:
     """
 
     def __init__(self, ca, tmp_dir, server_name="istiod.istio-system.svc"):
+        super().__init__(tmp_dir, server_name, "ca-double server TLS root", "ca-double-tls-root.pem", workers=4)
         self.ca = ca
-        self.server_name = server_name
         self.calls = []
-        self.port = None
         self._cond = threading.Condition()
         self._outage = False
         self._token = None
-        self._server = None
-        root, self._server_key, self._server_cert = _server_tls(server_name)
-        os.makedirs(tmp_dir, exist_ok=True)
-        self._root_path = os.path.join(tmp_dir, "ca-double-tls-root.pem")
-        with open(self._root_path, "wb") as f:
-            f.write(root)
-        self.root_pem = root
 
-    @property
-    def root_pem_path(self):
-        """The root that issued the server's TLS certificate (not the workload CA's root)."""
-        return self._root_path
-
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def start(self):
-        if self._server is not None:
-            raise RuntimeError("already started")
-        handler = grpc.method_handlers_generic_handler(SERVICE, {
-            "CreateCertificate": grpc.unary_unary_rpc_method_handler(
-                self._create_certificate, request_deserializer=_raw, response_serializer=_raw),
-        })
-        # so_reuseport off: with it on, a second server could silently share a port.
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=4), handlers=[handler],
-                             options=[("grpc.so_reuseport", 0)])
-        credentials = grpc.ssl_server_credentials([(self._server_key, self._server_cert)])
-        port = server.add_secure_port("127.0.0.1:0", credentials)
-        if not port:
-            raise RuntimeError("grpc could not bind 127.0.0.1")
-        server.start()
-        self._server, self.port = server, port
-        return port
-
-    def stop(self):
-        server, self._server = self._server, None
-        if server is not None:
-            # grace=0 cancels calls in flight; wait() is bounded so a wedged server can't hang teardown.
-            server.stop(0).wait(10)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
+    def _handlers(self):
+        return SERVICE, {"CreateCertificate": grpc.unary_unary_rpc_method_handler(
+            self._create_certificate, request_deserializer=_raw, response_serializer=_raw)}
 
     def set_outage(self, on):
         with self._cond:

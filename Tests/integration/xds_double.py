@@ -98,16 +98,14 @@ Client side, for the self-test and for tests that poke the double directly:
     decode_delta_response(b).
 """
 import ipaddress
-import os
 import queue
 import threading
 import time
-from concurrent import futures
 
 import grpc
 
-from ca_double import (WIRE_LEN, WIRE_VARINT, WireError, _expect, _key, _len_field, _raw,
-                       _server_tls, _utf8, _varint, decode_struct, encode_struct, iter_fields)
+from ca_double import (WIRE_LEN, WIRE_VARINT, TLSGrpcServer, WireError, _expect, _key, _len_field, _raw,
+                       _utf8, _varint, decode_struct, encode_struct, iter_fields)
 
 SERVICE = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 METHOD = f"/{SERVICE}/DeltaAggregatedResources"
@@ -594,12 +592,12 @@ class _End:
 _GONE = object()  # the RPC terminated (client went away, server stopping)
 
 
-class XdsDouble:
+class XdsDouble(TLSGrpcServer):
     """istiod's delta ADS on 127.0.0.1 over TLS. See the module docstring."""
 
     def __init__(self, tmpdir, server_name="istiod.istio-system.svc"):
-        self.server_name = server_name
-        self.port = None
+        # Each open stream holds a worker for its life; reconnect tests open a handful at most.
+        super().__init__(tmpdir, server_name, "xds-double server TLS root", "xds-double-tls-root.pem", workers=32)
         self.streams = []
         self.errors = []
         self._cond = threading.Condition()
@@ -609,58 +607,15 @@ class XdsDouble:
         self._nonces = 0
         self._seq = 0
         self._outage = None
-        self._server = None
-        root, self._server_key, self._server_cert = _server_tls(
-            server_name, root_common_name="xds-double server TLS root")
-        os.makedirs(tmpdir, exist_ok=True)
-        self._root_path = os.path.join(tmpdir, "xds-double-tls-root.pem")
-        with open(self._root_path, "wb") as f:
-            f.write(root)
-        self.root_pem = root
 
-    # -- lifecycle ----------------------------------------------------------------------------
+    def _handlers(self):
+        return SERVICE, {"DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
+            self._delta, request_deserializer=_raw, response_serializer=_raw)}
 
-    @property
-    def root_pem_path(self):
-        """The root that issued the server's TLS certificate."""
-        return self._root_path
-
-    @property
-    def address(self):
-        return f"127.0.0.1:{self.port}"
-
-    def start(self):
-        if self._server is not None:
-            raise RuntimeError("already started")
-        handler = grpc.method_handlers_generic_handler(SERVICE, {
-            "DeltaAggregatedResources": grpc.stream_stream_rpc_method_handler(
-                self._delta, request_deserializer=_raw, response_serializer=_raw),
-        })
-        # Each open stream holds a worker for its life; reconnect tests open a handful at most.
-        server = grpc.server(futures.ThreadPoolExecutor(max_workers=32), handlers=[handler],
-                             options=[("grpc.so_reuseport", 0)])
-        credentials = grpc.ssl_server_credentials([(self._server_key, self._server_cert)])
-        port = server.add_secure_port("127.0.0.1:0", credentials)
-        if not port:
-            raise RuntimeError("grpc could not bind 127.0.0.1")
-        server.start()
-        self._server, self.port = server, port
-        return port
-
-    def stop(self):
-        server, self._server = self._server, None
+    def _stopping(self):
         with self._cond:
             for q in self._queues.values():
                 q.put(_GONE)
-        if server is not None:
-            server.stop(0).wait(10)
-
-    def __enter__(self):
-        self.start()
-        return self
-
-    def __exit__(self, *exc):
-        self.stop()
 
     # -- state and pushes ---------------------------------------------------------------------
 
