@@ -60,19 +60,21 @@ public enum SupervisorMessage {
     /// To a NetWorker (and to a new xDS worker, which resubscribes from it): the mesh model the
     /// xDS worker published, as a sealed memfd holding a `MeshSnapshot` (Sources/XDS).
     case meshSnapshot(generation: UInt64, fd: OwnedFD)
+    /// To a NetWorker: the xDS worker's counters, summed over its restarts, for /metrics.
+    case xdsStats(XDSStats)
     /// To the CertWorker, relayed from a NetWorker's `faultRequest` (tests only).
     case fault(FaultKind, port: UInt16)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
-        case meshSnapshot = 0x010b
+        case meshSnapshot = 0x010b, xdsStats = 0x010c
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
             case .listener, .signerChannel, .signerPeer, .meshSnapshot: return 1
-            case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault: return 0
+            case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats: return 0
             }
         }
     }
@@ -90,6 +92,7 @@ public enum SupervisorMessage {
         case .caToken: return .caToken
         case .fault: return .fault
         case .meshSnapshot: return .meshSnapshot
+        case .xdsStats: return .xdsStats
         }
     }
 
@@ -110,6 +113,7 @@ public enum SupervisorMessage {
         case .caToken(let token): writer.string(token)
         case .fault(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
+        case .xdsStats(let stats): stats.encode(into: &writer)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -146,6 +150,8 @@ public enum SupervisorMessage {
             message = .fault(kind, port: port)
         case .meshSnapshot:
             message = .meshSnapshot(generation: try reader.u64("snapshot generation"), fd: frame.fds[0])
+        case .xdsStats:
+            message = .xdsStats(try XDSStats(from: &reader))
         }
         try reader.finish(name)
         return message
@@ -172,6 +178,11 @@ public enum WorkerMessage: Equatable {
     /// The xDS worker publishes a new mesh model: a sealed memfd holding a `MeshSnapshot`. The
     /// only fd a worker may send; the Supervisor checks its seals and size before relaying it.
     case meshSnapshot(generation: UInt64, fd: OwnedFD)
+    /// A NetWorker's answer to `meshSnapshot`: whether that generation is in force. The
+    /// Supervisor sends the next snapshot only after it (one in flight per NetWorker).
+    case meshApplied(generation: UInt64, accepted: Bool)
+    /// The xDS worker's counters since it started (sent at most once a second when they change).
+    case xdsStats(XDSStats)
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -190,13 +201,15 @@ public enum WorkerMessage: Equatable {
         case (.faultRequest(let k1, let p1), .faultRequest(let k2, let p2)): return k1 == k2 && p1 == p2
         case (.localConfigApplied(let g1, let a1), .localConfigApplied(let g2, let a2)): return g1 == g2 && a1 == a2
         case (.meshSnapshot(let g1, _), .meshSnapshot(let g2, _)): return g1 == g2
+        case (.meshApplied(let g1, let a1), .meshApplied(let g2, let a2)): return g1 == g2 && a1 == a2
+        case (.xdsStats(let s1), .xdsStats(let s2)): return s1 == s2
         default: return false
         }
     }
 
     public enum Code: UInt16, CaseIterable {
         case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
-        case localConfigApplied = 0x0206, meshSnapshot = 0x0207
+        case localConfigApplied = 0x0206, meshSnapshot = 0x0207, meshApplied = 0x0208, xdsStats = 0x0209
 
         /// Only a snapshot carries an fd (its memfd); every other fd flows from the Supervisor.
         public var fdCount: Int { self == .meshSnapshot ? 1 : 0 }
@@ -211,6 +224,8 @@ public enum WorkerMessage: Equatable {
         case .faultRequest: return .faultRequest
         case .localConfigApplied: return .localConfigApplied
         case .meshSnapshot: return .meshSnapshot
+        case .meshApplied: return .meshApplied
+        case .xdsStats: return .xdsStats
         }
     }
 
@@ -228,6 +243,8 @@ public enum WorkerMessage: Equatable {
         case .faultRequest(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         case .localConfigApplied(let generation, let accepted): writer.u32(generation); writer.bool(accepted)
         case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
+        case .meshApplied(let generation, let accepted): writer.u64(generation); writer.bool(accepted)
+        case .xdsStats(let stats): stats.encode(into: &writer)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -264,6 +281,10 @@ public enum WorkerMessage: Equatable {
             message = .localConfigApplied(generation: try reader.u32("local config generation"), accepted: try reader.bool("accepted"))
         case .meshSnapshot:
             message = .meshSnapshot(generation: try reader.u64("snapshot generation"), fd: frame.fds[0])
+        case .meshApplied:
+            message = .meshApplied(generation: try reader.u64("snapshot generation"), accepted: try reader.bool("accepted"))
+        case .xdsStats:
+            message = .xdsStats(try XDSStats(from: &reader))
         }
         try reader.finish(name)
         return message

@@ -12,6 +12,7 @@ final class NetWorkerState: @unchecked Sendable {
     private var draining = false
     private var meshModel = MeshModel()
     private var meshPending = false
+    private var xdsCounters: XDSStats?
 
     init(configuration: Configuration, index: UInt16) {
         self.configuration = configuration
@@ -29,6 +30,12 @@ final class NetWorkerState: @unchecked Sendable {
         return model.workload(at: NetworkAddress(network: configuration.string("NETWORK"), ip: ip))
     }
     func startDraining() { lock.withLock { draining = true } }
+
+    /// The xDS worker's counters as the Supervisor last relayed them (nil without xDS).
+    var xdsStats: XDSStats? {
+        get { lock.withLock { xdsCounters } }
+        set { lock.withLock { xdsCounters = newValue } }
+    }
 
     /// Whether the first mesh snapshot from xDS is still awaited (readiness names it "xds").
     var awaitingMesh: Bool {

@@ -42,7 +42,7 @@ enum NetWorkerMain {
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
-                                     boundMetrics: { reporter.metricLines() + metrics.metricLines() }),
+                                     boundMetrics: { reporter.metricLines() + metrics.metricLines() + (state.xdsStats?.metricLines() ?? []) }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
@@ -109,6 +109,8 @@ struct ControlLoop {
                 }
             case .meshSnapshot(let generation, let fd):
                 applySnapshot(generation: generation, fd: fd)
+            case .xdsStats(let stats):
+                state.xdsStats = stats
             case .processTable(let entries):
                 state.update(processTable: entries)
             case .localConfig(let generation, let bytes):
@@ -143,6 +145,7 @@ struct ControlLoop {
             decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: MeshSnapshot.maxBytes) { try MeshSnapshot.decode($0) }
         } catch {
             Log.error("mesh snapshot \(generation) refused: \(error); keeping the model in force")
+            try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: false).frame())
             return
         }
         snapshot = decoded
@@ -151,6 +154,7 @@ struct ControlLoop {
         state.awaitingMesh = false
         for (name, fd) in heldListeners { adopt(name: name, fd: fd) }
         heldListeners = []
+        try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: true).frame())
     }
 
     /// Builds the model from both sources, puts it in force, decides live connections again and
@@ -174,10 +178,11 @@ struct ControlLoop {
         }
         if let snapshot {
             // The workloads the snapshot brought (resource name = uid), from the merged model:
-            // converted once.
+            // converted once. Only those on this node: without NODE_NAME none (certificates for
+            // a whole mesh would be thousands of impersonated CSRs).
             let fromXDS = snapshot.entries(XDSConversion.addressType)
             for workload in model.workloads.values
-            where fromXDS[workload.uid] != nil && workload.tunnelProtocol == .hbone && (node.isEmpty || workload.node == node)
+            where fromXDS[workload.uid] != nil && workload.tunnelProtocol == .hbone && !node.isEmpty && workload.node == node
                 && !workload.trustDomain.isEmpty && !workload.serviceAccount.isEmpty {
                 wanted.insert("spiffe://\(workload.trustDomain)/ns/\(workload.namespace)/sa/\(workload.serviceAccount)")
             }

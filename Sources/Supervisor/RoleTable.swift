@@ -48,7 +48,7 @@ struct RoleSpec {
     /// remote input, so it is confined like a NetWorker and holds no key; it gets the bearer token.
     static let xdsWorker = RoleSpec(
         role: .xdsWorker, executable: "ztunnel-xds-worker", seccompProfile: "xds-worker.json",
-        isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot],
+        isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot, .xdsStats],
         settings: common + ["XDS_ADDRESS", "XDS_ROOT_CA", "ALT_XDS_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAME", "POD_NAMESPACE",
                             "INSTANCE_IP", "NODE_NAME"],
         uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")

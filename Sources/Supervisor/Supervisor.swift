@@ -41,6 +41,9 @@ final class Supervisor {
     /// every NetWorker, given to each new one before its listeners, and to a restarted xDS worker
     /// so it resubscribes with the versions it names. The Supervisor never parses it.
     private var meshSnapshot: (generation: UInt64, fd: OwnedFD)?
+    /// The xDS worker's counters: what earlier incarnations counted, and the current one's.
+    private var xdsStatsBefore = XDSStats()
+    private var xdsStatsCurrent = XDSStats()
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -91,6 +94,7 @@ final class Supervisor {
         slot.restartAt = nil
         slot.killReason = nil
         slot.killedForSetupTimeout = false
+        slot.snapshotInFlight = nil
         do {
             let spawned = try WorkerSpawner.spawn(executable: path)
             slot.pid = spawned.pid
@@ -149,6 +153,15 @@ final class Supervisor {
             for cert in slots where cert.spec.role == .certWorker && cert.state == .running { sendWithoutWaiting(frame, to: cert) }
         case (.meshSnapshot(let generation, let fd), .running) where slot.spec.permittedWhileRunning.contains(.meshSnapshot):
             try acceptSnapshot(generation: generation, fd: fd, from: slot)
+        case (.xdsStats(let stats), .running) where slot.spec.permittedWhileRunning.contains(.xdsStats):
+            xdsStatsCurrent = stats
+            let frame = SupervisorMessage.xdsStats(xdsStatsBefore.adding(stats)).frame()
+            for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
+                sendWithoutWaiting(frame, to: net)
+            }
+        case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
+             (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
+            try snapshotApplied(generation: generation, accepted: accepted, from: slot)
         case (.localConfigApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.localConfigApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             localConfigApplied(generation: generation, accepted: accepted, from: slot)
@@ -175,6 +188,7 @@ final class Supervisor {
         }
         if slot.spec.receivesListeners || slot.spec.role == .xdsWorker, let meshSnapshot {
             try ipc.send(SupervisorMessage.meshSnapshot(generation: meshSnapshot.generation, fd: meshSnapshot.fd).frame(), blocking: false)
+            if slot.spec.receivesListeners { slot.snapshotInFlight = meshSnapshot.generation }
         }
         if slot.spec.receivesListeners {
             for listener in broker.listeners where Int(slot.index) < listener.fds.count {
@@ -183,6 +197,14 @@ final class Supervisor {
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
+        }
+        if slot.spec.receivesListeners && !configuration.string("XDS_ADDRESS").isEmpty {
+            try ipc.send(SupervisorMessage.xdsStats(xdsStatsBefore.adding(xdsStatsCurrent)).frame(), blocking: false)
+        }
+        if slot.spec.role == .xdsWorker {
+            // A new incarnation counts from zero; what the last one counted is kept.
+            xdsStatsBefore = xdsStatsBefore.adding(xdsStatsCurrent)
+            xdsStatsCurrent = XDSStats()
         }
         if slot.spec.role == .certWorker || slot.spec.role == .xdsWorker, let caToken {
             try ipc.send(SupervisorMessage.caToken(caToken).frame(), blocking: false)
@@ -206,14 +228,33 @@ final class Supervisor {
                                                           ("worker_generation", .string(String(generation))),
                                                           ("bytes", .int(Int64(size)))])
         Log.debug("mesh snapshot", [("generation", "\(relayed)"), ("bytes", "\(size)")])
-        let frame = SupervisorMessage.meshSnapshot(generation: relayed, fd: fd).frame()
         for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
-            sendWithoutWaiting(frame, to: net)
+            sendSnapshot(to: net)
         }
     }
 
+    /// Sends the held snapshot to a NetWorker that has none in flight; one with a snapshot in
+    /// flight gets the latest when it answers. Snapshots in between are skipped: each is whole.
+    private func sendSnapshot(to net: WorkerSlot) {
+        guard let meshSnapshot, net.snapshotInFlight == nil else { return }
+        net.snapshotInFlight = meshSnapshot.generation
+        sendWithoutWaiting(SupervisorMessage.meshSnapshot(generation: meshSnapshot.generation, fd: meshSnapshot.fd).frame(), to: net)
+    }
+
+    /// A NetWorker's answer to a snapshot: only for the one in flight, else a violation.
+    private func snapshotApplied(generation: UInt64, accepted: Bool, from slot: WorkerSlot) throws {
+        guard slot.snapshotInFlight == generation else {
+            throw Violation("meshApplied \(generation) while \(slot.snapshotInFlight.map(String.init) ?? "none") is in flight")
+        }
+        slot.snapshotInFlight = nil
+        if !accepted {
+            audit.record("mesh_snapshot_refused", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: generation)))])
+        }
+        if let held = meshSnapshot, held.generation != generation { sendSnapshot(to: slot) }
+    }
+
     /// The largest snapshot relayed (`MeshSnapshot.maxBytes`; the Supervisor does not link it).
-    static let maxSnapshotBytes = 512 << 20
+    static let maxSnapshotBytes = 128 << 20
 
     /// Reads LOCAL_XDS_PATH again and hands changed bytes to every NetWorker, which parses them
     /// and keeps its current model if they do not parse (the Supervisor parses nothing). A file

@@ -13,6 +13,8 @@ public struct DeltaADS {
 
     /// The most refusal reasons one NACK names (the rest are counted).
     public static let maxReasons = 100
+    /// The most resources held per type (five times the largest mesh the design card names).
+    public static let maxResourcesPerType = 100_000
 
     /// Every accepted resource; what is published and what a new stream claims to hold.
     public private(set) var state: MeshSnapshot
@@ -78,6 +80,9 @@ public struct DeltaADS {
                 } else {
                     let policy = try XDSConversion.authorization(body)
                     guard policy.key == resource.name else { throw XDSConversion.Invalid("named \(resource.name) but holds \(policy.key)") }
+                }
+                guard entries[resource.name] != nil || entries.count < Self.maxResourcesPerType else {
+                    throw XDSConversion.Invalid("more than \(Self.maxResourcesPerType) resources of this type")
                 }
                 entries[resource.name] = MeshSnapshot.Entry(version: resource.version, body: body)
                 applied += 1

@@ -24,7 +24,7 @@ public struct MeshSnapshot: Equatable, Sendable {
     public init() {}
 
     /// The snapshot's biggest size; the Supervisor and the NetWorker refuse a larger memfd.
-    public static let maxBytes = 512 << 20
+    public static let maxBytes = 128 << 20
 
     public func entries(_ typeURL: String) -> [String: Entry] { resources[typeURL] ?? [:] }
 

@@ -40,6 +40,10 @@ final class XDSWorker {
     private var backoffMilliseconds: Int64 = 10
     private var nextAttempt: Int64 = 0
     private var publishedGeneration: UInt64?
+    /// Counters for /metrics (§15), sent to the Supervisor at most once a second when changed.
+    private var stats = XDSStats()
+    private var statsChanged = false
+    private var nextStatsSend: Int64 = 0
     private var everSynced = false
 
     init(supervisor: IPCSocket, configuration: Configuration, roots: TrustRoots) throws {
@@ -87,11 +91,16 @@ final class XDSWorker {
             }
             var timeout: Int32 = -1
             if connection?.hasBufferedInput == true { timeout = 0 }
+            if statsChanged {
+                let due = Int32(clamping: max(0, nextStatsSend - Clock.monotonicMilliseconds()))
+                timeout = timeout < 0 ? due : min(timeout, due)
+            }
             if connection == nil && configured {
                 timeout = Int32(clamping: max(0, nextAttempt - Clock.monotonicMilliseconds()))
             }
             if poll(&fds, nfds_t(fds.count), timeout) < 0 { continue }
             if fds[0].revents != 0 { handleSupervisor() }
+            sendStatsIfDue()
             if connection == nil {
                 if configured && Clock.monotonicMilliseconds() >= nextAttempt { connect() }
                 continue
@@ -126,9 +135,17 @@ final class XDSWorker {
         case .drain:
             Log.info("drain requested; exiting")
             exit(0)
-        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault:
+        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
+    }
+
+    private func sendStatsIfDue() {
+        let now = Clock.monotonicMilliseconds()
+        guard statsChanged, configured, now >= nextStatsSend else { return }
+        statsChanged = false
+        nextStatsSend = now + 1000
+        try? supervisor.send(WorkerMessage.xdsStats(stats).frame())
     }
 
     // MARK: - The stream
@@ -206,6 +223,8 @@ final class XDSWorker {
         } catch {
             throw ConfigurationError("a response that does not decode: \(error)")
         }
+        stats.countMessage(typeURL: response.typeURL, bytes: response.resources.reduce(0) { $0 + $1.resource.value.count })
+        statsChanged = true
         let outcome = ads.handle(response)
         let typeName = response.typeURL.split(separator: ".").last.map(String.init) ?? response.typeURL
         if outcome.refused.isEmpty {
@@ -234,6 +253,11 @@ final class XDSWorker {
     private func publish() {
         do {
             let bytes = try ads.state.encoded()
+            guard bytes.count <= MeshSnapshot.maxBytes else {
+                Log.error("the mesh is \(bytes.count) bytes, over the snapshot limit of \(MeshSnapshot.maxBytes); the last one stays in force")
+                publishedGeneration = ads.state.generation
+                return
+            }
             let fd = try SealedMemfd.make(name: "ztunnel-mesh", bytes)
             try supervisor.send(WorkerMessage.meshSnapshot(generation: ads.state.generation, fd: fd).frame())
             publishedGeneration = ads.state.generation
@@ -260,6 +284,8 @@ final class XDSWorker {
     private func terminate(reason: String, _ detail: String, benign: Bool) {
         connection?.close()
         connection = nil
+        stats.countTermination(reason)
+        statsChanged = true
         let delay = benign ? 10 : backoffMilliseconds
         if !benign { backoffMilliseconds = min(backoffMilliseconds * 2, 15_000) }
         nextAttempt = Clock.monotonicMilliseconds() + delay

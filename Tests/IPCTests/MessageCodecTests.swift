@@ -57,11 +57,35 @@ import Glibc
     }
 
     @Test func workerMessagesRoundTrip() throws {
-        for message in [WorkerMessage.hello(protocolVersion: 1, role: .xdsWorker, pid: 77), .ready, .shutdownRequest] {
+        for message in [WorkerMessage.hello(protocolVersion: 1, role: .xdsWorker, pid: 77), .ready, .shutdownRequest,
+                        .meshApplied(generation: 1 << 40, accepted: true), .meshApplied(generation: 2, accepted: false),
+                        .xdsStats(Self.stats)] {
             let frame = try roundTrip(message.frame(requestId: 5))
             #expect(frame.requestId == 5)
             #expect(try WorkerMessage.decode(frame) == message)
         }
+    }
+
+    static var stats: XDSStats {
+        var stats = XDSStats()
+        stats.countTermination("Reconnect")
+        stats.countMessage(typeURL: XDSStats.typeURLs[1], bytes: 300)
+        stats.countMessage(typeURL: "type.googleapis.com/other", bytes: 7)  // not counted: fixed labels
+        return stats
+    }
+
+    @Test func xdsStatsAreAFixedSetOfCounters() throws {
+        guard case .xdsStats(let relayed) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.xdsStats(Self.stats).frame())) else {
+            Issue.record("not stats"); return
+        }
+        #expect(relayed == Self.stats && relayed.terminations == [0, 0, 1, 0] && relayed.messageBytes == [0, 300])
+        let lines = relayed.adding(relayed).metricLines()
+        #expect(lines.contains("istio_xds_connection_terminations_total{reason=\"Reconnect\"} 2"))
+        #expect(lines.contains("istio_xds_message_bytes_total{url=\"type.googleapis.com/istio.security.Authorization\"} 600"))
+        #expect(!lines.joined().contains("other"))
+        var short = SupervisorMessage.xdsStats(Self.stats).frame()
+        short.payload.removeLast()
+        #expect(throws: IPCError.self) { try SupervisorMessage.decode(short) }
     }
 
     @Test func aMeshSnapshotCarriesItsMemfdBothWays() throws {
@@ -129,7 +153,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x010c, 0x0208, 0xffff] {
+        for type: UInt16 in [0, 0x010d, 0x020a, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }

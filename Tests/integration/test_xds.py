@@ -7,11 +7,11 @@ connection; a restarted xDS worker resubscribes with the versions it held; a res
 serves the last model while istiod is down."""
 import os
 import signal
-import socket
 
 import pytest
 
 from daemon import EchoServer, http, proc_status, socks5_connect, wait_for
+from test_outbound_hbone import round_trip
 
 grpc = pytest.importorskip("grpc")
 import xds_double as x  # noqa: E402
@@ -25,9 +25,9 @@ ECHO_UID = "test//Pod/shop/echo-1"
 
 def mesh(xds, echo_port):
     xds.set_resource(x.ADDRESS, CLIENT_UID, x.address_of_workload(x.workload(
-        CLIENT_UID, "client-1", "default", addresses=["127.0.0.3"], service_account="client")))
+        CLIENT_UID, "client-1", "default", addresses=["127.0.0.3"], service_account="client", node="node-a")))
     xds.set_resource(x.ADDRESS, ECHO_UID, x.address_of_workload(x.workload(
-        ECHO_UID, "echo-1", "shop", addresses=["127.0.0.2"], service_account="echo",
+        ECHO_UID, "echo-1", "shop", addresses=["127.0.0.2"], service_account="echo", node="node-a",
         services={f"shop/{ECHO_HOST}": {80: echo_port}})))
     xds.set_resource(x.ADDRESS, f"shop/{ECHO_HOST}", x.address_of_service(x.service(
         "echo", "shop", ECHO_HOST, addresses=[("", "10.96.0.9")], ports=[(80, echo_port)])))
@@ -41,10 +41,23 @@ def xds(tmp_path):
     double.stop()
 
 
+@pytest.fixture
+def meshed(start_daemon, xds):
+    """An echo workload and its client, known only from xDS; the daemon ready with both
+    identities."""
+    echo = EchoServer(host="127.0.0.2")
+    mesh(xds, echo.port)
+    daemon = start(start_daemon, xds)
+    daemon.wait_ready()
+    wait_for(lambda: identities_ready(daemon), 30, "both workload identities")
+    yield daemon
+    echo.close()
+
+
 def start(start_daemon, xds, extra_env=None):
     env = {"XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path,
            "AUTH_TOKEN": "xds-token", "ISTIO_META_CLUSTER_ID": "test-cluster", "POD_NAME": "ztunnel-abc",
-           "POD_NAMESPACE": "istio-system", "INSTANCE_IP": "10.0.0.42", "NODE_NAME": "",
+           "POD_NAMESPACE": "istio-system", "INSTANCE_IP": "10.0.0.42", "NODE_NAME": "node-a",
            "UNSTABLE_ENABLE_SOCKS5": "true", "ZTUNNEL_DEBUG_FAULT_INJECTION": "false"}
     env.update(extra_env or {})
     return start_daemon(local_config=False, extra_env=env, hbone_wildcard=True)
@@ -60,16 +73,7 @@ def echo_through_mesh(daemon, payload=b"over xds"):
     SOCKS5 reply code when refused."""
     sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
     with sock:
-        if code != 0:
-            return code
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return received
-            received += chunk
+        return round_trip(sock, payload) if code == 0 else code
 
 
 def acked(xds, type_url, since=0):
@@ -98,6 +102,7 @@ def test_a_mesh_pushed_by_istiod_carries_traffic_over_hbone(start_daemon, xds):
         assert node["id"] == "ztunnel~10.0.0.42~ztunnel-abc.istio-system~istio-system.svc.cluster.local"
         assert node["metadata"]["NAME"] == "ztunnel-abc" and node["metadata"]["NAMESPACE"] == "istio-system"
         assert node["metadata"]["INSTANCE_IPS"] == "10.0.0.42" and node["metadata"]["CLUSTER_ID"] == "test-cluster"
+        assert node["metadata"]["NODE_NAME"] == "node-a"
         assert first["resource_names_subscribe"] == [] and first["initial_resource_versions"] == {}
         stream = xds.streams[first["stream"]]
         assert stream["authorization"] == "Bearer xds-token" and stream["clusterid"] == "test-cluster"
@@ -111,6 +116,15 @@ def test_a_mesh_pushed_by_istiod_carries_traffic_over_hbone(start_daemon, xds):
                                       if "\taccess\tconnection complete" in l and "direction=outbound" in l), None),
                         10, "the outbound access line")
         assert f"src.identity={CLIENT_ID}" in line and f"dst.identity={ECHO_ID}" in line and f"dst.service={ECHO_HOST}" in line
+        # The xDS worker's counters reach /metrics (§15): the refused streams of the outage and
+        # the responses received.
+        def counter(name):
+            text = http(daemon.ports["stats"], "/metrics")[1]
+            line = next((l for l in text.splitlines() if l.startswith(name + " ")), None)
+            return int(line.split()[-1]) if line else 0
+        wait_for(lambda: counter('istio_xds_message_total{url="type.googleapis.com/istio.workload.Address"}') >= 1
+                 and counter('istio_xds_connection_terminations_total{reason="Error"}') >= 1, 30, "the xDS counters")
+        assert counter('istio_xds_message_bytes_total{url="type.googleapis.com/istio.workload.Address"}') > 0
         dump = daemon.config_dump()
         assert {w["uid"] for w in dump["workloads"]} >= {CLIENT_UID, ECHO_UID}, dump["workloads"]
 
@@ -153,60 +167,43 @@ def test_a_bad_resource_is_nacked_while_the_good_ones_apply(start_daemon, xds):
         echo.close()
 
 
-def test_a_deny_policy_from_istiod_refuses_the_next_connection(start_daemon, xds):
-    echo = EchoServer(host="127.0.0.2")
-    try:
-        mesh(xds, echo.port)
-        daemon = start(start_daemon, xds)
-        daemon.wait_ready()
-        wait_for(lambda: identities_ready(daemon), 30, "identities")
-        assert echo_through_mesh(daemon) == b"over xds"
-        mark = xds.mark()
-        deny = x.authorization("deny-client", "shop", scope="NAMESPACE", action="DENY",
-                               groups=[x.auth_group(x.auth_rules(x.auth_match(principals=[{"exact": "cluster.local/ns/default/sa/client"}])))])
-        xds.set_resource(x.AUTHORIZATION, "shop/deny-client", deny)
-        acked(xds, x.AUTHORIZATION, since=mark)
-        wait_for(lambda: "shop/deny-client" in daemon.log() or echo_through_mesh(daemon) != b"over xds", 30,
-                 "the policy in force")
-        result = echo_through_mesh(daemon)
-        assert result != b"over xds", result
-        wait_for(lambda: "policy=shop/deny-client" in daemon.log() or "shop/deny-client" in daemon.log(), 10,
-                 "the refusal naming the policy")
-    finally:
-        echo.close()
+def test_a_deny_policy_from_istiod_refuses_the_next_connection(meshed, xds):
+    daemon = meshed
+    assert echo_through_mesh(daemon) == b"over xds"
+    mark = xds.mark()
+    deny = x.authorization("deny-client", "shop", scope="NAMESPACE", action="DENY",
+                           groups=[x.auth_group(x.auth_rules(x.auth_match(principals=[{"exact": "cluster.local/ns/default/sa/client"}])))])
+    xds.set_resource(x.AUTHORIZATION, "shop/deny-client", deny)
+    acked(xds, x.AUTHORIZATION, since=mark)
+    wait_for(lambda: "policies=1" in daemon.log(), 30, "the policy in the NetWorker's model")
+    assert echo_through_mesh(daemon) != b"over xds"
+    wait_for(lambda: "shop/deny-client" in daemon.log(), 10, "the refusal naming the policy")
 
 
-def test_workers_restart_without_losing_the_mesh(start_daemon, xds):
+def test_workers_restart_without_losing_the_mesh(meshed, xds):
     """kill -9 the xDS worker: the NetWorker keeps serving, and the new xDS worker resubscribes
     with the versions it held (§6.3 initial_resource_versions). Then, with istiod down, kill -9
     the NetWorker: its successor gets the model from the Supervisor and serves at once."""
-    echo = EchoServer(host="127.0.0.2")
-    try:
-        mesh(xds, echo.port)
-        daemon = start(start_daemon, xds)
-        daemon.wait_ready()
-        wait_for(lambda: identities_ready(daemon), 30, "identities")
-        versions = {name: version for name, (version, _) in xds.resources(x.ADDRESS).items()}
+    daemon = meshed
+    versions = {name: version for name, (version, _) in xds.resources(x.ADDRESS).items()}
 
-        xds.set_outage(True)
-        mark = xds.mark()
-        mark_streams = xds.stream_count
-        (old,) = daemon.workers("xds-worker")
-        os.kill(old, signal.SIGKILL)
-        wait_for(lambda: daemon.workers("xds-worker") and daemon.workers("xds-worker") != [old], 30, "a new xDS worker")
-        wait_for(lambda: xds.stream_count > mark_streams, 30, "the new worker trying istiod")
-        assert echo_through_mesh(daemon) == b"over xds"  # served from the last model, istiod down
-        xds.set_outage(False)
-        resumed = xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 30, since=mark)
-        assert resumed["initial_resource_versions"] == versions
-        acked(xds, x.AUTHORIZATION, since=mark)
-        xds.set_outage(True)
+    xds.set_outage(True)
+    mark = xds.mark()
+    mark_streams = xds.stream_count
+    (old,) = daemon.workers("xds-worker")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: daemon.workers("xds-worker") and daemon.workers("xds-worker") != [old], 30, "a new xDS worker")
+    wait_for(lambda: xds.stream_count > mark_streams, 30, "the new worker trying istiod")
+    assert echo_through_mesh(daemon) == b"over xds"  # served from the last model, istiod down
+    xds.set_outage(False)
+    resumed = xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 30, since=mark)
+    assert resumed["initial_resource_versions"] == versions
+    acked(xds, x.AUTHORIZATION, since=mark)
+    xds.set_outage(True)
 
-        (net,) = daemon.workers("net-worker")
-        os.kill(net, signal.SIGKILL)
-        wait_for(lambda: daemon.workers("net-worker") and daemon.workers("net-worker") != [net], 30, "a new NetWorker")
-        daemon.wait_ready()
-        wait_for(lambda: identities_ready(daemon), 30, "identities again")
-        assert echo_through_mesh(daemon, b"after restart") == b"after restart"
-    finally:
-        echo.close()
+    (net,) = daemon.workers("net-worker")
+    os.kill(net, signal.SIGKILL)
+    wait_for(lambda: daemon.workers("net-worker") and daemon.workers("net-worker") != [net], 30, "a new NetWorker")
+    daemon.wait_ready()
+    wait_for(lambda: identities_ready(daemon), 30, "identities again")
+    assert echo_through_mesh(daemon, b"after restart") == b"after restart"
