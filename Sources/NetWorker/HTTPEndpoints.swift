@@ -50,9 +50,12 @@ struct HTTPEndpoints {
             return Reply(status: 404, reason: "Not Found", body: "not found\n")
         }
         let (table, _) = state.snapshot
+        let version = state.configuration.string("ISTIO_META_ISTIO_VERSION")
+        let tag = version.isEmpty || !version.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "._-+".contains($0)) })
+            ? "unknown" : version
         var lines = [
             "# TYPE istio_build gauge",
-            "istio_build{component=\"ztunnel\",tag=\"unknown\"} 1",
+            "istio_build{component=\"ztunnel\",tag=\"\(tag)\"} 1",
             "# TYPE istio_tcp_sockets_open gauge",
             "istio_tcp_sockets_open{reporter=\"source\"} \(liveConnections())",
             "# HELP ztunnel_worker_restarts Replacements of supervised worker processes, per role.",

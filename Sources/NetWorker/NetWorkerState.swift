@@ -50,6 +50,6 @@ final class NetWorkerState: @unchecked Sendable {
         let (table, isDraining) = snapshot
         if isDraining { return ["draining"] }
         if table.isEmpty { return ["process table"] }
-        return table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted() + (awaitingMesh ? ["xds"] : [])
+        return table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted() + (awaitingMesh ? ["state manager"] : [])
     }
 }

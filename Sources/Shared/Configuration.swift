@@ -38,6 +38,8 @@ public struct Configuration: Sendable {
                 "trust anchor for the xDS connection: a file, inline PEM, or SYSTEM"),
         Setting("ALT_XDS_HOSTNAME", .string, default: "", "the name istiod's certificate is verified against instead of XDS_ADDRESS's host"),
         Setting("POD_NAME", .string, default: "", "ztunnel's pod (the xDS node id and metadata)"),
+        Setting("ISTIO_META_ISTIO_VERSION", .string, default: "",
+                "the Istio version: istio_build's tag and the xDS node's ISTIO_VERSION (istiod warns without it)"),
         Setting("INSTANCE_IP", .string, default: "", "ztunnel's pod IP (the xDS node id and metadata)"),
         Setting("POD_NAMESPACE", .string, default: "", "ztunnel's namespace (its own identity is not impersonated)"),
         Setting("SERVICE_ACCOUNT", .string, default: "", "ztunnel's service account"),

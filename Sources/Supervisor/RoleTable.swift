@@ -40,7 +40,8 @@ struct RoleSpec {
         settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "NETWORK", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
-                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS"] + Bounds.settingNames,
+                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS",
+                            "ISTIO_META_ISTIO_VERSION"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
 
     /// The xDS worker (issue #8): holds the one delta ADS stream to istiod, validates every
@@ -50,7 +51,7 @@ struct RoleSpec {
         role: .xdsWorker, executable: "ztunnel-xds-worker", seccompProfile: "xds-worker.json",
         isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot, .xdsStats],
         settings: common + ["XDS_ADDRESS", "XDS_ROOT_CA", "ALT_XDS_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAME", "POD_NAMESPACE",
-                            "INSTANCE_IP", "NODE_NAME"],
+                            "INSTANCE_IP", "NODE_NAME", "ISTIO_META_ISTIO_VERSION"],
         uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")
 
     /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once

@@ -76,7 +76,8 @@ final class XDSWorker {
         var metadata = Google_Protobuf_Struct()
         for (key, value) in [("NAME", pod), ("NAMESPACE", namespace), ("INSTANCE_IPS", ip),
                              ("NODE_NAME", configuration.string("NODE_NAME")),
-                             ("CLUSTER_ID", configuration.string("ISTIO_META_CLUSTER_ID"))] where !value.isEmpty {
+                             ("CLUSTER_ID", configuration.string("ISTIO_META_CLUSTER_ID")),
+                             ("ISTIO_VERSION", configuration.string("ISTIO_META_ISTIO_VERSION"))] where !value.isEmpty {
             metadata.fields[key] = Google_Protobuf_Value(stringValue: value)
         }
         node.metadata = metadata

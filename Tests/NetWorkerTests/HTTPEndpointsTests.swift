@@ -15,6 +15,7 @@ import Testing
         "LOG_FORMAT": "json",
         "LOCAL_XDS_PATH": "/etc/ztunnel/local.yaml",
         "NODE_NAME": "node-a",
+        "ISTIO_META_ISTIO_VERSION": "1.27.0",
     ]
 
     private func endpoints(_ overrides: [String: String] = [:], liveConnections: Int = 0,
@@ -142,6 +143,15 @@ import Testing
         #expect(body.contains("ztunnel_worker_restarts_total{role=\"net-worker\"} \(2 * UInt64(UInt32.max))\n"))
     }
 
+    @Test func istioBuildCarriesTheVersionOnlyWhenItIsALabelValue() throws {
+        let (endpoints, _) = try endpoints()
+        #expect(endpoints.respond(port: .stats, method: "GET", uri: "/metrics").body
+            .contains("istio_build{component=\"ztunnel\",tag=\"1.27.0\"} 1\n"))
+        let (quoted, _) = try self.endpoints(["ISTIO_META_ISTIO_VERSION": "1.2\"} 9\nx"])
+        #expect(quoted.respond(port: .stats, method: "GET", uri: "/metrics").body
+            .contains("istio_build{component=\"ztunnel\",tag=\"unknown\"} 1\n"))
+    }
+
     @Test func boundMetricsComeBeforeEOF() throws {
         let reporter = BoundReporter(now: { 0 })
         reporter.reached(.handshakeTimeout, listener: "socks5", peer: "?", detail: "test")
@@ -185,6 +195,7 @@ import Testing
             "logFormat": "json",
             "localXdsPath": "/etc/ztunnel/local.yaml",
             "nodeName": "node-a",
+            "istioMetaIstioVersion": "1.27.0",
         ])
     }
 
