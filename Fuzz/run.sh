@@ -19,6 +19,7 @@ declare -A sources=(
   [ca_response]="Sources/CertWorker/CAResponse.swift Sources/CertWorker/CAProtobuf.swift"
   [ip_address]="Sources/Mesh/IPAddress.swift"
   [connect_authority]="Sources/NetWorker/ConnectAuthority.swift"
+  [metrics_merge]="Sources/NetWorker/MetricsMerge.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086
@@ -46,7 +47,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority; do
+for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"

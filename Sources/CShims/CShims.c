@@ -55,3 +55,6 @@ void CShims_resolver_warm_up(void) {
 }
 
 int CShims_memfd_create(const char *name, unsigned int flags) { return (int)syscall(SYS_memfd_create, name, flags); }
+
+unsigned long long CShims_atomic_load_u64(const unsigned long long *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
+void CShims_atomic_store_u64(unsigned long long *p, unsigned long long value) { __atomic_store_n(p, value, __ATOMIC_SEQ_CST); }

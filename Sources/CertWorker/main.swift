@@ -175,7 +175,7 @@ final class CertWorker {
             tokenSink?(token)
         case .fault(let kind, let port):
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled)
-        case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats:
+        case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

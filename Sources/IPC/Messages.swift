@@ -62,18 +62,21 @@ public enum SupervisorMessage {
     case meshSnapshot(generation: UInt64, fd: OwnedFD)
     /// To a NetWorker: the xDS worker's counters, summed over its restarts, for /metrics.
     case xdsStats(XDSStats)
+    /// To a NetWorker (with several): the counter region of NetWorker `index`, its own
+    /// read-write, every other one read-only (Shared/CounterRegion).
+    case metricsRegion(index: UInt16, writable: Bool, fd: OwnedFD)
     /// To the CertWorker, relayed from a NetWorker's `faultRequest` (tests only).
     case fault(FaultKind, port: UInt16)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
-        case meshSnapshot = 0x010b, xdsStats = 0x010c
+        case meshSnapshot = 0x010b, xdsStats = 0x010c, metricsRegion = 0x010d
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
-            case .listener, .signerChannel, .signerPeer, .meshSnapshot: return 1
+            case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion: return 1
             case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats: return 0
             }
         }
@@ -93,6 +96,7 @@ public enum SupervisorMessage {
         case .fault: return .fault
         case .meshSnapshot: return .meshSnapshot
         case .xdsStats: return .xdsStats
+        case .metricsRegion: return .metricsRegion
         }
     }
 
@@ -114,6 +118,7 @@ public enum SupervisorMessage {
         case .fault(let kind, let port): writer.u8(kind.rawValue); writer.u16(port)
         case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
         case .xdsStats(let stats): stats.encode(into: &writer)
+        case .metricsRegion(let index, let writable, let fd): writer.u16(index); writer.bool(writable); fds = [fd]
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -152,6 +157,8 @@ public enum SupervisorMessage {
             message = .meshSnapshot(generation: try reader.u64("snapshot generation"), fd: frame.fds[0])
         case .xdsStats:
             message = .xdsStats(try XDSStats(from: &reader))
+        case .metricsRegion:
+            message = .metricsRegion(index: try reader.u16("region index"), writable: try reader.bool("region writable"), fd: frame.fds[0])
         }
         try reader.finish(name)
         return message

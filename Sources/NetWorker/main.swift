@@ -30,6 +30,8 @@ enum NetWorkerMain {
         let identities = IdentityTable()
         let reporter = BoundReporter()
         let metrics = TrafficMetrics()
+        let share = MetricsShare()
+        let counted: @Sendable () -> [String] = { reporter.metricLines() + metrics.metricLines() }
         let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
@@ -42,7 +44,7 @@ enum NetWorkerMain {
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
-                                     boundMetrics: { reporter.metricLines() + metrics.metricLines() + (state.xdsStats?.metricLines() ?? []) }),
+                                     boundMetrics: { share.merged(counted()) + (state.xdsStats?.metricLines() ?? []) }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
@@ -60,8 +62,9 @@ enum NetWorkerMain {
                 case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel)
                 }
             })
+        share.startPublishing(on: group.next(), counted)
         var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker, signer: signer,
-                                  authorization: authorization)
+                                  authorization: authorization, share: share)
         control.run()
     }
 }
@@ -74,6 +77,7 @@ struct ControlLoop {
     let tracker: ConnectionTracker
     let signer: SignerClient
     let authorization: InboundAuthorization
+    let share: MetricsShare
     private var servers: [Channel] = []
     private var hasModel = false
     /// The two sources of the mesh model (ISTIO_COMPAT §19: LOCAL_XDS_PATH and XDS_ADDRESS may be
@@ -86,8 +90,9 @@ struct ControlLoop {
     private var heldListeners: [(String, OwnedFD)] = []
 
     init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient,
-         authorization: InboundAuthorization) {
+         authorization: InboundAuthorization, share: MetricsShare) {
         self.authorization = authorization
+        self.share = share
         self.channel = channel
         self.state = state
         self.factory = factory
@@ -111,6 +116,8 @@ struct ControlLoop {
                 applySnapshot(generation: generation, fd: fd)
             case .xdsStats(let stats):
                 state.xdsStats = stats
+            case .metricsRegion(let index, let writable, let fd):
+                share.attach(index: index, writable: writable, fd: fd)
             case .processTable(let entries):
                 state.update(processTable: entries)
             case .localConfig(let generation, let bytes):

@@ -44,6 +44,9 @@ final class Supervisor {
     /// The xDS worker's counters: what earlier incarnations counted, and the current one's.
     private var xdsStatsBefore = XDSStats()
     private var xdsStatsCurrent = XDSStats()
+    /// One counter region per NetWorker index (only with several NetWorkers): each NetWorker
+    /// publishes its counters in its own and reads the others', so a scrape sees the sum.
+    private var counterRegions: [OwnedFD] = []
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -67,6 +70,14 @@ final class Supervisor {
         for (spec, count) in RoleSpec.table(netWorkers: configuration.int("ZTUNNEL_NET_WORKERS"),
                                              xds: !configuration.string("XDS_ADDRESS").isEmpty) {
             for index in 0..<count { slots.append(WorkerSlot(spec: spec, index: UInt16(index))) }
+        }
+        let netWorkers = configuration.int("ZTUNNEL_NET_WORKERS")
+        if netWorkers > 1 {
+            do {
+                counterRegions = try (0..<netWorkers).map { try CounterRegion.make(name: "ztunnel-counters-\($0)") }
+            } catch {
+                Log.error("no shared counters across NetWorkers (each scrape shows one NetWorker's): \(error)")
+            }
         }
     }
 
@@ -197,6 +208,13 @@ final class Supervisor {
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
+        }
+        if slot.spec.role == .netWorker && counterRegions.count > 1 {
+            for (index, region) in counterRegions.enumerated() {
+                let own = index == Int(slot.index)
+                let fd = own ? region : try CounterRegion.readOnly(region)
+                try ipc.send(SupervisorMessage.metricsRegion(index: UInt16(index), writable: own, fd: fd).frame(), blocking: false)
+            }
         }
         if slot.spec.receivesListeners && !configuration.string("XDS_ADDRESS").isEmpty {
             try ipc.send(SupervisorMessage.xdsStats(xdsStatsBefore.adding(xdsStatsCurrent)).frame(), blocking: false)

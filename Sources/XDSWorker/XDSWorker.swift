@@ -136,7 +136,7 @@ final class XDSWorker {
         case .drain:
             Log.info("drain requested; exiting")
             exit(0)
-        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats:
+        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats, .metricsRegion:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

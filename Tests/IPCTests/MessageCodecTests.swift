@@ -153,7 +153,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x010d, 0x020a, 0xffff] {
+        for type: UInt16 in [0, 0x010e, 0x020a, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }

@@ -60,6 +60,11 @@ void CShims_resolver_warm_up(void);
 /* memfd_create(2) (glibc declares it only with _GNU_SOURCE). */
 int CShims_memfd_create(const char *name, unsigned int flags);
 
+/* Sequentially consistent 64-bit loads and stores on shared memory (the metrics regions'
+   sequence counters). */
+unsigned long long CShims_atomic_load_u64(const unsigned long long *p);
+void CShims_atomic_store_u64(unsigned long long *p, unsigned long long value);
+
 #include "CShimsOpenSSL.h"
 #include "CShimsLandlock.h"
 

@@ -1,0 +1,26 @@
+"""With several NetWorkers a scrape lands on any one of them (each has its own SO_REUSEPORT copy
+of the stats listener) and must still show one set of counters (issue #8): each NetWorker
+publishes its counters in a shared region the Supervisor made, read-only to the others, and a
+scrape sums them."""
+from daemon import http, socks5_connect, wait_for
+
+
+def opened_total(daemon):
+    text = http(daemon.ports["stats"], "/metrics")[1]
+    return sum(int(line.split()[-1]) for line in text.splitlines() if line.startswith("istio_tcp_connections_opened_total{"))
+
+
+def test_every_scrape_counts_the_connections_of_every_networker(start_daemon, echo_server):
+    daemon = start_daemon(extra_env={"ZTUNNEL_NET_WORKERS": "2", "UNSTABLE_ENABLE_SOCKS5": "true"})
+    daemon.wait_ready()
+    count = 40
+    for _ in range(count):
+        sock, code = socks5_connect(daemon.ports["socks5"], echo_server.port)
+        with sock:
+            assert code == 0
+            sock.sendall(b"x")
+            assert sock.recv(10) == b"x"
+    # The kernel spreads the connections, and the scrapes, over both NetWorkers; every scrape
+    # must show all of them once each worker has published (within a second).
+    wait_for(lambda: opened_total(daemon) == count, 30, "a scrape with every connection")
+    assert [opened_total(daemon) for _ in range(10)] == [count] * 10
