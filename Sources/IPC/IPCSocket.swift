@@ -79,7 +79,10 @@ public final class IPCSocket: @unchecked Sendable {
     /// Receives one frame. Throws `IPCError.closed` at end of stream, and a frame error for a packet
     /// that is truncated, oversize, carries truncated control data or miscounts its fds. Every fd
     /// that arrived is owned (and so closed on refusal) before the packet is looked at.
-    public func receive(blocking: Bool = true) throws -> Received {
+    /// `defusingFds` (the Supervisor, reading workers): every fd that arrived gets SO_LINGER off
+    /// first, so closing a refused socket never blocks (a socket with linger on and unsent data
+    /// would hold `close` for its linger time); for a non-socket the call fails harmlessly.
+    public func receive(blocking: Bool = true, defusingFds: Bool = false) throws -> Received {
         var buffer = [UInt8](repeating: 0, count: IPCFrame.maxFrame + 1)
         let controlSize = CShims_CMSG_SPACE((IPCFrame.maxFds + 1) * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlSize)
@@ -119,6 +122,12 @@ public final class IPCSocket: @unchecked Sendable {
                         cmsg = CShims_CMSG_NXTHDR(&header, current)
                     }
                 }
+            }
+        }
+        if defusingFds {
+            for received in fds {
+                var off = linger(l_onoff: 0, l_linger: 0)
+                _ = setsockopt(received.rawValue, SOL_SOCKET, SO_LINGER, &off, socklen_t(MemoryLayout<linger>.size))
             }
         }
         if received < 0 { return .wouldBlock }

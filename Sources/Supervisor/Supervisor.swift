@@ -441,7 +441,7 @@ final class Supervisor {
         while let ipc = slot.ipc, budget > 0 {
             budget -= 1
             do {
-                guard case .frame(let frame) = try ipc.receive(blocking: false) else { return }
+                guard case .frame(let frame) = try ipc.receive(blocking: false, defusingFds: true) else { return }
                 try handle(try WorkerMessage.decode(frame), from: slot)
             } catch IPCError.closed {
                 // The worker is exiting; its pidfd reports how.

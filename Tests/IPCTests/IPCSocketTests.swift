@@ -30,6 +30,26 @@ import Glibc
         #expect(buffer == [1, 2, 3])
     }
 
+    @Test func theSupervisorDefusesLingerOnEveryFdItReceives() throws {
+        // A socket with SO_LINGER on would hold close(2) for its linger time if it had unsent
+        // data: a worker could stall the Supervisor by sending one with a refused frame.
+        func lingering(_ fd: Int32) -> Int32 {
+            var value = linger()
+            var length = socklen_t(MemoryLayout<linger>.size)
+            getsockopt(fd, SOL_SOCKET, SO_LINGER, &value, &length)
+            return value.l_onoff
+        }
+        for defusing in [false, true] {
+            let (worker, supervisor) = try IPCSocket.pair()
+            let tcp = OwnedFD(takingOwnershipOf: socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0))
+            var on = linger(l_onoff: 1, l_linger: 30)
+            setsockopt(tcp.rawValue, SOL_SOCKET, SO_LINGER, &on, socklen_t(MemoryLayout<linger>.size))
+            try worker.send(WorkerMessage.meshSnapshot(generation: 1, fd: tcp).frame())
+            guard case .frame(let frame) = try supervisor.receive(defusingFds: defusing) else { Issue.record("no frame"); return }
+            #expect(lingering(frame.fds[0].rawValue) == (defusing ? 0 : 1))
+        }
+    }
+
     @Test func fdOnAMessageThatCarriesNoneIsRefusedAndClosed() throws {
         let (worker, supervisor) = try IPCSocket.pair()
         // Smuggle one end of a stream pair and keep no other copy of it: once the receiver closes
