@@ -59,7 +59,7 @@ def build_mesh(xds, workloads, services, policies):
 def phases(log, generation):
     """Seconds from the stream's opening to each later step, from the daemon's log timestamps."""
     marks = [("stream opened", "xds stream opened id=1 "), ("synced", "xds synced"),
-             ("published", f"mesh published generation={generation} "),
+             ("published", "mesh published generation="),
              ("in force", f"mesh model source=xds generation={generation} ")]
     times = {}
     for line in log.splitlines():

@@ -84,6 +84,8 @@ struct ControlLoop {
     /// set together): the local file's last good model and the xDS worker's last snapshot.
     private var localConfig: LocalConfig?
     private var snapshot: MeshSnapshot?
+    /// The snapshot's resources as converted last time: a push re-converts only what changed.
+    private var conversions = ConversionCache()
     private let usesXDS: Bool
     /// Data-plane listeners held back until the first mesh snapshot is in force (§6.4: nothing is
     /// accepted before the model is); the kernel queues connections meanwhile.
@@ -170,7 +172,7 @@ struct ControlLoop {
     private mutating func publishModel(reason: String, generation: String) -> [String] {
         var model = localConfig?.model ?? MeshModel()
         var refused: [String] = []
-        snapshot?.insert(into: &model, refused: &refused)
+        snapshot?.insert(into: &model, refused: &refused, cache: &conversions)
         hasModel = true
         state.update(model: model)
         if let closed = authorization.live?.recheck(with: authorization), closed > 0 {

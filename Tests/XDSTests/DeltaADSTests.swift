@@ -133,6 +133,28 @@ import Testing
         #expect(throws: SealedMemfd.Refused.self) { try SealedMemfd.checkedSize(fd.rawValue, maxBytes: bytes.count - 1) }
     }
 
+    @Test func aPushReconvertsOnlyTheResourcesWhoseBytesChanged() throws {
+        var snapshot = MeshSnapshot()
+        snapshot.resources[XDSConversion.addressType] = [
+            "c//Pod/ns/a": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/a")),
+            "c//Pod/ns/b": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/b")),
+        ]
+        snapshot.resources[XDSConversion.authorizationType] = ["ns/p": .init(version: "1", body: Self.policy(name: "p", namespace: "ns"))]
+        var cache = ConversionCache()
+        var model = MeshModel(), refused: [String] = []
+        snapshot.insert(into: &model, refused: &refused, cache: &cache)
+        #expect(cache.lastConversions == 3 && model.workloads.count == 2 && model.policies.count == 1)
+
+        // b changes address, a stays, the policy goes.
+        snapshot.resources[XDSConversion.addressType]?["c//Pod/ns/b"] = .init(version: "2", body: Self.workloadAddress(uid: "c//Pod/ns/b", ip: [10, 0, 0, 8]))
+        snapshot.resources[XDSConversion.authorizationType] = [:]
+        var next = MeshModel()
+        snapshot.insert(into: &next, refused: &refused, cache: &cache)
+        #expect(cache.lastConversions == 1 && refused.isEmpty)
+        #expect(next.workloads["c//Pod/ns/b"]?.addresses.map(\.description) == ["10.0.0.8"] && next.policies.isEmpty)
+        #expect(next == snapshot.model().model)
+    }
+
     @Test func badSnapshotsAreRefused() throws {
         let garbage: [UInt8] = [0xff, 0xff, 0xff]
         #expect(throws: XDSConversion.Invalid.self) { try garbage.withUnsafeBytes { try MeshSnapshot.decode($0) } }
