@@ -318,11 +318,12 @@ def _raw(data):
 
 class TLSGrpcServer:
     """What both of istiod's stand-ins share: a throwaway TLS root and server certificate
-    (`root_pem_path`, what the client must trust), a gRPC server on 127.0.0.1 with one service's
+    (`root_pem_path`, what the client must trust), a gRPC server on `host` (127.0.0.1) with one service's
     methods, start/stop and `with`. `handlers` maps method names to grpc method handlers."""
 
-    def __init__(self, tmp_dir, server_name, root_common_name, root_file, workers):
+    def __init__(self, tmp_dir, server_name, root_common_name, root_file, workers, host="127.0.0.1"):
         self.server_name = server_name
+        self.host = host
         self.port = None
         self._server = None
         self._workers = workers
@@ -340,7 +341,7 @@ class TLSGrpcServer:
 
     @property
     def address(self):
-        return f"127.0.0.1:{self.port}"
+        return f"{self.host}:{self.port}"
 
     def _handlers(self):
         raise NotImplementedError
@@ -354,9 +355,9 @@ class TLSGrpcServer:
         server = grpc.server(futures.ThreadPoolExecutor(max_workers=self._workers), handlers=[handler],
                              options=[("grpc.so_reuseport", 0)])
         credentials = grpc.ssl_server_credentials([(self._server_key, self._server_cert)])
-        port = server.add_secure_port("127.0.0.1:0", credentials)
+        port = server.add_secure_port(f"{self.host}:0", credentials)
         if not port:
-            raise RuntimeError("grpc could not bind 127.0.0.1")
+            raise RuntimeError(f"grpc could not bind {self.host}")
         server.start()
         self._server, self.port = server, port
         return port
@@ -401,8 +402,8 @@ class IstioCADouble(TLSGrpcServer):
       cert_chain        the PEMs returned (None when not OK)
     """
 
-    def __init__(self, ca, tmp_dir, server_name="istiod.istio-system.svc"):
-        super().__init__(tmp_dir, server_name, "ca-double server TLS root", "ca-double-tls-root.pem", workers=4)
+    def __init__(self, ca, tmp_dir, server_name="istiod.istio-system.svc", host="127.0.0.1"):
+        super().__init__(tmp_dir, server_name, "ca-double server TLS root", "ca-double-tls-root.pem", workers=4, host=host)
         self.ca = ca
         self.calls = []
         self._cond = threading.Condition()

@@ -595,9 +595,9 @@ _GONE = object()  # the RPC terminated (client went away, server stopping)
 class XdsDouble(TLSGrpcServer):
     """istiod's delta ADS on 127.0.0.1 over TLS. See the module docstring."""
 
-    def __init__(self, tmpdir, server_name="istiod.istio-system.svc"):
+    def __init__(self, tmpdir, server_name="istiod.istio-system.svc", host="127.0.0.1"):
         # Each open stream holds a worker for its life; reconnect tests open a handful at most.
-        super().__init__(tmpdir, server_name, "xds-double server TLS root", "xds-double-tls-root.pem", workers=32)
+        super().__init__(tmpdir, server_name, "xds-double server TLS root", "xds-double-tls-root.pem", workers=32, host=host)
         self.streams = []
         self.errors = []
         self._cond = threading.Condition()
