@@ -19,22 +19,82 @@ public enum Log {
         }
     }
 
+    /// RUST_LOG as upstream writes it (tracing's `Targets`): comma-separated items, each a level
+    /// (the default) or `target=level`. Our scopes are `access` and the processes; upstream's
+    /// module paths map onto the process that does that work (`ztunnel` all of them,
+    /// `ztunnel::proxy` the NetWorkers, `ztunnel::identity` the CertWorker, `ztunnel::xds` the
+    /// xDS worker); other targets (hickory_server, h2, ...) are accepted and have nothing to
+    /// filter here. A bad item is refused at start with its reason.
+    public struct Directives: Equatable, Sendable {
+        /// nil: off.
+        public var fallback: Level? = .info
+        public var byScope: [String: Level?] = [:]
+
+        static let levels: [String: Level?] = ["off": nil, "error": .error, "warn": .warn, "info": .info, "debug": .debug,
+                                               "trace": .trace]
+        static let scopesOfTarget: [String: [String]] = [
+            "access": ["access"], "supervisor": ["supervisor"], "cert-worker": ["cert-worker"], "net-worker": ["net-worker"],
+            "xds-worker": ["xds-worker"], "ztunnel": ["supervisor", "cert-worker", "net-worker", "xds-worker"],
+            "ztunnel::proxy": ["net-worker"], "ztunnel::identity": ["cert-worker"], "ztunnel::xds": ["xds-worker"],
+        ]
+
+        public init() {}
+
+        public static func parse(_ text: String) throws -> Directives {
+            var directives = Directives()
+            var targeted: [(String, Level?)] = []
+            for item in text.split(separator: ",", omittingEmptySubsequences: true).map({ $0.trimmingSpaces }) where !item.isEmpty {
+                let parts = item.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false).map(String.init)
+                guard let level = levels[parts.last!.lowercased()] else { throw Refused("\"\(item)\": unknown level") }
+                if parts.count == 1 {
+                    directives.fallback = level
+                    continue
+                }
+                let target = parts[0]
+                guard !target.isEmpty, target.utf8.count <= 128,
+                      target.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || "_:-.".contains($0)) }) else {
+                    throw Refused("\"\(item)\": a target is a module path such as ztunnel::proxy")
+                }
+                targeted.append((target, level))
+            }
+            // Broad targets first, so `ztunnel=warn,ztunnel::proxy=debug` gives the NetWorker debug.
+            for (target, level) in targeted.sorted(by: { $0.0.count < $1.0.count }) {
+                for scope in scopesOfTarget[target] ?? [] { directives.byScope[scope] = .some(level) }
+            }
+            return directives
+        }
+
+        public static func problem(with text: String) -> String? {
+            do { _ = try parse(text) } catch { return "\(error); expected a level (off, error, warn, info, debug, trace) or target=level items" }
+            return nil
+        }
+
+        /// The threshold for a scope (`net-worker[1]` is `net-worker`).
+        func threshold(for scope: String) -> Level? {
+            let base = scope.split(separator: "[").first.map(String.init) ?? scope
+            if let level = byScope[base] { return level }
+            return fallback
+        }
+
+        struct Refused: Error, CustomStringConvertible {
+            let description: String
+            init(_ description: String) { self.description = description }
+        }
+    }
+
+    nonisolated(unsafe) private static var directives = Directives()
     nonisolated(unsafe) private static var threshold: Level? = .info
+    nonisolated(unsafe) private static var accessThreshold: Level? = .info
     nonisolated(unsafe) private static var json = false
     nonisolated(unsafe) private static var component = "ztunnel"
     private static let lock = Mutex()
 
-    /// Sets the level ("off" silences), format and the component each line names. Call once at
-    /// start, before other threads exist.
+    /// Sets the filter (RUST_LOG, already checked), format and the component each line names.
+    /// Call once at start, before other threads exist.
     public static func configure(level: String, format: String, component: String) {
-        switch level {
-        case "off": threshold = nil
-        case "error": threshold = .error
-        case "warn": threshold = .warn
-        case "debug": threshold = .debug
-        case "trace": threshold = .trace
-        default: threshold = .info
-        }
+        directives = (try? Directives.parse(level)) ?? Directives()
+        threshold = directives.threshold(for: component)
+        accessThreshold = directives.threshold(for: "access")
         json = format == "json"
         self.component = component
     }
@@ -42,6 +102,12 @@ public enum Log {
     public static func isEnabled(_ level: Level) -> Bool {
         guard let threshold else { return false }
         return level <= threshold
+    }
+
+    /// Whether access-log events of `level` are written.
+    public static func isAccessEnabled(_ level: Level) -> Bool {
+        guard let accessThreshold else { return false }
+        return level <= accessThreshold
     }
 
     public static func error(_ message: @autoclosure () -> String, _ fields: [(String, String)] = []) { emit(.error, message(), fields) }
@@ -57,7 +123,7 @@ public enum Log {
     }
 
     private static func emit(_ level: Level, _ message: String, _ fields: [(String, String)], scope: String? = nil) {
-        guard isEnabled(level) else { return }
+        guard scope == "access" ? isAccessEnabled(level) : isEnabled(level) else { return }
         let time = Clock.rfc3339Now()
         let scope = scope ?? component
         var line: String
@@ -89,5 +155,12 @@ public final class Mutex: @unchecked Sendable {
         pthread_mutex_lock(&mutex)
         defer { pthread_mutex_unlock(&mutex) }
         return try body()
+    }
+}
+
+extension Substring {
+    /// Without leading and trailing spaces and tabs (no Foundation here).
+    var trimmingSpaces: String {
+        String(drop { $0 == " " || $0 == "\t" }.reversed().drop { $0 == " " || $0 == "\t" }.reversed())
     }
 }

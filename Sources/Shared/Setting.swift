@@ -9,6 +9,8 @@ public struct Setting: Sendable {
         case duration
         case socketAddress
         case choice([String])
+        /// RUST_LOG: `level` or `target=level` items, comma-separated (Log.Directives).
+        case logDirectives
     }
 
     public let name: String
@@ -49,6 +51,8 @@ public struct Setting: Sendable {
             return SocketAddress.parse(value) == nil ? "expected IP:PORT such as 127.0.0.1:15000 or [::]:15008, got \"\(value)\"" : nil
         case .choice(let options):
             return options.contains(value) ? nil : "expected one of \(options.joined(separator: ", ")), got \"\(value)\""
+        case .logDirectives:
+            return Log.Directives.problem(with: value)
         }
     }
 

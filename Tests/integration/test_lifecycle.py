@@ -103,3 +103,18 @@ def test_second_sigint_exits_at_once(start_daemon, echo_server):
     assert daemon.wait(timeout=10) == 0
     sock.close()
     assert not any(alive(pid) for pid in workers)
+
+
+def test_rust_log_takes_upstreams_target_syntax(start_daemon, echo_server):
+    """RUST_LOG as upstream's operators write it (§15.3): `warn,access=info` keeps the access
+    lines and drops the processes' info lines; a value upstream accepts never stops the start."""
+    daemon = start_daemon(extra_env={"RUST_LOG": "warn,access=info,hickory_server::server=off",
+                                     "UNSTABLE_ENABLE_SOCKS5": "true"})
+    daemon.wait_ready()
+    sock, code = socks5_connect(daemon.ports["socks5"], echo_server.port)
+    with sock:
+        assert code == 0
+        sock.sendall(b"x")
+        assert sock.recv(10) == b"x"
+    wait_for(lambda: "\taccess\tconnection complete" in daemon.log(), 10, "the access line")
+    assert "\tinfo\tsupervisor\t" not in daemon.log() and "\tinfo\tnet-worker[0]\t" not in daemon.log()
