@@ -21,18 +21,27 @@ struct HTTPEndpoints {
         var followUp: FollowUp = .none
     }
 
+    static let openMetrics = "application/openmetrics-text;charset=utf-8;version=1.0.0"
+
     let state: NetWorkerState
     let identities: IdentityTable
     let liveConnections: () -> Int
     /// The `ztunnel_bound_reached_total` lines (BoundReporter).
     var boundMetrics: () -> [String] = { [] }
 
-    func respond(port: Port, method: String, uri: String) -> Reply {
+    /// `accept`: the request's Accept header; a stats reply is OpenMetrics when it lists
+    /// `application/openmetrics-text` (ISTIO_COMPAT §15), else plain text; the body is the same.
+    func respond(port: Port, method: String, uri: String, accept: String = "") -> Reply {
         let target = RequestTarget(parsing: uri)
         let (path, query) = (target.path, target.query)
         switch port {
         case .readiness: return readiness(method: method, path: path)
-        case .stats: return stats(path: path)
+        case .stats:
+            var reply = stats(path: path)
+            if reply.status == 200 && accept.lowercased().contains("application/openmetrics-text") {
+                reply.contentType = Self.openMetrics
+            }
+            return reply
         case .admin: return admin(method: method, path: path, query: query)
         }
     }

@@ -27,7 +27,8 @@ final class HTTPServerHandler: ChannelInboundHandler {
         case .end:
             guard let requestHead = head else { return }
             head = nil
-            let reply = endpoints.respond(port: port, method: requestHead.method.rawValue, uri: requestHead.uri)
+            let reply = endpoints.respond(port: port, method: requestHead.method.rawValue, uri: requestHead.uri,
+                                          accept: requestHead.headers["accept"].joined(separator: ","))
             var headers = HTTPHeaders()
             headers.add(name: "Content-Type", value: reply.contentType)
             headers.add(name: "Content-Length", value: String(reply.body.utf8.count))

@@ -143,6 +143,17 @@ import Testing
         #expect(body.contains("ztunnel_worker_restarts_total{role=\"net-worker\"} \(2 * UInt64(UInt32.max))\n"))
     }
 
+    @Test func metricsAreOpenMetricsWhenAskedForElsePlainText() throws {
+        let (endpoints, _) = try endpoints()
+        let asked = endpoints.respond(port: .stats, method: "GET", uri: "/metrics",
+                                      accept: "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5")
+        #expect(asked.contentType == "application/openmetrics-text;charset=utf-8;version=1.0.0")
+        let plain = endpoints.respond(port: .stats, method: "GET", uri: "/stats/prometheus", accept: "*/*")
+        #expect(plain.contentType == "text/plain; charset=utf-8" && plain.body == asked.body)
+        #expect(endpoints.respond(port: .stats, method: "GET", uri: "/nope", accept: "application/openmetrics-text").contentType
+            == "text/plain; charset=utf-8")
+    }
+
     @Test func istioBuildCarriesTheVersionOnlyWhenItIsALabelValue() throws {
         let (endpoints, _) = try endpoints()
         #expect(endpoints.respond(port: .stats, method: "GET", uri: "/metrics").body
