@@ -25,10 +25,15 @@ public final class CounterRegion: @unchecked Sendable {
     public let isWritable: Bool
     private let lock = Mutex()
 
-    /// A new region (the Supervisor's): a memfd of `size` bytes, zero (sequence 0, empty).
+    /// A new region (the Supervisor's): a memfd of `size` bytes, zero (sequence 0, empty),
+    /// sealed against shrinking and growing: a reader's mapping can never lose its pages (a
+    /// shrunk memfd would make every peer's read a SIGBUS), whatever the owner does.
     public static func make(name: String) throws -> OwnedFD {
         let fd = try SealedMemfd.makeUnsealed(name: name)
         guard ftruncate(fd.rawValue, off_t(size)) == 0 else { throw Failure("ftruncate: \(String(cString: strerror(errno)))") }
+        guard fcntl(fd.rawValue, SealedMemfd.addSeals, SealedMemfd.sealShrink | SealedMemfd.sealGrow | SealedMemfd.sealSeal) == 0 else {
+            throw Failure("sealing the region's size: \(String(cString: strerror(errno)))")
+        }
         return fd
     }
 
@@ -39,9 +44,14 @@ public final class CounterRegion: @unchecked Sendable {
         return OwnedFD(takingOwnershipOf: raw)
     }
 
-    /// Maps a region handed over by the Supervisor; refuses one of another size.
+    /// Maps a region handed over by the Supervisor; refuses one of another size or whose size
+    /// is not sealed.
     public init(fd: OwnedFD, writable: Bool) throws {
         guard lseek(fd.rawValue, 0, SEEK_END) == Self.size else { throw Failure("a counter region of another size") }
+        let seals = fcntl(fd.rawValue, SealedMemfd.getSeals)
+        guard seals >= 0, seals & (SealedMemfd.sealShrink | SealedMemfd.sealGrow) == SealedMemfd.sealShrink | SealedMemfd.sealGrow else {
+            throw Failure("a counter region whose size is not sealed")
+        }
         let protection = writable ? PROT_READ | PROT_WRITE : PROT_READ
         guard let base = mmap(nil, Self.size, protection, MAP_SHARED, fd.rawValue, 0), base != MAP_FAILED else {
             throw Failure("mmap: \(String(cString: strerror(errno)))")

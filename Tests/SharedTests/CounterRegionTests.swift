@@ -1,5 +1,8 @@
 import Testing
 @testable import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// The shared counter regions between NetWorkers: what the owner writes a reader sees whole, a
 /// read-only descriptor cannot be mapped writable, and a text too long is cut at a line.
@@ -18,9 +21,13 @@ import Testing
     @Test func aReadOnlyDescriptorCannotBeMappedWritable() throws {
         let fd = try CounterRegion.make(name: "test")
         #expect(throws: CounterRegion.Failure.self) { _ = try CounterRegion(fd: try CounterRegion.readOnly(fd), writable: true) }
-        // Nor a file of another size.
+        // Nor a file of another size, nor one whose size may change under a reader (SIGBUS).
         let small = try SealedMemfd.makeUnsealed(name: "small")
         #expect(throws: CounterRegion.Failure.self) { _ = try CounterRegion(fd: small, writable: false) }
+        let unsealed = try SealedMemfd.makeUnsealed(name: "unsealed")
+        #expect(ftruncate(unsealed.rawValue, off_t(CounterRegion.size)) == 0)
+        #expect(throws: CounterRegion.Failure.self) { _ = try CounterRegion(fd: unsealed, writable: false) }
+        #expect(ftruncate(fd.rawValue, 0) != 0)  // the owner cannot shrink a real one
     }
 
     @Test func aTextLongerThanTheRegionIsCutAtALine() throws {
