@@ -104,8 +104,17 @@ public struct Configuration: Sendable {
     /// directory, `/` in the pod, as upstream).
     public static let defaultTokenPath = "./var/run/secrets/tokens/istio-token"
 
+    /// Settings named by prefix, as upstream reads them (ISTIO_COMPAT §18): every
+    /// `ISTIO_META_<K>` becomes node metadata `K`, `ISTIO_METAJSON_<K>` JSON-valued metadata, and
+    /// `XDS_HEADER_<K>` a header on the xDS stream. Declared settings with these prefixes
+    /// (ISTIO_META_CLUSTER_ID, ISTIO_META_ISTIO_VERSION) are not repeated here.
+    public static let passthroughPrefixes = ["ISTIO_METAJSON_", "ISTIO_META_", "XDS_HEADER_"]
+    public static let maxPassthrough = 64
+
     /// Resolved values by setting name.
     public private(set) var values: [String: String]
+    /// The prefixed settings this process was given (full name → value), checked.
+    public private(set) var passthroughValues: [String: String] = [:]
     /// The settings this process was given. A worker receives only the ones its role declares
     /// (the Supervisor's role table), so a secret never reaches a process that does not use it;
     /// reading any other setting is a programming error.
@@ -136,6 +145,10 @@ public struct Configuration: Sendable {
                 values[setting.name] = fromEnv
                 sources[setting.name] = "environment"
             }
+        }
+        for (name, value) in environment where Self.passthroughPrefix(of: name) != nil && !Self.isDeclared(name) {
+            values[name] = value
+            sources[name] = "environment"
         }
         var index = 0
         while index < arguments.count {
@@ -179,8 +192,46 @@ public struct Configuration: Sendable {
                 throw ParseError.invalid(setting: setting.name, source: sources[setting.name] ?? "value", reason: reason)
             }
         }
+        var passthrough: [String: String] = [:]
+        for (name, value) in values where Self.passthroughPrefix(of: name) != nil && !Self.isDeclared(name) {
+            if let reason = Self.passthroughProblem(name: name, value: value) {
+                throw ParseError.invalid(setting: name, source: sources[name] ?? "value", reason: reason)
+            }
+            passthrough[name] = value
+        }
+        guard passthrough.count <= Self.maxPassthrough else {
+            throw ParseError.invalid(setting: "ISTIO_META_*/XDS_HEADER_*", source: "environment",
+                                     reason: "\(passthrough.count) settings, at most \(Self.maxPassthrough)")
+        }
         self.values = values
+        passthroughValues = passthrough
         available = Set(settings.map(\.name))
+    }
+
+    static func isDeclared(_ name: String) -> Bool { settings.contains { $0.name == name } }
+
+    /// The prefix `name` starts with (the longest: ISTIO_METAJSON_ before ISTIO_META_).
+    public static func passthroughPrefix(of name: String) -> String? {
+        passthroughPrefixes.first { name.hasPrefix($0) && name.count > $0.count }
+    }
+
+    /// A key of letters, digits and `_` (at most 64), and a value of at most 4 KiB with no
+    /// control character: it becomes a header or metadata sent to istiod.
+    static func passthroughProblem(name: String, value: String) -> String? {
+        let key = name.dropFirst(passthroughPrefix(of: name)?.count ?? 0)
+        guard key.count <= 64, key.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_") }) else {
+            return "the name after the prefix must be letters, digits and _ (at most 64)"
+        }
+        guard value.utf8.count <= 4096, !value.unicodeScalars.contains(where: { $0.value < 0x20 || $0.value == 0x7f }) else {
+            return "at most 4 KiB and no control character"
+        }
+        return nil
+    }
+
+    /// The given settings with `prefix`, as (the part after it, value), sorted.
+    public func passthrough(_ prefix: String) -> [(key: String, value: String)] {
+        passthroughValues.filter { Self.passthroughPrefix(of: $0.key) == prefix }
+            .map { (String($0.key.dropFirst(prefix.count)), $0.value) }.sorted { $0.key < $1.key }
     }
 
     public func string(_ name: String) -> String {

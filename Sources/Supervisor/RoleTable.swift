@@ -20,6 +20,8 @@ struct RoleSpec {
     /// setting no role lists stays in the Supervisor; `AUTH_TOKEN` is one (the Supervisor reads
     /// the token and hands its value to the CertWorker alone).
     let settings: [String]
+    /// Prefixed settings (Configuration.passthroughPrefixes) this role is sent, each given one.
+    var settingPrefixes: [String] = []
     /// The settings naming this role's uid and gid.
     let uidSetting: String
     let gidSetting: String
@@ -52,6 +54,7 @@ struct RoleSpec {
         isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot, .xdsStats],
         settings: common + ["XDS_ADDRESS", "XDS_ROOT_CA", "ALT_XDS_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAME", "POD_NAMESPACE",
                             "INSTANCE_IP", "NODE_NAME", "ISTIO_META_ISTIO_VERSION"],
+        settingPrefixes: Configuration.passthroughPrefixes,
         uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")
 
     /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once

@@ -126,6 +126,8 @@ final class Supervisor {
 
     private func setup(for slot: WorkerSlot) -> WorkerSetup {
         let settings = slot.spec.settings.map { ($0, configuration.string($0)) }
+            + configuration.passthroughValues.filter { entry in slot.spec.settingPrefixes.contains { entry.key.hasPrefix($0) } }
+                .sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         return WorkerSetup(role: slot.spec.role, index: slot.index, settings: settings,
                            uid: UInt32(configuration.int(slot.spec.uidSetting)),
                            gid: UInt32(configuration.int(slot.spec.gidSetting)),

@@ -26,6 +26,7 @@ final class XDSWorker {
     private let serverName: String
     private let roots: TrustRoots
     private let clusterId: String
+    private let extraHeaders: [(String, String)]
     private var token: String?
     private var ads: DeltaADS
     private var connection: HTTP2ClientConnection?
@@ -57,6 +58,7 @@ final class XDSWorker {
         serverName = alternative.isEmpty ? host : alternative
         self.roots = roots
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
+        extraHeaders = configuration.passthrough("XDS_HEADER_").map { ($0.key.lowercased(), $0.value) }
         ads = DeltaADS(node: Self.node(configuration))
     }
 
@@ -79,6 +81,13 @@ final class XDSWorker {
                              ("CLUSTER_ID", configuration.string("ISTIO_META_CLUSTER_ID")),
                              ("ISTIO_VERSION", configuration.string("ISTIO_META_ISTIO_VERSION"))] where !value.isEmpty {
             metadata.fields[key] = Google_Protobuf_Value(stringValue: value)
+        }
+        // Every ISTIO_META_<K> as a string, every ISTIO_METAJSON_<K> as the JSON it holds (§6.2).
+        for (key, value) in configuration.passthrough("ISTIO_META_") { metadata.fields[key] = Google_Protobuf_Value(stringValue: value) }
+        for (key, value) in configuration.passthrough("ISTIO_METAJSON_") {
+            do { metadata.fields[key] = try Google_Protobuf_Value(jsonString: value) } catch {
+                Log.warn("ISTIO_METAJSON_\(key) is not JSON; left out of the node metadata", [("error", "\(error)")])
+            }
         }
         node.metadata = metadata
         return node
@@ -160,6 +169,8 @@ final class XDSWorker {
             var headers = [("content-type", "application/grpc"), ("te", "trailers")]
             if let token { headers += [("authorization", "Bearer \(token)")] }
             headers += [("clusterid", clusterId)]
+            // XDS_HEADER_<K>: gRPC metadata, whose names are lowercase.
+            headers += extraHeaders
             var body: [UInt8] = []
             for request in ads.streamOpened() { body += GRPCFramer.frame(try request.serializedBytes()) }
             stream = try connection.request(authority: "\(serverName):\(port)", path: Self.path, headers: headers, body: body, endStream: false)

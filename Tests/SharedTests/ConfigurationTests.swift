@@ -101,4 +101,20 @@ import Testing
         for (plain, encoded) in vectors { #expect(Base64.encode(Array(plain.utf8)) == encoded) }
         #expect(Base64.encode([0xff, 0xfe, 0xfd]) == "//79")
     }
+
+    @Test func prefixedSettingsPassThroughChecked() throws {
+        let configuration = try Configuration(environment: ["ISTIO_META_DNS_CAPTURE": "true", "ISTIO_METAJSON_LABELS": "{\"a\":1}",
+                                                            "XDS_HEADER_X_TENANT": "blue", "ISTIO_META_CLUSTER_ID": "c1"], arguments: [])
+        #expect(configuration.passthrough("ISTIO_META_").map(\.key) == ["DNS_CAPTURE"])  // CLUSTER_ID is a declared setting
+        #expect(configuration.passthrough("ISTIO_METAJSON_").map(\.value) == ["{\"a\":1}"])
+        #expect(configuration.passthrough("XDS_HEADER_").map(\.key) == ["X_TENANT"])
+        // A worker rebuilds them from its setup message.
+        let worker = try Configuration(resolved: ["XDS_HEADER_X_TENANT": "blue"], onlyGiven: true)
+        #expect(worker.passthrough("XDS_HEADER_").map(\.value) == ["blue"])
+        for bad in [["XDS_HEADER_X-Y": "1"], ["ISTIO_META_A": "line\nbreak"], ["ISTIO_META_B": String(repeating: "x", count: 5000)]] {
+            #expect(throws: Configuration.ParseError.self) { try Configuration(environment: bad, arguments: []) }
+        }
+        let many = Dictionary(uniqueKeysWithValues: (0..<65).map { ("ISTIO_META_K\($0)", "v") })
+        #expect(throws: Configuration.ParseError.self) { try Configuration(environment: many, arguments: []) }
+    }
 }

@@ -59,7 +59,8 @@ def start(start_daemon, xds, extra_env=None):
            "AUTH_TOKEN": "xds-token", "ISTIO_META_CLUSTER_ID": "test-cluster", "POD_NAME": "ztunnel-abc",
            "POD_NAMESPACE": "istio-system", "INSTANCE_IP": "10.0.0.42", "NODE_NAME": "node-a",
            "UNSTABLE_ENABLE_SOCKS5": "true", "ZTUNNEL_DEBUG_FAULT_INJECTION": "false",
-           "ISTIO_META_ISTIO_VERSION": "1.27.0"}
+           "ISTIO_META_ISTIO_VERSION": "1.27.0", "ISTIO_META_DNS_CAPTURE": "true",
+           "ISTIO_METAJSON_LABELS": '{"app": "ztunnel", "n": 2}', "XDS_HEADER_X_TENANT": "blue"}
     env.update(extra_env or {})
     return start_daemon(local_config=False, extra_env=env, hbone_wildcard=True)
 
@@ -105,9 +106,13 @@ def test_a_mesh_pushed_by_istiod_carries_traffic_over_hbone(start_daemon, xds):
         assert node["metadata"]["NAME"] == "ztunnel-abc" and node["metadata"]["NAMESPACE"] == "istio-system"
         assert node["metadata"]["INSTANCE_IPS"] == "10.0.0.42" and node["metadata"]["CLUSTER_ID"] == "test-cluster"
         assert node["metadata"]["NODE_NAME"] == "node-a" and node["metadata"]["ISTIO_VERSION"] == "1.27.0"
+        # Proxy metadata from the environment (§6.2): strings, and JSON as structured values.
+        assert node["metadata"]["DNS_CAPTURE"] == "true"
+        assert node["metadata"]["LABELS"] == {"app": "ztunnel", "n": 2}, node["metadata"]
         assert first["resource_names_subscribe"] == [] and first["initial_resource_versions"] == {}
         stream = xds.streams[first["stream"]]
         assert stream["authorization"] == "Bearer xds-token" and stream["clusterid"] == "test-cluster"
+        assert stream["headers"].get("x_tenant") == "blue", stream["headers"]
         acked(xds, x.ADDRESS)
         acked(xds, x.AUTHORIZATION)
 
