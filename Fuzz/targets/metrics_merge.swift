@@ -1,15 +1,20 @@
 /// libFuzzer target for MetricsMerge: a peer NetWorker's counter region is another process's
-/// bytes. Nothing may trap, and every line out is a comment or `series value` of our shape.
+/// bytes. Nothing may trap; every line out is one of our comments or a strictly shaped sample of
+/// one of our families (a counter's samples end in _total), and a peer can only add to a series.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzz(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     guard let data else { return 0 }
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
-    let merged = MetricsMerge.merge(own: ["a_total 1", "# TYPE a counter"], peers: [bytes, bytes])
+    let own = ["# HELP a_total A.", "# TYPE a counter", "a_total{x=\"1\"} 5"]
+    let merged = MetricsMerge.merge(own: own, peers: [bytes, bytes])
     for line in merged where !line.hasPrefix("#") {
-        guard let space = line.lastIndex(of: " "), UInt64(line[line.index(after: space)...]) != nil,
-              MetricsMerge.isSeries(String(line[..<space])) else {
-            fatalError("merged line of another shape: \(line)")
+        guard let sample = MetricsMerge.parseSample(Substring(line)), sample.name == "a_total" else {
+            fatalError("merged line of another shape or family: \(line)")
         }
+        if sample.series == "a_total{x=\"1\"}" && sample.value < 5 { fatalError("a peer lowered a sum: \(line)") }
+    }
+    for line in merged where line.hasPrefix("#") {
+        guard own.contains(line) else { fatalError("a peer's comment came through: \(line)") }
     }
     return 0
 }

@@ -58,3 +58,4 @@ int CShims_memfd_create(const char *name, unsigned int flags) { return (int)sysc
 
 unsigned long long CShims_atomic_load_u64(const unsigned long long *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 void CShims_atomic_store_u64(unsigned long long *p, unsigned long long value) { __atomic_store_n(p, value, __ATOMIC_SEQ_CST); }
+void CShims_atomic_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }

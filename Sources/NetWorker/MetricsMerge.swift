@@ -1,52 +1,125 @@
-/// Sums the Prometheus sample lines of several NetWorkers (its own and what the others published
-/// in their counter regions) into one set, as a scrape that lands on any NetWorker must show.
-/// A sample line is `series value`, where the series is everything before the last space and the
-/// value a non-negative integer (our counters and gauges are); the same series from several
-/// workers is summed. Comment lines (`# HELP`, `# TYPE`) are kept once. Order: first seen. A
-/// peer's text is another process's bytes: lines that do not parse are dropped, never trusted.
+/// Sums the counters of several NetWorkers (what each published in its counter region) into
+/// the one set a scrape must show wherever it lands. This worker's own lines are trusted and
+/// define the families, their comments and their order; a peer's text is another process's bytes,
+/// so from it only samples are taken, and only those of a family we have, with labels of the
+/// strict `{name="value",...}` shape and a non-negative integer value. Sums saturate. The output
+/// keeps each family together: its comments, then its series in first-seen order.
 /// Pure Swift, no imports (fuzzed as `metrics_merge`).
 enum MetricsMerge {
-    /// The most lines taken from one peer and the longest line (a region is 4 MiB).
-    static let maxLinesPerText = 100_000
+    /// The most lines taken from one peer and the longest line.
+    static let maxLinesPerText = 200_000
     static let maxLineBytes = 4096
 
-    static func merge(own: [String], peers: [[UInt8]]) -> [String] {
-        var order: [String] = []
-        var sums: [String: UInt64] = [:]
-        var comments = Set<String>()
-        func take(_ line: Substring) {
-            guard !line.isEmpty, line.utf8.count <= maxLineBytes else { return }
-            if line.hasPrefix("#") {
-                let comment = String(line)
-                if comments.insert(comment).inserted { order.append(comment) }
-                return
-            }
-            guard let space = line.lastIndex(of: " "), space > line.startIndex else { return }
-            let series = String(line[..<space])
-            guard let value = UInt64(line[line.index(after: space)...]), isSeries(series) else { return }
-            if let sum = sums[series] {
-                sums[series] = sum &+ value
-            } else {
-                sums[series] = value
-                order.append(series)
-            }
-        }
-        for line in own { take(Substring(line)) }
-        for text in peers {
-            let lines = String(decoding: text, as: UTF8.self).split(separator: "\n", maxSplits: maxLinesPerText, omittingEmptySubsequences: true)
-            for line in lines.prefix(maxLinesPerText) { take(line) }
-        }
-        return order.map { line in sums[line].map { "\(line) \($0)" } ?? line }
+    struct Sample {
+        let series: Substring
+        let name: Substring
+        let value: UInt64
     }
 
-    /// A metric name with optional `{labels}`: no spaces or newlines, and a name of
-    /// `[a-zA-Z_:][a-zA-Z0-9_:]*`, so a peer cannot inject a line of another shape.
-    static func isSeries(_ series: String) -> Bool {
-        let name = series.prefix { $0 != "{" }
-        guard let first = name.first, first.isASCII, first.isLetter || first == "_" || first == ":" else { return false }
-        guard name.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "_" || $0 == ":") }) else { return false }
-        let labels = series.dropFirst(name.count)
-        if labels.isEmpty { return true }
-        return labels.hasPrefix("{") && labels.hasSuffix("}") && !labels.contains("\n") && !labels.contains("\r")
+    static func merge(own: [String], peers: [[UInt8]]) -> [String] {
+        var families: [String] = []
+        var comments: [String: [String]] = [:]
+        var series: [String: [String]] = [:]
+        var sums: [String: UInt64] = [:]
+        /// Family → its TYPE: a counter's samples are `<family>_total`, anything else's `<family>`.
+        var types: [String: Substring] = [:]
+
+        func family(of name: Substring) -> String? {
+            if name.hasSuffix("_total"), types[String(name.dropLast(6))] == "counter" { return String(name.dropLast(6)) }
+            if let type = types[String(name)], type != "counter" { return String(name) }
+            return nil
+        }
+        func add(_ sample: Sample, family: String) {
+            let key = String(sample.series)
+            if let sum = sums[key] {
+                let (total, overflow) = sum.addingReportingOverflow(sample.value)
+                sums[key] = overflow ? .max : total
+            } else {
+                sums[key] = sample.value
+                if series[family] == nil && comments[family] == nil { families.append(family) }
+                series[family, default: []].append(key)
+            }
+        }
+
+        // Our own lines: comments name the families; samples are ours, taken as they are.
+        for line in own where line.hasPrefix("# ") {
+            let words = line.split(separator: " ", maxSplits: 3)
+            guard words.count >= 3, words[1] == "HELP" || words[1] == "TYPE" else { continue }
+            let name = String(words[2])
+            if comments[name] == nil && series[name] == nil { families.append(name) }
+            comments[name, default: []].append(line)
+            if words[1] == "TYPE", words.count >= 4 { types[name] = words[3] }
+        }
+        for line in own where !line.hasPrefix("#") {
+            guard let sample = parseSample(Substring(line)) else { continue }
+            add(sample, family: family(of: sample.name) ?? String(sample.name))
+        }
+        // Peers: samples of our families only; their comments are not taken.
+        for text in peers {
+            var taken = 0
+            for line in String(decoding: text, as: UTF8.self).split(separator: "\n", omittingEmptySubsequences: true) {
+                taken += 1
+                if taken > maxLinesPerText { break }
+                guard !line.hasPrefix("#"), let sample = parseSample(line), let family = family(of: sample.name) else { continue }
+                add(sample, family: family)
+            }
+        }
+        var out: [String] = []
+        for family in families {
+            out += comments[family] ?? []
+            for key in series[family] ?? [] { out.append("\(key) \(sums[key] ?? 0)") }
+        }
+        return out
+    }
+
+    /// `name{label="value",...} 123` (labels optional), strictly; nil for anything else.
+    static func parseSample(_ line: Substring) -> Sample? {
+        guard !line.isEmpty, line.utf8.count <= maxLineBytes else { return nil }
+        let bytes = Array(line.utf8)
+        var index = 0
+        func isNameStart(_ byte: UInt8) -> Bool { (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7a) || byte == 0x5f || byte == 0x3a }
+        func isNameByte(_ byte: UInt8) -> Bool { isNameStart(byte) || (byte >= 0x30 && byte <= 0x39) }
+        guard isNameStart(bytes[0]) else { return nil }
+        while index < bytes.count && isNameByte(bytes[index]) { index += 1 }
+        let nameEnd = index
+        if index < bytes.count && bytes[index] == 0x7b {  // {
+            index += 1
+            var first = true
+            while true {
+                guard index < bytes.count else { return nil }
+                if bytes[index] == 0x7d { index += 1; break }  // }
+                if !first {
+                    guard bytes[index] == 0x2c else { return nil }  // ,
+                    index += 1
+                }
+                first = false
+                guard index < bytes.count, isNameStart(bytes[index]), bytes[index] != 0x3a else { return nil }
+                while index < bytes.count && isNameByte(bytes[index]) && bytes[index] != 0x3a { index += 1 }
+                guard index + 1 < bytes.count, bytes[index] == 0x3d, bytes[index + 1] == 0x22 else { return nil }  // ="
+                index += 2
+                var closed = false
+                while index < bytes.count {
+                    let byte = bytes[index]
+                    if byte == 0x22 { closed = true; index += 1; break }
+                    if byte < 0x20 || byte == 0x7f { return nil }
+                    if byte == 0x5c {  // \ escapes \, " and n only
+                        guard index + 1 < bytes.count, [0x5c, 0x22, 0x6e].contains(bytes[index + 1]) else { return nil }
+                        index += 2
+                        continue
+                    }
+                    index += 1
+                }
+                guard closed else { return nil }
+            }
+        }
+        guard index < bytes.count, bytes[index] == 0x20 else { return nil }
+        let seriesEnd = index
+        let digits = bytes[(index + 1)...]
+        guard !digits.isEmpty, digits.count <= 20, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
+              let value = UInt64(String(decoding: digits, as: UTF8.self)) else { return nil }
+        let utf8 = line.utf8
+        let seriesText = Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: seriesEnd)])
+        let nameText = Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: nameEnd)])
+        return Sample(series: seriesText, name: nameText, value: value)
     }
 }

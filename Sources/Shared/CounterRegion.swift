@@ -17,7 +17,9 @@ public final class CounterRegion: @unchecked Sendable {
         public init(_ description: String) { self.description = description }
     }
 
-    public static let size = 4 << 20
+    /// Room for the 10,000 label sets a NetWorker keeps (about 1 KB per line, five families);
+    /// only the pages written take memory.
+    public static let size = 64 << 20
     static let header = 16
     public static var capacity: Int { size - header }
 
@@ -72,8 +74,10 @@ public final class CounterRegion: @unchecked Sendable {
         lock.withLock {
             let start = CShims_atomic_load_u64(sequence)
             CShims_atomic_store_u64(sequence, start | 1)
+            CShims_atomic_fence()  // the odd sequence is visible before any byte changes
             text.withUnsafeBytes { (base + Self.header).copyMemory(from: $0.baseAddress!, byteCount: count) }
             CShims_atomic_store_u64(sequence + 1, UInt64(count))
+            CShims_atomic_fence()  // every byte is visible before the even sequence
             CShims_atomic_store_u64(sequence, (start | 1) &+ 1)
         }
     }
@@ -87,6 +91,7 @@ public final class CounterRegion: @unchecked Sendable {
             let length = Int(clamping: CShims_atomic_load_u64(sequence + 1))
             guard length <= Self.capacity else { return nil }
             let copy = [UInt8](UnsafeRawBufferPointer(start: base + Self.header, count: length))
+            CShims_atomic_fence()  // the copy is complete before the sequence is read again
             if CShims_atomic_load_u64(sequence) == before { return copy }
         }
         return nil

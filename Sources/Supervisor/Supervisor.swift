@@ -44,6 +44,12 @@ final class Supervisor {
     /// The xDS worker's counters: what earlier incarnations counted, and the current one's.
     private var xdsStatsBefore = XDSStats()
     private var xdsStatsCurrent = XDSStats()
+    /// The counters are relayed at most once a second, whatever the xDS worker sends, and a
+    /// NetWorker whose channel is full skips them (review of issue #8: a stats flood must not
+    /// get NetWorkers killed as unresponsive).
+    private var nextXDSStatsRelay: Int64?
+    static let xdsStatsRelayMilliseconds: Int64 = 1_000
+    private var lastXDSStatsRelay: Int64 = 0
     /// One counter region per NetWorker index (only with several NetWorkers): each NetWorker
     /// publishes its counters in its own and reads the others', so a scrape sees the sum.
     private var counterRegions: [OwnedFD] = []
@@ -168,9 +174,8 @@ final class Supervisor {
             try acceptSnapshot(generation: generation, fd: fd, from: slot)
         case (.xdsStats(let stats), .running) where slot.spec.permittedWhileRunning.contains(.xdsStats):
             xdsStatsCurrent = stats
-            let frame = SupervisorMessage.xdsStats(xdsStatsBefore.adding(stats)).frame()
-            for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
-                sendWithoutWaiting(frame, to: net)
+            if nextXDSStatsRelay == nil {
+                nextXDSStatsRelay = max(Clock.monotonicMilliseconds(), lastXDSStatsRelay + Self.xdsStatsRelayMilliseconds)
             }
         case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
@@ -214,7 +219,12 @@ final class Supervisor {
         if slot.spec.role == .netWorker && counterRegions.count > 1 {
             for (index, region) in counterRegions.enumerated() {
                 let own = index == Int(slot.index)
-                let fd = own ? region : try CounterRegion.readOnly(region)
+                let fd: OwnedFD
+                do { fd = own ? region : try CounterRegion.readOnly(region) } catch {
+                    // Our failure (out of fds), not the worker's: it serves without that peer's counters.
+                    Log.error("cannot hand \(slot.name) counter region \(index): \(error)")
+                    continue
+                }
                 try ipc.send(SupervisorMessage.metricsRegion(index: UInt16(index), writable: own, fd: fd).frame(), blocking: false)
             }
         }
@@ -432,6 +442,7 @@ final class Supervisor {
         if let nextTokenRead { deadlines.append(nextTokenRead) }
         if let nextLocalConfigCheck { deadlines.append(nextLocalConfigCheck) }
         if let drainDeadline { deadlines.append(drainDeadline) }
+        if let nextXDSStatsRelay { deadlines.append(nextXDSStatsRelay) }
         guard let next = deadlines.min() else { return -1 }
         return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
     }
@@ -526,8 +537,20 @@ final class Supervisor {
         }
     }
 
+    /// Relays the xDS counters when due; a NetWorker that is not reading skips this round.
+    private func relayXDSStats(now: Int64) {
+        guard let due = nextXDSStatsRelay, now >= due else { return }
+        nextXDSStatsRelay = nil
+        lastXDSStatsRelay = now
+        let frame = SupervisorMessage.xdsStats(xdsStatsBefore.adding(xdsStatsCurrent)).frame()
+        for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
+            try? net.ipc?.send(frame, blocking: false)
+        }
+    }
+
     private func handleDeadlines() {
         let now = Clock.monotonicMilliseconds()
+        relayXDSStats(now: now)
         for slot in slots {
             if let deadline = slot.setupDeadline, now >= deadline, slot.isAlive {
                 slot.setupDeadline = nil

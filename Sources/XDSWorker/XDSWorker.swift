@@ -99,15 +99,13 @@ final class XDSWorker {
             if let connection {
                 fds.append(pollfd(fd: connection.fd, events: Int16(POLLIN) | (connection.wantsWrite ? Int16(POLLOUT) : 0), revents: 0))
             }
-            var timeout: Int32 = -1
-            if connection?.hasBufferedInput == true { timeout = 0 }
-            if statsChanged {
-                let due = Int32(clamping: max(0, nextStatsSend - Clock.monotonicMilliseconds()))
-                timeout = timeout < 0 ? due : min(timeout, due)
-            }
-            if connection == nil && configured {
-                timeout = Int32(clamping: max(0, nextAttempt - Clock.monotonicMilliseconds()))
-            }
+            // The earliest of: input TLS already holds, the stats due, the next connection attempt.
+            let now = Clock.monotonicMilliseconds()
+            var waits: [Int64] = []
+            if connection?.hasBufferedInput == true { waits.append(0) }
+            if statsChanged { waits.append(max(0, nextStatsSend - now)) }
+            if connection == nil && configured { waits.append(max(0, nextAttempt - now)) }
+            let timeout = waits.min().map { Int32(clamping: $0) } ?? -1
             if poll(&fds, nfds_t(fds.count), timeout) < 0 { continue }
             if fds[0].revents != 0 { handleSupervisor() }
             sendStatsIfDue()

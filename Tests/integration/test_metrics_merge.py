@@ -2,6 +2,10 @@
 of the stats listener) and must still show one set of counters (issue #8): each NetWorker
 publishes its counters in a shared region the Supervisor made, read-only to the others, and a
 scrape sums them."""
+import os
+import signal
+import time
+
 from daemon import http, socks5_connect, wait_for
 
 
@@ -24,3 +28,16 @@ def test_every_scrape_counts_the_connections_of_every_networker(start_daemon, ec
     # must show all of them once each worker has published (within a second).
     wait_for(lambda: opened_total(daemon) == count, 30, "a scrape with every connection")
     assert [opened_total(daemon) for _ in range(10)] == [count] * 10
+
+    # A NetWorker killed and replaced: what it counted stays in the sum (its successor starts
+    # from what its region held), so the counter does not go back (Prometheus would see a reset).
+    victim = daemon.workers("net-worker")[0]
+    os.kill(victim, signal.SIGKILL)
+    wait_for(lambda: len(daemon.workers("net-worker")) == 2 and victim not in daemon.workers("net-worker"), 30,
+             "the replacement NetWorker")
+    daemon.wait_ready()
+    # Both NetWorkers publish every second and on every scrape they answer: over three seconds of
+    # scrapes the total never moves.
+    end = time.monotonic() + 3
+    while time.monotonic() < end:
+        assert opened_total(daemon) == count

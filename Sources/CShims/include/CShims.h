@@ -64,6 +64,7 @@ int CShims_memfd_create(const char *name, unsigned int flags);
    sequence counters). */
 unsigned long long CShims_atomic_load_u64(const unsigned long long *p);
 void CShims_atomic_store_u64(unsigned long long *p, unsigned long long value);
+void CShims_atomic_fence(void);
 
 #include "CShimsOpenSSL.h"
 #include "CShimsLandlock.h"
