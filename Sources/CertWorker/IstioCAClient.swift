@@ -20,6 +20,8 @@ final class IstioCAClient: CertificateAuthority {
     private var token: String?
     private let tokenLock = Mutex()
     private let clusterId: String
+    /// CA_HEADER_<K>: gRPC metadata on every call, names lowercased.
+    private let extraHeaders: [(String, String)]
     private let ownIdentity: String?
     static let path = "/istio.v1.auth.IstioCertificateService/CreateCertificate"
 
@@ -37,6 +39,7 @@ final class IstioCAClient: CertificateAuthority {
         self.port = port
         roots = try TrustRoots(setting: "CA_ROOT_CA", value: configuration.string("CA_ROOT_CA"))
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
+        extraHeaders = configuration.passthrough("CA_HEADER_").map { ($0.key.lowercased(), $0.value) }
         let namespace = configuration.string("POD_NAMESPACE")
         let account = configuration.string("SERVICE_ACCOUNT")
         ownIdentity = namespace.isEmpty || account.isEmpty
@@ -51,6 +54,7 @@ final class IstioCAClient: CertificateAuthority {
         if let token = tokenLock.withLock({ token }) {
             headers += [("authorization", "Bearer \(token)"), ("clusterid", clusterId)]
         }
+        headers += extraHeaders
         let impersonated = identity.description == ownIdentity ? nil : identity.description
         let message = CAProtobuf.encodeRequest(csrPEM: csrPEM, validitySeconds: Int64(ttlSeconds), impersonatedIdentity: impersonated)
         var body: [UInt8] = [0] + withUnsafeBytes(of: UInt32(message.count).bigEndian, Array.init)

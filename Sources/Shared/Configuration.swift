@@ -106,9 +106,10 @@ public struct Configuration: Sendable {
 
     /// Settings named by prefix, as upstream reads them (ISTIO_COMPAT §18): every
     /// `ISTIO_META_<K>` becomes node metadata `K`, `ISTIO_METAJSON_<K>` JSON-valued metadata, and
-    /// `XDS_HEADER_<K>` a header on the xDS stream. Declared settings with these prefixes
-    /// (ISTIO_META_CLUSTER_ID, ISTIO_META_ISTIO_VERSION) are not repeated here.
-    public static let passthroughPrefixes = ["ISTIO_METAJSON_", "ISTIO_META_", "XDS_HEADER_"]
+    /// `XDS_HEADER_<K>` a header on the xDS stream, `CA_HEADER_<K>` one on each CA call. Declared
+    /// settings with these prefixes (ISTIO_META_CLUSTER_ID, ISTIO_META_ISTIO_VERSION) are not
+    /// repeated here.
+    public static let passthroughPrefixes = ["ISTIO_METAJSON_", "ISTIO_META_", "XDS_HEADER_", "CA_HEADER_"]
     public static let maxPassthrough = 64
 
     /// Resolved values by setting name.
@@ -200,7 +201,7 @@ public struct Configuration: Sendable {
             passthrough[name] = value
         }
         guard passthrough.count <= Self.maxPassthrough else {
-            throw ParseError.invalid(setting: "ISTIO_META_*/XDS_HEADER_*", source: "environment",
+            throw ParseError.invalid(setting: "ISTIO_META_*/XDS_HEADER_*/CA_HEADER_*", source: "environment",
                                      reason: "\(passthrough.count) settings, at most \(Self.maxPassthrough)")
         }
         self.values = values

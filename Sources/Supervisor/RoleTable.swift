@@ -34,6 +34,7 @@ struct RoleSpec {
         isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.audit],
         settings: common + ["TRUST_DOMAIN", "SECRET_TTL", "CA_ADDRESS", "CA_ROOT_CA", "ISTIO_META_CLUSTER_ID", "POD_NAMESPACE",
                             "SERVICE_ACCOUNT", "ZTUNNEL_CA_DIR", "ZTUNNEL_STATIC_IDENTITY_DIR"],
+        settingPrefixes: ["CA_HEADER_"],
         uidSetting: "ZTUNNEL_CERT_WORKER_UID", gidSetting: "ZTUNNEL_CERT_WORKER_GID")
 
     static let netWorker = RoleSpec(
@@ -54,7 +55,7 @@ struct RoleSpec {
         isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot, .xdsStats],
         settings: common + ["XDS_ADDRESS", "XDS_ROOT_CA", "ALT_XDS_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAME", "POD_NAMESPACE",
                             "INSTANCE_IP", "NODE_NAME", "ISTIO_META_ISTIO_VERSION"],
-        settingPrefixes: Configuration.passthroughPrefixes,
+        settingPrefixes: ["ISTIO_METAJSON_", "ISTIO_META_", "XDS_HEADER_"],
         uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")
 
     /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once

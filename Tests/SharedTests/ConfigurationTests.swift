@@ -104,10 +104,12 @@ import Testing
 
     @Test func prefixedSettingsPassThroughChecked() throws {
         let configuration = try Configuration(environment: ["ISTIO_META_DNS_CAPTURE": "true", "ISTIO_METAJSON_LABELS": "{\"a\":1}",
-                                                            "XDS_HEADER_X_TENANT": "blue", "ISTIO_META_CLUSTER_ID": "c1"], arguments: [])
+                                                            "XDS_HEADER_X_TENANT": "blue", "ISTIO_META_CLUSTER_ID": "c1",
+                                                            "CA_HEADER_X_CA": "c"], arguments: [])
         #expect(configuration.passthrough("ISTIO_META_").map(\.key) == ["DNS_CAPTURE"])  // CLUSTER_ID is a declared setting
         #expect(configuration.passthrough("ISTIO_METAJSON_").map(\.value) == ["{\"a\":1}"])
         #expect(configuration.passthrough("XDS_HEADER_").map(\.key) == ["X_TENANT"])
+        #expect(configuration.passthrough("CA_HEADER_").map(\.key) == ["X_CA"])
         // A worker rebuilds them from its setup message.
         let worker = try Configuration(resolved: ["XDS_HEADER_X_TENANT": "blue"], onlyGiven: true)
         #expect(worker.passthrough("XDS_HEADER_").map(\.value) == ["blue"])

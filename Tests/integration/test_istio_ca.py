@@ -46,6 +46,7 @@ def start(start_daemon, tmp_path, double, ttl, token_dir):
     daemon = start_daemon(extra_env={
         "CA_ADDRESS": f"https://127.0.0.1:{double.port}", "CA_ROOT_CA": double.root_pem_path,
         "AUTH_TOKEN": str(token), "ISTIO_META_CLUSTER_ID": "test-cluster", "SECRET_TTL": ttl, "NODE_NAME": "node-a",
+        "CA_HEADER_X_TENANT": "blue",
     })
     with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
         f.write(LOCAL_CONFIG)
@@ -64,6 +65,7 @@ def test_csr_token_cluster_id_impersonation_and_rotation(start_daemon, tmp_path,
     assert first["csr_uris"] == [CART] and first["csr_san_critical"] and first["csr_subject_empty"]
     assert first["csr_signature_valid"] and first["validity_duration"] == 4
     assert first["authorization"] == "Bearer token-1" and first["clusterid"] == "test-cluster"
+    assert first["headers"].get("x_tenant") == "blue", first["headers"]  # CA_HEADER_<K> (§18)
     assert first["metadata"] == {"ImpersonatedIdentity": CART}
     # The double records a call before it answers: wait for the CertWorker's side of the second.
     def issued():
