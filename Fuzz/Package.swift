@@ -10,9 +10,11 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-protobuf.git", from: "1.39.0"),
     ],
     targets: [
-        .executableTarget(name: "IPCFuzz", dependencies: [.product(name: "IPC", package: "ztunnel-swift")]),
+        // libFuzzer's driver, shared by the harnesses.
+        .target(name: "FuzzDriver"),
+        .executableTarget(name: "IPCFuzz", dependencies: ["FuzzDriver", .product(name: "IPC", package: "ztunnel-swift")]),
         .executableTarget(name: "XDSFuzz", dependencies: [
-            .product(name: "XDS", package: "ztunnel-swift"), .product(name: "SwiftProtobuf", package: "swift-protobuf"),
+            "FuzzDriver", .product(name: "XDS", package: "ztunnel-swift"), .product(name: "SwiftProtobuf", package: "swift-protobuf"),
         ]),
     ],
     swiftLanguageModes: [.v5]

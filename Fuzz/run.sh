@@ -20,6 +20,7 @@ declare -A sources=(
   [ip_address]="Sources/Mesh/IPAddress.swift"
   [connect_authority]="Sources/NetWorker/ConnectAuthority.swift"
   [metrics_merge]="Sources/NetWorker/MetricsMerge.swift"
+  [grpc_framer]="Sources/HTTP2Client/GRPCFramer.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086
@@ -47,7 +48,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge; do
+for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"

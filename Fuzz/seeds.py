@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Writes valid IPC frames into a corpus directory as libFuzzer seeds (protocol version 2)."""
+"""Writes valid IPC frames into a corpus directory as libFuzzer seeds (protocol version 3). A
+request id whose low byte has its top bit set (0x80) makes the harness attach an fd."""
 import os
 import struct
 import sys
@@ -23,15 +24,28 @@ seeds = {
     "hello": frame(0x0201, struct.pack(">HBi", 1, 2, 1234)),
     "configured": frame(0x0103),
     "drain": frame(0x0105, struct.pack(">I", 5000)),
-    "listener": frame(0x0102, string("admin"), fds=1) + b"",
+    "listener": frame(0x0102, string("admin"), request_id=0x80, fds=1),
     "table": frame(0x0104, struct.pack(">H", 1) + struct.pack(">BHiBI", 2, 0, 42, 3, 1) + string("killed by signal SIGKILL")),
     # Protocol 2: each seccomp rule ends with its conditions (u8 count, then index, op, source,
     # u64 value, u64 value two); the setup ends with the Landlock policy (bool present, ...).
-    "setup": frame(0x0101, struct.pack(">HBH", 2, 2, 0) + struct.pack(">H", 1) + string("RUST_LOG") + string("info")
+    "setup": frame(0x0101, struct.pack(">HBH", 3, 2, 0) + struct.pack(">H", 1) + string("RUST_LOG") + string("info")
                    + struct.pack(">IIBB", 65533, 65533, 1, 0) + struct.pack(">H", 2)
                    + b"\x00" + string("read") + b"\x00\x00" + b"\x00"
                    + b"\x00" + string("tgkill") + b"\x00\x00" + b"\x01" + struct.pack(">BBBQQ", 0, 4, 1, 0, 0)
                    + b"\x01" + b"\x01\x01" + struct.pack(">HH", 1, 15012) + b"\x01\x01\x01"),
+    # The xDS worker's setup: upstream RUST_LOG directives and a prefixed setting, checked by the
+    # harness as a worker checks them.
+    "setup_xds": frame(0x0101, struct.pack(">HBH", 3, 3, 0) + struct.pack(">H", 2)
+                       + string("RUST_LOG") + string("info,access=debug,ztunnel::xds=trace")
+                       + string("XDS_HEADER_X_TENANT") + string("blue")
+                       + struct.pack(">IIBB", 65534, 65534, 0, 0) + struct.pack(">H", 1)
+                       + b"\x00" + string("read") + b"\x00\x00" + b"\x00" + b"\x00"),
+    "mesh_snapshot_up": frame(0x0207, struct.pack(">Q", 7), request_id=0x80, fds=1),
+    "mesh_snapshot_down": frame(0x010b, struct.pack(">Q", 7), request_id=0x80, fds=1),
+    "mesh_applied": frame(0x0208, struct.pack(">QB", 7, 1)),
+    "xds_stats_up": frame(0x0209, struct.pack(">8Q", 1, 2, 3, 4, 5, 6, 700, 800)),
+    "xds_stats_down": frame(0x010c, struct.pack(">8Q", 1, 2, 3, 4, 5, 6, 700, 800)),
+    "metrics_region": frame(0x010d, struct.pack(">HB", 1, 0), request_id=0x80, fds=1),
     "ca_token": frame(0x0109, string("eyJhbGciOi.token")),
     "sign": frame(0x0401, struct.pack(">I", 32) + bytes(32) + b"\x01"
                   + string_bytes(b" " * 64 + b"TLS 1.3, server CertificateVerify" + b"\x00" + bytes(32)), request_id=7),

@@ -1,3 +1,4 @@
+import FuzzDriver
 import IPC
 import Shared
 #if canImport(Glibc)
@@ -6,18 +7,21 @@ import Glibc
 
 /// libFuzzer entry point for the IPC decoders: any bytes, as one received packet, with zero or
 /// one fd attached. Nothing may trap; a message that decodes must encode back to the same bytes
-/// (SupervisorMessage) or to a frame that decodes to the same message (WorkerMessage).
+/// (SupervisorMessage) or to a frame that decodes to the same message (WorkerMessage). A setup
+/// message's settings go through the checks a worker makes of them (Configuration).
 func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     var fds: [OwnedFD] = []
-    // The last byte's top bit attaches a real fd, as SCM_RIGHTS would.
-    if let last = bytes.last, last & 0x80 != 0 {
+    // The top bit of the request id's low byte (offset 9, free in every message) attaches a real
+    // fd, as SCM_RIGHTS would.
+    if bytes.count > 9, bytes[9] & 0x80 != 0 {
         let fd = open("/dev/null", O_RDONLY | O_CLOEXEC)
         if fd >= 0 { fds.append(OwnedFD(takingOwnershipOf: fd)) }
     }
     guard let frame = try? IPCFrame.decode(packet: bytes, fds: fds) else { return 0 }
     if let message = try? WorkerMessage.decode(frame) {
-        guard let again = try? WorkerMessage.decode(try IPCFrame.decode(packet: message.frame().encodedBytes(), fds: [])),
+        let reframed = message.frame(requestId: frame.requestId)
+        guard let again = try? WorkerMessage.decode(try IPCFrame.decode(packet: reframed.encodedBytes(), fds: reframed.fds)),
               again == message else {
             fatalError("WorkerMessage does not round-trip: \(message)")
         }
@@ -40,6 +44,9 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         }
     }
     if let message = try? SupervisorMessage.decode(frame) {
+        if case .setup(let setup) = message {
+            _ = try? Configuration(resolved: Dictionary(setup.settings, uniquingKeysWith: { $1 }), onlyGiven: true)
+        }
         guard (try? message.frame(requestId: frame.requestId).encodedBytes()) == bytes else {
             fatalError("SupervisorMessage \(message.code) re-encodes differently")
         }
@@ -47,14 +54,4 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     return 0
 }
 
-/// libFuzzer's entry for programs that keep their own main (SwiftPM gives every executable one).
-@_silgen_name("LLVMFuzzerRunDriver")
-func LLVMFuzzerRunDriver(
-    _ argc: UnsafeMutablePointer<Int32>,
-    _ argv: UnsafeMutablePointer<UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>?>,
-    _ callback: @convention(c) (UnsafePointer<UInt8>?, Int) -> Int32
-) -> Int32
-
-var argc = CommandLine.argc
-var argv: UnsafeMutablePointer<UnsafeMutablePointer<CChar>?>? = CommandLine.unsafeArgv
-exit(LLVMFuzzerRunDriver(&argc, &argv) { data, size in fuzzOneInput(data, size) })
+runFuzzer { data, size in fuzzOneInput(data, size) }
