@@ -39,7 +39,7 @@ final class IstioCAClient: CertificateAuthority {
         self.port = port
         roots = try TrustRoots(setting: "CA_ROOT_CA", value: configuration.string("CA_ROOT_CA"))
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
-        extraHeaders = configuration.passthrough("CA_HEADER_").map { ($0.key.lowercased(), $0.value) }
+        extraHeaders = configuration.headers("CA_HEADER_")
         let namespace = configuration.string("POD_NAMESPACE")
         let account = configuration.string("SERVICE_ACCOUNT")
         ownIdentity = namespace.isEmpty || account.isEmpty

@@ -1,5 +1,5 @@
 internal import COpenSSL
-internal import CShims
+import HTTP2Client
 import IPC
 import OpenSSLSupport
 import Shared
@@ -251,7 +251,7 @@ enum CertWorkerMain {
             let caDirectory = configuration.string("ZTUNNEL_CA_DIR")
             if !configuration.string("CA_ADDRESS").isEmpty {
                 authority = try IstioCAClient(configuration: configuration)
-                CShims_resolver_warm_up()
+                HTTP2ClientConnection.warmUpResolver()
             } else {
                 authority = caDirectory.isEmpty ? try BuiltinCA(selfSignedFor: configuration.string("TRUST_DOMAIN"))
                                                 : try BuiltinCA(directory: caDirectory)

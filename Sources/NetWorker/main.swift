@@ -151,7 +151,7 @@ struct ControlLoop {
     private mutating func applySnapshot(generation: UInt64, fd: OwnedFD) {
         let decoded: MeshSnapshot
         do {
-            decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: MeshSnapshot.maxBytes) { try MeshSnapshot.decode($0) }
+            decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
         } catch {
             Log.error("mesh snapshot \(generation) refused: \(error); keeping the model in force")
             try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: false).frame())
@@ -191,9 +191,8 @@ struct ControlLoop {
             // a whole mesh would be thousands of impersonated CSRs).
             let fromXDS = snapshot.entries(XDSConversion.addressType)
             for workload in model.workloads.values
-            where fromXDS[workload.uid] != nil && workload.tunnelProtocol == .hbone && !node.isEmpty && workload.node == node
-                && !workload.trustDomain.isEmpty && !workload.serviceAccount.isEmpty {
-                wanted.insert("spiffe://\(workload.trustDomain)/ns/\(workload.namespace)/sa/\(workload.serviceAccount)")
+            where fromXDS[workload.uid] != nil && workload.tunnelProtocol == .hbone && !node.isEmpty && workload.node == node {
+                if let identity = workload.identity { wanted.insert(identity) }
             }
         }
         Log.info("mesh model", [("source", reason), ("generation", generation), ("workloads", "\(model.workloads.count)"),

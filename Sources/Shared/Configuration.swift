@@ -229,6 +229,11 @@ public struct Configuration: Sendable {
         return nil
     }
 
+    /// `XDS_HEADER_<K>` / `CA_HEADER_<K>` as gRPC metadata: (k lowercased, value).
+    public func headers(_ prefix: String) -> [(String, String)] {
+        passthrough(prefix).map { ($0.key.lowercased(), $0.value) }
+    }
+
     /// The given settings with `prefix`, as (the part after it, value), sorted.
     public func passthrough(_ prefix: String) -> [(key: String, value: String)] {
         passthroughValues.filter { Self.passthroughPrefix(of: $0.key) == prefix }

@@ -18,6 +18,9 @@ public enum SealedMemfd {
     static let mfdCloexec: UInt32 = 0x1, mfdAllowSealing: UInt32 = 0x2
     static let addSeals: Int32 = 1033, getSeals: Int32 = 1034
     static let sealSeal: Int32 = 0x1, sealShrink: Int32 = 0x2, sealGrow: Int32 = 0x4, sealWrite: Int32 = 0x8
+    /// The largest mesh snapshot the xDS worker publishes and the Supervisor and NetWorkers accept.
+    public static let maxMeshSnapshotBytes = 128 << 20
+
     /// The seals a reader requires.
     public static let requiredSeals = sealSeal | sealShrink | sealGrow | sealWrite
 

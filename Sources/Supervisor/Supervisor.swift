@@ -249,7 +249,7 @@ final class Supervisor {
     /// pin the NetWorkers to its snapshot by naming a huge generation (review of issue #8).
     private func acceptSnapshot(generation: UInt64, fd: OwnedFD, from slot: WorkerSlot) throws {
         let size: Int
-        do { size = try SealedMemfd.checkedSize(fd.rawValue, maxBytes: Self.maxSnapshotBytes) } catch {
+        do { size = try SealedMemfd.checkedSize(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) } catch {
             throw Violation("mesh snapshot refused: \(error)")
         }
         let relayed = (meshSnapshot?.generation ?? 0) &+ 1
@@ -258,9 +258,14 @@ final class Supervisor {
                                                           ("worker_generation", .string(String(generation))),
                                                           ("bytes", .int(Int64(size)))])
         Log.debug("mesh snapshot", [("generation", "\(relayed)"), ("bytes", "\(size)")])
-        for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
+        for net in liveNetWorkers {
             sendSnapshot(to: net)
         }
+    }
+
+    /// The NetWorkers set up or running: those the snapshot and the xDS counters go to.
+    private var liveNetWorkers: [WorkerSlot] {
+        slots.filter { $0.spec.receivesListeners && ($0.state == .settingUp || $0.state == .running) }
     }
 
     /// Sends the held snapshot to a NetWorker that has none in flight; one with a snapshot in
@@ -282,9 +287,6 @@ final class Supervisor {
         }
         if let held = meshSnapshot, held.generation != generation { sendSnapshot(to: slot) }
     }
-
-    /// The largest snapshot relayed (`MeshSnapshot.maxBytes`; the Supervisor does not link it).
-    static let maxSnapshotBytes = 128 << 20
 
     /// Reads LOCAL_XDS_PATH again and hands changed bytes to every NetWorker, which parses them
     /// and keeps its current model if they do not parse (the Supervisor parses nothing). A file
@@ -543,7 +545,7 @@ final class Supervisor {
         nextXDSStatsRelay = nil
         lastXDSStatsRelay = now
         let frame = SupervisorMessage.xdsStats(xdsStatsBefore.adding(xdsStatsCurrent)).frame()
-        for net in slots where net.spec.receivesListeners && (net.state == .settingUp || net.state == .running) {
+        for net in liveNetWorkers {
             try? net.ipc?.send(frame, blocking: false)
         }
     }

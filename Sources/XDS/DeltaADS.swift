@@ -68,6 +68,7 @@ public struct DeltaADS {
         var refused: [String] = []
         var applied = 0, removed = 0
         for name in response.removedResources where entries.removeValue(forKey: name) != nil { removed += 1 }
+        var changed = removed > 0
         for resource in response.resources {
             let body = [UInt8](resource.resource.value)
             do {
@@ -84,13 +85,13 @@ public struct DeltaADS {
                 guard entries[resource.name] != nil || entries.count < Self.maxResourcesPerType else {
                     throw XDSConversion.Invalid("more than \(Self.maxResourcesPerType) resources of this type")
                 }
-                entries[resource.name] = MeshSnapshot.Entry(version: resource.version, body: body)
+                let entry = MeshSnapshot.Entry(version: resource.version, body: body)
+                if entries.updateValue(entry, forKey: resource.name) != entry { changed = true }
                 applied += 1
             } catch {
                 refused.append("\(resource.name.isEmpty ? "(unnamed)" : resource.name): \(error)")
             }
         }
-        let changed = entries != state.entries(response.typeURL)
         if changed {
             state.resources[response.typeURL] = entries
             state.generation &+= 1

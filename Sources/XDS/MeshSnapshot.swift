@@ -23,9 +23,6 @@ public struct MeshSnapshot: Equatable, Sendable {
 
     public init() {}
 
-    /// The snapshot's biggest size; the Supervisor and the NetWorker refuse a larger memfd.
-    public static let maxBytes = 128 << 20
-
     public func entries(_ typeURL: String) -> [String: Entry] { resources[typeURL] ?? [:] }
 
     /// name → version of one type: what a new stream claims to hold.
@@ -54,7 +51,7 @@ public struct MeshSnapshot: Equatable, Sendable {
         do {
             let data = bytes.isEmpty ? Data() : Data(bytesNoCopy: UnsafeMutableRawPointer(mutating: bytes.baseAddress!),
                                                      count: bytes.count, deallocator: .none)
-            message = try Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: data, options: XDSConversion.decoding)
+            message = try XDSConversion.response(data)
         } catch {
             throw XDSConversion.Invalid("not a mesh snapshot: \(error)")
         }

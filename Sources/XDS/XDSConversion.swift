@@ -13,7 +13,7 @@ public enum XDSConversion {
         public init(_ description: String) { self.description = description }
     }
 
-    public enum Address: Equatable {
+    public enum Address: Equatable, Sendable {
         case workload(Workload)
         case service(Service)
 
@@ -35,6 +35,13 @@ public enum XDSConversion {
         var options = BinaryDecodingOptions()
         options.messageDepthLimit = 32
         return options
+    }
+
+    /// A `DeltaDiscoveryResponse` (istiod's push, or a snapshot), with the decoding limits.
+    public static func response(_ bytes: some SwiftProtobufContiguousBytes) throws -> Envoy_Service_Discovery_V3_DeltaDiscoveryResponse {
+        do { return try Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: bytes, options: decoding) } catch {
+            throw Invalid("not a DeltaDiscoveryResponse: \(error)")
+        }
     }
 
     /// An `istio.workload.Address` resource's bytes.

@@ -58,7 +58,7 @@ final class XDSWorker {
         serverName = alternative.isEmpty ? host : alternative
         self.roots = roots
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
-        extraHeaders = configuration.passthrough("XDS_HEADER_").map { ($0.key.lowercased(), $0.value) }
+        extraHeaders = configuration.headers("XDS_HEADER_")
         ads = DeltaADS(node: Self.node(configuration))
     }
 
@@ -131,7 +131,7 @@ final class XDSWorker {
             // The model this role published before it was restarted: resubscribe from it.
             guard !configured else { WorkerBootstrap.die("a mesh snapshot after set-up") }
             do {
-                let snapshot = try SealedMemfd.withContents(fd.rawValue, maxBytes: MeshSnapshot.maxBytes) { try MeshSnapshot.decode($0) }
+                let snapshot = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
                 ads = DeltaADS(node: ads.node, state: snapshot)
                 publishedGeneration = generation
                 everSynced = true
@@ -227,9 +227,7 @@ final class XDSWorker {
     private func handle(_ message: [UInt8]) throws {
         let response: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse
         do {
-            var options = BinaryDecodingOptions()
-            options.messageDepthLimit = 32
-            response = try Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: message, options: options)
+            response = try XDSConversion.response(message)
         } catch {
             throw ConfigurationError("a response that does not decode: \(error)")
         }
@@ -263,8 +261,8 @@ final class XDSWorker {
     private func publish() {
         do {
             let bytes = try ads.state.encoded()
-            guard bytes.count <= MeshSnapshot.maxBytes else {
-                Log.error("the mesh is \(bytes.count) bytes, over the snapshot limit of \(MeshSnapshot.maxBytes); the last one stays in force")
+            guard bytes.count <= SealedMemfd.maxMeshSnapshotBytes else {
+                Log.error("the mesh is \(bytes.count) bytes, over the snapshot limit of \(SealedMemfd.maxMeshSnapshotBytes); the last one stays in force")
                 publishedGeneration = ads.state.generation
                 return
             }
@@ -309,7 +307,7 @@ enum XDSWorkerMain {
         let started = WorkerBootstrap.start(as: .xdsWorker) { configuration in
             // Before the sandbox: the trust anchor is a file, and the resolver reads its own.
             roots = try TrustRoots(setting: "XDS_ROOT_CA", value: configuration.string("XDS_ROOT_CA"))
-            XDSWorkerMain.warmUp()
+            HTTP2ClientConnection.warmUpResolver()
         }
         guard let roots else { WorkerBootstrap.die("no XDS_ROOT_CA") }
         do {
@@ -320,6 +318,4 @@ enum XDSWorkerMain {
             WorkerBootstrap.die("\(error)")
         }
     }
-
-    static func warmUp() { HTTP2ClientConnection.warmUpResolver() }
 }

@@ -128,7 +128,7 @@ import Testing
 
         // Through a sealed memfd, as the NetWorker receives it.
         let fd = try SealedMemfd.make(name: "test", bytes)
-        let mapped = try SealedMemfd.withContents(fd.rawValue, maxBytes: MeshSnapshot.maxBytes) { try MeshSnapshot.decode($0) }
+        let mapped = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
         #expect(mapped == decoded)
         #expect(throws: SealedMemfd.Refused.self) { try SealedMemfd.checkedSize(fd.rawValue, maxBytes: bytes.count - 1) }
     }

@@ -23,11 +23,7 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     }
     switch data[0] % 5 {
     case 3:
-        var options = BinaryDecodingOptions()
-        options.messageDepthLimit = 32
-        guard let response = try? Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: bytes, options: options) else {
-            return 0
-        }
+        guard let response = try? XDSConversion.response(bytes) else { return 0 }
         var ads = DeltaADS(node: Envoy_Service_Discovery_V3_Node())
         _ = ads.streamOpened()
         let outcome = ads.handle(response)
@@ -46,11 +42,7 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     case 1:
         if let policy = try? XDSConversion.authorization(bytes) { model.insert(policy) }
     default:
-        var options = BinaryDecodingOptions()
-        options.messageDepthLimit = 32
-        guard let response = try? Envoy_Service_Discovery_V3_DeltaDiscoveryResponse(serializedBytes: bytes, options: options) else {
-            return 0
-        }
+        guard let response = try? XDSConversion.response(bytes) else { return 0 }
         for resource in response.resources where resource.hasResource {
             let value = Array(resource.resource.value)
             switch resource.resource.typeURL {
