@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+internal import CShims
 
 /// The debug log: one line per event on stderr, plain or JSON (LOG_FORMAT), filtered by RUST_LOG's
 /// level. Audit events do not go here; they go to the audit sink, which is kept apart.
@@ -82,32 +83,54 @@ public enum Log {
         }
     }
 
-    nonisolated(unsafe) private static var directives = Directives()
-    nonisolated(unsafe) private static var threshold: Level? = .info
-    nonisolated(unsafe) private static var accessThreshold: Level? = .info
+    /// The thresholds, read on every event from any thread and replaced at run time by
+    /// `/logging` (through the Supervisor): one word each, 0 = off, else the level's raw value.
+    private static let thresholds: UnsafeMutablePointer<UInt64> = {
+        let words = UnsafeMutablePointer<UInt64>.allocate(capacity: 2)
+        words.initialize(repeating: UInt64(Level.info.rawValue), count: 2)
+        return words
+    }()
     nonisolated(unsafe) private static var json = false
     nonisolated(unsafe) private static var component = "ztunnel"
+    /// The filter text in force (RUST_LOG syntax), and the one the process started with.
+    nonisolated(unsafe) private static var filterText = "info"
+    nonisolated(unsafe) private static var initialFilterText = "info"
     private static let lock = Mutex()
 
     /// Sets the filter (RUST_LOG, already checked), format and the component each line names.
     /// Call once at start, before other threads exist.
     public static func configure(level: String, format: String, component: String) {
-        directives = (try? Directives.parse(level)) ?? Directives()
-        threshold = directives.threshold(for: component)
-        accessThreshold = directives.threshold(for: "access")
         json = format == "json"
         self.component = component
+        initialFilterText = level
+        _ = try? setFilter(level)
     }
 
+    /// Puts a filter (RUST_LOG syntax) in force from now on, on every thread; refuses one that
+    /// does not parse and keeps the old.
+    @discardableResult
+    public static func setFilter(_ text: String) throws -> String {
+        let directives = try Directives.parse(text)
+        let encode = { (level: Level?) in UInt64(level?.rawValue ?? 0) }
+        lock.withLock {
+            filterText = text
+            CShims_atomic_store_u64(thresholds, encode(directives.threshold(for: component)))
+            CShims_atomic_store_u64(thresholds + 1, encode(directives.threshold(for: "access")))
+        }
+        return text
+    }
+
+    /// The filter in force, and the one RUST_LOG gave at start (what `/logging?reset` restores).
+    public static var filter: String { lock.withLock { filterText } }
+    public static var initialFilter: String { lock.withLock { initialFilterText } }
+
     public static func isEnabled(_ level: Level) -> Bool {
-        guard let threshold else { return false }
-        return level <= threshold
+        UInt64(level.rawValue) <= CShims_atomic_load_u64(thresholds)
     }
 
     /// Whether access-log events of `level` are written.
     public static func isAccessEnabled(_ level: Level) -> Bool {
-        guard let accessThreshold else { return false }
-        return level <= accessThreshold
+        UInt64(level.rawValue) <= CShims_atomic_load_u64(thresholds + 1)
     }
 
     public static func error(_ message: @autoclosure () -> String, _ fields: [(String, String)] = []) { emit(.error, message(), fields) }
