@@ -175,7 +175,10 @@ final class CertWorker {
             tokenSink?(token)
         case .fault(let kind, let port):
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled)
-        case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion:
+        case .logFilter(let filter):
+            _ = try? Log.setFilter(filter)
+        case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion, .demand,
+             .demandAnswered:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 3
+    public static let version: UInt16 = 4
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
@@ -67,17 +67,29 @@ public enum SupervisorMessage {
     case metricsRegion(index: UInt16, writable: Bool, fd: OwnedFD)
     /// To the CertWorker, relayed from a NetWorker's `faultRequest` (tests only).
     case fault(FaultKind, port: UInt16)
+    /// To every worker: the log filter now in force (RUST_LOG syntax, checked), after an
+    /// operator's `POST /logging` on some NetWorker's admin port.
+    case logFilter(String)
+    /// To the xDS worker (XDS_ON_DEMAND): a NetWorker wants the Address resource for this key
+    /// (`<network>/<IP>`, a workload uid or `<namespace>/<hostname>`, ISTIO_COMPAT §6.3).
+    case demand(String)
+    /// To a NetWorker: istiod has answered the lookups for these keys; what it sent is in
+    /// snapshot `generation` (or an earlier one), so once that is in force a key still unknown
+    /// is not in the mesh.
+    case demandAnswered(generation: UInt64, keys: [String])
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
-        case meshSnapshot = 0x010b, xdsStats = 0x010c, metricsRegion = 0x010d
+        case meshSnapshot = 0x010b, xdsStats = 0x010c, metricsRegion = 0x010d, logFilter = 0x010e, demand = 0x010f
+        case demandAnswered = 0x0110
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
             case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion: return 1
-            case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats: return 0
+            case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats, .logFilter, .demand,
+                 .demandAnswered: return 0
             }
         }
     }
@@ -97,6 +109,9 @@ public enum SupervisorMessage {
         case .meshSnapshot: return .meshSnapshot
         case .xdsStats: return .xdsStats
         case .metricsRegion: return .metricsRegion
+        case .logFilter: return .logFilter
+        case .demand: return .demand
+        case .demandAnswered: return .demandAnswered
         }
     }
 
@@ -119,6 +134,12 @@ public enum SupervisorMessage {
         case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
         case .xdsStats(let stats): stats.encode(into: &writer)
         case .metricsRegion(let index, let writable, let fd): writer.u16(index); writer.bool(writable); fds = [fd]
+        case .logFilter(let filter): writer.string(filter)
+        case .demand(let key): writer.string(key)
+        case .demandAnswered(let generation, let keys):
+            writer.u64(generation)
+            writer.u16(UInt16(keys.count))
+            for key in keys { writer.string(key) }
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -159,6 +180,16 @@ public enum SupervisorMessage {
             message = .xdsStats(try XDSStats(from: &reader))
         case .metricsRegion:
             message = .metricsRegion(index: try reader.u16("region index"), writable: try reader.bool("region writable"), fd: frame.fds[0])
+        case .logFilter:
+            message = .logFilter(try LogFilterText.decode(&reader))
+        case .demand:
+            message = .demand(try DemandKey.decode(&reader))
+        case .demandAnswered:
+            let generation = try reader.u64("snapshot generation")
+            let count = try reader.count("answered keys", max: DemandKey.maxPerMessage)
+            var keys: [String] = []
+            for _ in 0..<count { keys.append(try DemandKey.decode(&reader)) }
+            message = .demandAnswered(generation: generation, keys: keys)
         }
         try reader.finish(name)
         return message
@@ -190,6 +221,13 @@ public enum WorkerMessage: Equatable {
     case meshApplied(generation: UInt64, accepted: Bool)
     /// The xDS worker's counters since it started (sent at most once a second when they change).
     case xdsStats(XDSStats)
+    /// A NetWorker's admin port took `POST /logging`: the filter to put in force everywhere.
+    case logFilter(String)
+    /// A NetWorker (XDS_ON_DEMAND) needs the Address resource for a key it cannot resolve.
+    case demand(String)
+    /// The xDS worker: istiod answered the lookups for these keys (sent after the snapshot
+    /// that holds the answer).
+    case demandAnswered([String])
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -210,6 +248,9 @@ public enum WorkerMessage: Equatable {
         case (.meshSnapshot(let g1, _), .meshSnapshot(let g2, _)): return g1 == g2
         case (.meshApplied(let g1, let a1), .meshApplied(let g2, let a2)): return g1 == g2 && a1 == a2
         case (.xdsStats(let s1), .xdsStats(let s2)): return s1 == s2
+        case (.logFilter(let f1), .logFilter(let f2)): return f1 == f2
+        case (.demand(let k1), .demand(let k2)): return k1 == k2
+        case (.demandAnswered(let k1), .demandAnswered(let k2)): return k1 == k2
         default: return false
         }
     }
@@ -217,6 +258,7 @@ public enum WorkerMessage: Equatable {
     public enum Code: UInt16, CaseIterable {
         case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
         case localConfigApplied = 0x0206, meshSnapshot = 0x0207, meshApplied = 0x0208, xdsStats = 0x0209
+        case logFilter = 0x020a, demand = 0x020b, demandAnswered = 0x020c
 
         /// Only a snapshot carries an fd (its memfd); every other fd flows from the Supervisor.
         public var fdCount: Int { self == .meshSnapshot ? 1 : 0 }
@@ -233,6 +275,9 @@ public enum WorkerMessage: Equatable {
         case .meshSnapshot: return .meshSnapshot
         case .meshApplied: return .meshApplied
         case .xdsStats: return .xdsStats
+        case .logFilter: return .logFilter
+        case .demand: return .demand
+        case .demandAnswered: return .demandAnswered
         }
     }
 
@@ -252,6 +297,11 @@ public enum WorkerMessage: Equatable {
         case .meshSnapshot(let generation, let fd): writer.u64(generation); fds = [fd]
         case .meshApplied(let generation, let accepted): writer.u64(generation); writer.bool(accepted)
         case .xdsStats(let stats): stats.encode(into: &writer)
+        case .logFilter(let filter): writer.string(filter)
+        case .demand(let key): writer.string(key)
+        case .demandAnswered(let keys):
+            writer.u16(UInt16(keys.count))
+            for key in keys { writer.string(key) }
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -292,9 +342,45 @@ public enum WorkerMessage: Equatable {
             message = .meshApplied(generation: try reader.u64("snapshot generation"), accepted: try reader.bool("accepted"))
         case .xdsStats:
             message = .xdsStats(try XDSStats(from: &reader))
+        case .logFilter:
+            message = .logFilter(try LogFilterText.decode(&reader))
+        case .demand:
+            message = .demand(try DemandKey.decode(&reader))
+        case .demandAnswered:
+            let count = try reader.count("answered keys", max: DemandKey.maxPerMessage)
+            var keys: [String] = []
+            for _ in 0..<count { keys.append(try DemandKey.decode(&reader)) }
+            message = .demandAnswered(keys)
         }
         try reader.finish(name)
         return message
+    }
+}
+
+/// A log filter on the wire: RUST_LOG syntax that parses, of bounded length.
+enum LogFilterText {
+    static func decode(_ reader: inout WireReader) throws -> String {
+        let text = try reader.string("log filter", max: LogFilterChange.maxFilterBytes)
+        if let problem = Log.Directives.problem(with: text) { throw IPCError.malformed("log filter: \(problem)") }
+        return text
+    }
+}
+
+/// An on-demand lookup key (ISTIO_COMPAT §6.3): `<network>/<IP>`, a workload uid or
+/// `<namespace>/<hostname>`; printable ASCII without spaces, at most 320 bytes.
+public enum DemandKey {
+    public static let maxBytes = 320
+    /// Keys in one `demandAnswered`; a sender with more sends several messages.
+    public static let maxPerMessage = 256
+
+    public static func isValid(_ key: String) -> Bool {
+        !key.isEmpty && key.utf8.count <= maxBytes && key.utf8.allSatisfy { $0 > 0x20 && $0 < 0x7f }
+    }
+
+    static func decode(_ reader: inout WireReader) throws -> String {
+        let key = try reader.string("demand key", max: maxBytes)
+        guard isValid(key) else { throw IPCError.malformed("demand key is empty or not printable ASCII") }
+        return key
     }
 }
 

@@ -11,6 +11,8 @@ struct HTTPEndpoints {
         case none
         case requestShutdown
         case injectFault(FaultInjection.Kind, port: UInt16)
+        /// Put this log filter in force here and, through the Supervisor, in every process.
+        case setLogFilter(String)
     }
 
     struct Reply: Sendable {
@@ -49,7 +51,12 @@ struct HTTPEndpoints {
     private func readiness(method: String, path: String) -> Reply {
         guard path == "/healthz/ready" else { return Reply(status: 404, reason: "Not Found", body: "not found\n") }
         guard method == "GET" else { return Reply(status: 405, reason: "Method Not Allowed", body: "method not allowed\n") }
-        let pending = state.pendingReadiness()
+        var pending = state.pendingReadiness()
+        // The local workloads' certificates (issue #8): a workload served without one would have
+        // its connections refused. Named, a few at most.
+        let missing = identities.missing
+        pending += missing.prefix(3).map { "certificate \($0)" }
+        if missing.count > 3 { pending.append("\(missing.count - 3) more certificates") }
         if pending.isEmpty { return Reply(status: 200, reason: "OK", body: "ready\n") }
         return Reply(status: 500, reason: "Internal Server Error", body: "not ready, pending: \(pending.joined(separator: ", "))\n")
     }
@@ -83,12 +90,24 @@ struct HTTPEndpoints {
     private func admin(method: String, path: String, query: [String: String]) -> Reply {
         switch path {
         case "/":
-            let links = ["/config_dump", "/quitquitquit"].map { "<li><a href=\"\($0)\">\($0)</a></li>" }.joined()
+            let links = ["/config_dump", "/logging", "/quitquitquit"].map { "<li><a href=\"\($0)\">\($0)</a></li>" }.joined()
             return Reply(status: 200, reason: "OK", contentType: "text/html; charset=utf-8",
                          body: "<html><body><h1>ztunnel admin</h1><ul>\(links)</ul></body></html>\n")
         case "/config_dump":
             return Reply(status: 200, reason: "OK", contentType: "application/json",
                          body: ConfigDump.build(state: state, certificates: identities.certificateStatuses, materials: identities.materialsById).serialized(pretty: true) + "\n")
+        case "/logging":
+            guard method == "POST" else {
+                return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n" + LogFilterChange.usage)
+            }
+            switch LogFilterChange.outcome(current: Log.filter, initial: state.configuration.string("RUST_LOG"), query: query) {
+            case .report:
+                return Reply(status: 200, reason: "OK", body: "current log level is \(Log.filter)\n")
+            case .change(let filter):
+                return Reply(status: 200, reason: "OK", body: "current log level is \(filter)\n", followUp: .setLogFilter(filter))
+            case .refused(let reason):
+                return Reply(status: 400, reason: "Bad Request", body: "\(reason)\n" + LogFilterChange.usage)
+            }
         case "/quitquitquit":
             guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
             return Reply(status: 200, reason: "OK", body: "shutdown now\n", followUp: .requestShutdown)

@@ -1,4 +1,5 @@
 import IPC
+import NIOCore
 import OpenSSLSupport
 import Shared
 
@@ -9,6 +10,11 @@ final class IdentityTable: @unchecked Sendable {
     private var contexts: [String: (server: TLSContext, client: TLSContext)] = [:]
     private var materials: [String: IdentityMaterial] = [:]
     private var statuses: [CertificateStatus] = []
+    /// The identities this NetWorker asked the CertWorker for (the local workloads'): readiness
+    /// waits for them, and a connection that needs one not yet here waits for it (bounded).
+    private var expected: Set<String> = []
+    private let arrivals = KeyedWaiters(capacity: 4096, timeout: IdentityTable.certificateWait)
+    static let certificateWait: TimeAmount = .seconds(5)
 
     /// The CertWorker's latest certificate states, sorted by identity.
     var certificateStatuses: [CertificateStatus] { lock.withLock { statuses } }
@@ -26,6 +32,7 @@ final class IdentityTable: @unchecked Sendable {
                 materials[material.spiffeId] = material
             }
             Log.info("identity available", [("identity", material.spiffeId)])
+            arrivals.release(material.spiffeId)
         } catch {
             Log.error("cannot use identity \(material.spiffeId): \(error)")
         }
@@ -63,6 +70,24 @@ final class IdentityTable: @unchecked Sendable {
     /// The context an outbound tunnel presents for `identity` (the source workload's), if it is here.
     func clientContext(for identity: String) -> TLSContext? {
         lock.withLock { contexts[identity]?.client }
+    }
+
+    /// The identities asked for (the whole list, replacing the last).
+    func expect(_ identities: Set<String>) {
+        lock.withLock { expected = identities }
+    }
+
+    /// Expected identities with no certificate here yet, sorted.
+    var missing: [String] { lock.withLock { expected.subtracting(contexts.keys).sorted() } }
+
+    /// Succeeds when `identity`'s certificate is here, at once if it is; after
+    /// `certificateWait` if it does not come; at once if it was never asked for (it will not come).
+    func waitForCertificate(_ identity: String, on loop: EventLoop) -> EventLoopFuture<Void> {
+        let (present, isExpected) = lock.withLock { (contexts[identity] != nil, expected.contains(identity)) }
+        guard !present, isExpected, let (future, _) = arrivals.wait(for: identity, on: loop) else { return loop.makeSucceededVoidFuture() }
+        // It may have arrived between the look and the wait.
+        if clientContext(for: identity) != nil { arrivals.release(identity) }
+        return future
     }
 
     /// The certificates the CertWorker pushed, by SPIFFE id.

@@ -18,6 +18,7 @@ struct ListenerFactory {
     let authorization: InboundAuthorization
     let metrics: TrafficMetrics
     let pools: HBONEPools
+    let onDemand: OnDemandLookups
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Listeners served at once, before any mesh model: admin, stats and readiness.
@@ -66,7 +67,7 @@ struct ListenerFactory {
         return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
-    private var routing: OutboundRouting { OutboundRouting(state: endpoints.state, identities: identities) }
+    private var routing: OutboundRouting { OutboundRouting(state: endpoints.state, identities: identities, onDemand: onDemand) }
 
     /// The certificate 15008 presents on `channel` (ISTIO_COMPAT §5.1): that of the workload
     /// owning the address the connection arrived on, as upstream presents the destination pod's.

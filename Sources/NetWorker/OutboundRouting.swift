@@ -11,11 +11,50 @@ import Shared
 struct OutboundRouting: Sendable {
     let state: NetWorkerState
     let identities: IdentityTable
+    /// XDS_ON_DEMAND: unknown addresses are asked for before deciding.
+    var onDemand: OnDemandLookups?
 
     enum Resolution {
         case connect(host: String, port: UInt16, via: String, target: Target)
         case tunnel(Tunnel)
         case refuse(String)
+        /// A tunnel that needs the source's certificate, not here yet (`resolve(on:)` waits for
+        /// it once, then refuses).
+        case noCertificate(identity: String, reason: String)
+    }
+
+    /// Where the connection goes, once what the control thread may still learn has come or
+    /// its wait is over: on demand, the source's and destination's addresses when no resource
+    /// holds them (§6.3), then the source workload's certificate when it is expected but not
+    /// here yet (a workload that just arrived). Never plaintext instead of a tunnel.
+    func resolve(host: String, port: UInt16, client: String?, on loop: EventLoop) -> EventLoopFuture<Resolution> {
+        let keys = onDemand?.isEnabled == true ? unknownAddressKeys(host: host, client: client) : []
+        let looked = keys.isEmpty ? loop.makeSucceededVoidFuture() : onDemand!.fetch(keys, on: loop)
+        return looked.flatMap {
+            let first = self.resolve(host: host, port: port, client: client)
+            guard case .noCertificate(let identity, _) = first else { return loop.makeSucceededFuture(first) }
+            return self.identities.waitForCertificate(identity, on: loop).map {
+                let second = self.resolve(host: host, port: port, client: client)
+                if case .noCertificate(_, let reason) = second { return .refuse(reason) }
+                return second
+            }
+        }
+    }
+
+    /// The on-demand keys (`<network>/<IP>`) of the client's and the destination's addresses
+    /// that no workload or service holds.
+    func unknownAddressKeys(host: String, client: String?) -> [String] {
+        let model = state.model
+        let network = state.configuration.string("NETWORK")
+        var keys: [String] = []
+        if let client, let ip = IPAddress(client)?.unmapped, model.workload(at: NetworkAddress(network: network, ip: ip)) == nil {
+            keys.append("\(network)/\(ip)")
+        }
+        if let ip = IPAddress(host)?.unmapped {
+            let address = NetworkAddress(network: network, ip: ip)
+            if model.workload(at: address) == nil && model.services(at: address).isEmpty { keys.append("\(network)/\(ip)") }
+        }
+        return keys
     }
 
     /// An HBONE tunnel: TCP (and mTLS) to `address:port`, one CONNECT to `authority`.
@@ -53,6 +92,7 @@ struct OutboundRouting: Sendable {
         var service: Service?
     }
 
+    /// Where the connection goes with what is known now.
     func resolve(host: String, port: UInt16, client: String?) -> Resolution {
         let model = state.model
         let network = state.configuration.string("NETWORK")
@@ -111,7 +151,8 @@ struct OutboundRouting: Sendable {
             return .refuse("source workload \(source.uid) has no identity (trust domain or service account unknown)")
         }
         guard let context = identities.clientContext(for: identity) else {
-            return .refuse("no certificate for \(identity) yet; refusing rather than sending \(uid)'s traffic in plaintext")
+            return .noCertificate(identity: identity,
+                                  reason: "no certificate for \(identity) yet; refusing rather than sending \(uid)'s traffic in plaintext")
         }
         let authority = !target.isIPv4 ? "[\(target)]:\(targetPort)" : "\(target):\(targetPort)"
         return .tunnel(Tunnel(address: ip.description, port: port, authority: authority, expected: expected, context: context,

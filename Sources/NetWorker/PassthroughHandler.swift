@@ -83,29 +83,30 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 channel.close(promise: nil)
                 return
             }
-            var (target, targetPort) = (host, port)
-            if self.listenerName == "outbound", let routing = self.routing {
-                switch routing.resolve(host: host, port: port, client: channel.remoteAddress?.ipAddress) {
+            guard self.listenerName == "outbound", let routing = self.routing else {
+                self.connect(channel: channel, host: host, port: port)
+                return
+            }
+            routing.resolve(host: host, port: port, client: channel.remoteAddress?.ipAddress, on: channel.eventLoop).whenSuccess { resolution in
+                guard channel.isActive else { return }
+                switch resolution {
                 case .connect(let routedHost, let routedPort, let via, let routed):
-                    (target, targetPort) = (routedHost, routedPort)
                     Log.debug("outbound: \(host):\(port) via \(via) to \(routedHost):\(routedPort)")
                     if let metrics = self.metrics {
                         self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
                                                     upstream: "\(routedHost):\(routedPort)")
                     }
+                    self.connect(channel: channel, host: routedHost, port: routedPort)
                 case .tunnel(let tunnel):
                     Log.debug("outbound: \(host):\(port) through HBONE to \(tunnel.address):\(tunnel.port)")
                     if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: channel) }
                     self.tunnel(channel: channel, tunnel)
-                    return
-                case .refuse(let reason):
+                case .refuse(let reason), .noCertificate(_, let reason):
                     Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
                                                              ("reason", reason)])
                     channel.close(promise: nil)
-                    return
                 }
             }
-            self.connect(channel: channel, host: target, port: targetPort)
         }
         context.fireChannelActive()
     }

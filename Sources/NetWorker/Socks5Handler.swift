@@ -118,26 +118,32 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
             return
         }
         let client = context.channel
-        var (target, targetPort) = (host, port)
-        if let routing {
-            switch routing.resolve(host: host, port: port, client: client.remoteAddress?.ipAddress) {
+        guard let routing else {
+            connectUpstream(context: context, host: host, port: port, target: host, targetPort: port)
+            return
+        }
+        routing.resolve(host: host, port: port, client: client.remoteAddress?.ipAddress, on: context.eventLoop).whenSuccess { resolution in
+            guard client.isActive else { return }
+            switch resolution {
             case .connect(let routedHost, let routedPort, _, let routed):
-                (target, targetPort) = (routedHost, routedPort)
-                if let metrics {
-                    record = routed.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
-                                           upstream: "\(routedHost):\(routedPort)")
+                if let metrics = self.metrics {
+                    self.record = routed.record(metrics: metrics, client: client.remoteAddress.map(ListenerFactory.address) ?? "?",
+                                                upstream: "\(routedHost):\(routedPort)")
                 }
+                self.connectUpstream(context: context, host: host, port: port, target: routedHost, targetPort: routedPort)
             case .tunnel(let tunnel):
-                if let metrics { record = tunnel.record(metrics: metrics, client: client) }
+                if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: client) }
                 self.tunnel(context: context, tunnel)
-                return
-            case .refuse(let reason):
+            case .refuse(let reason), .noCertificate(_, let reason):
                 Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
                                                        ("reason", reason)])
-                fail(context, Socks5Parser.reply(.hostUnreachable))
-                return
+                self.fail(context, Socks5Parser.reply(.hostUnreachable))
             }
         }
+    }
+
+    private func connectUpstream(context: ChannelHandlerContext, host: String, port: UInt16, target: String, targetPort: UInt16) {
+        let client = context.channel
         Upstream.connect(on: context.eventLoop, host: target, port: targetPort).whenComplete { result in
             switch result {
             case .success(let upstream):

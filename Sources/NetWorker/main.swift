@@ -38,6 +38,10 @@ enum NetWorkerMain {
         signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
         signer.onAttach = { identities.removeAll() }
         let bounds = Bounds(configuration)
+        let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in
+            // Never blocks an event loop: a full channel drops the lookup, which then times out.
+            try? channel.send(WorkerMessage.demand(key).frame(), blocking: false)
+        }
         let pools = HBONEPools(settings: HBONEPool.Settings(
             signer: signer, bounds: bounds, reporter: reporter, maxStreams: configuration.int("POOL_MAX_STREAMS_PER_CONNECTION"),
             idleRelease: .milliseconds(configuration.milliseconds("POOL_UNUSED_RELEASE_TIMEOUT"))))
@@ -55,16 +59,20 @@ enum NetWorkerMain {
             authorization: authorization,
             metrics: metrics,
             pools: pools,
+            onDemand: onDemand,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break
                 case .requestShutdown: try? channel.send(WorkerMessage.shutdownRequest.frame())
+                case .setLogFilter(let filter):
+                    _ = try? Log.setFilter(filter)
+                    try? channel.send(WorkerMessage.logFilter(filter).frame(), blocking: false)
                 case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel)
                 }
             })
         share.startPublishing(on: group.next(), counted)
         var control = ControlLoop(channel: channel, state: state, factory: factory, tracker: tracker, signer: signer,
-                                  authorization: authorization, share: share)
+                                  authorization: authorization, share: share, identities: identities, onDemand: onDemand)
         control.run()
     }
 }
@@ -78,6 +86,8 @@ struct ControlLoop {
     let signer: SignerClient
     let authorization: InboundAuthorization
     let share: MetricsShare
+    let identities: IdentityTable
+    let onDemand: OnDemandLookups
     private var servers: [Channel] = []
     private var hasModel = false
     /// The two sources of the mesh model (ISTIO_COMPAT §19: LOCAL_XDS_PATH and XDS_ADDRESS may be
@@ -92,7 +102,9 @@ struct ControlLoop {
     private var heldListeners: [(String, OwnedFD)] = []
 
     init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient,
-         authorization: InboundAuthorization, share: MetricsShare) {
+         authorization: InboundAuthorization, share: MetricsShare, identities: IdentityTable, onDemand: OnDemandLookups) {
+        self.identities = identities
+        self.onDemand = onDemand
         self.authorization = authorization
         self.share = share
         self.channel = channel
@@ -131,7 +143,11 @@ struct ControlLoop {
                 drain(deadlineMilliseconds: Int64(deadline))
             case .signerChannel(let fd):
                 signer.attach(IPCSocket(fd))
-            case .setup, .signerPeer, .caToken, .fault:
+            case .logFilter(let filter):
+                _ = try? Log.setFilter(filter)
+            case .demandAnswered(let generation, let keys):
+                onDemand.answered(keys, generation: generation)
+            case .setup, .signerPeer, .caToken, .fault, .demand:
                 WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
         }
@@ -154,6 +170,7 @@ struct ControlLoop {
             decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
         } catch {
             Log.error("mesh snapshot \(generation) refused: \(error); keeping the model in force")
+            onDemand.applied(generation: generation)
             try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: false).frame())
             return
         }
@@ -163,6 +180,7 @@ struct ControlLoop {
         state.awaitingMesh = false
         for (name, fd) in heldListeners { adopt(name: name, fd: fd) }
         heldListeners = []
+        onDemand.applied(generation: generation)
         try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: true).frame())
     }
 
@@ -198,6 +216,7 @@ struct ControlLoop {
         Log.info("mesh model", [("source", reason), ("generation", generation), ("workloads", "\(model.workloads.count)"),
                                 ("services", "\(model.services.count)"), ("policies", "\(model.policies.count)"),
                                 ("identities", "\(wanted.count)")])
+        identities.expect(wanted)
         signer.want(wanted.sorted())
         return refused
     }

@@ -25,7 +25,7 @@ public struct Configuration: Sendable {
         Setting("TRUST_DOMAIN", .string, default: "cluster.local", "trust domain of the built-in CA's self-signed root"),
         Setting("SECRET_TTL", .duration, default: "24h", "requested certificate lifetime"),
         Setting("CA_ADDRESS", .string, default: "",
-                "Istio CA (istiod) as [https://]host:port; empty = the built-in CA"),
+                "Istio CA (istiod) as [https://]host:port; empty = the built-in CA (in Kubernetes, unset = \(Configuration.istiodAddress))"),
         Setting("CA_ROOT_CA", .string, default: "./var/run/secrets/istio/root-cert.pem",
                 "trust anchor for the CA connection: a file, inline PEM, or SYSTEM"),
         Setting("AUTH_TOKEN", .string, default: Configuration.defaultTokenPath,
@@ -33,7 +33,9 @@ public struct Configuration: Sendable {
                 isSecret: true),
         Setting("ISTIO_META_CLUSTER_ID", .string, default: "Kubernetes", "cluster id sent to the CA and istiod"),
         Setting("XDS_ADDRESS", .string, default: "",
-                "istiod's delta ADS endpoint as [https://]host:port; empty = no xDS (the local config alone)"),
+                "istiod's delta ADS endpoint as [https://]host:port; empty = no xDS (in Kubernetes, unset = \(Configuration.istiodAddress))"),
+        Setting("XDS_ON_DEMAND", .bool, default: "false",
+                "fetch Address resources on demand (ISTIO_COMPAT §6.3): none at start, each looked up when a connection needs it"),
         Setting("XDS_ROOT_CA", .string, default: "./var/run/secrets/istio/root-cert.pem",
                 "trust anchor for the xDS connection: a file, inline PEM, or SYSTEM"),
         Setting("ALT_XDS_HOSTNAME", .string, default: "", "the name istiod's certificate is verified against instead of XDS_ADDRESS's host"),
@@ -104,6 +106,11 @@ public struct Configuration: Sendable {
     /// directory, `/` in the pod, as upstream).
     public static let defaultTokenPath = "./var/run/secrets/tokens/istio-token"
 
+    /// istiod as upstream's defaults name it. In a pod (KUBERNETES_SERVICE_HOST set) an unset
+    /// CA_ADDRESS or XDS_ADDRESS means this, as upstream, so the chart's env block works
+    /// unchanged; elsewhere unset means the built-in CA and no xDS (set "" to say so in a pod).
+    public static let istiodAddress = "https://istiod.istio-system.svc:15012"
+
     /// Settings named by prefix, as upstream reads them (ISTIO_COMPAT §18): every
     /// `ISTIO_META_<K>` becomes node metadata `K`, `ISTIO_METAJSON_<K>` JSON-valued metadata, and
     /// `XDS_HEADER_<K>` a header on the xDS stream, `CA_HEADER_<K>` one on each CA call. Declared
@@ -150,6 +157,12 @@ public struct Configuration: Sendable {
         for (name, value) in environment where Self.passthroughPrefix(of: name) != nil && !Self.isDeclared(name) {
             values[name] = value
             sources[name] = "environment"
+        }
+        if !(environment["KUBERNETES_SERVICE_HOST"] ?? "").isEmpty {
+            for name in ["CA_ADDRESS", "XDS_ADDRESS"] where environment[name] == nil {
+                values[name] = Self.istiodAddress
+                sources[name] = "default in Kubernetes"
+            }
         }
         var index = 0
         while index < arguments.count {

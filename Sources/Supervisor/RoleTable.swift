@@ -39,11 +39,11 @@ struct RoleSpec {
 
     static let netWorker = RoleSpec(
         role: .netWorker, executable: "ztunnel-net-worker", seccompProfile: "net-worker.json",
-        isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest],
+        isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest, .logFilter, .demand],
         settings: common + ["LOCAL_XDS_PATH", "NODE_NAME", "NETWORK", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
-                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS",
+                            "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS", "XDS_ON_DEMAND",
                             "ISTIO_META_ISTIO_VERSION"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
 
@@ -52,9 +52,9 @@ struct RoleSpec {
     /// remote input, so it is confined like a NetWorker and holds no key; it gets the bearer token.
     static let xdsWorker = RoleSpec(
         role: .xdsWorker, executable: "ztunnel-xds-worker", seccompProfile: "xds-worker.json",
-        isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot, .xdsStats],
+        isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.meshSnapshot, .xdsStats, .demandAnswered],
         settings: common + ["XDS_ADDRESS", "XDS_ROOT_CA", "ALT_XDS_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAME", "POD_NAMESPACE",
-                            "INSTANCE_IP", "NODE_NAME", "ISTIO_META_ISTIO_VERSION"],
+                            "INSTANCE_IP", "NODE_NAME", "ISTIO_META_ISTIO_VERSION", "XDS_ON_DEMAND"],
         settingPrefixes: ["ISTIO_METAJSON_", "ISTIO_META_", "XDS_HEADER_"],
         uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")
 

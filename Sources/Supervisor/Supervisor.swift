@@ -53,6 +53,16 @@ final class Supervisor {
     /// One counter region per NetWorker index (only with several NetWorkers): each NetWorker
     /// publishes its counters in its own and reads the others', so a scrape sees the sum.
     private var counterRegions: [OwnedFD] = []
+    /// The log filter in force (RUST_LOG syntax): the setting at start, then what an operator
+    /// last posted to `/logging` on a NetWorker. Changes
+    /// are relayed at most every `logFilterRelayMilliseconds`, the latest one winning, so a
+    /// NetWorker cannot flood the others' channels with them. A new worker's setup carries
+    /// RUST_LOG as at start, then this.
+    private var logFilter: String
+    private var logFilterRelayPending = false
+    private var nextLogFilterRelay: Int64?
+    private var lastLogFilterRelay: Int64 = 0
+    static let logFilterRelayMilliseconds: Int64 = 250
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -62,6 +72,7 @@ final class Supervisor {
         self.localConfig = localConfig
         lastSeenLocalConfig = localConfig
         self.configuration = configuration
+        logFilter = configuration.string("RUST_LOG")
         self.audit = audit
         self.broker = broker
         self.binDirectory = binDirectory
@@ -177,6 +188,18 @@ final class Supervisor {
             if nextXDSStatsRelay == nil {
                 nextXDSStatsRelay = max(Clock.monotonicMilliseconds(), lastXDSStatsRelay + Self.xdsStatsRelayMilliseconds)
             }
+        case (.logFilter(let filter), .running) where slot.spec.permittedWhileRunning.contains(.logFilter):
+            changeLogFilter(filter, by: slot)
+        case (.demand(let key), .running) where slot.spec.permittedWhileRunning.contains(.demand):
+            guard configuration.bool("XDS_ON_DEMAND") else { throw Violation("on-demand lookup while XDS_ON_DEMAND is off") }
+            // A full channel drops the lookup (the NetWorker gives up waiting) rather than let a
+            // NetWorker get the xDS worker killed as unresponsive.
+            let frame = SupervisorMessage.demand(key).frame()
+            for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running { try? xds.ipc?.send(frame, blocking: false) }
+        case (.demandAnswered(let keys), .running) where slot.spec.permittedWhileRunning.contains(.demandAnswered):
+            // The snapshot with the answers came before this message on the same channel.
+            let frame = SupervisorMessage.demandAnswered(generation: meshSnapshot?.generation ?? 0, keys: keys).frame()
+            for net in liveNetWorkers { try? net.ipc?.send(frame, blocking: false) }
         case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             try snapshotApplied(generation: generation, accepted: accepted, from: slot)
@@ -200,6 +223,11 @@ final class Supervisor {
     /// Replays what a (new) worker needs: its listeners, the process table, then the go-ahead.
     private func handOver(to slot: WorkerSlot) throws {
         guard let ipc = slot.ipc else { return }
+        // RUST_LOG in the setup is the filter at start (what /logging?reset restores); one an
+        // operator posted since then follows.
+        if logFilter != configuration.string("RUST_LOG") {
+            try ipc.send(SupervisorMessage.logFilter(logFilter).frame(), blocking: false)
+        }
         // The mesh model before the listeners: nothing is accepted before it is in force.
         if slot.spec.receivesListeners && configuration.isLocalMode {
             try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
@@ -445,6 +473,7 @@ final class Supervisor {
         if let nextLocalConfigCheck { deadlines.append(nextLocalConfigCheck) }
         if let drainDeadline { deadlines.append(drainDeadline) }
         if let nextXDSStatsRelay { deadlines.append(nextXDSStatsRelay) }
+        if let nextLogFilterRelay { deadlines.append(nextLogFilterRelay) }
         guard let next = deadlines.min() else { return -1 }
         return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
     }
@@ -539,6 +568,30 @@ final class Supervisor {
         }
     }
 
+    /// An operator changed the log filter through a NetWorker's `/logging` (already checked by
+    /// the decoder): in force here at once, relayed to every worker when due.
+    private func changeLogFilter(_ filter: String, by slot: WorkerSlot) {
+        guard filter != logFilter else { return }
+        do { try Log.setFilter(filter) } catch { return }
+        audit.record("log_filter_changed", slot.auditFields + [("filter", .string(filter)), ("previous", .string(logFilter))])
+        Log.info("log filter changed", [("filter", filter), ("by", slot.name)])
+        logFilter = filter
+        logFilterRelayPending = true
+        if nextLogFilterRelay == nil {
+            nextLogFilterRelay = max(Clock.monotonicMilliseconds(), lastLogFilterRelay + Self.logFilterRelayMilliseconds)
+        }
+    }
+
+    private func relayLogFilter(now: Int64) {
+        guard let due = nextLogFilterRelay, now >= due else { return }
+        nextLogFilterRelay = nil
+        lastLogFilterRelay = now
+        guard logFilterRelayPending else { return }
+        logFilterRelayPending = false
+        let frame = SupervisorMessage.logFilter(logFilter).frame()
+        for slot in slots where slot.state == .settingUp || slot.state == .running { sendWithoutWaiting(frame, to: slot) }
+    }
+
     /// Relays the xDS counters when due; a NetWorker that is not reading skips this round.
     private func relayXDSStats(now: Int64) {
         guard let due = nextXDSStatsRelay, now >= due else { return }
@@ -553,6 +606,7 @@ final class Supervisor {
     private func handleDeadlines() {
         let now = Clock.monotonicMilliseconds()
         relayXDSStats(now: now)
+        relayLogFilter(now: now)
         for slot in slots {
             if let deadline = slot.setupDeadline, now >= deadline, slot.isAlive {
                 slot.setupDeadline = nil

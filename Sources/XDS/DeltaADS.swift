@@ -21,6 +21,13 @@ public struct DeltaADS {
     public let node: Envoy_Service_Discovery_V3_Node
     /// Types whose first response on this stream was accepted (readiness, §6.4).
     public private(set) var acknowledgedTypes: Set<String> = []
+    /// XDS_ON_DEMAND (§6.3): Address resources are not pushed wholesale; each is asked for by a
+    /// key (`<network>/<IP>`, a uid, `<namespace>/<hostname>`) when a connection needs it.
+    public let onDemand: Bool
+    /// Keys asked for and not yet answered (asked again when the stream reopens).
+    public private(set) var pendingDemands: Set<String> = []
+    /// The most keys waiting for istiod at once; more are refused until some are answered.
+    public static let maxPendingDemands = 4096
 
     public struct Outcome {
         /// The ACK or NACK to send.
@@ -32,18 +39,25 @@ public struct DeltaADS {
         /// Resources added or replaced, and removed.
         public let applied: Int
         public let removed: Int
+        /// On-demand keys this response answered (found or removed).
+        public var answered: [String] = []
     }
 
-    public init(node: Envoy_Service_Discovery_V3_Node, state: MeshSnapshot = MeshSnapshot()) {
+    public init(node: Envoy_Service_Discovery_V3_Node, state: MeshSnapshot = MeshSnapshot(), onDemand: Bool = false) {
         self.node = node
         self.state = state
+        self.onDemand = onDemand
     }
 
-    /// Whether the first response of every type has been accepted since the stream opened.
-    public var isSynced: Bool { Set(Self.typeURLs).isSubset(of: acknowledgedTypes) }
+    /// The types whose first response gates readiness: both, or only Authorization on demand.
+    public var requiredTypes: [String] { onDemand ? [XDSConversion.authorizationType] : Self.typeURLs }
+
+    /// Whether the first response of every required type has been accepted since the stream opened.
+    public var isSynced: Bool { Set(requiredTypes).isSubset(of: acknowledgedTypes) }
 
     /// The first request of each type on a new stream: the node, a wildcard subscription and the
-    /// versions held.
+    /// versions held. On demand, Address subscribes to `*` and unsubscribes `*` ("nothing"),
+    /// plus, by name, what it holds and what is still asked for.
     public mutating func streamOpened() -> [Envoy_Service_Discovery_V3_DeltaDiscoveryRequest] {
         acknowledgedTypes = []
         return Self.typeURLs.map { typeURL in
@@ -51,8 +65,39 @@ public struct DeltaADS {
             request.node = node
             request.typeURL = typeURL
             request.initialResourceVersions = state.versions(typeURL)
+            if onDemand && typeURL == XDSConversion.addressType {
+                let names = Set(state.entries(typeURL).keys).union(pendingDemands)
+                request.resourceNamesSubscribe = ["*"] + names.sorted()
+                request.resourceNamesUnsubscribe = ["*"]
+            }
             return request
         }
+    }
+
+    /// An on-demand lookup (§6.3): the request to send, or nil when on-demand is off, the key is
+    /// already asked for, or too many are waiting.
+    public mutating func demand(_ key: String) -> Envoy_Service_Discovery_V3_DeltaDiscoveryRequest? {
+        guard onDemand, !key.isEmpty, !pendingDemands.contains(key), pendingDemands.count < Self.maxPendingDemands else { return nil }
+        pendingDemands.insert(key)
+        var request = Envoy_Service_Discovery_V3_DeltaDiscoveryRequest()
+        request.typeURL = XDSConversion.addressType
+        request.resourceNamesSubscribe = [key]
+        return request
+    }
+
+    /// The keys an Address resource answers: its name and aliases, and the `<network>/<IP>` of
+    /// each of its addresses (a workload's IPs, a service's VIPs), since istiod names the
+    /// resource by uid or `namespace/hostname` whatever key it was asked by.
+    static func keys(of address: XDSConversion.Address, aliases: [String]) -> Set<String> {
+        var keys = Set(aliases)
+        keys.insert(address.name)
+        switch address {
+        case .workload(let workload):
+            for ip in workload.addresses { keys.insert("\(workload.network)/\(ip)") }
+        case .service(let service):
+            for vip in service.vips { keys.insert("\(vip.network)/\(vip.ip)") }
+        }
+        return keys
     }
 
     /// Applies one response and says what to answer.
@@ -69,6 +114,10 @@ public struct DeltaADS {
         var applied = 0, removed = 0
         for name in response.removedResources where entries.removeValue(forKey: name) != nil { removed += 1 }
         var changed = removed > 0
+        var answered = Set<String>()
+        if response.typeURL == XDSConversion.addressType && !pendingDemands.isEmpty {
+            answered.formUnion(pendingDemands.intersection(response.removedResources))
+        }
         for resource in response.resources {
             let body = [UInt8](resource.resource.value)
             do {
@@ -77,6 +126,9 @@ public struct DeltaADS {
                     let address = try XDSConversion.address(body)
                     guard address.name == resource.name else {
                         throw XDSConversion.Invalid("named \(resource.name) but holds \(address.name)")
+                    }
+                    if !pendingDemands.isEmpty {
+                        answered.formUnion(pendingDemands.intersection(Self.keys(of: address, aliases: resource.aliases)))
                     }
                 } else {
                     let policy = try XDSConversion.authorization(body)
@@ -105,6 +157,9 @@ public struct DeltaADS {
             reply.errorDetail.message = (shown + more).joined(separator: "; ")
             refused = Array(refused.prefix(Self.maxReasons))
         }
-        return Outcome(reply: reply, changed: changed, refused: refused, applied: applied, removed: removed)
+        pendingDemands.subtract(answered)
+        var outcome = Outcome(reply: reply, changed: changed, refused: refused, applied: applied, removed: removed)
+        outcome.answered = answered.sorted()
+        return outcome
     }
 }

@@ -59,7 +59,7 @@ final class XDSWorker {
         self.roots = roots
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
         extraHeaders = configuration.headers("XDS_HEADER_")
-        ads = DeltaADS(node: Self.node(configuration))
+        ads = DeltaADS(node: Self.node(configuration), onDemand: configuration.bool("XDS_ON_DEMAND"))
     }
 
     struct ConfigurationError: Error, CustomStringConvertible {
@@ -132,7 +132,7 @@ final class XDSWorker {
             guard !configured else { WorkerBootstrap.die("a mesh snapshot after set-up") }
             do {
                 let snapshot = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
-                ads = DeltaADS(node: ads.node, state: snapshot)
+                ads = DeltaADS(node: ads.node, state: snapshot, onDemand: ads.onDemand)
                 publishedGeneration = generation
                 everSynced = true
                 Log.info("resuming from the published mesh", [("generation", "\(generation)"),
@@ -143,7 +143,21 @@ final class XDSWorker {
         case .drain:
             Log.info("drain requested; exiting")
             exit(0)
-        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats, .metricsRegion:
+        case .logFilter(let filter):
+            _ = try? Log.setFilter(filter)
+        case .demand(let key):
+            // Sent now when the stream is up; otherwise it goes with the next stream's first request.
+            guard let request = ads.demand(key) else { return }
+            Log.debug("on-demand lookup", [("key", key)])
+            guard let connection else { return }
+            do {
+                try connection.send(GRPCFramer.frame(try request.serializedBytes()), on: stream)
+                try connection.flush()
+            } catch {
+                Log.debug("cannot send the on-demand lookup now: \(error)")
+            }
+        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats, .metricsRegion,
+             .demandAnswered:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }
@@ -250,6 +264,14 @@ final class XDSWorker {
         }
         if ads.isSynced { backoffMilliseconds = 10 }
         if everSynced && ads.state.generation != publishedGeneration { publish() }
+        // After the snapshot that holds the answers, on the same channel: the Supervisor relays
+        // them in that order.
+        var answered = outcome.answered[...]
+        while !answered.isEmpty {
+            let chunk = Array(answered.prefix(DemandKey.maxPerMessage))
+            answered = answered.dropFirst(chunk.count)
+            try? supervisor.send(WorkerMessage.demandAnswered(chunk.filter(DemandKey.isValid)).frame())
+        }
         // The answer after publishing: a response that arrived with the stream's end is still put
         // in force, and a stream already closed for sending is no connection error.
         do { try connection?.send(GRPCFramer.frame(try outcome.reply.serializedBytes()), on: stream) } catch {

@@ -59,11 +59,34 @@ import Glibc
     @Test func workerMessagesRoundTrip() throws {
         for message in [WorkerMessage.hello(protocolVersion: 1, role: .xdsWorker, pid: 77), .ready, .shutdownRequest,
                         .meshApplied(generation: 1 << 40, accepted: true), .meshApplied(generation: 2, accepted: false),
-                        .xdsStats(Self.stats)] {
+                        .xdsStats(Self.stats), .logFilter("info,ztunnel::proxy=debug"), .demand("/10.0.0.1"),
+                        .demandAnswered(["/10.0.0.1", "shop/echo.shop.svc.cluster.local"])] {
             let frame = try roundTrip(message.frame(requestId: 5))
             #expect(frame.requestId == 5)
             #expect(try WorkerMessage.decode(frame) == message)
         }
+    }
+
+    /// The log filter, on-demand keys and answers (issue #8): round trips, and what a
+    /// compromised sender could put there is refused at decode.
+    @Test func logFiltersAndDemandKeysAreCheckedBothWays() throws {
+        guard case .logFilter(let filter) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.logFilter("warn,access=info").frame())),
+              case .demand(let key) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.demand("ns/a.ns.svc").frame())),
+              case .demandAnswered(let generation, let keys) = try SupervisorMessage.decode(
+                try roundTrip(SupervisorMessage.demandAnswered(generation: 9, keys: ["/1.2.3.4"]).frame())) else {
+            Issue.record("not the messages sent"); return
+        }
+        #expect(filter == "warn,access=info" && key == "ns/a.ns.svc" && generation == 9 && keys == ["/1.2.3.4"])
+        for bad in ["loud", "info\nforged line", "x=" + String(repeating: "a", count: 10), String(repeating: "info,", count: 300)] {
+            #expect(throws: IPCError.self) { try WorkerMessage.decode(WorkerMessage.logFilter(bad).frame()) }
+            #expect(throws: IPCError.self) { try SupervisorMessage.decode(SupervisorMessage.logFilter(bad).frame()) }
+        }
+        for bad in ["", "a b", "ns/\u{7f}", String(repeating: "k", count: DemandKey.maxBytes + 1)] {
+            #expect(throws: IPCError.self) { try WorkerMessage.decode(WorkerMessage.demand(bad).frame()) }
+            #expect(throws: IPCError.self) { try WorkerMessage.decode(WorkerMessage.demandAnswered(["ok", bad]).frame()) }
+        }
+        let tooMany = Array(repeating: "k", count: DemandKey.maxPerMessage + 1)
+        #expect(throws: IPCError.self) { try WorkerMessage.decode(WorkerMessage.demandAnswered(tooMany).frame()) }
     }
 
     static var stats: XDSStats {
@@ -153,7 +176,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x010e, 0x020a, 0xffff] {
+        for type: UInt16 in [0, 0x0111, 0x020d, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }

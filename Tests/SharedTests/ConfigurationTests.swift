@@ -119,4 +119,16 @@ import Testing
         let many = Dictionary(uniqueKeysWithValues: (0..<65).map { ("ISTIO_META_K\($0)", "v") })
         #expect(throws: Configuration.ParseError.self) { try Configuration(environment: many, arguments: []) }
     }
+
+    /// In a pod an unset CA_ADDRESS / XDS_ADDRESS means istiod, as upstream (so the chart's env
+    /// block works unchanged); set to "" it stays off; outside Kubernetes unset means off.
+    @Test func inKubernetesUnsetAddressesMeanIstiod() throws {
+        let pod = try Configuration(environment: ["KUBERNETES_SERVICE_HOST": "10.96.0.1"], arguments: [])
+        #expect(pod.string("XDS_ADDRESS") == Configuration.istiodAddress && pod.string("CA_ADDRESS") == Configuration.istiodAddress)
+        let off = try Configuration(environment: ["KUBERNETES_SERVICE_HOST": "10.96.0.1", "XDS_ADDRESS": ""], arguments: [])
+        #expect(off.string("XDS_ADDRESS") == "" && off.string("CA_ADDRESS") == Configuration.istiodAddress)
+        let local = try Configuration(environment: [:], arguments: [])
+        #expect(local.string("XDS_ADDRESS") == "" && local.string("CA_ADDRESS") == "")
+        #expect(local.string("XDS_ON_DEMAND") == "false")
+    }
 }

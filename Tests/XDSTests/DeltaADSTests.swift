@@ -191,6 +191,46 @@ import Testing
         #expect(throws: GRPCFramer.Refused.self) { _ = try compressed.append([1, 0, 0, 0, 1, 7]) }
     }
 
+    /// XDS_ON_DEMAND (§6.3): the Address stream subscribes to `*` and unsubscribes it; a
+    /// lookup names one key with no nonce; a response answers the keys it holds (by name, alias
+    /// or address) or removes; readiness needs only Authorization; a reopened stream asks again
+    /// for what it holds and what is still unanswered.
+    @Test func onDemandSubscribesToNothingAndAnswersLookups() throws {
+        var ads = DeltaADS(node: Self.node(), onDemand: true)
+        let opened = ads.streamOpened()
+        #expect(opened[0].resourceNamesSubscribe == ["*"] && opened[0].resourceNamesUnsubscribe == ["*"])
+        #expect(opened[1].resourceNamesSubscribe.isEmpty && opened[1].resourceNamesUnsubscribe.isEmpty)
+        _ = ads.handle(try Self.response(XDSConversion.authorizationType, nonce: "p1", resources: []))
+        #expect(ads.isSynced)
+
+        let asked = ads.demand("/10.0.0.7")
+        let lookup = try #require(asked)
+        #expect(lookup.typeURL == XDSConversion.addressType && lookup.resourceNamesSubscribe == ["/10.0.0.7"])
+        #expect(lookup.responseNonce.isEmpty && !lookup.hasNode)
+        #expect(ads.demand("/10.0.0.7") == nil, "a key already asked for is not asked again")
+        #expect(ads.demand("/10.0.0.99") != nil)
+        #expect(ads.demand("test/uid-3") != nil)
+        #expect(ads.pendingDemands == ["/10.0.0.7", "/10.0.0.99", "test/uid-3"])
+
+        // istiod names the resource by uid: the key is answered by its address.
+        let found = ads.handle(try Self.response(XDSConversion.addressType, nonce: "a1",
+                                                 resources: [("uid-1", "1", Self.workloadAddress(uid: "uid-1"))]))
+        #expect(found.answered == ["/10.0.0.7"] && found.changed)
+        let gone = ads.handle(try Self.response(XDSConversion.addressType, nonce: "a2", resources: [], removed: ["/10.0.0.99"]))
+        #expect(gone.answered == ["/10.0.0.99"])
+        #expect(ads.pendingDemands == ["test/uid-3"])
+
+        let reopened = ads.streamOpened()
+        #expect(reopened[0].resourceNamesSubscribe == ["*", "test/uid-3", "uid-1"])
+        #expect(reopened[0].resourceNamesUnsubscribe == ["*"] && reopened[0].initialResourceVersions == ["uid-1": "1"])
+    }
+
+    @Test func withoutOnDemandThereAreNoLookups() {
+        var ads = DeltaADS(node: Self.node())
+        #expect(ads.demand("/10.0.0.7") == nil)
+        #expect(ads.requiredTypes == DeltaADS.typeURLs)
+    }
+
     static func contains(_ haystack: [UInt8], _ needle: [UInt8]) -> Bool {
         guard needle.count <= haystack.count else { return false }
         return (0...(haystack.count - needle.count)).contains { Array(haystack[$0..<($0 + needle.count)]) == needle }

@@ -9,7 +9,7 @@ import tempfile
 
 import pytest
 
-from daemon import wait_for
+from daemon import http, wait_for
 from identities import MiniCA, serving_config
 from test_certificates import CART, LOCAL_CONFIG
 from test_identity import try_handshake
@@ -121,7 +121,16 @@ def test_a_stuck_ca_does_not_stall_signing(start_daemon, tmp_path, token_dir):
         # The static "server" identity owns loopback; cart's CSR goes to the silent CA.
         with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
             f.write(serving_config() + LOCAL_CONFIG.split("workloads:", 1)[1].replace('["127.0.0.1"]', '["10.10.2.9"]'))
-        daemon.wait_ready()
+        # Not ready while a local workload's certificate is missing (issue #8), and readiness
+        # names it; the listeners serve meanwhile.
+        cart = "spiffe://cluster.local/ns/shop/sa/cart"
+        def readiness():
+            try:
+                return http(daemon.ports["readiness"], "/healthz/ready")
+            except OSError:
+                return None  # not listening yet
+        wait_for(lambda: readiness() == (500, f"not ready, pending: certificate {cart}\n"), 30,
+                 "readiness to name the certificate the silent CA holds back")
         wait_for(lambda: daemon.audit_events("csr_sent"), 30, "a CSR on its way to the silent CA")
         sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30,
                            "a handshake while the CSR is pending")

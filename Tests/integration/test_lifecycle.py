@@ -1,9 +1,10 @@
 """Start-up errors, arguments, and the drain."""
+import os
 import signal
 import socket
 import subprocess
 
-from daemon import ZTUNNEL, alive, socks5_connect, wait_for
+from daemon import ZTUNNEL, alive, http, socks5_connect, wait_for
 
 
 def run(args, env):
@@ -118,3 +119,39 @@ def test_rust_log_takes_upstreams_target_syntax(start_daemon, echo_server):
         assert sock.recv(10) == b"x"
     wait_for(lambda: "\taccess\tconnection complete" in daemon.log(), 10, "the access line")
     assert "\tinfo\tsupervisor\t" not in daemon.log() and "\tinfo\tnet-worker[0]\t" not in daemon.log()
+
+
+def test_logging_endpoint_changes_the_filter_of_every_process(start_daemon):
+    """POST /logging (§17.1) on the admin port: no parameter reports the filter; `level` appends
+    RUST_LOG items; a bad item is refused with the usage text and changes nothing; `reset` goes
+    back to RUST_LOG. The change reaches every process through the Supervisor, and a worker
+    started afterwards (a NetWorker replaced after kill -9) has it too."""
+    daemon = start_daemon(extra_env={"RUST_LOG": "info"})
+    daemon.wait_ready()
+    admin = daemon.ports["admin"]
+    assert http(admin, "/logging", method="POST") == (200, "current log level is info\n")
+    status, body = http(admin, "/logging")
+    assert status == 405 and "usage:" in body
+    status, body = http(admin, "/logging?level=loud", method="POST")
+    assert status == 400 and "unknown level" in body and "usage:" in body
+    status, body = http(admin, "/logging?level=ztunnel%3A%3Aproxy%3Dfoo", method="POST")
+    assert status == 400, body
+    assert http(admin, "/logging", method="POST") == (200, "current log level is info\n")
+
+    assert http(admin, "/logging?level=debug", method="POST") == (200, "current log level is info,debug\n")
+    wait_for(lambda: daemon.audit_events("log_filter_changed"), 10, "the Supervisor to record the change")
+    (event,) = daemon.audit_events("log_filter_changed")
+    assert event["filter"] == "info,debug" and event["previous"] == "info" and event["role"] == "net-worker"
+    # The CertWorker logs a NetWorker's signer channel at debug; the replacement NetWorker logs
+    # each listener it serves at debug: both only with the new filter.
+    (old,) = daemon.workers("net-worker")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: "\tdebug\tcert-worker[0]\tsigner channel to net-worker[0] attached" in daemon.log(), 30,
+             "the CertWorker's debug line about the replacement's signer channel")
+    wait_for(lambda: "\tdebug\tnet-worker[0]\tserving admin" in daemon.log(), 30,
+             "the replacement NetWorker's debug line for its admin listener")
+    daemon.wait_ready()
+    assert http(admin, "/logging", method="POST") == (200, "current log level is info,debug\n")
+
+    assert http(admin, "/logging?reset", method="POST") == (200, "current log level is info\n")
+    assert http(admin, "/logging?reset&level=access%3Doff", method="POST") == (200, "current log level is info,access=off\n")

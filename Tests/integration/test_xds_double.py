@@ -7,9 +7,9 @@ import pytest
 grpc = pytest.importorskip("grpc")
 
 from xds_double import (ADDRESS, AUTHORIZATION, METHOD, WireError, XdsDouble,  # noqa: E402
-                        address_of_service, address_of_workload, authorization,
+                        address_of_service, address_of_workload, authorization, describe_address,
                         decode_delta_request, decode_delta_response, encode_delta_request,
-                        is_ack, is_nack, service, workload)
+                        encode_delta_response, is_ack, is_nack, service, workload)
 
 UID = "Kubernetes//Pod/default/app-1"
 NODE = {"id": "ztunnel~10.0.0.9~ztunnel-x.istio-system~istio-system.svc.cluster.local",
@@ -165,6 +165,126 @@ def test_on_demand_subscribes_to_nothing_then_to_names(xds, connect):
     assert xds.set_resource(ADDRESS, "b", b"B2") is None  # not subscribed
     nonce = xds.set_resource(ADDRESS, "a", b"A2")
     assert client.recv()["nonce"] == nonce
+
+
+ECHO_UID, CLIENT_UID, REMOTE_UID, V6_UID = ("t//Pod/shop/echo-1", "t//Pod/default/client-1",
+                                           "t//Pod/shop/remote-1", "t//Pod/default/v6-1")
+ECHO_SVC = "shop/echo.shop.svc.cluster.local"
+
+
+def on_demand_mesh(xds):
+    """A service with VIP 10.96.0.9 and its endpoint, a client, a workload on another network
+    sharing an address with nothing local, an IPv6 workload, and an unrelated one."""
+    bodies = {
+        ECHO_UID: address_of_workload(workload(ECHO_UID, "echo-1", "shop", addresses=["127.0.0.2"],
+                                               services={ECHO_SVC: {80: 8080}})),
+        CLIENT_UID: address_of_workload(workload(CLIENT_UID, "client-1", "default", addresses=["127.0.0.3"])),
+        REMOTE_UID: address_of_workload(workload(REMOTE_UID, "remote-1", "shop", addresses=["10.0.0.1"],
+                                                 network="net-b", services={ECHO_SVC: {80: 8080}})),
+        V6_UID: address_of_workload(workload(V6_UID, "v6-1", "default", addresses=["fd00::1"])),
+        ECHO_SVC: address_of_service(service("echo", "shop", "echo.shop.svc.cluster.local",
+                                             addresses=[("", "10.96.0.9")])),
+        "t//Pod/x/other-1": address_of_workload(workload("t//Pod/x/other-1", "other-1", "x", addresses=["127.0.0.5"])),
+    }
+    for name, body in bodies.items():
+        xds.set_resource(ADDRESS, name, body, version=f"v-{name}")
+    return bodies
+
+
+def test_on_demand_keys_are_resolved_as_istiod_does(xds):
+    """§6.3 keys: "<network>/<IP>" (workload IPs first, then service VIPs; a service comes with
+    its endpoints), "<namespace>/<hostname>", a workload uid; nothing found -> []."""
+    on_demand_mesh(xds)
+    assert xds.resolve("/10.96.0.9") == [ECHO_SVC, ECHO_UID, REMOTE_UID]  # endpoints on any network
+    assert xds.resolve(ECHO_SVC) == [ECHO_SVC, ECHO_UID, REMOTE_UID]
+    assert xds.resolve("/127.0.0.3") == [CLIENT_UID] and xds.resolve(CLIENT_UID) == [CLIENT_UID]
+    assert xds.resolve("net-b/10.0.0.1") == [REMOTE_UID] and xds.resolve("/10.0.0.1") == []
+    assert xds.resolve("/fd00:0:0::1") == [V6_UID]  # compared as addresses, not as text
+    for unknown in ("/127.0.0.9", "net-b/10.96.0.9", "shop/nope.shop.svc.cluster.local", "t//Pod/x/gone",
+                    "no-slash", "/not-an-ip"):
+        assert xds.resolve(unknown) == [], unknown
+    # A workload holding a VIP's address wins over the service; all workloads sharing an IP come back.
+    xds.set_resource(ADDRESS, "t//Pod/a/w1", address_of_workload(workload("t//Pod/a/w1", "w1", "a", addresses=["10.96.0.9"])))
+    xds.set_resource(ADDRESS, "t//Pod/a/w2", address_of_workload(workload("t//Pod/a/w2", "w2", "a", addresses=["10.96.0.9"])))
+    assert xds.resolve("/10.96.0.9") == ["t//Pod/a/w1", "t//Pod/a/w2"]
+    # Bodies the double cannot read are found by name only.
+    xds.set_resource(ADDRESS, "opaque/10.96.0.10", b"\xff\xff")
+    assert xds.resolve("opaque/10.96.0.10") == ["opaque/10.96.0.10"] and describe_address(b"\xff\xff") is None
+    assert describe_address(xds.resources(ADDRESS)[ECHO_SVC][1]) == {
+        "kind": "service", "key": ECHO_SVC, "vips": [("", "10.96.0.9")]}
+
+
+def test_on_demand_answers_under_real_names_with_aliases_and_follows_them(xds, connect):
+    bodies = on_demand_mesh(xds)
+    client = connect()
+    client.send(type_url=ADDRESS, node=NODE, subscribe=["*"], unsubscribe=["*"])
+    first = client.recv()
+    assert first["resources"] == [] and first["removed_resources"] == []
+
+    client.send(type_url=ADDRESS, subscribe=["/10.96.0.9"])
+    vip = client.recv()
+    assert [r["name"] for r in vip["resources"]] == [ECHO_SVC, ECHO_UID, REMOTE_UID]
+    assert all(r["aliases"] == ["/10.96.0.9"] for r in vip["resources"]) and vip["removed_resources"] == []
+    assert {r["name"]: (r["version"], r["value"], r["type_url"]) for r in vip["resources"]} == {
+        n: (f"v-{n}", bodies[n], ADDRESS) for n in (ECHO_SVC, ECHO_UID, REMOTE_UID)}
+    req = xds.wait_for(lambda i, r: r["resource_names_subscribe"] == ["/10.96.0.9"])
+    assert req["resolved"] == {"/10.96.0.9": [ECHO_SVC, ECHO_UID, REMOTE_UID]} and not req["initial"]
+    stream = xds.streams[0]
+    answer = next(r for r in stream["responses"] if r["nonce"] == vip["nonce"])
+    assert answer["request"] == req["seq"] and answer["aliases"][ECHO_UID] == ["/10.96.0.9"]
+    assert xds.answers(req) == [answer] and xds.requests(lambda i, r: bool(r["resolved"])) == [req]
+    assert xds.streams[0]["requests"][0]["resolved"] == {}  # the "*"/"*" request: no key
+
+    # Several keys in one request, a uid asked by name (no alias), and an unknown key.
+    client.send(type_url=ADDRESS, subscribe=["/127.0.0.3", CLIENT_UID, "/127.0.0.9"])
+    mixed = client.recv()
+    assert [(r["name"], r["aliases"]) for r in mixed["resources"]] == [(CLIENT_UID, ["/127.0.0.3"])]
+    assert mixed["removed_resources"] == ["/127.0.0.9"]
+    client.send(type_url=ADDRESS, response_nonce=mixed["nonce"])  # ACKs are not answered
+    client.send(type_url=ADDRESS, subscribe=["/fd00::1"])
+    assert [r["name"] for r in client.recv()["resources"]] == [V6_UID]
+    assert stream["subscriptions"][ADDRESS] == {"wildcard": False, "names": {
+        "/10.96.0.9", ECHO_SVC, ECHO_UID, REMOTE_UID, "/127.0.0.3", CLIENT_UID, "/127.0.0.9", "/fd00::1", V6_UID}}
+
+    # Resolved names are subscribed: updates and removals reach the stream, others do not.
+    changed = address_of_workload(workload(ECHO_UID, "echo-1", "shop", addresses=["127.0.0.2"],
+                                           canonical_name="echo-v2", services={ECHO_SVC: {80: 8080}}))
+    nonce = xds.set_resource(ADDRESS, ECHO_UID, changed)
+    pushed = client.recv()
+    assert pushed["nonce"] == nonce and [(r["name"], r["value"]) for r in pushed["resources"]] == [(ECHO_UID, changed)]
+    assert pushed["resources"][0]["aliases"] == []
+    assert xds.set_resource(ADDRESS, "t//Pod/x/other-1", bodies["t//Pod/x/other-1"]) is None
+    nonce = xds.remove_resource(ADDRESS, CLIENT_UID)
+    gone = client.recv()
+    assert gone["nonce"] == nonce and gone["removed_resources"] == [CLIENT_UID]
+    # A key answered as removed is not a resource name: a workload appearing with that IP is only
+    # found by a new request, as with istiod.
+    assert xds.set_resource(ADDRESS, "t//Pod/x/late-1", address_of_workload(
+        workload("t//Pod/x/late-1", "late-1", "x", addresses=["127.0.0.9"]))) is None
+    client.send(type_url=ADDRESS, subscribe=["/127.0.0.9"])
+    late = client.recv()
+    assert [r["name"] for r in late["resources"]] == ["t//Pod/x/late-1"] and late["removed_resources"] == []
+    assert xds.errors == []
+
+
+def test_wildcard_and_other_types_are_not_resolved(xds, connect):
+    on_demand_mesh(xds)
+    client = connect()
+    client.send(type_url=ADDRESS, node=NODE)
+    everything = client.recv()
+    assert len(everything["resources"]) == 6 and all(r["aliases"] == [] for r in everything["resources"])
+    assert xds.streams[0]["requests"][0]["resolved"] is None
+    client.send(type_url=AUTHORIZATION, subscribe=["/10.96.0.9"], unsubscribe=["*"])  # names, not keys
+    auth = client.recv()
+    assert auth["resources"] == [] and auth["removed_resources"] == ["/10.96.0.9"]
+
+
+def test_response_aliases_round_trip():
+    raw = encode_delta_response(ADDRESS, "n", "1", [("a", "1", b"A", None, ["/10.0.0.1", "k"]), ("b", "2", b"B")])
+    resp = decode_delta_response(raw)
+    assert [(r["name"], r["aliases"], r["type_url"]) for r in resp["resources"]] == [
+        ("a", ["/10.0.0.1", "k"], ADDRESS), ("b", [], ADDRESS)]
+    assert b"\x22\x09/10.0.0.1" in raw  # Resource.aliases = 4 (§7.5), LEN
 
 
 def test_malformed_or_nodeless_requests_end_the_stream(xds, connect):

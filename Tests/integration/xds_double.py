@@ -31,6 +31,8 @@ Python API
         Goes to every open stream that subscribed to type_url in any way (all_streams=True: to
         every open stream, e.g. to send a type the client never asked for).
     xds.resources(type_url) -> {name: (version, bytes)} copy of the state.
+    xds.resolve(key, type_url=ADDRESS) -> the resource names an on-demand request for key gets
+        ([] = answered as removed); see Behaviour.
     xds.set_outage(on, code=UNAVAILABLE, message=...): while on, new streams are recorded and
         ended at once with that status (istiod down, for backoff/reconnect tests).
 
@@ -39,7 +41,8 @@ Python API
         index, peer, time, monotonic, headers (dict, lower-case names, last wins), header_list,
         authorization, clusterid, requests (list of request dicts), responses (list of response
         dicts: nonce, type_url, system_version_info, resources [(name, version)], removed,
-        initial, raw), subscriptions {type_url: {"wildcard": bool, "names": set}},
+        aliases {name: [keys]} (on-demand answers only), initial, request (seq of the request it
+        answers; None for a push), raw), subscriptions {type_url: {"wildcard": bool, "names": set}},
         open (bool), refused (outage), error (why the double ended it as INVALID_ARGUMENT, else
         None), error_raw (the undecodable request's bytes), end_code / end_message (the status
         the double ended it with; None while open or when the client went away first).
@@ -55,12 +58,16 @@ Python API
         time, monotonic, raw
         initial         the first request for its type on that stream (answered with the state)
         nonce_known     response_nonce was sent on this stream for this type (None when no nonce)
+        resolved        on-demand Address requests only: {requested key: [resource names it
+                        resolved to]} ([] = sent back in removed_resources); else None
     xds.errors: [(stream index, message)] for every stream ended as INVALID_ARGUMENT.
     is_ack(req) / is_nack(req): has a response_nonce and no / an error_detail.
     xds.wait_for(predicate, timeout=10, since=0) -> request: blocks until some recorded request
         with seq >= since satisfies predicate(stream_index, request); AssertionError listing what
         was recorded on timeout. xds.mark() -> the seq the next request will get.
     xds.wait_for_streams(n, timeout=10) -> copy of streams once at least n were accepted.
+    xds.requests(predicate=None, since=0) -> recorded requests (seq >= since, predicate(i, req)).
+    xds.answers(request) -> the response dicts sent in answer to that recorded request.
     xds.stream_count: streams accepted so far (including refused ones); xds.open_stream_count.
     xds.end_streams(code=UNAVAILABLE, message=...) -> how many open streams were ended.
 
@@ -77,6 +84,17 @@ Behaviour (istiod's, pilot/pkg/xds/delta.go and workload.go, reduced to what ztu
     otherwise the requested names that exist. removed_resources = the requested names (subscribe
     and initial_resource_versions keys, minus "*") that do not exist -- so a reconnecting client
     claiming a resource that went away is told to drop it.
+  * On demand (XDS_ON_DEMAND, §6.3): for a non-wildcard Address subscription each requested key
+    (subscribe + initial_resource_versions keys) is resolved as istiod's ambient index does:
+    a workload uid -> that workload; "<network>/<IP>" -> the workloads with that IP on that
+    network, else the service with that VIP; "<namespace>/<hostname>" -> that service. A service
+    comes with the workloads whose `services` map names it (its endpoints). Each resource is
+    sent once under its real name, Resource.aliases = the other keys that found it; a key that
+    finds nothing is sent in removed_resources. One response per request, as above. The stream
+    is then subscribed to the keys and to every name it was sent, so later set_resource /
+    remove_resource of those names reach it. Not modelled: istiod's extra on-demand pushes
+    (every workload on the proxy's NODE_NAME; a subscribed service's endpoints on update).
+    Wildcard subscriptions and other types are unaffected.
   * ACKs and NACKs are recorded and never answered; stale nonces are not checked (see
     nonce_known). An empty type_url is recorded and ignored.
   * Pushes (set_resource/remove_resource) go to wildcard subscribers and to streams subscribed to
@@ -84,6 +102,9 @@ Behaviour (istiod's, pilot/pkg/xds/delta.go and workload.go, reduced to what ztu
   * When the client half-closes, the stream ends with OK (istiod returns on EOF).
   * Every response: unique nonce, system_version_info = the state's generation counter,
     type_url, Resource{version=1, resource=2 Any{type_url=1, value=2}, name=3}.
+
+describe_address(bytes) -> what a lookup reads from an Address (uid/IPs/network/services of a
+    workload, key/VIPs of a service), None when undecodable.
 
 Message builders (bytes; proto3 defaults are left out as a real encoder does; enums accept the
 §7 name or a raw int, so unknown values can be sent; IPs accept "10.0.0.1"/"fd00::1" strings or
@@ -118,6 +139,7 @@ __all__ = [
     "is_ack", "is_nack",
     "encode_delta_request", "decode_delta_request", "encode_delta_response", "decode_delta_response",
     "workload", "service", "gateway", "network_address", "address_of_workload", "address_of_service",
+    "describe_address",
     "authorization", "auth_group", "auth_rules", "auth_match", "string_match", "auth_address",
     "TUNNEL_PROTOCOL", "WORKLOAD_STATUS", "WORKLOAD_TYPE", "APP_PROTOCOL", "NETWORK_MODE",
     "IP_FAMILIES", "VISIBILITY", "LB_SCOPE", "LB_MODE", "LB_HEALTH_POLICY",
@@ -336,6 +358,63 @@ def address_of_service(service_bytes):
     return _len_field(2, service_bytes)
 
 
+def _ip_text(raw):
+    """Canonical text of 4/16 raw bytes (as istiod's netip.Addr.String()), None for other lengths."""
+    return str(ipaddress.ip_address(raw)) if len(raw) in (4, 16) else None
+
+
+def describe_address(body):
+    """What an on-demand lookup needs from an istio.workload.Address, read with the §7.1 numbers:
+      {"kind": "workload", "uid", "network", "ips": [canonical IP text], "services": ["ns/host"]}
+      {"kind": "service", "key": "namespace/hostname", "vips": [(network, canonical IP text)]}
+    None when body is not a decodable Address with the oneof set (opaque test bodies, broken
+    resources): such a resource is only ever found by its own name. IPs of a length other than
+    4/16 are left out."""
+    try:
+        kind, inner = None, None
+        for number, wire, value in iter_fields(body):
+            if number in (1, 2) and wire == WIRE_LEN:
+                kind, inner = ("workload" if number == 1 else "service"), value  # oneof: last wins
+        if kind == "workload":
+            out = {"kind": kind, "uid": "", "network": "", "ips": [], "services": []}
+            for number, wire, value in iter_fields(inner):
+                if wire != WIRE_LEN:
+                    continue
+                if number == 20:
+                    out["uid"] = _utf8(number, value)
+                elif number == 4:
+                    out["network"] = _utf8(number, value)
+                elif number == 3 and _ip_text(value) is not None:
+                    out["ips"].append(_ip_text(value))
+                elif number == 22:  # map<string, PortList> entry {key=1, value=2}
+                    for n, w, v in iter_fields(value):
+                        if n == 1 and w == WIRE_LEN:
+                            out["services"].append(_utf8(n, v))
+            return out
+        if kind == "service":
+            namespace, hostname, vips = "", "", []
+            for number, wire, value in iter_fields(inner):
+                if wire != WIRE_LEN:
+                    continue
+                if number == 2:
+                    namespace = _utf8(number, value)
+                elif number == 3:
+                    hostname = _utf8(number, value)
+                elif number == 4:  # NetworkAddress{network=1, address=2, length=3}
+                    network, ip = "", None
+                    for n, w, v in iter_fields(value):
+                        if n == 1 and w == WIRE_LEN:
+                            network = _utf8(n, v)
+                        elif n == 2 and w == WIRE_LEN:
+                            ip = _ip_text(v)
+                    if ip is not None:
+                        vips.append((network, ip))
+            return {"kind": kind, "key": f"{namespace}/{hostname}", "vips": vips}
+    except WireError:
+        pass
+    return None
+
+
 # ---------------------------------------------------------------------------------------------
 # istio.security builders, §7.2. Canonical names Group -> Rules -> Match; ztunnel's copy calls
 # them Rule -> Clause -> Match. Same numbers.
@@ -527,13 +606,16 @@ def encode_delta_request(type_url="", node=None, subscribe=(), unsubscribe=(),
 
 def encode_delta_response(type_url, nonce, system_version_info="", resources=(), removed=()):
     """DeltaDiscoveryResponse{system_version_info=1, resources=2, type_url=4, nonce=5,
-    removed_resources=6}. resources: (name, version, body[, any_type_url]) ->
-    Resource{version=1, resource=2 Any{type_url=1, value=2}, name=3}."""
+    removed_resources=6}. resources: (name, version, body[, any_type_url[, aliases]]) ->
+    Resource{version=1, resource=2 Any{type_url=1, value=2}, name=3, aliases=4 (repeated)}.
+    any_type_url None = the response's type_url."""
     out = _str(1, system_version_info)
     for item in resources:
         name, version, body = item[:3]
-        any_type = item[3] if len(item) > 3 else type_url
+        any_type = item[3] if len(item) > 3 and item[3] is not None else type_url
+        aliases = item[4] if len(item) > 4 else ()
         resource = _str(1, version) + _len_field(2, _str(1, any_type) + _bytes(2, body)) + _str(3, name)
+        resource += b"".join(_len_field(4, a) for a in aliases)
         out += _len_field(2, resource)
     out += _str(4, type_url) + _str(5, nonce)
     return out + b"".join(_len_field(6, r) for r in removed)
@@ -541,7 +623,7 @@ def encode_delta_response(type_url, nonce, system_version_info="", resources=(),
 
 def decode_delta_response(buf):
     """DeltaDiscoveryResponse -> dict(system_version_info, type_url, nonce, removed_resources,
-    resources=[{name, version, type_url, value}], unknown_fields)."""
+    resources=[{name, version, type_url, value, aliases}], unknown_fields)."""
     resp = {"system_version_info": "", "resources": [], "type_url": "", "nonce": "",
             "removed_resources": [], "unknown_fields": []}
     for number, wire, value in iter_fields(buf):
@@ -554,11 +636,14 @@ def decode_delta_response(buf):
                 resp[{1: "system_version_info", 4: "type_url", 5: "nonce"}[number]] = text
         elif number == 2:
             _expect(number, wire, WIRE_LEN)
-            res = {"name": "", "version": "", "type_url": None, "value": None}
+            res = {"name": "", "version": "", "type_url": None, "value": None, "aliases": []}
             for n, w, v in iter_fields(value):
                 if n in (1, 3):
                     _expect(n, w, WIRE_LEN)
                     res["version" if n == 1 else "name"] = _utf8(n, v)
+                elif n == 4:
+                    _expect(n, w, WIRE_LEN)
+                    res["aliases"].append(_utf8(n, v))
                 elif n == 2:
                     _expect(n, w, WIRE_LEN)
                     res["type_url"], res["value"] = "", b""
@@ -667,7 +752,7 @@ class XdsDouble(TLSGrpcServer):
             if not select(stream):
                 continue
             nonce = nonce or self._next_nonce()
-            self._send(stream, q, type_url, nonce, resources, removed, initial=False)
+            self._send(stream, q, type_url, nonce, resources, removed, initial=False, request_seq=None)
             sub = stream["subscriptions"].get(type_url)
             if sub is not None and not sub["wildcard"]:
                 sub["names"].update(r[0] for r in resources)
@@ -677,13 +762,58 @@ class XdsDouble(TLSGrpcServer):
         self._nonces += 1
         return f"xds-double-{self._nonces}"
 
-    def _send(self, stream, q, type_url, nonce, resources, removed, initial):
+    def _send(self, stream, q, type_url, nonce, resources, removed, initial, request_seq):
         raw = encode_delta_response(type_url, nonce, str(self._generation), resources, removed)
         stream["responses"].append({
             "nonce": nonce, "type_url": type_url, "system_version_info": str(self._generation),
             "resources": [(r[0], r[1]) for r in resources], "removed": list(removed),
-            "initial": initial, "time": time.time(), "raw": raw})
+            "aliases": {r[0]: list(r[4]) for r in resources if len(r) > 4 and r[4]},
+            "initial": initial, "request": request_seq, "time": time.time(), "raw": raw})
         q.put(raw)
+
+    # -- on-demand lookups --------------------------------------------------------------------
+
+    def resolve(self, key, type_url=ADDRESS):
+        """The resource names an on-demand subscription to `key` is answered with ([] = the key
+        goes into removed_resources); see _lookup."""
+        with self._cond:
+            return self._lookup(self._state.get(type_url, {}), key)
+
+    @staticmethod
+    def _lookup(state, key):
+        """istiod's ambient-index Lookup (pilot/pkg/serviceregistry/kube/controller/ambient):
+          1. a workload uid -> that workload (so does any name the double cannot decode);
+          2. "<network>/<IP>" -> every workload with that IP on that network, if any;
+          3. else a service, by its name "<namespace>/<hostname>" or by a VIP "<network>/<IP>"
+             (the first by resource name when several share it) -> the service followed by the
+             workloads whose `services` map names it (istiod sends them: ztunnel needs them as
+             endpoints);
+          4. nothing -> [] (the key is answered in removed_resources)."""
+        infos = {name: describe_address(body) for name, (_, body) in state.items()}
+        workloads = sorted(n for n, i in infos.items() if i is not None and i["kind"] == "workload")
+
+        def with_endpoints(name):
+            return [name] + [w for w in workloads if infos[name]["key"] in infos[w]["services"]]
+
+        info = infos.get(key)
+        if key in state and (info is None or info["kind"] == "workload"):
+            return [key]
+        if key in state:
+            return with_endpoints(key)
+        network, sep, ip = key.partition("/")
+        try:
+            ip = str(ipaddress.ip_address(ip)) if sep else None
+        except ValueError:
+            ip = None
+        if ip is None:
+            return []
+        hits = [w for w in workloads if infos[w]["network"] == network and ip in infos[w]["ips"]]
+        if hits:
+            return hits
+        for name in sorted(state):
+            if infos[name] is not None and infos[name]["kind"] == "service" and (network, ip) in infos[name]["vips"]:
+                return with_endpoints(name)
+        return []
 
     # -- records ------------------------------------------------------------------------------
 
@@ -717,6 +847,19 @@ class XdsDouble(TLSGrpcServer):
                 raise AssertionError(f"timed out after {timeout}s waiting for an xDS request; "
                                      f"recorded:\n{self._describe()}")
             return found[0]
+
+    def requests(self, predicate=None, since=0):
+        """The recorded requests with seq >= since (that satisfy predicate(stream_index, request)
+        when given), in arrival order."""
+        with self._cond:
+            return [req for stream in self.streams for req in stream["requests"]
+                    if req["seq"] >= since and (predicate is None or predicate(stream["index"], req))]
+
+    def answers(self, request):
+        """The responses the double sent to answer `request` (a recorded request dict): one for a
+        request that subscribes, none for an ACK, a NACK or an unsubscribe-only request."""
+        with self._cond:
+            return [r for r in self.streams[request["stream"]]["responses"] if r["request"] == request["seq"]]
 
     def wait_for_streams(self, n, timeout=10):
         with self._cond:
@@ -818,7 +961,7 @@ class XdsDouble(TLSGrpcServer):
         with self._cond:
             first_on_stream = not stream["requests"]
             req.update(stream=stream["index"], seq=self._seq, time=now, monotonic=mono, raw=raw,
-                       initial=False, nonce_known=None)
+                       initial=False, nonce_known=None, resolved=None)
             self._seq += 1
             type_url = req["type_url"]
             if req["response_nonce"]:
@@ -856,13 +999,35 @@ class XdsDouble(TLSGrpcServer):
                     return None  # only unsubscribing: nothing to send
             requested.discard("*")
             state = self._state.get(type_url, {})
-            wanted = state.keys() if sub["wildcard"] else requested & state.keys()
-            resources = [(name, *state[name]) for name in sorted(wanted)]
-            removed = sorted(requested - state.keys())
-            self._send(stream, q, type_url, self._next_nonce(), resources, removed, initial=req["initial"])
+            if type_url == ADDRESS and not sub["wildcard"]:
+                resources, removed = self._on_demand(req, state, requested)
+            else:
+                wanted = state.keys() if sub["wildcard"] else requested & state.keys()
+                resources = [(name, *state[name]) for name in sorted(wanted)]
+                removed = sorted(requested - state.keys())
+            self._send(stream, q, type_url, self._next_nonce(), resources, removed, initial=req["initial"],
+                       request_seq=req["seq"])
             if not sub["wildcard"]:
                 sub["names"].update(name for name, *_ in resources)
         return None
+
+    def _on_demand(self, req, state, requested):
+        """Under the lock: an on-demand Address request's answer (istiod's WorkloadGenerator):
+        each requested key resolved by _lookup, every resource once under its own name with the
+        keys that found it (other than its name) as aliases; keys that found nothing removed.
+        Records req["resolved"] = {key: [resource names]}."""
+        resolved = {key: self._lookup(state, key) for key in sorted(requested)}
+        req["resolved"] = resolved
+        order, aliases = [], {}
+        for key, names in resolved.items():
+            for name in names:
+                if name not in aliases:
+                    order.append(name)
+                    aliases[name] = []
+                if key != name and key not in aliases[name]:
+                    aliases[name].append(key)
+        resources = [(name, *state[name], None, aliases[name]) for name in order]
+        return resources, sorted(key for key, names in resolved.items() if not names)
 
     def _reject(self, stream, message, locked=False):
         if not locked:
