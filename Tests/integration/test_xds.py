@@ -6,6 +6,7 @@ a bad resource is NACKed while the good ones apply; a DENY policy pushed later r
 connection; a restarted xDS worker resubscribes with the versions it held; a restarted NetWorker
 serves the last model while istiod is down."""
 import os
+import threading
 import signal
 
 import pytest
@@ -227,3 +228,41 @@ def test_workers_restart_without_losing_the_mesh(meshed, xds):
     daemon.wait_ready()
     wait_for(lambda: identities_ready(daemon, since=logged), 30, "the new NetWorker's identities")
     assert echo_through_mesh(daemon, b"after restart") == b"after restart"
+
+
+def test_xds_worker_kill_under_traffic_refuses_no_connection(meshed, xds):
+    """kill -9 the xDS worker while connections keep coming: none is refused or broken (the
+    NetWorker never depended on it for a connection), a connection open across the kill keeps
+    carrying bytes, the model in /config_dump is the same, and the replacement resubscribes."""
+    daemon = meshed
+    before_kill = {w["uid"] for w in daemon.config_dump()["workloads"]}
+    sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
+    assert code == 0
+    outcomes, stop = [], threading.Event()
+
+    def client():
+        while not stop.is_set() and len(outcomes) < 5000:
+            try:
+                outcomes.append(echo_through_mesh(daemon, b"ping"))
+            except OSError as error:
+                outcomes.append(f"error: {error}")
+
+    thread = threading.Thread(target=client)
+    thread.start()
+    try:
+        wait_for(lambda: len(outcomes) >= 10, 30, "connections before the kill")
+        mark = xds.mark()
+        (old,) = daemon.workers("xds-worker")
+        os.kill(old, signal.SIGKILL)
+        wait_for(lambda: daemon.workers("xds-worker") and daemon.workers("xds-worker") != [old], 30, "a new xDS worker")
+        acked(xds, x.AUTHORIZATION, since=mark)
+        count = len(outcomes)
+        wait_for(lambda: len(outcomes) >= count + 10, 30, "connections after the replacement resubscribed")
+    finally:
+        stop.set()
+        thread.join(timeout=60)
+    with sock:
+        assert round_trip(sock, b"across the kill") == b"across the kill"
+    bad = [o for o in outcomes if o != b"ping"]
+    assert not bad, f"{len(bad)} of {len(outcomes)} connections failed: {bad[:5]}"
+    assert {w["uid"] for w in daemon.config_dump()["workloads"]} == before_kill
