@@ -178,7 +178,7 @@ final class CertWorker {
         case .logFilter(let filter):
             _ = try? Log.setFilter(filter)
         case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion, .demand,
-             .demandAnswered:
+             .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

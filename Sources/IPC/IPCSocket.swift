@@ -82,9 +82,35 @@ public final class IPCSocket: @unchecked Sendable {
     /// `defusingFds` (the Supervisor, reading workers): every fd that arrived gets SO_LINGER off
     /// first, so closing a refused socket never blocks (a socket with linger on and unsent data
     /// would hold `close` for its linger time); for a non-socket the call fails harmlessly.
+    /// Bytes sent on this socket that the peer has not read yet (SIOCOUTQ): lets a sender keep
+    /// best-effort messages off a channel that is filling, so they never crowd out the ones whose
+    /// loss would cost the peer its life.
+    public var queuedBytes: Int {
+        var queued: Int32 = 0
+        guard ioctl(fd.rawValue, 0x5411 /* SIOCOUTQ */, &queued) == 0 else { return Int.max }
+        return Int(queued)
+    }
+
+    /// Whether a best-effort message may go now: the channel holds less than 16 KiB unread.
+    public var hasHeadroom: Bool { queuedBytes < 16 * 1024 }
+
     public func receive(blocking: Bool = true, defusingFds: Bool = false) throws -> Received {
-        var buffer = [UInt8](repeating: 0, count: IPCFrame.maxFrame + 1)
-        let controlSize = CShims_CMSG_SPACE((IPCFrame.maxFds + 1) * MemoryLayout<Int32>.size)
+        guard let record = try Self.receiveRecord(fd: fd.rawValue, maxBytes: IPCFrame.maxFrame, maxFds: IPCFrame.maxFds,
+                                                   blocking: blocking, defusingFds: defusingFds) else {
+            return .wouldBlock
+        }
+        let (bytes, fds) = record
+        return .frame(try IPCFrame.decode(packet: bytes, fds: fds))
+    }
+
+    /// One record from a SOCK_SEQPACKET socket with the fds that came with it (close-on-exec):
+    /// nil when nothing is waiting (non-blocking); refuses a truncated record or control
+    /// message, more than `maxFds` fds, and end of stream (`IPCError.closed`). The fds of a
+    /// refused record are closed.
+    public static func receiveRecord(fd: Int32, maxBytes: Int, maxFds: Int, blocking: Bool,
+                                     defusingFds: Bool = false) throws -> ([UInt8], [OwnedFD])? {
+        var buffer = [UInt8](repeating: 0, count: maxBytes + 1)
+        let controlSize = CShims_CMSG_SPACE((maxFds + 1) * MemoryLayout<Int32>.size)
         var control = [UInt8](repeating: 0, count: controlSize)
         var received = 0
         var flags: Int32 = 0
@@ -100,7 +126,7 @@ public final class IPCSocket: @unchecked Sendable {
                     header.msg_controllen = controlSize
                     let options = Int32(MSG_CMSG_CLOEXEC) | (blocking ? 0 : Int32(MSG_DONTWAIT))
                     do {
-                        received = try Syscall.retrying("recvmsg") { recvmsg(fd.rawValue, &header, options) }
+                        received = try Syscall.retrying("recvmsg") { recvmsg(fd, &header, options) }
                     } catch let error as SyscallError where error.errno == EAGAIN {
                         received = -1
                         return
@@ -130,13 +156,11 @@ public final class IPCSocket: @unchecked Sendable {
                 _ = setsockopt(received.rawValue, SOL_SOCKET, SO_LINGER, &off, socklen_t(MemoryLayout<linger>.size))
             }
         }
-        if received < 0 { return .wouldBlock }
+        if received < 0 { return nil }
         if flags & Int32(MSG_CTRUNC) != 0 { throw IPCError.controlTruncated }
-        if flags & Int32(MSG_TRUNC) != 0 || received > IPCFrame.maxFrame {
-            throw IPCError.oversize(length: received, max: IPCFrame.maxFrame)
-        }
+        if flags & Int32(MSG_TRUNC) != 0 || received > maxBytes { throw IPCError.oversize(length: received, max: maxBytes) }
         if received == 0 && fds.isEmpty { throw IPCError.closed }
-        if fds.count > IPCFrame.maxFds { throw IPCError.fdCountMismatch(declared: IPCFrame.maxFds, received: fds.count) }
-        return .frame(try IPCFrame.decode(packet: Array(buffer[0..<received]), fds: fds))
+        if fds.count > maxFds { throw IPCError.fdCountMismatch(declared: maxFds, received: fds.count) }
+        return (Array(buffer[0..<received]), fds)
     }
 }

@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 4
+    public static let version: UInt16 = 5
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
@@ -77,19 +77,33 @@ public enum SupervisorMessage {
     /// snapshot `generation` (or an earlier one), so once that is in force a key still unknown
     /// is not in the mesh.
     case demandAnswered(generation: UInt64, keys: [String])
+    /// To a NetWorker (in-pod mode): a pod istio-cni enrolled is served; its listeners follow.
+    case podAdded(uid: String, info: PodInfo)
+    /// To a NetWorker: one of the pod's listeners, made in the pod's network namespace.
+    case podListener(uid: String, name: String, fd: OwnedFD)
+    /// To a NetWorker: the pod is gone (or its namespace changed): close its listeners and
+    /// connections now.
+    case podRemoved(uid: String)
+    /// To a NetWorker: an unconnected TCP socket made in the pod's network namespace and marked
+    /// (SO_MARK), for a connection on the pod's behalf; answers `podSocketsWanted`.
+    case podSocket(uid: String, family: PodSocketFamily, fd: OwnedFD)
+    /// To a NetWorker: in-pod readiness (ISTIO_COMPAT §16 "workload proxy manager"): whether the
+    /// CNI's snapshot arrived on the current connection, and the pods not yet served.
+    case inPodStatus(synced: Bool, pending: [PendingPod])
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
         case meshSnapshot = 0x010b, xdsStats = 0x010c, metricsRegion = 0x010d, logFilter = 0x010e, demand = 0x010f
-        case demandAnswered = 0x0110
+        case demandAnswered = 0x0110, podAdded = 0x0111, podListener = 0x0112, podRemoved = 0x0113, podSocket = 0x0114
+        case inPodStatus = 0x0115
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
-            case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion: return 1
+            case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion, .podListener, .podSocket: return 1
             case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats, .logFilter, .demand,
-                 .demandAnswered: return 0
+                 .demandAnswered, .podAdded, .podRemoved, .inPodStatus: return 0
             }
         }
     }
@@ -112,6 +126,11 @@ public enum SupervisorMessage {
         case .logFilter: return .logFilter
         case .demand: return .demand
         case .demandAnswered: return .demandAnswered
+        case .podAdded: return .podAdded
+        case .podListener: return .podListener
+        case .podRemoved: return .podRemoved
+        case .podSocket: return .podSocket
+        case .inPodStatus: return .inPodStatus
         }
     }
 
@@ -140,6 +159,14 @@ public enum SupervisorMessage {
             writer.u64(generation)
             writer.u16(UInt16(keys.count))
             for key in keys { writer.string(key) }
+        case .podAdded(let uid, let info): writer.string(uid); info.encode(into: &writer)
+        case .podListener(let uid, let name, let fd): writer.string(uid); writer.string(name); fds = [fd]
+        case .podRemoved(let uid): writer.string(uid)
+        case .podSocket(let uid, let family, let fd): writer.string(uid); writer.u8(family.rawValue); fds = [fd]
+        case .inPodStatus(let synced, let pending):
+            writer.bool(synced)
+            writer.u16(UInt16(pending.count))
+            for pod in pending { pod.encode(into: &writer) }
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -190,6 +217,21 @@ public enum SupervisorMessage {
             var keys: [String] = []
             for _ in 0..<count { keys.append(try DemandKey.decode(&reader)) }
             message = .demandAnswered(generation: generation, keys: keys)
+        case .podAdded:
+            message = .podAdded(uid: try PodInfo.uid(&reader), info: try PodInfo(from: &reader))
+        case .podListener:
+            message = .podListener(uid: try PodInfo.uid(&reader), name: try reader.string("pod listener name", max: 64), fd: frame.fds[0])
+        case .podRemoved:
+            message = .podRemoved(uid: try PodInfo.uid(&reader))
+        case .podSocket:
+            let uid = try PodInfo.uid(&reader)
+            message = .podSocket(uid: uid, family: try PodSocketFamily.decode(&reader), fd: frame.fds[0])
+        case .inPodStatus:
+            let synced = try reader.bool("in-pod synced")
+            let count = try reader.count("pending pods", max: PendingPod.maxPerMessage)
+            var pending: [PendingPod] = []
+            for _ in 0..<count { pending.append(try PendingPod(from: &reader)) }
+            message = .inPodStatus(synced: synced, pending: pending)
         }
         try reader.finish(name)
         return message
@@ -228,6 +270,8 @@ public enum WorkerMessage: Equatable {
     /// The xDS worker: istiod answered the lookups for these keys (sent after the snapshot
     /// that holds the answer).
     case demandAnswered([String])
+    /// A NetWorker wants `count` more unconnected sockets made in pod `uid`'s network namespace.
+    case podSocketsWanted(uid: String, family: PodSocketFamily, count: UInt16)
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -251,6 +295,7 @@ public enum WorkerMessage: Equatable {
         case (.logFilter(let f1), .logFilter(let f2)): return f1 == f2
         case (.demand(let k1), .demand(let k2)): return k1 == k2
         case (.demandAnswered(let k1), .demandAnswered(let k2)): return k1 == k2
+        case (.podSocketsWanted(let u1, let f1, let c1), .podSocketsWanted(let u2, let f2, let c2)): return u1 == u2 && f1 == f2 && c1 == c2
         default: return false
         }
     }
@@ -258,7 +303,7 @@ public enum WorkerMessage: Equatable {
     public enum Code: UInt16, CaseIterable {
         case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
         case localConfigApplied = 0x0206, meshSnapshot = 0x0207, meshApplied = 0x0208, xdsStats = 0x0209
-        case logFilter = 0x020a, demand = 0x020b, demandAnswered = 0x020c
+        case logFilter = 0x020a, demand = 0x020b, demandAnswered = 0x020c, podSocketsWanted = 0x020d
 
         /// Only a snapshot carries an fd (its memfd); every other fd flows from the Supervisor.
         public var fdCount: Int { self == .meshSnapshot ? 1 : 0 }
@@ -278,6 +323,7 @@ public enum WorkerMessage: Equatable {
         case .logFilter: return .logFilter
         case .demand: return .demand
         case .demandAnswered: return .demandAnswered
+        case .podSocketsWanted: return .podSocketsWanted
         }
     }
 
@@ -302,6 +348,7 @@ public enum WorkerMessage: Equatable {
         case .demandAnswered(let keys):
             writer.u16(UInt16(keys.count))
             for key in keys { writer.string(key) }
+        case .podSocketsWanted(let uid, let family, let count): writer.string(uid); writer.u8(family.rawValue); writer.u16(count)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -351,9 +398,90 @@ public enum WorkerMessage: Equatable {
             var keys: [String] = []
             for _ in 0..<count { keys.append(try DemandKey.decode(&reader)) }
             message = .demandAnswered(keys)
+        case .podSocketsWanted:
+            let uid = try PodInfo.uid(&reader)
+            let family = try PodSocketFamily.decode(&reader)
+            let count = try reader.u16("pod socket count")
+            guard count >= 1, count <= PodSocketFamily.maxPerRequest else { throw IPCError.malformed("pod socket count \(count)") }
+            message = .podSocketsWanted(uid: uid, family: family, count: count)
         }
         try reader.finish(name)
         return message
+    }
+}
+
+/// A pod istio-cni enrolled (ZDS WorkloadInfo, ISTIO_COMPAT §7.4): Kubernetes names.
+public struct PodInfo: Equatable, Sendable {
+    public var name: String
+    public var namespace: String
+    public var serviceAccount: String
+
+    public init(name: String, namespace: String, serviceAccount: String) {
+        self.name = name
+        self.namespace = namespace
+        self.serviceAccount = serviceAccount
+    }
+
+    public static let maxUIDBytes = 128
+
+    func encode(into writer: inout WireWriter) {
+        writer.string(name); writer.string(namespace); writer.string(serviceAccount)
+    }
+
+    init(from reader: inout WireReader) throws {
+        name = try Self.name(&reader, "pod name")
+        namespace = try Self.name(&reader, "pod namespace")
+        serviceAccount = try Self.name(&reader, "pod service account")
+    }
+
+    static func name(_ reader: inout WireReader, _ what: String) throws -> String {
+        let text = try reader.string(what, max: 253)
+        guard text.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\"") }) else { throw IPCError.malformed("\(what) is not a name") }
+        return text
+    }
+
+    static func uid(_ reader: inout WireReader) throws -> String {
+        let uid = try reader.string("pod uid", max: maxUIDBytes)
+        guard !uid.isEmpty, uid.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f && $0 != UInt8(ascii: "\"") }) else {
+            throw IPCError.malformed("pod uid is empty or not printable")
+        }
+        return uid
+    }
+}
+
+/// A pod the Supervisor could not serve yet, and why (readiness, /config_dump).
+public struct PendingPod: Equatable, Sendable {
+    public var uid: String
+    public var info: PodInfo
+    public var error: String
+    public static let maxPerMessage = 256
+
+    public init(uid: String, info: PodInfo, error: String) {
+        self.uid = uid
+        self.info = info
+        self.error = error
+    }
+
+    func encode(into writer: inout WireWriter) {
+        writer.string(uid); info.encode(into: &writer); writer.string(String(error.utf8.prefix(512)) ?? "")
+    }
+
+    init(from reader: inout WireReader) throws {
+        uid = try PodInfo.uid(&reader)
+        info = try PodInfo(from: &reader)
+        error = try reader.string("pending pod error", max: 512)
+    }
+}
+
+public enum PodSocketFamily: UInt8, Sendable {
+    case ipv4 = 4, ipv6 = 6
+    /// The most sockets one request asks for.
+    public static let maxPerRequest: UInt16 = 64
+
+    static func decode(_ reader: inout WireReader) throws -> PodSocketFamily {
+        let raw = try reader.u8("pod socket family")
+        guard let family = PodSocketFamily(rawValue: raw) else { throw IPCError.malformed("pod socket family \(raw)") }
+        return family
     }
 }
 

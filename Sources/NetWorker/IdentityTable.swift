@@ -13,6 +13,11 @@ final class IdentityTable: @unchecked Sendable {
     /// The identities this NetWorker asked the CertWorker for (the local workloads'): readiness
     /// waits for them, and a connection that needs one not yet here waits for it (bounded).
     private var expected: Set<String> = []
+    /// A new list was sent and the CertWorker has not reported on it yet: until it does, every
+    /// expected identity counts as coming. Afterwards only those it lists do (it refuses some:
+    /// over its per-NetWorker bound, another trust domain), so a refused one never holds
+    /// readiness or a connection.
+    private var awaitingStatus = false
     private let arrivals = KeyedWaiters(capacity: 4096, timeout: IdentityTable.certificateWait)
     static let certificateWait: TimeAmount = .seconds(5)
 
@@ -20,7 +25,10 @@ final class IdentityTable: @unchecked Sendable {
     var certificateStatuses: [CertificateStatus] { lock.withLock { statuses } }
 
     func update(statuses: [CertificateStatus]) {
-        lock.withLock { self.statuses = statuses.sorted { $0.spiffeId < $1.spiffeId } }
+        lock.withLock {
+            self.statuses = statuses.sorted { $0.spiffeId < $1.spiffeId }
+            awaitingStatus = false
+        }
     }
 
     func update(_ material: IdentityMaterial) {
@@ -74,16 +82,27 @@ final class IdentityTable: @unchecked Sendable {
 
     /// The identities asked for (the whole list, replacing the last).
     func expect(_ identities: Set<String>) {
-        lock.withLock { expected = identities }
+        lock.withLock {
+            if identities != expected { awaitingStatus = true }
+            expected = identities
+        }
     }
 
-    /// Expected identities with no certificate here yet, sorted.
-    var missing: [String] { lock.withLock { expected.subtracting(contexts.keys).sorted() } }
+    /// Expected identities the CertWorker is getting and that are not here yet, sorted.
+    var missing: [String] { lock.withLock { coming().sorted() } }
+
+    /// Under the lock: the expected identities on their way.
+    private func coming() -> Set<String> {
+        let waiting = expected.subtracting(contexts.keys)
+        if awaitingStatus { return waiting }
+        return waiting.intersection(statuses.map(\.spiffeId))
+    }
 
     /// Succeeds when `identity`'s certificate is here, at once if it is; after
-    /// `certificateWait` if it does not come; at once if it was never asked for (it will not come).
+    /// `certificateWait` if it does not come; at once if it was never asked for or the CertWorker
+    /// refused it (it will not come).
     func waitForCertificate(_ identity: String, on loop: EventLoop) -> EventLoopFuture<Void> {
-        let (present, isExpected) = lock.withLock { (contexts[identity] != nil, expected.contains(identity)) }
+        let (present, isExpected) = lock.withLock { (contexts[identity] != nil, coming().contains(identity)) }
         guard !present, isExpected, let (future, _) = arrivals.wait(for: identity, on: loop) else { return loop.makeSucceededVoidFuture() }
         // It may have arrived between the look and the wait.
         if clientContext(for: identity) != nil { arrivals.release(identity) }

@@ -94,19 +94,58 @@ final class OnDemandLookups: @unchecked Sendable {
         self.ask = ask
     }
 
-    /// Waits for each key (asking for the ones nobody asked for yet); succeeds when all are
-    /// answered or timed out.
-    func fetch(_ keys: [String], on loop: EventLoop) -> EventLoopFuture<Void> {
+    /// Concurrent waits one client address may hold: one pod cannot take every slot.
+    static let perClient = 64
+    private var waitsByClient: [String: Int] = [:]
+
+    /// Waits for each key (asking for the ones nobody asked for yet); succeeds with true when all
+    /// are answered or timed out, with false at once when this client (or the NetWorker) has too
+    /// many waiting: the caller then refuses rather than decide without the mesh. `stillUnknown`
+    /// is asked again once registered, so an answer that landed meanwhile does not cost a wait.
+    func fetch(_ keys: [String], client: String, on loop: EventLoop, stillUnknown: @escaping (String) -> Bool) -> EventLoopFuture<Bool> {
+        let wanted = Set(keys).filter(DemandKey.isValid)
+        let admitted = lock.withLock { () -> Bool in
+            let held = waitsByClient[client] ?? 0
+            guard held + wanted.count <= Self.perClient else { return false }
+            waitsByClient[client] = held + wanted.count
+            return true
+        }
+        guard admitted else {
+            OnDemandLookups.warnFull("\(Self.perClient) lookups already wait for client \(client)")
+            return loop.makeSucceededFuture(false)
+        }
         var futures: [EventLoopFuture<Void>] = []
-        for key in Set(keys) where DemandKey.isValid(key) {
+        var complete = true
+        for key in wanted {
             guard let (future, isFirst) = waiters.wait(for: key, on: loop) else {
-                Log.warn("on-demand lookups: \(OnDemandLookups.capacity) waiting already; deciding \(key) with what is known")
+                complete = false
                 continue
             }
             if isFirst { ask(key) }
+            if !stillUnknown(key) { waiters.release(key) }
             futures.append(future)
         }
-        return EventLoopFuture.andAllComplete(futures, on: loop)
+        if !complete { OnDemandLookups.warnFull("\(OnDemandLookups.capacity) lookups wait already") }
+        return EventLoopFuture.andAllComplete(futures, on: loop).map {
+            self.lock.withLock {
+                let left = (self.waitsByClient[client] ?? 0) - wanted.count
+                self.waitsByClient[client] = left > 0 ? left : nil
+            }
+            return complete
+        }
+    }
+
+    /// One warning per 10 s at most: a flood must not become a flood of log lines.
+    private static let warnLock = Mutex()
+    nonisolated(unsafe) private static var lastWarning: Int64 = -10_000
+    static func warnFull(_ what: String) {
+        let now = Clock.monotonicMilliseconds()
+        let due = warnLock.withLock { () -> Bool in
+            guard now - lastWarning >= 10_000 else { return false }
+            lastWarning = now
+            return true
+        }
+        if due { Log.warn("on-demand lookups: \(what); refusing such connections rather than deciding without the mesh") }
     }
 
     /// istiod answered `keys`; what it sent is in snapshot `generation` or an earlier one.

@@ -29,8 +29,12 @@ struct OutboundRouting: Sendable {
     /// here yet (a workload that just arrived). Never plaintext instead of a tunnel.
     func resolve(host: String, port: UInt16, client: String?, on loop: EventLoop) -> EventLoopFuture<Resolution> {
         let keys = onDemand?.isEnabled == true ? unknownAddressKeys(host: host, client: client) : []
-        let looked = keys.isEmpty ? loop.makeSucceededVoidFuture() : onDemand!.fetch(keys, on: loop)
-        return looked.flatMap {
+        let looked = keys.isEmpty ? loop.makeSucceededFuture(true)
+            : onDemand!.fetch(keys, client: client ?? "?", on: loop) { key in
+                self.unknownAddressKeys(host: host, client: client).contains(key)
+            }
+        return looked.flatMap { admitted in
+            guard admitted else { return loop.makeSucceededFuture(.refuse("too many on-demand lookups waiting; refusing rather than deciding without the mesh")) }
             let first = self.resolve(host: host, port: port, client: client)
             guard case .noCertificate(let identity, _) = first else { return loop.makeSucceededFuture(first) }
             return self.identities.waitForCertificate(identity, on: loop).map {

@@ -147,6 +147,8 @@ struct ControlLoop {
                 _ = try? Log.setFilter(filter)
             case .demandAnswered(let generation, let keys):
                 onDemand.answered(keys, generation: generation)
+            case .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus:
+                WorkerBootstrap.die("in-pod messages are not handled yet")
             case .setup, .signerPeer, .caToken, .fault, .demand:
                 WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
@@ -192,10 +194,6 @@ struct ControlLoop {
         var refused: [String] = []
         snapshot?.insert(into: &model, refused: &refused, cache: &conversions)
         hasModel = true
-        state.update(model: model)
-        if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
-            Log.info("policy change closed \(closed) live connections")
-        }
         let node = state.configuration.string("NODE_NAME")
         var wanted = Set<String>()
         if let localConfig {
@@ -213,10 +211,16 @@ struct ControlLoop {
                 if let identity = workload.identity { wanted.insert(identity) }
             }
         }
+        // Expected before the model is in force: a new workload's first connection then waits
+        // for its certificate instead of being refused.
+        identities.expect(wanted)
+        state.update(model: model)
+        if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
+            Log.info("policy change closed \(closed) live connections")
+        }
         Log.info("mesh model", [("source", reason), ("generation", generation), ("workloads", "\(model.workloads.count)"),
                                 ("services", "\(model.services.count)"), ("policies", "\(model.policies.count)"),
                                 ("identities", "\(wanted.count)")])
-        identities.expect(wanted)
         signer.want(wanted.sorted())
         return refused
     }

@@ -6,6 +6,11 @@ public struct Configuration: Sendable {
     public static let settings: [Setting] = [
         Setting("LOCAL_XDS_PATH", .path, default: "",
                 "local mode: workloads, services and policies from this file instead of xDS (ISTIO_COMPAT §19)"),
+        Setting("INPOD_UDS", .path, default: "",
+                "istio-cni's ZDS socket: in-pod mode, listeners in each enrolled pod's network namespace (in Kubernetes, unset = \(Configuration.inPodSocket))"),
+        Setting("INPOD_PORT_REUSE", .bool, default: "true", "SO_REUSEPORT on the per-pod listeners (a new ztunnel can bind while the old drains)"),
+        Setting("PACKET_MARK", .integer(1...0x7fff_ffff), default: "1337",
+                "SO_MARK on every socket made for a pod, so istio-cni's rules do not capture it again"),
         Setting("TERMINATION_GRACE_PERIOD_SECONDS", .integer(0...86_400), default: "",
                 "pod grace period; the drain deadline is s-5 when s>10, else s-1 (minimum 1 s)"),
         Setting("CONNECTION_TERMINATION_DEADLINE", .duration, default: "",
@@ -110,6 +115,8 @@ public struct Configuration: Sendable {
     /// CA_ADDRESS or XDS_ADDRESS means this, as upstream, so the chart's env block works
     /// unchanged; elsewhere unset means the built-in CA and no xDS (set "" to say so in a pod).
     public static let istiodAddress = "https://istiod.istio-system.svc:15012"
+    /// Where the chart mounts istio-cni's socket (ISTIO_COMPAT §8).
+    public static let inPodSocket = "/var/run/ztunnel/ztunnel.sock"
 
     /// Settings named by prefix, as upstream reads them (ISTIO_COMPAT §18): every
     /// `ISTIO_META_<K>` becomes node metadata `K`, `ISTIO_METAJSON_<K>` JSON-valued metadata, and
@@ -162,6 +169,10 @@ public struct Configuration: Sendable {
             for name in ["CA_ADDRESS", "XDS_ADDRESS"] where environment[name] == nil {
                 values[name] = Self.istiodAddress
                 sources[name] = "default in Kubernetes"
+            }
+            if environment["INPOD_UDS"] == nil {
+                values["INPOD_UDS"] = Self.inPodSocket
+                sources["INPOD_UDS"] = "default in Kubernetes"
             }
         }
         var index = 0
@@ -270,6 +281,8 @@ public struct Configuration: Sendable {
     public func address(_ name: String) -> SocketAddress? { SocketAddress.parse(string(name)) }
 
     public var isLocalMode: Bool { !string("LOCAL_XDS_PATH").isEmpty }
+    /// In-pod mode (issue #9): pods come from istio-cni; no node-level data-plane listeners.
+    public var isInPodMode: Bool { !string("INPOD_UDS").isEmpty }
 
     public var isSocks5Enabled: Bool {
         switch string("UNSTABLE_ENABLE_SOCKS5") {

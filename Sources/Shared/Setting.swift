@@ -52,6 +52,8 @@ public struct Setting: Sendable {
         case .choice(let options):
             return options.contains(value) ? nil : "expected one of \(options.joined(separator: ", ")), got \"\(value)\""
         case .logDirectives:
+            // It travels to every worker (and back with /logging?reset): bounded like a posted filter.
+            guard value.utf8.count <= LogFilterChange.maxFilterBytes else { return "longer than \(LogFilterChange.maxFilterBytes) bytes" }
             return Log.Directives.problem(with: value)
         }
     }

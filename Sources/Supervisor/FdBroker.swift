@@ -33,10 +33,14 @@ final class FdBroker {
     }
 
     /// The listeners of the local mode, by wire name and setting (ISTIO_COMPAT §2).
+    /// In-pod mode has none of the data-plane ones: each pod's are made in its namespace.
     static func localModeListeners(_ configuration: Configuration) -> [(String, String)] {
-        var result = [("outbound", "ZTUNNEL_OUTBOUND_ADDR"), ("inbound-plaintext", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR"),
+        var result: [(String, String)] = []
+        if !configuration.isInPodMode {
+            result = [("outbound", "ZTUNNEL_OUTBOUND_ADDR"), ("inbound-plaintext", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR"),
                       ("inbound", "ZTUNNEL_INBOUND_ADDR")]
-        if configuration.isSocks5Enabled { result.append(("socks5", "ZTUNNEL_SOCKS5_ADDR")) }
+            if configuration.isSocks5Enabled { result.append(("socks5", "ZTUNNEL_SOCKS5_ADDR")) }
+        }
         result += [("admin", "ZTUNNEL_ADMIN_ADDR"), ("stats", "ZTUNNEL_STATS_ADDR"), ("readiness", "ZTUNNEL_READINESS_ADDR")]
         return result
     }

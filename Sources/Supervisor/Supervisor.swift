@@ -60,9 +60,20 @@ final class Supervisor {
     /// RUST_LOG as at start, then this.
     private var logFilter: String
     private var logFilterRelayPending = false
+    private var logFilterPrevious = ""
+    private var logFilterChangedBy: WorkerSlot?
     private var nextLogFilterRelay: Int64?
     private var lastLogFilterRelay: Int64 = 0
     static let logFilterRelayMilliseconds: Int64 = 250
+    /// In-pod mode (INPOD_UDS): the connection to istio-cni and the pods it enrolled.
+    private let inPod: InPod?
+    /// Upstream sockets made for each NetWorker index in the current second (a bound on what a
+    /// NetWorker can make the Supervisor do in pods' namespaces).
+    private var podSocketBudget: [UInt16: (second: Int64, used: Int)] = [:]
+    static let podSocketsPerSecond = 4096
+    /// On-demand lookups relayed per NetWorker per second.
+    private var demandBudget: [UInt16: (second: Int64, used: Int)] = [:]
+    static let demandsPerSecond = 1024
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -73,6 +84,7 @@ final class Supervisor {
         lastSeenLocalConfig = localConfig
         self.configuration = configuration
         logFilter = configuration.string("RUST_LOG")
+        inPod = configuration.isInPodMode ? InPod(configuration: configuration, audit: audit) : nil
         self.audit = audit
         self.broker = broker
         self.binDirectory = binDirectory
@@ -196,6 +208,9 @@ final class Supervisor {
             // NetWorker get the xDS worker killed as unresponsive.
             let frame = SupervisorMessage.demand(key).frame()
             for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running { try? xds.ipc?.send(frame, blocking: false) }
+        case (.podSocketsWanted(let uid, let family, let count), .running) where slot.spec.permittedWhileRunning.contains(.podSocketsWanted):
+            guard let inPod else { throw Violation("pod sockets asked for outside in-pod mode") }
+            givePodSockets(inPod, uid: uid, family: family, count: Int(count), to: slot)
         case (.demandAnswered(let keys), .running) where slot.spec.permittedWhileRunning.contains(.demandAnswered):
             // The snapshot with the answers came before this message on the same channel.
             let frame = SupervisorMessage.demandAnswered(generation: meshSnapshot?.generation ?? 0, keys: keys).frame()
@@ -240,6 +255,10 @@ final class Supervisor {
             for listener in broker.listeners where Int(slot.index) < listener.fds.count {
                 try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame(), blocking: false)
             }
+        }
+        if slot.spec.receivesListeners, let inPod {
+            for uid in inPod.pods.keys.sorted() { try sendPod(uid, inPod, to: slot, ipc: ipc) }
+            try ipc.send(SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending).frame(), blocking: false)
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
@@ -456,6 +475,8 @@ final class Supervisor {
                 owners.append((slot, false))
             }
         }
+        let cni = isDraining ? nil : inPod?.pollFd
+        if let cni { pollFds.append(pollfd(fd: cni, events: Int16(POLLIN), revents: 0)) }
         let rc = poll(&pollFds, nfds_t(pollFds.count), pollTimeout())
         if rc < 0 {
             if errno != EINTR { Log.error("poll: \(String(cString: strerror(errno)))") }
@@ -464,6 +485,10 @@ final class Supervisor {
         if pollFds[0].revents != 0 { handleSignals() }
         for (offset, (slot, isPidfd)) in owners.enumerated() where pollFds[offset + 1].revents != 0 {
             if isPidfd { reap(slot) } else { readMessages(from: slot) }
+        }
+        if cni != nil, let last = pollFds.last, last.revents != 0, let inPod {
+            inPod.readable()
+            relayInPodEvents()
         }
     }
 
@@ -474,6 +499,7 @@ final class Supervisor {
         if let drainDeadline { deadlines.append(drainDeadline) }
         if let nextXDSStatsRelay { deadlines.append(nextXDSStatsRelay) }
         if let nextLogFilterRelay { deadlines.append(nextLogFilterRelay) }
+        if !isDraining, let next = inPod?.nextDeadline { deadlines.append(next) }
         guard let next = deadlines.min() else { return -1 }
         return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
     }
@@ -568,13 +594,84 @@ final class Supervisor {
         }
     }
 
+    // MARK: - In-pod mode
+
+    /// A served pod and its listeners (NetWorker `slot.index`'s copies) to one NetWorker.
+    private func sendPod(_ uid: String, _ inPod: InPod, to slot: WorkerSlot, ipc: IPCSocket) throws {
+        guard let pod = inPod.pods[uid], pod.isUp else { return }
+        try ipc.send(SupervisorMessage.podAdded(uid: uid, info: pod.info).frame(), blocking: false)
+        for (name, fd) in inPod.listeners(of: uid, index: Int(slot.index)) {
+            try ipc.send(SupervisorMessage.podListener(uid: uid, name: name, fd: fd).frame(), blocking: false)
+        }
+    }
+
+    /// Tells the NetWorkers what changed among the pods.
+    private func relayInPodEvents() {
+        guard let inPod else { return }
+        var statusChanged = false
+        for event in inPod.takeEvents() {
+            switch event {
+            case .up(let uid):
+                for net in liveNetWorkers {
+                    guard let ipc = net.ipc else { continue }
+                    do { try sendPod(uid, inPod, to: net, ipc: ipc) } catch IPCError.wouldBlock {
+                        audit.record("worker_unresponsive", net.auditFields)
+                        kill(net, reason: "killed by the supervisor: not reading its control channel")
+                    } catch {}
+                }
+            case .down(let uid):
+                let frame = SupervisorMessage.podRemoved(uid: uid).frame()
+                for net in liveNetWorkers { sendWithoutWaiting(frame, to: net) }
+            case .status:
+                statusChanged = true
+            }
+        }
+        if statusChanged {
+            let frame = SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending).frame()
+            for net in liveNetWorkers { sendWithoutWaiting(frame, to: net) }
+        }
+    }
+
+    /// Takes one from NetWorker `index`'s budget for this second; false when spent.
+    private func spend(_ budgets: inout [UInt16: (second: Int64, used: Int)], _ index: UInt16, _ perSecond: Int) -> Bool {
+        let second = Clock.monotonicMilliseconds() / 1000
+        var budget = budgets[index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
+        guard budget.used < perSecond else { return false }
+        budget.used += 1
+        budgets[index] = budget
+        return true
+    }
+
+    /// Unconnected sockets made in a served pod's namespace for a NetWorker, within its budget
+    /// (sockets per second); a pod that is gone or pending gets none (the NetWorker stops waiting
+    /// at its deadline), and a NetWorker over its budget gets none this second.
+    private func givePodSockets(_ inPod: InPod, uid: String, family: PodSocketFamily, count: Int, to slot: WorkerSlot) {
+        let second = Clock.monotonicMilliseconds() / 1000
+        var budget = podSocketBudget[slot.index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
+        let granted = min(count, Self.podSocketsPerSecond - budget.used)
+        guard granted > 0 else {
+            Log.warn("\(slot.name) asked for more than \(Self.podSocketsPerSecond) pod sockets this second; refused")
+            return
+        }
+        budget.used += granted
+        podSocketBudget[slot.index] = budget
+        guard let sockets = inPod.upstreamSockets(for: uid, family: family, count: granted) else {
+            Log.debug("pod sockets asked for a pod not served", [("uid", uid), ("by", slot.name)])
+            return
+        }
+        for fd in sockets {
+            sendWithoutWaiting(SupervisorMessage.podSocket(uid: uid, family: family, fd: fd).frame(), to: slot)
+        }
+    }
+
     /// An operator changed the log filter through a NetWorker's `/logging` (already checked by
     /// the decoder): in force here at once, relayed to every worker when due.
     private func changeLogFilter(_ filter: String, by slot: WorkerSlot) {
         guard filter != logFilter else { return }
         do { try Log.setFilter(filter) } catch { return }
-        audit.record("log_filter_changed", slot.auditFields + [("filter", .string(filter)), ("previous", .string(logFilter))])
         Log.info("log filter changed", [("filter", filter), ("by", slot.name)])
+        if !logFilterRelayPending { logFilterPrevious = logFilter }
+        logFilterChangedBy = slot
         logFilter = filter
         logFilterRelayPending = true
         if nextLogFilterRelay == nil {
@@ -588,6 +685,9 @@ final class Supervisor {
         lastLogFilterRelay = now
         guard logFilterRelayPending else { return }
         logFilterRelayPending = false
+        // Audited as relayed (at most every 250 ms), not per request: posts cannot flood the sink.
+        audit.record("log_filter_changed", (logFilterChangedBy?.auditFields ?? []) + [("filter", .string(logFilter)),
+                                                                                     ("previous", .string(logFilterPrevious))])
         let frame = SupervisorMessage.logFilter(logFilter).frame()
         for slot in slots where slot.state == .settingUp || slot.state == .running { sendWithoutWaiting(frame, to: slot) }
     }
@@ -607,6 +707,10 @@ final class Supervisor {
         let now = Clock.monotonicMilliseconds()
         relayXDSStats(now: now)
         relayLogFilter(now: now)
+        if !isDraining, let inPod {
+            inPod.tick(now: now)
+            relayInPodEvents()
+        }
         for slot in slots {
             if let deadline = slot.setupDeadline, now >= deadline, slot.isAlive {
                 slot.setupDeadline = nil

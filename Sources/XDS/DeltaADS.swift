@@ -24,10 +24,14 @@ public struct DeltaADS {
     /// XDS_ON_DEMAND (§6.3): Address resources are not pushed wholesale; each is asked for by a
     /// key (`<network>/<IP>`, a uid, `<namespace>/<hostname>`) when a connection needs it.
     public let onDemand: Bool
-    /// Keys asked for and not yet answered (asked again when the stream reopens).
-    public private(set) var pendingDemands: Set<String> = []
+    /// Keys asked for and not yet answered, with when (asked again when the stream reopens, or
+    /// when asked for after `demandExpiryMilliseconds`: an answer that never came must not
+    /// block the key).
+    private var demands: [String: Int64] = [:]
+    public var pendingDemands: Set<String> { Set(demands.keys) }
     /// The most keys waiting for istiod at once; more are refused until some are answered.
     public static let maxPendingDemands = 4096
+    public static let demandExpiryMilliseconds: Int64 = 5_000
 
     public struct Outcome {
         /// The ACK or NACK to send.
@@ -41,6 +45,8 @@ public struct DeltaADS {
         public let removed: Int
         /// On-demand keys this response answered (found or removed).
         public var answered: [String] = []
+        /// A request to send after the reply (on demand: unsubscribing answered lookup keys).
+        public var followUp: Envoy_Service_Discovery_V3_DeltaDiscoveryRequest?
     }
 
     public init(node: Envoy_Service_Discovery_V3_Node, state: MeshSnapshot = MeshSnapshot(), onDemand: Bool = false) {
@@ -66,7 +72,7 @@ public struct DeltaADS {
             request.typeURL = typeURL
             request.initialResourceVersions = state.versions(typeURL)
             if onDemand && typeURL == XDSConversion.addressType {
-                let names = Set(state.entries(typeURL).keys).union(pendingDemands)
+                let names = Set(state.entries(typeURL).keys).union(demands.keys)
                 request.resourceNamesSubscribe = ["*"] + names.sorted()
                 request.resourceNamesUnsubscribe = ["*"]
             }
@@ -76,9 +82,14 @@ public struct DeltaADS {
 
     /// An on-demand lookup (§6.3): the request to send, or nil when on-demand is off, the key is
     /// already asked for, or too many are waiting.
-    public mutating func demand(_ key: String) -> Envoy_Service_Discovery_V3_DeltaDiscoveryRequest? {
-        guard onDemand, !key.isEmpty, !pendingDemands.contains(key), pendingDemands.count < Self.maxPendingDemands else { return nil }
-        pendingDemands.insert(key)
+    public mutating func demand(_ key: String, now: Int64) -> Envoy_Service_Discovery_V3_DeltaDiscoveryRequest? {
+        guard onDemand, !key.isEmpty else { return nil }
+        if let asked = demands[key], now - asked < Self.demandExpiryMilliseconds { return nil }
+        if demands.count >= Self.maxPendingDemands {
+            demands = demands.filter { now - $0.value < Self.demandExpiryMilliseconds }
+            guard demands.count < Self.maxPendingDemands else { return nil }
+        }
+        demands[key] = now
         var request = Envoy_Service_Discovery_V3_DeltaDiscoveryRequest()
         request.typeURL = XDSConversion.addressType
         request.resourceNamesSubscribe = [key]
@@ -115,10 +126,13 @@ public struct DeltaADS {
         for name in response.removedResources where entries.removeValue(forKey: name) != nil { removed += 1 }
         var changed = removed > 0
         var answered = Set<String>()
-        if response.typeURL == XDSConversion.addressType && !pendingDemands.isEmpty {
-            answered.formUnion(pendingDemands.intersection(response.removedResources))
+        let asked = response.typeURL == XDSConversion.addressType ? pendingDemands : []
+        if !asked.isEmpty {
+            answered.formUnion(asked.intersection(response.removedResources))
         }
         for resource in response.resources {
+            // A refused resource answers its keys too: istiod will not send it again.
+            if !asked.isEmpty { answered.formUnion(asked.intersection([resource.name] + resource.aliases)) }
             let body = [UInt8](resource.resource.value)
             do {
                 guard !resource.name.isEmpty else { throw XDSConversion.Invalid("a resource without a name") }
@@ -127,8 +141,8 @@ public struct DeltaADS {
                     guard address.name == resource.name else {
                         throw XDSConversion.Invalid("named \(resource.name) but holds \(address.name)")
                     }
-                    if !pendingDemands.isEmpty {
-                        answered.formUnion(pendingDemands.intersection(Self.keys(of: address, aliases: resource.aliases)))
+                    if !asked.isEmpty {
+                        answered.formUnion(asked.intersection(Self.keys(of: address, aliases: resource.aliases)))
                     }
                 } else {
                     let policy = try XDSConversion.authorization(body)
@@ -157,9 +171,19 @@ public struct DeltaADS {
             reply.errorDetail.message = (shown + more).joined(separator: "; ")
             refused = Array(refused.prefix(Self.maxReasons))
         }
-        pendingDemands.subtract(answered)
+        for key in answered { demands[key] = nil }
         var outcome = Outcome(reply: reply, changed: changed, refused: refused, applied: applied, removed: removed)
         outcome.answered = answered.sorted()
+        // istiod keeps every name it was asked for subscribed and answers a name asked again only
+        // if something changed: an answered key that is no resource name is unsubscribed, so the
+        // next lookup of it is answered afresh.
+        let lookupsOnly = answered.filter { entries[$0] == nil }.sorted()
+        if !lookupsOnly.isEmpty {
+            var unsubscribe = Envoy_Service_Discovery_V3_DeltaDiscoveryRequest()
+            unsubscribe.typeURL = XDSConversion.addressType
+            unsubscribe.resourceNamesUnsubscribe = lookupsOnly
+            outcome.followUp = unsubscribe
+        }
         return outcome
     }
 }

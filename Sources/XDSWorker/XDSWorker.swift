@@ -147,7 +147,7 @@ final class XDSWorker {
             _ = try? Log.setFilter(filter)
         case .demand(let key):
             // Sent now when the stream is up; otherwise it goes with the next stream's first request.
-            guard let request = ads.demand(key) else { return }
+            guard let request = ads.demand(key, now: Clock.monotonicMilliseconds()) else { return }
             Log.debug("on-demand lookup", [("key", key)])
             guard let connection else { return }
             do {
@@ -157,7 +157,7 @@ final class XDSWorker {
                 Log.debug("cannot send the on-demand lookup now: \(error)")
             }
         case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats, .metricsRegion,
-             .demandAnswered:
+             .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }
@@ -265,16 +265,25 @@ final class XDSWorker {
         if ads.isSynced { backoffMilliseconds = 10 }
         if everSynced && ads.state.generation != publishedGeneration { publish() }
         // After the snapshot that holds the answers, on the same channel: the Supervisor relays
-        // them in that order.
-        var answered = outcome.answered[...]
-        while !answered.isEmpty {
-            let chunk = Array(answered.prefix(DemandKey.maxPerMessage))
-            answered = answered.dropFirst(chunk.count)
-            try? supervisor.send(WorkerMessage.demandAnswered(chunk.filter(DemandKey.isValid)).frame())
+        // them in that order. Chunks fit a frame with room for what the Supervisor adds.
+        var chunk: [String] = []
+        var bytes = 0
+        for key in outcome.answered where DemandKey.isValid(key) {
+            if chunk.count == DemandKey.maxPerMessage || bytes + key.utf8.count + 4 > 48 * 1024 {
+                try? supervisor.send(WorkerMessage.demandAnswered(chunk).frame())
+                chunk = []
+                bytes = 0
+            }
+            chunk.append(key)
+            bytes += key.utf8.count + 4
         }
+        if !chunk.isEmpty { try? supervisor.send(WorkerMessage.demandAnswered(chunk).frame()) }
         // The answer after publishing: a response that arrived with the stream's end is still put
         // in force, and a stream already closed for sending is no connection error.
-        do { try connection?.send(GRPCFramer.frame(try outcome.reply.serializedBytes()), on: stream) } catch {
+        do {
+            try connection?.send(GRPCFramer.frame(try outcome.reply.serializedBytes()), on: stream)
+            if let followUp = outcome.followUp { try connection?.send(GRPCFramer.frame(try followUp.serializedBytes()), on: stream) }
+        } catch {
             Log.debug("cannot answer on the closed stream: \(error)")
         }
     }

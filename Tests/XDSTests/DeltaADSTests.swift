@@ -203,22 +203,26 @@ import Testing
         _ = ads.handle(try Self.response(XDSConversion.authorizationType, nonce: "p1", resources: []))
         #expect(ads.isSynced)
 
-        let asked = ads.demand("/10.0.0.7")
+        let asked = ads.demand("/10.0.0.7", now: 0)
         let lookup = try #require(asked)
         #expect(lookup.typeURL == XDSConversion.addressType && lookup.resourceNamesSubscribe == ["/10.0.0.7"])
         #expect(lookup.responseNonce.isEmpty && !lookup.hasNode)
-        #expect(ads.demand("/10.0.0.7") == nil, "a key already asked for is not asked again")
-        #expect(ads.demand("/10.0.0.99") != nil)
-        #expect(ads.demand("test/uid-3") != nil)
+        #expect(ads.demand("/10.0.0.7", now: 10) == nil, "a key already asked for is not asked again")
+        #expect(ads.demand("/10.0.0.99", now: 10) != nil)
+        #expect(ads.demand("test/uid-3", now: 10) != nil)
         #expect(ads.pendingDemands == ["/10.0.0.7", "/10.0.0.99", "test/uid-3"])
 
         // istiod names the resource by uid: the key is answered by its address.
         let found = ads.handle(try Self.response(XDSConversion.addressType, nonce: "a1",
                                                  resources: [("uid-1", "1", Self.workloadAddress(uid: "uid-1"))]))
         #expect(found.answered == ["/10.0.0.7"] && found.changed)
+        // The lookup key is unsubscribed (istiod would not answer it again), the uid stays.
+        #expect(found.followUp?.resourceNamesUnsubscribe == ["/10.0.0.7"])
         let gone = ads.handle(try Self.response(XDSConversion.addressType, nonce: "a2", resources: [], removed: ["/10.0.0.99"]))
-        #expect(gone.answered == ["/10.0.0.99"])
+        #expect(gone.answered == ["/10.0.0.99"] && gone.followUp?.resourceNamesUnsubscribe == ["/10.0.0.99"])
         #expect(ads.pendingDemands == ["test/uid-3"])
+        #expect(ads.demand("test/uid-3", now: 20) == nil)
+        #expect(ads.demand("test/uid-3", now: 10 + DeltaADS.demandExpiryMilliseconds) != nil, "an unanswered key is asked again later")
 
         let reopened = ads.streamOpened()
         #expect(reopened[0].resourceNamesSubscribe == ["*", "test/uid-3", "uid-1"])
@@ -227,7 +231,7 @@ import Testing
 
     @Test func withoutOnDemandThereAreNoLookups() {
         var ads = DeltaADS(node: Self.node())
-        #expect(ads.demand("/10.0.0.7") == nil)
+        #expect(ads.demand("/10.0.0.7", now: 0) == nil)
         #expect(ads.requiredTypes == DeltaADS.typeURLs)
     }
 

@@ -61,8 +61,10 @@ def socks5_echo(daemon, host, port, payload, timeout=30):
 
 
 def is_fetch(_, r):
-    """An on-demand request: Address, not the stream's first for the type, no nonce."""
-    return r["type_url"] == x.ADDRESS and not r["initial"] and not r["response_nonce"]
+    """An on-demand request: Address, not the stream's first for the type, no nonce, naming keys
+    (a request that only unsubscribes answered keys is not one)."""
+    return (r["type_url"] == x.ADDRESS and not r["initial"] and not r["response_nonce"]
+            and bool(r["resource_names_subscribe"]))
 
 
 def fetches(xds, since=0):
@@ -174,6 +176,15 @@ def test_on_demand_unknown_destination_is_passed_through(on_demand, xds):
         xds.wait_for(lambda _, r: r["type_url"] == x.ADDRESS and x.is_ack(r) and r["response_nonce"] == answer["nonce"],
                      30, since=mark)
         assert not any(UNKNOWN_IP in w.get("workloadIps", []) for w in daemon.config_dump()["workloads"])
+        # istiod keeps a name subscribed and answers it again only if it is asked afresh: the
+        # daemon unsubscribes the answered key, so the next connection's lookup is answered too.
+        xds.wait_for(lambda _, r: r["type_url"] == x.ADDRESS and f"/{UNKNOWN_IP}" in r["resource_names_unsubscribe"],
+                     30, since=mark)
+        again = xds.mark()
+        assert socks5_echo(daemon, UNKNOWN_IP, stranger.port, b"still nobody") == b"still nobody"
+        second = fetch_of(xds, f"/{UNKNOWN_IP}", since=again)
+        assert f"/{UNKNOWN_IP}" in answer_to(xds, second)["removed"]
+        assert not xds.requests(lambda _, r: r.get("unanswered"), since=again)
     finally:
         stranger.close()
 

@@ -985,6 +985,9 @@ class XdsDouble(TLSGrpcServer):
                 return None  # ACK
             else:
                 sub = subs[type_url]
+                # istiod answers only what the request adds to the subscription: a name already
+                # subscribed (a lookup key asked before and not unsubscribed) gets no response.
+                fresh = {n for n in req["resource_names_subscribe"] if n != "*" and n not in sub["names"]}
                 for name in req["resource_names_subscribe"]:
                     if name == "*":
                         sub["wildcard"] = True
@@ -997,6 +1000,10 @@ class XdsDouble(TLSGrpcServer):
                         sub["names"].discard(name)
                 if not req["resource_names_subscribe"]:
                     return None  # only unsubscribing: nothing to send
+                if not fresh and "*" not in req["resource_names_subscribe"]:
+                    req["unanswered"] = True
+                    return None
+                requested = fresh | (set(req["initial_resource_versions"]))
             requested.discard("*")
             state = self._state.get(type_url, {})
             if type_url == ADDRESS and not sub["wildcard"]:

@@ -69,4 +69,10 @@ void CShims_atomic_fence(void);
 #include "CShimsOpenSSL.h"
 #include "CShimsLandlock.h"
 
+// In-pod mode (CShimsNetns.c): whether fd is a network namespace (0, else -errno), and
+// `count` sockets made inside it by a short-lived thread; returns how many were made (the first
+// failure's errno in *error).
+int CShims_netns_check(int fd);
+int CShims_sockets_in_netns(int nsfd, int domain, int type, int count, int *fds, int *error);
+
 #endif

@@ -1,0 +1,404 @@
+internal import CShims
+import IPC
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// In-pod mode (issue #9, ISTIO_COMPAT §8): the ZDS connection to istio-cni and the pods it
+/// enrolled. The Supervisor is the only process that touches network namespaces: it checks each
+/// pod's namespace fd, makes the pod's listeners inside it (and, on a NetWorker's request,
+/// unconnected sockets for the pod's upstream connections) and hands them to the NetWorkers.
+/// Everything here runs on the Supervisor's one thread, driven by its poll loop; namespaces are
+/// entered only by short-lived threads (CShimsNetns.c).
+///
+/// Where upstream exits on a protocol error, this closes the connection with an error ack and
+/// reconnects (istio-cni replays its snapshot); where one pod's listeners cannot be made, that
+/// pod is refused with an error ack and retried every 5 s while every other pod keeps serving
+/// (istio/ztunnel#1707).
+final class InPod {
+    struct Pod {
+        var info: PodInfo
+        let netns: OwnedFD
+        let netnsId: NetnsId
+        /// One set per NetWorker index: (listener name, socket).
+        var listeners: [[(name: String, fd: OwnedFD)]] = []
+        /// Why the listeners could not be made (nil: served), and when to try again.
+        var error: String?
+        var nextRetry: Int64?
+        var isUp: Bool { error == nil && !listeners.isEmpty }
+    }
+
+    struct NetnsId: Equatable {
+        let device: UInt64
+        let inode: UInt64
+    }
+
+    enum Event {
+        /// Hand the pod's listeners to the NetWorkers.
+        case up(String)
+        /// Withdraw the pod from the NetWorkers (gone, or its namespace changed).
+        case down(String)
+        /// Readiness or the pending list changed.
+        case status
+    }
+
+    static let retryMilliseconds: Int64 = 5_000
+    static let maxBackoffMilliseconds: Int64 = 15_000
+    /// Pods a node can have at most (Kubernetes' max-pods is 110 by default, a few hundred at most).
+    static let maxPods = 1024
+
+    private let path: String
+    private let mark: UInt32
+    private let reusePort: Bool
+    private let ipv6: Bool
+    private let copies: Int
+    private let listenerSpecs: [(name: String, address: SocketAddress)]
+    private let audit: AuditSink
+    private(set) var pods: [String: Pod] = [:]
+    private var connection: OwnedFD?
+    private var snapshotDone = false
+    private var inSnapshot: Set<String> = []
+    private var nextConnect: Int64 = 0
+    private var backoff: Int64 = 10
+    private var connectFailureLogged = false
+    private(set) var events: [Event] = []
+
+    init(configuration: Configuration, audit: AuditSink) {
+        path = configuration.string("INPOD_UDS")
+        mark = UInt32(clamping: configuration.int("PACKET_MARK"))
+        reusePort = configuration.bool("INPOD_PORT_REUSE")
+        ipv6 = configuration.bool("IPV6_ENABLED")
+        copies = configuration.int("ZTUNNEL_NET_WORKERS")
+        self.audit = audit
+        let wildcard = ipv6 ? "[::]" : "0.0.0.0"
+        var specs: [(String, String)] = [("outbound", "\(wildcard):15001"), ("inbound-plaintext", "\(wildcard):15006"),
+                                         ("inbound", "\(wildcard):15008")]
+        if configuration.string("UNSTABLE_ENABLE_SOCKS5") == "true" { specs.append(("socks5", "127.0.0.1:15080")) }
+        listenerSpecs = specs.compactMap { name, text in SocketAddress.parse(text).map { (name, $0) } }
+    }
+
+    /// Whether the snapshot of the current connection arrived and no pod waits for a retry (§16
+    /// "workload proxy manager").
+    var isSynced: Bool { connection != nil && snapshotDone }
+
+    var pending: [PendingPod] {
+        pods.filter { $0.value.error != nil }.sorted { $0.key < $1.key }.prefix(PendingPod.maxPerMessage)
+            .map { PendingPod(uid: $0.key, info: $0.value.info, error: $0.value.error ?? "") }
+    }
+
+    var pollFd: Int32? { connection?.rawValue }
+
+    /// The next time `tick` has work: a reconnect, or a pod's retry.
+    var nextDeadline: Int64? {
+        var times = pods.values.compactMap(\.nextRetry)
+        if connection == nil { times.append(nextConnect) }
+        return times.min()
+    }
+
+    func takeEvents() -> [Event] {
+        defer { events = [] }
+        return events
+    }
+
+    /// The listener sockets of an up pod for NetWorker `index`.
+    func listeners(of uid: String, index: Int) -> [(name: String, fd: OwnedFD)] {
+        guard let pod = pods[uid], pod.isUp, index < pod.listeners.count else { return [] }
+        return pod.listeners[index]
+    }
+
+    // MARK: - The connection
+
+    func tick(now: Int64) {
+        if connection == nil && now >= nextConnect { connect(now: now) }
+        for (uid, pod) in pods where pod.nextRetry.map({ now >= $0 }) == true {
+            retry(uid, pod, now: now)
+        }
+    }
+
+    private func connect(now: Int64) {
+        do {
+            let fd = OwnedFD(takingOwnershipOf: try Syscall.retrying("socket") {
+                socket(AF_UNIX, Int32(SOCK_SEQPACKET.rawValue) | Int32(SOCK_CLOEXEC.rawValue) | Int32(SOCK_NONBLOCK.rawValue), 0)
+            })
+            var address = sockaddr_un()
+            address.sun_family = sa_family_t(AF_UNIX)
+            let bytes = Array(path.utf8)
+            guard bytes.count < MemoryLayout.size(ofValue: address.sun_path) else { throw SyscallError(function: "connect", errno: ENAMETOOLONG) }
+            withUnsafeMutableBytes(of: &address.sun_path) { raw in
+                for (index, byte) in bytes.enumerated() { raw[index] = byte }
+            }
+            _ = try withUnsafePointer(to: &address) { pointer in
+                try pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { socketAddress in
+                    try Syscall.retrying("connect") { Glibc.connect(fd.rawValue, socketAddress, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+                }
+            }
+            try send(ZDS.hello, on: fd)
+            connection = fd
+            snapshotDone = false
+            inSnapshot = []
+            backoff = 10
+            connectFailureLogged = false
+            audit.record("cni_connected", [("socket", .string(path))])
+            Log.info("connected to istio-cni", [("socket", path), ("pods", "\(pods.count)")])
+            events.append(.status)
+        } catch {
+            if !connectFailureLogged {
+                Log.warn("cannot connect to istio-cni yet; retrying with backoff", [("socket", path), ("error", "\(error)")])
+                connectFailureLogged = true
+            }
+            nextConnect = now + backoff
+            backoff = min(backoff * 2, Self.maxBackoffMilliseconds)
+        }
+    }
+
+    private func disconnect(_ reason: String) {
+        guard connection != nil else { return }
+        connection = nil
+        snapshotDone = false
+        nextConnect = Clock.monotonicMilliseconds() + backoff
+        backoff = min(backoff * 2, Self.maxBackoffMilliseconds)
+        audit.record("cni_disconnected", [("reason", .string(reason))])
+        Log.warn("istio-cni connection closed; pods keep serving until it replays its snapshot", [("reason", reason)])
+        events.append(.status)
+    }
+
+    private func send(_ bytes: [UInt8], on fd: OwnedFD) throws {
+        _ = try bytes.withUnsafeBytes { raw in
+            try Syscall.retrying("send") { Glibc.send(fd.rawValue, raw.baseAddress, raw.count, Int32(MSG_NOSIGNAL) | Int32(MSG_DONTWAIT)) }
+        }
+    }
+
+    private func ack(_ error: String = "") {
+        guard let connection else { return }
+        do { try send(ZDS.ack(error: error), on: connection) } catch { disconnect("cannot send an ack: \(error)") }
+    }
+
+    /// Takes what istio-cni sent: a few records per turn of the Supervisor's loop.
+    func readable() {
+        for _ in 0..<16 {
+            guard let connection else { return }
+            let record: ([UInt8], [OwnedFD])
+            do {
+                guard let received = try IPCSocket.receiveRecord(fd: connection.rawValue, maxBytes: ZDS.maxMessageBytes, maxFds: 1,
+                                                                 blocking: false) else { return }
+                record = received
+            } catch IPCError.closed {
+                disconnect("istio-cni closed the connection")
+                return
+            } catch {
+                protocolError("unreadable record: \(error)")
+                return
+            }
+            handle(record.0, fds: record.1)
+        }
+    }
+
+    /// Refused input: an error ack, then the connection is closed (istio-cni replays on the next).
+    private func protocolError(_ reason: String) {
+        audit.record("cni_protocol_error", [("security", .bool(true)), ("reason", .string(reason))])
+        Log.error("istio-cni protocol error; reconnecting", [("reason", reason)])
+        ack("protocol error: \(reason)")
+        disconnect(reason)
+    }
+
+    private func handle(_ bytes: [UInt8], fds: [OwnedFD]) {
+        let request: ZDS.Request
+        do { request = try ZDS.decodeRequest(bytes) } catch {
+            protocolError("\(error)")
+            return
+        }
+        if case .add = request {} else if !fds.isEmpty {
+            protocolError("an fd came with a message other than AddWorkload")
+            return
+        }
+        switch request {
+        case .add(let uid, let info):
+            guard fds.count == 1 else {
+                protocolError("AddWorkload \(uid) without its network namespace fd")
+                return
+            }
+            add(uid: uid, info: PodInfo(name: info.name, namespace: info.namespace, serviceAccount: info.serviceAccount), netns: fds[0])
+        case .keep(let uid):
+            guard !snapshotDone else {
+                protocolError("KeepWorkload \(uid) after the snapshot")
+                return
+            }
+            inSnapshot.insert(uid)
+            ack()
+        case .del(let uid):
+            inSnapshot.remove(uid)
+            if pods[uid] != nil {
+                remove(uid, reason: "DelWorkload")
+            }
+            ack()
+        case .snapshotSent:
+            guard !snapshotDone else {
+                protocolError("a second SnapshotSent on one connection")
+                return
+            }
+            snapshotDone = true
+            for uid in pods.keys where !inSnapshot.contains(uid) {
+                remove(uid, reason: "not in istio-cni's snapshot")
+            }
+            inSnapshot = []
+            Log.info("istio-cni snapshot received", [("pods", "\(pods.count)"), ("pending", "\(pending.count)")])
+            ack()
+            events.append(.status)
+        }
+    }
+
+    private func add(uid: String, info: PodInfo, netns: OwnedFD) {
+        if !snapshotDone { inSnapshot.insert(uid) }
+        let check = CShims_netns_check(netns.rawValue)
+        guard check == 0 else {
+            Log.warn("AddWorkload \(uid): the fd is not a network namespace; refused", [("errno", "\(-check)")])
+            ack("failure to start proxy : the fd given for \(uid) is not a network namespace")
+            return
+        }
+        var status = stat()
+        guard fstat(netns.rawValue, &status) == 0 else {
+            ack("failure to start proxy : cannot stat the network namespace of \(uid)")
+            return
+        }
+        let id = NetnsId(device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
+        if var existing = pods[uid] {
+            if existing.netnsId == id {
+                existing.info = info
+                pods[uid] = existing
+                ack(existing.error.map { "failure to start proxy : \($0)" } ?? "")
+                return
+            }
+            remove(uid, reason: "its network namespace changed")
+        }
+        guard pods.count < Self.maxPods else {
+            ack("failure to start proxy : \(Self.maxPods) pods are enrolled on this node already")
+            return
+        }
+        var pod = Pod(info: info, netns: netns, netnsId: id)
+        start(uid, &pod, now: Clock.monotonicMilliseconds())
+        pods[uid] = pod
+        ack(pod.error.map { "failure to start proxy : \($0)" } ?? "")
+    }
+
+    private func retry(_ uid: String, _ pod: Pod, now: Int64) {
+        var pod = pod
+        start(uid, &pod, now: now)
+        pods[uid] = pod
+    }
+
+    /// Makes the pod's listeners (one set per NetWorker); on failure the pod waits for a retry.
+    private func start(_ uid: String, _ pod: inout Pod, now: Int64) {
+        do {
+            pod.listeners = try (0..<copies).map { _ in try makeListeners(in: pod.netns) }
+            pod.error = nil
+            pod.nextRetry = nil
+            audit.record("pod_enrolled", [("uid", .string(uid)), ("name", .string(pod.info.name)),
+                                          ("namespace", .string(pod.info.namespace)),
+                                          ("service_account", .string(pod.info.serviceAccount))])
+            Log.info("pod served", [("uid", uid), ("pod", "\(pod.info.namespace)/\(pod.info.name)")])
+            events.append(.up(uid))
+        } catch {
+            let first = pod.error == nil
+            pod.listeners = []
+            pod.error = "\(error)"
+            pod.nextRetry = now + Self.retryMilliseconds
+            if first {
+                audit.record("pod_refused", [("uid", .string(uid)), ("name", .string(pod.info.name)),
+                                             ("namespace", .string(pod.info.namespace)), ("error", .string("\(error)"))])
+                Log.error("pod not served; retrying every 5 s", [("uid", uid), ("pod", "\(pod.info.namespace)/\(pod.info.name)"),
+                                                                 ("error", "\(error)")])
+            }
+        }
+        events.append(.status)
+    }
+
+    private func remove(_ uid: String, reason: String) {
+        guard let pod = pods.removeValue(forKey: uid) else { return }
+        audit.record("pod_removed", [("uid", .string(uid)), ("name", .string(pod.info.name)),
+                                     ("namespace", .string(pod.info.namespace)), ("reason", .string(reason))])
+        Log.info("pod withdrawn", [("uid", uid), ("pod", "\(pod.info.namespace)/\(pod.info.name)"), ("reason", reason)])
+        if pod.isUp { events.append(.down(uid)) }
+        events.append(.status)
+    }
+
+    /// Closes the connection (drain): the pods stay with the NetWorkers until they exit.
+    func close() {
+        connection = nil
+    }
+
+    // MARK: - Sockets in a pod's namespace
+
+    struct PodSocketError: Error, CustomStringConvertible {
+        let description: String
+    }
+
+    private func makeListeners(in netns: OwnedFD) throws -> [(name: String, fd: OwnedFD)] {
+        try listenerSpecs.map { name, address in (name, try listen(in: netns, on: address)) }
+    }
+
+    /// A listener in the namespace: marked, transparent when allowed, reusable. A dual-stack
+    /// wildcard falls back to IPv4 in a pod without IPv6.
+    private func listen(in netns: OwnedFD, on address: SocketAddress) throws -> OwnedFD {
+        do {
+            return try listenOnce(in: netns, on: address)
+        } catch let error as SyscallError where address.family == .ipv6 && address.host == "::"
+            && [EAFNOSUPPORT, EADDRNOTAVAIL].contains(error.errno) {
+            guard let v4 = SocketAddress.parse("0.0.0.0:\(address.port)") else { throw error }
+            return try listenOnce(in: netns, on: v4)
+        }
+    }
+
+    private func listenOnce(in netns: OwnedFD, on address: SocketAddress) throws -> OwnedFD {
+        let fd = try sockets(in: netns, family: address.family == .ipv4 ? AF_INET : AF_INET6, count: 1)[0]
+        var one: Int32 = 1
+        var zero: Int32 = 0
+        try option(fd, SOL_SOCKET, SO_REUSEADDR, &one, "SO_REUSEADDR")
+        if reusePort || copies > 1 { try option(fd, SOL_SOCKET, SO_REUSEPORT, &one, "SO_REUSEPORT") }
+        if address.family == .ipv6 { try option(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, "IPV6_V6ONLY") }
+        // Best effort, as upstream's default: lets the pod side keep the original source.
+        if address.family == .ipv6 {
+            _ = setsockopt(fd.rawValue, Int32(IPPROTO_IPV6), 75 /* IPV6_TRANSPARENT */, &one, socklen_t(MemoryLayout<Int32>.size))
+        } else {
+            _ = setsockopt(fd.rawValue, Int32(IPPROTO_IP), 19 /* IP_TRANSPARENT */, &one, socklen_t(MemoryLayout<Int32>.size))
+        }
+        _ = try address.withSockAddr { pointer, length in
+            try Syscall.retrying("bind \(address)") { bind(fd.rawValue, pointer, length) }
+        }
+        _ = try Syscall.retrying("listen") { Glibc.listen(fd.rawValue, 1024) }
+        return fd
+    }
+
+    private func option(_ fd: OwnedFD, _ level: Int32, _ name: Int32, _ value: inout Int32, _ what: String) throws {
+        _ = try Syscall.retrying("setsockopt(\(what))") { setsockopt(fd.rawValue, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
+    }
+
+    /// `count` TCP sockets made in the namespace, each marked (SO_MARK: istio-cni's rules let
+    /// them through instead of capturing them again).
+    private func sockets(in netns: OwnedFD, family: Int32, count: Int) throws -> [OwnedFD] {
+        var raw = [Int32](repeating: -1, count: count)
+        var error: Int32 = 0
+        let made = Int(CShims_sockets_in_netns(netns.rawValue, family, Int32(SOCK_STREAM.rawValue), Int32(count), &raw, &error))
+        let fds = raw.prefix(made).map { OwnedFD(takingOwnershipOf: $0) }
+        guard made == count else { throw SyscallError(function: "socket in the pod's network namespace", errno: error) }
+        var mark = self.mark
+        for fd in fds {
+            _ = try Syscall.retrying("setsockopt(SO_MARK)") {
+                setsockopt(fd.rawValue, SOL_SOCKET, SO_MARK, &mark, socklen_t(MemoryLayout<UInt32>.size))
+            }
+        }
+        return fds
+    }
+
+    /// Unconnected, marked sockets for a NetWorker's connections on the pod's behalf; nil when
+    /// the pod is not served (gone, or pending).
+    func upstreamSockets(for uid: String, family: PodSocketFamily, count: Int) -> [OwnedFD]? {
+        guard let pod = pods[uid], pod.isUp else { return nil }
+        do {
+            return try sockets(in: pod.netns, family: family == .ipv4 ? AF_INET : AF_INET6, count: count)
+        } catch {
+            Log.warn("cannot make sockets in a pod's namespace", [("uid", uid), ("error", "\(error)")])
+            return []
+        }
+    }
+}
