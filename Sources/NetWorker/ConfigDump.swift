@@ -16,7 +16,7 @@ enum ConfigDump {
         let config = state.configuration.displayable.map { (camelCase($0.name), JSON.string($0.value)) }
         let model = state.model
         let workloads = MeshDump.workloads(model), services = MeshDump.services(model), policies = MeshDump.policies(model)
-        return .object([
+        var members: [(String, JSON)] = [
             ("workloads", workloads),
             ("services", services),
             ("policies", policies),
@@ -30,7 +30,23 @@ enum ConfigDump {
             ("config", .object(config)),
             ("certificates", .array(certificates.map { CertificateView.configDumpEntry($0, materials[$0.spiffeId]) })),
             ("processes", .array(processes)),
-        ])
+        ]
+        if state.configuration.isInPodMode { members.append(("workloadState", workloadState(state.inPod))) }
+        return .object(members)
+    }
+
+    /// §17.2 `workloadState`: pod uid → state and the pod's info (our connections lists are not
+    /// kept per pod yet, so they are left out rather than shown empty).
+    static func workloadState(_ inPod: NetWorkerState.InPod) -> JSON {
+        func info(_ pod: PodInfo) -> JSON {
+            .object([("name", .string(pod.name)), ("namespace", .string(pod.namespace)), ("serviceAccount", .string(pod.serviceAccount))])
+        }
+        var entries: [(String, JSON)] = inPod.served.map { uid, pod in (uid, .object([("state", .string("Up")), ("info", info(pod))])) }
+        for pending in inPod.pending where inPod.served[pending.uid] == nil {
+            entries.append((pending.uid, .object([("state", .string("Pending")), ("info", info(pending.info)),
+                                                  ("error", .string(pending.error))])))
+        }
+        return .object(entries.sorted { $0.0 < $1.0 })
     }
 
     /// `LOCAL_XDS_PATH` → `localXdsPath`.

@@ -181,6 +181,8 @@ final class HBONEPool {
         let address: String
         let port: UInt16
         let clientIP: String
+        /// In-pod mode: the pod whose namespace the connection leaves from.
+        var pod: String?
     }
 
     private let eventLoop: EventLoop
@@ -231,13 +233,17 @@ final class HBONEPool {
         let settings = self.settings
         let tls = TLSHandler(role: .client(context: tunnel.context, expected: tunnel.expected), signer: settings.signer,
                              bounds: settings.bounds, reporter: settings.reporter)
-        let connected = ClientBootstrap(group: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: HTTP2Connection.waterMark)
-            .connectTimeout(.seconds(10))
             .channelInitializer { channel in channel.pipeline.addHandlers([tls, handler]) }
-            .connect(to: address)
+        let connected: EventLoopFuture<Channel>
+        if let pod = tunnel.pod, let dialer = PodDialer.shared {
+            connected = dialer.connect(pod: pod, to: address, on: eventLoop, timeout: .seconds(10), bootstrap: bootstrap)
+        } else {
+            connected = bootstrap.connectTimeout(.seconds(10)).connect(to: address)
+        }
         connected.whenFailure { error in
             ready.fail(HBONEError("TCP connect to \(tunnel.address):\(tunnel.port) failed: \(error)"))
         }
@@ -289,6 +295,8 @@ enum HBONETunnel {
                      record: ConnectionRecord?) -> EventLoopFuture<Stage> {
         let pool = pools.pool(for: client.eventLoop)
         let headers = requestHeaders(tunnel, client: client)
+        var tunnel = tunnel
+        tunnel.pod = PodDialer.shared?.pod(of: client)
         return pool.connection(for: tunnel).flatMap { connection in
             let (stream, answered) = connection.open(on: client.eventLoop, authority: tunnel.authority, headers: headers,
                                                      record: record)

@@ -123,7 +123,7 @@ final class HBONEServerHandler: HTTP2Connection {
     private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String) {
         guard let context else { return }
         let handler = self
-        Upstream.connect(on: context.eventLoop, host: host, port: port).whenComplete { result in
+        Upstream.connect(on: context.eventLoop, host: host, port: port, for: context.channel).whenComplete { result in
             switch result {
             case .failure(let error):
                 stream.record?.finish(error: "connect to the application failed: \(error)", responseFlags: "CONNECT")

@@ -24,14 +24,16 @@ struct ListenerFactory {
     /// Listeners served at once, before any mesh model: admin, stats and readiness.
     static let controlListeners: Set<String> = ["admin", "stats", "readiness"]
 
-    /// Serves `fd` (already bound and listening). NIO owns the fd from here on.
-    func adopt(name: String, fd: OwnedFD) -> EventLoopFuture<Channel> {
+    /// Serves `fd` (already bound and listening). NIO owns the fd from here on. `pod`: the pod
+    /// whose namespace the listener is in (in-pod mode); its connections are that pod's.
+    func adopt(name: String, fd: OwnedFD, pod: String? = nil) -> EventLoopFuture<Channel> {
         let factory = self
         return ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
-                factory.admit(channel, for: name).flatMapErrorThrowing { error in
+                if let pod { PodDialer.shared?.register(channel, pod: pod) }
+                return factory.admit(channel, for: name).flatMapErrorThrowing { error in
                     Log.warn("\(name): cannot set up a connection: \(error)")
                     throw error
                 }

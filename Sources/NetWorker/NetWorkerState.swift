@@ -45,11 +45,29 @@ final class NetWorkerState: @unchecked Sendable {
 
     var snapshot: (table: [ProcessEntry], isDraining: Bool) { lock.withLock { (processTable, draining) } }
 
+    /// In-pod mode: the pods served, whether istio-cni's snapshot arrived, the pods not served.
+    struct InPod: Sendable {
+        var served: [String: PodInfo] = [:]
+        var synced = false
+        var pending: [PendingPod] = []
+    }
+    private var inPodState = InPod()
+    var inPod: InPod { lock.withLock { inPodState } }
+    func updateInPod(_ body: (inout InPod) -> Void) { lock.withLock { body(&inPodState) } }
+
     /// The workers that are not yet up and set up; empty means ready (ISTIO_COMPAT §16).
     func pendingReadiness() -> [String] {
         let (table, isDraining) = snapshot
         if isDraining { return ["draining"] }
         if table.isEmpty { return ["process table"] }
-        return table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted() + (awaitingMesh ? ["state manager"] : [])
+        var pending = table.filter { $0.state != .running }.map { "\($0.role)[\($0.index)]" }.sorted() + (awaitingMesh ? ["state manager"] : [])
+        // §16: until istio-cni's snapshot arrived on the current connection and every pod is
+        // served; the pods still waiting are named by namespace/name (their listeners failed).
+        if configuration.isInPodMode {
+            let inPod = self.inPod
+            if !inPod.synced || !inPod.pending.isEmpty { pending.append("workload proxy manager") }
+            pending += inPod.pending.prefix(3).map { "pod \($0.info.namespace)/\($0.info.name)" }
+        }
+        return pending
     }
 }

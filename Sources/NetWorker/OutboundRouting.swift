@@ -71,6 +71,9 @@ struct OutboundRouting: Sendable {
         /// What the client presents: the source workload's certificate.
         let context: TLSContext
         let target: Target
+        /// In-pod mode: the client's pod, whose namespace the connection leaves from (set when
+        /// the tunnel is opened for a client).
+        var pod: String?
 
         /// The client's IP: part of the pool key (§5.5), so clients never share a connection
         /// across source addresses.
@@ -85,7 +88,8 @@ struct OutboundRouting: Sendable {
         /// The pool's key (§5.5): source identity, expected identities, destination address,
         /// source IP.
         var key: HBONEPool.Key {
-            HBONEPool.Key(source: context.spiffeId.description, expected: expected, address: address, port: port, clientIP: clientIP)
+            HBONEPool.Key(source: context.spiffeId.description, expected: expected, address: address, port: port, clientIP: clientIP,
+                          pod: pod)
         }
     }
 

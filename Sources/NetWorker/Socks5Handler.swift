@@ -144,7 +144,7 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func connectUpstream(context: ChannelHandlerContext, host: String, port: UInt16, target: String, targetPort: UInt16) {
         let client = context.channel
-        Upstream.connect(on: context.eventLoop, host: target, port: targetPort).whenComplete { result in
+        Upstream.connect(on: context.eventLoop, host: target, port: targetPort, for: client).whenComplete { result in
             switch result {
             case .success(let upstream):
                 guard client.isActive else {
@@ -232,17 +232,21 @@ struct DestinationGuard: Sendable {
 
 /// Outbound connections and the relay between two channels.
 enum Upstream {
-    /// Connects to a numeric address (no resolver: nothing here reads /etc/hosts or DNS).
-    static func connect(on eventLoop: EventLoop, host: String, port: UInt16) -> EventLoopFuture<Channel> {
+    /// Connects to a numeric address (no resolver: nothing here reads /etc/hosts or DNS), for
+    /// `client`: from its pod's network namespace when it came in on a pod's listener (in-pod
+    /// mode), else from the NetWorker's own.
+    static func connect(on eventLoop: EventLoop, host: String, port: UInt16, for client: Channel) -> EventLoopFuture<Channel> {
         let address: NIOCore.SocketAddress
         do { address = try NIOCore.SocketAddress(ipAddress: host, port: Int(port)) } catch {
             return eventLoop.makeFailedFuture(error)
         }
-        return ClientBootstrap(group: eventLoop)
+        let bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-            .connectTimeout(.seconds(10))
-            .connect(to: address)
+        if let dialer = PodDialer.shared, let pod = dialer.pod(of: client) {
+            return dialer.connect(pod: pod, to: address, on: eventLoop, timeout: .seconds(10), bootstrap: bootstrap)
+        }
+        return bootstrap.connectTimeout(.seconds(10)).connect(to: address)
     }
 
     /// Replaces `handler` on the client with one side of a relay and puts the other on upstream,

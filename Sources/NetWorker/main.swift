@@ -38,6 +38,13 @@ enum NetWorkerMain {
         signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
         signer.onAttach = { identities.removeAll() }
         let bounds = Bounds(configuration)
+        if configuration.isInPodMode {
+            PodDialer.shared = PodDialer { uid, family, count in
+                // Never blocks an event loop: a full channel drops the request; the connection
+                // waiting for a socket gives up at its deadline and the next one asks again.
+                try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)
+            }
+        }
         let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in
             // Never blocks an event loop: a full channel drops the lookup, which then times out.
             try? channel.send(WorkerMessage.demand(key).frame(), blocking: false)
@@ -99,7 +106,9 @@ struct ControlLoop {
     private let usesXDS: Bool
     /// Data-plane listeners held back until the first mesh snapshot is in force (§6.4: nothing is
     /// accepted before the model is); the kernel queues connections meanwhile.
-    private var heldListeners: [(String, OwnedFD)] = []
+    private var heldListeners: [(String, OwnedFD, String?)] = []
+    /// In-pod mode: each pod's listeners as served.
+    private var podServers: [String: [Channel]] = [:]
 
     init(channel: IPCSocket, state: NetWorkerState, factory: ListenerFactory, tracker: ConnectionTracker, signer: SignerClient,
          authorization: InboundAuthorization, share: MetricsShare, identities: IdentityTable, onDemand: OnDemandLookups) {
@@ -122,9 +131,31 @@ struct ControlLoop {
             switch message {
             case .listener(let name, let fd):
                 if usesXDS && snapshot == nil && !ListenerFactory.controlListeners.contains(name) {
-                    heldListeners.append((name, fd))
+                    heldListeners.append((name, fd, nil))
                 } else {
                     adopt(name: name, fd: fd)
+                }
+            case .podAdded(let uid, let info):
+                PodDialer.shared?.add(uid, info)
+                state.updateInPod { $0.served[uid] = info }
+            case .podListener(let uid, let name, let fd):
+                guard state.inPod.served[uid] != nil else { continue }
+                if usesXDS && snapshot == nil {
+                    heldListeners.append((name, fd, uid))
+                } else {
+                    adopt(name: name, fd: fd, pod: uid)
+                }
+            case .podRemoved(let uid):
+                for server in podServers.removeValue(forKey: uid) ?? [] { server.close(promise: nil) }
+                heldListeners.removeAll { $0.2 == uid }
+                PodDialer.shared?.remove(uid)
+                state.updateInPod { $0.served[uid] = nil }
+            case .podSocket(let uid, let family, let fd):
+                PodDialer.shared?.add(socket: fd, pod: uid, family: family)
+            case .inPodStatus(let synced, let pending):
+                state.updateInPod {
+                    $0.synced = synced
+                    $0.pending = pending
                 }
             case .meshSnapshot(let generation, let fd):
                 applySnapshot(generation: generation, fd: fd)
@@ -147,19 +178,24 @@ struct ControlLoop {
                 _ = try? Log.setFilter(filter)
             case .demandAnswered(let generation, let keys):
                 onDemand.answered(keys, generation: generation)
-            case .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus:
-                WorkerBootstrap.die("in-pod messages are not handled yet")
             case .setup, .signerPeer, .caToken, .fault, .demand:
                 WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
             }
         }
     }
 
-    private mutating func adopt(name: String, fd: OwnedFD) {
-        do { servers.append(try factory.adopt(name: name, fd: fd).wait()) } catch {
+    private mutating func adopt(name: String, fd: OwnedFD, pod: String? = nil) {
+        let server: Channel
+        do { server = try factory.adopt(name: name, fd: fd, pod: pod).wait() } catch {
             WorkerBootstrap.die("cannot serve listener \(name): \(error)")
         }
-        Log.debug("serving \(name)")
+        if let pod {
+            podServers[pod, default: []].append(server)
+            Log.debug("serving \(name) of pod \(pod)")
+        } else {
+            servers.append(server)
+            Log.debug("serving \(name)")
+        }
     }
 
     /// Maps and decodes a snapshot from the xDS worker (relayed by the Supervisor) and puts it in
@@ -180,7 +216,7 @@ struct ControlLoop {
         let refused = publishModel(reason: "xds", generation: "\(generation)")
         for reason in refused.prefix(16) { Log.warn("mesh snapshot resource left out: \(reason)") }
         state.awaitingMesh = false
-        for (name, fd) in heldListeners { adopt(name: name, fd: fd) }
+        for (name, fd, pod) in heldListeners { adopt(name: name, fd: fd, pod: pod) }
         heldListeners = []
         onDemand.applied(generation: generation)
         try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: true).frame())
@@ -247,7 +283,7 @@ struct ControlLoop {
     private func drain(deadlineMilliseconds: Int64) -> Never {
         state.startDraining()
         let deadline = Clock.monotonicMilliseconds() + deadlineMilliseconds
-        for server in servers { try? server.close().wait() }
+        for server in servers + podServers.values.flatMap({ $0 }) { try? server.close().wait() }
         tracker.announceDrain()
         Log.info("draining", [("live", "\(tracker.count)"), ("deadline_ms", "\(deadlineMilliseconds)")])
         let remaining = tracker.waitUntilEmpty(deadline: deadline)

@@ -11,6 +11,7 @@
 #include <sys/resource.h>
 #include <sys/signalfd.h>
 #include <sys/eventfd.h>
+#include <sys/epoll.h>
 #include <sys/wait.h>
 #include <poll.h>
 

@@ -1,0 +1,237 @@
+internal import CShims
+import IPC
+import NIOCore
+import NIOPosix
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// In-pod mode (issue #9): the pods this NetWorker serves, which connection belongs to which pod,
+/// and the connections made on a pod's behalf. A NetWorker cannot enter a namespace or mark a
+/// socket; the Supervisor makes unconnected, marked sockets in the pod's namespace ahead of need
+/// (`podSocketsWanted` → `podSocket`), and this connects them: non-blocking connect, completion
+/// seen by one epoll thread, then handed to SwiftNIO as a connected socket on the caller's loop.
+final class PodDialer: @unchecked Sendable {
+    /// This NetWorker's, set once at start in in-pod mode, before any listener is served.
+    nonisolated(unsafe) static var shared: PodDialer?
+
+    /// Sockets kept ready per pod and family; a refill is asked for when fewer remain.
+    static let poolTarget = 8
+    static let lowWater = 4
+    static let socketWait: TimeAmount = .seconds(5)
+
+    private struct Pool {
+        var sockets: [OwnedFD] = []
+        var requested = false
+    }
+
+    private let lock = Mutex()
+    private var pods: [String: PodInfo] = [:]
+    private var pools: [String: Pool] = [:]
+    /// Each pod's connections (accepted on its listeners), closed when the pod goes.
+    private var channels: [String: [ObjectIdentifier: Channel]] = [:]
+    private var podOfChannel: [ObjectIdentifier: String] = [:]
+    private let arrivals = KeyedWaiters(capacity: 4096, timeout: PodDialer.socketWait)
+    private let ask: @Sendable (String, PodSocketFamily, UInt16) -> Void
+    private let connector = Connector()
+
+    init(ask: @escaping @Sendable (String, PodSocketFamily, UInt16) -> Void) {
+        self.ask = ask
+    }
+
+    // MARK: - Pods and their connections
+
+    func add(_ uid: String, _ info: PodInfo) { lock.withLock { pods[uid] = info } }
+
+    var served: [String: PodInfo] { lock.withLock { pods } }
+
+    /// Forgets the pod: its sockets are closed, its connections closed now (the pod is gone).
+    func remove(_ uid: String) {
+        let open = lock.withLock { () -> [Channel] in
+            pods[uid] = nil
+            pools = pools.filter { !$0.key.hasPrefix(uid + "|") }
+            let open = Array((channels.removeValue(forKey: uid) ?? [:]).values)
+            for channel in open { podOfChannel[ObjectIdentifier(channel)] = nil }
+            return open
+        }
+        for family in ["4", "6"] { arrivals.release("\(uid)|\(family)") }
+        for channel in open { channel.close(promise: nil) }
+        if !open.isEmpty { Log.info("pod withdrawn: closed its connections", [("uid", uid), ("connections", "\(open.count)")]) }
+    }
+
+    /// Records that `channel` was accepted on one of `uid`'s listeners.
+    func register(_ channel: Channel, pod uid: String) {
+        let id = ObjectIdentifier(channel)
+        let known = lock.withLock { () -> Bool in
+            guard pods[uid] != nil else { return false }
+            channels[uid, default: [:]][id] = channel
+            podOfChannel[id] = uid
+            return true
+        }
+        guard known else {
+            channel.close(promise: nil)
+            return
+        }
+        channel.closeFuture.whenComplete { _ in
+            self.lock.withLock {
+                self.channels[uid]?[id] = nil
+                self.podOfChannel[id] = nil
+            }
+        }
+    }
+
+    /// The pod a connection belongs to (nil: a node-level listener's).
+    func pod(of channel: Channel) -> String? { lock.withLock { podOfChannel[ObjectIdentifier(channel)] } }
+
+    // MARK: - Sockets
+
+    /// A socket the Supervisor made in the pod's namespace.
+    func add(socket fd: OwnedFD, pod uid: String, family: PodSocketFamily) {
+        let key = Self.key(uid, family)
+        let kept = lock.withLock { () -> Bool in
+            guard pods[uid] != nil else { return false }
+            pools[key, default: Pool()].sockets.append(fd)
+            pools[key]?.requested = false
+            return true
+        }
+        if kept { arrivals.release(key) } else { fd.close() }
+    }
+
+    private static func key(_ uid: String, _ family: PodSocketFamily) -> String { "\(uid)|\(family.rawValue)" }
+
+    /// Takes a socket of the pod's, waiting (bounded) for a refill when none is left; asks for
+    /// more below the low-water mark.
+    private func socket(for uid: String, family: PodSocketFamily, on loop: EventLoop, waited: Bool = false) -> EventLoopFuture<OwnedFD> {
+        let key = Self.key(uid, family)
+        let (taken, refill, known) = lock.withLock { () -> (OwnedFD?, Bool, Bool) in
+            guard pods[uid] != nil else { return (nil, false, false) }
+            var pool = pools[key] ?? Pool()
+            let taken = pool.sockets.popLast()
+            let refill = pool.sockets.count < Self.lowWater && !pool.requested
+            if refill { pool.requested = true }
+            pools[key] = pool
+            return (taken, refill, true)
+        }
+        if refill { ask(uid, family, UInt16(Self.poolTarget)) }
+        if let taken { return loop.makeSucceededFuture(taken) }
+        guard known else { return loop.makeFailedFuture(DialError("pod \(uid) is no longer served")) }
+        guard !waited, let (future, _) = arrivals.wait(for: key, on: loop) else {
+            // A refill that never came: ask again next time.
+            lock.withLock { pools[key]?.requested = false }
+            return loop.makeFailedFuture(DialError("no socket from pod \(uid)'s namespace within \(Self.socketWait.nanoseconds / 1_000_000_000) s"))
+        }
+        return future.flatMap { self.socket(for: uid, family: family, on: loop, waited: true) }
+    }
+
+    struct DialError: Error, CustomStringConvertible {
+        let description: String
+        init(_ description: String) { self.description = description }
+    }
+
+    /// Connects to `address` from the pod's namespace and returns the channel, set up by
+    /// `bootstrap` (options and initializer) on `loop`.
+    func connect(pod uid: String, to address: NIOCore.SocketAddress, on loop: EventLoop, timeout: TimeAmount,
+                 bootstrap: ClientBootstrap) -> EventLoopFuture<Channel> {
+        let family: PodSocketFamily = address.protocol == .inet6 ? .ipv6 : .ipv4
+        return socket(for: uid, family: family, on: loop).flatMap { fd in
+            self.connector.connect(fd, to: address, on: loop, timeout: timeout)
+        }.flatMap { raw in
+            bootstrap.withConnectedSocket(raw).flatMapErrorThrowing { error in
+                close(raw)
+                throw error
+            }
+        }
+    }
+}
+
+/// Non-blocking connects whose completion one epoll thread waits for. A connect that does not
+/// complete within its timeout is cancelled and its socket closed.
+final class Connector: @unchecked Sendable {
+    private let epoll: Int32
+    private let lock = Mutex()
+    private var pending: [Int32: EventLoopPromise<Int32>] = [:]
+
+    /// The thread starts with the first connect: a NetWorker outside in-pod mode never has it.
+    private var started = false
+
+    init() {
+        epoll = epoll_create1(Int32(EPOLL_CLOEXEC))
+    }
+
+    private func startIfNeeded() {
+        let start = lock.withLock { () -> Bool in
+            defer { started = true }
+            return !started
+        }
+        guard start else { return }
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            Unmanaged<Connector>.fromOpaque(raw).takeRetainedValue().run()
+            return nil
+        }, box.toOpaque())
+        if rc == 0 { pthread_detach(thread) } else { box.release(); Log.error("cannot start the pod connector thread: \(rc)") }
+    }
+
+    /// Succeeds with the connected descriptor (now the caller's), or fails with the reason.
+    func connect(_ fd: OwnedFD, to address: NIOCore.SocketAddress, on loop: EventLoop, timeout: TimeAmount) -> EventLoopFuture<Int32> {
+        startIfNeeded()
+        let raw = fd.take()
+        let flags = fcntl(raw, F_GETFL)
+        guard flags >= 0, fcntl(raw, F_SETFL, flags | O_NONBLOCK) == 0 else {
+            close(raw)
+            return loop.makeFailedFuture(PodDialer.DialError("cannot make the pod socket non-blocking: errno \(errno)"))
+        }
+        var one: Int32 = 1
+        _ = setsockopt(raw, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+        let rc = address.withSockAddr { pointer, length in Glibc.connect(raw, pointer, socklen_t(length)) }
+        if rc == 0 { return loop.makeSucceededFuture(raw) }
+        guard errno == EINPROGRESS else {
+            let error = errno
+            close(raw)
+            return loop.makeFailedFuture(PodDialer.DialError("connect to \(address) failed: \(String(cString: strerror(error)))"))
+        }
+        let promise = loop.makePromise(of: Int32.self)
+        lock.withLock { pending[raw] = promise }
+        var event = epoll_event()
+        event.events = EPOLLOUT.rawValue | EPOLLONESHOT.rawValue
+        event.data.fd = raw
+        if epoll_ctl(epoll, EPOLL_CTL_ADD, raw, &event) != 0 {
+            lock.withLock { pending[raw] = nil }
+            close(raw)
+            promise.fail(PodDialer.DialError("cannot wait for the connect: errno \(errno)"))
+            return promise.futureResult
+        }
+        loop.scheduleTask(in: timeout) {
+            guard let waiting = self.lock.withLock({ self.pending.removeValue(forKey: raw) }) else { return }
+            _ = epoll_ctl(self.epoll, EPOLL_CTL_DEL, raw, nil)
+            close(raw)
+            waiting.fail(PodDialer.DialError("connect to \(address) timed out"))
+        }
+        return promise.futureResult
+    }
+
+    private func run() -> Never {
+        var events = [epoll_event](repeating: epoll_event(), count: 64)
+        while true {
+            let count = epoll_wait(epoll, &events, Int32(events.count), -1)
+            if count < 0 { continue }
+            for event in events.prefix(Int(count)) {
+                let raw = event.data.fd
+                guard let promise = lock.withLock({ pending.removeValue(forKey: raw) }) else { continue }
+                _ = epoll_ctl(epoll, EPOLL_CTL_DEL, raw, nil)
+                var error: Int32 = 0
+                var length = socklen_t(MemoryLayout<Int32>.size)
+                _ = getsockopt(raw, SOL_SOCKET, SO_ERROR, &error, &length)
+                if error == 0 {
+                    promise.succeed(raw)
+                } else {
+                    close(raw)
+                    promise.fail(PodDialer.DialError("connect failed: \(String(cString: strerror(error)))"))
+                }
+            }
+        }
+    }
+}
