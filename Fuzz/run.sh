@@ -21,6 +21,7 @@ declare -A sources=(
   [connect_authority]="Sources/NetWorker/ConnectAuthority.swift"
   [metrics_merge]="Sources/NetWorker/MetricsMerge.swift"
   [grpc_framer]="Sources/HTTP2Client/GRPCFramer.swift"
+  [zds]="Sources/Supervisor/ZDSMessages.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086
@@ -48,7 +49,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer; do
+for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer zds; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"
