@@ -11,9 +11,15 @@
 #include <sched.h>
 #include <sys/ioctl.h>
 #include <sys/socket.h>
+#include <sys/vfs.h>
 #include <unistd.h>
 
 int CShims_netns_check(int fd) {
+    // Only an nsfs file gets the ioctl: an fd of anything else (a socket, a device) from istio-cni
+    // must not reach some driver's ioctl handler.
+    struct statfs fs;
+    if (fstatfs(fd, &fs) != 0) return -errno;
+    if ((unsigned long)fs.f_type != 0x6e736673UL /* NSFS_MAGIC */) return -EINVAL;
     int type = ioctl(fd, NS_GET_NSTYPE);
     if (type < 0) return -errno;
     return type == CLONE_NEWNET ? 0 : -EINVAL;

@@ -88,8 +88,9 @@ public enum SupervisorMessage {
     /// (SO_MARK), for a connection on the pod's behalf; answers `podSocketsWanted`.
     case podSocket(uid: String, family: PodSocketFamily, fd: OwnedFD)
     /// To a NetWorker: in-pod readiness (ISTIO_COMPAT §16 "workload proxy manager"): whether the
-    /// CNI's snapshot arrived on the current connection, and the pods not yet served.
-    case inPodStatus(synced: Bool, pending: [PendingPod])
+    /// CNI's snapshot arrived on the current connection, the pods not yet served, and how many
+    /// pods were started and stopped since the daemon started (`workload_manager_*`, §15).
+    case inPodStatus(synced: Bool, pending: [PendingPod], started: UInt64, stopped: UInt64)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
@@ -163,10 +164,12 @@ public enum SupervisorMessage {
         case .podListener(let uid, let name, let fd): writer.string(uid); writer.string(name); fds = [fd]
         case .podRemoved(let uid): writer.string(uid)
         case .podSocket(let uid, let family, let fd): writer.string(uid); writer.u8(family.rawValue); fds = [fd]
-        case .inPodStatus(let synced, let pending):
+        case .inPodStatus(let synced, let pending, let started, let stopped):
             writer.bool(synced)
             writer.u16(UInt16(pending.count))
             for pod in pending { pod.encode(into: &writer) }
+            writer.u64(started)
+            writer.u64(stopped)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -231,7 +234,8 @@ public enum SupervisorMessage {
             let count = try reader.count("pending pods", max: PendingPod.maxPerMessage)
             var pending: [PendingPod] = []
             for _ in 0..<count { pending.append(try PendingPod(from: &reader)) }
-            message = .inPodStatus(synced: synced, pending: pending)
+            message = .inPodStatus(synced: synced, pending: pending, started: try reader.u64("pods started"),
+                                   stopped: try reader.u64("pods stopped"))
         }
         try reader.finish(name)
         return message
@@ -454,7 +458,8 @@ public struct PendingPod: Equatable, Sendable {
     public var uid: String
     public var info: PodInfo
     public var error: String
-    public static let maxPerMessage = 256
+    /// Each is at most ~1.4 KB: 32 keep a status frame well under 64 KiB.
+    public static let maxPerMessage = 32
 
     public init(uid: String, info: PodInfo, error: String) {
         self.uid = uid

@@ -145,6 +145,18 @@ final class HBONEClientHandler: HTTP2Connection {
         if openStreams == 0 { armIdleTimer() }
     }
 
+    /// The pod this connection left from is gone (in-pod mode): GOAWAY, then the connection
+    /// closes once it is written.
+    func shutDown() {
+        guard let context else { return }
+        guard let session else {
+            context.close(promise: nil)
+            return
+        }
+        _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_NO_ERROR.rawValue))
+        flushSession()
+    }
+
     /// A connection with no stream for `idleRelease` is closed: GOAWAY first, then close_notify.
     private func armIdleTimer() {
         guard let context, idleTimer == nil, openStreams == 0 else { return }
@@ -185,7 +197,7 @@ final class HBONEPool {
         var pod: String?
     }
 
-    private let eventLoop: EventLoop
+    let eventLoop: EventLoop
     private let settings: Settings
     private var connections: [Key: [HBONEClientHandler]] = [:]
     private var connecting: [Key: EventLoopFuture<HBONEClientHandler>] = [:]
@@ -239,7 +251,10 @@ final class HBONEPool {
             .channelOption(ChannelOptions.writeBufferWaterMark, value: HTTP2Connection.waterMark)
             .channelInitializer { channel in channel.pipeline.addHandlers([tls, handler]) }
         let connected: EventLoopFuture<Channel>
-        if let pod = tunnel.pod, let dialer = PodDialer.shared {
+        if let dialer = PodDialer.shared {
+            guard let pod = tunnel.pod else {
+                return eventLoop.makeFailedFuture(HBONEError("the connection's pod is no longer served; not dialing from ztunnel's namespace"))
+            }
             connected = dialer.connect(pod: pod, to: address, on: eventLoop, timeout: .seconds(10), bootstrap: bootstrap)
         } else {
             connected = bootstrap.connectTimeout(.seconds(10)).connect(to: address)
@@ -263,6 +278,15 @@ final class HBONEPool {
         }
     }
 
+    /// Ends the pooled connections that left from pod `uid`'s namespace (it is gone).
+    func close(pod uid: String) {
+        eventLoop.preconditionInEventLoop()
+        for key in connections.keys where key.pod == uid {
+            for handler in connections[key] ?? [] { handler.shutDown() }
+            connections[key] = nil
+        }
+    }
+
     /// Connections open now, for tests and the pool's log.
     var count: Int { connections.values.reduce(0) { $0 + $1.count } }
 }
@@ -274,6 +298,12 @@ final class HBONEPools: @unchecked Sendable {
     private let settings: HBONEPool.Settings
 
     init(settings: HBONEPool.Settings) { self.settings = settings }
+
+    /// Ends every loop's pooled connections of pod `uid`.
+    func close(pod uid: String) {
+        let all = lock.withLock { Array(pools.values) }
+        for pool in all { pool.eventLoop.execute { pool.close(pod: uid) } }
+    }
 
     func pool(for eventLoop: EventLoop) -> HBONEPool {
         lock.withLock {

@@ -50,6 +50,16 @@ final class NetWorkerState: @unchecked Sendable {
         var served: [String: PodInfo] = [:]
         var synced = false
         var pending: [PendingPod] = []
+        var started: UInt64 = 0
+        var stopped: UInt64 = 0
+
+        /// §15's `workload_manager_*` families (no `istio_` prefix, as upstream names them).
+        var metricLines: [String] {
+            ["# TYPE workload_manager_active_proxy_count gauge", "workload_manager_active_proxy_count \(served.count)",
+             "# TYPE workload_manager_pending_proxy_count gauge", "workload_manager_pending_proxy_count \(pending.count)",
+             "# TYPE workload_manager_proxies_started counter", "workload_manager_proxies_started_total \(started)",
+             "# TYPE workload_manager_proxies_stopped counter", "workload_manager_proxies_stopped_total \(stopped)"]
+        }
     }
     private var inPodState = InPod()
     var inPod: InPod { lock.withLock { inPodState } }

@@ -23,8 +23,11 @@ final class PodDialer: @unchecked Sendable {
 
     private struct Pool {
         var sockets: [OwnedFD] = []
-        var requested = false
+        /// When a refill was last asked for; another is asked for after `refillRetry` (the
+        /// Supervisor may have sent none: a pending pod, a spent budget, a dropped frame).
+        var requestedAt: Int64?
     }
+    static let refillRetryMilliseconds: Int64 = 1_000
 
     private let lock = Mutex()
     private var pods: [String: PodInfo] = [:]
@@ -42,7 +45,14 @@ final class PodDialer: @unchecked Sendable {
 
     // MARK: - Pods and their connections
 
-    func add(_ uid: String, _ info: PodInfo) { lock.withLock { pods[uid] = info } }
+    /// A pod served from now on; its IPv4 pool is filled ahead of its first connection.
+    func add(_ uid: String, _ info: PodInfo) {
+        let isNew = lock.withLock { () -> Bool in
+            defer { pods[uid] = info }
+            return pods[uid] == nil
+        }
+        if isNew { _ = takeOrAsk(uid, .ipv4, taking: false) }
+    }
 
     var served: [String: PodInfo] { lock.withLock { pods } }
 
@@ -92,7 +102,7 @@ final class PodDialer: @unchecked Sendable {
         let kept = lock.withLock { () -> Bool in
             guard pods[uid] != nil else { return false }
             pools[key, default: Pool()].sockets.append(fd)
-            pools[key]?.requested = false
+            pools[key]?.requestedAt = nil
             return true
         }
         if kept { arrivals.release(key) } else { fd.close() }
@@ -100,28 +110,35 @@ final class PodDialer: @unchecked Sendable {
 
     private static func key(_ uid: String, _ family: PodSocketFamily) -> String { "\(uid)|\(family.rawValue)" }
 
-    /// Takes a socket of the pod's, waiting (bounded) for a refill when none is left; asks for
-    /// more below the low-water mark.
-    private func socket(for uid: String, family: PodSocketFamily, on loop: EventLoop, waited: Bool = false) -> EventLoopFuture<OwnedFD> {
+    /// Takes a socket when `taking` and one is there; asks for a refill below the low-water
+    /// mark. nil pod: the pod is not served.
+    private func takeOrAsk(_ uid: String, _ family: PodSocketFamily, taking: Bool) -> (socket: OwnedFD?, known: Bool) {
         let key = Self.key(uid, family)
+        let now = Clock.monotonicMilliseconds()
         let (taken, refill, known) = lock.withLock { () -> (OwnedFD?, Bool, Bool) in
             guard pods[uid] != nil else { return (nil, false, false) }
             var pool = pools[key] ?? Pool()
-            let taken = pool.sockets.popLast()
-            let refill = pool.sockets.count < Self.lowWater && !pool.requested
-            if refill { pool.requested = true }
+            let taken = taking ? pool.sockets.popLast() : nil
+            let due = pool.requestedAt.map { now - $0 >= Self.refillRetryMilliseconds } ?? true
+            let refill = pool.sockets.count < Self.lowWater && due
+            if refill { pool.requestedAt = now }
             pools[key] = pool
             return (taken, refill, true)
         }
         if refill { ask(uid, family, UInt16(Self.poolTarget)) }
+        return (taken, known)
+    }
+
+    /// Takes a socket of the pod's, waiting for a refill while none is left, until `deadline`.
+    private func socket(for uid: String, family: PodSocketFamily, on loop: EventLoop, deadline: NIODeadline) -> EventLoopFuture<OwnedFD> {
+        let (taken, known) = takeOrAsk(uid, family, taking: true)
         if let taken { return loop.makeSucceededFuture(taken) }
         guard known else { return loop.makeFailedFuture(DialError("pod \(uid) is no longer served")) }
-        guard !waited, let (future, _) = arrivals.wait(for: key, on: loop) else {
-            // A refill that never came: ask again next time.
-            lock.withLock { pools[key]?.requested = false }
-            return loop.makeFailedFuture(DialError("no socket from pod \(uid)'s namespace within \(Self.socketWait.nanoseconds / 1_000_000_000) s"))
+        guard NIODeadline.now() < deadline, let (future, _) = arrivals.wait(for: Self.key(uid, family), on: loop) else {
+            return loop.makeFailedFuture(DialError("no socket from pod \(uid)'s namespace in time"))
         }
-        return future.flatMap { self.socket(for: uid, family: family, on: loop, waited: true) }
+        // Woken by an arrival (another waiter may take it first: look again) or the wait's end.
+        return future.flatMap { self.socket(for: uid, family: family, on: loop, deadline: deadline) }
     }
 
     struct DialError: Error, CustomStringConvertible {
@@ -134,13 +151,11 @@ final class PodDialer: @unchecked Sendable {
     func connect(pod uid: String, to address: NIOCore.SocketAddress, on loop: EventLoop, timeout: TimeAmount,
                  bootstrap: ClientBootstrap) -> EventLoopFuture<Channel> {
         let family: PodSocketFamily = address.protocol == .inet6 ? .ipv6 : .ipv4
-        return socket(for: uid, family: family, on: loop).flatMap { fd in
+        return socket(for: uid, family: family, on: loop, deadline: .now() + Self.socketWait).flatMap { fd in
             self.connector.connect(fd, to: address, on: loop, timeout: timeout)
         }.flatMap { raw in
-            bootstrap.withConnectedSocket(raw).flatMapErrorThrowing { error in
-                close(raw)
-                throw error
-            }
+            // SwiftNIO owns the descriptor from here, and closes it if it cannot use it.
+            bootstrap.withConnectedSocket(raw)
         }
     }
 }
@@ -150,7 +165,10 @@ final class PodDialer: @unchecked Sendable {
 final class Connector: @unchecked Sendable {
     private let epoll: Int32
     private let lock = Mutex()
-    private var pending: [Int32: EventLoopPromise<Int32>] = [:]
+    /// By token, not by descriptor: a descriptor number is reused as soon as it is closed, and
+    /// an event left over from a timed-out connect must not complete a newer one.
+    private var pending: [UInt64: (fd: Int32, promise: EventLoopPromise<Int32>)] = [:]
+    private var nextToken: UInt64 = 1
 
     /// The thread starts with the first connect: a NetWorker outside in-pod mode never has it.
     private var started = false
@@ -194,21 +212,27 @@ final class Connector: @unchecked Sendable {
             return loop.makeFailedFuture(PodDialer.DialError("connect to \(address) failed: \(String(cString: strerror(error)))"))
         }
         let promise = loop.makePromise(of: Int32.self)
-        lock.withLock { pending[raw] = promise }
+        let token = lock.withLock { () -> UInt64 in
+            defer { nextToken += 1 }
+            pending[nextToken] = (raw, promise)
+            return nextToken
+        }
         var event = epoll_event()
         event.events = EPOLLOUT.rawValue | EPOLLONESHOT.rawValue
-        event.data.fd = raw
+        event.data.u64 = token
         if epoll_ctl(epoll, EPOLL_CTL_ADD, raw, &event) != 0 {
-            lock.withLock { pending[raw] = nil }
+            let error = errno
+            lock.withLock { pending[token] = nil }
             close(raw)
-            promise.fail(PodDialer.DialError("cannot wait for the connect: errno \(errno)"))
+            promise.fail(PodDialer.DialError("cannot wait for the connect: errno \(error)"))
             return promise.futureResult
         }
         loop.scheduleTask(in: timeout) {
-            guard let waiting = self.lock.withLock({ self.pending.removeValue(forKey: raw) }) else { return }
-            _ = epoll_ctl(self.epoll, EPOLL_CTL_DEL, raw, nil)
-            close(raw)
-            waiting.fail(PodDialer.DialError("connect to \(address) timed out"))
+            // Whoever removes the entry owns the descriptor: the timeout or the epoll thread.
+            guard let waiting = self.lock.withLock({ self.pending.removeValue(forKey: token) }) else { return }
+            _ = epoll_ctl(self.epoll, EPOLL_CTL_DEL, waiting.fd, nil)
+            close(waiting.fd)
+            waiting.promise.fail(PodDialer.DialError("connect to \(address) timed out"))
         }
         return promise.futureResult
     }
@@ -219,8 +243,7 @@ final class Connector: @unchecked Sendable {
             let count = epoll_wait(epoll, &events, Int32(events.count), -1)
             if count < 0 { continue }
             for event in events.prefix(Int(count)) {
-                let raw = event.data.fd
-                guard let promise = lock.withLock({ pending.removeValue(forKey: raw) }) else { continue }
+                guard let (raw, promise) = lock.withLock({ pending.removeValue(forKey: event.data.u64) }) else { continue }
                 _ = epoll_ctl(epoll, EPOLL_CTL_DEL, raw, nil)
                 var error: Int32 = 0
                 var length = socklen_t(MemoryLayout<Int32>.size)

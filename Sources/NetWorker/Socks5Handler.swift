@@ -243,7 +243,12 @@ enum Upstream {
         let bootstrap = ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-        if let dialer = PodDialer.shared, let pod = dialer.pod(of: client) {
+        if let dialer = PodDialer.shared {
+            // In-pod mode has no node-level data listeners: a connection without a pod is one
+            // whose pod was just withdrawn; it never leaves from ztunnel's own namespace.
+            guard let pod = dialer.pod(of: client) else {
+                return eventLoop.makeFailedFuture(PodDialer.DialError("the connection's pod is no longer served"))
+            }
             return dialer.connect(pod: pod, to: address, on: eventLoop, timeout: .seconds(10), bootstrap: bootstrap)
         }
         return bootstrap.connectTimeout(.seconds(10)).connect(to: address)

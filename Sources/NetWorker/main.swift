@@ -55,7 +55,10 @@ enum NetWorkerMain {
         let factory = ListenerFactory(
             group: group,
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
-                                     boundMetrics: { share.merged(counted()) + (state.xdsStats?.metricLines() ?? []) }),
+                                     boundMetrics: {
+                share.merged(counted()) + (state.xdsStats?.metricLines() ?? [])
+                    + (configuration.isInPodMode ? state.inPod.metricLines : [])
+            }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
             identities: identities,
@@ -136,7 +139,7 @@ struct ControlLoop {
                     adopt(name: name, fd: fd)
                 }
             case .podAdded(let uid, let info):
-                PodDialer.shared?.add(uid, info)
+                PodDialer.shared?.add(uid, info)  // also fills its socket pool ahead of the first connection
                 state.updateInPod { $0.served[uid] = info }
             case .podListener(let uid, let name, let fd):
                 guard state.inPod.served[uid] != nil else { continue }
@@ -149,13 +152,16 @@ struct ControlLoop {
                 for server in podServers.removeValue(forKey: uid) ?? [] { server.close(promise: nil) }
                 heldListeners.removeAll { $0.2 == uid }
                 PodDialer.shared?.remove(uid)
+                factory.pools.close(pod: uid)
                 state.updateInPod { $0.served[uid] = nil }
             case .podSocket(let uid, let family, let fd):
                 PodDialer.shared?.add(socket: fd, pod: uid, family: family)
-            case .inPodStatus(let synced, let pending):
+            case .inPodStatus(let synced, let pending, let started, let stopped):
                 state.updateInPod {
                     $0.synced = synced
                     $0.pending = pending
+                    $0.started = started
+                    $0.stopped = stopped
                 }
             case .meshSnapshot(let generation, let fd):
                 applySnapshot(generation: generation, fd: fd)

@@ -282,7 +282,7 @@ public struct Configuration: Sendable {
 
     public var isLocalMode: Bool { !string("LOCAL_XDS_PATH").isEmpty }
     /// In-pod mode (issue #9): pods come from istio-cni; no node-level data-plane listeners.
-    public var isInPodMode: Bool { !string("INPOD_UDS").isEmpty }
+    public var isInPodMode: Bool { available.contains("INPOD_UDS") && !string("INPOD_UDS").isEmpty }
 
     public var isSocks5Enabled: Bool {
         switch string("UNSTABLE_ENABLE_SOCKS5") {

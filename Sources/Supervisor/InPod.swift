@@ -39,6 +39,8 @@ final class InPod {
         case up(String)
         /// Withdraw the pod from the NetWorkers (gone, or its namespace changed).
         case down(String)
+        /// The pod's name, namespace or service account changed (same namespace).
+        case updated(String)
         /// Readiness or the pending list changed.
         case status
     }
@@ -63,6 +65,12 @@ final class InPod {
     private var backoff: Int64 = 10
     private var connectFailureLogged = false
     private(set) var events: [Event] = []
+    /// ztunnel's own network namespace: never a pod's.
+    private let ownNetns: NetnsId?
+    /// Pods whose listeners were made, and pods withdrawn after serving, since start (§15
+    /// `workload_manager_proxies_started_total` / `_stopped_total`).
+    private(set) var started: UInt64 = 0
+    private(set) var stopped: UInt64 = 0
 
     init(configuration: Configuration, audit: AuditSink) {
         path = configuration.string("INPOD_UDS")
@@ -71,6 +79,8 @@ final class InPod {
         ipv6 = configuration.bool("IPV6_ENABLED")
         copies = configuration.int("ZTUNNEL_NET_WORKERS")
         self.audit = audit
+        var own = stat()
+        ownNetns = stat("/proc/self/ns/net", &own) == 0 ? NetnsId(device: UInt64(own.st_dev), inode: UInt64(own.st_ino)) : nil
         let wildcard = ipv6 ? "[::]" : "0.0.0.0"
         var specs: [(String, String)] = [("outbound", "\(wildcard):15001"), ("inbound-plaintext", "\(wildcard):15006"),
                                          ("inbound", "\(wildcard):15008")]
@@ -137,7 +147,8 @@ final class InPod {
             connection = fd
             snapshotDone = false
             inSnapshot = []
-            backoff = 10
+            // The backoff is reset by a clean snapshot, not by connecting: a peer that refuses
+            // every connection with a protocol error is retried ever more slowly.
             connectFailureLogged = false
             audit.record("cni_connected", [("socket", .string(path))])
             Log.info("connected to istio-cni", [("socket", path), ("pods", "\(pods.count)")])
@@ -181,7 +192,7 @@ final class InPod {
             let record: ([UInt8], [OwnedFD])
             do {
                 guard let received = try IPCSocket.receiveRecord(fd: connection.rawValue, maxBytes: ZDS.maxMessageBytes, maxFds: 1,
-                                                                 blocking: false) else { return }
+                                                                 blocking: false, defusingFds: true) else { return }
                 record = received
             } catch IPCError.closed {
                 disconnect("istio-cni closed the connection")
@@ -224,6 +235,10 @@ final class InPod {
                 protocolError("KeepWorkload \(uid) after the snapshot")
                 return
             }
+            guard inSnapshot.count < Self.maxPods else {
+                protocolError("a snapshot of more than \(Self.maxPods) pods")
+                return
+            }
             inSnapshot.insert(uid)
             ack()
         case .del(let uid):
@@ -238,6 +253,7 @@ final class InPod {
                 return
             }
             snapshotDone = true
+            backoff = 10
             for uid in pods.keys where !inSnapshot.contains(uid) {
                 remove(uid, reason: "not in istio-cni's snapshot")
             }
@@ -249,7 +265,13 @@ final class InPod {
     }
 
     private func add(uid: String, info: PodInfo, netns: OwnedFD) {
-        if !snapshotDone { inSnapshot.insert(uid) }
+        if !snapshotDone {
+            guard inSnapshot.count < Self.maxPods || inSnapshot.contains(uid) else {
+                protocolError("a snapshot of more than \(Self.maxPods) pods")
+                return
+            }
+            inSnapshot.insert(uid)
+        }
         let check = CShims_netns_check(netns.rawValue)
         guard check == 0 else {
             Log.warn("AddWorkload \(uid): the fd is not a network namespace; refused", [("errno", "\(-check)")])
@@ -262,8 +284,18 @@ final class InPod {
             return
         }
         let id = NetnsId(device: UInt64(status.st_dev), inode: UInt64(status.st_ino))
+        guard id != ownNetns else {
+            ack("failure to start proxy : the namespace given for \(uid) is ztunnel's own")
+            return
+        }
+        // One namespace, one pod: two uids sharing one would split its traffic between identities.
+        if let other = pods.first(where: { $0.key != uid && $0.value.netnsId == id })?.key {
+            ack("failure to start proxy : the namespace given for \(uid) is pod \(other)'s")
+            return
+        }
         if var existing = pods[uid] {
             if existing.netnsId == id {
+                if existing.info != info && existing.isUp { events.append(.updated(uid)) }
                 existing.info = info
                 pods[uid] = existing
                 ack(existing.error.map { "failure to start proxy : \($0)" } ?? "")
@@ -297,6 +329,7 @@ final class InPod {
                                           ("namespace", .string(pod.info.namespace)),
                                           ("service_account", .string(pod.info.serviceAccount))])
             Log.info("pod served", [("uid", uid), ("pod", "\(pod.info.namespace)/\(pod.info.name)")])
+            started += 1
             events.append(.up(uid))
         } catch {
             let first = pod.error == nil
@@ -318,7 +351,10 @@ final class InPod {
         audit.record("pod_removed", [("uid", .string(uid)), ("name", .string(pod.info.name)),
                                      ("namespace", .string(pod.info.namespace)), ("reason", .string(reason))])
         Log.info("pod withdrawn", [("uid", uid), ("pod", "\(pod.info.namespace)/\(pod.info.name)"), ("reason", reason)])
-        if pod.isUp { events.append(.down(uid)) }
+        if pod.isUp {
+            stopped += 1
+            events.append(.down(uid))
+        }
         events.append(.status)
     }
 

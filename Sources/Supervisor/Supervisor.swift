@@ -208,7 +208,10 @@ final class Supervisor {
             // NetWorker get the xDS worker killed as unresponsive.
             let frame = SupervisorMessage.demand(key).frame()
             for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running { try? xds.ipc?.send(frame, blocking: false) }
-        case (.podSocketsWanted(let uid, let family, let count), .running) where slot.spec.permittedWhileRunning.contains(.podSocketsWanted):
+        // Also while setting up: a NetWorker serves its pods' listeners (and asks for sockets)
+        // as soon as it has them, before it reports ready.
+        case (.podSocketsWanted(let uid, let family, let count), .running) where slot.spec.permittedWhileRunning.contains(.podSocketsWanted),
+             (.podSocketsWanted(let uid, let family, let count), .settingUp) where slot.spec.permittedWhileRunning.contains(.podSocketsWanted):
             guard let inPod else { throw Violation("pod sockets asked for outside in-pod mode") }
             givePodSockets(inPod, uid: uid, family: family, count: Int(count), to: slot)
         case (.demandAnswered(let keys), .running) where slot.spec.permittedWhileRunning.contains(.demandAnswered):
@@ -258,7 +261,7 @@ final class Supervisor {
         }
         if slot.spec.receivesListeners, let inPod {
             for uid in inPod.pods.keys.sorted() { try sendPod(uid, inPod, to: slot, ipc: ipc) }
-            try ipc.send(SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending).frame(), blocking: false)
+            try ipc.send(SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending, started: inPod.started, stopped: inPod.stopped).frame(), blocking: false)
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
@@ -622,12 +625,16 @@ final class Supervisor {
             case .down(let uid):
                 let frame = SupervisorMessage.podRemoved(uid: uid).frame()
                 for net in liveNetWorkers { sendWithoutWaiting(frame, to: net) }
+            case .updated(let uid):
+                guard let pod = inPod.pods[uid] else { continue }
+                let frame = SupervisorMessage.podAdded(uid: uid, info: pod.info).frame()
+                for net in liveNetWorkers { sendWithoutWaiting(frame, to: net) }
             case .status:
                 statusChanged = true
             }
         }
         if statusChanged {
-            let frame = SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending).frame()
+            let frame = SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending, started: inPod.started, stopped: inPod.stopped).frame()
             for net in liveNetWorkers { sendWithoutWaiting(frame, to: net) }
         }
     }
@@ -659,8 +666,10 @@ final class Supervisor {
             Log.debug("pod sockets asked for a pod not served", [("uid", uid), ("by", slot.name)])
             return
         }
-        for fd in sockets {
-            sendWithoutWaiting(SupervisorMessage.podSocket(uid: uid, family: family, fd: fd).frame(), to: slot)
+        // Best effort: a NetWorker whose channel is filling gets fewer (it asks again); it is
+        // never killed for a burst of its own asking.
+        for fd in sockets where slot.ipc?.hasHeadroom == true {
+            try? slot.ipc?.send(SupervisorMessage.podSocket(uid: uid, family: family, fd: fd).frame(), blocking: false)
         }
     }
 
@@ -759,6 +768,7 @@ final class Supervisor {
         audit.record("drain_start", [("reason", .string(reason)), ("deadline_ms", .int(deadline))])
         Log.info("draining: \(reason); live connections get \(deadline) ms")
         broker.closeAll()
+        inPod?.close()
         let frame = SupervisorMessage.drain(deadlineMilliseconds: UInt32(clamping: deadline)).frame()
         for slot in slots {
             slot.restartAt = nil

@@ -25,6 +25,13 @@ enum WorkerSpawner {
 
     static func spawn(executable path: String) throws -> Spawned {
         let (parentEnd, childEnd) = try IPCSocket.pair()
+        // Room for a hand-over's burst (a node's pods, each with its listeners: hundreds of
+        // frames) without a full channel, which the Supervisor treats as an unresponsive worker.
+        // SO_SNDBUFFORCE passes the system's cap with CAP_NET_ADMIN; without it, the cap applies.
+        var size: Int32 = 4 << 20
+        if setsockopt(parentEnd.fd.rawValue, SOL_SOCKET, SO_SNDBUFFORCE, &size, socklen_t(MemoryLayout<Int32>.size)) != 0 {
+            _ = setsockopt(parentEnd.fd.rawValue, SOL_SOCKET, SO_SNDBUF, &size, socklen_t(MemoryLayout<Int32>.size))
+        }
         // Move the child's end above the fixed fds: dup2 onto itself would keep FD_CLOEXEC.
         let high = OwnedFD(takingOwnershipOf: try Syscall.retrying("fcntl(F_DUPFD_CLOEXEC)") {
             fcntl(childEnd.fd.rawValue, F_DUPFD_CLOEXEC, 10)

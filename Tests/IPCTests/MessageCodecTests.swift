@@ -89,6 +89,38 @@ import Glibc
         #expect(throws: IPCError.self) { try WorkerMessage.decode(WorkerMessage.demandAnswered(tooMany).frame()) }
     }
 
+    /// In-pod messages (issue #9): round trips with their fds, and names or uids a compromised
+    /// sender could use to forge log lines or JSON are refused.
+    @Test func podMessagesRoundTripAndRefuseBadNames() throws {
+        let info = PodInfo(name: "client-1", namespace: "default", serviceAccount: "client")
+        let pending = PendingPod(uid: "u-2", info: info, error: "failure to start proxy : address in use")
+        guard case .podAdded(let uid, let decodedInfo) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.podAdded(uid: "u-1", info: info).frame())),
+              case .inPodStatus(let synced, let decodedPending, let started, let stopped) = try SupervisorMessage.decode(
+                try roundTrip(SupervisorMessage.inPodStatus(synced: true, pending: [pending], started: 3, stopped: 1).frame())),
+              case .podRemoved(let removed) = try SupervisorMessage.decode(try roundTrip(SupervisorMessage.podRemoved(uid: "u-1").frame())) else {
+            Issue.record("not the messages sent"); return
+        }
+        #expect(uid == "u-1" && decodedInfo == info && removed == "u-1")
+        #expect(synced && decodedPending == [pending] && started == 3 && stopped == 1)
+        let (a, _) = try Syscall.socketpair(type: 1)
+        guard case .podSocket(_, let family, _) = try SupervisorMessage.decode(
+            try roundTrip(SupervisorMessage.podSocket(uid: "u-1", family: .ipv6, fd: OwnedFD(takingOwnershipOf: a)).frame())) else {
+            Issue.record("not a pod socket"); return
+        }
+        #expect(family == .ipv6)
+        #expect(try WorkerMessage.decode(try roundTrip(WorkerMessage.podSocketsWanted(uid: "u-1", family: .ipv4, count: 8).frame()))
+                == .podSocketsWanted(uid: "u-1", family: .ipv4, count: 8))
+        for bad in ["", "a b", "a\"b", "x\n"] {
+            #expect(throws: IPCError.self) { try SupervisorMessage.decode(SupervisorMessage.podRemoved(uid: bad).frame()) }
+            #expect(throws: IPCError.self) {
+                try SupervisorMessage.decode(SupervisorMessage.podAdded(uid: "u", info: PodInfo(name: bad.isEmpty ? "a b" : bad, namespace: "n", serviceAccount: "s")).frame())
+            }
+        }
+        for count: UInt16 in [0, PodSocketFamily.maxPerRequest + 1] {
+            #expect(throws: IPCError.self) { try WorkerMessage.decode(WorkerMessage.podSocketsWanted(uid: "u", family: .ipv4, count: count).frame()) }
+        }
+    }
+
     static var stats: XDSStats {
         var stats = XDSStats()
         stats.countTermination("Reconnect")

@@ -349,8 +349,8 @@ def test_networker_kill_under_load_refuses_no_connection(box, cni, start_daemon)
         wait_for(lambda: loop.ok_since(replaced) >= 20, 60, "the replacement serving the pods' listeners")
     failures = loop.failures()
     refused = [f for f in failures if f[2] == "refused"]
-    assert not refused, f"refused connections: {refused}"
-    assert len(failures) <= 1, f"more than the one connection the dead worker held: {failures}"
+    assert not refused, f"refused connections: {refused}\n{_unusual(daemon)}"
+    assert len(failures) <= 1, f"more than the one connection the dead worker held: {failures}\n{_unusual(daemon)}"
     assert all(f[0] <= killed + 0.5 for f in failures), f"a failure long after the kill: {failures}"
     assert daemon.proc.poll() is None and len(replacement) == 1
     wait_for(lambda: _dump_ok(daemon), 30, "/config_dump from the replacement")
@@ -358,6 +358,14 @@ def test_networker_kill_under_load_refuses_no_connection(box, cni, start_daemon)
     assert state[a.uid]["state"] == "Up" and state[b.uid]["state"] == "Up", state
     assert serving(a) and serving(b)
     assert exchange(a, b.ip, 8080, b"after") == ("ok", b"after")
+
+
+def _unusual(daemon):
+    """The daemon's log without the lines every successful connection writes."""
+    routine = ("HBONE stream connected", "mTLS established", "\tdebug\t")
+    lines = [l for l in daemon.log().splitlines() if not any(r in l for r in routine)
+             and not ("connection complete" in l and "error=" not in l)]
+    return "\n".join(lines[-80:])
 
 
 def _dump_ok(daemon):
