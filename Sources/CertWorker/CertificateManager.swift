@@ -44,6 +44,10 @@ final class CertificateManager {
         init(id: SpiffeId) { self.id = id }
     }
 
+    /// Each NetWorker's identities refused in its last list, with the reason: reported in the
+    /// status, so the NetWorker neither waits for them nor holds readiness for them.
+    private(set) var refusedIdentities: [UInt16: [String: String]] = [:]
+
     static let retireGraceMilliseconds: Int64 = 30_000
     static let maxInFlight = 8
     /// Identities one NetWorker may ask for: a node runs a bounded number of pods, and a
@@ -89,10 +93,12 @@ final class CertificateManager {
     func want(_ identities: [String], from netWorker: UInt16) {
         var valid = Set<String>()
         var refused = 0
+        var refusals: [String: String] = [:]
         // One audit line per refusal, up to a few per request; the rest are counted, so a
         // request cannot turn into a thousand audit lines.
         func refuse(_ text: String, _ reason: String) {
             refused += 1
+            if SpiffeId(text) != nil { refusals[text] = reason }
             if refused <= 8 { audit("identity_refused", [("identity", text), ("reason", reason), ("net_worker", "\(netWorker)")]) }
         }
         for text in identities {
@@ -119,6 +125,7 @@ final class CertificateManager {
             newEntries[netWorker, default: []].append(now)
         }
         wants[netWorker] = valid
+        refusedIdentities[netWorker] = refusals
         let wanted = wants.values.reduce(into: Set<String>()) { $0.formUnion($1) }
         for name in wanted where entries[name] == nil {
             guard let id = SpiffeId(name) else { continue }

@@ -126,6 +126,17 @@ final class CertWorker {
                 nextRenewal: wallNow + (entry.refreshAt - monotonicNow) / 1000,
                 failedRenewals: UInt32(clamping: entry.totalFailures), signatures: UInt64(entry.current?.signatures ?? 0)))
         }
+        // Refused identities too (`Unavailable: refused: ...`): every identity a NetWorker asked
+        // for appears in the status once its list is processed.
+        let listed = Set(entries.map(\.spiffeId))
+        var refused: [String: String] = [:]
+        for perNetWorker in manager?.refusedIdentities.values.map({ $0 }) ?? [] {
+            for (identity, reason) in perNetWorker where !listed.contains(identity) { refused[identity] = reason }
+        }
+        for (identity, reason) in refused.sorted(by: { $0.key < $1.key }) {
+            entries.append(CertificateStatus(spiffeId: identity, state: "Unavailable: refused: \(reason)".utf8Prefix(256),
+                                             nextRenewal: 0, failedRenewals: 0, signatures: 0))
+        }
         let frame = CertWorkerMessage.status(Self.fitting(entries)).frame()
         for index in peers.keys { push(frame, to: index, droppable: true) }
         lastStatusPush = Clock.monotonicMilliseconds()

@@ -13,11 +13,7 @@ final class IdentityTable: @unchecked Sendable {
     /// The identities this NetWorker asked the CertWorker for (the local workloads'): readiness
     /// waits for them, and a connection that needs one not yet here waits for it (bounded).
     private var expected: Set<String> = []
-    /// A new list was sent and the CertWorker has not reported on it yet: until it does, every
-    /// expected identity counts as coming. Afterwards only those it lists do (it refuses some:
-    /// over its per-NetWorker bound, another trust domain), so a refused one never holds
-    /// readiness or a connection.
-    private var awaitingStatus = false
+
     private let arrivals = KeyedWaiters(capacity: 4096, timeout: IdentityTable.certificateWait)
     static let certificateWait: TimeAmount = .seconds(5)
 
@@ -25,10 +21,7 @@ final class IdentityTable: @unchecked Sendable {
     var certificateStatuses: [CertificateStatus] { lock.withLock { statuses } }
 
     func update(statuses: [CertificateStatus]) {
-        lock.withLock {
-            self.statuses = statuses.sorted { $0.spiffeId < $1.spiffeId }
-            awaitingStatus = false
-        }
+        lock.withLock { self.statuses = statuses.sorted { $0.spiffeId < $1.spiffeId } }
     }
 
     func update(_ material: IdentityMaterial) {
@@ -82,20 +75,18 @@ final class IdentityTable: @unchecked Sendable {
 
     /// The identities asked for (the whole list, replacing the last).
     func expect(_ identities: Set<String>) {
-        lock.withLock {
-            if identities != expected { awaitingStatus = true }
-            expected = identities
-        }
+        lock.withLock { expected = identities }
     }
 
     /// Expected identities the CertWorker is getting and that are not here yet, sorted.
     var missing: [String] { lock.withLock { coming().sorted() } }
 
-    /// Under the lock: the expected identities on their way.
+    /// Under the lock: the expected identities on their way: not here, and not refused by the
+    /// CertWorker (it reports refusals in its status as `Unavailable: refused: ...`; one it has
+    /// not reported on yet is still coming).
     private func coming() -> Set<String> {
-        let waiting = expected.subtracting(contexts.keys)
-        if awaitingStatus { return waiting }
-        return waiting.intersection(statuses.map(\.spiffeId))
+        let refused = statuses.filter { $0.state.hasPrefix("Unavailable: refused") }.map(\.spiffeId)
+        return expected.subtracting(contexts.keys).subtracting(refused)
     }
 
     /// Succeeds when `identity`'s certificate is here, at once if it is; after

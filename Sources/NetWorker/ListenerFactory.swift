@@ -121,12 +121,19 @@ struct ListenerFactory {
                 reporter.reached(.idleTimeout, listener: name, peer: ListenerFactory.peer(channel), detail: "no bytes either way for \(idle) ms")
             }
             _ = channel.setOption(ChannelOptions.writeBufferWaterMark, value: HTTP2Connection.waterMark)
-            return channel.pipeline.addHandlers([
+            // A certificate on its way (a NetWorker just replaced, a workload just arrived) is
+            // waited for, within bounds, before the handshake: the channel is registered (and
+            // read) only once this future completes, so nothing is lost meanwhile.
+            let state = endpoints.state
+            let identity = state.workload(at: channel.localAddress?.ipAddress, in: state.model)?.identity
+            let certificateHere = identity.map { identities.waitForCertificate($0, on: channel.eventLoop) }
+                ?? channel.eventLoop.makeSucceededVoidFuture()
+            return certificateHere.flatMap { channel.pipeline.addHandlers([
                 IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
                 TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),
                 HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts,
                                    bounds: bounds, reporter: reporter),
-            ])
+            ]) }
         default:
             Log.warn("unknown listener \(name); closing connection")
             return channel.close()

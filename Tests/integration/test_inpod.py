@@ -195,8 +195,9 @@ def test_a_pod_whose_port_is_taken_is_refused_retried_and_others_serve(box, cni,
     assert error.startswith("failure to start proxy"), error
     assert cni.snapshot_sent() == ""
 
-    answer = wait_not_ready_naming(daemon, MANAGER)
-    assert c.uid in answer[1] or c.name in answer[1], f"readiness names the pending pod: {answer}"
+    # Readiness names the pending pod (once the NetWorker is up: before, only the tasks are named).
+    wait_for(lambda: (lambda r: r and r[0] == 500 and MANAGER in r[1] and (c.uid in r[1] or c.name in r[1]))(
+        readiness(daemon)), 30, "readiness 500 naming the pending pod")
     state = workload_state(daemon)
     assert state[a.uid]["state"] == "Up" and state[b.uid]["state"] == "Up", state
     assert c.uid not in state or state[c.uid]["state"] == "Pending", state

@@ -260,8 +260,9 @@ def test_a_deny_policy_refuses_a_to_b_and_b_still_serves_others(box, cni, start_
     assert "error=" in line, line
 
     assert exchange(c, b.ip, 8080, b"c is allowed") == ("ok", b"c is allowed")
-    ok = [l for l in inbound_lines(daemon) if f"src.identity={c.identity}" in l]
-    assert ok and "error=" not in ok[-1], ok
+    ok = wait_for(lambda: [l for l in inbound_lines(daemon) if f"src.identity={c.identity}" in l], 10,
+                  "c's inbound access line")
+    assert "error=" not in ok[-1], ok
     outcome, received = exchange(a, b.ip, 8080, b"still denied")
     assert outcome in ("eof", "reset") and received == b"", (outcome, received)
     assert daemon.proc.poll() is None
@@ -431,5 +432,5 @@ def test_daemon_restart_readopts_pods_from_the_replay(box, cni, start_daemon):
     wait_for(lambda: certificates_available(second, [a, b]), 30, "a's and b's certificates on the new daemon")
     payload = os.urandom(64 * 1024)
     assert exchange(a, b.ip, 8080, payload, timeout=20) == ("ok", payload)
-    lines = access_lines(second)
-    assert any("direction=outbound" in l and f"src.identity={a.identity}" in l for l in lines), lines
+    wait_for(lambda: [l for l in outbound_lines(second) if f"src.identity={a.identity}" in l], 10,
+             "the new daemon's outbound access line")
