@@ -122,3 +122,29 @@ def test_certificates_come_back_after_the_certworker_restarts(start_daemon, tmp_
     wait_for(lambda: len(issued(daemon, CART)) == 2, 30, "a certificate from the new CertWorker")
     sans, _ = wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30, "a handshake")
     assert sans == [CART]
+
+
+def test_a_refused_identity_holds_neither_readiness_nor_connections(start_daemon, tmp_path):
+    """A local workload the CA refuses (another trust domain than the self-signed built-in CA's) is reported
+    `Unavailable: refused` in /config_dump and does not keep the daemon unready; the workload the
+    CA serves gets its certificate and readiness waits for that one only (issue #8)."""
+    foreign = LOCAL_CONFIG.replace("""  serviceAccount: web
+  trustDomain: cluster.local
+  workloadIps: ["10.10.2.10"]
+  protocol: HBONE
+  node: node-b""", """  serviceAccount: web
+  trustDomain: other.example
+  workloadIps: ["10.10.2.10"]
+  protocol: HBONE
+  node: node-a""")
+    assert foreign != LOCAL_CONFIG
+    # The self-signed built-in CA (no ZTUNNEL_CA_DIR) issues for TRUST_DOMAIN only.
+    daemon = start_daemon(extra_env={"NODE_NAME": "node-a", "SECRET_TTL": "1h"})
+    with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
+        f.write(foreign)
+    daemon.wait_ready()
+    states = {c["identity"]: c["state"] for c in daemon.config_dump()["certificates"]}
+    assert states[CART] == "Available", states
+    web = "spiffe://other.example/ns/shop/sa/web"
+    assert states[web].startswith("Unavailable: refused"), states
+    assert http(daemon.ports["readiness"], "/healthz/ready") == (200, "ready\n")
