@@ -6,7 +6,7 @@ APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config p
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
-.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench bench-xds clean
+.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench bench-xds bench-inpod clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,6 +46,11 @@ bench: deps
 bench-xds: deps
 	swift build -c release
 	python3 bench/xds_scale.py
+
+# Figures for in-pod mode (issue #9): enrolment, the pod socket round trip, memory per pod.
+bench-inpod: deps
+	swift build -c release
+	python3 bench/inpod.py
 
 # Every parser of outside bytes has a libFuzzer target (Fuzz/run.sh): `make test` runs each for
 # FUZZ_SMOKE_SECONDS with AddressSanitizer, `make fuzz` for FUZZ_SECONDS.

@@ -16,9 +16,10 @@ final class PodDialer: @unchecked Sendable {
     /// This NetWorker's, set once at start in in-pod mode, before any listener is served.
     nonisolated(unsafe) static var shared: PodDialer?
 
-    /// Sockets kept ready per pod and family; a refill is asked for when fewer remain.
-    static let poolTarget = 8
-    static let lowWater = 4
+    /// Sockets kept ready per pod and family (ZTUNNEL_POD_SOCKET_POOL, 8); a refill is asked for
+    /// when fewer than half remain. 0: none kept, one asked for per connection.
+    let poolTarget: Int
+    private var lowWater: Int { poolTarget / 2 }
     static let socketWait: TimeAmount = .seconds(5)
 
     private struct Pool {
@@ -39,7 +40,8 @@ final class PodDialer: @unchecked Sendable {
     private let ask: @Sendable (String, PodSocketFamily, UInt16) -> Void
     private let connector = Connector()
 
-    init(ask: @escaping @Sendable (String, PodSocketFamily, UInt16) -> Void) {
+    init(poolTarget: Int, ask: @escaping @Sendable (String, PodSocketFamily, UInt16) -> Void) {
+        self.poolTarget = poolTarget
         self.ask = ask
     }
 
@@ -51,7 +53,7 @@ final class PodDialer: @unchecked Sendable {
             defer { pods[uid] = info }
             return pods[uid] == nil
         }
-        if isNew { _ = takeOrAsk(uid, .ipv4, taking: false) }
+        if isNew && poolTarget > 0 { _ = takeOrAsk(uid, .ipv4, taking: false) }
     }
 
     var served: [String: PodInfo] { lock.withLock { pods } }
@@ -120,12 +122,13 @@ final class PodDialer: @unchecked Sendable {
             var pool = pools[key] ?? Pool()
             let taken = taking ? pool.sockets.popLast() : nil
             let due = pool.requestedAt.map { now - $0 >= Self.refillRetryMilliseconds } ?? true
-            let refill = pool.sockets.count < Self.lowWater && due
+            // Without a pool, one socket per connection that found none.
+            let refill = due && (poolTarget == 0 ? taking && taken == nil : pool.sockets.count < lowWater)
             if refill { pool.requestedAt = now }
             pools[key] = pool
             return (taken, refill, true)
         }
-        if refill { ask(uid, family, UInt16(Self.poolTarget)) }
+        if refill { ask(uid, family, UInt16(max(poolTarget, 1))) }
         return (taken, known)
     }
 

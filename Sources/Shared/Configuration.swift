@@ -9,6 +9,8 @@ public struct Configuration: Sendable {
         Setting("INPOD_UDS", .path, default: "",
                 "istio-cni's ZDS socket: in-pod mode, listeners in each enrolled pod's network namespace (in Kubernetes, unset = \(Configuration.inPodSocket))"),
         Setting("INPOD_PORT_REUSE", .bool, default: "true", "SO_REUSEPORT on the per-pod listeners (a new ztunnel can bind while the old drains)"),
+        Setting("ZTUNNEL_POD_SOCKET_POOL", .integer(0...64), default: "8",
+                "in-pod mode: unconnected sockets each NetWorker keeps ready per pod and family; 0 = one asked for per connection (benchmarks)"),
         Setting("PACKET_MARK", .integer(1...0x7fff_ffff), default: "1337",
                 "SO_MARK on every socket made for a pod, so istio-cni's rules do not capture it again"),
         Setting("TERMINATION_GRACE_PERIOD_SECONDS", .integer(0...86_400), default: "",

@@ -288,3 +288,19 @@ def test_reconnect_keeps_replayed_pods_and_drains_the_missing_one(box, cni, star
         assert workload_state(daemon)[pod.uid]["state"] == "Up"
     assert a.round_trip(b.ip, 8080, b"after the replay", timeout=20) == b"after the replay"
     assert daemon.proc.poll() is None and cni.probe()
+
+
+def test_without_a_socket_pool_each_connection_asks_the_supervisor(box, cni, start_daemon):
+    """ZTUNNEL_POD_SOCKET_POOL=0 (the benchmark's comparison): no sockets kept ready; each
+    connection of a pod asks the Supervisor for one made in the pod's namespace, and traffic
+    still flows, repeatedly."""
+    a, b = box.pod("a"), box.pod("b")
+    echo = b.echo_server(8080)
+    daemon = start(start_daemon, box, cni, ZTUNNEL_POD_SOCKET_POOL="0")
+    enrol(cni, [a, b])
+    wait_ready(daemon)
+    wait_for(lambda: certificates_available(daemon, [a, b]), 30, "both pods' certificates")
+    for n in range(5):
+        payload = os.urandom(1024)
+        assert a.round_trip(b.ip, 8080, payload, timeout=20) == payload, f"connection {n}"
+    box.stop(echo.pid)
