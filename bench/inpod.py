@@ -19,10 +19,7 @@ import statistics
 import sys
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
-os.environ.setdefault("ZTUNNEL_BIN_DIR", os.path.join(ROOT, ".build", "release"))
-
+from common import pss_kib  # noqa: E402 (sets the path and the release binaries first)
 from cni_double import CniDouble  # noqa: E402
 from daemon import Daemon, http, wait_for  # noqa: E402
 from mesh_box import MeshBox  # noqa: E402
@@ -30,17 +27,6 @@ from mesh_box import MeshBox  # noqa: E402
 PODS = int(os.environ.get("INPOD_PODS", "20"))
 CONNECTIONS = int(os.environ.get("INPOD_CONNECTIONS", "300"))
 MARK = 0x539
-
-
-def pss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        pass
-    return 0
 
 
 def ready(daemon):

@@ -13,27 +13,12 @@ memfd. Prints figures, asserts nothing:
 """
 import os
 import re
-import sys
 import tempfile
 import time
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(ROOT, "Tests", "integration"))
-os.environ.setdefault("ZTUNNEL_BIN_DIR", os.path.join(ROOT, ".build", "release"))
-
+from common import pss_kib  # noqa: E402 (sets the path and the release binaries first)
 import xds_double as x  # noqa: E402
 from daemon import Daemon, wait_for  # noqa: E402
-
-
-def pss_kib(pid):
-    try:
-        with open(f"/proc/{pid}/smaps_rollup") as f:
-            for line in f:
-                if line.startswith("Pss:"):
-                    return int(line.split()[1])
-    except OSError:
-        return 0
-    return 0
 
 
 def build_mesh(xds, workloads, services, policies):

@@ -91,8 +91,9 @@ public final class IPCSocket: @unchecked Sendable {
         return Int(queued)
     }
 
-    /// Whether a best-effort message may go now: the channel holds less than 16 KiB unread.
-    public var hasHeadroom: Bool { queuedBytes < 16 * 1024 }
+    /// Whether a best-effort message may go now: the channel holds less than `limit` unread
+    /// (kernel accounting: a small frame counts about 1 KiB).
+    public func hasHeadroom(below limit: Int = 16 * 1024) -> Bool { queuedBytes < limit }
 
     public func receive(blocking: Bool = true, defusingFds: Bool = false) throws -> Received {
         guard let record = try Self.receiveRecord(fd: fd.rawValue, maxBytes: IPCFrame.maxFrame, maxFds: IPCFrame.maxFds,

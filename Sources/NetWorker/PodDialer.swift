@@ -36,7 +36,9 @@ final class PodDialer: @unchecked Sendable {
     /// Each pod's connections (accepted on its listeners), closed when the pod goes.
     private var channels: [String: [ObjectIdentifier: Channel]] = [:]
     private var podOfChannel: [ObjectIdentifier: String] = [:]
-    private let arrivals = KeyedWaiters(capacity: 4096, timeout: PodDialer.socketWait)
+    /// Wakes a waiting connection at least every `refillRetryMilliseconds`, so a refill that was
+    /// lost is asked for again well before the connection's deadline.
+    private let arrivals = KeyedWaiters(capacity: 4096, timeout: .milliseconds(PodDialer.refillRetryMilliseconds))
     private let ask: @Sendable (String, PodSocketFamily, UInt16) -> Void
     private let connector = Connector()
 

@@ -204,10 +204,14 @@ final class Supervisor {
             changeLogFilter(filter, by: slot)
         case (.demand(let key), .running) where slot.spec.permittedWhileRunning.contains(.demand):
             guard configuration.bool("XDS_ON_DEMAND") else { throw Violation("on-demand lookup while XDS_ON_DEMAND is off") }
-            // A full channel drops the lookup (the NetWorker gives up waiting) rather than let a
-            // NetWorker get the xDS worker killed as unresponsive.
+            // Best effort: dropped (the NetWorker stops waiting at its deadline) over the
+            // NetWorker's budget or when the xDS worker's channel is filling, so a NetWorker can
+            // neither flood the xDS worker nor get it killed as unresponsive by what follows.
+            guard spend(&demandBudget, slot.index, Self.demandsPerSecond) else { return }
             let frame = SupervisorMessage.demand(key).frame()
-            for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running { try? xds.ipc?.send(frame, blocking: false) }
+            for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running && xds.ipc?.hasHeadroom() == true {
+                try? xds.ipc?.send(frame, blocking: false)
+            }
         // Also while setting up: a NetWorker serves its pods' listeners (and asks for sockets)
         // as soon as it has them, before it reports ready.
         case (.podSocketsWanted(let uid, let family, let count), .running) where slot.spec.permittedWhileRunning.contains(.podSocketsWanted),
@@ -215,9 +219,11 @@ final class Supervisor {
             guard let inPod else { throw Violation("pod sockets asked for outside in-pod mode") }
             givePodSockets(inPod, uid: uid, family: family, count: Int(count), to: slot)
         case (.demandAnswered(let keys), .running) where slot.spec.permittedWhileRunning.contains(.demandAnswered):
-            // The snapshot with the answers came before this message on the same channel.
+            guard configuration.bool("XDS_ON_DEMAND") else { throw Violation("on-demand answers while XDS_ON_DEMAND is off") }
+            // The snapshot with the answers came before this message on the same channel. Best
+            // effort likewise: a NetWorker that misses it decides at its deadline.
             let frame = SupervisorMessage.demandAnswered(generation: meshSnapshot?.generation ?? 0, keys: keys).frame()
-            for net in liveNetWorkers { try? net.ipc?.send(frame, blocking: false) }
+            for net in liveNetWorkers where net.ipc?.hasHeadroom() == true { try? net.ipc?.send(frame, blocking: false) }
         case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             try snapshotApplied(generation: generation, accepted: accepted, from: slot)
@@ -668,7 +674,8 @@ final class Supervisor {
         }
         // Best effort: a NetWorker whose channel is filling gets fewer (it asks again); it is
         // never killed for a burst of its own asking.
-        for fd in sockets where slot.ipc?.hasHeadroom == true {
+        // (The channel has a 4 MiB buffer; a quarter of it is the line.)
+        for fd in sockets where slot.ipc?.hasHeadroom(below: 1 << 20) == true {
             try? slot.ipc?.send(SupervisorMessage.podSocket(uid: uid, family: family, fd: fd).frame(), blocking: false)
         }
     }

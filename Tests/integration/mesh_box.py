@@ -17,7 +17,6 @@ no probe SNAT):
                     not marked 0x539/0xfff                               -> REDIRECT 15006
 Processes started here are stopped by PID; namespaces are deleted by name. Never pkill.
 """
-import ctypes
 import os
 import secrets
 import select
@@ -27,46 +26,20 @@ import socket
 import subprocess
 import sys
 import textwrap
-import threading
 import uuid
 
 import pytest
 
-CLONE_NEWNET = 0x40000000
+from netns import in_netns  # noqa: F401 (tests import it from here too)
+
 MARK = 0x539
 SUBNET = "10.250.0"
 OUTBOUND, INBOUND_PLAINTEXT, INBOUND_HBONE = 15001, 15006, 15008
-_libc = ctypes.CDLL(None, use_errno=True)
 _iptables = None
 
 
 def _run(*args, check=True, timeout=30):
     return subprocess.run(list(args), check=check, capture_output=True, text=True, timeout=timeout)
-
-
-def in_netns(netns_path, fn, *args):
-    """Runs fn(*args) on a thread that has entered the namespace; returns its result or raises its
-    error. Sockets made there keep that namespace."""
-    result = {}
-
-    def body():
-        fd = os.open(netns_path, os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
-        try:
-            result["value"] = fn(*args)
-        except BaseException as error:  # handed to the caller
-            result["error"] = error
-
-    thread = threading.Thread(target=body)
-    thread.start()
-    thread.join()
-    if "error" in result:
-        raise result["error"]
-    return result.get("value")
 
 
 def iptables():
@@ -326,19 +299,23 @@ class MeshBox:
         pod.run(self.iptables, "-t", "nat", "-F", "OUTPUT")
         pod.run(self.iptables, "-t", "nat", "-F", "PREROUTING")
 
-    def local_config(self, extra=""):
-        """LOCAL_XDS_PATH YAML with every pod as an HBONE workload on this node (xDS uid
+    def workload_yaml(self, pod, node=None):
+        """The lines of one pod as an HBONE workload of the local config (xDS uid
         Kubernetes//Pod/<ns>/<name>; the ZDS uid is the pod's own, a Kubernetes pod UID)."""
+        return [f"- uid: {pod.xds_uid}",
+                f"  name: {pod.name}",
+                f"  namespace: {pod.namespace}",
+                f"  serviceAccount: {pod.service_account}",
+                "  trustDomain: cluster.local",
+                f'  workloadIps: ["{pod.ip}"]',
+                "  protocol: HBONE",
+                f"  node: {node or self.node}"]
+
+    def local_config(self, extra=""):
+        """LOCAL_XDS_PATH YAML with every pod as an HBONE workload on this node."""
         lines = ["workloads:"]
         for pod in self.pods:
-            lines += [f"- uid: {pod.xds_uid}",
-                      f"  name: {pod.name}",
-                      f"  namespace: {pod.namespace}",
-                      f"  serviceAccount: {pod.service_account}",
-                      "  trustDomain: cluster.local",
-                      f'  workloadIps: ["{pod.ip}"]',
-                      "  protocol: HBONE",
-                      f"  node: {self.node}"]
+            lines += self.workload_yaml(pod)
         return "\n".join(lines) + "\n" + extra
 
     def stop(self, pid):

@@ -10,6 +10,31 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def in_netns(netns_path, fn, *args):
+    """Runs fn(*args) on a thread that has entered the namespace at `netns_path`; returns its
+    result or raises its error. Sockets made there keep that namespace."""
+    result = {}
+
+    def body():
+        fd = os.open(netns_path, os.O_RDONLY)
+        try:
+            if _libc.setns(fd, CLONE_NEWNET) != 0:
+                raise OSError(ctypes.get_errno(), "setns")
+        finally:
+            os.close(fd)
+        try:
+            result["value"] = fn(*args)
+        except BaseException as error:  # handed to the caller
+            result["error"] = error
+
+    thread = threading.Thread(target=body)
+    thread.start()
+    thread.join()
+    if "error" in result:
+        raise result["error"]
+    return result.get("value")
+
+
 class Netns:
     def __init__(self, name):
         self.name = name
@@ -21,26 +46,7 @@ class Netns:
 
     def call(self, fn, *args):
         """Runs fn(*args) on a thread inside the namespace; returns its result or raises its error."""
-        result = {}
-
-        def body():
-            fd = os.open(f"/run/netns/{self.name}", os.O_RDONLY)
-            try:
-                if _libc.setns(fd, CLONE_NEWNET) != 0:
-                    raise OSError(ctypes.get_errno(), "setns")
-            finally:
-                os.close(fd)
-            try:
-                result["value"] = fn(*args)
-            except BaseException as error:  # handed to the caller
-                result["error"] = error
-
-        thread = threading.Thread(target=body)
-        thread.start()
-        thread.join()
-        if "error" in result:
-            raise result["error"]
-        return result.get("value")
+        return in_netns(f"/run/netns/{self.name}", fn, *args)
 
     def delete(self):
         subprocess.run(["ip", "netns", "del", self.name], check=False)

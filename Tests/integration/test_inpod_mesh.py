@@ -55,14 +55,7 @@ def mesh_config(box, pods=None, nodes=None, policies=None, extra_policies=""):
     policies = policies or {}
     lines = ["workloads:"]
     for pod in pods if pods is not None else box.pods:
-        lines += [f"- uid: {pod.xds_uid}",
-                  f"  name: {pod.name}",
-                  f"  namespace: {pod.namespace}",
-                  f"  serviceAccount: {pod.service_account}",
-                  "  trustDomain: cluster.local",
-                  f'  workloadIps: ["{pod.ip}"]',
-                  "  protocol: HBONE",
-                  f"  node: {nodes.get(pod.key, box.node)}"]
+        lines += box.workload_yaml(pod, nodes.get(pod.key))
         if pod.key in policies:
             keys = ", ".join(f'"{k}"' for k in policies[pod.key])
             lines.append(f"  authorizationPolicies: [{keys}]")
@@ -327,7 +320,8 @@ def test_an_ipv4_only_pod_comes_up_beside_healthy_pods(box, cni, start_daemon):
 
 # -- 5. NetWorker kill -9 under load -------------------------------------------------------------
 
-def test_networker_kill_under_load_refuses_no_connection(box, cni, start_daemon):
+def serving_pair(box, cni, start_daemon):
+    """Pods a and b enrolled and served, an echo on b:8080, both certificates available."""
     a, b = box.pod("a"), box.pod("b")
     b.echo_server(8080)
     daemon = start_node(start_daemon, cni, mesh_config(box, pods=[a, b]))
@@ -335,6 +329,11 @@ def test_networker_kill_under_load_refuses_no_connection(box, cni, start_daemon)
     wait_ready(daemon)
     wait_up(daemon, [a, b])
     wait_for(lambda: certificates_available(daemon, [a, b]), 30, "a's and b's certificates")
+    return a, b, daemon
+
+
+def test_networker_kill_under_load_refuses_no_connection(box, cni, start_daemon):
+    a, b, daemon = serving_pair(box, cni, start_daemon)
     (victim,) = daemon.workers("net-worker")
 
     with ClientLoop(a, b.ip, 8080) as loop:
@@ -379,13 +378,7 @@ def _dump_ok(daemon):
 # -- 6. CertWorker kill -9 -----------------------------------------------------------------------
 
 def test_certworker_kill_traffic_keeps_working_after_the_replacement(box, cni, start_daemon):
-    a, b = box.pod("a"), box.pod("b")
-    b.echo_server(8080)
-    daemon = start_node(start_daemon, cni, mesh_config(box, pods=[a, b]))
-    enrol(cni, [a, b])
-    wait_ready(daemon)
-    wait_up(daemon, [a, b])
-    wait_for(lambda: certificates_available(daemon, [a, b]), 30, "a's and b's certificates")
+    a, b, daemon = serving_pair(box, cni, start_daemon)
     assert exchange(a, b.ip, 8080, b"before") == ("ok", b"before")
     (victim,) = daemon.workers("cert-worker")
     counts = {p.identity: len(issued(daemon, p.identity)) for p in (a, b)}
