@@ -70,7 +70,14 @@ final class PodDialer: @unchecked Sendable {
             return open
         }
         for family in ["4", "6"] { arrivals.release("\(uid)|\(family)") }
-        for channel in open { channel.close(promise: nil) }
+        // HBONE peers hear it first (istio/ztunnel#1191): GOAWAY on the pod's inbound HTTP/2
+        // connections, then the close, which sends close_notify before the TCP close.
+        for channel in open {
+            channel.eventLoop.execute {
+                channel.pipeline.fireUserInboundEventTriggered(DrainRequested())
+                channel.close(promise: nil)
+            }
+        }
         if !open.isEmpty { Log.info("pod withdrawn: closed its connections", [("uid", uid), ("connections", "\(open.count)")]) }
     }
 
