@@ -124,10 +124,20 @@ struct ListenerFactory {
             // A certificate on its way (a NetWorker just replaced, a workload just arrived) is
             // waited for, within bounds, before the handshake: the channel is registered (and
             // read) only once this future completes, so nothing is lost meanwhile.
+            // On demand (XDS_ON_DEMAND), a destination no resource holds is asked for first.
             let state = endpoints.state
-            let identity = state.workload(at: channel.localAddress?.ipAddress, in: state.model)?.identity
-            let certificateHere = identity.map { identities.waitForCertificate($0, on: channel.eventLoop) }
-                ?? channel.eventLoop.makeSucceededVoidFuture()
+            let local = channel.localAddress?.ipAddress
+            let routing = self.routing
+            let unknown = onDemand.isEnabled ? routing.unknownAddressKeys(host: local ?? "", client: nil) : []
+            let looked = unknown.isEmpty ? channel.eventLoop.makeSucceededFuture(true)
+                : onDemand.fetch(unknown, client: channel.remoteAddress?.ipAddress ?? "?", on: channel.eventLoop) { key in
+                    routing.unknownAddressKeys(host: local ?? "", client: nil).contains(key)
+                }
+            let identities = self.identities
+            let certificateHere = looked.flatMap { _ -> EventLoopFuture<Void> in
+                let identity = state.workload(at: local, in: state.model)?.identity
+                return identity.map { identities.waitForCertificate($0, on: channel.eventLoop) } ?? channel.eventLoop.makeSucceededVoidFuture()
+            }
             return certificateHere.flatMap { channel.pipeline.addHandlers([
                 IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
                 TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),

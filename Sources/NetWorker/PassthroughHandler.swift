@@ -79,6 +79,28 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 channel.close(promise: nil)
                 return
             }
+            // XDS_ON_DEMAND: an inbound destination no resource holds is asked for first.
+            if self.listenerName == "inbound-plaintext", let routing = self.routing, routing.onDemand?.isEnabled == true {
+                let keys = routing.unknownAddressKeys(host: host, client: nil)
+                if !keys.isEmpty {
+                    routing.onDemand!.fetch(keys, client: channel.remoteAddress?.ipAddress ?? "?", on: channel.eventLoop) { key in
+                        routing.unknownAddressKeys(host: host, client: nil).contains(key)
+                    }.whenSuccess { _ in
+                        guard channel.isActive else { return }
+                        self.proceed(channel: channel, host: host, port: port)
+                    }
+                    return
+                }
+            }
+            self.proceed(channel: channel, host: host, port: port)
+        }
+        context.fireChannelActive()
+    }
+
+    /// After the checks on the original destination: authorization (inbound), routing
+    /// (outbound), then the upstream connection.
+    private func proceed(channel: Channel, host: String, port: UInt16) {
+        do {
             guard self.isAuthorized(channel: channel, host: host, port: port) else {
                 channel.close(promise: nil)
                 return
@@ -108,7 +130,6 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 }
             }
         }
-        context.fireChannelActive()
     }
 
     /// Inbound plaintext is authorized with no source identity (ISTIO_COMPAT §11): it is
