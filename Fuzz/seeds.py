@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Writes valid IPC frames into a corpus directory as libFuzzer seeds (protocol version 5). A
+"""Writes valid IPC frames into a corpus directory as libFuzzer seeds (protocol version 6). A
 request id whose low byte has its top bit set (0x80) makes the harness attach an fd."""
 import os
 import struct
@@ -28,14 +28,14 @@ seeds = {
     "table": frame(0x0104, struct.pack(">H", 1) + struct.pack(">BHiBI", 2, 0, 42, 3, 1) + string("killed by signal SIGKILL")),
     # Protocol 2: each seccomp rule ends with its conditions (u8 count, then index, op, source,
     # u64 value, u64 value two); the setup ends with the Landlock policy (bool present, ...).
-    "setup": frame(0x0101, struct.pack(">HBH", 5, 2, 0) + struct.pack(">H", 1) + string("RUST_LOG") + string("info")
+    "setup": frame(0x0101, struct.pack(">HBH", 6, 2, 0) + struct.pack(">H", 1) + string("RUST_LOG") + string("info")
                    + struct.pack(">IIBB", 65533, 65533, 1, 0) + struct.pack(">H", 2)
                    + b"\x00" + string("read") + b"\x00\x00" + b"\x00"
                    + b"\x00" + string("tgkill") + b"\x00\x00" + b"\x01" + struct.pack(">BBBQQ", 0, 4, 1, 0, 0)
                    + b"\x01" + b"\x01\x01" + struct.pack(">HH", 1, 15012) + b"\x01\x01\x01"),
     # The xDS worker's setup: upstream RUST_LOG directives and a prefixed setting, checked by the
     # harness as a worker checks them.
-    "setup_xds": frame(0x0101, struct.pack(">HBH", 5, 3, 0) + struct.pack(">H", 2)
+    "setup_xds": frame(0x0101, struct.pack(">HBH", 6, 3, 0) + struct.pack(">H", 2)
                        + string("RUST_LOG") + string("info,access=debug,ztunnel::xds=trace")
                        + string("XDS_HEADER_X_TENANT") + string("blue")
                        + struct.pack(">IIBB", 65534, 65534, 0, 0) + struct.pack(">H", 1)
@@ -59,6 +59,7 @@ seeds = {
     "pod_socket": frame(0x0114, string("5f1d2c3a-0001") + struct.pack(">B", 4), request_id=0x80, fds=1),
     "in_pod_status": frame(0x0115, struct.pack(">BH", 1, 1) + string("u-2") + string("c") + string("ns") + string("sa")
                            + string("failure to start proxy : address in use") + struct.pack(">QQ", 3, 1)),
+    "process_stats": frame(0x0116, struct.pack(">II", 42, 1048576)),
     "pod_sockets_wanted": frame(0x020d, string("5f1d2c3a-0001") + struct.pack(">BH", 6, 8)),
     "sign": frame(0x0401, struct.pack(">I", 32) + bytes(32) + b"\x01"
                   + string_bytes(b" " * 64 + b"TLS 1.3, server CertificateVerify" + b"\x00" + bytes(32)), request_id=7),

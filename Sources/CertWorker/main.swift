@@ -189,7 +189,8 @@ final class CertWorker {
         case .logFilter(let filter):
             _ = try? Log.setFilter(filter)
         case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion, .demand,
-             .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus:
+             .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus,
+             .processStats:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

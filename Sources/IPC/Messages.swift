@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 5
+    public static let version: UInt16 = 6
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
@@ -91,20 +91,24 @@ public enum SupervisorMessage {
     /// CNI's snapshot arrived on the current connection, the pods not yet served, and how many
     /// pods were started and stopped since the daemon started (`workload_manager_*`, §15).
     case inPodStatus(synced: Bool, pending: [PendingPod], started: UInt64, stopped: UInt64)
+    /// To a NetWorker, every 10 s: the descriptors open in all of the daemon's processes, and
+    /// the limit each has (§15 `process_open_fds`, `process_max_fds`; a NetWorker cannot read
+    /// /proc, the Supervisor can).
+    case processStats(openFds: UInt32, maxFds: UInt32)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
         case meshSnapshot = 0x010b, xdsStats = 0x010c, metricsRegion = 0x010d, logFilter = 0x010e, demand = 0x010f
         case demandAnswered = 0x0110, podAdded = 0x0111, podListener = 0x0112, podRemoved = 0x0113, podSocket = 0x0114
-        case inPodStatus = 0x0115
+        case inPodStatus = 0x0115, processStats = 0x0116
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
             case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion, .podListener, .podSocket: return 1
             case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats, .logFilter, .demand,
-                 .demandAnswered, .podAdded, .podRemoved, .inPodStatus: return 0
+                 .demandAnswered, .podAdded, .podRemoved, .inPodStatus, .processStats: return 0
             }
         }
     }
@@ -132,6 +136,7 @@ public enum SupervisorMessage {
         case .podRemoved: return .podRemoved
         case .podSocket: return .podSocket
         case .inPodStatus: return .inPodStatus
+        case .processStats: return .processStats
         }
     }
 
@@ -170,6 +175,7 @@ public enum SupervisorMessage {
             for pod in pending { pod.encode(into: &writer) }
             writer.u64(started)
             writer.u64(stopped)
+        case .processStats(let open, let max): writer.u32(open); writer.u32(max)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -236,6 +242,8 @@ public enum SupervisorMessage {
             for _ in 0..<count { pending.append(try PendingPod(from: &reader)) }
             message = .inPodStatus(synced: synced, pending: pending, started: try reader.u64("pods started"),
                                    stopped: try reader.u64("pods stopped"))
+        case .processStats:
+            message = .processStats(openFds: try reader.u32("open fds"), maxFds: try reader.u32("max fds"))
         }
         try reader.finish(name)
         return message

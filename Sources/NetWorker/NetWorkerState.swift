@@ -63,6 +63,18 @@ final class NetWorkerState: @unchecked Sendable {
     }
     private var inPodState = InPod()
     var inPod: InPod { lock.withLock { inPodState } }
+
+    /// Open descriptors in all of the daemon's processes and their limit, as the Supervisor
+    /// last counted them (§15 `process_open_fds`, `process_max_fds`).
+    private var processCounts: (open: UInt32, max: UInt32)?
+    var processStats: (open: UInt32, max: UInt32)? {
+        get { lock.withLock { processCounts } }
+        set { lock.withLock { processCounts = newValue } }
+    }
+    var processMetricLines: [String] {
+        guard let (open, max) = processStats else { return [] }
+        return ["# TYPE process_open_fds gauge", "process_open_fds \(open)", "# TYPE process_max_fds gauge", "process_max_fds \(max)"]
+    }
     func updateInPod(_ body: (inout InPod) -> Void) { lock.withLock { body(&inPodState) } }
 
     /// The workers that are not yet up and set up; empty means ready (ISTIO_COMPAT §16).

@@ -57,7 +57,7 @@ enum NetWorkerMain {
             endpoints: HTTPEndpoints(state: state, identities: identities, liveConnections: { tracker.count },
                                      boundMetrics: {
                 share.merged(counted()) + (state.xdsStats?.metricLines() ?? [])
-                    + (configuration.isInPodMode ? state.inPod.metricLines : [])
+                    + (configuration.isInPodMode ? state.inPod.metricLines : []) + state.processMetricLines
             }),
             tracker: tracker,
             guardrails: DestinationGuard(proxyPorts: proxyPorts),
@@ -156,6 +156,8 @@ struct ControlLoop {
                 state.updateInPod { $0.served[uid] = nil }
             case .podSocket(let uid, let family, let fd):
                 PodDialer.shared?.add(socket: fd, pod: uid, family: family)
+            case .processStats(let open, let max):
+                state.processStats = (open, max)
             case .inPodStatus(let synced, let pending, let started, let stopped):
                 state.updateInPod {
                     $0.synced = synced

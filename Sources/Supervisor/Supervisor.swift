@@ -74,6 +74,9 @@ final class Supervisor {
     /// On-demand lookups relayed per NetWorker per second.
     private var demandBudget: [UInt16: (second: Int64, used: Int)] = [:]
     static let demandsPerSecond = 1024
+    /// The next count of open descriptors for the NetWorkers' /metrics.
+    private var nextProcessStats: Int64 = 0
+    static let processStatsMilliseconds: Int64 = 10_000
     private var isDraining = false
     private var drainDeadline: Int64?
     private var exitCode: Int32?
@@ -271,6 +274,7 @@ final class Supervisor {
         }
         if slot.spec.receivesProcessTable {
             try ipc.send(SupervisorMessage.processTable(slots.map(\.entry)).frame(), blocking: false)
+            try ipc.send(processStats().frame(), blocking: false)
         }
         if slot.spec.role == .netWorker && counterRegions.count > 1 {
             for (index, region) in counterRegions.enumerated() {
@@ -508,6 +512,7 @@ final class Supervisor {
         if let drainDeadline { deadlines.append(drainDeadline) }
         if let nextXDSStatsRelay { deadlines.append(nextXDSStatsRelay) }
         if let nextLogFilterRelay { deadlines.append(nextLogFilterRelay) }
+        if !isDraining { deadlines.append(nextProcessStats) }
         if !isDraining, let next = inPod?.nextDeadline { deadlines.append(next) }
         guard let next = deadlines.min() else { return -1 }
         return Int32(clamping: max(0, next - Clock.monotonicMilliseconds()))
@@ -601,6 +606,25 @@ final class Supervisor {
             terminateAll()
             exitCode = 1
         }
+    }
+
+    /// The descriptors open in this process and every live worker (counted in /proc), and the
+    /// descriptor limit (RLIMIT_NOFILE, raised at start and inherited by the workers).
+    private func processStats() -> SupervisorMessage {
+        func count(_ pid: Int32) -> UInt32 {
+            guard let directory = opendir("/proc/\(pid)/fd") else { return 0 }
+            defer { closedir(directory) }
+            var entries: UInt32 = 0
+            while let entry = readdir(directory) {
+                if entry.pointee.d_name.0 != UInt8(ascii: ".") { entries += 1 }
+            }
+            return entries
+        }
+        var open = count(getpid())
+        for slot in slots where slot.isAlive { open &+= count(slot.pid) }
+        var limit = rlimit()
+        _ = getrlimit(__rlimit_resource_t(RLIMIT_NOFILE.rawValue), &limit)
+        return .processStats(openFds: open, maxFds: UInt32(clamping: limit.rlim_cur))
     }
 
     // MARK: - In-pod mode
@@ -723,6 +747,11 @@ final class Supervisor {
         let now = Clock.monotonicMilliseconds()
         relayXDSStats(now: now)
         relayLogFilter(now: now)
+        if !isDraining && now >= nextProcessStats {
+            nextProcessStats = now + Self.processStatsMilliseconds
+            let frame = processStats().frame()
+            for net in liveNetWorkers where net.ipc?.hasHeadroom() == true { try? net.ipc?.send(frame, blocking: false) }
+        }
         if !isDraining, let inPod {
             inPod.tick(now: now)
             relayInPodEvents()

@@ -157,7 +157,8 @@ final class XDSWorker {
                 Log.debug("cannot send the on-demand lookup now: \(error)")
             }
         case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats, .metricsRegion,
-             .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus:
+             .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus,
+             .processStats:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

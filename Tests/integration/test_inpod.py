@@ -127,6 +127,13 @@ def test_hello_adds_snapshot_readiness_and_workload_state(box, cni, start_daemon
     assert cni.acks == [""] * (len(box.pods) + 1)
     assert cni.probe() and not cni.unsolicited, "ztunnel sends nothing but acks"
     assert cni.connections == 1 and daemon.proc.poll() is None
+    # §15: the workload manager's families, without the istio_ prefix.
+    status, body = http(daemon.ports["stats"], "/metrics")
+    assert status == 200
+    samples = dict(l.rsplit(" ", 1) for l in body.splitlines() if l.startswith("workload_manager_"))
+    n = str(len(box.pods))
+    assert samples == {"workload_manager_active_proxy_count": n, "workload_manager_pending_proxy_count": "0",
+                       "workload_manager_proxies_started_total": n, "workload_manager_proxies_stopped_total": "0"}, samples
 
 
 # -- b. listeners in the pod namespace, withdrawn on Del ---------------------------------------

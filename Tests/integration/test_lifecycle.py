@@ -155,3 +155,24 @@ def test_logging_endpoint_changes_the_filter_of_every_process(start_daemon):
 
     assert http(admin, "/logging?reset", method="POST") == (200, "current log level is info\n")
     assert http(admin, "/logging?reset&level=access%3Doff", method="POST") == (200, "current log level is info,access=off\n")
+
+
+def test_process_descriptor_gauges_count_every_process(start_daemon):
+    """§15 process_open_fds / process_max_fds: a NetWorker cannot read /proc, so the Supervisor
+    counts the descriptors of itself and every worker and relays them; the gauge is within a few
+    of what /proc shows for the same processes, and the limit is RLIMIT_NOFILE as raised."""
+    daemon = start_daemon()
+    daemon.wait_ready()
+
+    def gauges():
+        status, body = http(daemon.ports["stats"], "/metrics")
+        values = dict(l.split(" ", 1) for l in body.splitlines() if l.startswith("process_"))
+        return (int(values["process_open_fds"]), int(values["process_max_fds"])) if len(values) == 2 else None
+
+    open_fds, max_fds = wait_for(gauges, 30, "the process gauges")
+    pids = [daemon.proc.pid] + daemon.workers("cert-worker") + daemon.workers("net-worker")
+    counted = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+    assert abs(open_fds - counted) <= 20, (open_fds, counted)
+    with open(f"/proc/{daemon.proc.pid}/limits") as f:
+        soft = next(l.split()[3] for l in f if l.startswith("Max open files"))
+    assert max_fds == int(soft) and max_fds >= open_fds
