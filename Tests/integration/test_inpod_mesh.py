@@ -427,3 +427,40 @@ def test_daemon_restart_readopts_pods_from_the_replay(box, cni, start_daemon):
     assert exchange(a, b.ip, 8080, payload, timeout=20) == ("ok", payload)
     wait_for(lambda: [l for l in outbound_lines(second) if f"src.identity={a.identity}" in l], 10,
              "the new daemon's outbound access line")
+
+
+# -- 8. a deleted pod's HBONE peers hear it: GOAWAY, then close_notify --------------------------
+
+def test_a_deleted_pods_hbone_peers_get_goaway_and_close_notify(box, cni, start_daemon, tmp_path):
+    """DelWorkload closes the pod's connections (§8 step 7), and an HBONE peer of the pod sees a
+    GOAWAY and then TLS close_notify rather than a bare TCP close (istio/ztunnel#1191). The peer
+    is a client of our own (Python ssl + h2) in a namespace that is not enrolled, with a
+    certificate from the CA the daemon uses."""
+    from hbone_client import HBONEClient
+    from netns import in_netns
+
+    a, b, c = box.pods
+    box.unredirect(c)
+    b.echo_server(8080)
+    ca, cacerts, client_dir = MiniCA(), str(tmp_path / "cacerts"), str(tmp_path / "client")
+    ca.write_cacerts(cacerts)
+    ca.issue(client_dir, "sa-c", namespace=box.namespace)
+    daemon = start_node(start_daemon, cni, mesh_config(box, pods=[a, b]), ZTUNNEL_CA_DIR=cacerts)
+    enrol(cni, [a, b])
+    wait_ready(daemon)
+    wait_up(daemon, [a, b])
+    wait_for(lambda: certificates_available(daemon, [b]), 30, "b's certificate")
+
+    client = in_netns(c.netns_path, lambda: HBONEClient(INBOUND_HBONE, client_dir, host=b.ip))
+    client.sock.suppress_ragged_eofs = False  # a bare TCP close raises; close_notify reads as b""
+    try:
+        stream = client.connect(f"{b.ip}:8080")
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200
+        client.send(stream, b"before the delete")
+        assert client.pump(lambda: client.data[stream] == b"before the delete")
+        assert cni.delete(b.uid) == ""
+        assert client.pump(lambda: client.goaway is not None), "no GOAWAY from the deleted pod's 15008"
+        while client._read_once():  # until close_notify: a ragged end raises ssl.SSLEOFError here
+            pass
+    finally:
+        client.sock.close()
