@@ -133,10 +133,12 @@ final class CertWorker {
         for perNetWorker in manager?.refusedIdentities.values.map({ $0 }) ?? [] {
             for (identity, reason) in perNetWorker where !listed.contains(identity) { refused[identity] = reason }
         }
-        for (identity, reason) in refused.sorted(by: { $0.key < $1.key }) {
-            entries.append(CertificateStatus(spiffeId: identity, state: "Unavailable: refused: \(reason)".utf8Prefix(256),
-                                             nextRenewal: 0, failedRenewals: 0, signatures: 0))
-        }
+        // First, so a long list that does not fit one frame cuts accepted ones (which then
+        // show as coming, and arrive) rather than refusals (which would hold readiness for good).
+        entries = refused.sorted(by: { $0.key < $1.key }).map { identity, reason in
+            CertificateStatus(spiffeId: identity, state: "Unavailable: refused: \(reason)".utf8Prefix(256),
+                              nextRenewal: 0, failedRenewals: 0, signatures: 0)
+        } + entries
         let frame = CertWorkerMessage.status(Self.fitting(entries)).frame()
         for index in peers.keys { push(frame, to: index, droppable: true) }
         lastStatusPush = Clock.monotonicMilliseconds()
@@ -148,7 +150,7 @@ final class CertWorker {
     static func fitting(_ entries: [CertificateStatus]) -> [CertificateStatus] {
         var size = 2
         var kept: [CertificateStatus] = []
-        for entry in entries.prefix(128) {
+        for entry in entries.prefix(512) {
             size += 8 + entry.spiffeId.utf8.count + entry.state.utf8.count + 20
             guard size <= IPCFrame.maxPayload else {
                 Log.warn("certificate status list truncated to \(kept.count) of \(entries.count) identities")

@@ -163,7 +163,7 @@ public enum CertWorkerMessage: Equatable, Sendable {
             message = .signature(signature)
         case .signRefused: message = .signRefused(try reader.string("refusal", max: 512))
         case .status:
-            let count = try reader.count("certificate statuses", max: 128)
+            let count = try reader.count("certificate statuses", max: 512)
             var entries: [CertificateStatus] = []
             for _ in 0..<count {
                 entries.append(CertificateStatus(

@@ -85,8 +85,15 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 if !keys.isEmpty {
                     routing.onDemand!.fetch(keys, client: channel.remoteAddress?.ipAddress ?? "?", on: channel.eventLoop) { key in
                         routing.unknownAddressKeys(host: host, client: nil).contains(key)
-                    }.whenSuccess { _ in
+                    }.whenSuccess { admitted in
                         guard channel.isActive else { return }
+                        guard admitted else {
+                            Log.info("inbound-plaintext: connection refused", [("src", ListenerFactory.peer(channel)),
+                                                                              ("dst", "\(host):\(port)"),
+                                                                              ("reason", "too many on-demand lookups waiting")])
+                            channel.close(promise: nil)
+                            return
+                        }
                         self.proceed(channel: channel, host: host, port: port)
                     }
                     return

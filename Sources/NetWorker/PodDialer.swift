@@ -19,7 +19,7 @@ final class PodDialer: @unchecked Sendable {
     /// Sockets kept ready per pod and family (ZTUNNEL_POD_SOCKET_POOL, 8); a refill is asked for
     /// when fewer than half remain. 0: none kept, one asked for per connection.
     let poolTarget: Int
-    private var lowWater: Int { poolTarget / 2 }
+    private var lowWater: Int { max(1, poolTarget / 2) }
     static let socketWait: TimeAmount = .seconds(5)
 
     private struct Pool {

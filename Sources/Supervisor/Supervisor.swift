@@ -212,7 +212,7 @@ final class Supervisor {
             // neither flood the xDS worker nor get it killed as unresponsive by what follows.
             guard spend(&demandBudget, slot.index, Self.demandsPerSecond) else { return }
             let frame = SupervisorMessage.demand(key).frame()
-            for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running && xds.ipc?.hasHeadroom() == true {
+            for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running && xds.ipc?.hasHeadroom(below: 256 << 10) == true {
                 try? xds.ipc?.send(frame, blocking: false)
             }
         // Also while setting up: a NetWorker serves its pods' listeners (and asks for sockets)
@@ -226,7 +226,7 @@ final class Supervisor {
             // The snapshot with the answers came before this message on the same channel. Best
             // effort likewise: a NetWorker that misses it decides at its deadline.
             let frame = SupervisorMessage.demandAnswered(generation: meshSnapshot?.generation ?? 0, keys: keys).frame()
-            for net in liveNetWorkers where net.ipc?.hasHeadroom() == true { try? net.ipc?.send(frame, blocking: false) }
+            for net in liveNetWorkers where net.ipc?.hasHeadroom(below: 256 << 10) == true { try? net.ipc?.send(frame, blocking: false) }
         case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             try snapshotApplied(generation: generation, accepted: accepted, from: slot)
@@ -612,6 +612,10 @@ final class Supervisor {
     /// descriptor limit (RLIMIT_NOFILE, raised at start and inherited by the workers).
     private func processStats() -> SupervisorMessage {
         func count(_ pid: Int32) -> UInt32 {
+            // Since Linux 6.2 the directory's size is its count: no listing, and no read
+            // permission on another uid's directory (the Supervisor keeps no DAC capability).
+            var status = stat()
+            if stat("/proc/\(pid)/fd", &status) == 0, status.st_size > 0 { return UInt32(clamping: status.st_size) }
             guard let directory = opendir("/proc/\(pid)/fd") else { return 0 }
             defer { closedir(directory) }
             var entries: UInt32 = 0
@@ -750,7 +754,7 @@ final class Supervisor {
         if !isDraining && now >= nextProcessStats {
             nextProcessStats = now + Self.processStatsMilliseconds
             let frame = processStats().frame()
-            for net in liveNetWorkers where net.ipc?.hasHeadroom() == true { try? net.ipc?.send(frame, blocking: false) }
+            for net in liveNetWorkers where net.ipc?.hasHeadroom(below: 256 << 10) == true { try? net.ipc?.send(frame, blocking: false) }
         }
         if !isDraining, let inPod {
             inPod.tick(now: now)

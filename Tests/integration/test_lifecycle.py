@@ -169,10 +169,17 @@ def test_process_descriptor_gauges_count_every_process(start_daemon):
         values = dict(l.split(" ", 1) for l in body.splitlines() if l.startswith("process_"))
         return (int(values["process_open_fds"]), int(values["process_max_fds"])) if len(values) == 2 else None
 
-    open_fds, max_fds = wait_for(gauges, 30, "the process gauges")
     pids = [daemon.proc.pid] + daemon.workers("cert-worker") + daemon.workers("net-worker")
-    counted = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
-    assert abs(open_fds - counted) <= 20, (open_fds, counted)
+    net_fds = len(os.listdir(f"/proc/{daemon.workers('net-worker')[0]}/fd"))
+    assert net_fds > 10  # the NetWorker's own count is not small: leaving it out would show
+
+    def agree():
+        # The daemon is idle: its count (every 10 s) and ours (now) agree within a few.
+        counted = sum(len(os.listdir(f"/proc/{pid}/fd")) for pid in pids)
+        measured = gauges()
+        return measured if measured and abs(measured[0] - counted) <= 3 else None
+
+    open_fds, max_fds = wait_for(agree, 30, "the open-descriptor gauge to match /proc")
     with open(f"/proc/{daemon.proc.pid}/limits") as f:
         soft = next(l.split()[3] for l in f if l.startswith("Max open files"))
     assert max_fds == int(soft) and max_fds >= open_fds
