@@ -28,15 +28,24 @@ final class KeyedWaiters: @unchecked Sendable {
     /// A future that succeeds when `key` is released or the timeout passes, and whether nobody
     /// was waiting for `key` before (the caller then asks for it); nil when full.
     func wait(for key: String, on loop: EventLoop) -> (future: EventLoopFuture<Void>, isFirst: Bool)? {
+        // No promise for a refused wait: one never completed is a leak (SwiftNIO traps on it in
+        // debug builds).
+        guard lock.withLock({ count < capacity }) else { return nil }
         let waiter = Waiter(promise: loop.makePromise())
         let first: Bool? = lock.withLock {
-            guard count < capacity else { return nil }
+            guard count < capacity else {
+                waiter.done = true
+                return nil
+            }
             count += 1
             let first = waiting[key] == nil
             waiting[key, default: []].append(waiter)
             return first
         }
-        guard let first else { return nil }
+        guard let first else {
+            waiter.promise.succeed(())
+            return nil
+        }
         let timer = loop.scheduleTask(in: timeout) { self.expire(waiter, key: key) }
         lock.withLock { if !waiter.done { waiter.timer = timer } else { timer.cancel() } }
         return (waiter.promise.futureResult, first)
