@@ -23,6 +23,17 @@ def start_daemon():
 
 
 @pytest.fixture
+def xds(tmp_path):
+    """istiod's delta ADS, as the test double written from the spec (xds_double.py)."""
+    pytest.importorskip("grpc")
+    import xds_double
+    double = xds_double.XdsDouble(str(tmp_path / "xds"))
+    double.start()
+    yield double
+    double.stop()
+
+
+@pytest.fixture
 def echo_server():
     server = EchoServer()
     yield server

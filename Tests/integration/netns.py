@@ -10,18 +10,23 @@ CLONE_NEWNET = 0x40000000
 _libc = ctypes.CDLL(None, use_errno=True)
 
 
+def enter(netns_path):
+    """Moves the calling thread into the namespace at `netns_path` (for a thread of its own)."""
+    fd = os.open(netns_path, os.O_RDONLY)
+    try:
+        if _libc.setns(fd, CLONE_NEWNET) != 0:
+            raise OSError(ctypes.get_errno(), "setns")
+    finally:
+        os.close(fd)
+
+
 def in_netns(netns_path, fn, *args):
     """Runs fn(*args) on a thread that has entered the namespace at `netns_path`; returns its
     result or raises its error. Sockets made there keep that namespace."""
     result = {}
 
     def body():
-        fd = os.open(netns_path, os.O_RDONLY)
-        try:
-            if _libc.setns(fd, CLONE_NEWNET) != 0:
-                raise OSError(ctypes.get_errno(), "setns")
-        finally:
-            os.close(fd)
+        enter(netns_path)
         try:
             result["value"] = fn(*args)
         except BaseException as error:  # handed to the caller

@@ -7,7 +7,6 @@ Reuses test_inpod's fixtures and helpers. Each test is independent: its own name
 socket(s) and daemon(s), removed by name/PID in fixtures (also on failure); the client loops run
 on threads that are stopped and joined in `finally`.
 """
-import ctypes
 import os
 import signal
 import socket
@@ -20,11 +19,10 @@ from cni_double import CniDouble
 from daemon import wait_for
 from identities import MiniCA
 from mesh_box import INBOUND_HBONE
+from netns import enter
 from test_inpod import (access_lines, box, certificates_available, cni, enrol, listener_inodes,  # noqa: F401
                         not_serving, serving, wait_ready, workload_state)
 
-CLONE_NEWNET = 0x40000000
-_libc = ctypes.CDLL(None, use_errno=True)
 
 
 # -- fixtures ----------------------------------------------------------------------------------
@@ -88,30 +86,30 @@ def exchange(pod, host, port, payload, timeout=10):
         return "refused", b""
     except socket.timeout:
         return "timeout", b""
+    with s:
+        outcome, received, _ = echo(s, payload)
+    return outcome, received
+
+
+def echo(s, payload):
+    """Sends payload on a connected socket, half-closes, reads to the end: (outcome, bytes
+    received, detail); outcome "ok", "eof", "timeout" or "reset"."""
     received = bytearray()
     try:
-        with s:
-            s.sendall(payload)
-            s.shutdown(socket.SHUT_WR)
-            while True:
-                chunk = s.recv(65536)
-                if not chunk:
-                    break
-                received += chunk
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            received += chunk
     except socket.timeout:
-        return "timeout", bytes(received)
-    except (ConnectionResetError, BrokenPipeError):
-        return "reset", bytes(received)
-    return ("ok" if bytes(received) == payload else "eof"), bytes(received)
-
-
-def _enter(netns_path):
-    fd = os.open(netns_path, os.O_RDONLY)
-    try:
-        if _libc.setns(fd, CLONE_NEWNET) != 0:
-            raise OSError(ctypes.get_errno(), "setns")
-    finally:
-        os.close(fd)
+        return "timeout", bytes(received), f"after {len(received)} bytes"
+    except (ConnectionResetError, BrokenPipeError) as error:
+        return "reset", bytes(received), f"{error!r} after {len(received)} bytes"
+    if bytes(received) != payload:
+        return "eof", bytes(received), f"{len(received)} of {len(payload)} bytes"
+    return "ok", bytes(received), ""
 
 
 class ClientLoop:
@@ -136,7 +134,7 @@ class ClientLoop:
 
     def _run(self):
         try:
-            _enter(self.pod.netns_path)
+            enter(self.pod.netns_path)
         except BaseException as error:
             self.error = error
             return
@@ -158,22 +156,8 @@ class ClientLoop:
                 return "refused", repr(error)
             except socket.timeout:
                 return "timeout", "connect"
-            received = bytearray()
-            try:
-                s.sendall(self.payload)
-                s.shutdown(socket.SHUT_WR)
-                while True:
-                    chunk = s.recv(65536)
-                    if not chunk:
-                        break
-                    received += chunk
-            except socket.timeout:
-                return "timeout", f"after {len(received)} bytes"
-            except (ConnectionResetError, BrokenPipeError) as error:
-                return "reset", f"{error!r} after {len(received)} bytes"
-            if bytes(received) != self.payload:
-                return "eof", f"{len(received)} of {len(self.payload)} bytes"
-            return "ok", ""
+            outcome, _, detail = echo(s, self.payload)
+            return outcome, detail
 
     def ok_since(self, moment):
         return sum(1 for start, _, outcome, _ in list(self.outcomes) if start >= moment and outcome == "ok")

@@ -13,14 +13,6 @@ grpc = pytest.importorskip("grpc")
 import xds_double as x  # noqa: E402
 
 
-@pytest.fixture
-def xds(tmp_path):
-    double = x.XdsDouble(str(tmp_path / "xds"))
-    double.start()
-    yield double
-    double.stop()
-
-
 def fetched(xds, key):
     return xds.requests(lambda _, r: r["type_url"] == x.ADDRESS and key in r["resource_names_subscribe"]
                         and not r["initial"])

@@ -35,14 +35,6 @@ def mesh(xds, echo_port):
 
 
 @pytest.fixture
-def xds(tmp_path):
-    double = x.XdsDouble(str(tmp_path / "xds"))
-    double.start()
-    yield double
-    double.stop()
-
-
-@pytest.fixture
 def meshed(start_daemon, xds):
     """An echo workload and its client, known only from xDS; the daemon ready with both
     identities."""

@@ -29,14 +29,6 @@ VIP_CONNECTION_KEYS = {VIP_KEY, CLIENT_KEY}
 
 
 @pytest.fixture
-def xds(tmp_path):
-    double = x.XdsDouble(str(tmp_path / "xds"))
-    double.start()
-    yield double
-    double.stop()
-
-
-@pytest.fixture
 def on_demand(start_daemon, xds):
     """The test_xds mesh (client 127.0.0.3, echo workload 127.0.0.2 behind VIP 10.96.0.9, both
     HBONE on node-a) in the double's state; the daemon started with XDS_ON_DEMAND=true and ready.
