@@ -2,11 +2,11 @@
 # Each installs the Debian packages it needs first (only the missing ones).
 
 SHELL := /bin/bash
-APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3 iproute2 iptables
+APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3 iproute2 iptables buildah
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
-.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench bench-xds bench-inpod clean
+.PHONY: deps build demo test unit-test integration-test fuzz fuzz-smoke bench bench-xds bench-inpod image clean
 
 deps:
 	@missing=""; for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
@@ -46,6 +46,12 @@ bench: deps
 bench-xds: deps
 	swift build -c release
 	python3 bench/xds_scale.py
+
+# The OCI image from scratch (issue #10): the binaries, their libraries, the seccomp profiles.
+# In buildah's storage as ztunnel-swift:dev and as .build/ztunnel-swift.oci.tar.
+image: deps
+	swift build -c release
+	scripts/build-image.sh .build/release ztunnel-swift:dev
 
 # Figures for in-pod mode (issue #9): enrolment, the pod socket round trip, memory per pod.
 bench-inpod: deps
