@@ -10,15 +10,16 @@ import Glibc
 enum Main {
     static let version = "ztunnel-swift 0.1.0 (Istio ztunnel compatible; IPC protocol \(IPCProtocol.version))"
 
-    /// Capabilities the Supervisor keeps (DESIGN.md): setns/SO_MARK/IP_TRANSPARENT/binding for
-    /// the data plane, and what starting confined workers needs (they drop their uid and
-    /// bounding set themselves; CAP_KILL signals them once they run under another uid).
+    /// Capabilities the Supervisor keeps (DESIGN.md): setns/SO_MARK/IP_TRANSPARENT for the data
+    /// plane, and what starting confined workers needs (they drop their uid and bounding set
+    /// themselves; CAP_KILL signals them once they run under another uid). Not
+    /// CAP_NET_BIND_SERVICE: every node-level listener is bound before this limit applies, and a
+    /// pod's ports are all above 1024 (threat model review, issue #10).
     static let keptCapabilities: [Int32] = [
         5,  // CAP_KILL: signal workers running as another uid
         6,  // CAP_SETGID: workers switch gid
         7,  // CAP_SETUID: workers switch uid
         8,  // CAP_SETPCAP: workers drop their bounding set
-        10, // CAP_NET_BIND_SERVICE: listeners on configured low ports
         12, // CAP_NET_ADMIN: SO_MARK, IP_TRANSPARENT (in-pod mode)
         13, // CAP_NET_RAW: transparent sockets (in-pod mode)
         21, // CAP_SYS_ADMIN: setns into pod network namespaces (in-pod mode)

@@ -20,8 +20,7 @@ from test_outbound_hbone import config as hbone_config, round_trip
 
 # The Supervisor's capabilities (Sources/Supervisor/main.swift keptCapabilities): the chart
 # grants these and no others.
-KEPT = {"kill": 5, "setgid": 6, "setuid": 7, "setpcap": 8, "net_bind_service": 10, "net_admin": 12, "net_raw": 13,
-        "sys_admin": 21}
+KEPT = {"kill": 5, "setgid": 6, "setuid": 7, "setpcap": 8, "net_admin": 12, "net_raw": 13, "sys_admin": 21}
 IMAGE = "ztunnel-swift:test"
 
 
@@ -93,8 +92,9 @@ def test_the_image_serves_chrooted_read_only_with_the_charts_capabilities(rootfs
         with sock:
             assert code == 0, open(log.name).read()[-4000:]
             assert round_trip(sock, b"from the image") == b"from the image"
-        text = open(log.name).read()
-        line = next(l for l in text.splitlines() if "\taccess\tconnection complete" in l and "direction=outbound" in l)
+        line = wait_for(lambda: next((l for l in open(log.name).read().splitlines()
+                                      if "\taccess\tconnection complete" in l and "direction=outbound" in l), None),
+                        10, "the outbound access line")
         assert "src.identity=spiffe://cluster.local/ns/default/sa/client" in line
         assert "dst.identity=spiffe://cluster.local/ns/shop/sa/echo" in line
         # The root stayed read-only, and the Supervisor ran with no capability beyond the chart's.
