@@ -132,7 +132,10 @@ def test_a_mesh_pushed_by_istiod_carries_traffic_over_hbone(start_daemon, xds):
         # The worker that parses istiod's bytes is confined like the others.
         status = proc_status(xdsw)
         assert status["CapEff"] == "0000000000000000" and status["NoNewPrivs"] == "1" and status["Seccomp"] == "2"
-        assert status["Uid"].split()[0] == "65534"
+        assert status["CapPrm"] == "0000000000000000" and status["CapBnd"] == "0000000000000000"
+        assert set(status["Uid"].split()) == {"65534"} and set(status["Gid"].split()) == {"65534"}
+        # Not dumpable (it holds istiod's token): its /proc entries stay root's, not its uid's.
+        assert os.stat(f"/proc/{xdsw}/status").st_uid == 0
     finally:
         echo.close()
 
