@@ -33,6 +33,8 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+from protowire import WIRE_I32, WIRE_I64, WIRE_LEN, WIRE_VARINT  # noqa: F401 (the doubles import them from here)
+from protowire import key as _key, length_delimited as _len_field, varint as _varint
 
 SERVICE = "istio.v1.auth.IstioCertificateService"
 METHOD = f"/{SERVICE}/CreateCertificate"
@@ -43,7 +45,6 @@ DEFAULT_TTL_SECONDS = 24 * 3600  # istiod's default workload certificate TTL
 # Malformed input raises WireError rather than being guessed at, so a client encoding bug shows
 # up as INVALID_ARGUMENT instead of a quietly wrong record.
 
-WIRE_VARINT, WIRE_I64, WIRE_LEN, WIRE_I32 = 0, 1, 2, 5
 MAX_DEPTH = 64  # Struct/ListValue nesting; the protobuf runtimes stop at 100
 
 
@@ -198,29 +199,6 @@ def decode_certificate_response(buf):
             _expect(number, wire, WIRE_LEN)
             chain.append(_utf8(number, value))
     return chain
-
-
-def _varint(n):
-    n &= (1 << 64) - 1  # negative int64s are ten-byte two's complement on the wire
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _key(number, wire):
-    return _varint(number << 3 | wire)
-
-
-def _len_field(number, payload):
-    if isinstance(payload, str):
-        payload = payload.encode("utf-8")
-    return _key(number, WIRE_LEN) + _varint(len(payload)) + payload
 
 
 def encode_value(value):

@@ -21,6 +21,8 @@ import tempfile
 import threading
 import time
 
+from protowire import key, length_delimited, varint  # noqa: F401 (the tests import them from here)
+
 VERSION_NOT_USED = 0
 V1 = 1
 MAX_MESSAGE = 1024  # both sides read into a 1024-byte buffer (§8)
@@ -35,28 +37,6 @@ class ZdsError(AssertionError):
 
 
 # -- protobuf, by hand -------------------------------------------------------------------------
-
-def varint(n):
-    if n < 0:
-        raise ValueError("negative varint")
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def key(field, wire_type):
-    return varint(field << 3 | wire_type)
-
-
-def length_delimited(field, payload):
-    return key(field, 2) + varint(len(payload)) + payload
-
 
 def string_field(field, value):
     """proto3: an empty string is the default and is not written."""
