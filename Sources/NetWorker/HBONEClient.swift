@@ -145,8 +145,9 @@ final class HBONEClientHandler: HTTP2Connection {
         if openStreams == 0 { armIdleTimer() }
     }
 
-    /// The pod this connection left from is gone (in-pod mode): GOAWAY, then the connection
-    /// closes once it is written.
+    /// Ends the connection: GOAWAY (nghttp2 then wants neither to read nor to write, and the
+    /// connection closes once it is written), or a plain close before the session exists. For
+    /// an unused pooled connection, and for one whose pod is gone (in-pod mode).
     func shutDown() {
         guard let context else { return }
         guard let session else {
@@ -165,14 +166,7 @@ final class HBONEClientHandler: HTTP2Connection {
             self.idleTimer = nil
             guard self.openStreams == 0, let context = self.context else { return }
             Log.debug("outbound: releasing an unused pooled HBONE connection", [("peer", ListenerFactory.peer(context.channel))])
-            guard let session = self.session else {
-                context.close(promise: nil)
-                return
-            }
-            // GOAWAY; nghttp2 then wants neither to read nor to write, and the connection closes
-            // once the GOAWAY is written.
-            _ = nghttp2_session_terminate_session(session, UInt32(NGHTTP2_NO_ERROR.rawValue))
-            self.flushSession()
+            self.shutDown()
         }
     }
 

@@ -99,7 +99,7 @@ struct HTTPEndpoints {
             guard method == "POST" else {
                 return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n" + LogFilterChange.usage)
             }
-            switch LogFilterChange.outcome(current: Log.filter, initial: state.configuration.string("RUST_LOG"), query: query) {
+            switch LogFilterChange.outcome(current: Log.filter, initial: Log.initialFilter, query: query) {
             case .report:
                 return Reply(status: 200, reason: "OK", body: "current log level is \(Log.filter)\n")
             case .change(let filter):

@@ -127,12 +127,7 @@ struct ListenerFactory {
             // On demand (XDS_ON_DEMAND), a destination no resource holds is asked for first.
             let state = endpoints.state
             let local = channel.localAddress?.ipAddress
-            let routing = self.routing
-            let unknown = onDemand.isEnabled ? routing.unknownAddressKeys(host: local ?? "", client: nil) : []
-            let looked = unknown.isEmpty ? channel.eventLoop.makeSucceededFuture(true)
-                : onDemand.fetch(unknown, client: channel.remoteAddress?.ipAddress ?? "?", on: channel.eventLoop) { key in
-                    routing.unknownAddressKeys(host: local ?? "", client: nil).contains(key)
-                }
+            let looked = routing.lookUp(host: local ?? "", client: nil, peer: channel.remoteAddress?.ipAddress, on: channel.eventLoop)
             let identities = self.identities
             let certificateHere = looked.flatMap { _ -> EventLoopFuture<Void> in
                 let identity = state.workload(at: local, in: state.model)?.identity

@@ -47,6 +47,7 @@ final class NetWorkerState: @unchecked Sendable {
 
     /// In-pod mode: the pods served, whether istio-cni's snapshot arrived, the pods not served.
     struct InPod: Sendable {
+        /// Filled when read (`inPod`), from PodDialer.
         var served: [String: PodInfo] = [:]
         var synced = false
         var pending: [PendingPod] = []
@@ -62,7 +63,12 @@ final class NetWorkerState: @unchecked Sendable {
         }
     }
     private var inPodState = InPod()
-    var inPod: InPod { lock.withLock { inPodState } }
+    /// The pods served are PodDialer's (their one record); the rest is the Supervisor's status.
+    var inPod: InPod {
+        var value = lock.withLock { inPodState }
+        value.served = PodDialer.shared?.served ?? [:]
+        return value
+    }
 
     /// Open descriptors in all of the daemon's processes and their limit, as the Supervisor
     /// last counted them (§15 `process_open_fds`, `process_max_fds`).

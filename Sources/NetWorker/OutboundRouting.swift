@@ -28,12 +28,7 @@ struct OutboundRouting: Sendable {
     /// holds them (§6.3), then the source workload's certificate when it is expected but not
     /// here yet (a workload that just arrived). Never plaintext instead of a tunnel.
     func resolve(host: String, port: UInt16, client: String?, on loop: EventLoop) -> EventLoopFuture<Resolution> {
-        let keys = onDemand?.isEnabled == true ? unknownAddressKeys(host: host, client: client) : []
-        let looked = keys.isEmpty ? loop.makeSucceededFuture(true)
-            : onDemand!.fetch(keys, client: client ?? "?", on: loop) { key in
-                self.unknownAddressKeys(host: host, client: client).contains(key)
-            }
-        return looked.flatMap { admitted in
+        lookUp(host: host, client: client, on: loop).flatMap { admitted in
             guard admitted else { return loop.makeSucceededFuture(.refuse("too many on-demand lookups waiting; refusing rather than deciding without the mesh")) }
             let first = self.resolve(host: host, port: port, client: client)
             guard case .noCertificate(let identity, _) = first else { return loop.makeSucceededFuture(first) }
@@ -42,6 +37,20 @@ struct OutboundRouting: Sendable {
                 if case .noCertificate(_, let reason) = second { return .refuse(reason) }
                 return second
             }
+        }
+    }
+
+    /// On demand (XDS_ON_DEMAND), asks for the client's and `host`'s addresses when no
+    /// resource holds them and waits (bounded) for the answers; at once without on-demand or
+    /// when both are known. False: too many lookups wait already, and the caller refuses.
+    /// `peer`: whose waits these count against (the client by default; an inbound connection,
+    /// which looks up no source, names its remote address).
+    func lookUp(host: String, client: String?, peer: String? = nil, on loop: EventLoop) -> EventLoopFuture<Bool> {
+        guard let onDemand, onDemand.isEnabled else { return loop.makeSucceededFuture(true) }
+        let keys = unknownAddressKeys(host: host, client: client)
+        if keys.isEmpty { return loop.makeSucceededFuture(true) }
+        return onDemand.fetch(keys, client: peer ?? client ?? "?", on: loop) { key in
+            self.unknownAddressKeys(host: host, client: client).contains(key)
         }
     }
 

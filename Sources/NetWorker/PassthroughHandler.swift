@@ -79,27 +79,21 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                 channel.close(promise: nil)
                 return
             }
+            guard self.listenerName == "inbound-plaintext", let routing = self.routing else {
+                self.proceed(channel: channel, host: host, port: port)
+                return
+            }
             // XDS_ON_DEMAND: an inbound destination no resource holds is asked for first.
-            if self.listenerName == "inbound-plaintext", let routing = self.routing, routing.onDemand?.isEnabled == true {
-                let keys = routing.unknownAddressKeys(host: host, client: nil)
-                if !keys.isEmpty {
-                    routing.onDemand!.fetch(keys, client: channel.remoteAddress?.ipAddress ?? "?", on: channel.eventLoop) { key in
-                        routing.unknownAddressKeys(host: host, client: nil).contains(key)
-                    }.whenSuccess { admitted in
-                        guard channel.isActive else { return }
-                        guard admitted else {
-                            Log.info("inbound-plaintext: connection refused", [("src", ListenerFactory.peer(channel)),
-                                                                              ("dst", "\(host):\(port)"),
-                                                                              ("reason", "too many on-demand lookups waiting")])
-                            channel.close(promise: nil)
-                            return
-                        }
-                        self.proceed(channel: channel, host: host, port: port)
-                    }
+            routing.lookUp(host: host, client: nil, peer: channel.remoteAddress?.ipAddress, on: channel.eventLoop).whenSuccess { admitted in
+                guard channel.isActive else { return }
+                guard admitted else {
+                    Log.info("inbound-plaintext: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
+                                                                      ("reason", "too many on-demand lookups waiting")])
+                    channel.close(promise: nil)
                     return
                 }
+                self.proceed(channel: channel, host: host, port: port)
             }
-            self.proceed(channel: channel, host: host, port: port)
         }
         context.fireChannelActive()
     }
@@ -107,34 +101,32 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     /// After the checks on the original destination: authorization (inbound), routing
     /// (outbound), then the upstream connection.
     private func proceed(channel: Channel, host: String, port: UInt16) {
-        do {
-            guard self.isAuthorized(channel: channel, host: host, port: port) else {
-                channel.close(promise: nil)
-                return
-            }
-            guard self.listenerName == "outbound", let routing = self.routing else {
-                self.connect(channel: channel, host: host, port: port)
-                return
-            }
-            routing.resolve(host: host, port: port, client: channel.remoteAddress?.ipAddress, on: channel.eventLoop).whenSuccess { resolution in
-                guard channel.isActive else { return }
-                switch resolution {
-                case .connect(let routedHost, let routedPort, let via, let routed):
-                    Log.debug("outbound: \(host):\(port) via \(via) to \(routedHost):\(routedPort)")
-                    if let metrics = self.metrics {
-                        self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
-                                                    upstream: "\(routedHost):\(routedPort)")
-                    }
-                    self.connect(channel: channel, host: routedHost, port: routedPort)
-                case .tunnel(let tunnel):
-                    Log.debug("outbound: \(host):\(port) through HBONE to \(tunnel.address):\(tunnel.port)")
-                    if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: channel) }
-                    self.tunnel(channel: channel, tunnel)
-                case .refuse(let reason), .noCertificate(_, let reason):
-                    Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
-                                                             ("reason", reason)])
-                    channel.close(promise: nil)
+        guard self.isAuthorized(channel: channel, host: host, port: port) else {
+            channel.close(promise: nil)
+            return
+        }
+        guard self.listenerName == "outbound", let routing = self.routing else {
+            self.connect(channel: channel, host: host, port: port)
+            return
+        }
+        routing.resolve(host: host, port: port, client: channel.remoteAddress?.ipAddress, on: channel.eventLoop).whenSuccess { resolution in
+            guard channel.isActive else { return }
+            switch resolution {
+            case .connect(let routedHost, let routedPort, let via, let routed):
+                Log.debug("outbound: \(host):\(port) via \(via) to \(routedHost):\(routedPort)")
+                if let metrics = self.metrics {
+                    self.record = routed.record(metrics: metrics, client: channel.remoteAddress.map(ListenerFactory.address) ?? "?",
+                                                upstream: "\(routedHost):\(routedPort)")
                 }
+                self.connect(channel: channel, host: routedHost, port: routedPort)
+            case .tunnel(let tunnel):
+                Log.debug("outbound: \(host):\(port) through HBONE to \(tunnel.address):\(tunnel.port)")
+                if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: channel) }
+                self.tunnel(channel: channel, tunnel)
+            case .refuse(let reason), .noCertificate(_, let reason):
+                Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
+                                                         ("reason", reason)])
+                channel.close(promise: nil)
             }
         }
     }

@@ -59,17 +59,18 @@ final class PodDialer: @unchecked Sendable {
     }
 
     var served: [String: PodInfo] { lock.withLock { pods } }
+    func isServed(_ uid: String) -> Bool { lock.withLock { pods[uid] != nil } }
 
     /// Forgets the pod: its sockets are closed, its connections closed now (the pod is gone).
     func remove(_ uid: String) {
         let open = lock.withLock { () -> [Channel] in
             pods[uid] = nil
-            pools = pools.filter { !$0.key.hasPrefix(uid + "|") }
+            for family in [PodSocketFamily.ipv4, .ipv6] { pools[Self.key(uid, family)] = nil }
             let open = Array((channels.removeValue(forKey: uid) ?? [:]).values)
             for channel in open { podOfChannel[ObjectIdentifier(channel)] = nil }
             return open
         }
-        for family in ["4", "6"] { arrivals.release("\(uid)|\(family)") }
+        for family in [PodSocketFamily.ipv4, .ipv6] { arrivals.release(Self.key(uid, family)) }
         // HBONE peers hear it first (istio/ztunnel#1191): GOAWAY on the pod's inbound HTTP/2
         // connections, then the close, which sends close_notify before the TCP close.
         for channel in open {

@@ -140,9 +140,8 @@ struct ControlLoop {
                 }
             case .podAdded(let uid, let info):
                 PodDialer.shared?.add(uid, info)  // also fills its socket pool ahead of the first connection
-                state.updateInPod { $0.served[uid] = info }
             case .podListener(let uid, let name, let fd):
-                guard state.inPod.served[uid] != nil else { continue }
+                guard PodDialer.shared?.isServed(uid) == true else { continue }
                 if usesXDS && snapshot == nil {
                     heldListeners.append((name, fd, uid))
                 } else {
@@ -153,7 +152,6 @@ struct ControlLoop {
                 heldListeners.removeAll { $0.2 == uid }
                 PodDialer.shared?.remove(uid)
                 factory.pools.close(pod: uid)
-                state.updateInPod { $0.served[uid] = nil }
             case .podSocket(let uid, let family, let fd):
                 PodDialer.shared?.add(socket: fd, pod: uid, family: family)
             case .processStats(let open, let max):

@@ -269,7 +269,9 @@ final class Supervisor {
             }
         }
         if slot.spec.receivesListeners, let inPod {
-            for uid in inPod.pods.keys.sorted() { try sendPod(uid, inPod, to: slot, ipc: ipc) }
+            for uid in inPod.pods.keys.sorted() {
+                for frame in podFrames(uid, inPod, for: slot) { try ipc.send(frame, blocking: false) }
+            }
             try ipc.send(SupervisorMessage.inPodStatus(synced: inPod.isSynced, pending: inPod.pending, started: inPod.started, stopped: inPod.stopped).frame(), blocking: false)
         }
         if slot.spec.receivesProcessTable {
@@ -633,13 +635,11 @@ final class Supervisor {
 
     // MARK: - In-pod mode
 
-    /// A served pod and its listeners (NetWorker `slot.index`'s copies) to one NetWorker.
-    private func sendPod(_ uid: String, _ inPod: InPod, to slot: WorkerSlot, ipc: IPCSocket) throws {
-        guard let pod = inPod.pods[uid], pod.isUp else { return }
-        try ipc.send(SupervisorMessage.podAdded(uid: uid, info: pod.info).frame(), blocking: false)
-        for (name, fd) in inPod.listeners(of: uid, index: Int(slot.index)) {
-            try ipc.send(SupervisorMessage.podListener(uid: uid, name: name, fd: fd).frame(), blocking: false)
-        }
+    /// A served pod and its listeners (NetWorker `slot.index`'s copies), for one NetWorker.
+    private func podFrames(_ uid: String, _ inPod: InPod, for slot: WorkerSlot) -> [IPCFrame] {
+        guard let pod = inPod.pods[uid], pod.isUp else { return [] }
+        return [SupervisorMessage.podAdded(uid: uid, info: pod.info).frame()]
+            + inPod.listeners(of: uid, index: Int(slot.index)).map { SupervisorMessage.podListener(uid: uid, name: $0.name, fd: $0.fd).frame() }
     }
 
     /// Tells the NetWorkers what changed among the pods.
@@ -650,11 +650,7 @@ final class Supervisor {
             switch event {
             case .up(let uid):
                 for net in liveNetWorkers {
-                    guard let ipc = net.ipc else { continue }
-                    do { try sendPod(uid, inPod, to: net, ipc: ipc) } catch IPCError.wouldBlock {
-                        audit.record("worker_unresponsive", net.auditFields)
-                        kill(net, reason: "killed by the supervisor: not reading its control channel")
-                    } catch {}
+                    for frame in podFrames(uid, inPod, for: net) { sendWithoutWaiting(frame, to: net) }
                 }
             case .down(let uid):
                 let frame = SupervisorMessage.podRemoved(uid: uid).frame()
@@ -675,27 +671,28 @@ final class Supervisor {
 
     /// Takes one from NetWorker `index`'s budget for this second; false when spent.
     private func spend(_ budgets: inout [UInt16: (second: Int64, used: Int)], _ index: UInt16, _ perSecond: Int) -> Bool {
+        spend(&budgets, index, perSecond, upTo: 1) == 1
+    }
+
+    /// Takes up to `wanted` from NetWorker `index`'s budget for this second; returns how many.
+    private func spend(_ budgets: inout [UInt16: (second: Int64, used: Int)], _ index: UInt16, _ perSecond: Int, upTo wanted: Int) -> Int {
         let second = Clock.monotonicMilliseconds() / 1000
         var budget = budgets[index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
-        guard budget.used < perSecond else { return false }
-        budget.used += 1
+        let granted = max(0, min(wanted, perSecond - budget.used))
+        budget.used += granted
         budgets[index] = budget
-        return true
+        return granted
     }
 
     /// Unconnected sockets made in a served pod's namespace for a NetWorker, within its budget
     /// (sockets per second); a pod that is gone or pending gets none (the NetWorker stops waiting
     /// at its deadline), and a NetWorker over its budget gets none this second.
     private func givePodSockets(_ inPod: InPod, uid: String, family: PodSocketFamily, count: Int, to slot: WorkerSlot) {
-        let second = Clock.monotonicMilliseconds() / 1000
-        var budget = podSocketBudget[slot.index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
-        let granted = min(count, Self.podSocketsPerSecond - budget.used)
+        let granted = spend(&podSocketBudget, slot.index, Self.podSocketsPerSecond, upTo: count)
         guard granted > 0 else {
             Log.warn("\(slot.name) asked for more than \(Self.podSocketsPerSecond) pod sockets this second; refused")
             return
         }
-        budget.used += granted
-        podSocketBudget[slot.index] = budget
         guard let sockets = inPod.upstreamSockets(for: uid, family: family, count: granted) else {
             Log.debug("pod sockets asked for a pod not served", [("uid", uid), ("by", slot.name)])
             return
