@@ -268,7 +268,9 @@ enum CertWorkerMain {
             let caDirectory = configuration.string("ZTUNNEL_CA_DIR")
             if !configuration.string("CA_ADDRESS").isEmpty {
                 authority = try IstioCAClient(configuration: configuration)
-                HTTP2ClientConnection.warmUpResolver()
+                HTTP2ClientConnection.warmUpResolver { path in
+                    WorkerBootstrap.exitToReload("\(path) changed after the sandbox closed; exiting so a new CertWorker reads it")
+                }
             } else {
                 authority = caDirectory.isEmpty ? try BuiltinCA(selfSignedFor: configuration.string("TRUST_DOMAIN"))
                                                 : try BuiltinCA(directory: caDirectory)

@@ -298,7 +298,10 @@ public final class HTTP2ClientConnection {
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &result)
-        guard rc == 0, let first = result else { throw Failure("cannot resolve \(host): \(String(cString: gai_strerror(rc)))") }
+        guard rc == 0, let first = result else {
+            if let path = ResolverFiles.changedSinceWarmUp() { ResolverFiles.whenChanged?(path) }
+            throw Failure("cannot resolve \(host): \(String(cString: gai_strerror(rc)))")
+        }
         defer { freeaddrinfo(result) }
         var lastError = "no address"
         var candidate: UnsafeMutablePointer<addrinfo>? = first
@@ -390,9 +393,38 @@ public final class HTTP2ClientConnection {
 
 extension HTTP2ClientConnection {
     /// Loads the resolver's configuration and libssl's tables while files can still be opened
-    /// (before a worker's sandbox).
-    public static func warmUpResolver() {
+    /// (before a worker's sandbox), and notes /etc/resolv.conf as it is now.
+    ///
+    /// glibc re-reads resolv.conf on the next lookup after the file changes; a confined worker
+    /// cannot open it (EACCES), and from then on every lookup fails. So a lookup that fails after
+    /// the file changed calls `whenChanged` with its path: the workers exit there, and the
+    /// Supervisor starts one that reads the new file before its sandbox. Called once, before the
+    /// worker's threads start.
+    public static func warmUpResolver(whenChanged: @escaping @Sendable (String) -> Never) {
+        ResolverFiles.whenChanged = whenChanged
+        ResolverFiles.atWarmUp = ResolverFiles.identity(ResolverFiles.path)
         CShims_resolver_warm_up()
         if let probe = SSL_CTX_new(TLS_client_method()) { SSL_CTX_free(probe) }
+    }
+}
+
+/// What glibc compares to decide that resolv.conf changed: device, inode, size, mtime, ctime.
+enum ResolverFiles {
+    static let path = "/etc/resolv.conf"
+    // Written once by warmUpResolver before the worker's threads start, read-only afterwards.
+    nonisolated(unsafe) static var whenChanged: (@Sendable (String) -> Never)?
+    nonisolated(unsafe) static var atWarmUp: [Int]?
+
+    static func identity(_ path: String) -> [Int]? {
+        var info = stat()
+        guard stat(path, &info) == 0 else { return nil }
+        return [Int(info.st_dev), Int(info.st_ino), Int(info.st_size), info.st_mtim.tv_sec, info.st_mtim.tv_nsec,
+                info.st_ctim.tv_sec, info.st_ctim.tv_nsec]
+    }
+
+    /// The path, when it differs from what warmUpResolver saw (or appeared or went away).
+    static func changedSinceWarmUp() -> String? {
+        guard whenChanged != nil else { return nil }
+        return identity(path) == atWarmUp ? nil : path
     }
 }

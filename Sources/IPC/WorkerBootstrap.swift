@@ -92,6 +92,13 @@ public enum WorkerBootstrap {
         }
     }
 
+    /// Exit status 75 (EX_TEMPFAIL): the worker needs a file its sandbox no longer lets it read;
+    /// the Supervisor restarts it like any exit, and the new worker reads the file first.
+    public static func exitToReload(_ reason: String) -> Never {
+        Log.warn(reason)
+        exit(75)
+    }
+
     public static func die(_ reason: String) -> Never {
         FileHandleStderr.write("ztunnel worker \(getpid()): \(reason)\n")
         exit(78)

@@ -339,7 +339,9 @@ enum XDSWorkerMain {
         let started = WorkerBootstrap.start(as: .xdsWorker) { configuration in
             // Before the sandbox: the trust anchor is a file, and the resolver reads its own.
             roots = try TrustRoots(setting: "XDS_ROOT_CA", value: configuration.string("XDS_ROOT_CA"))
-            HTTP2ClientConnection.warmUpResolver()
+            HTTP2ClientConnection.warmUpResolver { path in
+                WorkerBootstrap.exitToReload("\(path) changed after the sandbox closed; exiting so a new xDS worker reads it")
+            }
         }
         guard let roots else { WorkerBootstrap.die("no XDS_ROOT_CA") }
         do {

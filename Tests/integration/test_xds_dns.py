@@ -53,6 +53,19 @@ def test_istiod_by_hostname_is_resolved_inside_the_sandbox(start_daemon, tmp_pat
         wait_for(lambda: [c for c in ca.calls if c["error"] is None], 30, "a certificate from the CA, by hostname")
         assert ("istiod.test", 1) in dns.queries
         assert not daemon.audit_events("worker_exit"), daemon.audit()
+        # resolv.conf changed under the running daemon (rewritten in place). glibc re-reads it on
+        # the next lookup, which the confined worker cannot (open is EACCES; with no search line
+        # glibc also asks uname for the domain, once a seccomp kill). The worker's next lookup
+        # fails, sees the change and exits to be restarted; the new worker reads the file before
+        # its sandbox, and the stream comes back by name.
+        with open(f"{resolv_dir}/resolv.conf", "w") as f:
+            f.write(f"# rewritten\nnameserver {subnet}.1\n")
+        streams = xds.stream_count
+        xds.end_streams()
+        wait_for(lambda: xds.stream_count > streams and xds.open_stream_count >= 1, 30, "the xDS stream, reconnected by name")
+        (exit_event,) = daemon.audit_events("worker_exit")
+        assert exit_event["role"] == "xds-worker" and exit_event["cause"] == "exited with status 75", exit_event
+        assert "/etc/resolv.conf changed after the sandbox closed" in daemon.log()
     finally:
         if xds:
             xds.stop()
