@@ -56,11 +56,13 @@ def test_landlock_is_a_second_wall(start_daemon):
     """With seccomp only logging (audit mode), Landlock alone still denies paths to both workers
     (mkdir: outside both allowlists, so in audit mode only Landlock stands in its way; `open`
     keeps its EACCES rule even in audit mode and would not show Landlock), and every TCP connect
-    but the CA's port to the CertWorker."""
+    but the CA's port to the CertWorker. Without the pod's profile, which would stop mkdir first
+    (the next test)."""
     ca_port_server, other_server = EchoServer(), EchoServer()
     try:
         daemon = start_daemon(extra_env={**FAULTS, "ZTUNNEL_SECCOMP_MODE": "audit",
-                                         "CA_ADDRESS": f"127.0.0.1:{ca_port_server.port}", "CA_ROOT_CA": "SYSTEM"})
+                                         "CA_ADDRESS": f"127.0.0.1:{ca_port_server.port}", "CA_ROOT_CA": "SYSTEM"},
+                              pod_seccomp="off")
         daemon.wait_ready()
         if landlock_abi(daemon, "net-worker") < 4:
             pytest.skip("this kernel has no Landlock with network rules (ABI >= 4); seccomp alone confines the workers")
@@ -79,6 +81,21 @@ def test_landlock_is_a_second_wall(start_daemon):
     finally:
         ca_port_server.close()
         other_server.close()
+
+
+def test_the_pods_profile_is_a_wall_of_its_own(start_daemon):
+    """The container's seccomp profile (deploy/seccomp/ztunnel-swift.json, as deployed: EPERM for
+    what it does not list) holds when a worker's own filter does not: with the workers' filters
+    only logging, mkdir in the NetWorker and the CertWorker is answered EPERM by the pod layer
+    (Landlock would answer EACCES), and the workers keep running."""
+    daemon = start_daemon(extra_env={**FAULTS, "ZTUNNEL_SECCOMP_MODE": "audit"}, pod_seccomp="errno")
+    daemon.wait_ready()
+    inject(daemon, "make-dir")
+    inject(daemon, "cert-make-dir")
+    wait_for(lambda: fault_line(daemon, "make-dir") and fault_line(daemon, "cert-make-dir"), 10, "the faults reported")
+    assert "refused: Operation not permitted (errno 1)" in fault_line(daemon, "make-dir"), fault_line(daemon, "make-dir")
+    assert "refused: Operation not permitted (errno 1)" in fault_line(daemon, "cert-make-dir")
+    assert not daemon.audit_events("worker_exit")
 
 
 def test_the_token_reaches_the_certworker_alone(start_daemon):
