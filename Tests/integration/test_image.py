@@ -15,6 +15,7 @@ import tempfile
 
 import pytest
 
+import pod_seccomp
 from daemon import BIN, EchoServer, ROOT, free_ports, http, socks5_connect, wait_for
 from test_outbound_hbone import config as hbone_config, round_trip
 
@@ -66,6 +67,42 @@ def _enter_image(root):
 
 
 def test_the_image_serves_chrooted_read_only_with_the_charts_capabilities(rootfs):
+    serve_one_connection(rootfs, lambda: _enter_image(rootfs))
+
+
+APPARMOR = os.path.join(ROOT, "deploy", "apparmor", "ztunnel-swift")
+
+
+def test_the_image_serves_under_the_apparmor_profile(rootfs):
+    """deploy/apparmor/ztunnel-swift loaded into the kernel and the daemon started in it (as the
+    runtime does for `appArmorProfile: Localhost`): the Supervisor and the workers it starts run
+    confined by it, and it still serves. Only where the kernel has AppArmor."""
+    if not os.path.exists("/sys/kernel/security/apparmor/profiles"):
+        pytest.skip("this kernel has no AppArmor (/sys/kernel/security/apparmor is absent): the profile is only "
+                    "compiled here (test_deploy.py::test_the_apparmor_profile_compiles)")
+    if shutil.which("apparmor_parser") is None:
+        pytest.skip("apparmor_parser is not installed: `make deps` installs it (Debian package apparmor)")
+    _run("apparmor_parser", "--replace", "--skip-cache", APPARMOR)
+    try:
+        def enter():
+            _enter_image(rootfs)
+            with open("/proc/self/attr/exec", "w") as f:  # confined from the exec on
+                f.write("exec ztunnel-swift")
+
+        def confined(daemon):
+            pids = [daemon.pid] + [int(p) for p in open(f"/proc/{daemon.pid}/task/{daemon.pid}/children").read().split()]
+            for pid in pids:
+                with open(f"/proc/{pid}/attr/current") as f:
+                    assert f.read().strip() == "ztunnel-swift (enforce)", pid
+        serve_one_connection(rootfs, enter, also=confined)
+    finally:
+        subprocess.run(["apparmor_parser", "--remove", APPARMOR], capture_output=True)
+
+
+def serve_one_connection(rootfs, enter, also=None):
+    """Runs the image's daemon (local mode, two workloads of hbone_config) with `enter` before
+    exec, waits for readiness, carries one SOCKS5 connection over HBONE and checks both
+    identities and the Supervisor's bounding set; then `also(daemon)`."""
     echo = EchoServer(host="127.0.0.2")
     names = ["admin", "stats", "readiness", "inbound", "outbound", "plaintext", "socks5"]
     ports = dict(zip(names, free_ports(len(names))))
@@ -79,7 +116,8 @@ def test_the_image_serves_chrooted_read_only_with_the_charts_capabilities(rootfs
            "ZTUNNEL_SOCKS5_ADDR": f"127.0.0.1:{ports['socks5']}"}
     log = tempfile.NamedTemporaryFile(prefix="ztunnel-image-", suffix=".log", delete=False)
     daemon = subprocess.Popen(["/usr/local/bin/ztunnel", "proxy", "ztunnel"], env=env, stdout=log, stderr=log,
-                              stdin=subprocess.DEVNULL, preexec_fn=lambda: _enter_image(rootfs))
+                              stdin=subprocess.DEVNULL,
+                              preexec_fn=pod_seccomp.preexec(before=enter))
     try:
         def ready():
             try:
@@ -101,6 +139,8 @@ def test_the_image_serves_chrooted_read_only_with_the_charts_capabilities(rootfs
         with open(f"/proc/{daemon.pid}/status") as f:
             bounding = int(next(l for l in f if l.startswith("CapBnd:")).split()[1], 16)
         assert bounding == sum(1 << c for c in KEPT.values()), hex(bounding)
+        if also is not None:
+            also(daemon)
     finally:
         daemon.send_signal(signal.SIGTERM)
         try:
@@ -109,4 +149,157 @@ def test_the_image_serves_chrooted_read_only_with_the_charts_capabilities(rootfs
             daemon.kill()
             daemon.wait()
         echo.close()
+        os.unlink(log.name)
+
+
+# -- the DaemonSet as deploy/daemonset.yaml writes it ----------------------------------------
+
+MANIFEST = os.path.join(ROOT, "deploy", "daemonset.yaml")
+FIELDS = {"metadata.name": "ztunnel-abc", "metadata.namespace": "istio-system", "spec.nodeName": None,
+          "status.podIP": "10.0.0.42", "spec.serviceAccountName": "ztunnel"}
+
+
+def container_spec():
+    import yaml
+    daemonset = next(d for d in yaml.safe_load_all(open(MANIFEST)) if d["kind"] == "DaemonSet")
+    (container,) = daemonset["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def manifest_env(container, node):
+    """The container's env block as the kubelet resolves it, for a pod on `node`."""
+    env = {}
+    for item in container["env"]:
+        if "value" in item:
+            env[item["name"]] = item["value"]
+        elif "fieldRef" in item.get("valueFrom", {}):
+            path = item["valueFrom"]["fieldRef"]["fieldPath"]
+            env[item["name"]] = node if path == "spec.nodeName" else FIELDS[path]
+        elif "resourceFieldRef" in item.get("valueFrom", {}):
+            env[item["name"]] = "2"  # limits.cpu, rounded up to whole CPUs as the kubelet does
+        else:
+            raise AssertionError(f"env {item['name']}: a source this test does not resolve")
+    return env
+
+
+@pytest.fixture
+def pod_mounts(rootfs, tmp_path):
+    """Bind mounts over the image's mount points, as the kubelet makes them from the manifest's
+    volumes: {mountPath: host directory}. Unmounted afterwards."""
+    made = []
+
+    def mount(container_path, host_dir):
+        target = os.path.join(rootfs, container_path.lstrip("/"))
+        _run("mount", "--bind", host_dir, target)
+        made.append(target)
+    yield mount
+    for target in reversed(made):
+        subprocess.run(["umount", target], capture_output=True)
+
+
+def test_the_daemonset_serves_pods_from_the_image_with_istiod_and_istio_cni(rootfs, pod_mounts, tmp_path, xds):
+    """deploy/daemonset.yaml run as the kubelet would, as far as one machine can: the image's
+    root read-only, the manifest's args, env block (field references resolved), user and group,
+    capabilities, the pod seccomp profile, and its volumes (the istiod root certificate, the
+    projected token, the istio-cni socket directory, /tmp). istiod's xDS and CA are the doubles,
+    istio-cni is its double with two pods. The daemon comes up in in-pod mode from the manifest
+    alone (KUBERNETES_SERVICE_HOST makes the socket path its default), gets both pods'
+    certificates from the CA with the token, and carries pod a -> pod b over HBONE.
+
+    The only changes to the manifest: CA_ADDRESS and XDS_ADDRESS name the doubles on loopback
+    (istiod.istio-system.svc does not resolve here), and the admin, stats and readiness ports are
+    free ports (the daemon shares the test's network namespace instead of having its own)."""
+    from identities import MiniCA
+    from ca_double import IstioCADouble
+    from cni_double import CniDouble
+    from mesh_box import MeshBox, require_tools
+    import xds_double as x
+    require_tools()
+    container = container_spec()
+    box, cni, ca = MeshBox(pods=2), CniDouble(), IstioCADouble(MiniCA(), str(tmp_path / "ca"))
+    log = tempfile.NamedTemporaryFile(prefix="ztunnel-daemonset-", suffix=".log", delete=False)
+    daemon = None
+    try:
+        cni.start()
+        ca.start()
+        token = "projected-service-account-token"
+        ca.require_token(token)
+        a, b = box.pods
+        for pod in (a, b):
+            xds.set_resource(x.ADDRESS, pod.xds_uid, x.address_of_workload(x.workload(
+                pod.xds_uid, pod.name, pod.namespace, addresses=[pod.ip], service_account=pod.service_account,
+                node=box.node)))
+        # The manifest's volumes.
+        secrets, tokens = tmp_path / "istio", tmp_path / "tokens"
+        secrets.mkdir()
+        tokens.mkdir()
+        (secrets / "root-cert.pem").write_text(open(xds.root_pem_path).read() + open(ca.root_pem_path).read())
+        (tokens / "istio-token").write_text(token)
+        mounts = {m["name"]: m["mountPath"] for m in container["volumeMounts"]}
+        pod_mounts(mounts["istiod-ca-cert"], str(secrets))
+        pod_mounts(mounts["istio-token"], str(tokens))
+        pod_mounts(mounts["cni-ztunnel-sock-dir"], os.path.dirname(cni.path))
+        assert os.path.basename(cni.path) == "ztunnel.sock"
+
+        env = manifest_env(container, box.node)
+        env.update({"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443",
+                    "CA_ADDRESS": f"127.0.0.1:{ca.port}", "XDS_ADDRESS": f"127.0.0.1:{xds.port}"})
+        ports = dict(zip(("admin", "stats", "readiness"), free_ports(3)))
+        for name, port in ports.items():
+            env[f"ZTUNNEL_{name.upper()}_ADDR"] = f"127.0.0.1:{port}"
+        assert container["readinessProbe"]["httpGet"] == {"port": 15021, "path": "/healthz/ready"}
+        context = container["securityContext"]
+        caps = {c.lower() for c in context["capabilities"]["add"]}
+        assert caps == set(KEPT) and context["capabilities"]["drop"] == ["ALL"]
+        assert context["readOnlyRootFilesystem"] is True  # the rootfs fixture mounts it read-only
+
+        def enter():
+            _enter_image(rootfs)
+            os.setgroups([])
+            os.setgid(context["runAsGroup"])
+            os.setuid(context["runAsUser"])
+        entrypoint = ["/usr/local/bin/ztunnel"]  # the image's entrypoint; the manifest gives args
+        daemon = subprocess.Popen(entrypoint + container["args"], env=env, stdout=log, stderr=log,
+                                  stdin=subprocess.DEVNULL, preexec_fn=pod_seccomp.preexec(before=enter))
+        wait_for(lambda: cni.connected or daemon.poll() is not None, 60, "the daemon's connection to istio-cni")
+        assert daemon.poll() is None, open(log.name).read()[-4000:]
+        for pod in (a, b):
+            assert cni.add(**pod.info()) == "", f"Add {pod.name}"
+        assert cni.snapshot_sent() == ""
+
+        def ready():
+            try:
+                return http(ports["readiness"], "/healthz/ready", timeout=2) == (200, "ready\n")
+            except OSError:
+                return daemon.poll() is not None
+        wait_for(ready, 60, "readiness of the DaemonSet's daemon")
+        assert daemon.poll() is None, open(log.name).read()[-4000:]
+        issued = {u for c in ca.calls if c["error"] is None for u in c["csr_uris"]}
+        assert {a.identity, b.identity} <= issued, ca.calls
+        stream = xds.streams[xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 10)["stream"]]
+        assert stream["authorization"] == f"Bearer {token}"
+
+        b.echo_server(8080)
+        payload = os.urandom(64 * 1024)
+        assert a.round_trip(b.ip, 8080, payload, timeout=20) == payload
+        line = wait_for(lambda: next((l for l in open(log.name).read().splitlines()
+                                      if "\taccess\tconnection complete" in l and "direction=outbound" in l), None),
+                        10, "the outbound access line")
+        assert f"src.identity={a.identity}" in line and f"dst.identity={b.identity}" in line, line
+        with open(f"/proc/{daemon.pid}/status") as f:
+            status = dict(l.split(":", 1) for l in f)
+        assert int(status["CapBnd"].split()[0], 16) == sum(1 << c for c in KEPT.values())
+        assert status["Gid"].split()[0] == str(context["runAsGroup"])
+        assert "worker_exit" not in open(log.name).read(), open(log.name).read()[-4000:]
+    finally:
+        if daemon is not None:
+            daemon.send_signal(signal.SIGTERM)
+            try:
+                daemon.wait(timeout=40)
+            except subprocess.TimeoutExpired:
+                daemon.kill()
+                daemon.wait()
+        cni.stop()
+        ca.stop()
+        box.cleanup()
         os.unlink(log.name)
