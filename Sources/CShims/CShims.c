@@ -9,6 +9,8 @@
 #include <errno.h>
 #include <netdb.h>
 #include <resolv.h>
+#include <netinet/in.h>
+#include <arpa/inet.h>
 
 struct cmsghdr *CShims_CMSG_FIRSTHDR(const struct msghdr *msg) { return CMSG_FIRSTHDR(msg); }
 struct cmsghdr *CShims_CMSG_NXTHDR(struct msghdr *msg, struct cmsghdr *cmsg) { return CMSG_NXTHDR(msg, cmsg); }
@@ -25,6 +27,20 @@ long CShims_forbidden_syscall(void) { return syscall(SYS_vhangup); }
 long CShims_fault_clone_newuser(void) { return syscall(SYS_clone, CLONE_NEWUSER | CLONE_THREAD | CLONE_SIGHAND | CLONE_VM, 0, 0, 0, 0); }
 long CShims_fault_netlink_socket(void) { return syscall(SYS_socket, AF_NETLINK, SOCK_RAW | SOCK_CLOEXEC, 0); }
 long CShims_fault_signal_parent(void) { pid_t parent = getppid(); return syscall(SYS_tgkill, parent, parent, 0); }
+long CShims_fault_socket(int domain, int type, int protocol) { return syscall(SYS_socket, domain, type | SOCK_CLOEXEC, protocol); }
+long CShims_fault_setns(void) { return syscall(SYS_setns, -1, CLONE_NEWNET); }
+long CShims_fault_unshare(void) { return syscall(SYS_unshare, CLONE_NEWNET); }
+long CShims_fault_ptrace_parent(void) { return syscall(SYS_ptrace, 16 /* PTRACE_ATTACH */, getppid(), 0, 0); }
+long CShims_fault_bind(unsigned short port) {
+    long fd = syscall(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return fd;
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
+    long rc = syscall(SYS_bind, fd, &address, sizeof address);
+    int saved = errno;
+    close((int)fd);
+    errno = saved;
+    return rc;
+}
 int CShims_close_range(unsigned int first, unsigned int last) { return (int)syscall(SYS_close_range, first, last, 0); }
 
 int CShims_seccomp_rule_add_conditions(void *ctx, uint32_t action, int syscall, uint32_t count,

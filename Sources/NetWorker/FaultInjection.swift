@@ -26,6 +26,20 @@ enum FaultInjection {
         case openFile = "open-file"
         /// mkdir(2) under /tmp: a kill under seccomp; EACCES from Landlock when seccomp only logs.
         case makeDirectory = "make-dir"
+        /// socket(AF_INET, SOCK_DGRAM): killed (TCP only).
+        case udpSocket = "udp-socket"
+        /// socket(AF_UNIX, SOCK_STREAM): killed (so never the istio-cni socket).
+        case unixSocket = "unix-socket"
+        /// socket(AF_INET, SOCK_RAW, ICMP): killed.
+        case rawSocket = "raw-socket"
+        /// setns(2): killed (not in the profile; the NetWorker is never given a netns fd anyway).
+        case setns
+        /// unshare(CLONE_NEWNET): killed.
+        case unshare
+        /// ptrace(PTRACE_ATTACH) of the Supervisor: killed.
+        case ptrace
+        /// bind(2) of a TCP socket to 127.0.0.1:`port`: killed (the Supervisor binds every listener).
+        case bindPort = "bind-port"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
         case certOpenFile = "cert-open-file"
         /// The CertWorker makes a directory under /tmp (relayed).
@@ -49,6 +63,20 @@ enum FaultInjection {
             if fd >= 0 { close(Int32(fd)) }
         case .signalOther:
             report(kind, CShims_fault_signal_parent())
+        case .udpSocket:
+            closing(kind, CShims_fault_socket(AF_INET, Int32(SOCK_DGRAM.rawValue), 0))
+        case .unixSocket:
+            closing(kind, CShims_fault_socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0))
+        case .rawSocket:
+            closing(kind, CShims_fault_socket(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_ICMP)))
+        case .setns:
+            report(kind, CShims_fault_setns())
+        case .unshare:
+            report(kind, CShims_fault_unshare())
+        case .ptrace:
+            report(kind, CShims_fault_ptrace_parent())
+        case .bindPort:
+            report(kind, CShims_fault_bind(port))
         case .openFile:
             let fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
             report(kind, Int(fd))
@@ -73,6 +101,12 @@ enum FaultInjection {
         if rc == 0 { rmdir(path) }
         errno = error
         return rc
+    }
+
+    /// Reports a socket fault, closing the socket should a wall have let it through.
+    static func closing(_ kind: Kind, _ fd: Int) {
+        report(kind, fd)
+        if fd >= 0 { close(Int32(fd)) }
     }
 
     /// Says what a fault that was not killed did: the tests read this line.

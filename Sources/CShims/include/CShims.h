@@ -37,6 +37,14 @@ long CShims_fault_clone_newuser(void);
 long CShims_fault_netlink_socket(void);
 /// tgkill(parent, parent, 0): signal 0 only checks that the target exists.
 long CShims_fault_signal_parent(void);
+/// socket(2) with these arguments (SOCK_CLOEXEC added): fault injection only.
+long CShims_fault_socket(int domain, int type, int protocol);
+/// setns(-1, CLONE_NEWNET), unshare(CLONE_NEWNET), ptrace(PTRACE_ATTACH, parent): fault injection only.
+long CShims_fault_setns(void);
+long CShims_fault_unshare(void);
+long CShims_fault_ptrace_parent(void);
+/// bind(2) of a fresh TCP socket to 127.0.0.1:port: fault injection only.
+long CShims_fault_bind(unsigned short port);
 /// getdents64 on /proc/self/fd replacement: closes every fd >= lowfd (close_range(2)).
 int CShims_close_range(unsigned int first, unsigned int last);
 
