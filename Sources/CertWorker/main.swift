@@ -187,7 +187,7 @@ final class CertWorker {
         case .caToken(let token):
             tokenSink?(token)
         case .fault(let kind, let port):
-            FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled)
+            FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && !kind.forXDSWorker)
         case .logFilter(let filter):
             _ = try? Log.setFilter(filter)
         case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion, .demand,

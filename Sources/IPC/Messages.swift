@@ -32,6 +32,13 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// mkdir(2) under /tmp: outside the seccomp allowlist (a kill), and denied by Landlock when
     /// seccomp only logs (audit mode): the live proof of the second wall.
     case makeDirectory = 3
+    /// The same three, run by the xDS worker (whose Landlock allows only XDS_ADDRESS's port).
+    case xdsOpenFile = 4
+    case xdsConnect = 5
+    case xdsMakeDirectory = 6
+
+    /// Which worker runs it: the xDS worker for the xds kinds, else the CertWorker.
+    public var forXDSWorker: Bool { rawValue >= FaultKind.xdsOpenFile.rawValue }
 }
 
 /// Messages from the Supervisor to a worker.

@@ -46,6 +46,10 @@ enum FaultInjection {
         case certMakeDirectory = "cert-make-dir"
         /// The CertWorker connects to 127.0.0.1:`port` (relayed): Landlock allows the CA's port only.
         case certConnect = "cert-connect"
+        /// The same three in the xDS worker (relayed): Landlock allows XDS_ADDRESS's port only.
+        case xdsOpenFile = "xds-open-file"
+        case xdsMakeDirectory = "xds-make-dir"
+        case xdsConnect = "xds-connect"
     }
 
     /// Runs on the NetWorker's main (control) thread after the response is written.
@@ -89,6 +93,12 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.makeDirectory, port: 0).frame())
         case .certConnect:
             try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
+        case .xdsOpenFile:
+            try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
+        case .xdsMakeDirectory:
+            try? channel.send(WorkerMessage.faultRequest(.xdsMakeDirectory, port: 0).frame())
+        case .xdsConnect:
+            try? channel.send(WorkerMessage.faultRequest(.xdsConnect, port: port).frame())
         }
     }
 

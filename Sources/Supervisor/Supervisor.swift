@@ -195,7 +195,8 @@ final class Supervisor {
             }
             audit.record("fault_injected", slot.auditFields + [("kind", .string("\(kind)")), ("port", .int(Int64(port)))])
             let frame = SupervisorMessage.fault(kind, port: port).frame()
-            for cert in slots where cert.spec.role == .certWorker && cert.state == .running { sendWithoutWaiting(frame, to: cert) }
+            let target: WorkerRole = kind.forXDSWorker ? .xdsWorker : .certWorker
+            for worker in slots where worker.spec.role == target && worker.state == .running { sendWithoutWaiting(frame, to: worker) }
         case (.meshSnapshot(let generation, let fd), .running) where slot.spec.permittedWhileRunning.contains(.meshSnapshot):
             try acceptSnapshot(generation: generation, fd: fd, from: slot)
         case (.xdsStats(let stats), .running) where slot.spec.permittedWhileRunning.contains(.xdsStats):

@@ -46,6 +46,8 @@ final class XDSWorker {
     private var statsChanged = false
     private var nextStatsSend: Int64 = 0
     private var everSynced = false
+    /// ZTUNNEL_DEBUG_FAULT_INJECTION: the sandbox tests' probes may run here.
+    private let faultInjectionEnabled: Bool
 
     init(supervisor: IPCSocket, configuration: Configuration, roots: TrustRoots) throws {
         guard let (host, port) = CAAddress.parse(configuration.string("XDS_ADDRESS")) else {
@@ -58,6 +60,7 @@ final class XDSWorker {
         serverName = alternative.isEmpty ? host : alternative
         self.roots = roots
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
+        faultInjectionEnabled = configuration.bool("ZTUNNEL_DEBUG_FAULT_INJECTION")
         extraHeaders = configuration.headers("XDS_HEADER_")
         ads = DeltaADS(node: Self.node(configuration), onDemand: configuration.bool("XDS_ON_DEMAND"))
     }
@@ -156,7 +159,9 @@ final class XDSWorker {
             } catch {
                 Log.debug("cannot send the on-demand lookup now: \(error)")
             }
-        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .fault, .xdsStats, .metricsRegion,
+        case .fault(let kind, let port):
+            FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && kind.forXDSWorker)
+        case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .xdsStats, .metricsRegion,
              .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus,
              .processStats:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")

@@ -113,3 +113,32 @@ def test_the_token_reaches_the_certworker_alone(start_daemon):
     (cert,) = daemon.workers("cert-worker")
     assert memory_contains(net, [token]) == set()
     assert memory_contains(cert, [token]) == {0}
+
+
+def test_the_xds_workers_walls_from_inside(start_daemon, xds):
+    """The xDS worker's walls, probed from inside it: opening a file fails (EACCES); Landlock
+    lets TCP reach XDS_ADDRESS's port only (which is also istiod's CA port in the upstream
+    chart: the threat model's open question, shown here as it stands); mkdir kills it (SIGSYS,
+    its own filter, the pod profile as deployed) and it is replaced."""
+    other = EchoServer()
+    try:
+        daemon = start_daemon(local_config=False, pod_seccomp="errno", extra_env={
+            **FAULTS, "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t"})
+        daemon.wait_ready()
+        inject(daemon, "xds-open-file")
+        wait_for(lambda: fault_line(daemon, "xds-open-file"), 10, "the open-file fault reported")
+        assert "refused: Permission denied (errno 13)" in fault_line(daemon, "xds-open-file")
+        if landlock_abi(daemon, "xds-worker") >= 4:
+            inject(daemon, "xds-connect", other.port)
+            inject(daemon, "xds-connect", xds.port)
+            wait_for(lambda: fault_line(daemon, f"xds-connect port {other.port}") and
+                     fault_line(daemon, f"xds-connect port {xds.port}"), 10, "the connect faults reported")
+            assert "refused: Permission denied (errno 13)" in fault_line(daemon, f"xds-connect port {other.port}")
+            assert "allowed" in fault_line(daemon, f"xds-connect port {xds.port}")
+        (old,) = daemon.workers("xds-worker")
+        inject(daemon, "xds-make-dir")
+        replaced(daemon, "xds-worker", old)
+        (exit_event,) = daemon.audit_events("worker_exit")
+        assert exit_event["pid"] == old and exit_event["cause"].startswith("killed by signal SIGSYS"), exit_event
+    finally:
+        other.close()
