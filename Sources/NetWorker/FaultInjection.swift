@@ -46,6 +46,13 @@ enum FaultInjection {
         case certMakeDirectory = "cert-make-dir"
         /// The CertWorker connects to 127.0.0.1:`port` (relayed): Landlock allows the CA's port only.
         case certConnect = "cert-connect"
+        /// An `audit` frame, which only the CertWorker may send: the Supervisor kills the NetWorker.
+        case sendAudit = "send-audit"
+        /// podSocketsWanted for a pod that is not served: refused by the Supervisor (no sockets).
+        case podSocketsUnserved = "pod-sockets-unserved"
+        /// 100 podSocketsWanted of 64 at once: past the 4,096 a second budget (spent before the
+        /// pod is looked up) the Supervisor refuses; the NetWorker is not killed for it.
+        case podSocketsFlood = "pod-sockets-flood"
         /// The same three in the xDS worker (relayed): Landlock allows XDS_ADDRESS's port only.
         case xdsOpenFile = "xds-open-file"
         case xdsMakeDirectory = "xds-make-dir"
@@ -93,6 +100,12 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.makeDirectory, port: 0).frame())
         case .certConnect:
             try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
+        case .sendAudit:
+            try? channel.send(WorkerMessage.audit(event: "certificate_issued", fields: [("identity", "forged")]).frame())
+        case .podSocketsUnserved, .podSocketsFlood:
+            let request = WorkerMessage.podSocketsWanted(uid: "Kubernetes//Pod/nowhere/not-served", family: .ipv4,
+                                                         count: PodSocketFamily.maxPerRequest).frame()
+            for _ in 0..<(kind == .podSocketsFlood ? 100 : 1) { try? channel.send(request) }
         case .xdsOpenFile:
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .xdsMakeDirectory:

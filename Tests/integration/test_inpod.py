@@ -311,3 +311,58 @@ def test_without_a_socket_pool_each_connection_asks_the_supervisor(box, cni, sta
         payload = os.urandom(1024)
         assert a.round_trip(b.ip, 8080, payload, timeout=20) == payload, f"connection {n}"
     box.stop(echo.pid)
+
+
+# -- g. namespaces that are not a pod's own are refused ------------------------------------
+
+def test_an_add_whose_fd_is_not_the_pods_own_network_namespace_is_refused(box, cni, start_daemon):
+    """The Supervisor's checks on the fd istio-cni hands over (InPod.add): a regular file, a
+    namespace of another type, ztunnel's own network namespace and another enrolled pod's are
+    each refused with an error ack, nothing is made in them, and the pods already served keep
+    their listeners."""
+    a, b, c = box.pods
+    daemon = start(start_daemon, box, cni)
+    enrol(cni, [a])
+    wait_ready(daemon)
+    wait_for(lambda: serving(a), 10, f"{a.netns} served")
+    before = listener_inodes(a)
+    info = dict(name=c.name, namespace=c.namespace, service_account=c.service_account, remember=False)
+    cases = [
+        ("a regular file", "/etc/hostname", "is not a network namespace"),
+        ("a mount namespace", "/proc/self/ns/mnt", "is not a network namespace"),
+        ("ztunnel's own namespace", f"/proc/{daemon.pid}/ns/net", "is ztunnel's own"),
+        ("pod a's namespace", a.netns_path, f"is pod {a.uid}'s"),
+    ]
+    for what, path, expected in cases:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            error = cni.add(uid=c.uid, netns_path=path, fds=[fd], **info)
+        finally:
+            os.close(fd)
+        assert error.startswith("failure to start proxy : ") and expected in error, (what, error)
+        assert not_serving(c) and c.uid not in workload_state(daemon), what
+        assert listener_inodes(a) == before, f"{what}: pod a's listeners were remade"
+    assert daemon.proc.poll() is None
+    # And then the real one is taken.
+    assert cni.add(**c.info()) == ""
+    wait_for(lambda: serving(c), 10, f"{c.netns} served")
+
+
+def test_a_networker_gets_no_sockets_for_an_unserved_pod_and_is_held_to_its_budget(box, cni, start_daemon):
+    """What a compromised NetWorker can ask the Supervisor for in in-pod mode (fault probes that
+    send raw podSocketsWanted frames): sockets in a pod that is not served are refused; 100
+    requests of 64 at once pass the 4,096 a second budget and the rest are refused; the NetWorker
+    is not killed for either (a race with a pod's removal looks the same)."""
+    a = box.pod("a")
+    from test_sandbox import inject
+    daemon = start(start_daemon, box, cni, ZTUNNEL_DEBUG_FAULT_INJECTION="true", RUST_LOG="debug")
+    enrol(cni, [a])
+    wait_ready(daemon)
+    (net,) = daemon.workers("net-worker")
+    inject(daemon, "pod-sockets-unserved")
+    wait_for(lambda: "pod sockets asked for a pod not served" in daemon.log(), 10, "the refusal for an unserved pod")
+    assert "uid=Kubernetes//Pod/nowhere/not-served" in next(
+        l for l in daemon.log().splitlines() if "pod sockets asked for a pod not served" in l)
+    inject(daemon, "pod-sockets-flood")
+    wait_for(lambda: "asked for more than 4096 pod sockets this second; refused" in daemon.log(), 10, "the budget's refusal")
+    assert daemon.workers("net-worker") == [net] and not daemon.audit_events("worker_exit"), daemon.audit()

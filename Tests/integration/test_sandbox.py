@@ -142,3 +142,16 @@ def test_the_xds_workers_walls_from_inside(start_daemon, xds):
         assert exit_event["pid"] == old and exit_event["cause"].startswith("killed by signal SIGSYS"), exit_event
     finally:
         other.close()
+
+
+def test_a_networker_that_sends_audit_is_killed_and_nothing_is_recorded_for_it(start_daemon):
+    """Only the CertWorker may write audit events through the Supervisor: an `audit` frame from a
+    NetWorker is an IPC violation (killed, replaced), and the forged event is not written."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    (old,) = daemon.workers("net-worker")
+    inject(daemon, "send-audit")
+    replaced(daemon, "net-worker", old)
+    (violation,) = daemon.audit_events("ipc_violation")
+    assert violation["pid"] == old and violation["role"] == "net-worker", violation
+    assert not [e for e in daemon.audit_events("certificate_issued") if e.get("identity") == "forged"]
