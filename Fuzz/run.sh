@@ -22,6 +22,7 @@ declare -A sources=(
   [metrics_merge]="Sources/NetWorker/MetricsMerge.swift"
   [grpc_framer]="Sources/HTTP2Client/GRPCFramer.swift"
   [zds]="Sources/Supervisor/ZDSMessages.swift"
+  [dns]="Sources/NetWorker/DNSMessage.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086
@@ -49,7 +50,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer zds; do
+for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer zds dns; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"

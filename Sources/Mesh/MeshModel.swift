@@ -13,6 +13,8 @@ public struct MeshModel: Equatable, Sendable {
     public private(set) var workloadByAddress: [NetworkAddress: String] = [:]
     /// Service keys by VIP (several services may share one).
     public private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
+    /// Service keys by hostname (one per namespace that has it), for the pods' DNS proxy.
+    public private(set) var servicesByHostname: [String: [String]] = [:]
 
     public init() {}
 
@@ -39,6 +41,7 @@ public struct MeshModel: Equatable, Sendable {
         removeService(key: service.key)
         services[service.key] = service
         for vip in service.vips { servicesByVIP[vip, default: []].append(service.key) }
+        servicesByHostname[service.hostname, default: []].append(service.key)
     }
 
     public mutating func removeService(key: String) {
@@ -47,6 +50,8 @@ public struct MeshModel: Equatable, Sendable {
             servicesByVIP[vip]?.removeAll { $0 == key }
             if servicesByVIP[vip]?.isEmpty == true { servicesByVIP[vip] = nil }
         }
+        servicesByHostname[old.hostname]?.removeAll { $0 == key }
+        if servicesByHostname[old.hostname]?.isEmpty == true { servicesByHostname[old.hostname] = nil }
     }
 
     public mutating func insert(_ policy: Policy) { policies[policy.key] = policy }

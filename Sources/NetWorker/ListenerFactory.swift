@@ -28,12 +28,20 @@ struct ListenerFactory {
     /// whose namespace the listener is in (in-pod mode); its connections are that pod's.
     func adopt(name: String, fd: OwnedFD, pod: String? = nil) -> EventLoopFuture<Channel> {
         let factory = self
+        if name == "dns-udp" {
+            guard let pod, let proxy = DNSProxy.shared else {
+                return group.next().makeFailedFuture(ChannelError.operationUnsupported)
+            }
+            return DatagramBootstrap(group: group)
+                .channelInitializer { $0.pipeline.addHandler(DNSDatagramHandler(proxy: proxy, pod: pod)) }
+                .withBoundSocket(fd.take())
+        }
         return ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .childChannelInitializer { channel in
                 if let pod { PodDialer.shared?.register(channel, pod: pod) }
-                return factory.admit(channel, for: name).flatMapErrorThrowing { error in
+                return factory.admit(channel, for: name, pod: pod).flatMapErrorThrowing { error in
                     Log.warn("\(name): cannot set up a connection: \(error)")
                     throw error
                 }
@@ -45,7 +53,7 @@ struct ListenerFactory {
 
     /// The listener's cap first (issue #6): over it, the connection is closed at once and the
     /// bound reported; under it, the slot is held until the connection closes.
-    private func admit(_ channel: Channel, for name: String) -> EventLoopFuture<Void> {
+    private func admit(_ channel: Channel, for name: String, pod: String?) -> EventLoopFuture<Void> {
         let cap = Self.isHTTP(name) ? bounds.maxHTTPConnectionsPerListener : bounds.maxConnectionsPerListener
         guard limiter.admit(name, cap: cap) else {
             reporter.reached(.connections, listener: name, peer: Self.peer(channel), detail: "\(cap) live connections")
@@ -54,7 +62,7 @@ struct ListenerFactory {
         }
         let limiter = self.limiter
         channel.closeFuture.whenComplete { _ in limiter.release(name) }
-        return configure(channel, for: name)
+        return configure(channel, for: name, pod: pod)
     }
 
     static func peer(_ channel: Channel) -> String {
@@ -91,8 +99,12 @@ struct ListenerFactory {
     }
 
     /// The pipeline of a connection accepted on the listener called `name`.
-    private func configure(_ channel: Channel, for name: String) -> EventLoopFuture<Void> {
+    private func configure(_ channel: Channel, for name: String, pod: String?) -> EventLoopFuture<Void> {
         switch name {
+        case "dns-tcp":
+            guard let pod, let proxy = DNSProxy.shared else { return channel.close() }
+            return channel.pipeline.addHandlers([IdleStateHandler(allTimeout: .seconds(30)),
+                                                 ByteToMessageHandler(DNSStreamDecoder()), DNSStreamHandler(proxy: proxy, pod: pod)])
         case "admin", "stats", "readiness":
             let port: HTTPEndpoints.Port = name == "admin" ? .admin : (name == "stats" ? .stats : .readiness)
             let handler = HTTPServerHandler(port: port, endpoints: endpoints, onFollowUp: onFollowUp)

@@ -60,6 +60,7 @@ final class PodDialer: @unchecked Sendable {
 
     var served: [String: PodInfo] { lock.withLock { pods } }
     func isServed(_ uid: String) -> Bool { lock.withLock { pods[uid] != nil } }
+    func info(_ uid: String) -> PodInfo? { lock.withLock { pods[uid] } }
 
     /// Forgets the pod: its sockets are closed, its connections closed now (the pod is gone).
     func remove(_ uid: String) {

@@ -27,6 +27,8 @@ public struct Configuration: Sendable {
         Setting("ZTUNNEL_WORKER_THREADS", .integer(0...256), default: "0",
                 "event-loop threads per NetWorker; 0 = one per CPU"),
         Setting("NETWORK", .string, default: "", "this node's network: workloads are found by (network, address)"),
+        Setting("CLUSTER_DOMAIN", .string, default: "cluster.local",
+                "the cluster's DNS domain: the pods' DNS proxy expands short service names under it"),
         Setting("NODE_NAME", .string, default: "",
                 "this node; certificates are prefetched for local-config workloads on it (all HBONE workloads when unset)"),
         Setting("TRUST_DOMAIN", .string, default: "cluster.local", "trust domain of the built-in CA's self-signed root"),
@@ -285,6 +287,10 @@ public struct Configuration: Sendable {
     public var isLocalMode: Bool { !string("LOCAL_XDS_PATH").isEmpty }
     /// In-pod mode (issue #9): pods come from istio-cni; no node-level data-plane listeners.
     public var isInPodMode: Bool { available.contains("INPOD_UDS") && !string("INPOD_UDS").isEmpty }
+
+    /// The pods' DNS proxy on 15053 (ISTIO_COMPAT §13): in in-pod mode, unless proxy metadata
+    /// DNS_CAPTURE (ISTIO_META_DNS_CAPTURE) is set to anything but "true".
+    public var dnsProxyEnabled: Bool { isInPodMode && (passthroughValues["ISTIO_META_DNS_CAPTURE"] ?? "true") == "true" }
 
     public var isSocks5Enabled: Bool {
         switch string("UNSTABLE_ENABLE_SOCKS5") {

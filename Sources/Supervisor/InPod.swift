@@ -85,6 +85,11 @@ final class InPod {
         var specs: [(String, String)] = [("outbound", "\(wildcard):15001"), ("inbound-plaintext", "\(wildcard):15006"),
                                          ("inbound", "\(wildcard):15008")]
         if configuration.string("UNSTABLE_ENABLE_SOCKS5") == "true" { specs.append(("socks5", "127.0.0.1:15080")) }
+        // The DNS proxy (§13): istio-cni redirects the pod's port-53 traffic to 127.0.0.1:15053.
+        if configuration.dnsProxyEnabled {
+            specs.append(("dns-tcp", "127.0.0.1:15053"))
+            specs.append(("dns-udp", "127.0.0.1:15053"))
+        }
         listenerSpecs = specs.compactMap { name, text in SocketAddress.parse(text).map { (name, $0) } }
     }
 
@@ -370,7 +375,22 @@ final class InPod {
     }
 
     private func makeListeners(in netns: OwnedFD) throws -> [(name: String, fd: OwnedFD)] {
-        try listenerSpecs.map { name, address in (name, try listen(in: netns, on: address)) }
+        try listenerSpecs.map { name, address in
+            (name, name == "dns-udp" ? try bindDatagram(in: netns, on: address) : try listen(in: netns, on: address))
+        }
+    }
+
+    /// The DNS proxy's UDP socket in the namespace: marked, reusable, bound.
+    private func bindDatagram(in netns: OwnedFD, on address: SocketAddress) throws -> OwnedFD {
+        let fd = try sockets(in: netns, family: address.family == .ipv4 ? AF_INET : AF_INET6, count: 1,
+                             type: Int32(SOCK_DGRAM.rawValue))[0]
+        var one: Int32 = 1
+        try option(fd, SOL_SOCKET, SO_REUSEADDR, &one, "SO_REUSEADDR")
+        if reusePort || copies > 1 { try option(fd, SOL_SOCKET, SO_REUSEPORT, &one, "SO_REUSEPORT") }
+        _ = try address.withSockAddr { pointer, length in
+            try Syscall.retrying("bind \(address)/udp") { bind(fd.rawValue, pointer, length) }
+        }
+        return fd
     }
 
     /// A listener in the namespace: marked, transparent when allowed, reusable. A dual-stack
@@ -411,10 +431,10 @@ final class InPod {
 
     /// `count` TCP sockets made in the namespace, each marked (SO_MARK: istio-cni's rules let
     /// them through instead of capturing them again).
-    private func sockets(in netns: OwnedFD, family: Int32, count: Int) throws -> [OwnedFD] {
+    private func sockets(in netns: OwnedFD, family: Int32, count: Int, type: Int32 = Int32(SOCK_STREAM.rawValue)) throws -> [OwnedFD] {
         var raw = [Int32](repeating: -1, count: count)
         var error: Int32 = 0
-        let made = Int(CShims_sockets_in_netns(netns.rawValue, family, Int32(SOCK_STREAM.rawValue), Int32(count), &raw, &error))
+        let made = Int(CShims_sockets_in_netns(netns.rawValue, family, type, Int32(count), &raw, &error))
         let fds = raw.prefix(made).map { OwnedFD(takingOwnershipOf: $0) }
         guard made == count else { throw SyscallError(function: "socket in the pod's network namespace", errno: error) }
         var mark = self.mark

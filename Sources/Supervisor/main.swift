@@ -66,7 +66,13 @@ enum Main {
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
         let usesXDS = !configuration.string("XDS_ADDRESS").isEmpty
         guard configuration.isLocalMode || usesXDS else {
-            fail("invalid LOCAL_XDS_PATH: unset, and so is XDS_ADDRESS; set one or both (in-pod mode with istio-cni is not implemented yet)")
+            fail("invalid LOCAL_XDS_PATH: unset, and so is XDS_ADDRESS; set one or both")
+        }
+        // As upstream (ISTIO_COMPAT §13): the DNS proxy answers from the whole mesh, which an
+        // on-demand model does not hold.
+        if configuration.dnsProxyEnabled && configuration.bool("XDS_ON_DEMAND") {
+            fail("invalid XDS_ON_DEMAND: it cannot be combined with the pods' DNS proxy, which in-pod mode runs unless "
+                 + "ISTIO_META_DNS_CAPTURE is \"false\"; set ISTIO_META_DNS_CAPTURE=false to use XDS_ON_DEMAND")
         }
         if usesXDS && CAAddress.parse(configuration.string("XDS_ADDRESS")) == nil {
             fail("invalid XDS_ADDRESS \"\(configuration.string("XDS_ADDRESS"))\": expected [https://]host:port")

@@ -1,20 +1,67 @@
-"""A minimal DNS server for tests (RFC 1035 over UDP): answers A queries for the names it is
-given, an empty NOERROR for other types of those names, NXDOMAIN for anything else. Enough for
-glibc's resolver to turn a hostname into an address through a real UDP exchange."""
+"""A minimal DNS server for tests (RFC 1035 over UDP, and over TCP with `tcp=True`): answers A
+queries for the names it is given, an empty NOERROR for other types of those names, NXDOMAIN for
+anything else. Enough for glibc's resolver to turn a hostname into an address through a real UDP
+exchange, and for the pods' DNS proxy to forward to over TCP. `queries` records (name, type) and
+`tcp_queries` the ones that came over TCP."""
 import socket
 import struct
 import threading
 
 
 class DnsStub:
-    def __init__(self, host, answers, port=53):
+    def __init__(self, host, answers, port=53, tcp=False):
         """`answers`: {name: IPv4 text}."""
         self.answers = {name.lower().rstrip("."): socket.inet_aton(ip) for name, ip in answers.items()}
         self.queries = []
+        self.tcp_queries = []
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind((host, port))
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
+        self.listener = None
+        if tcp:
+            self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self.listener.bind((host, port))
+            self.listener.listen(16)
+            threading.Thread(target=self._serve_tcp, daemon=True).start()
+
+    def _serve_tcp(self):
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._one_tcp, args=(conn,), daemon=True).start()
+
+    def _one_tcp(self, conn):
+        with conn:
+            conn.settimeout(10)
+            try:
+                while True:
+                    head = self._exactly(conn, 2)
+                    if head is None:
+                        return
+                    packet = self._exactly(conn, struct.unpack("!H", head)[0])
+                    if packet is None:
+                        return
+                    before = len(self.queries)
+                    reply = self._answer(packet)
+                    self.tcp_queries.extend(self.queries[before:])
+                    if reply:
+                        conn.sendall(struct.pack("!H", len(reply)) + reply)
+            except OSError:
+                return
+
+    @staticmethod
+    def _exactly(conn, count):
+        data = b""
+        while len(data) < count:
+            chunk = conn.recv(count - len(data))
+            if not chunk:
+                return None
+            data += chunk
+        return data
 
     def _serve(self):
         while True:
@@ -54,3 +101,5 @@ class DnsStub:
 
     def close(self):
         self.sock.close()
+        if self.listener:
+            self.listener.close()

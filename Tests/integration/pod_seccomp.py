@@ -107,22 +107,23 @@ CLONE_NEWNS = 0x00020000
 MS_BIND, MS_REC, MS_SLAVE = 0x1000, 0x4000, 0x80000
 
 
-def preexec(netns_name=None, before=None, mode=None):
+def preexec(netns_name=None, before=None, mode=None, etc=None):
     """A preexec_fn for subprocess: optionally enter the named network namespace as `ip netns
     exec` does (its /etc/netns/<name>/ files bind-mounted over /etc in a mount namespace of the
     child's own), run `before` (chroot, capability bounding set), then load the pod profile as
-    the runtime would. Returns None when ZTUNNEL_TEST_POD_SECCOMP=off and there is nothing else
-    to do; else the function, whose `netns_fd` the caller closes after the fork."""
+    the runtime would. `etc`: {name: file} bind-mounted over /etc/<name> the same way (a
+    resolv.conf of the test's own). Returns None when ZTUNNEL_TEST_POD_SECCOMP=off and there is
+    nothing else to do; else the function, whose `netns_fd` the caller closes after the fork."""
     mode = mode or MODE
     compiled = None if mode == "off" else compile_rules(mode)
-    if compiled is None and netns_name is None and before is None:
+    if compiled is None and netns_name is None and before is None and not etc:
         return None
-    fd, etc_files = None, []
+    fd, etc_files = None, [(source.encode(), os.path.join("/etc", name).encode()) for name, source in (etc or {}).items()]
     if netns_name is not None:
         fd = os.open(f"/run/netns/{netns_name}", os.O_RDONLY | os.O_CLOEXEC)
         etc = f"/etc/netns/{netns_name}"
         if os.path.isdir(etc):
-            etc_files = [(os.path.join(etc, n).encode(), os.path.join("/etc", n).encode()) for n in os.listdir(etc)]
+            etc_files += [(os.path.join(etc, n).encode(), os.path.join("/etc", n).encode()) for n in os.listdir(etc)]
     libc = ctypes.CDLL(None, use_errno=True)
 
     def run():

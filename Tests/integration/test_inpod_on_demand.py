@@ -26,7 +26,7 @@ def start(start_daemon, box, cni, xds):
     daemon = start_daemon(local_config=False, extra_env={
         "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false",
         "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "xds-token",
-        "XDS_ON_DEMAND": "true"})
+        "XDS_ON_DEMAND": "true", "ISTIO_META_DNS_CAPTURE": "false"})
     wait_for(lambda: cni.connected or daemon.proc.poll() is not None, 60, "the daemon's ZDS connection")
     enrol(cni, box.pods[:2])
     wait_ready(daemon)

@@ -1,0 +1,256 @@
+import IPC
+import Mesh
+import NIOCore
+import NIOPosix
+import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The per-pod DNS proxy on 15053 (ISTIO_COMPAT §13), UDP and TCP, in in-pod mode: istio-cni
+/// redirects each enrolled pod's DNS there. A/AAAA questions for mesh services are answered from
+/// the mesh model (authoritative, TTL 30 s); everything else is forwarded, as it came, to the
+/// first nameserver of ztunnel's own /etc/resolv.conf (read before the sandbox), over TCP: the
+/// NetWorker may not make UDP sockets.
+final class DNSProxy: Sendable {
+    private let state: NetWorkerState
+    private let group: EventLoopGroup
+    private let upstream: NIOCore.SocketAddress?
+    private let domain: String
+    private let network: String
+    private let ipv6: Bool
+    static let forwardTimeout = TimeAmount.seconds(5)
+    static let maxRecords = 64
+
+    nonisolated(unsafe) static var shared: DNSProxy?
+
+    init(state: NetWorkerState, group: EventLoopGroup, nameservers: [String]) {
+        self.state = state
+        self.group = group
+        upstream = nameservers.lazy.compactMap { try? NIOCore.SocketAddress(ipAddress: $0, port: 53) }.first
+        domain = state.configuration.string("CLUSTER_DOMAIN")
+        network = state.configuration.string("NETWORK")
+        ipv6 = state.configuration.bool("IPV6_ENABLED")
+    }
+
+    /// The nameservers of a resolv.conf text, in order (at most 3, as glibc reads).
+    static func nameservers(resolvConf text: String) -> [String] {
+        var out: [String] = []
+        for line in text.split(separator: "\n") {
+            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
+            guard fields.count >= 2, fields[0] == "nameserver", out.count < 3 else { continue }
+            out.append(String(fields[1]))
+        }
+        return out
+    }
+
+    /// The answer to one message from pod `pod`, or nil to drop it (no header to answer).
+    func answer(_ bytes: [UInt8], pod: String, udp: Bool, on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
+        let query: DNSQuery
+        do {
+            query = try DNSQuery.parse(bytes)
+        } catch DNSQuery.Failure.opcode {
+            return loop.makeSucceededFuture(DNSQuery.id(of: bytes).map { DNSResponse.failure(id: $0, rcode: DNSResponse.notImp) })
+        } catch {
+            return loop.makeSucceededFuture(DNSQuery.id(of: bytes).map { DNSResponse.failure(id: $0, rcode: DNSResponse.formErr) })
+        }
+        guard let namespace = PodDialer.shared?.info(pod)?.namespace else {
+            Log.debug("dns query from a pod no longer served", [("pod", pod)])
+            return loop.makeSucceededFuture(DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query))
+        }
+        if query.qclass == DNSQuery.classIN, query.type == DNSQuery.typeA || query.type == DNSQuery.typeAAAA,
+           let name = query.name, let records = lookUp(name, v6: query.type == DNSQuery.typeAAAA, clientNamespace: namespace) {
+            Log.debug("dns answered", [("pod", pod), ("query", name), ("records", "\(records.count)")])
+            return loop.makeSucceededFuture(DNSResponse.answer(query, records: records, udp: udp))
+        }
+        return forward(bytes, on: loop).map { response -> [UInt8]? in
+            guard let response, response.count >= 12, DNSQuery.u16(response, 0) == query.id else {
+                return DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query)
+            }
+            return udp ? DNSResponse.forUDP(response, query: query) : response
+        }
+    }
+
+    /// Addresses of the service the name means, or nil when no mesh service has it (forwarded).
+    /// A service found without an address of the family asked is an empty answer, not a miss.
+    func lookUp(_ name: String, v6: Bool, clientNamespace: String) -> [DNSRecord]? {
+        let model = state.model
+        for candidate in DNSNames.candidates(name, clientNamespace: clientNamespace, domain: domain) {
+            let matching = (model.servicesByHostname[candidate] ?? []).compactMap { model.services[$0] }.filter { service in
+                (service.visibility == .public || service.namespace == clientNamespace)
+                    && (!service.vips.isEmpty || service.hostname.hasSuffix(".svc.\(domain)"))
+            }
+            guard let service = matching.min(by: { rank($0, clientNamespace) < rank($1, clientNamespace) }) else { continue }
+            if v6 && !ipv6 { return [] }
+            var addresses: [IPAddress]
+            if service.vips.isEmpty {
+                addresses = model.endpoints(of: service.key).flatMap { $0.workload.addresses }
+            } else {
+                addresses = service.vips.filter { $0.network == network }.map(\.ip)
+            }
+            addresses = addresses.map(\.unmapped).filter { $0.isIPv4 != v6 }
+            var seen = Set<IPAddress>()
+            // A headless service may have thousands of endpoints; an answer keeps 64 of them (at
+            // random), which also keeps it far below a TCP message's 64 KiB.
+            return addresses.filter { seen.insert($0).inserted }.shuffled().prefix(Self.maxRecords)
+                .map { v6 ? .aaaa($0.bytes) : .a($0.bytes) }
+        }
+        return nil
+    }
+
+    /// The client's namespace first, then a canonical service, then by key (a stable choice).
+    private func rank(_ service: Service, _ clientNamespace: String) -> (Int, Int, String) {
+        (service.namespace == clientNamespace ? 0 : 1, service.canonical ? 0 : 1, service.key)
+    }
+
+    /// The query, as it came, to the upstream nameserver over TCP (a 2-byte length before each
+    /// message); its answer, or nil on any failure or after 5 s.
+    private func forward(_ bytes: [UInt8], on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
+        guard let upstream else { return loop.makeSucceededFuture(nil) }
+        let promise = loop.makePromise(of: [UInt8]?.self)
+        ClientBootstrap(group: loop)
+            .connectTimeout(Self.forwardTimeout)
+            .channelInitializer { channel in
+                channel.pipeline.addHandler(ByteToMessageHandler(DNSStreamDecoder())).flatMap {
+                    channel.pipeline.addHandler(ForwardedAnswer(promise: promise))
+                }
+            }
+            .connect(to: upstream)
+            .whenComplete { result in
+                switch result {
+                case .success(let channel):
+                    var buffer = channel.allocator.buffer(capacity: bytes.count + 2)
+                    buffer.writeInteger(UInt16(bytes.count))
+                    buffer.writeBytes(bytes)
+                    channel.writeAndFlush(buffer, promise: nil)
+                    let timeout = loop.scheduleTask(in: Self.forwardTimeout) { channel.close(promise: nil) }
+                    promise.futureResult.whenComplete { _ in
+                        timeout.cancel()
+                        channel.close(promise: nil)
+                    }
+                case .failure(let error):
+                    Log.debug("dns forward failed", [("upstream", "\(upstream)"), ("error", "\(error)")])
+                    promise.succeed(nil)
+                }
+            }
+        return promise.futureResult
+    }
+}
+
+/// DNS over TCP: each message preceded by its length (2 bytes).
+struct DNSStreamDecoder: ByteToMessageDecoder {
+    typealias InboundOut = [UInt8]
+
+    mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self),
+              buffer.readableBytes >= Int(length) + 2 else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: 2)
+        context.fireChannelRead(wrapInboundOut(buffer.readBytes(length: Int(length)) ?? []))
+        return .continue
+    }
+}
+
+/// The first answer on a forwarding connection completes the promise; a close before it, nil.
+private final class ForwardedAnswer: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = [UInt8]
+    private let promise: EventLoopPromise<[UInt8]?>
+    private var done = false
+
+    init(promise: EventLoopPromise<[UInt8]?>) { self.promise = promise }
+
+    private func complete(_ answer: [UInt8]?) {
+        guard !done else { return }
+        done = true
+        promise.succeed(answer)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        complete(unwrapInboundIn(data))
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        complete(nil)
+    }
+
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}
+
+/// 15053/UDP of one pod: each datagram answered to its sender.
+final class DNSDatagramHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    typealias OutboundOut = AddressedEnvelope<ByteBuffer>
+    private let proxy: DNSProxy
+    private let pod: String
+
+    init(proxy: DNSProxy, pod: String) {
+        self.proxy = proxy
+        self.pod = pod
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes) ?? []
+        let channel = context.channel
+        proxy.answer(bytes, pod: pod, udp: true, on: context.eventLoop).whenSuccess { answer in
+            guard let answer else { return }
+            var buffer = channel.allocator.buffer(capacity: answer.count)
+            buffer.writeBytes(answer)
+            channel.writeAndFlush(AddressedEnvelope(remoteAddress: envelope.remoteAddress, data: buffer), promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        // A datagram socket keeps serving after a bad send or an ICMP error.
+        Log.debug("dns udp: \(error)")
+    }
+}
+
+/// 15053/TCP of one pod: length-prefixed queries, answered in order.
+final class DNSStreamHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = [UInt8]
+    typealias OutboundOut = ByteBuffer
+    private let proxy: DNSProxy
+    private let pod: String
+    private var pending: EventLoopFuture<Void>?
+    private var queued = 0
+    /// Queries a client may have waiting for their answers on one connection.
+    static let maxQueued = 32
+
+    init(proxy: DNSProxy, pod: String) {
+        self.proxy = proxy
+        self.pod = pod
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let query = unwrapInboundIn(data)
+        let channel = context.channel
+        let loop = context.eventLoop
+        let proxy = self.proxy, pod = self.pod
+        guard queued < Self.maxQueued else {
+            Log.debug("dns tcp: more than \(Self.maxQueued) queries waiting; closed", [("pod", pod)])
+            context.close(promise: nil)
+            return
+        }
+        queued += 1
+        let previous = pending ?? loop.makeSucceededVoidFuture()
+        // One at a time, in order: the next answer is written after the one before it.
+        pending = previous.flatMap { proxy.answer(query, pod: pod, udp: false, on: loop) }.map { answer in
+            self.queued -= 1
+            guard let answer else { channel.close(promise: nil); return }
+            var buffer = channel.allocator.buffer(capacity: answer.count + 2)
+            buffer.writeInteger(UInt16(answer.count))
+            buffer.writeBytes(answer)
+            channel.writeAndFlush(buffer, promise: nil)
+        }
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        context.close(promise: nil)
+    }
+}

@@ -1,0 +1,168 @@
+"""The pods' DNS proxy on 15053 (ISTIO_COMPAT §13), in in-pod mode: istio-cni's DNS capture
+(port 53, UDP and TCP, redirected to 15053 in the pod) is added to pod a's rules here. Mesh
+service names are answered from the mesh model (A, authoritative, TTL 30, short names expanded
+from the pod's namespace); anything else goes, as it came, to ztunnel's own nameserver over TCP
+(a stub on 127.0.0.77:53 named by the daemon's resolv.conf); bad datagrams are dropped or
+refused and the proxy keeps serving. Namespaces and the istio-cni double as in test_inpod.py."""
+import os
+import random
+import struct
+import subprocess
+import textwrap
+
+from daemon import wait_for
+from dns_stub import DnsStub
+from mesh_box import MARK
+from test_inpod import box, cni, enrol, start, wait_ready  # noqa: F401 (fixtures)
+
+SERVICES = textwrap.dedent("""\
+    services:
+    - name: echo
+      namespace: shop
+      hostname: echo.shop.svc.cluster.local
+      vips: ["/10.96.0.42"]
+      ports:
+        80: 8080
+    """)
+
+# Run inside the pod: sends each (transport, payload hex) to 10.250.0.253:53, which the capture
+# rules redirect to the proxy (the pod has no route to a cluster DNS address; any routable
+# address is redirected the same way), and prints each answer's hex, or "none" after 3 s.
+_CLIENT = textwrap.dedent("""
+    import socket, struct, sys
+    for item in sys.argv[1:]:
+        transport, payload = item.split(":", 1)
+        payload = bytes.fromhex(payload)
+        try:
+            if transport == "udp":
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                s.settimeout(3)
+                s.sendto(payload, ("10.250.0.253", 53))
+                answer = s.recv(65535)
+            else:
+                s = socket.create_connection(("10.250.0.253", 53), timeout=3)
+                s.sendall(struct.pack("!H", len(payload)) + payload)
+                head = s.recv(2)
+                length = struct.unpack("!H", head)[0]
+                answer = b""
+                while len(answer) < length:
+                    chunk = s.recv(length - len(answer))
+                    if not chunk:
+                        break
+                    answer += chunk
+            print(answer.hex())
+        except OSError:
+            print("none")
+        s.close()
+""")
+
+
+def query(name, qtype=1, ident=None):
+    ident = random.randrange(65536) if ident is None else ident
+    question = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0" + struct.pack("!HH", qtype, 1)
+    return ident, struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + question
+
+
+def parse(answer):
+    """(id, flags, [(type, ttl, rdata)]) of an answer whose records' owners are pointers or names."""
+    ident, flags, qd, an = struct.unpack("!HHHH", answer[:8])
+    offset = 12
+    for _ in range(qd):
+        offset = _skip_name(answer, offset) + 4
+    records = []
+    for _ in range(an):
+        offset = _skip_name(answer, offset)
+        rtype, _cls, ttl, length = struct.unpack("!HHIH", answer[offset:offset + 10])
+        offset += 10
+        records.append((rtype, ttl, answer[offset:offset + length]))
+        offset += length
+    return ident, flags, records
+
+
+def _skip_name(data, offset):
+    while data[offset] != 0:
+        if data[offset] & 0xC0 == 0xC0:
+            return offset + 2
+        offset += 1 + data[offset]
+    return offset + 1
+
+
+def ask(pod, *items):
+    out = pod.run("python3", "-c", _CLIENT, *[f"{t}:{p.hex()}" for t, p in items], timeout=30).stdout.split()
+    return [None if o == "none" else bytes.fromhex(o) for o in out]
+
+
+def capture_dns(box, pod):
+    """istio-cni's DNS capture rules (§2.1), ahead of the TCP rule to 15001."""
+    mark = ["-m", "mark", "!", "--mark", f"{MARK:#x}/0xfff"]
+    for proto in ("udp", "tcp"):
+        pod.run(box.iptables, "-t", "nat", "-I", "OUTPUT", "1", "-p", proto, "--dport", "53", *mark,
+                "-j", "REDIRECT", "--to-ports", "15053")
+
+
+def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(box, cni, start_daemon, tmp_path):
+    a = box.pod("a")
+    capture_dns(box, a)
+    stub = DnsStub("127.0.0.77", {"example.org": "192.0.2.7"}, tcp=True)
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\n")
+    try:
+        daemon = start_daemon(local_config=box.local_config(SERVICES), etc={"resolv.conf": str(resolv)}, extra_env={
+            "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false"})
+        wait_for(lambda: cni.connected or daemon.proc.poll() is not None, 60, "the daemon's ZDS connection")
+        enrol(cni, [a])
+        wait_ready(daemon)
+        wait_for(lambda: 15053 in a.listeners(), 10, "the DNS proxy's TCP listener in the pod")
+
+        full_id, full = query("echo.shop.svc.cluster.local")
+        short_id, short = query("echo.shop")
+        v6_id, v6 = query("echo.shop.svc.cluster.local", qtype=28)
+        ext_id, ext = query("example.org")
+        tcp_id, tcp = query("echo.shop.svc.cluster.local")
+        answers = ask(a, ("udp", full), ("udp", short), ("udp", v6), ("udp", ext), ("tcp", tcp))
+        assert None not in answers, answers
+        for (ident, answer) in zip((full_id, short_id, tcp_id), (answers[0], answers[1], answers[4])):
+            got_id, flags, records = parse(answer)
+            assert got_id == ident and flags & 0x8000 and flags & 0x0400 and flags & 0xF == 0, hex(flags)  # QR, AA, NOERROR
+            assert records == [(1, 30, bytes([10, 96, 0, 42]))], records
+        # The service has no IPv6 VIP: an empty NOERROR, not NXDOMAIN.
+        got_id, flags, records = parse(answers[2])
+        assert got_id == v6_id and flags & 0xF == 0 and records == [], (hex(flags), records)
+        # Not a mesh name: forwarded over TCP to ztunnel's nameserver, its answer returned.
+        got_id, flags, records = parse(answers[3])
+        assert got_id == ext_id and records == [(1, 30, bytes([192, 0, 2, 7]))], records
+        assert ("example.org", 1) in stub.tcp_queries and not [q for q in stub.queries if q[0].startswith("echo")]
+
+        # Bad datagrams: no header (dropped), a response (dropped), two questions (FORMERR); the
+        # proxy then still answers.
+        bad_id, two = query("echo.shop")
+        two = two[:4] + struct.pack("!H", 2) + two[6:]
+        after_id, after = query("echo.shop.svc.cluster.local")
+        answers = ask(a, ("udp", b"\x01\x02"), ("udp", b"\x00\x01\x81\x80" + bytes(8)), ("udp", two), ("udp", after))
+        assert answers[0] is None and answers[1] is None, answers
+        got_id, flags, _ = parse(answers[2])
+        assert got_id == bad_id and flags & 0xF == 1, hex(flags)  # FORMERR
+        assert parse(answers[3])[2] == [(1, 30, bytes([10, 96, 0, 42]))]
+        assert daemon.proc.poll() is None and not daemon.audit_events("worker_exit"), daemon.audit()
+    finally:
+        stub.close()
+
+
+def test_dns_capture_off_means_no_proxy_and_on_demand_with_it_is_refused(box, cni, start_daemon):
+    """ISTIO_META_DNS_CAPTURE=false: no 15053 in the pod. XDS_ON_DEMAND with the proxy on: the
+    daemon refuses to start, as upstream does, and says what to set."""
+    a = box.pod("a")
+    daemon = start(start_daemon, box, cni, ISTIO_META_DNS_CAPTURE="false")
+    enrol(cni, [a])
+    wait_ready(daemon)
+    wait_for(lambda: 15001 in a.listeners(), 10, "a's listeners")
+    assert 15053 not in a.listeners()
+    refused = subprocess.run([daemon_binary(), "proxy", "ztunnel"], capture_output=True, text=True, timeout=30,
+                             env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "INPOD_UDS": cni.path,
+                                  "XDS_ADDRESS": "127.0.0.1:1", "XDS_ON_DEMAND": "true"})
+    assert refused.returncode != 0 and "ISTIO_META_DNS_CAPTURE=false" in refused.stderr, refused.stderr
+
+
+def daemon_binary():
+    from daemon import ZTUNNEL
+    return ZTUNNEL
