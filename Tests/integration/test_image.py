@@ -99,6 +99,27 @@ def test_the_image_serves_under_the_apparmor_profile(rootfs):
         subprocess.run(["apparmor_parser", "--remove", APPARMOR], capture_output=True)
 
 
+def _wait_ready(daemon, port, log, what):
+    """Until readiness answers 200 (or the daemon exits: then its log's tail is the failure)."""
+    def ready():
+        try:
+            return http(port, "/healthz/ready", timeout=2) == (200, "ready\n")
+        except OSError:
+            return daemon.poll() is not None
+    wait_for(ready, 60, what)
+    assert daemon.poll() is None, open(log.name).read()[-4000:]
+
+
+def _stop(daemon):
+    """SIGTERM (the daemon drains; 40 s covers the manifest's 30 s grace), then SIGKILL."""
+    daemon.send_signal(signal.SIGTERM)
+    try:
+        daemon.wait(timeout=40)
+    except subprocess.TimeoutExpired:
+        daemon.kill()
+        daemon.wait()
+
+
 def serve_one_connection(rootfs, enter, also=None):
     """Runs the image's daemon (local mode, two workloads of hbone_config) with `enter` before
     exec, waits for readiness, carries one SOCKS5 connection over HBONE and checks both
@@ -119,13 +140,7 @@ def serve_one_connection(rootfs, enter, also=None):
                               stdin=subprocess.DEVNULL,
                               preexec_fn=pod_seccomp.preexec(before=enter))
     try:
-        def ready():
-            try:
-                return http(ports["readiness"], "/healthz/ready", timeout=2) == (200, "ready\n")
-            except OSError:
-                return daemon.poll() is not None
-        wait_for(ready, 60, "readiness of the daemon run from the image")
-        assert daemon.poll() is None, open(log.name).read()[-4000:]
+        _wait_ready(daemon, ports["readiness"], log, "readiness of the daemon run from the image")
         sock, code = socks5_connect(ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
         with sock:
             assert code == 0, open(log.name).read()[-4000:]
@@ -142,12 +157,7 @@ def serve_one_connection(rootfs, enter, also=None):
         if also is not None:
             also(daemon)
     finally:
-        daemon.send_signal(signal.SIGTERM)
-        try:
-            daemon.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            daemon.kill()
-            daemon.wait()
+        _stop(daemon)
         echo.close()
         os.unlink(log.name)
 
@@ -266,14 +276,7 @@ def test_the_daemonset_serves_pods_from_the_image_with_istiod_and_istio_cni(root
         for pod in (a, b):
             assert cni.add(**pod.info()) == "", f"Add {pod.name}"
         assert cni.snapshot_sent() == ""
-
-        def ready():
-            try:
-                return http(ports["readiness"], "/healthz/ready", timeout=2) == (200, "ready\n")
-            except OSError:
-                return daemon.poll() is not None
-        wait_for(ready, 60, "readiness of the DaemonSet's daemon")
-        assert daemon.poll() is None, open(log.name).read()[-4000:]
+        _wait_ready(daemon, ports["readiness"], log, "readiness of the DaemonSet's daemon")
         issued = {u for c in ca.calls if c["error"] is None for u in c["csr_uris"]}
         assert {a.identity, b.identity} <= issued, ca.calls
         stream = xds.streams[xds.wait_for(lambda _, r: r["initial"] and r["type_url"] == x.ADDRESS, 10)["stream"]]
@@ -293,12 +296,7 @@ def test_the_daemonset_serves_pods_from_the_image_with_istiod_and_istio_cni(root
         assert "worker_exit" not in open(log.name).read(), open(log.name).read()[-4000:]
     finally:
         if daemon is not None:
-            daemon.send_signal(signal.SIGTERM)
-            try:
-                daemon.wait(timeout=40)
-            except subprocess.TimeoutExpired:
-                daemon.kill()
-                daemon.wait()
+            _stop(daemon)
         cni.stop()
         ca.stop()
         box.cleanup()
