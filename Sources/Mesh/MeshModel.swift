@@ -15,6 +15,8 @@ public struct MeshModel: Equatable, Sendable {
     public private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
     /// Service keys by hostname (one per namespace that has it), for the pods' DNS proxy.
     public private(set) var servicesByHostname: [String: [String]] = [:]
+    /// Workload uids by each service key they list (a service's endpoints, known or staged).
+    public private(set) var workloadsByService: [String: Set<String>] = [:]
 
     public init() {}
 
@@ -23,6 +25,7 @@ public struct MeshModel: Equatable, Sendable {
     public mutating func insert(_ workload: Workload) {
         removeWorkload(uid: workload.uid)
         workloads[workload.uid] = workload
+        for key in workload.services.keys { workloadsByService[key, default: []].insert(workload.uid) }
         guard workload.networkMode == .standard else { return }
         for ip in workload.addresses {
             workloadByAddress[NetworkAddress(network: workload.network, ip: ip.unmapped)] = workload.uid
@@ -31,6 +34,10 @@ public struct MeshModel: Equatable, Sendable {
 
     public mutating func removeWorkload(uid: String) {
         guard let old = workloads.removeValue(forKey: uid) else { return }
+        for key in old.services.keys {
+            workloadsByService[key]?.remove(uid)
+            if workloadsByService[key]?.isEmpty == true { workloadsByService[key] = nil }
+        }
         for ip in old.addresses {
             let key = NetworkAddress(network: old.network, ip: ip.unmapped)
             if workloadByAddress[key] == uid { workloadByAddress[key] = nil }
@@ -72,14 +79,14 @@ public struct MeshModel: Equatable, Sendable {
     /// The endpoints of a service: each workload that lists it, with its port map. Endpoints of a
     /// service that is not (yet) known are "staged": listed by `stagedServices`.
     public func endpoints(of serviceKey: String) -> [(workload: Workload, ports: [UInt16: UInt16])] {
-        workloads.values.sorted { $0.uid < $1.uid }.compactMap { workload in
-            workload.services[serviceKey].map { (workload, $0) }
+        (workloadsByService[serviceKey] ?? []).sorted().compactMap { uid in
+            workloads[uid].flatMap { workload in workload.services[serviceKey].map { (workload, $0) } }
         }
     }
 
     /// Service keys that workloads list but no service has (yet): their endpoints wait here.
     public var stagedServices: [String] {
-        Set(workloads.values.flatMap { $0.services.keys }).filter { services[$0] == nil }.sorted()
+        workloadsByService.keys.filter { services[$0] == nil }.sorted()
     }
 
     /// The policies that apply to a destination workload (ISTIO_COMPAT §12.1): GLOBAL ones, the

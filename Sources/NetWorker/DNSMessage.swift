@@ -84,7 +84,8 @@ struct DNSQuery: Equatable {
             if length & 0xc0 == 0xc0 {
                 guard position + 1 < bytes.count else { throw Failure.short }
                 let target = (length & 0x3f) << 8 | Int(bytes[position + 1])
-                guard target < position, jumps < 16 else { throw Failure.badName }
+                // Backwards only, and never into the header.
+                guard target >= 12, target < position, jumps < 16 else { throw Failure.badName }
                 if !jumped { offset = position + 2 }
                 jumped = true
                 jumps += 1
@@ -95,7 +96,8 @@ struct DNSQuery: Equatable {
             position += 1
             if length == 0 { break }
             total += length + 1
-            guard total <= maxNameBytes, position + length <= bytes.count else { throw Failure.badName }
+            // 255 bytes with the root label's zero.
+            guard total + 1 <= maxNameBytes, position + length <= bytes.count else { throw Failure.badName }
             var label = ""
             for byte in bytes[position..<position + length] {
                 switch byte {
@@ -129,27 +131,37 @@ enum DNSResponse {
 
     /// An authoritative answer to `query`: the question copied, then `records`. The first record
     /// is owned by the question's name; after a CNAME, the records that follow are owned by its
-    /// target. Over UDP, an answer longer than the client's limit is cut to its header and
-    /// question with TC set (the client retries over TCP).
+    /// target. Over UDP, an answer longer than the client's limit keeps the records that fit and
+    /// sets TC (a client that can retries over TCP for the rest; one that cannot still has some).
     static func answer(_ query: DNSQuery, rcode: UInt8 = noError, records: [DNSRecord], udp: Bool) -> [UInt8] {
-        var out = header(id: query.id, rd: query.recursionDesired, aa: true, rcode: rcode, questions: 1, answers: records.count)
+        var out = header(id: query.id, rd: query.recursionDesired, aa: true, rcode: rcode, questions: 1, answers: 0)
         out += query.question
         var owner: [UInt8] = [0xc0, 0x0c]  // the question's name, at offset 12
+        var written = 0
         for record in records {
-            out += owner
+            var bytes = owner
+            var nextOwner = owner
             switch record {
             case .a(let address):
-                out += be16(DNSQuery.typeA) + be16(DNSQuery.classIN) + be32(ttl) + be16(UInt16(address.count)) + address
+                bytes += be16(DNSQuery.typeA) + be16(DNSQuery.classIN) + be32(ttl) + be16(UInt16(address.count)) + address
             case .aaaa(let address):
-                out += be16(DNSQuery.typeAAAA) + be16(DNSQuery.classIN) + be32(ttl) + be16(UInt16(address.count)) + address
+                bytes += be16(DNSQuery.typeAAAA) + be16(DNSQuery.classIN) + be32(ttl) + be16(UInt16(address.count)) + address
             case .cname(let target):
                 let name = encode(target)
-                out += be16(DNSQuery.typeCNAME) + be16(DNSQuery.classIN) + be32(ttl) + be16(UInt16(name.count))
-                owner = pointer(to: out.count)
-                out += name
+                bytes += be16(DNSQuery.typeCNAME) + be16(DNSQuery.classIN) + be32(ttl) + be16(UInt16(name.count))
+                nextOwner = pointer(to: out.count + bytes.count)
+                bytes += name
             }
+            if udp && out.count + bytes.count > query.udpLimit {
+                out[2] |= 0x02  // TC
+                break
+            }
+            out += bytes
+            owner = nextOwner
+            written += 1
         }
-        if udp && out.count > query.udpLimit { return truncated(query) }
+        out[6] = UInt8(written >> 8)
+        out[7] = UInt8(written & 0xff)
         return out
     }
 
@@ -161,16 +173,15 @@ enum DNSResponse {
         return out
     }
 
-    static func truncated(_ query: DNSQuery) -> [UInt8] {
-        var out = header(id: query.id, rd: query.recursionDesired, aa: true, rcode: noError, questions: 1, answers: 0)
-        out[2] |= 0x02  // TC
-        return out + query.question
-    }
-
-    /// A forwarded answer, cut for UDP as `answer` cuts its own (TC set, header and question).
+    /// A forwarded answer, for a UDP client: as it came when it fits, else the upstream's header
+    /// (its flags and rcode kept) with TC set, no records, and the question.
     static func forUDP(_ response: [UInt8], query: DNSQuery) -> [UInt8] {
         guard response.count > query.udpLimit else { return response }
-        return truncated(query)
+        var out = Array(response.prefix(12))
+        out[2] |= 0x02
+        out[4] = 0; out[5] = 1
+        for index in 6..<12 { out[index] = 0 }
+        return out + query.question
     }
 
     static func header(id: UInt16, rd: Bool, aa: Bool, rcode: UInt8, questions: Int, answers: Int) -> [UInt8] {

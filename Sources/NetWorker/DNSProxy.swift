@@ -1,5 +1,6 @@
 import IPC
 import Mesh
+import NIOConcurrencyHelpers
 import NIOCore
 import NIOPosix
 import Shared
@@ -10,27 +11,37 @@ import Glibc
 /// The per-pod DNS proxy on 15053 (ISTIO_COMPAT §13), UDP and TCP, in in-pod mode: istio-cni
 /// redirects each enrolled pod's DNS there. A/AAAA questions for mesh services are answered from
 /// the mesh model (authoritative, TTL 30 s); everything else is forwarded, as it came, to the
-/// first nameserver of ztunnel's own /etc/resolv.conf (read before the sandbox), over TCP: the
-/// NetWorker may not make UDP sockets.
+/// nameservers of ztunnel's own /etc/resolv.conf (read before the sandbox) in order, over TCP
+/// (the NetWorker may not make UDP sockets): one connection per query, at most 32 at once per
+/// pod and 256 per NetWorker (beyond: SERVFAIL), 5 s for the whole attempt.
 final class DNSProxy: Sendable {
     private let state: NetWorkerState
     private let group: EventLoopGroup
-    private let upstream: NIOCore.SocketAddress?
+    private let upstreams: [NIOCore.SocketAddress]
     private let domain: String
     private let network: String
     private let ipv6: Bool
+    private let inFlight = NIOLockedValueBox<(total: Int, byPod: [String: Int])>((0, [:]))
     static let forwardTimeout = TimeAmount.seconds(5)
     static let maxRecords = 64
+    static let maxForwardsPerPod = 32
+    static let maxForwards = 256
+    static let maxTCPConnectionsPerPod = 64
 
+    // Written once by the NetWorker's main thread before any listener is adopted.
     nonisolated(unsafe) static var shared: DNSProxy?
 
     init(state: NetWorkerState, group: EventLoopGroup, nameservers: [String]) {
         self.state = state
         self.group = group
-        upstream = nameservers.lazy.compactMap { try? NIOCore.SocketAddress(ipAddress: $0, port: 53) }.first
+        upstreams = nameservers.compactMap { try? NIOCore.SocketAddress(ipAddress: $0, port: 53) }
         domain = state.configuration.string("CLUSTER_DOMAIN")
         network = state.configuration.string("NETWORK")
         ipv6 = state.configuration.bool("IPV6_ENABLED")
+        if upstreams.isEmpty {
+            Log.warn("dns proxy: no usable nameserver in ztunnel's /etc/resolv.conf; names outside the mesh get SERVFAIL",
+                     [("read", nameservers.joined(separator: " "))])
+        }
     }
 
     /// The nameservers of a resolv.conf text, in order (at most 3, as glibc reads).
@@ -63,7 +74,13 @@ final class DNSProxy: Sendable {
             Log.debug("dns answered", [("pod", pod), ("query", name), ("records", "\(records.count)")])
             return loop.makeSucceededFuture(DNSResponse.answer(query, records: records, udp: udp))
         }
-        return forward(bytes, on: loop).map { response -> [UInt8]? in
+        guard reserveForward(pod) else {
+            Log.debug("dns forward refused: too many in flight", [("pod", pod)])
+            return loop.makeSucceededFuture(DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query))
+        }
+        let deadline = NIODeadline.now() + Self.forwardTimeout
+        return forward(bytes, to: upstreams[...], until: deadline, on: loop).always { _ in self.releaseForward(pod) }
+            .map { response -> [UInt8]? in
             guard let response, response.count >= 12, DNSQuery.u16(response, 0) == query.id else {
                 return DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query)
             }
@@ -84,7 +101,10 @@ final class DNSProxy: Sendable {
             if v6 && !ipv6 { return [] }
             var addresses: [IPAddress]
             if service.vips.isEmpty {
-                addresses = model.endpoints(of: service.key).flatMap { $0.workload.addresses }
+                // Headless: the ready endpoints of this network, as the router would pick them.
+                addresses = model.endpoints(of: service.key)
+                    .filter { $0.workload.status == .healthy && $0.workload.network == network }
+                    .flatMap { $0.workload.addresses }
             } else {
                 addresses = service.vips.filter { $0.network == network }.map(\.ip)
             }
@@ -103,13 +123,38 @@ final class DNSProxy: Sendable {
         (service.namespace == clientNamespace ? 0 : 1, service.canonical ? 0 : 1, service.key)
     }
 
-    /// The query, as it came, to the upstream nameserver over TCP (a 2-byte length before each
-    /// message); its answer, or nil on any failure or after 5 s.
-    private func forward(_ bytes: [UInt8], on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
-        guard let upstream else { return loop.makeSucceededFuture(nil) }
+    private func reserveForward(_ pod: String) -> Bool {
+        inFlight.withLockedValue { counts in
+            guard counts.total < Self.maxForwards, counts.byPod[pod, default: 0] < Self.maxForwardsPerPod else { return false }
+            counts.total += 1
+            counts.byPod[pod, default: 0] += 1
+            return true
+        }
+    }
+
+    private func releaseForward(_ pod: String) {
+        inFlight.withLockedValue { counts in
+            counts.total -= 1
+            let left = counts.byPod[pod, default: 1] - 1
+            counts.byPod[pod] = left > 0 ? left : nil
+        }
+    }
+
+    /// The query, as it came, to the first of `upstreams` that answers, over TCP (a 2-byte
+    /// length before each message); its answer, or nil when none did by the deadline.
+    private func forward(_ bytes: [UInt8], to upstreams: ArraySlice<NIOCore.SocketAddress>, until deadline: NIODeadline,
+                         on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
+        guard let upstream = upstreams.first, deadline > .now() else { return loop.makeSucceededFuture(nil) }
+        return forward(bytes, to: upstream, until: deadline, on: loop).flatMap { answer in
+            answer.map { loop.makeSucceededFuture($0) } ?? self.forward(bytes, to: upstreams.dropFirst(), until: deadline, on: loop)
+        }
+    }
+
+    private func forward(_ bytes: [UInt8], to upstream: NIOCore.SocketAddress, until deadline: NIODeadline,
+                         on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
         let promise = loop.makePromise(of: [UInt8]?.self)
         ClientBootstrap(group: loop)
-            .connectTimeout(Self.forwardTimeout)
+            .connectTimeout(deadline - .now())
             .channelInitializer { channel in
                 channel.pipeline.addHandler(ByteToMessageHandler(DNSStreamDecoder())).flatMap {
                     channel.pipeline.addHandler(ForwardedAnswer(promise: promise))
@@ -123,7 +168,7 @@ final class DNSProxy: Sendable {
                     buffer.writeInteger(UInt16(bytes.count))
                     buffer.writeBytes(bytes)
                     channel.writeAndFlush(buffer, promise: nil)
-                    let timeout = loop.scheduleTask(in: Self.forwardTimeout) { channel.close(promise: nil) }
+                    let timeout = loop.scheduleTask(deadline: deadline) { channel.close(promise: nil) }
                     promise.futureResult.whenComplete { _ in
                         timeout.cancel()
                         channel.close(promise: nil)
@@ -170,10 +215,6 @@ private final class ForwardedAnswer: ChannelInboundHandler, @unchecked Sendable 
 
     func channelInactive(context: ChannelHandlerContext) {
         complete(nil)
-    }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent { context.close(promise: nil) } else { context.fireUserInboundEventTriggered(event) }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -240,13 +281,31 @@ final class DNSStreamHandler: ChannelInboundHandler, @unchecked Sendable {
         queued += 1
         let previous = pending ?? loop.makeSucceededVoidFuture()
         // One at a time, in order: the next answer is written after the one before it.
-        pending = previous.flatMap { proxy.answer(query, pod: pod, udp: false, on: loop) }.map { answer in
+        pending = previous.flatMap { () -> EventLoopFuture<[UInt8]?> in
+            guard channel.isActive else { return loop.makeSucceededFuture(nil) }
+            return proxy.answer(query, pod: pod, udp: false, on: loop)
+        }.map { answer in
             self.queued -= 1
-            guard let answer else { channel.close(promise: nil); return }
+            // No answer (no header to answer), or a client that stopped reading while answers
+            // pile up in our buffer: the connection ends.
+            guard let answer, channel.isWritable else { channel.close(promise: nil); return }
             var buffer = channel.allocator.buffer(capacity: answer.count + 2)
             buffer.writeInteger(UInt16(answer.count))
             buffer.writeBytes(answer)
             channel.writeAndFlush(buffer, promise: nil)
+        }
+    }
+
+    /// Idle for 30 s, or the client's side closed (after its last query): the connection ends,
+    /// once the answers already asked for are written.
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if event is IdleStateHandler.IdleStateEvent {
+            context.close(promise: nil)
+        } else if let event = event as? ChannelEvent, event == .inputClosed {
+            let channel = context.channel
+            (pending ?? context.eventLoop.makeSucceededVoidFuture()).whenComplete { _ in channel.close(promise: nil) }
+        } else {
+            context.fireUserInboundEventTriggered(event)
         }
     }
 

@@ -54,14 +54,20 @@ struct ListenerFactory {
     /// The listener's cap first (issue #6): over it, the connection is closed at once and the
     /// bound reported; under it, the slot is held until the connection closes.
     private func admit(_ channel: Channel, for name: String, pod: String?) -> EventLoopFuture<Void> {
-        let cap = Self.isHTTP(name) ? bounds.maxHTTPConnectionsPerListener : bounds.maxConnectionsPerListener
-        guard limiter.admit(name, cap: cap) else {
+        var cap = Self.isHTTP(name) ? bounds.maxHTTPConnectionsPerListener : bounds.maxConnectionsPerListener
+        var key = name
+        if name == "dns-tcp", let pod {
+            // Per pod: one pod's DNS connections never take another pod's slots.
+            key = "dns-tcp \(pod)"
+            cap = DNSProxy.maxTCPConnectionsPerPod
+        }
+        guard limiter.admit(key, cap: cap) else {
             reporter.reached(.connections, listener: name, peer: Self.peer(channel), detail: "\(cap) live connections")
             channel.close(promise: nil)
             return channel.eventLoop.makeSucceededVoidFuture()
         }
         let limiter = self.limiter
-        channel.closeFuture.whenComplete { _ in limiter.release(name) }
+        channel.closeFuture.whenComplete { _ in limiter.release(key) }
         return configure(channel, for: name, pod: pod)
     }
 

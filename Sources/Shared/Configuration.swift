@@ -290,7 +290,9 @@ public struct Configuration: Sendable {
 
     /// The pods' DNS proxy on 15053 (ISTIO_COMPAT §13): in in-pod mode, unless proxy metadata
     /// DNS_CAPTURE (ISTIO_META_DNS_CAPTURE) is set to anything but "true".
-    public var dnsProxyEnabled: Bool { isInPodMode && (passthroughValues["ISTIO_META_DNS_CAPTURE"] ?? "true") == "true" }
+    public var dnsProxyEnabled: Bool {
+        isInPodMode && (passthroughValues["ISTIO_META_DNS_CAPTURE"] ?? "true").lowercased() == "true"
+    }
 
     public var isSocks5Enabled: Bool {
         switch string("UNSTABLE_ENABLE_SOCKS5") {

@@ -380,12 +380,13 @@ final class InPod {
         }
     }
 
-    /// The DNS proxy's UDP socket in the namespace: marked, reusable, bound.
+    /// The DNS proxy's UDP socket in the namespace: marked, bound. Never SO_REUSEADDR: on UDP it
+    /// would let any process in the pod, of any uid, bind the same address after us and take the
+    /// pod's DNS; SO_REUSEPORT is limited to our own uid.
     private func bindDatagram(in netns: OwnedFD, on address: SocketAddress) throws -> OwnedFD {
         let fd = try sockets(in: netns, family: address.family == .ipv4 ? AF_INET : AF_INET6, count: 1,
                              type: Int32(SOCK_DGRAM.rawValue))[0]
         var one: Int32 = 1
-        try option(fd, SOL_SOCKET, SO_REUSEADDR, &one, "SO_REUSEADDR")
         if reusePort || copies > 1 { try option(fd, SOL_SOCKET, SO_REUSEPORT, &one, "SO_REUSEPORT") }
         _ = try address.withSockAddr { pointer, length in
             try Syscall.retrying("bind \(address)/udp") { bind(fd.rawValue, pointer, length) }

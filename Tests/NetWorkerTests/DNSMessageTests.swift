@@ -25,7 +25,7 @@ import Testing
         #expect(try DNSQuery.parse(Self.query("a b.example")).name == nil)
     }
 
-    @Test func refusesWhatIsNotOneWellFormedQuery() {
+    @Test func refusesWhatIsNotOneWellFormedQuery() throws {
         #expect(throws: DNSQuery.Failure.short) { try DNSQuery.parse([1, 2, 3]) }
         #expect(throws: DNSQuery.Failure.notAQuery) { try DNSQuery.parse(Self.query("a", flags: 0x8180)) }
         #expect(throws: DNSQuery.Failure.opcode(2)) { try DNSQuery.parse(Self.query("a", flags: 0x1000)) }
@@ -35,6 +35,13 @@ import Testing
         #expect(throws: DNSQuery.Failure.short) { try DNSQuery.parse(Array(whole.prefix(whole.count - 2))) }
         let long = Array(repeating: String(repeating: "a", count: 63), count: 5).joined(separator: ".")
         #expect(throws: DNSQuery.Failure.badName) { try DNSQuery.parse(Self.query(long)) }
+        // 255 bytes with the root's zero is the most (4 labels of 63 and one of 2: 64*3 + 62 + 1).
+        let longest = Array(repeating: String(repeating: "a", count: 63), count: 3).joined(separator: ".") + "." + String(repeating: "b", count: 61)
+        #expect(DNSResponse.encode(longest).count == 255)
+        #expect(try DNSQuery.parse(Self.query(longest)).name == longest)
+        #expect(throws: DNSQuery.Failure.badName) { try DNSQuery.parse(Self.query(longest + "b")) }
+        // A pointer into the header.
+        #expect(throws: DNSQuery.Failure.badName) { try DNSQuery.parse(Array(whole.prefix(12)) + [0xc0, 4] + [0, 1, 0, 1]) }
         // A compression pointer that points at itself or forward loops nowhere.
         var looping = Array(whole.prefix(12)) + [0xc0, 12] + [0, 1, 0, 1]
         #expect(throws: DNSQuery.Failure.badName) { try DNSQuery.parse(looping) }
@@ -64,14 +71,24 @@ import Testing
         #expect(Array(answer[(aRecord + 2)...]) == [0, 1, 0, 1, 0, 0, 0, 30, 0, 4, 10, 96, 0, 42])
     }
 
-    @Test func aUDPAnswerOverTheClientsLimitIsTruncated() throws {
+    @Test func aUDPAnswerOverTheClientsLimitKeepsWhatFitsAndSetsTC() throws {
         let query = try DNSQuery.parse(Self.query("many.example"))
         let records = (0..<40).map { DNSRecord.aaaa(Array(repeating: UInt8($0), count: 16)) }
         let answer = DNSResponse.answer(query, records: records, udp: true)
-        #expect(answer[2] & 0x02 != 0 && answer.count == 12 + query.question.count)
-        #expect(DNSResponse.answer(query, records: records, udp: false).count > 512)
+        // Each AAAA record here is 2 + 10 + 16 = 28 bytes after the header and question.
+        let fit = (512 - 12 - query.question.count) / 28
+        #expect(answer[2] & 0x02 != 0 && answer.count <= 512)
+        #expect(Int(DNSQuery.u16(answer, 6)) == fit && answer.count == 12 + query.question.count + fit * 28)
+        let overTCP = DNSResponse.answer(query, records: records, udp: false)
+        #expect(overTCP[2] & 0x02 == 0 && DNSQuery.u16(overTCP, 6) == 40)
         let big = try DNSQuery.parse(Self.query("many.example", opt: 4096))
         #expect(DNSResponse.answer(big, records: records, udp: true)[2] & 0x02 == 0)
+        // A forwarded answer too long for the client keeps its header's flags and code.
+        var upstream = DNSResponse.failure(id: 0x1234, rcode: 3, query: query) + Array(repeating: 0, count: 600)
+        upstream[7] = 9
+        let cut = DNSResponse.forUDP(upstream, query: query)
+        #expect(cut[2] & 0x02 != 0 && cut[3] & 0x0f == 3 && Array(cut[4..<12]) == [0, 1, 0, 0, 0, 0, 0, 0])
+        #expect(cut.count == 12 + query.question.count)
     }
 
     @Test func candidatesFollowTheKubernetesExpansionsThenWildcards() {

@@ -32,13 +32,34 @@ _CLIENT = textwrap.dedent("""
     import socket, struct, sys
     for item in sys.argv[1:]:
         transport, payload = item.split(":", 1)
-        payload = bytes.fromhex(payload)
+        payload = bytes.fromhex(payload) if transport != "pipelined" else payload.encode()
         try:
             if transport == "udp":
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 s.settimeout(3)
                 s.sendto(payload, ("10.250.0.253", 53))
                 answer = s.recv(65535)
+            elif transport == "pipelined":
+                # Every query of the payload (hex, ","-separated) on one connection at once, then
+                # our side closed; prints the answers, then "eof" if the proxy closed its side.
+                s = socket.create_connection(("10.250.0.253", 53), timeout=3)
+                queries = [bytes.fromhex(q) for q in payload.decode().split(",")]
+                s.sendall(b"".join(struct.pack("!H", len(q)) + q for q in queries))
+                s.shutdown(socket.SHUT_WR)
+                data = b""
+                while True:
+                    chunk = s.recv(65535)
+                    if not chunk:
+                        break
+                    data += chunk
+                answers, offset = [], 0
+                while offset + 2 <= len(data):
+                    length = struct.unpack("!H", data[offset:offset + 2])[0]
+                    answers.append(data[offset + 2:offset + 2 + length].hex())
+                    offset += 2 + length
+                print(",".join(answers) + ",eof")
+                s.close()
+                continue
             else:
                 s = socket.create_connection(("10.250.0.253", 53), timeout=3)
                 s.sendall(struct.pack("!H", len(payload)) + payload)
@@ -92,6 +113,16 @@ def ask(pod, *items):
     return [None if o == "none" else bytes.fromhex(o) for o in out]
 
 
+def ask_pipelined(pod, *queries):
+    """The answers to `queries` sent at once on one TCP connection then half-closed, and whether
+    the proxy then closed its side (a read ended with EOF rather than the client's 3 s timeout)."""
+    out = pod.run("python3", "-c", _CLIENT, "pipelined:" + ",".join(q.hex() for q in queries), timeout=30).stdout.strip()
+    if out == "none":
+        return [], False
+    parts = out.split(",")
+    return [bytes.fromhex(p) for p in parts[:-1]], parts[-1] == "eof"
+
+
 def capture_dns(box, pod):
     """istio-cni's DNS capture rules (§2.1), ahead of the TCP rule to 15001."""
     mark = ["-m", "mark", "!", "--mark", f"{MARK:#x}/0xfff"]
@@ -105,7 +136,8 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
     capture_dns(box, a)
     stub = DnsStub("127.0.0.77", {"example.org": "192.0.2.7"}, tcp=True)
     resolv = tmp_path / "resolv.conf"
-    resolv.write_text("nameserver 127.0.0.77\n")
+    # The first nameserver refuses TCP (nothing listens there): forwarding goes on to the next.
+    resolv.write_text("nameserver 127.0.0.78\nnameserver 127.0.0.77\n")
     try:
         daemon = start_daemon(local_config=box.local_config(SERVICES), etc={"resolv.conf": str(resolv)}, extra_env={
             "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false"})
@@ -143,6 +175,16 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
         got_id, flags, _ = parse(answers[2])
         assert got_id == bad_id and flags & 0xF == 1, hex(flags)  # FORMERR
         assert parse(answers[3])[2] == [(1, 30, bytes([10, 96, 0, 42]))]
+
+        # Several queries on one TCP connection, the client's side then closed: each answered, in
+        # order, and the proxy closes its side (no connection left behind half-open).
+        ids_and_queries = [query("echo.shop.svc.cluster.local"), query("example.org"), query("echo")]
+        answers, closed = ask_pipelined(a, *[q for _, q in ids_and_queries])
+        assert [parse(x)[0] for x in answers] == [i for i, _ in ids_and_queries], answers
+        assert parse(answers[0])[2] == [(1, 30, bytes([10, 96, 0, 42]))]
+        assert parse(answers[1])[2] == [(1, 30, bytes([192, 0, 2, 7]))]
+        assert parse(answers[2])[1] & 0x8000, "a one-label name outside the pod's namespace: an answer all the same"
+        assert closed, "the proxy kept the half-closed connection open"
         assert daemon.proc.poll() is None and not daemon.audit_events("worker_exit"), daemon.audit()
     finally:
         stub.close()
