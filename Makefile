@@ -2,7 +2,7 @@
 # Each installs the Debian packages it needs first (only the missing ones).
 
 SHELL := /bin/bash
-APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3 iproute2 iptables buildah apparmor patch
+APT_PACKAGES := libssl-dev libnghttp2-dev libseccomp-dev libcap-dev pkg-config python3 iproute2 iptables buildah apparmor patch binutils
 FUZZ_SECONDS ?= 60
 FUZZ_SMOKE_SECONDS ?= 20
 
