@@ -22,6 +22,7 @@ final class DNSProxy: Sendable {
     private let network: String
     private let ipv6: Bool
     private let inFlight = NIOLockedValueBox<(total: Int, byPod: [String: Int])>((0, [:]))
+    private let metrics: DNSMetrics
     static let forwardTimeout = TimeAmount.seconds(5)
     static let maxRecords = 64
     static let maxForwardsPerPod = 32
@@ -31,8 +32,9 @@ final class DNSProxy: Sendable {
     // Written once by the NetWorker's main thread before any listener is adopted.
     nonisolated(unsafe) static var shared: DNSProxy?
 
-    init(state: NetWorkerState, group: EventLoopGroup, nameservers: [String]) {
+    init(state: NetWorkerState, group: EventLoopGroup, nameservers: [String], metrics: DNSMetrics) {
         self.state = state
+        self.metrics = metrics
         self.group = group
         upstreams = nameservers.compactMap { try? NIOCore.SocketAddress(ipAddress: $0, port: 53) }
         domain = state.configuration.string("CLUSTER_DOMAIN")
@@ -55,8 +57,9 @@ final class DNSProxy: Sendable {
         return out
     }
 
-    /// The answer to one message from pod `pod`, or nil to drop it (no header to answer).
-    func answer(_ bytes: [UInt8], pod: String, udp: Bool, on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
+    /// The answer to one message from pod `pod` (sent from `source`, an IP), or nil to drop it
+    /// (no header to answer).
+    func answer(_ bytes: [UInt8], pod: String, source: String?, udp: Bool, on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
         let query: DNSQuery
         do {
             query = try DNSQuery.parse(bytes)
@@ -69,24 +72,35 @@ final class DNSProxy: Sendable {
             Log.debug("dns query from a pod no longer served", [("pod", pod)])
             return loop.makeSucceededFuture(DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query))
         }
+        let client = state.workload(at: source, in: state.model)
+        let labels = DNSMetrics.Labels(queryType: DNSMetrics.typeName(query.type), udp: udp,
+                                       canonicalService: Self.orUnknown(client?.canonicalName),
+                                       canonicalRevision: Self.orUnknown(client?.canonicalRevision))
         if query.qclass == DNSQuery.classIN, query.type == DNSQuery.typeA || query.type == DNSQuery.typeAAAA,
            let name = query.name, let records = lookUp(name, v6: query.type == DNSQuery.typeAAAA, clientNamespace: namespace) {
             Log.debug("dns answered", [("pod", pod), ("query", name), ("records", "\(records.count)")])
+            metrics.answered(labels)
             return loop.makeSucceededFuture(DNSResponse.answer(query, records: records, udp: udp))
         }
         guard reserveForward(pod) else {
             Log.debug("dns forward refused: too many in flight", [("pod", pod)])
+            metrics.forwarded(labels, failed: true)
             return loop.makeSucceededFuture(DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query))
         }
         let deadline = NIODeadline.now() + Self.forwardTimeout
+        let metrics = self.metrics
         return forward(bytes, to: upstreams[...], until: deadline, on: loop).always { _ in self.releaseForward(pod) }
             .map { response -> [UInt8]? in
             guard let response, response.count >= 12, DNSQuery.u16(response, 0) == query.id else {
+                metrics.forwarded(labels, failed: true)
                 return DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query)
             }
+            metrics.forwarded(labels, failed: false)
             return udp ? DNSResponse.forUDP(response, query: query) : response
         }
     }
+
+    private static func orUnknown(_ value: String?) -> String { (value ?? "").isEmpty ? "unknown" : value ?? "unknown" }
 
     /// Addresses of the service the name means, or nil when no mesh service has it (forwarded).
     /// A service found without an address of the family asked is an empty answer, not a miss.
@@ -238,7 +252,7 @@ final class DNSDatagramHandler: ChannelInboundHandler, @unchecked Sendable {
         let envelope = unwrapInboundIn(data)
         let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes) ?? []
         let channel = context.channel
-        proxy.answer(bytes, pod: pod, udp: true, on: context.eventLoop).whenSuccess { answer in
+        proxy.answer(bytes, pod: pod, source: envelope.remoteAddress.ipAddress, udp: true, on: context.eventLoop).whenSuccess { answer in
             guard let answer else { return }
             var buffer = channel.allocator.buffer(capacity: answer.count)
             buffer.writeBytes(answer)
@@ -283,7 +297,7 @@ final class DNSStreamHandler: ChannelInboundHandler, @unchecked Sendable {
         // One at a time, in order: the next answer is written after the one before it.
         pending = previous.flatMap { () -> EventLoopFuture<[UInt8]?> in
             guard channel.isActive else { return loop.makeSucceededFuture(nil) }
-            return proxy.answer(query, pod: pod, udp: false, on: loop)
+            return proxy.answer(query, pod: pod, source: channel.remoteAddress?.ipAddress, udp: false, on: loop)
         }.map { answer in
             self.queued -= 1
             // No answer (no header to answer), or a client that stopped reading while answers

@@ -38,8 +38,9 @@ enum NetWorkerMain {
         let identities = IdentityTable()
         let reporter = BoundReporter()
         let metrics = TrafficMetrics()
+        let dnsMetrics = DNSMetrics(enabled: configuration.isInPodMode)
         let share = MetricsShare()
-        let counted: @Sendable () -> [String] = { reporter.metricLines() + metrics.metricLines() }
+        let counted: @Sendable () -> [String] = { reporter.metricLines() + metrics.metricLines() + dnsMetrics.metricLines() }
         let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
@@ -52,7 +53,7 @@ enum NetWorkerMain {
                 // waiting for a socket gives up at its deadline and the next one asks again.
                 try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)
             }
-            DNSProxy.shared = DNSProxy(state: state, group: group, nameservers: nameservers)
+            DNSProxy.shared = DNSProxy(state: state, group: group, nameservers: nameservers, metrics: dnsMetrics)
         }
         let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in
             // Never blocks an event loop: a full channel drops the lookup, which then times out.

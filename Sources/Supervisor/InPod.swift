@@ -85,10 +85,15 @@ final class InPod {
         var specs: [(String, String)] = [("outbound", "\(wildcard):15001"), ("inbound-plaintext", "\(wildcard):15006"),
                                          ("inbound", "\(wildcard):15008")]
         if configuration.string("UNSTABLE_ENABLE_SOCKS5") == "true" { specs.append(("socks5", "127.0.0.1:15080")) }
-        // The DNS proxy (§13): istio-cni redirects the pod's port-53 traffic to 127.0.0.1:15053.
+        // The DNS proxy (§13): istio-cni redirects the pod's port-53 traffic to 127.0.0.1:15053,
+        // and IPv6 DNS to [::1]:15053 (made only where the pod's loopback has IPv6).
         if configuration.dnsProxyEnabled {
             specs.append(("dns-tcp", "127.0.0.1:15053"))
             specs.append(("dns-udp", "127.0.0.1:15053"))
+            if ipv6 {
+                specs.append(("dns-tcp", "[::1]:15053"))
+                specs.append(("dns-udp", "[::1]:15053"))
+            }
         }
         listenerSpecs = specs.compactMap { name, text in SocketAddress.parse(text).map { (name, $0) } }
     }
@@ -375,9 +380,16 @@ final class InPod {
     }
 
     private func makeListeners(in netns: OwnedFD) throws -> [(name: String, fd: OwnedFD)] {
-        try listenerSpecs.map { name, address in
-            (name, name == "dns-udp" ? try bindDatagram(in: netns, on: address) : try listen(in: netns, on: address))
+        var made: [(name: String, fd: OwnedFD)] = []
+        for (name, address) in listenerSpecs {
+            do {
+                made.append((name, name == "dns-udp" ? try bindDatagram(in: netns, on: address) : try listen(in: netns, on: address)))
+            } catch let error as SyscallError where name.hasPrefix("dns-") && address.host == "::1"
+                && [EADDRNOTAVAIL, EAFNOSUPPORT].contains(error.errno) {
+                continue  // no IPv6 on the pod's loopback: no IPv6 DNS to capture either
+            }
         }
+        return made
     }
 
     /// The DNS proxy's UDP socket in the namespace: marked, bound. Never SO_REUSEADDR: on UDP it

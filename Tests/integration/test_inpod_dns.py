@@ -3,14 +3,16 @@
 service names are answered from the mesh model (A, authoritative, TTL 30, short names expanded
 from the pod's namespace); anything else goes, as it came, to ztunnel's own nameserver over TCP
 (a stub on 127.0.0.77:53 named by the daemon's resolv.conf); bad datagrams are dropped or
-refused and the proxy keeps serving. Namespaces and the istio-cni double as in test_inpod.py."""
+refused and the proxy keeps serving. The proxy also listens on [::1]:15053 where the pod's
+loopback has IPv6. The counters of §15.1 count what was answered and forwarded. Namespaces and
+the istio-cni double as in test_inpod.py."""
 import os
 import random
 import struct
 import subprocess
 import textwrap
 
-from daemon import wait_for
+from daemon import http, wait_for
 from dns_stub import DnsStub
 from mesh_box import MARK
 from test_inpod import box, cni, enrol, start, wait_ready  # noqa: F401 (fixtures)
@@ -38,6 +40,11 @@ _CLIENT = textwrap.dedent("""
                 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
                 s.settimeout(3)
                 s.sendto(payload, ("10.250.0.253", 53))
+                answer = s.recv(65535)
+            elif transport == "udp6":  # straight to [::1]:15053, where IPv6 capture sends it
+                s = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+                s.settimeout(3)
+                s.sendto(payload, ("::1", 15053))
                 answer = s.recv(65535)
             elif transport == "pipelined":
                 # Every query of the payload (hex, ","-separated) on one connection at once, then
@@ -151,9 +158,10 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
         v6_id, v6 = query("echo.shop.svc.cluster.local", qtype=28)
         ext_id, ext = query("example.org")
         tcp_id, tcp = query("echo.shop.svc.cluster.local")
-        answers = ask(a, ("udp", full), ("udp", short), ("udp", v6), ("udp", ext), ("tcp", tcp))
+        six_id, six = query("echo.shop.svc.cluster.local")
+        answers = ask(a, ("udp", full), ("udp", short), ("udp", v6), ("udp", ext), ("tcp", tcp), ("udp6", six))
         assert None not in answers, answers
-        for (ident, answer) in zip((full_id, short_id, tcp_id), (answers[0], answers[1], answers[4])):
+        for (ident, answer) in zip((full_id, short_id, tcp_id, six_id), (answers[0], answers[1], answers[4], answers[5])):
             got_id, flags, records = parse(answer)
             assert got_id == ident and flags & 0x8000 and flags & 0x0400 and flags & 0xF == 0, hex(flags)  # QR, AA, NOERROR
             assert records == [(1, 30, bytes([10, 96, 0, 42]))], records
@@ -185,6 +193,25 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
         assert parse(answers[1])[2] == [(1, 30, bytes([192, 0, 2, 7]))]
         assert parse(answers[2])[1] & 0x8000, "a one-label name outside the pod's namespace: an answer all the same"
         assert closed, "the proxy kept the half-closed connection open"
+
+        # The counters of §15.1: local answers and forwards by type and protocol, from pod a
+        # (no canonical labels in the local config: "unknown").
+        def dns_counter(family, qtype, protocol):
+            text = http(daemon.ports["stats"], "/metrics")[1]
+            prefix = f'{family}_total{{request_query_type="{qtype}",request_protocol="{protocol}",'
+            return sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(prefix))
+        # Answered here: over UDP the full name, the short one, the one over IPv6 and the one
+        # after the bad datagrams (A), the v4-only service's AAAA; over TCP the single query and the first
+        # pipelined one. Forwarded: example.org over each protocol, and over TCP the one-label
+        # "echo", which is no service in pod a's namespace. None failed (the refused first
+        # nameserver is passed over, not a failure).
+        assert dns_counter("istio_dns_requests", "a", "udp") == 4
+        assert dns_counter("istio_dns_requests", "aaaa", "udp") == 1
+        assert dns_counter("istio_dns_requests", "a", "tcp") == 2
+        assert dns_counter("istio_dns_upstream_requests", "a", "udp") == 1
+        assert dns_counter("istio_dns_upstream_requests", "a", "tcp") == 2
+        assert dns_counter("istio_dns_upstream_failures", "a", "udp") + dns_counter("istio_dns_upstream_failures", "a", "tcp") == 0
+
         assert daemon.proc.poll() is None and not daemon.audit_events("worker_exit"), daemon.audit()
     finally:
         stub.close()
