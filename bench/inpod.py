@@ -10,23 +10,86 @@ istio-cni's in-pod rules (Tests/integration/mesh_box.py) and a stand-in for isti
     sockets made in the pod's namespace (8) and without (one asked of the Supervisor per
     connection), and the same exchange with no capture (a marked socket, direct);
   - memory (PSS) of the Supervisor and the NetWorker with 2 pods and with INPOD_PODS more,
-    per pod.
+    per pod;
+  - the pods' DNS proxy (UDP to the pod's 127.0.0.1:15053, timed inside the pod): a mesh name
+    answered from the model, and a name forwarded over TCP to a stub nameserver (the same query
+    sent straight to the stub over TCP from the node is the baseline), median and p99 of
+    INPOD_DNS_QUERIES.
 
-  make bench-inpod          (INPOD_PODS=20, INPOD_CONNECTIONS=300 by default)
+  make bench-inpod          (INPOD_PODS=20, INPOD_CONNECTIONS=300, INPOD_DNS_QUERIES=1000)
 """
 import os
+import socket
 import statistics
+import struct
 import sys
+import tempfile
+import textwrap
 import time
 
 from common import pss_kib  # noqa: E402 (sets the path and the release binaries first)
 from cni_double import CniDouble  # noqa: E402
 from daemon import Daemon, http, wait_for  # noqa: E402
+from dns_stub import DnsStub  # noqa: E402
 from mesh_box import MeshBox  # noqa: E402
 
 PODS = int(os.environ.get("INPOD_PODS", "20"))
 CONNECTIONS = int(os.environ.get("INPOD_CONNECTIONS", "300"))
+DNS_QUERIES = int(os.environ.get("INPOD_DNS_QUERIES", "1000"))
 MARK = 0x539
+STUB = "127.0.0.77"
+SERVICES = textwrap.dedent("""\
+    services:
+    - name: echo
+      namespace: shop
+      hostname: echo.shop.svc.cluster.local
+      vips: ["/10.96.0.42"]
+      ports:
+        80: 8080
+    """)
+
+# Run inside a pod: COUNT queries for NAME to 127.0.0.1:15053 over UDP, one at a time; prints
+# the median and p99 in microseconds.
+_DNS_TIMER = textwrap.dedent("""
+    import socket, struct, sys, time
+    name, count = sys.argv[1], int(sys.argv[2])
+    question = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\\0\\0\\1\\0\\1"
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.settimeout(5)
+    times = []
+    for i in range(count):
+        query = struct.pack("!HHHHHH", i & 0xffff, 0x0100, 1, 0, 0, 0) + question
+        start = time.perf_counter()
+        s.sendto(query, ("127.0.0.1", 15053))
+        while struct.unpack("!H", s.recv(4096)[:2])[0] != i & 0xffff:
+            pass
+        times.append(time.perf_counter() - start)
+    times.sort()
+    print(times[len(times) // 2] * 1e6, times[int(len(times) * 0.99)] * 1e6)
+""")
+
+
+def dns_series(pod, name, count):
+    median, p99 = pod.run("python3", "-c", _DNS_TIMER, name, str(count), timeout=600).stdout.split()
+    return float(median), float(p99)
+
+
+def stub_series(name, count):
+    """The same query straight to the stub over TCP (one connection each, as the proxy forwards)."""
+    question = b"".join(bytes([len(l)]) + l.encode() for l in name.split(".")) + b"\0\0\1\0\1"
+    times = []
+    for i in range(count):
+        query = struct.pack("!HHHHHH", i, 0x0100, 1, 0, 0, 0) + question
+        start = time.perf_counter()
+        with socket.create_connection((STUB, 53), timeout=5) as s:
+            s.sendall(struct.pack("!H", len(query)) + query)
+            length = struct.unpack("!H", s.recv(2))[0]
+            got = b""
+            while len(got) < length:
+                got += s.recv(length - len(got))
+        times.append(time.perf_counter() - start)
+    times.sort()
+    return times[len(times) // 2] * 1e6, times[int(len(times) * 0.99)] * 1e6
 
 
 def ready(daemon):
@@ -65,13 +128,17 @@ def run(pool):
     box = MeshBox(pods=PODS + 2)
     cni = CniDouble()
     cni.start()
+    stub = DnsStub(STUB, {"example.org": "192.0.2.7"}, tcp=True)
+    resolv = tempfile.NamedTemporaryFile("w", prefix="bench-resolv-", delete=False)
+    resolv.write(f"nameserver {STUB}\n")
+    resolv.close()
     daemon = None
     try:
         a, b = box.pods[0], box.pods[1]
         echo = b.echo_server(8080)
-        daemon = Daemon(local_config=box.local_config(), extra_env={
-            "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false", "RUST_LOG": "warn",
-            "ZTUNNEL_POD_SOCKET_POOL": str(pool)})
+        daemon = Daemon(local_config=box.local_config(SERVICES), etc={"resolv.conf": resolv.name}, pod_seccomp="errno",
+                        extra_env={"INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false",
+                                   "RUST_LOG": "warn", "ZTUNNEL_POD_SOCKET_POOL": str(pool)})
         wait_for(lambda: cni.connected, 60, "the ZDS connection")
         for pod in (a, b):
             assert cni.add(**pod.info()) == ""
@@ -84,6 +151,9 @@ def run(pool):
         figures["captured"] = series(a, b.ip, 8080)
         if pool:
             figures["direct"] = series(a, b.ip, 8080, mark=MARK)
+            figures["dns_local"] = dns_series(a, "echo.shop.svc.cluster.local", DNS_QUERIES)
+            figures["dns_forwarded"] = dns_series(a, "example.org", max(DNS_QUERIES // 5, 10))
+            figures["dns_stub"] = stub_series("example.org", max(DNS_QUERIES // 5, 10))
             acks, served = [], []
             for pod in box.pods[2:]:
                 start = time.perf_counter()
@@ -101,6 +171,8 @@ def run(pool):
         if daemon:
             daemon.stop()
         cni.stop()
+        stub.close()
+        os.unlink(resolv.name)
         box.cleanup()
 
 
@@ -127,6 +199,13 @@ def main():
     print(f"  through 15001 over HBONE, socket pool of 8:        p50 {p50:.0f} us p90 {p90:.0f} us")
     print(f"  through 15001 over HBONE, one socket asked per connection: p50 {u50:.0f} us p90 {u90:.0f} us"
           f"  (the Supervisor round trip: {u50 - p50:+.0f} us at p50)")
+    l50, l99 = pooled["dns_local"]
+    f50, f99 = pooled["dns_forwarded"]
+    t50, t99 = pooled["dns_stub"]
+    print(f"DNS over UDP from a pod to its 15053: a mesh name answered here p50 {l50:.0f} us p99 {l99:.0f} us "
+          f"({DNS_QUERIES} queries)")
+    print(f"  a name forwarded over TCP to the stub p50 {f50:.0f} us p99 {f99:.0f} us; the stub over TCP straight "
+          f"from the node p50 {t50:.0f} us p99 {t99:.0f} us ({f50 / t50:.2f}x)")
     (s0, n0), (s1, n1) = pooled["memory"]
     print(f"memory (PSS): Supervisor {s0} -> {s1} KiB, NetWorker {n0} -> {n1} KiB with {PODS} more pods: "
           f"{(s1 - s0 + n1 - n0) / PODS:.0f} KiB per pod")

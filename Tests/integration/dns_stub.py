@@ -100,6 +100,14 @@ class DnsStub:
         return header + question + answers
 
     def close(self):
-        self.sock.close()
-        if self.listener:
-            self.listener.close()
+        """Frees the port at once: a socket closed under a thread blocked in it stays bound until
+        that call returns, so the calls are woken first (shutdown), then the threads joined."""
+        for sock in (self.sock, self.listener):
+            if sock is None:
+                continue
+            try:
+                sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass  # an unconnected UDP socket says ENOTCONN, and its reader is woken all the same
+            sock.close()
+        self.thread.join(timeout=5)
