@@ -10,20 +10,23 @@ import Glibc
 
 /// The per-pod DNS proxy on 15053 (ISTIO_COMPAT §13), UDP and TCP, in in-pod mode: istio-cni
 /// redirects each enrolled pod's DNS there. A/AAAA questions for mesh services are answered from
-/// the mesh model (authoritative, TTL 30 s); everything else is forwarded, as it came, to the
-/// nameservers of ztunnel's own /etc/resolv.conf (read before the sandbox) in order, over TCP
-/// (the NetWorker may not make UDP sockets): one connection per query, at most 32 at once per
-/// pod and 256 per NetWorker (beyond: SERVFAIL), 5 s for the whole attempt.
+/// the mesh model (authoritative, TTL 30 s); everything else is forwarded to the nameservers of
+/// ztunnel's own /etc/resolv.conf, in order. Over UDP, through sockets the Supervisor made and
+/// connected to each nameserver (a NetWorker may not make UDP sockets), each query under a
+/// random id of ours; an answer with TC set, or no UDP socket, goes over TCP, one connection per
+/// query. At most 32 forwards in flight per pod and 256 per NetWorker (beyond: SERVFAIL), 5 s
+/// for the whole attempt.
 final class DNSProxy: Sendable {
     private let state: NetWorkerState
     private let group: EventLoopGroup
-    private let upstreams: [NIOCore.SocketAddress]
+    private let upstreams = NIOLockedValueBox<[DNSUpstream]>([])
     private let domain: String
     private let network: String
     private let ipv6: Bool
     private let inFlight = NIOLockedValueBox<(total: Int, byPod: [String: Int])>((0, [:]))
     private let metrics: DNSMetrics
     static let forwardTimeout = TimeAmount.seconds(5)
+    static let udpTryTimeout = TimeAmount.seconds(2)
     static let maxRecords = 64
     static let maxForwardsPerPod = 32
     static let maxForwards = 256
@@ -32,29 +35,43 @@ final class DNSProxy: Sendable {
     // Written once by the NetWorker's main thread before any listener is adopted.
     nonisolated(unsafe) static var shared: DNSProxy?
 
-    init(state: NetWorkerState, group: EventLoopGroup, nameservers: [String], metrics: DNSMetrics) {
+    init(state: NetWorkerState, group: EventLoopGroup, metrics: DNSMetrics) {
         self.state = state
         self.metrics = metrics
         self.group = group
-        upstreams = nameservers.compactMap { try? NIOCore.SocketAddress(ipAddress: $0, port: 53) }
         domain = state.configuration.string("CLUSTER_DOMAIN")
         network = state.configuration.string("NETWORK")
         ipv6 = state.configuration.bool("IPV6_ENABLED")
-        if upstreams.isEmpty {
-            Log.warn("dns proxy: no usable nameserver in ztunnel's /etc/resolv.conf; names outside the mesh get SERVFAIL",
-                     [("read", nameservers.joined(separator: " "))])
-        }
     }
 
-    /// The nameservers of a resolv.conf text, in order (at most 3, as glibc reads).
-    static func nameservers(resolvConf text: String) -> [String] {
-        var out: [String] = []
-        for line in text.split(separator: "\n") {
-            let fields = line.split(whereSeparator: { $0 == " " || $0 == "\t" })
-            guard fields.count >= 2, fields[0] == "nameserver", out.count < 3 else { continue }
-            out.append(String(fields[1]))
+    /// A UDP socket connected to one nameserver, from the Supervisor (in resolv.conf's order).
+    func addUpstream(_ fd: OwnedFD) {
+        var storage = sockaddr_storage()
+        var length = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let named = withUnsafeMutablePointer(to: &storage) { pointer in
+            pointer.withMemoryRebound(to: sockaddr.self, capacity: 1) { getpeername(fd.rawValue, $0, &length) }
         }
-        return out
+        var peer: NIOCore.SocketAddress?
+        if named == 0 && Int32(storage.ss_family) == AF_INET {
+            peer = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { NIOCore.SocketAddress($0.pointee, host: "") } }
+        } else if named == 0 && Int32(storage.ss_family) == AF_INET6 {
+            peer = withUnsafePointer(to: &storage) { $0.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { NIOCore.SocketAddress($0.pointee, host: "") } }
+        }
+        guard let address = peer else {
+            Log.warn("dns proxy: an upstream socket without a peer; ignored")
+            return
+        }
+        let upstream = DNSUpstream(address: address)
+        do {
+            upstream.channel = try DatagramBootstrap(group: group)
+                .channelInitializer { $0.pipeline.addHandler(DNSUpstreamHandler(upstream: upstream)) }
+                .withBoundSocket(fd.take()).wait()
+        } catch {
+            Log.warn("dns proxy: cannot use the socket to nameserver \(address): \(error)")
+            return
+        }
+        upstreams.withLockedValue { $0.append(upstream) }
+        Log.info("dns proxy: forwarding to nameserver \(address)")
     }
 
     /// The answer to one message from pod `pod` (sent from `source`, an IP), or nil to drop it
@@ -89,6 +106,7 @@ final class DNSProxy: Sendable {
         }
         let deadline = NIODeadline.now() + Self.forwardTimeout
         let metrics = self.metrics
+        let upstreams = self.upstreams.withLockedValue { $0 }
         return forward(bytes, to: upstreams[...], until: deadline, on: loop).always { _ in self.releaseForward(pod) }
             .map { response -> [UInt8]? in
             guard let response, response.count >= 12, DNSQuery.u16(response, 0) == query.id else {
@@ -154,18 +172,28 @@ final class DNSProxy: Sendable {
         }
     }
 
-    /// The query, as it came, to the first of `upstreams` that answers, over TCP (a 2-byte
-    /// length before each message); its answer, or nil when none did by the deadline.
-    private func forward(_ bytes: [UInt8], to upstreams: ArraySlice<NIOCore.SocketAddress>, until deadline: NIODeadline,
+    /// The query to the first of `upstreams` that answers: over UDP (2 s a try), then over TCP
+    /// when its UDP answer was truncated; its answer (with the query's own id), or nil when none
+    /// answered by the deadline.
+    private func forward(_ bytes: [UInt8], to upstreams: ArraySlice<DNSUpstream>, until deadline: NIODeadline,
                          on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
         guard let upstream = upstreams.first, deadline > .now() else { return loop.makeSucceededFuture(nil) }
-        return forward(bytes, to: upstream, until: deadline, on: loop).flatMap { answer in
+        let tryDeadline = min(deadline, .now() + Self.udpTryTimeout)
+        return upstream.ask(bytes, until: tryDeadline, on: loop).hop(to: loop).flatMap { answer -> EventLoopFuture<[UInt8]?> in
+            if let answer, answer.count >= 12, answer[2] & 0x02 == 0 { return loop.makeSucceededFuture(answer) }
+            if answer != nil {  // truncated: the whole answer over TCP from the same nameserver
+                return self.forwardTCP(bytes, to: upstream.address, until: deadline, on: loop)
+            }
+            return loop.makeSucceededFuture(nil)
+        }.flatMap { answer in
             answer.map { loop.makeSucceededFuture($0) } ?? self.forward(bytes, to: upstreams.dropFirst(), until: deadline, on: loop)
         }
     }
 
-    private func forward(_ bytes: [UInt8], to upstream: NIOCore.SocketAddress, until deadline: NIODeadline,
-                         on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
+    /// The query, as it came, over TCP (a 2-byte length before each message); its answer, or
+    /// nil on any failure or at the deadline.
+    private func forwardTCP(_ bytes: [UInt8], to upstream: NIOCore.SocketAddress, until deadline: NIODeadline,
+                            on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {
         let promise = loop.makePromise(of: [UInt8]?.self)
         ClientBootstrap(group: loop)
             .connectTimeout(deadline - .now())
@@ -325,5 +353,75 @@ final class DNSStreamHandler: ChannelInboundHandler, @unchecked Sendable {
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         context.close(promise: nil)
+    }
+}
+
+/// One nameserver over a connected UDP socket: each query goes out under a random id of ours,
+/// not in use on this socket; the answer comes back under its own id. All state lives on the
+/// channel's event loop.
+final class DNSUpstream: @unchecked Sendable {
+    let address: NIOCore.SocketAddress
+    var channel: Channel?
+    private var pending: [UInt16: (id: UInt16, promise: EventLoopPromise<[UInt8]?>, timeout: Scheduled<Void>)] = [:]
+    static let maxPending = 1024
+
+    init(address: NIOCore.SocketAddress) { self.address = address }
+
+    /// The answer to `query` (its id restored), or nil at `deadline` or on any failure.
+    func ask(_ query: [UInt8], until deadline: NIODeadline, on caller: EventLoop) -> EventLoopFuture<[UInt8]?> {
+        guard let channel else { return caller.makeSucceededFuture(nil) }
+        let loop = channel.eventLoop
+        return loop.flatSubmit {
+            guard query.count >= 12, self.pending.count < Self.maxPending else { return loop.makeSucceededFuture(nil) }
+            var ours = UInt16.random(in: 0...UInt16.max)
+            while self.pending[ours] != nil { ours = UInt16.random(in: 0...UInt16.max) }
+            let promise = loop.makePromise(of: [UInt8]?.self)
+            let timeout = loop.scheduleTask(deadline: deadline) { self.complete(ours, with: nil) }
+            self.pending[ours] = (DNSQuery.u16(query, 0), promise, timeout)
+            var buffer = channel.allocator.buffer(capacity: query.count)
+            buffer.writeBytes(DNSResponse.be16(ours))
+            buffer.writeBytes(query[2...])
+            channel.writeAndFlush(AddressedEnvelope(remoteAddress: self.address, data: buffer)).whenFailure { error in
+                Log.debug("dns upstream \(self.address): \(error)")
+                self.complete(ours, with: nil)
+            }
+            return promise.futureResult
+        }
+    }
+
+    /// On the channel's loop: the waiting query with id `ours` gets `answer` (its id restored).
+    func complete(_ ours: UInt16, with answer: [UInt8]?) {
+        guard let waiting = pending.removeValue(forKey: ours) else { return }
+        waiting.timeout.cancel()
+        guard var answer else { return waiting.promise.succeed(nil) }
+        answer[0] = UInt8(waiting.id >> 8)
+        answer[1] = UInt8(waiting.id & 0xff)
+        waiting.promise.succeed(answer)
+    }
+
+    /// On the channel's loop: the nameserver refused (ICMP port unreachable on the connected
+    /// socket): every query waiting on it goes on to the next nameserver now.
+    func failAll() {
+        for ours in Array(pending.keys) { complete(ours, with: nil) }
+    }
+}
+
+/// Answers from a nameserver's connected UDP socket (the kernel passes only its datagrams).
+private final class DNSUpstreamHandler: ChannelInboundHandler, @unchecked Sendable {
+    typealias InboundIn = AddressedEnvelope<ByteBuffer>
+    private let upstream: DNSUpstream
+
+    init(upstream: DNSUpstream) { self.upstream = upstream }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        let envelope = unwrapInboundIn(data)
+        guard let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes),
+              bytes.count >= 12, bytes[2] & 0x80 != 0 else { return }
+        upstream.complete(DNSQuery.u16(bytes, 0), with: bytes)
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        Log.debug("dns upstream: \(error)")
+        if let error = error as? IOError, error.errnoCode == ECONNREFUSED { upstream.failAll() }
     }
 }

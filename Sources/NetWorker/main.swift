@@ -16,15 +16,7 @@ enum NetWorkerMain {
         // allowlist has no open(2).
         let cores = System.coreCount
         let signer = SignerClient()
-        // Before the sandbox: ztunnel's own nameservers, where the pods' DNS proxy forwards.
-        var nameservers: [String] = []
-        let started = WorkerBootstrap.start(as: .netWorker) { configuration in
-            try TLSContext.installProvider(signer)
-            if configuration.isInPodMode {
-                let text = (try? Syscall.readFile("/etc/resolv.conf", limit: 64 << 10)).map { String(decoding: $0, as: UTF8.self) }
-                nameservers = DNSProxy.nameservers(resolvConf: text ?? "")
-            }
-        }
+        let started = WorkerBootstrap.start(as: .netWorker) { _ in try TLSContext.installProvider(signer) }
         let channel = started.channel
         let configuration = started.configuration
         let state = NetWorkerState(configuration: configuration, index: started.setup.index)
@@ -53,7 +45,7 @@ enum NetWorkerMain {
                 // waiting for a socket gives up at its deadline and the next one asks again.
                 try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)
             }
-            DNSProxy.shared = DNSProxy(state: state, group: group, nameservers: nameservers, metrics: dnsMetrics)
+            DNSProxy.shared = DNSProxy(state: state, group: group, metrics: dnsMetrics)
         }
         let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in
             // Never blocks an event loop: a full channel drops the lookup, which then times out.
@@ -142,6 +134,8 @@ struct ControlLoop {
         while true {
             guard let message = WorkerBootstrap.nextMessage(from: channel, blocking: true) else { continue }
             switch message {
+            case .listener("dns-upstream", let fd):
+                DNSProxy.shared?.addUpstream(fd)
             case .listener(let name, let fd):
                 if usesXDS && snapshot == nil && !ListenerFactory.controlListeners.contains(name) {
                     heldListeners.append((name, fd, nil))

@@ -269,6 +269,11 @@ final class Supervisor {
                 try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame(), blocking: false)
             }
         }
+        if slot.spec.receivesListeners, inPod != nil, configuration.dnsProxyEnabled {
+            for fd in DNSUpstreams.connectedSockets() {
+                try ipc.send(SupervisorMessage.listener(name: "dns-upstream", fd: fd).frame(), blocking: false)
+            }
+        }
         if slot.spec.receivesListeners, let inPod {
             for uid in inPod.pods.keys.sorted() {
                 for frame in podFrames(uid, inPod, for: slot) { try ipc.send(frame, blocking: false) }

@@ -9,8 +9,10 @@ import threading
 
 
 class DnsStub:
-    def __init__(self, host, answers, port=53, tcp=False):
-        """`answers`: {name: IPv4 text}."""
+    def __init__(self, host, answers, port=53, tcp=False, truncate_udp=()):
+        """`answers`: {name: IPv4 text}. `truncate_udp`: names answered over UDP with TC set and no
+        records (the full answer comes over TCP)."""
+        self.truncate_udp = {name.lower() for name in truncate_udp}
         self.answers = {name.lower().rstrip("."): socket.inet_aton(ip) for name, ip in answers.items()}
         self.queries = []
         self.tcp_queries = []
@@ -69,11 +71,11 @@ class DnsStub:
                 packet, peer = self.sock.recvfrom(512)
             except OSError:
                 return
-            reply = self._answer(packet)
+            reply = self._answer(packet, udp=True)
             if reply:
                 self.sock.sendto(reply, peer)
 
-    def _answer(self, packet):
+    def _answer(self, packet, udp=False):
         if len(packet) < 12:
             return None
         ident, _flags, qdcount = struct.unpack("!HHH", packet[:6])
@@ -96,6 +98,8 @@ class DnsStub:
         answers = b""
         if known and qtype == 1:
             answers = b"\xc0\x0c" + struct.pack("!HHIH", 1, 1, 30, 4) + self.answers[name]
+        if udp and name in self.truncate_udp:
+            return struct.pack("!HHHHHH", ident, 0x8380 | rcode, 1, 0, 0, 0) + question  # TC, no records
         header = struct.pack("!HHHHHH", ident, 0x8180 | rcode, 1, 1 if answers else 0, 0, 0)
         return header + question + answers
 

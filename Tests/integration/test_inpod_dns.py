@@ -141,9 +141,10 @@ def capture_dns(box, pod):
 def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(box, cni, start_daemon, tmp_path):
     a = box.pod("a")
     capture_dns(box, a)
-    stub = DnsStub("127.0.0.77", {"example.org": "192.0.2.7"}, tcp=True)
+    stub = DnsStub("127.0.0.77", {"example.org": "192.0.2.7", "big.example": "192.0.2.8"}, tcp=True,
+                   truncate_udp=["big.example"])
     resolv = tmp_path / "resolv.conf"
-    # The first nameserver refuses TCP (nothing listens there): forwarding goes on to the next.
+    # The first nameserver refuses (nothing listens there): forwarding goes on to the next.
     resolv.write_text("nameserver 127.0.0.78\nnameserver 127.0.0.77\n")
     try:
         daemon = start_daemon(local_config=box.local_config(SERVICES), etc={"resolv.conf": str(resolv)}, extra_env={
@@ -168,10 +169,18 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
         # The service has no IPv6 VIP: an empty NOERROR, not NXDOMAIN.
         got_id, flags, records = parse(answers[2])
         assert got_id == v6_id and flags & 0xF == 0 and records == [], (hex(flags), records)
-        # Not a mesh name: forwarded over TCP to ztunnel's nameserver, its answer returned.
+        # Not a mesh name: forwarded over UDP to ztunnel's nameserver (through the socket the
+        # Supervisor connected to it), its answer returned under the client's id.
         got_id, flags, records = parse(answers[3])
         assert got_id == ext_id and records == [(1, 30, bytes([192, 0, 2, 7]))], records
-        assert ("example.org", 1) in stub.tcp_queries and not [q for q in stub.queries if q[0].startswith("echo")]
+        assert ("example.org", 1) in stub.queries and ("example.org", 1) not in stub.tcp_queries
+        assert not [q for q in stub.queries if q[0].startswith("echo")]
+        # An answer the nameserver truncated over UDP is fetched again over TCP.
+        big_id, big = query("big.example")
+        (answer,) = ask(a, ("udp", big))
+        assert answer is not None and parse(answer)[0] == big_id
+        assert parse(answer)[2] == [(1, 30, bytes([192, 0, 2, 8]))] and not answer[2] & 0x02
+        assert ("big.example", 1) in stub.tcp_queries
 
         # Bad datagrams: no header (dropped), a response (dropped), two questions (FORMERR); the
         # proxy then still answers.
@@ -202,13 +211,13 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
             return sum(int(l.rsplit(" ", 1)[1]) for l in text.splitlines() if l.startswith(prefix))
         # Answered here: over UDP the full name, the short one, the one over IPv6 and the one
         # after the bad datagrams (A), the v4-only service's AAAA; over TCP the single query and the first
-        # pipelined one. Forwarded: example.org over each protocol, and over TCP the one-label
+        # pipelined one. Forwarded: example.org over each protocol, big.example over UDP, and over TCP the one-label
         # "echo", which is no service in pod a's namespace. None failed (the refused first
         # nameserver is passed over, not a failure).
         assert dns_counter("istio_dns_requests", "a", "udp") == 4
         assert dns_counter("istio_dns_requests", "aaaa", "udp") == 1
         assert dns_counter("istio_dns_requests", "a", "tcp") == 2
-        assert dns_counter("istio_dns_upstream_requests", "a", "udp") == 1
+        assert dns_counter("istio_dns_upstream_requests", "a", "udp") == 2
         assert dns_counter("istio_dns_upstream_requests", "a", "tcp") == 2
         assert dns_counter("istio_dns_upstream_failures", "a", "udp") + dns_counter("istio_dns_upstream_failures", "a", "tcp") == 0
 
