@@ -104,10 +104,4 @@ import Testing
         #expect(DNSNames.candidates("", clientNamespace: "web", domain: "cluster.local").isEmpty)
         #expect(DNSNames.candidates("a..b", clientNamespace: "web", domain: "cluster.local").isEmpty)
     }
-
-    @Test func nameserversAreReadAsGlibcReadsThem() {
-        let text = "search svc.cluster.local\nnameserver 10.96.0.10\n# nameserver 1.1.1.1\nnameserver\t10.96.0.11\noptions ndots:5\n"
-            + "nameserver 3.3.3.3\nnameserver 4.4.4.4\n"
-        #expect(DNSProxy.nameservers(resolvConf: text) == ["10.96.0.10", "10.96.0.11", "3.3.3.3"])
-    }
 }
