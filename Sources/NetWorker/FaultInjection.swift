@@ -48,6 +48,9 @@ enum FaultInjection {
         case certConnect = "cert-connect"
         /// An `audit` frame, which only the CertWorker may send: the Supervisor kills the NetWorker.
         case sendAudit = "send-audit"
+        /// Bytes that are no sign request, on the signer channel: the CertWorker closes the channel
+        /// and reports a signer violation, and the Supervisor replaces the NetWorker.
+        case badSign = "bad-sign"
         /// podSocketsWanted for a pod that is not served: refused by the Supervisor (no sockets).
         case podSocketsUnserved = "pod-sockets-unserved"
         /// 100 podSocketsWanted of 64 at once: past the 4,096 a second budget (spent before the
@@ -60,7 +63,7 @@ enum FaultInjection {
     }
 
     /// Runs on the NetWorker's main (control) thread after the response is written.
-    static func inject(_ kind: Kind, port: UInt16, channel: IPCSocket) {
+    static func inject(_ kind: Kind, port: UInt16, channel: IPCSocket, signer: SignerClient) {
         switch kind {
         case .seccomp:
             _ = CShims_forbidden_syscall()
@@ -100,6 +103,8 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.makeDirectory, port: 0).frame())
         case .certConnect:
             try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
+        case .badSign:
+            signer.sendRawForFaultInjection([0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x01])
         case .sendAudit:
             try? channel.send(WorkerMessage.audit(event: "certificate_issued", fields: [("identity", "forged")]).frame())
         case .podSocketsUnserved, .podSocketsFlood:

@@ -121,6 +121,12 @@ final class SignerClient: @unchecked Sendable {
         }
     }
 
+    /// Fault injection only (ZTUNNEL_DEBUG_FAULT_INJECTION): bytes as they are, on the channel.
+    func sendRawForFaultInjection(_ bytes: [UInt8]) {
+        let channel = condition.withLock { self.channel }
+        try? channel?.sendRaw(bytes, blocking: false)
+    }
+
     /// Sends a sign request without waiting; `completion` runs on the reader thread with the
     /// signature, or nil on refusal. Returns the request id (for `cancel`), or nil when there is
     /// no channel or the request could not be queued.

@@ -79,7 +79,7 @@ enum NetWorkerMain {
                 case .setLogFilter(let filter):
                     _ = try? Log.setFilter(filter)
                     try? channel.send(WorkerMessage.logFilter(filter).frame(), blocking: false)
-                case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel)
+                case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel, signer: signer)
                 }
             })
         share.startPublishing(on: group.next(), counted)

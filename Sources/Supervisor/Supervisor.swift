@@ -243,6 +243,14 @@ final class Supervisor {
                 throw Violation("audit event \(event) is not one the CertWorker may write, or forges a reserved key")
             }
             audit.record(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) })
+            // The CertWorker closed a NetWorker's signer channel for bad requests: that NetWorker
+            // can no longer complete a handshake, and it may be compromised. It is replaced (with
+            // a new channel), as for a violation of its own IPC.
+            if event == "signer_violation", let index = fields.first(where: { $0.0 == "net_worker" }).flatMap({ UInt16($0.1) }),
+               let net = liveNetWorkers.first(where: { $0.index == index }) {
+                Log.error("security: the CertWorker closed \(net.name)'s signer channel; replacing it", [("pid", "\(net.pid)")])
+                kill(net, reason: "killed by the supervisor: signer violation reported by the CertWorker")
+            }
         default:
             throw Violation("\(message.code) is not permitted from \(slot.spec.role) in state \(slot.state)")
         }

@@ -155,3 +155,30 @@ def test_a_networker_that_sends_audit_is_killed_and_nothing_is_recorded_for_it(s
     (violation,) = daemon.audit_events("ipc_violation")
     assert violation["pid"] == old and violation["role"] == "net-worker", violation
     assert not [e for e in daemon.audit_events("certificate_issued") if e.get("identity") == "forged"]
+
+
+def test_bad_bytes_on_the_signer_channel_get_the_networker_replaced(start_daemon):
+    """A NetWorker that sends the CertWorker something that is no sign request (fault probe
+    `bad-sign`) loses its signer channel (`signer_violation`, a security event from the
+    CertWorker), and the Supervisor replaces it: a NetWorker without a signer channel could
+    complete no handshake, and it may be compromised. The replacement signs again."""
+    from test_outbound_hbone import config as hbone_config, round_trip
+    from daemon import socks5_connect
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon = start_daemon(local_config=hbone_config(echo.port), hbone_wildcard=True,
+                              extra_env={**FAULTS, "UNSTABLE_ENABLE_SOCKS5": "true"})
+        daemon.wait_ready()
+        (old,) = daemon.workers("net-worker")
+        inject(daemon, "bad-sign")
+        replaced(daemon, "net-worker", old)
+        (violation,) = daemon.audit_events("signer_violation")
+        assert violation["net_worker"] == "0" and violation["security"] == "true", violation
+        (exit_event,) = daemon.audit_events("worker_exit")
+        assert exit_event["pid"] == old and "signer violation" in exit_event["cause"], exit_event
+        daemon.wait_ready()
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
+        with sock:
+            assert code == 0 and round_trip(sock, b"signed again") == b"signed again"
+    finally:
+        echo.close()
