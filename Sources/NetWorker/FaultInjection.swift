@@ -51,6 +51,9 @@ enum FaultInjection {
         /// Bytes that are no sign request, on the signer channel: the CertWorker closes the channel
         /// and reports a signer violation, and the Supervisor replaces the NetWorker.
         case badSign = "bad-sign"
+        /// 64 well-formed sign requests for a handle that names no key: refused one by one, then
+        /// the CertWorker closes the channel (its cutoff) and the Supervisor replaces the NetWorker.
+        case refusedSigns = "refused-signs"
         /// podSocketsWanted for a pod that is not served: refused by the Supervisor (no sockets).
         case podSocketsUnserved = "pod-sockets-unserved"
         /// 100 podSocketsWanted of 64 at once: past the 4,096 a second budget (spent before the
@@ -105,6 +108,13 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
         case .badSign:
             signer.sendRawForFaultInjection([0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x01])
+        case .refusedSigns:
+            // A TLS 1.3 server CertificateVerify input over a 32-byte hash, as the oracle accepts.
+            let content = [UInt8](repeating: 0x20, count: 64) + Array("TLS 1.3, server CertificateVerify".utf8) + [0]
+                + [UInt8](repeating: 0xab, count: 32)
+            for _ in 0..<64 {
+                _ = signer.signAsync(handle: [UInt8](repeating: 0x5a, count: 32), content: content) { _ in }
+            }
         case .sendAudit:
             try? channel.send(WorkerMessage.audit(event: "certificate_issued", fields: [("identity", "forged")]).frame())
         case .podSocketsUnserved, .podSocketsFlood:

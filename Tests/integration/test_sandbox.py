@@ -182,3 +182,17 @@ def test_bad_bytes_on_the_signer_channel_get_the_networker_replaced(start_daemon
             assert code == 0 and round_trip(sock, b"signed again") == b"signed again"
     finally:
         echo.close()
+
+
+def test_sixty_four_refused_signs_close_the_channel_and_replace_the_networker(start_daemon):
+    """Sign requests the CertWorker refuses (a handle that names no key, fault probe
+    `refused-signs`) are audited (the first 8 `sign_refused`), and the 64th in a minute closes
+    the NetWorker's signer channel: a `signer_violation`, and the NetWorker is replaced."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    (old,) = daemon.workers("net-worker")
+    inject(daemon, "refused-signs")
+    replaced(daemon, "net-worker", old)
+    assert len(daemon.audit_events("sign_refused")) == 8
+    (violation,) = daemon.audit_events("signer_violation")
+    assert violation["reason"] == "64 refused sign requests", violation
