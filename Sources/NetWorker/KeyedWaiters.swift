@@ -67,6 +67,8 @@ final class KeyedWaiters: @unchecked Sendable {
 
     var waitingCount: Int { lock.withLock { count } }
 
+    func isWaiting(for key: String) -> Bool { lock.withLock { waiting[key] != nil } }
+
     private func expire(_ waiter: Waiter, key: String) {
         let fire = lock.withLock { () -> Bool in
             guard !waiter.done else { return false }
@@ -92,13 +94,16 @@ final class OnDemandLookups: @unchecked Sendable {
 
     let isEnabled: Bool
     private let waiters = KeyedWaiters(capacity: OnDemandLookups.capacity, timeout: OnDemandLookups.timeout)
-    private let ask: @Sendable (String) -> Void
+    /// Sends the lookup to the Supervisor; false when it could not be sent now (the channel is
+    /// full: it is asked again every 100 ms while someone still waits for it).
+    private let ask: @Sendable (String) -> Bool
+    static let askRetryDelay: TimeAmount = .milliseconds(100)
     private let lock = Mutex()
     /// Keys answered in a snapshot not yet in force here, with that snapshot's generation.
     private var answeredIn: [String: UInt64] = [:]
     private var appliedGeneration: UInt64 = 0
 
-    init(isEnabled: Bool, ask: @escaping @Sendable (String) -> Void) {
+    init(isEnabled: Bool, ask: @escaping @Sendable (String) -> Bool) {
         self.isEnabled = isEnabled
         self.ask = ask
     }
@@ -130,7 +135,7 @@ final class OnDemandLookups: @unchecked Sendable {
                 complete = false
                 continue
             }
-            if isFirst { ask(key) }
+            if isFirst { askUntilSent(key, on: loop) }
             if !stillUnknown(key) { waiters.release(key) }
             futures.append(future)
         }
@@ -142,6 +147,13 @@ final class OnDemandLookups: @unchecked Sendable {
             }
             return complete
         }
+    }
+
+    /// A lookup that could not be sent is sent again shortly, while anyone still waits for it,
+    /// rather than leaving its connections to wait out their 5 s.
+    private func askUntilSent(_ key: String, on loop: EventLoop) {
+        guard !ask(key), waiters.isWaiting(for: key) else { return }
+        loop.scheduleTask(in: Self.askRetryDelay) { self.askUntilSent(key, on: loop) }
     }
 
     /// One warning per 10 s at most: a flood must not become a flood of log lines.

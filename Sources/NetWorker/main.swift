@@ -48,8 +48,8 @@ enum NetWorkerMain {
             DNSProxy.shared = DNSProxy(state: state, group: group, metrics: dnsMetrics)
         }
         let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in
-            // Never blocks an event loop: a full channel drops the lookup, which then times out.
-            try? channel.send(WorkerMessage.demand(key).frame(), blocking: false)
+            // Never blocks an event loop: with the channel full the lookup is asked again shortly.
+            (try? channel.send(WorkerMessage.demand(key).frame(), blocking: false)) != nil
         }
         let pools = HBONEPools(settings: HBONEPool.Settings(
             signer: signer, bounds: bounds, reporter: reporter, maxStreams: configuration.int("POOL_MAX_STREAMS_PER_CONNECTION"),

@@ -58,7 +58,7 @@ import Testing
         let loop = EmbeddedEventLoop()
         final class Asked: @unchecked Sendable { var keys: [String] = [] }
         let asked = Asked()
-        let lookups = OnDemandLookups(isEnabled: true) { asked.keys.append($0) }
+        let lookups = OnDemandLookups(isEnabled: true) { asked.keys.append($0); return true }
         var result: Bool?
         lookups.fetch(["/10.0.0.1"], client: "10.0.0.9", on: loop) { _ in true }.whenSuccess { result = $0 }
         #expect(asked.keys == ["/10.0.0.1"])
@@ -78,5 +78,31 @@ import Testing
         loop.run()
         #expect(refused == false)
         loop.advanceTime(by: OnDemandLookups.timeout)
+    }
+
+    /// A lookup the channel could not take is asked again every 100 ms while someone waits for
+    /// it, and no more once it is answered.
+    @Test func aLookupThatCouldNotBeSentIsAskedAgain() throws {
+        let loop = EmbeddedEventLoop()
+        final class Asked: @unchecked Sendable { var count = 0; var accept = false }
+        let asked = Asked()
+        let lookups = OnDemandLookups(isEnabled: true) { _ in
+            asked.count += 1
+            return asked.accept
+        }
+        var result: Bool?
+        lookups.fetch(["/10.0.0.1"], client: "10.0.0.9", on: loop) { _ in true }.whenSuccess { result = $0 }
+        #expect(asked.count == 1)
+        loop.advanceTime(by: OnDemandLookups.askRetryDelay)
+        #expect(asked.count == 2)
+        asked.accept = true
+        loop.advanceTime(by: OnDemandLookups.askRetryDelay)
+        #expect(asked.count == 3)
+        loop.advanceTime(by: OnDemandLookups.askRetryDelay * 5)
+        #expect(asked.count == 3, "sent: not asked again")
+        lookups.answered(["/10.0.0.1"], generation: 1)
+        lookups.applied(generation: 1)
+        loop.run()
+        #expect(result == true)
     }
 }
