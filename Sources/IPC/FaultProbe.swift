@@ -25,6 +25,8 @@ public enum FaultProbe {
             let error = errno
             if rc == 0 { rmdir(path) }
             report("\(role)-make-dir", Int(rc), error)
+        case .xdsBadSnapshot:
+            break  // sent by the xDS worker itself, which holds the Supervisor channel
         case .connect, .xdsConnect:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return report("\(role)-connect", -1, errno) }

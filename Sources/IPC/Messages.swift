@@ -36,6 +36,8 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     case xdsOpenFile = 4
     case xdsConnect = 5
     case xdsMakeDirectory = 6
+    /// The xDS worker publishes an unsealed memfd as its mesh snapshot: the Supervisor kills it.
+    case xdsBadSnapshot = 7
 
     /// Which worker runs it: the xDS worker for the xds kinds, else the CertWorker.
     public var forXDSWorker: Bool { rawValue >= FaultKind.xdsOpenFile.rawValue }

@@ -63,6 +63,8 @@ enum FaultInjection {
         case xdsOpenFile = "xds-open-file"
         case xdsMakeDirectory = "xds-make-dir"
         case xdsConnect = "xds-connect"
+        /// The xDS worker publishes an unsealed memfd as its snapshot (relayed): it is killed.
+        case xdsBadSnapshot = "xds-bad-snapshot"
     }
 
     /// Runs on the NetWorker's main (control) thread after the response is written.
@@ -127,6 +129,8 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.xdsMakeDirectory, port: 0).frame())
         case .xdsConnect:
             try? channel.send(WorkerMessage.faultRequest(.xdsConnect, port: port).frame())
+        case .xdsBadSnapshot:
+            try? channel.send(WorkerMessage.faultRequest(.xdsBadSnapshot, port: 0).frame())
         }
     }
 

@@ -41,8 +41,9 @@ public enum SealedMemfd {
         return fd
     }
 
-    /// An empty memfd that may still be written and sealed.
-    static func makeUnsealed(name: String) throws -> OwnedFD {
+    /// An empty memfd that may still be written and sealed (public for fault injection only:
+    /// the sandbox tests send one where a sealed snapshot is due).
+    public static func makeUnsealed(name: String) throws -> OwnedFD {
         let raw = CShims_memfd_create(name, mfdCloexec | mfdAllowSealing)
         guard raw >= 0 else { throw Refused("memfd_create: \(String(cString: strerror(errno)))") }
         return OwnedFD(takingOwnershipOf: raw)

@@ -159,6 +159,10 @@ final class XDSWorker {
             } catch {
                 Log.debug("cannot send the on-demand lookup now: \(error)")
             }
+        case .fault(.xdsBadSnapshot, _) where faultInjectionEnabled:
+            if let fd = try? SealedMemfd.makeUnsealed(name: "ztunnel-fault") {
+                try? supervisor.send(WorkerMessage.meshSnapshot(generation: ads.state.generation, fd: fd).frame())
+            }
         case .fault(let kind, let port):
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && kind.forXDSWorker)
         case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .xdsStats, .metricsRegion,

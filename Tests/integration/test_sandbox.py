@@ -196,3 +196,17 @@ def test_sixty_four_refused_signs_close_the_channel_and_replace_the_networker(st
     assert len(daemon.audit_events("sign_refused")) == 8
     (violation,) = daemon.audit_events("signer_violation")
     assert violation["reason"] == "64 refused sign requests", violation
+
+
+def test_an_xds_worker_publishing_an_unsealed_snapshot_is_killed_and_the_mesh_kept(start_daemon, xds):
+    """A snapshot that is no sealed memfd is an IPC violation: the xDS worker is killed and
+    replaced, the NetWorkers keep the model they have, and readiness stays."""
+    daemon = start_daemon(local_config=False, extra_env={
+        **FAULTS, "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t"})
+    daemon.wait_ready()
+    (old,) = daemon.workers("xds-worker")
+    inject(daemon, "xds-bad-snapshot")
+    replaced(daemon, "xds-worker", old)
+    (violation,) = daemon.audit_events("ipc_violation")
+    assert violation["pid"] == old and "mesh snapshot refused" in violation["reason"], violation
+    assert daemon.ready() and not [e for e in daemon.audit_events("worker_exit") if e["role"] == "net-worker"]
