@@ -32,21 +32,13 @@ from cni_double import CniDouble  # noqa: E402
 from daemon import Daemon, http, wait_for  # noqa: E402
 from dns_stub import DnsStub  # noqa: E402
 from mesh_box import MeshBox  # noqa: E402
+from test_inpod_dns import SERVICES  # noqa: E402 (the echo service the DNS test asks for)
 
 PODS = int(os.environ.get("INPOD_PODS", "20"))
 CONNECTIONS = int(os.environ.get("INPOD_CONNECTIONS", "300"))
 DNS_QUERIES = int(os.environ.get("INPOD_DNS_QUERIES", "1000"))
 MARK = 0x539
 STUB = "127.0.0.77"
-SERVICES = textwrap.dedent("""\
-    services:
-    - name: echo
-      namespace: shop
-      hostname: echo.shop.svc.cluster.local
-      vips: ["/10.96.0.42"]
-      ports:
-        80: 8080
-    """)
 
 # Run inside a pod: COUNT queries for NAME to 127.0.0.1:15053 over UDP, one at a time; prints
 # the median and p99 in microseconds.

@@ -26,8 +26,7 @@ final class DNSMetrics: @unchecked Sendable {
 
     /// Distinct label sets kept at most (query types are 16 bits a pod chooses).
     static let maxLabelSets = 1_000
-    private let lock = Mutex()
-    private var counters: [Labels: Counters] = [:]
+    private let counters = LabeledCounters<Labels, Counters>(maxLabelSets: DNSMetrics.maxLabelSets, empty: Counters()) { $0.rendered }
     /// In in-pod mode (where the DNS proxy runs) the families are listed even before any query,
     /// so a scrape landing here sums what other NetWorkers counted.
     private let enabled: Bool
@@ -52,35 +51,21 @@ final class DNSMetrics: @unchecked Sendable {
         }
     }
 
-    func answered(_ labels: Labels) { update(labels) { $0.answered += 1 } }
+    func answered(_ labels: Labels) { counters.update(labels) { $0.answered += 1 } }
 
     func forwarded(_ labels: Labels, failed: Bool) {
-        update(labels) {
+        counters.update(labels) {
             $0.forwarded += 1
             if failed { $0.failed += 1 }
         }
     }
 
-    private func update(_ labels: Labels, _ body: (inout Counters) -> Void) {
-        lock.withLock {
-            if counters[labels] == nil && counters.count >= Self.maxLabelSets { return }
-            body(&counters[labels, default: Counters()])
-        }
-    }
-
     func metricLines() -> [String] {
         guard enabled else { return [] }
-        let snapshot = lock.withLock { counters }.map { ($0.key.rendered, $0.value) }.sorted { $0.0 < $1.0 }
-        var lines: [String] = []
-        let families: [(String, String, (Counters) -> UInt64)] = [
+        return counters.lines([
             ("istio_dns_requests", "Total number of DNS requests.", { $0.answered }),
             ("istio_dns_upstream_requests", "Total number of DNS requests forwarded to upstream.", { $0.forwarded }),
             ("istio_dns_upstream_failures", "Total number of DNS failures forwarding upstream.", { $0.failed }),
-        ]
-        for (name, help, value) in families {
-            lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter"]
-            for (rendered, counters) in snapshot { lines.append("\(name)_total\(rendered) \(value(counters))") }
-        }
-        return lines
+        ])
     }
 }

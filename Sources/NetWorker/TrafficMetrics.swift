@@ -60,16 +60,15 @@ final class TrafficMetrics: @unchecked Sendable {
         var sent: UInt64 = 0
     }
 
-    private let lock = Mutex()
-    private var counters: [Labels: Counters] = [:]
     /// Distinct label sets kept at most; past it new ones are not counted (a bound on what a
     /// stream of distinct peers can make this process hold).
     static let maxLabelSets = 10_000
+    private let counters = LabeledCounters<Labels, Counters>(maxLabelSets: TrafficMetrics.maxLabelSets, empty: Counters()) { $0.rendered }
 
-    func opened(_ labels: Labels) { update(labels) { $0.opened += 1 } }
+    func opened(_ labels: Labels) { counters.update(labels) { $0.opened += 1 } }
 
     func closed(_ labels: Labels, received: UInt64, sent: UInt64, failed: Bool) {
-        update(labels) {
+        counters.update(labels) {
             $0.closed += 1
             $0.received += received
             $0.sent += sent
@@ -77,29 +76,15 @@ final class TrafficMetrics: @unchecked Sendable {
         }
     }
 
-    private func update(_ labels: Labels, _ body: (inout Counters) -> Void) {
-        lock.withLock {
-            if counters[labels] == nil && counters.count >= Self.maxLabelSets { return }
-            body(&counters[labels, default: Counters()])
-        }
-    }
-
     /// The families of §15.1 this NetWorker reports.
     func metricLines() -> [String] {
-        let snapshot = lock.withLock { counters }.map { ($0.key.rendered, $0.value) }.sorted { $0.0 < $1.0 }
-        var lines: [String] = []
-        let families: [(String, String, (Counters) -> UInt64)] = [
+        counters.lines([
             ("istio_tcp_connections_opened", "The number of TCP connections opened.", { $0.opened }),
             ("istio_tcp_connections_closed", "The number of TCP connections closed.", { $0.closed }),
             ("istio_tcp_connections_failed", "The number of TCP connections that failed.", { $0.failed }),
             ("istio_tcp_received_bytes", "The size of total bytes received during request in case of a TCP connection.", { $0.received }),
             ("istio_tcp_sent_bytes", "The size of total bytes sent during response in case of a TCP connection.", { $0.sent }),
-        ]
-        for (name, help, value) in families {
-            lines += ["# HELP \(name) \(help)", "# TYPE \(name) counter"]
-            for (rendered, counters) in snapshot { lines.append("\(name)_total\(rendered) \(value(counters))") }
-        }
-        return lines
+        ])
     }
 }
 
