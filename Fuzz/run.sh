@@ -22,7 +22,7 @@ declare -A sources=(
   [metrics_merge]="Sources/NetWorker/MetricsMerge.swift"
   [grpc_framer]="Sources/HTTP2Client/GRPCFramer.swift"
   [zds]="Sources/Supervisor/ZDSMessages.swift"
-  [dns]="Sources/NetWorker/DNSMessage.swift"
+  [dns]="Sources/NetWorker/DNSMessage.swift Sources/Shared/ResolvConf.swift"
 )
 for target in "${!sources[@]}"; do
   # shellcheck disable=SC2086

@@ -64,6 +64,9 @@ seeds = {
     "sign": frame(0x0401, struct.pack(">I", 32) + bytes(32) + b"\x01"
                   + string_bytes(b" " * 64 + b"TLS 1.3, server CertificateVerify" + b"\x00" + bytes(32)), request_id=7),
     "withdraw": frame(0x0305, string("spiffe://cluster.local/ns/a/sa/b")),
+    # Not frames: POST /logging queries, which the same harness also tries.
+    "logging_level": b"level=ztunnel%3A%3Aproxy%3Ddebug%2Caccess%3Doff",
+    "logging_reset": b"reset&level=warn",
 }
 os.makedirs(sys.argv[1], exist_ok=True)
 for name, data in seeds.items():

@@ -1,12 +1,31 @@
-/// libFuzzer target: one message from a pod to its DNS proxy on 15053 (Sources/NetWorker/
-/// DNSMessage.swift, UDP or one TCP frame). Nothing may trap. What parses has a name of at most
-/// 255 bytes made of the allowed characters; an answer to it (with the input's tail as records)
-/// starts with the query's id and question, and over UDP stays within the client's limit; the
-/// candidate names of a parsed name are distinct.
+/// libFuzzer target: the DNS proxy's outside bytes (Sources/NetWorker/DNSMessage.swift,
+/// Sources/Shared/ResolvConf.swift). Nothing may trap. The input is taken as:
+/// - a message from a pod (UDP): what parses has a name of at most 255 bytes made of the allowed
+///   characters; an answer to it (with the input's tail as records) starts with the query's id
+///   and question, and over UDP stays within the client's limit; candidate names are distinct;
+/// - a nameserver's answer to that query: cut for UDP it stays within the limit and keeps the
+///   question; its id restored is the query's;
+/// - a TCP stream from a pod: the frames it splits into lie within it, in order;
+/// - a resolv.conf: at most 3 nameservers, each one word.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
     _ = DNSQuery.id(of: bytes)
+    var rest = bytes[...]
+    var frames = 0
+    while let (message, consumed) = DNSTCPFrame.next(rest) {
+        if message.startIndex != rest.startIndex + 2 || message.endIndex > rest.endIndex || consumed != message.count + 2 {
+            fatalError("a TCP frame outside its stream")
+        }
+        _ = try? DNSQuery.parse(Array(message))
+        rest = rest.dropFirst(consumed)
+        frames += 1
+        if frames > 1000 { break }
+    }
+    let servers = ResolvConf.nameservers(String(decoding: bytes, as: UTF8.self))
+    if servers.count > 3 || servers.contains(where: { $0.isEmpty || $0.contains(" ") || $0.contains("\t") }) {
+        fatalError("resolv.conf read as \(servers)")
+    }
     guard let query = try? DNSQuery.parse(bytes) else { return 0 }
     if let name = query.name {
         if name.utf8.count > 255 { fatalError("a name of \(name.utf8.count) bytes") }
@@ -19,13 +38,28 @@ public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     }
     if query.udpLimit < 512 || query.udpLimit > 4096 { fatalError("udp limit \(query.udpLimit)") }
     var records: [DNSRecord] = []
-    var rest = bytes.suffix(from: min(bytes.count, 12 + query.question.count))[...]
-    while let kind = rest.first, records.count < 64 {
-        rest = rest.dropFirst()
+    var tail = bytes.suffix(from: min(bytes.count, 12 + query.question.count))[...]
+    while let kind = tail.first, records.count < 64 {
+        tail = tail.dropFirst()
         switch kind % 3 {
-        case 0: records.append(.a(Array(rest.prefix(4)))); rest = rest.dropFirst(4)
-        case 1: records.append(.aaaa(Array(rest.prefix(16)))); rest = rest.dropFirst(16)
-        default: records.append(.cname(String(decoding: rest.prefix(40), as: UTF8.self))); rest = rest.dropFirst(40)
+        case 0: records.append(.a(Array(tail.prefix(4)))); tail = tail.dropFirst(4)
+        case 1: records.append(.aaaa(Array(tail.prefix(16)))); tail = tail.dropFirst(16)
+        default: records.append(.cname(String(decoding: tail.prefix(40), as: UTF8.self))); tail = tail.dropFirst(40)
+        }
+    }
+    // The input, with QR set, as a nameserver's answer to this query (its id our own).
+    var answer = bytes
+    answer[2] |= 0x80
+    answer[0] ^= 0x5a
+    if DNSResponse.isAnswer(answer) {
+        let bytes = answer
+        let restored = DNSResponse.restoringID(bytes, to: query.id)
+        if DNSQuery.u16(restored, 0) != query.id || restored.count != bytes.count { fatalError("id not restored") }
+        let cut = DNSResponse.forUDP(bytes, query: query)
+        if bytes.count <= query.udpLimit {
+            if cut != bytes { fatalError("an answer that fits was changed") }
+        } else if cut.count > query.udpLimit || cut[2] & 0x02 == 0 || Array(cut[12...]) != Array(query.question) {
+            fatalError("a cut answer of \(cut.count) bytes, over \(query.udpLimit), without TC or without the question")
         }
     }
     for udp in [true, false] {

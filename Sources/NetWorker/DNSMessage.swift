@@ -118,6 +118,19 @@ struct DNSQuery: Equatable {
     static func u16(_ bytes: [UInt8], _ offset: Int) -> UInt16 { UInt16(bytes[offset]) << 8 | UInt16(bytes[offset + 1]) }
 }
 
+/// DNS over TCP (RFC 1035 4.2.2): each message after its 2-byte length.
+enum DNSTCPFrame {
+    /// The first whole message at the start of `bytes` and how many bytes it took with its
+    /// length; nil while it is incomplete.
+    static func next(_ bytes: ArraySlice<UInt8>) -> (message: ArraySlice<UInt8>, consumed: Int)? {
+        guard bytes.count >= 2 else { return nil }
+        let start = bytes.startIndex
+        let length = Int(bytes[start]) << 8 | Int(bytes[start + 1])
+        guard bytes.count >= 2 + length else { return nil }
+        return (bytes[(start + 2)..<(start + 2 + length)], 2 + length)
+    }
+}
+
 /// An answer record the proxy writes.
 enum DNSRecord: Equatable {
     case a([UInt8])
@@ -200,6 +213,18 @@ enum DNSResponse {
         }
         out.append(0)
         return out
+    }
+
+    /// Whether a nameserver's datagram can be an answer at all (a header with QR set).
+    static func isAnswer(_ bytes: [UInt8]) -> Bool { bytes.count >= 12 && bytes[2] & 0x80 != 0 }
+
+    /// A forwarded answer under the client's id again (it went out under one of ours).
+    static func restoringID(_ answer: [UInt8], to id: UInt16) -> [UInt8] {
+        guard answer.count >= 2 else { return answer }
+        var answer = answer
+        answer[0] = UInt8(id >> 8)
+        answer[1] = UInt8(id & 0xff)
+        return answer
     }
 
     static func pointer(to offset: Int) -> [UInt8] { [0xc0 | UInt8((offset >> 8) & 0x3f), UInt8(offset & 0xff)] }

@@ -89,12 +89,13 @@ final class DNSProxy: Sendable {
             Log.debug("dns query from a pod no longer served", [("pod", pod)])
             return loop.makeSucceededFuture(DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query))
         }
-        let client = state.workload(at: source, in: state.model)
+        let model = state.model  // one snapshot for the whole query
+        let client = state.workload(at: source, in: model)
         let labels = DNSMetrics.Labels(queryType: DNSMetrics.typeName(query.type), udp: udp,
                                        canonicalService: Self.orUnknown(client?.canonicalName),
                                        canonicalRevision: Self.orUnknown(client?.canonicalRevision))
         if query.qclass == DNSQuery.classIN, query.type == DNSQuery.typeA || query.type == DNSQuery.typeAAAA,
-           let name = query.name, let records = lookUp(name, v6: query.type == DNSQuery.typeAAAA, clientNamespace: namespace) {
+           let name = query.name, let records = lookUp(name, v6: query.type == DNSQuery.typeAAAA, clientNamespace: namespace, in: model) {
             Log.debug("dns answered", [("pod", pod), ("query", name), ("records", "\(records.count)")])
             metrics.answered(labels)
             return loop.makeSucceededFuture(DNSResponse.answer(query, records: records, udp: udp))
@@ -122,8 +123,7 @@ final class DNSProxy: Sendable {
 
     /// Addresses of the service the name means, or nil when no mesh service has it (forwarded).
     /// A service found without an address of the family asked is an empty answer, not a miss.
-    func lookUp(_ name: String, v6: Bool, clientNamespace: String) -> [DNSRecord]? {
-        let model = state.model
+    func lookUp(_ name: String, v6: Bool, clientNamespace: String, in model: MeshModel) -> [DNSRecord]? {
         for candidate in DNSNames.candidates(name, clientNamespace: clientNamespace, domain: domain) {
             let matching = (model.servicesByHostname[candidate] ?? []).compactMap { model.services[$0] }.filter { service in
                 (service.visibility == .public || service.namespace == clientNamespace)
@@ -229,10 +229,11 @@ struct DNSStreamDecoder: ByteToMessageDecoder {
     typealias InboundOut = [UInt8]
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self),
-              buffer.readableBytes >= Int(length) + 2 else { return .needMoreData }
-        buffer.moveReaderIndex(forwardBy: 2)
-        context.fireChannelRead(wrapInboundOut(buffer.readBytes(length: Int(length)) ?? []))
+        // At most a 2-byte length and 64 KiB: the view is copied once per message.
+        let readable = buffer.getBytes(at: buffer.readerIndex, length: min(buffer.readableBytes, 2 + 65_535)) ?? []
+        guard let (message, consumed) = DNSTCPFrame.next(readable[...]) else { return .needMoreData }
+        buffer.moveReaderIndex(forwardBy: consumed)
+        context.fireChannelRead(wrapInboundOut(Array(message)))
         return .continue
     }
 }
@@ -393,10 +394,7 @@ final class DNSUpstream: @unchecked Sendable {
     func complete(_ ours: UInt16, with answer: [UInt8]?) {
         guard let waiting = pending.removeValue(forKey: ours) else { return }
         waiting.timeout.cancel()
-        guard var answer else { return waiting.promise.succeed(nil) }
-        answer[0] = UInt8(waiting.id >> 8)
-        answer[1] = UInt8(waiting.id & 0xff)
-        waiting.promise.succeed(answer)
+        waiting.promise.succeed(answer.map { DNSResponse.restoringID($0, to: waiting.id) })
     }
 
     /// On the channel's loop: the nameserver refused (ICMP port unreachable on the connected
@@ -416,7 +414,7 @@ private final class DNSUpstreamHandler: ChannelInboundHandler, @unchecked Sendab
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         let envelope = unwrapInboundIn(data)
         guard let bytes = envelope.data.getBytes(at: envelope.data.readerIndex, length: envelope.data.readableBytes),
-              bytes.count >= 12, bytes[2] & 0x80 != 0 else { return }
+              DNSResponse.isAnswer(bytes) else { return }
         upstream.complete(DNSQuery.u16(bytes, 0), with: bytes)
     }
 

@@ -9,8 +9,12 @@ import Glibc
 /// one fd attached. Nothing may trap; a message that decodes must encode back to the same bytes
 /// (SupervisorMessage) or to a frame that decodes to the same message (WorkerMessage). A setup
 /// message's settings go through the checks a worker makes of them (Configuration).
+/// The same bytes are also a `POST /logging` query (`k=v&k=v`, values percent-encoded), which
+/// reaches LogFilterChange from the admin port: a filter it puts in force is one the workers
+/// accept (Log.Directives), within its length bound.
 func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
+    fuzzLogging(String(decoding: bytes, as: UTF8.self))
     var fds: [OwnedFD] = []
     // The top bit of the request id's low byte (offset 9, free in every message) attaches a real
     // fd, as SCM_RIGHTS would.
@@ -52,6 +56,18 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         }
     }
     return 0
+}
+
+func fuzzLogging(_ text: String) {
+    var query: [String: String] = [:]
+    for pair in text.split(separator: "&").prefix(8) {
+        let parts = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+        if query[String(parts[0])] == nil { query[String(parts[0])] = parts.count > 1 ? String(parts[1]) : "" }
+    }
+    if case .change(let filter) = LogFilterChange.outcome(current: "info,access=debug", initial: "info", query: query) {
+        if filter.utf8.count > LogFilterChange.maxFilterBytes { fatalError("a filter of \(filter.utf8.count) bytes") }
+        if let problem = Log.Directives.problem(with: filter) { fatalError("a filter the workers refuse: \(problem)") }
+    }
 }
 
 runFuzzer { data, size in fuzzOneInput(data, size) }
