@@ -65,7 +65,7 @@ let package = Package(
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
         .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL", "HTTP2Client"]),
         .testTarget(name: "NetWorkerTests", dependencies: [
-            "NetWorker", "IPC", "Shared", "OpenSSLSupport",
+            "NetWorker", "IPC", "Shared", "OpenSSLSupport", "COpenSSL",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),

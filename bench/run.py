@@ -12,7 +12,8 @@ that captures the client's traffic into our 15001 touches nothing outside it:
   ours   : client (from 127.0.0.3) -> 127.0.0.2:9080, REDIRECTed to daemon A's 15001
                   -> pooled HBONE -> daemon B's 127.0.0.2:15008 -> 127.0.0.2:9080
 
-Throughput is iperf3's (1 and 8 streams); latency is a 1 KiB request/response ping-pong on one
+Throughput is iperf3's (1 and 8 streams), and the CPU time (user + system, every process of
+the stack) spent per GB carried; latency is a 1 KiB request/response ping-pong on one
 connection; the connection rate is new connections (each one 1 KiB echoed) per second from 32
 concurrent clients; handshakes are full mTLS handshakes per second against the server side
 (ours signs through a key handle held by the CertWorker); memory is PSS summed over each
@@ -186,6 +187,19 @@ def pss_kib(pids):
     return total
 
 
+def cpu_seconds(pids):
+    """User plus system CPU time used so far by `pids` (all their threads)."""
+    total = 0
+    for pid in pids:
+        try:
+            with open(f"/proc/{pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            total += int(fields[11]) + int(fields[12])  # utime, stime
+        except (OSError, IndexError, ValueError):
+            pass
+    return total / os.sysconf("SC_CLK_TCK")
+
+
 def descendants(pid):
     result, todo = [pid], [pid]
     while todo:
@@ -218,11 +232,16 @@ def echo_server(ports):
     asyncio.run(main())
 
 
-def iperf(host, port, streams):
+def iperf(host, port, streams, pids=(), cpu=None):
+    """Gbit/s received; with `cpu` (a dict), also the CPU seconds `pids` spent per GB carried."""
+    before = cpu_seconds(pids)
     out = subprocess.run(["iperf3", "-c", host, "-p", str(port), "-B", CLIENT, "-t", str(SECONDS), "-P", str(streams),
                           "-J"], capture_output=True, text=True, timeout=SECONDS + 60)
     try:
-        return json.loads(out.stdout)["end"]["sum_received"]["bits_per_second"] / 1e9
+        received = json.loads(out.stdout)["end"]["sum_received"]
+        if cpu is not None and pids:
+            cpu[streams] = (cpu_seconds(pids) - before) / (received["bytes"] / 1e9)
+        return received["bits_per_second"] / 1e9
     except (KeyError, ValueError):
         print(f"  iperf3 to {host}:{port} failed: {out.stdout[-500:]} {out.stderr[-500:]}")
         return None
@@ -418,9 +437,16 @@ def inside():
         only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
         wanted = lambda name: not only or name in only  # noqa: E731
         if wanted("throughput"):
+            # CPU per GB is the steadier figure on a shared 2-core machine: the throughput rows
+            # move with whatever else runs, the work each byte costs does not.
+            envoy_cpu, ours_cpu = {}, {}
             for streams in (1, 8):
                 row(f"throughput, {streams} stream{'s' if streams > 1 else ''}", "Gbit/s",
-                    iperf(SERVER, APP_DIRECT, streams), iperf("127.0.0.1", 10001, streams), iperf(SERVER, APP, streams))
+                    iperf(SERVER, APP_DIRECT, streams), iperf("127.0.0.1", 10001, streams, envoy_pids, envoy_cpu),
+                    iperf(SERVER, APP, streams, ours_pids, ours_cpu))
+            for streams in (1, 8):
+                row(f"proxy CPU per GB, {streams} stream{'s' if streams > 1 else ''}", "CPU s/GB", None,
+                    envoy_cpu.get(streams), ours_cpu.get(streams), "lower")
         if wanted("latency"):
             lat = {name: latency(host, port) for name, host, port in
                    (("direct", SERVER, ECHO_DIRECT), ("envoy", "127.0.0.1", 10003), ("ours", SERVER, ECHO))}

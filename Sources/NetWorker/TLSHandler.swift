@@ -4,8 +4,9 @@ import NIOCore
 import OpenSSLSupport
 import Shared
 
-/// One side of an HBONE connection's TLS, OpenSSL driven through memory BIOs: bytes from the
-/// socket go into the read BIO, OpenSSL's output is drained from the write BIO to the socket.
+/// One side of an HBONE connection's TLS, OpenSSL driven over a `TLSBufferBIO`: OpenSSL reads
+/// the bytes from the socket out of NIO's buffer and writes its records into the buffer that goes
+/// to the socket.
 /// The server (15008) presents the certificate its `choose` closure picks for the connection
 /// (the destination workload's) and accepts a client whose SPIFFE id is in our trust domain; the
 /// client (the outbound pool) presents the source workload's and accepts a server only when one
@@ -36,8 +37,7 @@ final class TLSHandler: ChannelDuplexHandler {
     private var deadline: Scheduled<Void>?
     private let slot = AsyncSignSlot()
     private var ssl: OpaquePointer?
-    private var readBIO: OpaquePointer?
-    private var writeBIO: OpaquePointer?
+    private var transport: TLSBufferBIO?
     private var local: SpiffeId?
     /// The handshake is over (either way); `isActive`: it succeeded and application data flows.
     private var isDone = false
@@ -97,20 +97,16 @@ final class TLSHandler: ChannelDuplexHandler {
             fail(context: context, "\(OpenSSLError("SSL_new"))")
             return false
         }
-        let readBIO = BIO_new(BIO_s_mem())
-        let writeBIO = BIO_new(BIO_s_mem())
-        guard let readBIO, let writeBIO else {
-            BIO_free(readBIO)
-            BIO_free(writeBIO)
+        let transport = TLSBufferBIO(allocator: context.channel.allocator)
+        guard let bio = transport.makeBIO() else {
             SSL_free(ssl)
             fail(context: context, "\(OpenSSLError("BIO_new"))")
             return false
         }
-        SSL_set_bio(ssl, readBIO, writeBIO)  // the SSL owns both BIOs from here on
+        SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO (one reference for both ends) from here on
         if tls.side == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
         self.ssl = ssl
-        self.readBIO = readBIO
-        self.writeBIO = writeBIO
+        self.transport = transport
         self.local = tls.spiffeId
         return true
     }
@@ -138,10 +134,7 @@ final class TLSHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         self.context = nil
-        defer {
-            readBIO = nil  // freed with the SSL
-            writeBIO = nil
-        }
+        defer { transport = nil }  // its BIO is freed with the SSL
         guard let ssl else { return }
         if slot.isInFlight || slot.request != nil {
             // A job is paused waiting for a signature: let it finish (failing) so its stack is
@@ -162,22 +155,19 @@ final class TLSHandler: ChannelDuplexHandler {
         }
         guard !isDone else { return }
         if ssl == nil && !makeSSL(context: context) { return }
-        guard let readBIO else { return }
+        guard let transport else { return }
         var buffer = unwrapInboundIn(data)
-        // While a handshake waits (for a signature, say) the client's records pile up in the read
-        // BIO: a handshake is a few KiB, so more than the bound is refused, not buffered.
-        guard Int(CShims_BIO_pending(readBIO)) + buffer.readableBytes <= Bounds.tlsHandshakeInputBytes else {
+        // While a handshake waits (for a signature, say) the client's records pile up unread: a
+        // handshake is a few KiB, so more than the bound is refused, not buffered.
+        guard transport.inputBytes + buffer.readableBytes <= Bounds.tlsHandshakeInputBytes else {
             reporter.reached(.handshakeInput, listener: listener, peer: ListenerFactory.peer(context.channel),
                              detail: "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
             fail(context: context, "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
             return
         }
-        buffer.withUnsafeReadableBytes { raw in
-            guard let base = raw.baseAddress, raw.count > 0 else { return }
-            _ = BIO_write(readBIO, base, Int32(raw.count))
-        }
-        buffer.moveReaderIndex(to: buffer.writerIndex)
+        transport.receive(&buffer)
         drive(context: context)
+        self.transport?.releaseDrainedInput()
     }
 
     /// Runs the handshake as far as it can go now.
@@ -266,21 +256,19 @@ final class TLSHandler: ChannelDuplexHandler {
                   ("local_identity", ours?.description ?? "?")])
         isActive = true
         self.context = context
+        // No signature is needed after the handshake: reads and writes run on the event loop's
+        // own stack from now on, not in an ASYNC_JOB each.
+        _ = CShims_SSL_clear_mode(ssl, Int(SSL_MODE_ASYNC))
         context.fireUserInboundEventTriggered(TLSEstablished(peer: peer, local: ours, tls: self))
         // Records that arrived with the end of the handshake are application data already.
         readApplicationData(nil, context: context)
     }
 
-    /// Decrypts what is in the read BIO (plus `buffer`) and passes the plaintext on.
+    /// Decrypts what was received and not yet read (plus `buffer`) and passes the plaintext on.
     private func readApplicationData(_ buffer: ByteBuffer?, context: ChannelHandlerContext) {
-        guard let ssl, let readBIO else { return }
-        if var buffer {
-            buffer.withUnsafeReadableBytes { raw in
-                guard let base = raw.baseAddress, raw.count > 0 else { return }
-                _ = BIO_write(readBIO, base, Int32(raw.count))
-            }
-            buffer.moveReaderIndex(to: buffer.writerIndex)
-        }
+        guard let ssl, let transport else { return }
+        if var buffer { transport.receive(&buffer) }
+        defer { transport.releaseDrainedInput() }
         while true {
             // Up to 64 KiB of plaintext (four full records) per read passed on: the session
             // above then handles a burst in one pass.
@@ -288,7 +276,7 @@ final class TLSHandler: ChannelDuplexHandler {
             var rc: Int32 = 0
             while plain.writableBytes >= 16 * 1024 {
                 _ = plain.writeWithUnsafeMutableBytes(minimumWritableBytes: 16 * 1024) { raw in
-                    rc = slot.whileCurrent { SSL_read(ssl, raw.baseAddress, Int32(raw.count)) }
+                    rc = SSL_read(ssl, raw.baseAddress, Int32(raw.count))
                     return Int(max(0, rc))
                 }
                 if rc <= 0 { break }
@@ -307,7 +295,7 @@ final class TLSHandler: ChannelDuplexHandler {
                 context.fireUserInboundEventTriggered(ChannelEvent.inputClosed)
             } else if error != SSL_ERROR_WANT_READ && error != SSL_ERROR_WANT_WRITE {
                 // A fatal TLS error (a bad record MAC, an alert): the connection is over, and
-                // nothing more may pile up in the read BIO.
+                // nothing more may pile up unread.
                 Log.info("\(listener): TLS error after the handshake: \(OpenSSLError("SSL_read"))",
                          [("peer", ListenerFactory.peer(context.channel))])
                 isActive = false
@@ -329,7 +317,7 @@ final class TLSHandler: ChannelDuplexHandler {
         var ok = true
         while buffer.readableBytes > 0 && ok {
             let written = buffer.withUnsafeReadableBytes { raw -> Int32 in
-                slot.whileCurrent { SSL_write(ssl, raw.baseAddress, Int32(min(raw.count, Int(Int32.max)))) }
+                SSL_write(ssl, raw.baseAddress, Int32(min(raw.count, Int(Int32.max))))
             }
             if written > 0 { buffer.moveReaderIndex(forwardBy: Int(written)) } else { ok = false }
         }
@@ -349,7 +337,7 @@ final class TLSHandler: ChannelDuplexHandler {
         guard isActive, let ssl, let base = bytes.baseAddress else { return false }
         var offset = 0
         while offset < bytes.count {
-            let written = slot.whileCurrent { SSL_write(ssl, base + offset, Int32(min(bytes.count - offset, Int(Int32.max)))) }
+            let written = SSL_write(ssl, base + offset, Int32(min(bytes.count - offset, Int(Int32.max))))
             guard written > 0 else { return false }
             offset += Int(written)
         }
@@ -367,7 +355,7 @@ final class TLSHandler: ChannelDuplexHandler {
         guard let context else { return body() }
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { _ in body() }
-        if let writeBIO, CShims_BIO_pending(writeBIO) > 0 {
+        if let transport, transport.outputBytes > 0 {
             flushOutput(context: context, promise: promise)
         } else {
             // Nothing new: an empty write completes after every earlier one.
@@ -392,25 +380,14 @@ final class TLSHandler: ChannelDuplexHandler {
 
     /// Moves what OpenSSL wrote to the pipeline, flushed or only queued.
     private func drainOutput(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>?) {
-        guard let writeBIO else {
+        let buffers = transport?.takeOutput() ?? []
+        guard let last = buffers.last else {
             promise?.succeed(())
             return
         }
-        var pending = CShims_BIO_pending(writeBIO)
-        guard pending > 0 else {
-            promise?.succeed(())
-            return
-        }
-        var buffer = context.channel.allocator.buffer(capacity: Int(pending))
-        while pending > 0 {
-            let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Int(pending)) { raw in
-                Int(max(0, BIO_read(writeBIO, raw.baseAddress, Int32(min(raw.count, Int(pending))))))
-            }
-            if read == 0 { break }
-            pending = CShims_BIO_pending(writeBIO)
-        }
-        if flush { context.writeAndFlush(wrapOutboundOut(buffer), promise: promise) } else {
-            context.write(wrapOutboundOut(buffer), promise: promise)
+        for buffer in buffers.dropLast() { context.write(wrapOutboundOut(buffer), promise: nil) }
+        if flush { context.writeAndFlush(wrapOutboundOut(last), promise: promise) } else {
+            context.write(wrapOutboundOut(last), promise: promise)
         }
     }
 }

@@ -13,6 +13,7 @@ static inline void *CShims_sk_GENERAL_NAME_value(void *stack, int index) {
 }
 static inline int CShims_ERR_GET_REASON(unsigned long code) { return ERR_GET_REASON(code); }
 static inline long CShims_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) { return SSL_CTX_set_mode(ctx, mode); }
+static inline long CShims_SSL_clear_mode(SSL *ssl, long mode) { return SSL_clear_mode(ssl, mode); }
 static inline long CShims_SSL_CTX_set_min_proto_version(SSL_CTX *ctx, int version) {
     return SSL_CTX_set_min_proto_version(ctx, version);
 }
