@@ -317,7 +317,9 @@ def _handshake_worker(port, certs, seconds, result):
     result.put(done)
 
 
-def handshake_rate(port, certs):
+def handshake_rate(port, certs, pids=(), cpu=None):
+    """Handshakes/s; with `cpu` (a dict), also the CPU milliseconds `pids` spent per handshake."""
+    before = cpu_seconds(pids)
     result = multiprocessing.Queue()
     workers = [multiprocessing.Process(target=_handshake_worker, args=(port, certs, SECONDS, result)) for _ in range(2)]
     for w in workers:
@@ -325,6 +327,8 @@ def handshake_rate(port, certs):
     total = sum(result.get() for _ in workers)
     for w in workers:
         w.join()
+    if cpu is not None and pids and total:
+        cpu["ms"] = (cpu_seconds(pids) - before) * 1000 / total
     return total / SECONDS
 
 
@@ -456,8 +460,10 @@ def inside():
             row("new connections/s (pooled HBONE)", "conn/s", connection_rate(SERVER, ECHO_DIRECT),
                 connection_rate("127.0.0.1", 10003), connection_rate(SERVER, ECHO))
         if wanted("handshakes"):
-            row("full mTLS handshakes/s", "handshakes/s", None, handshake_rate(10002, f"{tmp}/certs"),
-                handshake_rate(15008, f"{tmp}/certs"))
+            envoy_cpu, ours_cpu = {}, {}
+            row("full mTLS handshakes/s", "handshakes/s", None, handshake_rate(10002, f"{tmp}/certs", envoy_pids, envoy_cpu),
+                handshake_rate(15008, f"{tmp}/certs", ours_pids, ours_cpu))
+            row("server CPU per handshake", "CPU ms", None, envoy_cpu.get("ms"), ours_cpu.get("ms"), "lower")
         if wanted("memory"):
             envoy_idle, envoy_loaded = memory_with_connections("127.0.0.1", 10003, envoy_pids)
             ours_idle, ours_loaded = memory_with_connections(SERVER, ECHO, ours_pids)
