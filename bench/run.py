@@ -287,7 +287,9 @@ def _connection_worker(host, port, seconds, result):
     asyncio.run(main())
 
 
-def connection_rate(host, port):
+def connection_rate(host, port, pids=(), cpu=None):
+    """Connections/s; with `cpu` (a dict), also the CPU microseconds `pids` spent per connection."""
+    before = cpu_seconds(pids)
     result = multiprocessing.Queue()
     workers = [multiprocessing.Process(target=_connection_worker, args=(host, port, SECONDS, result)) for _ in range(2)]
     for w in workers:
@@ -298,7 +300,10 @@ def connection_rate(host, port):
     failed = sum(f for _, f in outcomes)
     if failed:
         print(f"  ({failed} connections to {host}:{port} failed)", flush=True)
-    return sum(d for d, _ in outcomes) / SECONDS
+    done = sum(d for d, _ in outcomes)
+    if cpu is not None and pids and done:
+        cpu["us"] = (cpu_seconds(pids) - before) * 1e6 / done
+    return done / SECONDS
 
 
 def _handshake_worker(port, certs, seconds, result):
@@ -457,8 +462,10 @@ def inside():
             row("latency p50, 1 KiB echo", "µs", lat["direct"][0], lat["envoy"][0], lat["ours"][0], "lower")
             row("latency p99, 1 KiB echo", "µs", lat["direct"][1], lat["envoy"][1], lat["ours"][1], "lower")
         if wanted("connections"):
+            envoy_cpu, ours_cpu = {}, {}
             row("new connections/s (pooled HBONE)", "conn/s", connection_rate(SERVER, ECHO_DIRECT),
-                connection_rate("127.0.0.1", 10003), connection_rate(SERVER, ECHO))
+                connection_rate("127.0.0.1", 10003, envoy_pids, envoy_cpu), connection_rate(SERVER, ECHO, ours_pids, ours_cpu))
+            row("proxy CPU per connection", "CPU µs", None, envoy_cpu.get("us"), ours_cpu.get("us"), "lower")
         if wanted("handshakes"):
             envoy_cpu, ours_cpu = {}, {}
             row("full mTLS handshakes/s", "handshakes/s", None, handshake_rate(10002, f"{tmp}/certs", envoy_pids, envoy_cpu),

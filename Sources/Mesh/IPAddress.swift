@@ -35,15 +35,31 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
     }
 
     /// Four decimal octets, no leading zeros, each at most 255.
+    /// One pass over the UTF-8 bytes, no intermediate strings: addresses are parsed for every
+    /// connection the proxy routes.
     public static func parseIPv4(_ text: Substring) -> [UInt8]? {
-        let parts = text.split(separator: ".", omittingEmptySubsequences: false)
-        guard parts.count == 4 else { return nil }
         var out: [UInt8] = []
-        for part in parts {
-            guard !part.isEmpty, part.count <= 3, part.allSatisfy({ $0.isASCII && $0.isNumber }),
-                  part == "0" || part.first != "0", let value = UInt8(part) else { return nil }
-            out.append(value)
+        out.reserveCapacity(4)
+        var value = 0
+        var digits = 0
+        for byte in text.utf8 {
+            switch byte {
+            case UInt8(ascii: "0")...UInt8(ascii: "9"):
+                if digits > 0 && value == 0 { return nil }  // a leading zero ("01", "00")
+                value = value * 10 + Int(byte - UInt8(ascii: "0"))
+                digits += 1
+                if value > 255 { return nil }
+            case UInt8(ascii: "."):
+                guard digits > 0, out.count < 3 else { return nil }
+                out.append(UInt8(value))
+                value = 0
+                digits = 0
+            default:
+                return nil
+            }
         }
+        guard digits > 0, out.count == 3 else { return nil }
+        out.append(UInt8(value))
         return out
     }
 

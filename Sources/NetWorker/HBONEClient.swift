@@ -1,4 +1,5 @@
 internal import CNghttp2
+internal import CShims
 import Mesh
 import NIOCore
 import NIOPosix
@@ -370,13 +371,25 @@ enum HBONETunnel {
         return headers
     }
 
-    /// `00-<32 hex trace id>-<16 hex span id>-00`, random per connection.
+    /// `00-<32 hex trace id>-<16 hex span id>-00`, random per connection: the 24 random bytes
+    /// come from one getrandom call (SystemRandomNumberGenerator makes one per draw), since this
+    /// runs for every new connection.
     static func traceparent() -> String {
-        var generator = SystemRandomNumberGenerator()
-        let digits = Array("0123456789abcdef")
-        func hex(_ count: Int) -> String {
-            String((0..<count * 2).map { _ in digits[Int.random(in: 0..<16, using: &generator)] })
+        var random = [UInt8](repeating: 0, count: 24)
+        let filled = random.withUnsafeMutableBytes { getrandom($0.baseAddress, $0.count, 0) }
+        if filled != random.count {
+            var generator = SystemRandomNumberGenerator()
+            for index in random.indices { random[index] = generator.next() }
         }
-        return "00-\(hex(16))-\(hex(8))-00"
+        let digits = Array("0123456789abcdef".utf8)
+        var text: [UInt8] = Array("00-".utf8)
+        text.reserveCapacity(55)
+        for (index, byte) in random.enumerated() {
+            if index == 16 { text.append(UInt8(ascii: "-")) }
+            text.append(digits[Int(byte >> 4)])
+            text.append(digits[Int(byte & 0xf)])
+        }
+        text += Array("-00".utf8)
+        return String(decoding: text, as: UTF8.self)
     }
 }

@@ -14,6 +14,7 @@
 #include <sys/epoll.h>
 #include <sys/wait.h>
 #include <poll.h>
+#include <sys/random.h>  // getrandom: Glibc's Swift module does not export it
 
 struct cmsghdr *CShims_CMSG_FIRSTHDR(const struct msghdr *msg);
 struct cmsghdr *CShims_CMSG_NXTHDR(struct msghdr *msg, struct cmsghdr *cmsg);
