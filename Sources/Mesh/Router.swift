@@ -126,13 +126,28 @@ public enum Router {
     /// service's target port. A refusal says why (the caller answers 503).
     public static func inboundPort(_ model: MeshModel, workload: Workload, hostname: String, port: UInt16,
                                    clientNamespace: String?) -> Result<UInt16, Refusal> {
-        let candidates = model.services.values.filter { $0.hostname == hostname }.sorted { $0.key < $1.key }
-        guard let service = preferred(candidates, clientNamespace: clientNamespace) else {
+        guard let service = inboundService(model, hostname: hostname, clientNamespace: clientNamespace) else {
             return .failure(Refusal("no service has hostname \(hostname)"))
         }
         if let target = workload.services[service.key]?[port], target != 0 { return .success(target) }
         if let target = service.ports[port], target != 0 { return .success(target) }
         return .failure(Refusal("service \(service.key) has no target port for \(port) on \(workload.uid)"))
+    }
+
+    /// The service a hostname authority names (§10 step 4): by hostname, the client's namespace
+    /// preferred.
+    public static func inboundService(_ model: MeshModel, hostname: String, clientNamespace: String?) -> Service? {
+        let candidates = (model.servicesByHostname[hostname] ?? []).compactMap { model.services[$0] }.sorted { $0.key < $1.key }
+        return preferred(candidates, clientNamespace: clientNamespace)
+    }
+
+    /// The address a PROXY header names for a hostname authority (§5.7): one of the service's
+    /// VIPs, on `network` first, IPv4 first.
+    public static func proxyTarget(of service: Service, network: String) -> IPAddress? {
+        service.vips.min { a, b in
+            let rank = { (vip: NetworkAddress) in (vip.network == network ? 0 : 2) + (vip.ip.isIPv4 ? 0 : 1) }
+            return rank(a) < rank(b)
+        }?.ip
     }
 
     public struct Refusal: Error, Equatable, CustomStringConvertible {

@@ -8,9 +8,10 @@ import Shared
 /// The server side of HBONE (15008, ISTIO_COMPAT §5.2, §5.6, §10), on the shared HTTP/2 codec
 /// above the TLS handler: each CONNECT stream is validated, authorized with the client's SPIFFE
 /// identity, connected to the application and then carries its bytes both ways.
+/// A workload with a PROXY application tunnel (§5.7) gets a PROXY protocol v2 header before the
+/// stream's bytes, and may be asked for any target address (the header tells it which).
 ///
-/// Not yet: the PROXY protocol towards applications with an application tunnel, and the
-/// "sandwich" exception for a waypoint behind ztunnel (data-plane issue).
+/// Not yet: the "sandwich" exception for a waypoint behind ztunnel (data-plane issue).
 final class HBONEServerHandler: HTTP2Connection {
     static let maxHeaderListBytes = 64 * 1024
 
@@ -68,7 +69,14 @@ final class HBONEServerHandler: HTTP2Connection {
         guard let local = context.channel.localAddress?.ipAddress.flatMap(IPAddress.init)?.unmapped else {
             return respond(stream, status: 503, "the connection's local address cannot be read")
         }
+        let model = authorization.state.model
+        // A workload behind a PROXY application tunnel learns the requested target from the
+        // header, so it may be asked for any address (§10 step 3, §5.7).
+        let tunnel = authorization.state.workload(at: local.description, in: model)?.applicationTunnel
+            .flatMap { $0.tunnelProtocol == .proxy ? $0 : nil }
         let host: String, port: UInt16
+        // What the client asked for: the destination a PROXY header names.
+        let requested: IPAddress, requestedPort: UInt16
         switch ConnectAuthority.parse(stream.authority) {
         case .address(let address, let number)?:
             guard let ip = IPAddress(address) else {
@@ -76,14 +84,13 @@ final class HBONEServerHandler: HTTP2Connection {
             }
             // The authority must name the address this connection arrived on (§10 step 3). A
             // dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped.
-            guard local == ip.unmapped else {
+            guard local == ip.unmapped || tunnel != nil else {
                 return respond(stream, status: 400, "ip mismatch: \(address) is not the address this connection arrived on")
             }
-            (host, port) = (local.description, number)
+            (host, port, requested, requestedPort) = (local.description, number, ip.unmapped, number)
         case .hostname(let hostname, let number)?:
             // A service by name (§10 step 4): the port comes from this workload's endpoint map
             // for the service, and the upstream is the address the connection arrived on.
-            let model = authorization.state.model
             guard let workload = authorization.state.workload(at: local.description, in: model) else {
                 return respond(stream, status: 503, "unknown destination: no workload owns \(local)")
             }
@@ -93,6 +100,10 @@ final class HBONEServerHandler: HTTP2Connection {
             case .success(let resolved): (host, port) = (local.description, resolved)
             case .failure(let refusal): return respond(stream, status: 503, refusal.description)
             }
+            let service = Router.inboundService(model, hostname: hostname, clientNamespace: namespace)
+            let vip = service.flatMap { Router.proxyTarget(of: $0, network: authorization.state.configuration.string("NETWORK")) }
+            // The header names the service's VIP with the requested port (§5.7).
+            (requested, requestedPort) = (vip ?? local, number)
         case nil:
             return respond(stream, status: 400, "authority \(stream.authority) is neither IP:port nor host:port")
         }
@@ -108,8 +119,30 @@ final class HBONEServerHandler: HTTP2Connection {
         case .allowed(let workload):
             destinations[stream.id] = workload
             stream.record = record(for: stream, source: source, destination: workload, host: host, port: port)
-            connectUpstream(stream, host: host, port: port, source: source ?? "?")
+            let proxy = tunnel.map { proxyPlan($0, local: local, port: port, requested: requested, requestedPort: requestedPort) }
+            connectUpstream(stream, host: host, port: port, source: source ?? "?", proxy: proxy)
         }
+    }
+
+    /// Where a PROXY-tunnelled stream is delivered and the header that goes first (§5.7): the
+    /// tunnel's port if it names one, on loopback unless LOCALHOST_APP_TUNNEL is false; the
+    /// header names the HBONE client (this connection's peer, and its SPIFFE identity) and the
+    /// target it asked for.
+    private func proxyPlan(_ tunnel: ApplicationTunnel, local: IPAddress, port: UInt16, requested: IPAddress,
+                           requestedPort: UInt16) -> ProxyPlan {
+        let loopback = authorization.state.configuration.bool("LOCALHOST_APP_TUNNEL")
+        let host = loopback ? (local.isIPv4 ? "127.0.0.1" : "::1") : local.description
+        let peerAddress = context?.channel.remoteAddress
+        let client = peerAddress?.ipAddress.flatMap(IPAddress.init)?.unmapped ?? local
+        let header = ProxyProtocolV2.header(source: client, sourcePort: UInt16(clamping: peerAddress?.port ?? 0),
+                                            destination: requested, destinationPort: requestedPort, identity: peer?.description)
+        return ProxyPlan(host: host, port: tunnel.port ?? port, header: header)
+    }
+
+    struct ProxyPlan {
+        let host: String
+        let port: UInt16
+        let header: [UInt8]
     }
 
     /// The stream's metrics labels and access-log fields (the TLS peer as source principal).
@@ -120,10 +153,12 @@ final class HBONEServerHandler: HTTP2Connection {
                              hboneAddress: stream.authority)
     }
 
-    private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String) {
+    /// Connects the stream to the application at host:port (or where `proxy` says, header first).
+    /// Authorization judges host:port, the address the connection arrived on.
+    private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String, proxy: ProxyPlan?) {
         guard let context else { return }
         let handler = self
-        Upstream.connect(on: context.eventLoop, host: host, port: port, for: context.channel).whenComplete { result in
+        Upstream.connect(on: context.eventLoop, host: proxy?.host ?? host, port: proxy?.port ?? port, for: context.channel).whenComplete { result in
             switch result {
             case .failure(let error):
                 stream.record?.finish(error: "connect to the application failed: \(error)", responseFlags: "CONNECT")
@@ -151,6 +186,8 @@ final class HBONEServerHandler: HTTP2Connection {
                 let onIdle: @Sendable () -> Void = {
                     reporter.reached(.idleTimeout, listener: "inbound", peer: peer, detail: "no bytes either way for \(idle) ms")
                 }
+                // The PROXY header goes before any byte of the stream (attaching writes those).
+                if let proxy { upstream.write(upstream.allocator.buffer(bytes: proxy.header), promise: nil) }
                 do {
                     try upstream.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle)])
                     try handler.attach(upstream, to: stream)

@@ -95,6 +95,8 @@ public struct Configuration: Sendable {
                 "HTTP/2 PING interval on HBONE connections; no answer for twice this long closes the connection"),
         Setting("ZTUNNEL_MAX_CONNECTIONS", .integer(1...1_000_000), default: "16384",
                 "connections each proxy listener of each NetWorker serves at once; more are closed at accept"),
+        Setting("LOCALHOST_APP_TUNNEL", .bool, default: "true",
+                "deliver PROXY-tunnelled streams (a workload's application tunnel) over loopback, not to the pod IP"),
         Setting("POOL_MAX_STREAMS_PER_CONNECTION", .integer(1...10_000), default: "100",
                 "CONNECT streams one pooled HBONE connection carries at once before another is opened"),
         Setting("POOL_UNUSED_RELEASE_TIMEOUT", .duration, default: "5m",

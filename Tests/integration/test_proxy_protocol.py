@@ -1,0 +1,190 @@
+"""A workload behind a PROXY application tunnel (ISTIO_COMPAT §5.7, §10 step 3): 15008 delivers
+each stream to the tunnel's port, on loopback unless LOCALHOST_APP_TUNNEL=false, with a PROXY
+protocol v2 header first that names the HBONE client (address and SPIFFE identity) and the
+target it asked for; the target need not be the address the connection arrived on.
+
+The application here parses the header itself, from haproxy's proxy-protocol.txt (section 2.2),
+and echoes what follows it."""
+import ipaddress
+import socket
+import struct
+import threading
+
+import pytest
+
+pytest.importorskip("h2")
+from daemon import wait_for  # noqa: E402
+from hbone_client import HBONEClient  # noqa: E402
+from identities import MiniCA  # noqa: E402
+
+SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+POD_IP = "127.0.0.2"  # the workload's address; 15008 listens on every address
+
+
+def parse_v2(sock):
+    """Reads one PROXY v2 header from `sock`: (source, destination, {tlv type: value})."""
+    def exactly(count):
+        data = b""
+        while len(data) < count:
+            chunk = sock.recv(count - len(data))
+            if not chunk:
+                raise EOFError("connection closed inside the PROXY header")
+            data += chunk
+        return data
+    fixed = exactly(16)
+    assert fixed[:12] == SIGNATURE, fixed
+    assert fixed[12] == 0x21, "version 2, command PROXY"
+    family = fixed[13]
+    length = struct.unpack("!H", fixed[14:16])[0]
+    body = exactly(length)
+    if family == 0x11:  # TCP over IPv4
+        src, dst = ipaddress.IPv4Address(body[0:4]), ipaddress.IPv4Address(body[4:8])
+        sport, dport = struct.unpack("!HH", body[8:12])
+        rest = body[12:]
+    else:
+        assert family == 0x21, f"TCP over IPv6, not {family:#x}"
+        src, dst = ipaddress.IPv6Address(body[0:16]), ipaddress.IPv6Address(body[16:32])
+        sport, dport = struct.unpack("!HH", body[32:36])
+        rest = body[36:]
+    tlvs = {}
+    while rest:
+        kind, size = rest[0], struct.unpack("!H", rest[1:3])[0]
+        tlvs[kind] = rest[3:3 + size]
+        rest = rest[3 + size:]
+    return (str(src), sport), (str(dst), dport), tlvs
+
+
+class ProxyApp:
+    """Listens on `host`:port; records each connection's header and the address it arrived on,
+    then echoes the bytes after the header."""
+
+    def __init__(self, host, port=0):
+        self.server = socket.socket()
+        self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.server.bind((host, port))
+        self.server.listen(16)
+        self.port = self.server.getsockname()[1]
+        self.seen = []
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn):
+        with conn:
+            try:
+                header = parse_v2(conn)
+            except (EOFError, AssertionError) as error:
+                self.seen.append(("bad header", str(error)))
+                return
+            self.seen.append((conn.getsockname()[0], header))
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                conn.sendall(data)
+
+    def close(self):
+        self.server.close()
+
+
+def config(app_port):
+    return f"""
+workloads:
+- uid: test//Pod/mesh/waypoint-1
+  name: waypoint-1
+  namespace: mesh
+  serviceAccount: waypoint
+  trustDomain: cluster.local
+  workloadIps: ["{POD_IP}"]
+  protocol: HBONE
+  applicationTunnel:
+    protocol: PROXY
+    port: {app_port}
+  services:
+    "mesh/echo.mesh.svc.cluster.local":
+      80: 8080
+services:
+- name: echo
+  namespace: mesh
+  hostname: echo.mesh.svc.cluster.local
+  vips: ["/fd00::9", "/10.96.0.9"]
+  ports:
+    80: 8080
+"""
+
+
+@pytest.fixture
+def apps():
+    # The same port on loopback and on the pod IP: which one a stream reaches shows where
+    # 15008 delivered it.
+    loopback = ProxyApp("127.0.0.1")
+    pod = ProxyApp(POD_IP, loopback.port)
+    yield loopback, pod
+    loopback.close()
+    pod.close()
+
+
+def start(start_daemon, tmp_path, app_port, **env):
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "waypoint"), "waypoint", namespace="mesh")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(local_config=config(app_port), hbone_wildcard=True,
+                          extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), **env})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the waypoint identity")
+    return daemon
+
+
+def carry(daemon, tmp_path, authority, payload):
+    client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"), host=POD_IP)
+    try:
+        local_port = client.sock.getsockname()[1]
+        stream = client.connect(authority)
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200, client.status
+        client.send(stream, payload, end=True)
+        assert client.pump(lambda: stream in client.ended)
+        return local_port, client.data[stream]
+    finally:
+        client.close()
+
+
+def test_an_address_target_reaches_the_tunnel_port_on_loopback_after_a_proxy_header(start_daemon, tmp_path, apps):
+    loopback, pod = apps
+    daemon = start(start_daemon, tmp_path, loopback.port)
+    # 10.96.0.9 is not the address the connection arrives on: allowed, since the header says it.
+    client_port, echoed = carry(daemon, tmp_path, "10.96.0.9:80", b"hello waypoint")
+    assert echoed == b"hello waypoint"  # the header went to the application only, first
+    assert pod.seen == []
+    assert len(loopback.seen) == 1, loopback.seen
+    arrived_on, (source, destination, tlvs) = loopback.seen[0]
+    assert arrived_on == "127.0.0.1"
+    # The HBONE client's own address (the test's socket to 127.0.0.2 comes from 127.0.0.1).
+    assert source == ("127.0.0.1", client_port)
+    assert destination == ("10.96.0.9", 80)
+    assert tlvs == {0xD0: b"spiffe://cluster.local/ns/default/sa/client"}
+
+
+def test_a_hostname_target_names_the_services_ipv4_vip(start_daemon, tmp_path, apps):
+    loopback, _ = apps
+    daemon = start(start_daemon, tmp_path, loopback.port)
+    _, echoed = carry(daemon, tmp_path, "echo.mesh.svc.cluster.local:80", b"by name")
+    assert echoed == b"by name"
+    _, (_, destination, _) = loopback.seen[0]
+    assert destination == ("10.96.0.9", 80)  # IPv4 preferred over fd00::9; the requested port
+
+
+def test_without_localhost_app_tunnel_the_stream_goes_to_the_pod_ip(start_daemon, tmp_path, apps):
+    loopback, pod = apps
+    daemon = start(start_daemon, tmp_path, loopback.port, LOCALHOST_APP_TUNNEL="false")
+    _, echoed = carry(daemon, tmp_path, f"{POD_IP}:9", b"to the pod")
+    assert echoed == b"to the pod"
+    assert loopback.seen == []
+    arrived_on, (_, destination, _) = pod.seen[0]
+    assert arrived_on == POD_IP and destination == (POD_IP, 9)
