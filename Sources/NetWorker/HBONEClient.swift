@@ -316,16 +316,32 @@ enum HBONETunnel {
     /// Opens a stream for `tunnel` on a pooled connection; the future succeeds once the server
     /// answered 200 (then `Stage.attach` bridges the client) and fails with the reason the
     /// tunnel could not be made.
+    ///
+    /// A CONNECT the server refused without processing it (REFUSED_STREAM, or cut off by a
+    /// GOAWAY) is sent again, on a connection that can still take it, up to `attempts` times in
+    /// all: a draining peer ztunnel must not cost its clients their connections.
     static func open(_ tunnel: OutboundRouting.Tunnel, for client: Channel, pools: HBONEPools,
-                     record: ConnectionRecord?) -> EventLoopFuture<Stage> {
+                     record: ConnectionRecord?, attempts: Int = 3) -> EventLoopFuture<Stage> {
         let pool = pools.pool(for: client.eventLoop)
         let headers = requestHeaders(tunnel, client: client)
         var tunnel = tunnel
         tunnel.pod = PodDialer.shared?.pod(of: client)
-        return pool.connection(for: tunnel).flatMap { connection in
+        return attempt(tunnel, pool: pool, client: client, headers: headers, record: record, left: attempts)
+    }
+
+    private static func attempt(_ tunnel: OutboundRouting.Tunnel, pool: HBONEPool, client: Channel, headers: [(String, String)],
+                                record: ConnectionRecord?, left: Int) -> EventLoopFuture<Stage> {
+        pool.connection(for: tunnel).flatMap { connection in
             let (stream, answered) = connection.open(on: client.eventLoop, authority: tunnel.authority, headers: headers,
                                                      record: record)
             return answered.map { Stage(connection: connection, stream: stream) }
+        }.flatMapError { error in
+            guard let refused = error as? HBONEError, refused.isRetryable, left > 1, client.isActive else {
+                return client.eventLoop.makeFailedFuture(error)
+            }
+            Log.debug("outbound: CONNECT \(tunnel.authority) refused unprocessed; sending it again",
+                      [("attempts_left", "\(left - 1)")])
+            return attempt(tunnel, pool: pool, client: client, headers: headers, record: record, left: left - 1)
         }
     }
 

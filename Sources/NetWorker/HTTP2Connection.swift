@@ -320,6 +320,14 @@ class HTTP2Connection: ChannelInboundHandler {
         nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks) { _, _, _, session, stream, maxFrame, _ in
             min(Int(min(session, stream)), Int(maxFrame), HTTP2Connection.dataFramePayload)
         }
+        // A request nghttp2 could not send (a GOAWAY arrived while its HEADERS were queued) has
+        // no stream to close: it is closed here as refused, or its tunnel would wait forever.
+        nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks) { _, frame, _, user in
+            guard let frame, let user, frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
+            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
+            handler.streamClosed(frame.pointee.hd.stream_id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
+            return 0
+        }
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamId, errorCode, user in
             guard let user else { return 0 }
             let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
@@ -372,8 +380,13 @@ class HTTP2Connection: ChannelInboundHandler {
         stream.early.removeAll()
         if let answered = stream.answered {
             stream.answered = nil
+            let refused = errorCode == NGHTTP2_REFUSED_STREAM.rawValue
+            // A refused CONNECT may be sent again for the same client: its record is the
+            // caller's to finish (with the next try's counts, or with this failure).
+            if refused { stream.record = nil }
             answered.fail(HBONEError(errorCode == 0 ? "the stream ended before an answer"
-                                                    : "the stream was reset (HTTP/2 error \(errorCode))"))
+                                     : refused ? "the server refused the stream (REFUSED_STREAM or GOAWAY)"
+                                     : "the stream was reset (HTTP/2 error \(errorCode))", retryable: refused))
         }
         stream.record?.finish()
     }
@@ -566,7 +579,13 @@ struct DrainRequested {}
 /// Why an HBONE stream or connection failed, in words for the access log.
 struct HBONEError: Error, CustomStringConvertible {
     let description: String
-    init(_ description: String) { self.description = description }
+    /// The server never processed the request (REFUSED_STREAM, a GOAWAY naming a lower stream,
+    /// a request never sent): it may be sent again on another connection (RFC 9113 §8.7).
+    let isRetryable: Bool
+    init(_ description: String, retryable: Bool = false) {
+        self.description = description
+        isRetryable = retryable
+    }
 }
 
 /// The TCP side of one HBONE stream: its bytes go to the stream, its end ends it.

@@ -1,0 +1,184 @@
+"""A CONNECT the server never processed is sent again (RFC 9113 §8.7; ISTIO_COMPAT §5.5: a
+connection that reports not-ready is evicted): the peer may refuse a stream (RST_STREAM
+REFUSED_STREAM) or cut it off with a GOAWAY whose last stream id is lower, as a draining ztunnel
+does. The client's connection must still reach the application, through another connection when
+the first one is going away; a peer that refuses every time costs a bounded number of tries.
+
+The peer is an HBONE server written here on Python's ssl and h2, which misbehaves on purpose."""
+import os
+import socket
+import ssl
+import threading
+
+import pytest
+
+h2 = pytest.importorskip("h2")
+import h2.config  # noqa: E402
+import h2.connection  # noqa: E402
+import h2.errors  # noqa: E402
+import h2.events  # noqa: E402
+import h2.exceptions  # noqa: E402
+from daemon import free_ports, socks5_connect, wait_for  # noqa: E402
+from identities import MiniCA  # noqa: E402
+
+CONFIG = """
+workloads:
+- uid: test//Pod/default/client-1
+  name: client-1
+  namespace: default
+  serviceAccount: client
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.3"]
+  protocol: HBONE
+- uid: test//Pod/shop/echo-1
+  name: echo-1
+  namespace: shop
+  serviceAccount: echo
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.2"]
+  protocol: HBONE
+"""
+
+
+class MisbehavingHBONEServer:
+    """Serves HBONE on 127.0.0.2:port. `plan(n)` says what to do with the n-th CONNECT (from 0):
+    "refuse" (RST_STREAM REFUSED_STREAM), "goaway" (GOAWAY naming stream 0, the request left
+    unanswered) or "echo" (200, then every byte back)."""
+
+    def __init__(self, port, server_dir, plan):
+        self.plan = plan
+        self.requests = 0
+        self.connections = 0
+        self.lock = threading.Lock()
+        self.context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        self.context.minimum_version = ssl.TLSVersion.TLSv1_3
+        self.context.load_cert_chain(f"{server_dir}/cert-chain.pem", f"{server_dir}/key.pem")
+        self.context.load_verify_locations(f"{server_dir}/root-cert.pem")
+        self.context.verify_mode = ssl.CERT_REQUIRED
+        self.context.set_alpn_protocols(["h2"])
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.2", port))
+        self.listener.listen(16)
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            with self.lock:
+                self.connections += 1
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw):
+        try:
+            sock = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        echoing = set()
+        with sock:
+            while True:
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                try:
+                    events = conn.receive_data(data)
+                except h2.exceptions.ProtocolError:
+                    return  # frames after our GOAWAY: this connection is over
+                for event in events:
+                    if isinstance(event, h2.events.RequestReceived):
+                        with self.lock:
+                            n = self.requests
+                            self.requests += 1
+                        action = self.plan(n)
+                        if action == "refuse":
+                            conn.reset_stream(event.stream_id, error_code=h2.errors.ErrorCodes.REFUSED_STREAM)
+                        elif action == "goaway":
+                            conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=0)
+                        else:
+                            conn.send_headers(event.stream_id, [(":status", "200")])
+                            echoing.add(event.stream_id)
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                        if event.stream_id in echoing:
+                            conn.send_data(event.stream_id, event.data)
+                    elif isinstance(event, h2.events.StreamEnded) and event.stream_id in echoing:
+                        conn.end_stream(event.stream_id)
+                try:
+                    sock.sendall(conn.data_to_send())
+                except OSError:
+                    return
+
+    def close(self):
+        self.listener.close()
+
+
+def start(start_daemon, tmp_path, plan):
+    (port,) = free_ports(1)
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "client"), "client")
+    ca.issue(str(tmp_path / "server"), "echo", namespace="shop")
+    server = MisbehavingHBONEServer(port, str(tmp_path / "server"), plan)
+    daemon = start_daemon(local_config=CONFIG, extra_env={
+        "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "ZTUNNEL_HBONE_PORT": str(port)})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the client identity")
+    return daemon, server
+
+
+def through(daemon, payload):
+    """SOCKS5 from the client workload to the echo workload: (reply code, bytes echoed)."""
+    sock, code = socks5_connect(daemon.ports["socks5"], 7070, "127.0.0.2", source="127.0.0.3", timeout=10)
+    with sock:
+        if code != 0:
+            return code, b""
+        sock.sendall(payload)
+        sock.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = sock.recv(65536)
+            if not chunk:
+                return code, received
+            received += chunk
+
+
+@pytest.mark.parametrize("first", ["refuse", "goaway"])
+def test_a_connect_refused_unprocessed_is_sent_again(start_daemon, tmp_path, first):
+    daemon, server = start(start_daemon, tmp_path, lambda n: first if n == 0 else "echo")
+    try:
+        payload = os.urandom(50_000)
+        assert through(daemon, payload) == (0, payload), daemon.log()[-3000:]
+        assert server.requests == 2
+        # A GOAWAY retires its connection: the second try went over a new one.
+        assert server.connections == (2 if first == "goaway" else 1)
+        # Only the tunnel that carried the bytes is logged, without an error.
+        wait_for(lambda: "direction=outbound" in daemon.log(), 10, "the access-log line")
+        line = next(l for l in daemon.log().splitlines() if "connection complete" in l and "direction=outbound" in l)
+        assert "error=" not in line and f"bytes_recv={len(payload)}" in line, line
+    finally:
+        server.close()
+
+
+def test_a_peer_that_always_refuses_costs_three_tries_then_the_connection(start_daemon, tmp_path):
+    daemon, server = start(start_daemon, tmp_path, lambda n: "refuse")
+    try:
+        code, _ = through(daemon, b"never carried")
+        assert code != 0
+        assert server.requests == 3
+        wait_for(lambda: "direction=outbound" in daemon.log(), 10, "the access-log line")
+        line = next(l for l in daemon.log().splitlines() if "connection complete" in l and "direction=outbound" in l)
+        assert "refused the stream" in line, line
+        # The worker still serves: a later tunnel to a server that answers works.
+        server.plan = lambda n: "echo"
+        assert through(daemon, b"after") == (0, b"after")
+    finally:
+        server.close()
