@@ -6,7 +6,10 @@
 /// - a nameserver's answer to that query: cut for UDP it stays within the limit and keeps the
 ///   question; its id restored is the query's;
 /// - a TCP stream from a pod: the frames it splits into lie within it, in order;
-/// - a resolv.conf: at most 3 nameservers, each one word.
+/// - a resolv.conf: at most 3 nameservers, each one word;
+/// - a nameserver's answer to one of our own lookups (SOCKS5 names): the addresses taken are
+///   4 bytes each (A) and at most one per record looked at; and the input as a name to look
+///   up: a query made for it parses back to that name and type.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let bytes = Array(UnsafeBufferPointer(start: data, count: size))
@@ -25,6 +28,19 @@ public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let servers = ResolvConf.nameservers(String(decoding: bytes, as: UTF8.self))
     if servers.count > 3 || servers.contains(where: { $0.isEmpty || $0.contains(" ") || $0.contains("\t") }) {
         fatalError("resolv.conf read as \(servers)")
+    }
+    if bytes.count >= 12 {
+        for name in ["www.example", "a"] {
+            if let found = DNSLookup.addresses(in: bytes, id: DNSQuery.u16(bytes, 0), name: name, type: DNSQuery.typeA),
+               found.count > DNSLookup.maxRecords || found.contains(where: { $0.count != 4 }) {
+                fatalError("addresses \(found) from an answer")
+            }
+        }
+    }
+    let asName = String(decoding: bytes.prefix(300), as: UTF8.self)
+    if let lookup = DNSLookup.query(id: 7, name: asName, type: DNSQuery.typeAAAA) {
+        guard let parsed = try? DNSQuery.parse(lookup), parsed.name == asName.lowercased(), parsed.type == DNSQuery.typeAAAA,
+              parsed.id == 7 else { fatalError("a lookup of \(asName) does not parse back") }
     }
     guard let query = try? DNSQuery.parse(bytes) else { return 0 }
     if let name = query.name {

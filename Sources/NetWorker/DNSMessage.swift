@@ -266,3 +266,73 @@ enum DNSNames {
         return out.filter { seen.insert($0).inserted }
     }
 }
+
+/// A lookup of the NetWorker's own (SOCKS5 names outside the mesh, ISTIO_COMPAT §14): the A or
+/// AAAA query it sends to a nameserver, and the addresses it takes from the answer.
+enum DNSLookup {
+    /// A recursive query for `name` (no trailing dot); nil when `name` is not a host name (an
+    /// empty label, a label over 63 bytes, over 253 bytes in all, or a byte other than letters,
+    /// digits, '-' and '_').
+    static func query(id: UInt16, name: String, type: UInt16) -> [UInt8]? {
+        let labels = name.split(separator: ".", omittingEmptySubsequences: false)
+        guard !name.isEmpty, name.utf8.count <= 253,
+              labels.allSatisfy({ !$0.isEmpty && $0.utf8.count <= 63 && $0.utf8.allSatisfy(isHostByte) }) else { return nil }
+        let flags: UInt16 = 0x0100  // RD
+        return DNSResponse.be16(id) + DNSResponse.be16(flags) + DNSResponse.be16(1) + DNSResponse.be16(0)
+            + DNSResponse.be16(0) + DNSResponse.be16(0) + DNSResponse.encode(name) + DNSResponse.be16(type)
+            + DNSResponse.be16(DNSQuery.classIN)
+    }
+
+    private static func isHostByte(_ byte: UInt8) -> Bool {
+        switch byte {
+        case UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "_"): return true
+        default: return false
+        }
+    }
+
+    /// At most this many records of an answer are looked at.
+    static let maxRecords = 256
+
+    /// The addresses (4 or 16 bytes, per `type`) an answer gives for `name`: the records of the
+    /// answer section owned by `name` or by a name a CNAME there leads to, in order. An empty
+    /// list for NXDOMAIN or an answer without such records; nil for anything that is not a
+    /// well-formed answer to this very question (another id, another question, a server failure).
+    static func addresses(in answer: [UInt8], id: UInt16, name: String, type: UInt16) -> [[UInt8]]? {
+        guard answer.count >= 12, answer.count <= DNSQuery.maxMessageBytes, DNSQuery.u16(answer, 0) == id,
+              answer[2] & 0x80 != 0, DNSQuery.u16(answer, 4) == 1 else { return nil }
+        let rcode = answer[3] & 0x0f
+        if rcode == 3 { return [] }  // NXDOMAIN
+        guard rcode == 0 else { return nil }
+        var offset = 12
+        guard let asked = try? DNSQuery.readName(answer, &offset), asked == name.lowercased(),
+              offset + 4 <= answer.count, DNSQuery.u16(answer, offset) == type,
+              DNSQuery.u16(answer, offset + 2) == DNSQuery.classIN else { return nil }
+        offset += 4
+        let size = type == DNSQuery.typeA ? 4 : 16
+        var owners: Set<String> = [asked]
+        var found: [[UInt8]] = []
+        for _ in 0..<min(Int(DNSQuery.u16(answer, 6)), maxRecords) {
+            // A name this code does not read (nil: bytes a host name never has) owns nothing here.
+            let owner: String?
+            do { owner = try DNSQuery.readName(answer, &offset) } catch { return nil }
+            guard offset + 10 <= answer.count else { return nil }
+            let recordType = DNSQuery.u16(answer, offset), recordClass = DNSQuery.u16(answer, offset + 2)
+            let length = Int(DNSQuery.u16(answer, offset + 8))
+            offset += 10
+            guard offset + length <= answer.count else { return nil }
+            if let owner, owners.contains(owner), recordClass == DNSQuery.classIN {
+                if recordType == type && length == size {
+                    found.append(Array(answer[offset..<offset + length]))
+                } else if recordType == DNSQuery.typeCNAME {
+                    var target = offset
+                    if let alias = try? DNSQuery.readName(answer, &target), target == offset + length {
+                        owners.insert(alias)
+                    }
+                }
+            }
+            offset += length
+        }
+        return found
+    }
+}

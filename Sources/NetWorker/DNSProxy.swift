@@ -74,6 +74,33 @@ final class DNSProxy: Sendable {
         Log.info("dns proxy: forwarding to nameserver \(address)")
     }
 
+    /// Whether lookups of its own can be made: a nameserver socket came from the Supervisor.
+    var canResolve: Bool { upstreams.withLockedValue { !$0.isEmpty } }
+
+    /// What the NetWorker's own lookups count against in the forward budget.
+    static let ownLookups = "(ztunnel)"
+
+    /// The addresses of `name` from the nameservers, for SOCKS5 names outside the mesh (§14):
+    /// A, and AAAA when IPv6 is enabled, asked at once; IPv4 first. Empty when no nameserver
+    /// answered in time, the name has none, or too many forwards are in flight.
+    func resolve(_ name: String, on loop: EventLoop) -> EventLoopFuture<[IPAddress]> {
+        let upstreams = self.upstreams.withLockedValue { $0 }
+        guard !upstreams.isEmpty, reserveForward(Self.ownLookups) else { return loop.makeSucceededFuture([]) }
+        let deadline = NIODeadline.now() + Self.forwardTimeout
+        let types = ipv6 ? [DNSQuery.typeA, DNSQuery.typeAAAA] : [DNSQuery.typeA]
+        let asked = types.map { type -> EventLoopFuture<[IPAddress]> in
+            let id = UInt16.random(in: 0...UInt16.max)
+            guard let query = DNSLookup.query(id: id, name: name, type: type) else { return loop.makeSucceededFuture([]) }
+            return forward(query, to: upstreams[...], until: deadline, on: loop).map { answer in
+                guard let answer, let found = DNSLookup.addresses(in: answer, id: id, name: name, type: type) else { return [] }
+                return found.compactMap { IPAddress(bytes: $0) }
+            }
+        }
+        return EventLoopFuture.whenAllComplete(asked, on: loop)
+            .map { results in results.flatMap { (try? $0.get()) ?? [] } }
+            .always { _ in self.releaseForward(Self.ownLookups) }
+    }
+
     /// The answer to one message from pod `pod` (sent from `source`, an IP), or nil to drop it
     /// (no header to answer).
     func answer(_ bytes: [UInt8], pod: String, source: String?, udp: Bool, on loop: EventLoop) -> EventLoopFuture<[UInt8]?> {

@@ -1,3 +1,4 @@
+import Mesh
 import NIOCore
 import NIOPosix
 import Shared
@@ -120,6 +121,22 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
         let client = context.channel
         guard let routing else {
             connectUpstream(context: context, host: host, port: port, target: host, targetPort: port)
+            return
+        }
+        // A name outside the mesh (§14): asked of the node's nameservers, then connected to as
+        // its first address, which the guardrails judge again (a name may point anywhere).
+        if IPAddress(host) == nil, routing.state.model.servicesByHostname[host] == nil, let dns = DNSProxy.shared, dns.canResolve {
+            dns.resolve(host, on: context.eventLoop).whenComplete { result in
+                guard client.isActive else { return }
+                guard case .success(let addresses) = result, let address = addresses.first else {
+                    Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
+                                                           ("reason", "the nameservers gave no address for \(host)")])
+                    self.fail(context, Socks5Parser.reply(.hostUnreachable))
+                    return
+                }
+                Log.debug("socks5: \(host) resolved", [("address", address.description), ("of", "\(addresses.count)")])
+                self.connect(context: context, host: address.description, port: port)
+            }
             return
         }
         routing.resolve(host: host, port: port, client: client.remoteAddress?.ipAddress, on: context.eventLoop).whenSuccess { resolution in

@@ -45,6 +45,10 @@ enum NetWorkerMain {
                 // waiting for a socket gives up at its deadline and the next one asks again.
                 try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)
             }
+        }
+        // The pods' DNS proxy, and the lookups of SOCKS5 names outside the mesh: both use the
+        // nameserver sockets the Supervisor sends.
+        if configuration.dnsProxyEnabled || configuration.isSocks5Enabled {
             DNSProxy.shared = DNSProxy(state: state, group: group, metrics: dnsMetrics)
         }
         let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in

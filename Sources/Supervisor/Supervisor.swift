@@ -277,7 +277,7 @@ final class Supervisor {
                 try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame(), blocking: false)
             }
         }
-        if slot.spec.receivesListeners, inPod != nil, configuration.dnsProxyEnabled {
+        if slot.spec.receivesListeners, configuration.dnsProxyEnabled || configuration.isSocks5Enabled {
             for fd in DNSUpstreams.connectedSockets() {
                 try ipc.send(SupervisorMessage.listener(name: "dns-upstream", fd: fd).frame(), blocking: false)
             }

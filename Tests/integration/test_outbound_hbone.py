@@ -391,8 +391,7 @@ def test_bulk_data_both_ways_on_one_pooled_connection(start_daemon):
 
 def test_socks5_names_a_mesh_service_by_its_hostname(start_daemon):
     """SOCKS5 by name (§14): a mesh service's hostname resolves to its VIP and is routed like it
-    (here through the tunnel); a name outside the mesh is refused with its reason, since the
-    NetWorker has no resolver."""
+    (here through the tunnel), without asking any nameserver."""
     echo = EchoServer(host="127.0.0.2")
     try:
         daemon, _ = start(start_daemon, echo.port)
@@ -401,10 +400,45 @@ def test_socks5_names_a_mesh_service_by_its_hostname(start_daemon):
             assert code == 0
             sock.sendall(b"by name")
             assert sock.recv(100) == b"by name"
-        sock, code = socks5_connect(daemon.ports["socks5"], 80, "example.com", source="127.0.0.3")
-        sock.close()
-        assert code == 4
-        wait_for(lambda: "example.com is no service of the mesh" in daemon.log(), 10, "the refusal's reason")
         wait_for(lambda: "dst.service=echo.shop.svc.cluster.local" in daemon.log(), 10, "the tunnel's access-log line")
     finally:
+        echo.close()
+
+
+def test_socks5_names_outside_the_mesh_are_asked_of_the_nodes_nameservers(start_daemon, tmp_path):
+    """§14: a name that is no mesh service is resolved by the nameservers of ztunnel's
+    resolv.conf (here a stub), then routed as its address: plain TCP to an address outside the
+    mesh, HBONE to a mesh workload's. A name without an address is refused with the reason, and a
+    name pointing at this proxy's own ports on loopback meets the same guard as the address."""
+    from dns_stub import DnsStub
+    echo = EchoServer(host="127.0.0.2")
+    outside = EchoServer(host="127.0.0.4")
+    stub = DnsStub("127.0.0.79", {"plain.example": "127.0.0.4", "pod.example": "127.0.0.2", "self.example": "127.0.0.1"})
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.79\n")
+    try:
+        daemon = start_daemon(local_config=config(echo.port), hbone_wildcard=True, etc={"resolv.conf": str(resolv)})
+        daemon.wait_ready()
+        wait_for(lambda: "identity available identity=" + ECHO_ID in daemon.log(), 30, "the echo identity")
+        for name, port in (("plain.example", outside.port), ("pod.example", echo.port)):
+            sock, code = socks5_connect(daemon.ports["socks5"], port, name, source="127.0.0.3")
+            with sock:
+                assert code == 0, (name, daemon.log()[-3000:])
+                assert round_trip(sock, name.encode()) == name.encode()
+        assert ("plain.example", 1) in stub.queries and ("pod.example", 1) in stub.queries, stub.queries
+        wait_for(lambda: len(access_lines(daemon)) >= 3, 10, "the access-log lines")
+        lines = [l for l in access_lines(daemon) if "direction=outbound" in l]
+        assert any(f"dst.addr=127.0.0.4:{outside.port}" in l and "src.identity" not in l for l in lines), lines
+        assert any(f"dst.hbone_addr=127.0.0.2:{echo.port}" in l and f"dst.identity={ECHO_ID}" in l for l in lines), lines
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, "missing.example", source="127.0.0.3")
+        sock.close()
+        assert code == 4
+        wait_for(lambda: "the nameservers gave no address for missing.example" in daemon.log(), 10, "the refusal's reason")
+        # Back into this proxy through a name: the loop guard sees the address.
+        sock, code = socks5_connect(daemon.ports["socks5"], daemon.ports["socks5"], "self.example", source="127.0.0.3")
+        sock.close()
+        assert code == 2  # not allowed: loopback on a proxy port
+    finally:
+        stub.close()
+        outside.close()
         echo.close()
