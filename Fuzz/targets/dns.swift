@@ -6,7 +6,7 @@
 /// - a nameserver's answer to that query: cut for UDP it stays within the limit and keeps the
 ///   question; its id restored is the query's;
 /// - a TCP stream from a pod: the frames it splits into lie within it, in order;
-/// - a resolv.conf: at most 3 nameservers, each one word;
+/// - a resolv.conf: at most 3 nameservers, each one word; at most 6 search domains, each a name;
 /// - a nameserver's answer to one of our own lookups (SOCKS5 names): the addresses taken are
 ///   4 bytes each (A) and at most one per record looked at; and the input as a name to look
 ///   up: a query made for it parses back to that name and type.
@@ -28,6 +28,10 @@ public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let servers = ResolvConf.nameservers(String(decoding: bytes, as: UTF8.self))
     if servers.count > 3 || servers.contains(where: { $0.isEmpty || $0.contains(" ") || $0.contains("\t") }) {
         fatalError("resolv.conf read as \(servers)")
+    }
+    let search = ResolvConf.searchDomains(String(decoding: bytes, as: UTF8.self))
+    if search.count > 6 || search.contains(where: { $0.isEmpty || $0.utf8.count > 253 || $0.contains(" ") || $0.hasSuffix(".") }) {
+        fatalError("search domains read as \(search)")
     }
     if bytes.count >= 12 {
         for name in ["www.example", "a"] {

@@ -23,6 +23,9 @@ final class DNSProxy: Sendable {
     private let domain: String
     private let network: String
     private let ipv6: Bool
+    /// Ztunnel's search domains, stripped from a name to look it up again (§13).
+    private let searchDomains: [String]
+    private let preferredNamespace: String
     private let inFlight = NIOLockedValueBox<(total: Int, byPod: [String: Int])>((0, [:]))
     private let metrics: DNSMetrics
     static let forwardTimeout = TimeAmount.seconds(5)
@@ -42,6 +45,8 @@ final class DNSProxy: Sendable {
         domain = state.configuration.string("CLUSTER_DOMAIN")
         network = state.configuration.string("NETWORK")
         ipv6 = state.configuration.bool("IPV6_ENABLED")
+        searchDomains = state.configuration.string("ZTUNNEL_DNS_SEARCH_DOMAINS").split(separator: " ").map(String.init)
+        preferredNamespace = state.configuration.string("PREFERED_SERVICE_NAMESPACE")
     }
 
     /// A UDP socket connected to one nameserver, from the Supervisor (in resolv.conf's order).
@@ -150,36 +155,53 @@ final class DNSProxy: Sendable {
 
     /// Addresses of the service the name means, or nil when no mesh service has it (forwarded).
     /// A service found without an address of the family asked is an empty answer, not a miss.
+    /// The name is tried as it came, then with each of ztunnel's search domains stripped; a
+    /// match found by stripping (not through a wildcard) is answered with a CNAME from the name
+    /// asked to the stripped one first (§13).
     func lookUp(_ name: String, v6: Bool, clientNamespace: String, in model: MeshModel) -> [DNSRecord]? {
-        for candidate in DNSNames.candidates(name, clientNamespace: clientNamespace, domain: domain) {
-            let matching = (model.servicesByHostname[candidate] ?? []).compactMap { model.services[$0] }.filter { service in
-                (service.visibility == .public || service.namespace == clientNamespace)
-                    && (!service.vips.isEmpty || service.hostname.hasSuffix(".svc.\(domain)"))
+        var names = [name]
+        for search in searchDomains where name.hasSuffix("." + search) && name.utf8.count > search.utf8.count + 1 {
+            names.append(String(name.dropLast(search.count + 1)))
+        }
+        for (index, asked) in names.enumerated() {
+            for candidate in DNSNames.candidates(asked, clientNamespace: clientNamespace, domain: domain) {
+                guard let records = records(for: candidate, v6: v6, clientNamespace: clientNamespace, in: model) else { continue }
+                return index > 0 && !candidate.hasPrefix("*.") ? [.cname(asked)] + records : records
             }
-            guard let service = matching.min(by: { rank($0, clientNamespace) < rank($1, clientNamespace) }) else { continue }
-            if v6 && !ipv6 { return [] }
-            var addresses: [IPAddress]
-            if service.vips.isEmpty {
-                // Headless: the ready endpoints of this network, as the router would pick them.
-                addresses = model.endpoints(of: service.key)
-                    .filter { $0.workload.status == .healthy && $0.workload.network == network }
-                    .flatMap { $0.workload.addresses }
-            } else {
-                addresses = service.vips.filter { $0.network == network }.map(\.ip)
-            }
-            addresses = addresses.map(\.unmapped).filter { $0.isIPv4 != v6 }
-            var seen = Set<IPAddress>()
-            // A headless service may have thousands of endpoints; an answer keeps 64 of them (at
-            // random), which also keeps it far below a TCP message's 64 KiB.
-            return addresses.filter { seen.insert($0).inserted }.shuffled().prefix(Self.maxRecords)
-                .map { v6 ? .aaaa($0.bytes) : .a($0.bytes) }
         }
         return nil
     }
 
-    /// The client's namespace first, then a canonical service, then by key (a stable choice).
-    private func rank(_ service: Service, _ clientNamespace: String) -> (Int, Int, String) {
-        (service.namespace == clientNamespace ? 0 : 1, service.canonical ? 0 : 1, service.key)
+    /// The records of the service `candidate` names, or nil when none does.
+    private func records(for candidate: String, v6: Bool, clientNamespace: String, in model: MeshModel) -> [DNSRecord]? {
+        let matching = (model.servicesByHostname[candidate] ?? []).compactMap { model.services[$0] }.filter { service in
+            (service.visibility == .public || service.namespace == clientNamespace)
+                && (!service.vips.isEmpty || service.hostname.hasSuffix(".svc.\(domain)"))
+        }
+        guard let service = matching.min(by: { rank($0, clientNamespace) < rank($1, clientNamespace) }) else { return nil }
+        if v6 && !ipv6 { return [] }
+        var addresses: [IPAddress]
+        if service.vips.isEmpty {
+            // Headless: the ready endpoints of this network, as the router would pick them.
+            addresses = model.endpoints(of: service.key)
+                .filter { $0.workload.status == .healthy && $0.workload.network == network }
+                .flatMap { $0.workload.addresses }
+        } else {
+            addresses = service.vips.filter { $0.network == network }.map(\.ip)
+        }
+        addresses = addresses.map(\.unmapped).filter { $0.isIPv4 != v6 }
+        var seen = Set<IPAddress>()
+        // A headless service may have thousands of endpoints; an answer keeps 64 of them (at
+        // random), which also keeps it far below a TCP message's 64 KiB.
+        return addresses.filter { seen.insert($0).inserted }.shuffled().prefix(Self.maxRecords)
+            .map { v6 ? .aaaa($0.bytes) : .a($0.bytes) }
+    }
+
+    /// The client's namespace first, then a canonical service, then PREFERED_SERVICE_NAMESPACE,
+    /// then by key (a stable choice).
+    private func rank(_ service: Service, _ clientNamespace: String) -> (Int, Int, Int, String) {
+        (service.namespace == clientNamespace ? 0 : 1, service.canonical ? 0 : 1,
+         !preferredNamespace.isEmpty && service.namespace == preferredNamespace ? 0 : 1, service.key)
     }
 
     private func reserveForward(_ pod: String) -> Bool {

@@ -7,6 +7,12 @@ import Glibc
 /// sockets): one per nameserver of ztunnel's /etc/resolv.conf, connected to its port 53, so the
 /// kernel lets it talk to that nameserver and nothing else. Read again at every NetWorker start.
 enum DNSUpstreams {
+    /// The search domains of `path` (none when it cannot be read).
+    static func searchDomains(resolvConf path: String = "/etc/resolv.conf") -> [String] {
+        guard let bytes = try? Syscall.readFile(path, limit: 64 << 10) else { return [] }
+        return ResolvConf.searchDomains(String(decoding: bytes, as: UTF8.self))
+    }
+
     static func connectedSockets(resolvConf path: String = "/etc/resolv.conf") -> [OwnedFD] {
         let text: String
         do {

@@ -44,7 +44,8 @@ struct RoleSpec {
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
                             "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS", "XDS_ON_DEMAND",
-                            "ISTIO_META_ISTIO_VERSION", "LOCALHOST_APP_TUNNEL"] + Bounds.settingNames,
+                            "ISTIO_META_ISTIO_VERSION", "LOCALHOST_APP_TUNNEL", "PREFERED_SERVICE_NAMESPACE",
+                            "ZTUNNEL_DNS_SEARCH_DOMAINS"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
 
     /// The xDS worker (issue #8): holds the one delta ADS stream to istiod, validates every

@@ -157,7 +157,14 @@ final class Supervisor {
     }
 
     private func setup(for slot: WorkerSlot) -> WorkerSetup {
-        let settings = slot.spec.settings.map { ($0, configuration.string($0)) }
+        let settings = slot.spec.settings.map { name -> (String, String) in
+            // Unset, the pods' DNS proxy strips ztunnel's own search domains (§13): read here,
+            // since a NetWorker reads no files.
+            if name == "ZTUNNEL_DNS_SEARCH_DOMAINS", configuration.string(name).isEmpty, configuration.dnsProxyEnabled {
+                return (name, DNSUpstreams.searchDomains().joined(separator: " "))
+            }
+            return (name, configuration.string(name))
+        }
             + configuration.passthroughValues.filter { entry in slot.spec.settingPrefixes.contains { entry.key.hasPrefix($0) } }
                 .sorted { $0.key < $1.key }.map { ($0.key, $0.value) }
         return WorkerSetup(role: slot.spec.role, index: slot.index, settings: settings,

@@ -244,3 +244,50 @@ def test_dns_capture_off_means_no_proxy_and_on_demand_with_it_is_refused(box, cn
 def daemon_binary():
     from daemon import ZTUNNEL
     return ZTUNNEL
+
+
+def test_search_domains_are_stripped_and_a_preferred_namespace_breaks_ties(box, cni, start_daemon, tmp_path):
+    """§13: a name that is no service as asked is looked up again with each of ztunnel's own
+    search domains (its resolv.conf) stripped; found that way, the answer starts with a CNAME from
+    the name asked to the stripped one. A hostname two services have, neither in the client's
+    namespace nor canonical, is answered from PREFERED_SERVICE_NAMESPACE's."""
+    a = box.pod("a")
+    capture_dns(box, a)
+    services = SERVICES + textwrap.dedent("""\
+        - name: db
+          namespace: alpha
+          hostname: db.example.com
+          vips: ["/10.96.1.1"]
+          ports:
+            5432: 5432
+        - name: db
+          namespace: beta
+          hostname: db.example.com
+          vips: ["/10.96.1.2"]
+          ports:
+            5432: 5432
+        """)
+    stub = DnsStub("127.0.0.77", {})
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.77\nsearch istio-system.svc.cluster.local svc.cluster.local cluster.local\n")
+    try:
+        daemon = start_daemon(local_config=box.local_config(services), etc={"resolv.conf": str(resolv)}, extra_env={
+            "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false",
+            "PREFERED_SERVICE_NAMESPACE": "beta"})
+        wait_for(lambda: cni.connected or daemon.proc.poll() is not None, 60, "the daemon's ZDS connection")
+        enrol(cni, [a])
+        wait_ready(daemon)
+        wait_for(lambda: 15053 in a.listeners(), 10, "the DNS proxy's TCP listener in the pod")
+        suffixed_id, suffixed = query("echo.shop.svc.cluster.local.svc.cluster.local")
+        db_id, db = query("db.example.com")
+        answers = ask(a, ("udp", suffixed), ("udp", db))
+        assert None not in answers, answers
+        got_id, flags, records = parse(answers[0])
+        assert got_id == suffixed_id and flags & 0xF == 0, hex(flags)
+        target = b"".join(bytes([len(l)]) + l.encode() for l in "echo.shop.svc.cluster.local".split(".")) + b"\0"
+        assert records == [(5, 30, target), (1, 30, bytes([10, 96, 0, 42]))], records
+        assert parse(answers[1])[2] == [(1, 30, bytes([10, 96, 1, 2]))]
+        # Answered here, both: nothing was forwarded.
+        assert not stub.queries, stub.queries
+    finally:
+        stub.close()
