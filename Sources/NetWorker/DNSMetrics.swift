@@ -1,9 +1,9 @@
 import Shared
 
-/// The DNS proxy's counters (ISTIO_COMPAT §15.1): queries answered here, queries forwarded, and
-/// forwards that failed, by query type, protocol and the source's canonical service and revision.
-/// One registry per NetWorker, summed across NetWorkers like the TCP families. Not yet: the
-/// forward-duration histogram (the cross-NetWorker merge takes integer counters only).
+/// The DNS proxy's counters (ISTIO_COMPAT §15.1): queries answered here, queries forwarded,
+/// forwards that failed, and how long each forward took (a histogram), by query type, protocol
+/// and the source's canonical service and revision. One registry per NetWorker, summed across
+/// NetWorkers like the TCP families (the histogram's sum in exact nanoseconds).
 final class DNSMetrics: @unchecked Sendable {
     struct Labels: Hashable {
         var queryType: String
@@ -22,7 +22,18 @@ final class DNSMetrics: @unchecked Sendable {
         var answered: UInt64 = 0
         var forwarded: UInt64 = 0
         var failed: UInt64 = 0
+        /// Forwards per duration bucket (not cumulative), then their count and total time.
+        var durations = [UInt64](repeating: 0, count: DNSMetrics.bucketBounds.count)
+        var durationCount: UInt64 = 0
+        var durationNanos: UInt64 = 0
     }
+
+    /// Upstream's buckets for `istio_dns_upstream_request_duration_seconds`, as written, and in
+    /// nanoseconds.
+    static let bucketBounds: [(text: String, nanos: UInt64)] = [
+        ("0.0005", 500_000), ("0.001", 1_000_000), ("0.01", 10_000_000), ("0.1", 100_000_000),
+        ("1", 1_000_000_000), ("5", 5_000_000_000),
+    ]
 
     /// Distinct label sets kept at most (query types are 16 bits a pod chooses).
     static let maxLabelSets = 1_000
@@ -53,19 +64,39 @@ final class DNSMetrics: @unchecked Sendable {
 
     func answered(_ labels: Labels) { counters.update(labels) { $0.answered += 1 } }
 
-    func forwarded(_ labels: Labels, failed: Bool) {
+    /// A forward done (or failed) after `nanoseconds`.
+    func forwarded(_ labels: Labels, failed: Bool, nanoseconds: UInt64) {
         counters.update(labels) {
             $0.forwarded += 1
             if failed { $0.failed += 1 }
+            if let bucket = Self.bucketBounds.firstIndex(where: { nanoseconds <= $0.nanos }) { $0.durations[bucket] += 1 }
+            $0.durationCount += 1
+            $0.durationNanos &+= nanoseconds
         }
     }
 
     func metricLines() -> [String] {
         guard enabled else { return [] }
-        return counters.lines([
+        let name = "istio_dns_upstream_request_duration_seconds"
+        var lines = counters.lines([
             ("istio_dns_requests", "Total number of DNS requests.", { $0.answered }),
             ("istio_dns_upstream_requests", "Total number of DNS requests forwarded to upstream.", { $0.forwarded }),
             ("istio_dns_upstream_failures", "Total number of DNS failures forwarding upstream.", { $0.failed }),
         ])
+        lines += ["# HELP \(name) Total time in seconds taken to forward DNS requests upstream.", "# TYPE \(name) histogram"]
+        for (rendered, counters) in counters.snapshot() {
+            // `{labels}` with `le` added last.
+            let open = String(rendered.dropLast())
+            var cumulative: UInt64 = 0
+            for (index, bound) in Self.bucketBounds.enumerated() {
+                cumulative += counters.durations[index]
+                lines.append("\(name)_bucket\(open),le=\"\(bound.text)\"} \(cumulative)")
+            }
+            lines.append("\(name)_bucket\(open),le=\"+Inf\"} \(counters.durationCount)")
+            let fraction = String(counters.durationNanos % 1_000_000_000)
+            lines.append("\(name)_sum\(rendered) \(counters.durationNanos / 1_000_000_000).\(String(repeating: "0", count: 9 - fraction.count))\(fraction)")
+            lines.append("\(name)_count\(rendered) \(counters.durationCount)")
+        }
+        return lines
     }
 }

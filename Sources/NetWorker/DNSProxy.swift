@@ -134,19 +134,21 @@ final class DNSProxy: Sendable {
         }
         guard reserveForward(pod) else {
             Log.debug("dns forward refused: too many in flight", [("pod", pod)])
-            metrics.forwarded(labels, failed: true)
+            metrics.forwarded(labels, failed: true, nanoseconds: 0)
             return loop.makeSucceededFuture(DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query))
         }
-        let deadline = NIODeadline.now() + Self.forwardTimeout
+        let started = NIODeadline.now()
+        let deadline = started + Self.forwardTimeout
         let metrics = self.metrics
         let upstreams = self.upstreams.withLockedValue { $0 }
         return forward(bytes, to: upstreams[...], until: deadline, on: loop).always { _ in self.releaseForward(pod) }
             .map { response -> [UInt8]? in
+            let took = UInt64(max(0, (NIODeadline.now() - started).nanoseconds))
             guard let response, response.count >= 12, DNSQuery.u16(response, 0) == query.id else {
-                metrics.forwarded(labels, failed: true)
+                metrics.forwarded(labels, failed: true, nanoseconds: took)
                 return DNSResponse.failure(id: query.id, rcode: DNSResponse.servFail, query: query)
             }
-            metrics.forwarded(labels, failed: false)
+            metrics.forwarded(labels, failed: false, nanoseconds: took)
             return udp ? DNSResponse.forUDP(response, query: query) : response
         }
     }

@@ -25,10 +25,15 @@ final class LabeledCounters<Key: Hashable, Counters>: @unchecked Sendable {
         }
     }
 
+    /// Each label set rendered, with its counters, in a stable order.
+    func snapshot() -> [(String, Counters)] {
+        lock.withLock { counters }.map { (render($0.key), $0.value) }.sorted { $0.0 < $1.0 }
+    }
+
     /// `# HELP`, `# TYPE … counter` and one `<name>_total{labels} value` per label set, for each
     /// family, label sets in a stable order.
     func lines(_ families: [Family]) -> [String] {
-        let snapshot = lock.withLock { counters }.map { (render($0.key), $0.value) }.sorted { $0.0 < $1.0 }
+        let snapshot = snapshot()
         var lines: [String] = []
         for family in families {
             lines += ["# HELP \(family.name) \(family.help)", "# TYPE \(family.name) counter"]

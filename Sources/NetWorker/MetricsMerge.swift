@@ -2,8 +2,10 @@
 /// the one set a scrape must show wherever it lands. This worker's own lines are trusted and
 /// define the families, their comments and their order; a peer's text is another process's bytes,
 /// so from it only samples are taken, and only those of a family we have, with labels of the
-/// strict `{name="value",...}` shape and a non-negative integer value. Sums saturate. The output
-/// keeps each family together: its comments, then its series in first-seen order.
+/// strict `{name="value",...}` shape and a non-negative value: an integer, or a decimal with at
+/// most 9 fractional digits (a histogram's `_sum`), added exactly in nanounits. Sums saturate. A
+/// histogram family's samples are its `_bucket`, `_count` and `_sum` series. The output keeps
+/// each family together: its comments, then its series in first-seen order.
 /// Pure Swift, no imports (fuzzed as `metrics_merge`).
 enum MetricsMerge {
     /// The most lines taken from one peer and the longest line.
@@ -13,29 +15,63 @@ enum MetricsMerge {
     struct Sample {
         let series: Substring
         let name: Substring
+        /// The integer part.
         let value: UInt64
+        /// The fraction in billionths, for a decimal value; nil for an integer.
+        var nanos: UInt64? = nil
+    }
+
+    /// A series' sum: integer part, billionths, and whether it is written as a decimal.
+    struct Sum {
+        var value: UInt64 = 0
+        var nanos: UInt64 = 0
+        var isDecimal = false
+
+        mutating func add(_ sample: Sample) {
+            let (total, overflow) = value.addingReportingOverflow(sample.value)
+            value = overflow ? .max : total
+            if let fraction = sample.nanos {
+                isDecimal = true
+                nanos += fraction
+                if nanos >= 1_000_000_000 {
+                    nanos -= 1_000_000_000
+                    value = value == .max ? .max : value + 1
+                }
+            }
+        }
+
+        var text: String {
+            guard isDecimal else { return String(value) }
+            let digits = String(nanos)
+            return "\(value).\(String(repeating: "0", count: 9 - digits.count))\(digits)"
+        }
     }
 
     static func merge(own: [String], peers: [[UInt8]]) -> [String] {
         var families: [String] = []
         var comments: [String: [String]] = [:]
         var series: [String: [String]] = [:]
-        var sums: [String: UInt64] = [:]
+        var sums: [String: Sum] = [:]
         /// Family → its TYPE: a counter's samples are `<family>_total`, anything else's `<family>`.
         var types: [String: Substring] = [:]
 
         func family(of name: Substring) -> String? {
             if name.hasSuffix("_total"), types[String(name.dropLast(6))] == "counter" { return String(name.dropLast(6)) }
-            if let type = types[String(name)], type != "counter" { return String(name) }
+            for suffix in ["_bucket", "_count", "_sum"] where name.hasSuffix(suffix) {
+                let base = String(name.dropLast(suffix.count))
+                if types[base] == "histogram" { return base }
+            }
+            if let type = types[String(name)], type != "counter", type != "histogram" { return String(name) }
             return nil
         }
         func add(_ sample: Sample, family: String) {
             let key = String(sample.series)
-            if let sum = sums[key] {
-                let (total, overflow) = sum.addingReportingOverflow(sample.value)
-                sums[key] = overflow ? .max : total
+            if sums[key] != nil {
+                sums[key]!.add(sample)
             } else {
-                sums[key] = sample.value
+                var sum = Sum()
+                sum.add(sample)
+                sums[key] = sum
                 if series[family] == nil && comments[family] == nil { families.append(family) }
                 series[family, default: []].append(key)
             }
@@ -67,12 +103,13 @@ enum MetricsMerge {
         var out: [String] = []
         for family in families {
             out += comments[family] ?? []
-            for key in series[family] ?? [] { out.append("\(key) \(sums[key] ?? 0)") }
+            for key in series[family] ?? [] { out.append("\(key) \((sums[key] ?? Sum()).text)") }
         }
         return out
     }
 
-    /// `name{label="value",...} 123` (labels optional), strictly; nil for anything else.
+    /// `name{label="value",...} 123` or `... 0.000123` (labels optional), strictly; nil for
+    /// anything else.
     static func parseSample(_ line: Substring) -> Sample? {
         guard !line.isEmpty, line.utf8.count <= maxLineBytes else { return nil }
         let bytes = Array(line.utf8)
@@ -114,12 +151,20 @@ enum MetricsMerge {
         }
         guard index < bytes.count, bytes[index] == 0x20 else { return nil }
         let seriesEnd = index
-        let digits = bytes[(index + 1)...]
+        var digits = bytes[(index + 1)...]
+        var nanos: UInt64?
+        if let point = digits.firstIndex(of: 0x2e) {  // .
+            let fraction = digits[(point + 1)...]
+            guard !fraction.isEmpty, fraction.count <= 9, fraction.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }) else { return nil }
+            nanos = fraction.reduce(0) { $0 * 10 + UInt64($1 - 0x30) }
+            for _ in fraction.count..<9 { nanos! *= 10 }
+            digits = digits[..<point]
+        }
         guard !digits.isEmpty, digits.count <= 20, digits.allSatisfy({ $0 >= 0x30 && $0 <= 0x39 }),
               let value = UInt64(String(decoding: digits, as: UTF8.self)) else { return nil }
         let utf8 = line.utf8
         let seriesText = Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: seriesEnd)])
         let nameText = Substring(utf8[utf8.startIndex..<utf8.index(utf8.startIndex, offsetBy: nameEnd)])
-        return Sample(series: seriesText, name: nameText, value: value)
+        return Sample(series: seriesText, name: nameText, value: value, nanos: nanos)
     }
 }

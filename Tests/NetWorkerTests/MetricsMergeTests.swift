@@ -42,8 +42,42 @@ import Testing
 
     @Test func samplesAreParsedStrictly() {
         #expect(MetricsMerge.parseSample("a_total{x=\"1\",y=\"two \\\"q\\\"\"} 12")?.value == 12)
-        for bad in ["a_total", "a_total 1.5", "1a 1", "a{} 1 ", "a{x=\"1\",} 1", "a{:x=\"1\"} 1", "a_total  1", "a{x=\"1\"}1"] {
+        for bad in ["a_total", "1a 1", "a{} 1 ", "a{x=\"1\",} 1", "a{:x=\"1\"} 1", "a_total  1", "a{x=\"1\"}1",
+                    "a 1.", "a .5", "a 1.1234567890", "a 1.5.5", "a -1", "a 1e3", "a 0x10"] {
             #expect(MetricsMerge.parseSample(Substring(bad)) == nil, "\(bad)")
         }
+        let decimal = MetricsMerge.parseSample("a_sum 12.0005")
+        #expect(decimal?.value == 12 && decimal?.nanos == 500_000)
+    }
+
+    /// A histogram (the DNS forward durations): buckets and counts add as integers, the sum in
+    /// exact billionths with the carry into seconds.
+    @Test func histogramFamiliesAreSummedWithTheirDecimalSum() {
+        let own = ["# TYPE h_seconds histogram", "h_seconds_bucket{p=\"udp\",le=\"0.001\"} 1", "h_seconds_bucket{p=\"udp\",le=\"+Inf\"} 2",
+                   "h_seconds_sum{p=\"udp\"} 0.600000000", "h_seconds_count{p=\"udp\"} 2"]
+        let peer = Array(("h_seconds_bucket{p=\"udp\",le=\"0.001\"} 3\nh_seconds_bucket{p=\"udp\",le=\"+Inf\"} 4\n"
+                          + "h_seconds_sum{p=\"udp\"} 0.4000005\nh_seconds_count{p=\"udp\"} 4\nh_seconds_total 9\n").utf8)
+        #expect(MetricsMerge.merge(own: own, peers: [peer]) == [
+            "# TYPE h_seconds histogram", "h_seconds_bucket{p=\"udp\",le=\"0.001\"} 4", "h_seconds_bucket{p=\"udp\",le=\"+Inf\"} 6",
+            "h_seconds_sum{p=\"udp\"} 1.000000500", "h_seconds_count{p=\"udp\"} 6",
+        ])
+    }
+
+    @Test func theDNSForwardHistogramCountsEachForwardInItsBucket() {
+        let metrics = DNSMetrics(enabled: true)
+        let labels = DNSMetrics.Labels(queryType: "a", udp: true, canonicalService: "c", canonicalRevision: "v")
+        metrics.forwarded(labels, failed: false, nanoseconds: 700_000)
+        metrics.forwarded(labels, failed: true, nanoseconds: 6_000_000_000)
+        let rendered = "request_query_type=\"a\",request_protocol=\"udp\",source_canonical_service=\"c\",source_canonical_revision=\"v\""
+        let name = "istio_dns_upstream_request_duration_seconds"
+        let lines = metrics.metricLines()
+        #expect(lines.contains("# TYPE \(name) histogram"))
+        #expect(lines.filter { $0.hasPrefix(name + "_") } == [
+            "\(name)_bucket{\(rendered),le=\"0.0005\"} 0", "\(name)_bucket{\(rendered),le=\"0.001\"} 1",
+            "\(name)_bucket{\(rendered),le=\"0.01\"} 1", "\(name)_bucket{\(rendered),le=\"0.1\"} 1",
+            "\(name)_bucket{\(rendered),le=\"1\"} 1", "\(name)_bucket{\(rendered),le=\"5\"} 1",
+            "\(name)_bucket{\(rendered),le=\"+Inf\"} 2", "\(name)_sum{\(rendered)} 6.000700000", "\(name)_count{\(rendered)} 2",
+        ])
+        #expect(lines.contains("istio_dns_upstream_failures_total{\(rendered)} 1"))
     }
 }

@@ -220,6 +220,19 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
         assert dns_counter("istio_dns_upstream_requests", "a", "udp") == 2
         assert dns_counter("istio_dns_upstream_requests", "a", "tcp") == 2
         assert dns_counter("istio_dns_upstream_failures", "a", "udp") + dns_counter("istio_dns_upstream_failures", "a", "tcp") == 0
+        # Each forward's duration is in the histogram (§15.1, upstream's buckets): as many as the
+        # forwards, each within the 5 s limit, and a positive sum.
+        text = http(daemon.ports["stats"], "/metrics")[1]
+        name = "istio_dns_upstream_request_duration_seconds"
+        assert f"# TYPE {name} histogram" in text
+        udp = 'request_query_type="a",request_protocol="udp",'
+        series = [l for l in text.splitlines() if l.startswith(name) and udp in l]
+        count = sum(int(l.rsplit(" ", 1)[1]) for l in series if l.startswith(name + "_count"))
+        inf = sum(int(l.rsplit(" ", 1)[1]) for l in series if l.startswith(name + "_bucket") and 'le="+Inf"' in l)
+        within5 = sum(int(l.rsplit(" ", 1)[1]) for l in series if l.startswith(name + "_bucket") and 'le="5"' in l)
+        total = sum(float(l.rsplit(" ", 1)[1]) for l in series if l.startswith(name + "_sum"))
+        assert count == inf == within5 == dns_counter("istio_dns_upstream_requests", "a", "udp") == 2, series
+        assert 0 < total < 10, series
 
         assert daemon.proc.poll() is None and not daemon.audit_events("worker_exit"), daemon.audit()
     finally:
