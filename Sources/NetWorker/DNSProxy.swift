@@ -28,6 +28,8 @@ final class DNSProxy: Sendable {
     private let preferredNamespace: String
     private let inFlight = NIOLockedValueBox<(total: Int, byPod: [String: Int])>((0, [:]))
     private let metrics: DNSMetrics
+    /// Where istio-cni sends a pod's DNS: the proxy's port on the pod's loopback.
+    static let port: UInt16 = 15053
     static let forwardTimeout = TimeAmount.seconds(5)
     static let udpTryTimeout = TimeAmount.seconds(2)
     static let maxRecords = 64
@@ -87,10 +89,12 @@ final class DNSProxy: Sendable {
 
     /// The addresses of `name` from the nameservers, for SOCKS5 names outside the mesh (§14):
     /// A, and AAAA when IPv6 is enabled, asked at once; IPv4 first. Empty when no nameserver
-    /// answered in time, the name has none, or too many forwards are in flight.
-    func resolve(_ name: String, on loop: EventLoop) -> EventLoopFuture<[IPAddress]> {
+    /// answered in time or the name has none; nil when too many lookups are in flight already
+    /// (at most `maxForwardsPerPod` of its own, within the NetWorker's `maxForwards`).
+    func resolve(_ name: String, on loop: EventLoop) -> EventLoopFuture<[IPAddress]?> {
         let upstreams = self.upstreams.withLockedValue { $0 }
-        guard !upstreams.isEmpty, reserveForward(Self.ownLookups) else { return loop.makeSucceededFuture([]) }
+        guard !upstreams.isEmpty else { return loop.makeSucceededFuture([]) }
+        guard reserveForward(Self.ownLookups) else { return loop.makeSucceededFuture(nil) }
         let deadline = NIODeadline.now() + Self.forwardTimeout
         let types = ipv6 ? [DNSQuery.typeA, DNSQuery.typeAAAA] : [DNSQuery.typeA]
         let asked = types.map { type -> EventLoopFuture<[IPAddress]> in
@@ -102,7 +106,7 @@ final class DNSProxy: Sendable {
             }
         }
         return EventLoopFuture.whenAllComplete(asked, on: loop)
-            .map { results in results.flatMap { (try? $0.get()) ?? [] } }
+            .map { results -> [IPAddress]? in results.flatMap { (try? $0.get()) ?? [] } }
             .always { _ in self.releaseForward(Self.ownLookups) }
     }
 

@@ -135,10 +135,12 @@ final class HBONEClientHandler: HTTP2Connection {
         }
     }
 
+    /// The slot is given back first: a refused stream's tunnel tries again at once, and this
+    /// connection must not count the dead stream then. (A request nghttp2 could not send because
+    /// a GOAWAY came while its HEADERS were queued is closed here too, as REFUSED_STREAM.)
     override func streamClosed(_ id: Int32, errorCode: UInt32) {
-        let known = streams[id] != nil
+        if streams[id] != nil { releaseSlot() }
         super.streamClosed(id, errorCode: errorCode)
-        if known { releaseSlot() }
     }
 
     private func releaseSlot() {
@@ -341,7 +343,11 @@ enum HBONETunnel {
             }
             Log.debug("outbound: CONNECT \(tunnel.authority) refused unprocessed; sending it again",
                       [("attempts_left", "\(left - 1)")])
-            return attempt(tunnel, pool: pool, client: client, headers: headers, record: record, left: left - 1)
+            // On the next turn of the loop: the refusal is reported from inside nghttp2, which
+            // must not be entered again from its own callback.
+            return client.eventLoop.flatSubmit {
+                attempt(tunnel, pool: pool, client: client, headers: headers, record: record, left: left - 1)
+            }
         }
     }
 

@@ -74,7 +74,7 @@ final class HBONEServerHandler: HTTP2Connection {
         // header, so it may be asked for any address (§10 step 3, §5.7).
         let tunnel = authorization.state.workload(at: local.description, in: model)?.applicationTunnel
             .flatMap { $0.tunnelProtocol == .proxy ? $0 : nil }
-        let host: String, port: UInt16
+        let host: String, resolvedPort: UInt16
         // What the client asked for: the destination a PROXY header names.
         let requested: IPAddress, requestedPort: UInt16
         switch ConnectAuthority.parse(stream.authority) {
@@ -87,7 +87,7 @@ final class HBONEServerHandler: HTTP2Connection {
             guard local == ip.unmapped || tunnel != nil else {
                 return respond(stream, status: 400, "ip mismatch: \(address) is not the address this connection arrived on")
             }
-            (host, port, requested, requestedPort) = (local.description, number, ip.unmapped, number)
+            (host, resolvedPort, requested, requestedPort) = (local.description, number, ip.unmapped, number)
         case .hostname(let hostname, let number)?:
             // A service by name (§10 step 4): the port comes from this workload's endpoint map
             // for the service, and the upstream is the address the connection arrived on.
@@ -97,7 +97,7 @@ final class HBONEServerHandler: HTTP2Connection {
             let source = context.channel.remoteAddress?.ipAddress
             let namespace = authorization.state.workload(at: source, in: model)?.namespace
             switch Router.inboundPort(model, workload: workload, hostname: hostname, port: number, clientNamespace: namespace) {
-            case .success(let resolved): (host, port) = (local.description, resolved)
+            case .success(let resolved): (host, resolvedPort) = (local.description, resolved)
             case .failure(let refusal): return respond(stream, status: 503, refusal.description)
             }
             let service = Router.inboundService(model, hostname: hostname, clientNamespace: namespace)
@@ -107,7 +107,13 @@ final class HBONEServerHandler: HTTP2Connection {
         case nil:
             return respond(stream, status: 400, "authority \(stream.authority) is neither IP:port nor host:port")
         }
-        guard !proxyPorts.contains(port) else { return respond(stream, status: 503, "port \(port) is one of this proxy's") }
+        // The application tunnel's port, if it names one, replaces the resolved port before the
+        // checks (§10 step 4): what is authorized is what is dialled.
+        let proxy = tunnel.map { proxyPlan($0, local: local, port: resolvedPort, requested: requested, requestedPort: requestedPort) }
+        let port = proxy?.port ?? resolvedPort
+        guard !proxyPorts.contains(port), !(proxy?.isLoopback == true && port == DNSProxy.port) else {
+            return respond(stream, status: 503, "port \(port) is one of this proxy's")
+        }
         let source = context.channel.remoteAddress?.ipAddress
         switch authorization.check(source: source, destination: host, port: port, identity: peer?.description) {
         case .denied(let reason, _, nil):
@@ -119,30 +125,31 @@ final class HBONEServerHandler: HTTP2Connection {
         case .allowed(let workload):
             destinations[stream.id] = workload
             stream.record = record(for: stream, source: source, destination: workload, host: host, port: port)
-            let proxy = tunnel.map { proxyPlan($0, local: local, port: port, requested: requested, requestedPort: requestedPort) }
             connectUpstream(stream, host: host, port: port, source: source ?? "?", proxy: proxy)
         }
     }
 
     /// Where a PROXY-tunnelled stream is delivered and the header that goes first (§5.7): the
-    /// tunnel's port if it names one, on loopback unless LOCALHOST_APP_TUNNEL is false; the
-    /// header names the HBONE client (this connection's peer, and its SPIFFE identity) and the
-    /// target it asked for.
+    /// tunnel's port if it names one; on the pod's loopback unless LOCALHOST_APP_TUNNEL is false
+    /// (in-pod mode only: elsewhere loopback would be ztunnel's own, so the workload's address is
+    /// dialled); the header names the HBONE client (this connection's peer, and its SPIFFE
+    /// identity) and the target it asked for.
     private func proxyPlan(_ tunnel: ApplicationTunnel, local: IPAddress, port: UInt16, requested: IPAddress,
                            requestedPort: UInt16) -> ProxyPlan {
-        let loopback = authorization.state.configuration.bool("LOCALHOST_APP_TUNNEL")
+        let loopback = authorization.state.configuration.bool("LOCALHOST_APP_TUNNEL") && PodDialer.shared != nil
         let host = loopback ? (local.isIPv4 ? "127.0.0.1" : "::1") : local.description
         let peerAddress = context?.channel.remoteAddress
         let client = peerAddress?.ipAddress.flatMap(IPAddress.init)?.unmapped ?? local
         let header = ProxyProtocolV2.header(source: client, sourcePort: UInt16(clamping: peerAddress?.port ?? 0),
                                             destination: requested, destinationPort: requestedPort, identity: peer?.description)
-        return ProxyPlan(host: host, port: tunnel.port ?? port, header: header)
+        return ProxyPlan(host: host, port: tunnel.port ?? port, header: header, isLoopback: loopback)
     }
 
     struct ProxyPlan {
         let host: String
         let port: UInt16
         let header: [UInt8]
+        let isLoopback: Bool
     }
 
     /// The stream's metrics labels and access-log fields (the TLS peer as source principal).
@@ -186,8 +193,9 @@ final class HBONEServerHandler: HTTP2Connection {
                 let onIdle: @Sendable () -> Void = {
                     reporter.reached(.idleTimeout, listener: "inbound", peer: peer, detail: "no bytes either way for \(idle) ms")
                 }
-                // The PROXY header goes before any byte of the stream (attaching writes those).
-                if let proxy { upstream.write(upstream.allocator.buffer(bytes: proxy.header), promise: nil) }
+                // The PROXY header goes before any byte of the stream (attaching writes those), and
+                // at once: an application that speaks first waits for it.
+                if let proxy { upstream.writeAndFlush(upstream.allocator.buffer(bytes: proxy.header), promise: nil) }
                 do {
                     try upstream.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle)])
                     try handler.attach(upstream, to: stream)

@@ -320,14 +320,6 @@ class HTTP2Connection: ChannelInboundHandler {
         nghttp2_session_callbacks_set_data_source_read_length_callback(callbacks) { _, _, _, session, stream, maxFrame, _ in
             min(Int(min(session, stream)), Int(maxFrame), HTTP2Connection.dataFramePayload)
         }
-        // A request nghttp2 could not send (a GOAWAY arrived while its HEADERS were queued) has
-        // no stream to close: it is closed here as refused, or its tunnel would wait forever.
-        nghttp2_session_callbacks_set_on_frame_not_send_callback(callbacks) { _, frame, _, user in
-            guard let frame, let user, frame.pointee.hd.type == UInt8(NGHTTP2_HEADERS.rawValue) else { return 0 }
-            let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()
-            handler.streamClosed(frame.pointee.hd.stream_id, errorCode: NGHTTP2_REFUSED_STREAM.rawValue)
-            return 0
-        }
         nghttp2_session_callbacks_set_on_stream_close_callback(callbacks) { _, streamId, errorCode, user in
             guard let user else { return 0 }
             let handler = Unmanaged<HTTP2Connection>.fromOpaque(user).takeUnretainedValue()

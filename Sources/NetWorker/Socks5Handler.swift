@@ -125,12 +125,18 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
         }
         // A name outside the mesh (§14): asked of the node's nameservers, then connected to as
         // its first address, which the guardrails judge again (a name may point anywhere).
+        if IPAddress(host) == nil, host.hasSuffix(".") {  // a fully qualified name: the same name
+            connect(context: context, host: String(host.dropLast()), port: port)
+            return
+        }
         if IPAddress(host) == nil, routing.state.model.servicesByHostname[host] == nil, let dns = DNSProxy.shared, dns.canResolve {
             dns.resolve(host, on: context.eventLoop).whenComplete { result in
                 guard client.isActive else { return }
-                guard case .success(let addresses) = result, let address = addresses.first else {
+                guard case .success(let found) = result, let addresses = found, let address = addresses.first else {
+                    let reason = (try? result.get()) == .some(nil) ? "too many name lookups in flight"
+                        : "the nameservers gave no address for \(host)"
                     Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
-                                                           ("reason", "the nameservers gave no address for \(host)")])
+                                                           ("reason", reason)])
                     self.fail(context, Socks5Parser.reply(.hostUnreachable))
                     return
                 }

@@ -12,6 +12,9 @@ import NIOCore
 /// OpenSSL drains `input` completely before it reports WANT_READ (a partial record is kept in
 /// its own buffer), so the received buffer is released as soon as a read pass ends and NIO can
 /// reuse its receive buffer.
+///
+/// Used only once the handshake is done: its callbacks are Swift (they allocate), and the
+/// handshake runs on an ASYNC_JOB's small stack, where only memory BIOs are used.
 final class TLSBufferBIO {
     /// Received TLS bytes OpenSSL has not read yet.
     private(set) var input: ByteBuffer?
@@ -48,12 +51,19 @@ final class TLSBufferBIO {
         if input?.readableBytes == 0 { input = nil }
     }
 
-    /// What OpenSSL wrote so far, in order, for the channel; empty when nothing.
+    /// What OpenSSL wrote so far, in order, for the channel; empty when nothing. NIO bounds what
+    /// a connection may queue by readable bytes, not by capacity: a buffer mostly empty (a record
+    /// or two in a bulk chunk) is handed over as a copy of its size, so the bound holds.
     func takeOutput() -> [ByteBuffer] {
         var taken = filled
         filled.removeAll()
         if let output, output.readableBytes > 0 { taken.append(output) }
         output = nil
+        for index in taken.indices where taken[index].capacity > 16 * 1024 && taken[index].readableBytes < taken[index].capacity / 2 {
+            var exact = allocator.buffer(capacity: taken[index].readableBytes)
+            exact.writeBuffer(&taken[index])
+            taken[index] = exact
+        }
         return taken
     }
 

@@ -4,9 +4,11 @@ import NIOCore
 import OpenSSLSupport
 import Shared
 
-/// One side of an HBONE connection's TLS, OpenSSL driven over a `TLSBufferBIO`: OpenSSL reads
-/// the bytes from the socket out of NIO's buffer and writes its records into the buffer that goes
-/// to the socket.
+/// One side of an HBONE connection's TLS. The handshake runs over two memory BIOs: it runs in an
+/// ASYNC_JOB (for the key-handle signature), on a small stack without a guard page, where only
+/// OpenSSL's own shallow C may run, never Swift. Once established, the SSL is moved onto a
+/// `TLSBufferBIO`: OpenSSL reads the bytes from the socket out of NIO's buffer and writes its
+/// records into the buffers that go to the socket.
 /// The server (15008) presents the certificate its `choose` closure picks for the connection
 /// (the destination workload's) and accepts a client whose SPIFFE id is in our trust domain; the
 /// client (the outbound pool) presents the source workload's and accepts a server only when one
@@ -37,6 +39,9 @@ final class TLSHandler: ChannelDuplexHandler {
     private var deadline: Scheduled<Void>?
     private let slot = AsyncSignSlot()
     private var ssl: OpaquePointer?
+    /// The handshake's memory BIOs (owned by the SSL), until the transport replaces them.
+    private var readBIO: OpaquePointer?
+    private var writeBIO: OpaquePointer?
     private var transport: TLSBufferBIO?
     private var local: SpiffeId?
     /// The handshake is over (either way); `isActive`: it succeeded and application data flows.
@@ -97,16 +102,20 @@ final class TLSHandler: ChannelDuplexHandler {
             fail(context: context, "\(OpenSSLError("SSL_new"))")
             return false
         }
-        let transport = TLSBufferBIO(allocator: context.channel.allocator)
-        guard let bio = transport.makeBIO() else {
+        let readBIO = BIO_new(BIO_s_mem())
+        let writeBIO = BIO_new(BIO_s_mem())
+        guard let readBIO, let writeBIO else {
+            BIO_free(readBIO)
+            BIO_free(writeBIO)
             SSL_free(ssl)
             fail(context: context, "\(OpenSSLError("BIO_new"))")
             return false
         }
-        SSL_set_bio(ssl, bio, bio)  // the SSL owns the BIO (one reference for both ends) from here on
+        SSL_set_bio(ssl, readBIO, writeBIO)  // the SSL owns both BIOs from here on
         if tls.side == .server { SSL_set_accept_state(ssl) } else { SSL_set_connect_state(ssl) }
         self.ssl = ssl
-        self.transport = transport
+        self.readBIO = readBIO
+        self.writeBIO = writeBIO
         self.local = tls.spiffeId
         return true
     }
@@ -134,7 +143,11 @@ final class TLSHandler: ChannelDuplexHandler {
     func handlerRemoved(context: ChannelHandlerContext) {
         deadline?.cancel()
         self.context = nil
-        defer { transport = nil }  // its BIO is freed with the SSL
+        defer {  // the BIOs are freed with the SSL
+            readBIO = nil
+            writeBIO = nil
+            transport = nil
+        }
         guard let ssl else { return }
         if slot.isInFlight || slot.request != nil {
             // A job is paused waiting for a signature: let it finish (failing) so its stack is
@@ -155,19 +168,21 @@ final class TLSHandler: ChannelDuplexHandler {
         }
         guard !isDone else { return }
         if ssl == nil && !makeSSL(context: context) { return }
-        guard let transport else { return }
-        var buffer = unwrapInboundIn(data)
-        // While a handshake waits (for a signature, say) the client's records pile up unread: a
-        // handshake is a few KiB, so more than the bound is refused, not buffered.
-        guard transport.inputBytes + buffer.readableBytes <= Bounds.tlsHandshakeInputBytes else {
+        guard let readBIO else { return }
+        let buffer = unwrapInboundIn(data)
+        // While a handshake waits (for a signature, say) the client's records pile up in the read
+        // BIO: a handshake is a few KiB, so more than the bound is refused, not buffered.
+        guard Int(CShims_BIO_pending(readBIO)) + buffer.readableBytes <= Bounds.tlsHandshakeInputBytes else {
             reporter.reached(.handshakeInput, listener: listener, peer: ListenerFactory.peer(context.channel),
                              detail: "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
             fail(context: context, "over \(Bounds.tlsHandshakeInputBytes) bytes of TLS records before the handshake finished")
             return
         }
-        transport.receive(&buffer)
+        buffer.withUnsafeReadableBytes { raw in
+            guard let base = raw.baseAddress, raw.count > 0 else { return }
+            _ = BIO_write(readBIO, base, Int32(raw.count))
+        }
         drive(context: context)
-        self.transport?.releaseDrainedInput()
     }
 
     /// Runs the handshake as far as it can go now.
@@ -254,14 +269,40 @@ final class TLSHandler: ChannelDuplexHandler {
         Log.info("\(listener): mTLS established",
                  [("peer", ListenerFactory.peer(context.channel)), ("peer_identity", peer.description),
                   ("local_identity", ours?.description ?? "?")])
+        // No signature is needed after the handshake: reads and writes run on the event loop's
+        // own stack from now on, not in an ASYNC_JOB each, and may use the transport.
+        _ = CShims_SSL_clear_mode(ssl, Int(SSL_MODE_ASYNC))
+        guard moveToTransport(ssl, context: context) else {
+            fail(context: context, "\(OpenSSLError("BIO_new"))")
+            return
+        }
         isActive = true
         self.context = context
-        // No signature is needed after the handshake: reads and writes run on the event loop's
-        // own stack from now on, not in an ASYNC_JOB each.
-        _ = CShims_SSL_clear_mode(ssl, Int(SSL_MODE_ASYNC))
         context.fireUserInboundEventTriggered(TLSEstablished(peer: peer, local: ours, tls: self))
         // Records that arrived with the end of the handshake are application data already.
         readApplicationData(nil, context: context)
+    }
+
+    /// Puts the established SSL on a `TLSBufferBIO`, with what the read BIO still holds (records
+    /// that came with the end of the handshake) as its first input. The memory BIOs are freed.
+    private func moveToTransport(_ ssl: OpaquePointer, context: ChannelHandlerContext) -> Bool {
+        let transport = TLSBufferBIO(allocator: context.channel.allocator)
+        guard let bio = transport.makeBIO() else { return false }
+        if let readBIO {
+            let pending = Int(CShims_BIO_pending(readBIO))
+            if pending > 0 {
+                var rest = context.channel.allocator.buffer(capacity: pending)
+                _ = rest.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
+                    Int(max(0, BIO_read(readBIO, raw.baseAddress, Int32(pending))))
+                }
+                transport.receive(&rest)
+            }
+        }
+        SSL_set_bio(ssl, bio, bio)  // frees the memory BIOs; one reference of `bio` for both ends
+        readBIO = nil
+        writeBIO = nil
+        self.transport = transport
+        return true
     }
 
     /// Decrypts what was received and not yet read (plus `buffer`) and passes the plaintext on.
@@ -355,7 +396,7 @@ final class TLSHandler: ChannelDuplexHandler {
         guard let context else { return body() }
         let promise = context.eventLoop.makePromise(of: Void.self)
         promise.futureResult.whenComplete { _ in body() }
-        if let transport, transport.outputBytes > 0 {
+        if (transport?.outputBytes ?? 0) > 0 || writeBIO.map({ CShims_BIO_pending($0) > 0 }) == true {
             flushOutput(context: context, promise: promise)
         } else {
             // Nothing new: an empty write completes after every earlier one.
@@ -380,7 +421,21 @@ final class TLSHandler: ChannelDuplexHandler {
 
     /// Moves what OpenSSL wrote to the pipeline, flushed or only queued.
     private func drainOutput(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>?) {
-        let buffers = transport?.takeOutput() ?? []
+        var buffers = transport?.takeOutput() ?? []
+        if let writeBIO {  // the handshake's records
+            var pending = CShims_BIO_pending(writeBIO)
+            if pending > 0 {
+                var buffer = context.channel.allocator.buffer(capacity: Int(pending))
+                while pending > 0 {
+                    let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Int(pending)) { raw in
+                        Int(max(0, BIO_read(writeBIO, raw.baseAddress, Int32(min(raw.count, Int(pending))))))
+                    }
+                    if read == 0 { break }
+                    pending = CShims_BIO_pending(writeBIO)
+                }
+                buffers.append(buffer)
+            }
+        }
         guard let last = buffers.last else {
             promise?.succeed(())
             return

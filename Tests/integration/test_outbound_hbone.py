@@ -420,11 +420,13 @@ def test_socks5_names_outside_the_mesh_are_asked_of_the_nodes_nameservers(start_
         daemon = start_daemon(local_config=config(echo.port), hbone_wildcard=True, etc={"resolv.conf": str(resolv)})
         daemon.wait_ready()
         wait_for(lambda: "identity available identity=" + ECHO_ID in daemon.log(), 30, "the echo identity")
-        for name, port in (("plain.example", outside.port), ("pod.example", echo.port)):
+        # A fully qualified name, in capitals, is the same name.
+        for name, port in (("plain.example", outside.port), ("pod.example", echo.port), ("PLAIN.example.", outside.port)):
             sock, code = socks5_connect(daemon.ports["socks5"], port, name, source="127.0.0.3")
             with sock:
                 assert code == 0, (name, daemon.log()[-3000:])
                 assert round_trip(sock, name.encode()) == name.encode()
+        assert stub.queries.count(("plain.example", 1)) == 2, stub.queries
         assert ("plain.example", 1) in stub.queries and ("pod.example", 1) in stub.queries, stub.queries
         wait_for(lambda: len(access_lines(daemon)) >= 3, 10, "the access-log lines")
         lines = [l for l in access_lines(daemon) if "direction=outbound" in l]

@@ -1,7 +1,9 @@
 """A workload behind a PROXY application tunnel (ISTIO_COMPAT §5.7, §10 step 3): 15008 delivers
-each stream to the tunnel's port, on loopback unless LOCALHOST_APP_TUNNEL=false, with a PROXY
-protocol v2 header first that names the HBONE client (address and SPIFFE identity) and the
-target it asked for; the target need not be the address the connection arrived on.
+each stream to the tunnel's port with a PROXY protocol v2 header first, sent at once, that names
+the HBONE client (address and SPIFFE identity) and the target it asked for; the target need not
+be the address the connection arrived on. Outside in-pod mode (here, local mode) the stream goes
+to the workload's address, never to ztunnel's own loopback (LOCALHOST_APP_TUNNEL applies to a
+pod's loopback only).
 
 The application here parses the header itself, from haproxy's proxy-protocol.txt (section 2.2),
 and echoes what follows it."""
@@ -58,7 +60,8 @@ class ProxyApp:
     """Listens on `host`:port; records each connection's header and the address it arrived on,
     then echoes the bytes after the header."""
 
-    def __init__(self, host, port=0):
+    def __init__(self, host, port=0, greeting=b""):
+        self.greeting = greeting
         self.server = socket.socket()
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.server.bind((host, port))
@@ -84,11 +87,16 @@ class ProxyApp:
                 self.seen.append(("bad header", str(error)))
                 return
             self.seen.append((conn.getsockname()[0], header))
-            while True:
-                data = conn.recv(65536)
-                if not data:
-                    return
-                conn.sendall(data)
+            try:
+                if self.greeting:
+                    conn.sendall(self.greeting)
+                while True:
+                    data = conn.recv(65536)
+                    if not data:
+                        return
+                    conn.sendall(data)
+            except OSError:
+                return  # the stream was reset: nothing more to echo
 
     def close(self):
         self.server.close()
@@ -155,16 +163,16 @@ def carry(daemon, tmp_path, authority, payload):
         client.close()
 
 
-def test_an_address_target_reaches_the_tunnel_port_on_loopback_after_a_proxy_header(start_daemon, tmp_path, apps):
+def test_an_address_target_reaches_the_tunnel_port_after_a_proxy_header(start_daemon, tmp_path, apps):
     loopback, pod = apps
     daemon = start(start_daemon, tmp_path, loopback.port)
     # 10.96.0.9 is not the address the connection arrives on: allowed, since the header says it.
     client_port, echoed = carry(daemon, tmp_path, "10.96.0.9:80", b"hello waypoint")
     assert echoed == b"hello waypoint"  # the header went to the application only, first
-    assert pod.seen == []
-    assert len(loopback.seen) == 1, loopback.seen
-    arrived_on, (source, destination, tlvs) = loopback.seen[0]
-    assert arrived_on == "127.0.0.1"
+    assert loopback.seen == []  # local mode: not ztunnel's own loopback
+    assert len(pod.seen) == 1, pod.seen
+    arrived_on, (source, destination, tlvs) = pod.seen[0]
+    assert arrived_on == POD_IP
     # The HBONE client's own address (the test's socket to 127.0.0.2 comes from 127.0.0.1).
     assert source == ("127.0.0.1", client_port)
     assert destination == ("10.96.0.9", 80)
@@ -172,19 +180,28 @@ def test_an_address_target_reaches_the_tunnel_port_on_loopback_after_a_proxy_hea
 
 
 def test_a_hostname_target_names_the_services_ipv4_vip(start_daemon, tmp_path, apps):
-    loopback, _ = apps
-    daemon = start(start_daemon, tmp_path, loopback.port)
+    _, pod = apps
+    daemon = start(start_daemon, tmp_path, pod.port)
     _, echoed = carry(daemon, tmp_path, "echo.mesh.svc.cluster.local:80", b"by name")
     assert echoed == b"by name"
-    _, (_, destination, _) = loopback.seen[0]
+    _, (_, destination, _) = pod.seen[0]
     assert destination == ("10.96.0.9", 80)  # IPv4 preferred over fd00::9; the requested port
 
 
-def test_without_localhost_app_tunnel_the_stream_goes_to_the_pod_ip(start_daemon, tmp_path, apps):
-    loopback, pod = apps
-    daemon = start(start_daemon, tmp_path, loopback.port, LOCALHOST_APP_TUNNEL="false")
-    _, echoed = carry(daemon, tmp_path, f"{POD_IP}:9", b"to the pod")
-    assert echoed == b"to the pod"
-    assert loopback.seen == []
-    arrived_on, (_, destination, _) = pod.seen[0]
-    assert arrived_on == POD_IP and destination == (POD_IP, 9)
+def test_an_application_that_speaks_first_gets_the_header_at_once(start_daemon, tmp_path):
+    """Server-speaks-first protocols (SMTP, MySQL, SSH): the header must not wait for the
+    client's first bytes, or both sides wait for each other."""
+    app = ProxyApp(POD_IP, greeting=b"220 ready\r\n")
+    try:
+        daemon = start(start_daemon, tmp_path, app.port)
+        client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"), host=POD_IP)
+        try:
+            stream = client.connect(f"{POD_IP}:25")
+            assert client.pump(lambda: stream in client.status) and client.status[stream] == 200, client.status
+            assert client.pump(lambda: client.data.get(stream, b"") == b"220 ready\r\n", limit=5), client.data
+            _, (_, destination, _) = app.seen[0]
+            assert destination == (POD_IP, 25)
+        finally:
+            client.close()
+    finally:
+        app.close()
