@@ -21,23 +21,9 @@ import h2.exceptions  # noqa: E402
 from daemon import free_ports, socks5_connect, wait_for  # noqa: E402
 from identities import MiniCA  # noqa: E402
 
-CONFIG = """
-workloads:
-- uid: test//Pod/default/client-1
-  name: client-1
-  namespace: default
-  serviceAccount: client
-  trustDomain: cluster.local
-  workloadIps: ["127.0.0.3"]
-  protocol: HBONE
-- uid: test//Pod/shop/echo-1
-  name: echo-1
-  namespace: shop
-  serviceAccount: echo
-  trustDomain: cluster.local
-  workloadIps: ["127.0.0.2"]
-  protocol: HBONE
-"""
+# The client workload (127.0.0.3) and the echo workload (127.0.0.2, HBONE) of the Envoy tests.
+from test_envoy_interop import CLIENT_CONFIG as CONFIG  # noqa: E402
+from test_outbound_hbone import round_trip  # noqa: E402
 
 
 class MisbehavingHBONEServer:
@@ -141,14 +127,7 @@ def through(daemon, payload):
     with sock:
         if code != 0:
             return code, b""
-        sock.sendall(payload)
-        sock.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            chunk = sock.recv(65536)
-            if not chunk:
-                return code, received
-            received += chunk
+        return code, round_trip(sock, payload)
 
 
 @pytest.mark.parametrize("first", ["refuse", "goaway"])

@@ -138,6 +138,18 @@ def capture_dns(box, pod):
                 "-j", "REDIRECT", "--to-ports", "15053")
 
 
+def start_serving_dns(start_daemon, box, cni, pod, services, resolv, **env):
+    """A daemon in in-pod mode with `services` and `resolv` as its /etc/resolv.conf, `pod`
+    enrolled and its DNS proxy listening."""
+    daemon = start_daemon(local_config=box.local_config(services), etc={"resolv.conf": str(resolv)}, extra_env={
+        "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false", **env})
+    wait_for(lambda: cni.connected or daemon.proc.poll() is not None, 60, "the daemon's ZDS connection")
+    enrol(cni, [pod])
+    wait_ready(daemon)
+    wait_for(lambda: 15053 in pod.listeners(), 10, "the DNS proxy's TCP listener in the pod")
+    return daemon
+
+
 def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(box, cni, start_daemon, tmp_path):
     a = box.pod("a")
     capture_dns(box, a)
@@ -147,12 +159,7 @@ def test_the_pods_dns_is_answered_for_mesh_services_and_forwarded_for_the_rest(b
     # The first nameserver refuses (nothing listens there): forwarding goes on to the next.
     resolv.write_text("nameserver 127.0.0.78\nnameserver 127.0.0.77\n")
     try:
-        daemon = start_daemon(local_config=box.local_config(SERVICES), etc={"resolv.conf": str(resolv)}, extra_env={
-            "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false"})
-        wait_for(lambda: cni.connected or daemon.proc.poll() is not None, 60, "the daemon's ZDS connection")
-        enrol(cni, [a])
-        wait_ready(daemon)
-        wait_for(lambda: 15053 in a.listeners(), 10, "the DNS proxy's TCP listener in the pod")
+        daemon = start_serving_dns(start_daemon, box, cni, a, SERVICES, resolv)
 
         full_id, full = query("echo.shop.svc.cluster.local")
         short_id, short = query("echo.shop")
@@ -284,13 +291,7 @@ def test_search_domains_are_stripped_and_a_preferred_namespace_breaks_ties(box, 
     resolv = tmp_path / "resolv.conf"
     resolv.write_text("nameserver 127.0.0.77\nsearch istio-system.svc.cluster.local svc.cluster.local cluster.local\n")
     try:
-        daemon = start_daemon(local_config=box.local_config(services), etc={"resolv.conf": str(resolv)}, extra_env={
-            "INPOD_UDS": cni.path, "NODE_NAME": box.node, "UNSTABLE_ENABLE_SOCKS5": "false",
-            "PREFERED_SERVICE_NAMESPACE": "beta"})
-        wait_for(lambda: cni.connected or daemon.proc.poll() is not None, 60, "the daemon's ZDS connection")
-        enrol(cni, [a])
-        wait_ready(daemon)
-        wait_for(lambda: 15053 in a.listeners(), 10, "the DNS proxy's TCP listener in the pod")
+        start_serving_dns(start_daemon, box, cni, a, services, resolv, PREFERED_SERVICE_NAMESPACE="beta")
         suffixed_id, suffixed = query("echo.shop.svc.cluster.local.svc.cluster.local")
         db_id, db = query("db.example.com")
         answers = ask(a, ("udp", suffixed), ("udp", db))
