@@ -124,6 +124,74 @@ import Glibc
         #expect(refusals.last?.1.first { $0.0 == "count" }?.1 == "\(100 - CertificateManager.maxWantedPerNetWorker + 1 - 8)")
     }
 
+    /// THREAT_MODEL, "Make identities exist": a NetWorker that flips between lists cannot make
+    /// the CertWorker mint more than `maxNewPerMinute` new identities (a key and a CSR each) a
+    /// minute; the next minute it may again.
+    @Test func newIdentitiesAreBoundedPerMinute() throws {
+        var harness = try Harness(ttl: 100)
+        let now = harness.clock
+        harness.manager.now = { now }
+        func list(_ tag: String) -> [String] { (0..<64).map { "spiffe://cluster.local/ns/\(tag)\($0)/sa/s" } }
+        harness.manager.want(list("a"), from: 0)
+        harness.manager.want(list("b"), from: 0)  // a forgotten, b made: 128 new this minute
+        #expect(harness.manager.entries.count == 64)
+        harness.manager.want(list("c"), from: 0)
+        #expect(harness.manager.entries.isEmpty)  // b forgotten, c over the budget
+        let reason = "over \(CertificateManager.maxNewPerMinute) new identities a minute"
+        #expect(harness.manager.refusedIdentities[0]?.count == 64)
+        #expect(harness.manager.refusedIdentities[0]?.values.allSatisfy { $0 == reason } == true)
+        // Another NetWorker has its own budget.
+        harness.manager.want(list("d"), from: 1)
+        #expect(harness.manager.entries.count == 64)
+        harness.advance(seconds: 61)
+        harness.manager.want(list("c"), from: 0)
+        #expect(harness.manager.entries.count == 128)
+        #expect(harness.manager.refusedIdentities[0]?.isEmpty == true)
+    }
+
+    /// Holds CSRs as a slow CA would, until released.
+    final class HeldExecutor: CSRExecutor {
+        var held: [() -> Void] = []
+        func submit(_ work: @escaping () -> Result<IssuedCertificate, Error>,
+                    completion: @escaping (Result<IssuedCertificate, Error>) -> Void) {
+            held.append { completion(work()) }
+        }
+        func releaseAll() {
+            let jobs = held
+            held = []
+            jobs.forEach { $0() }
+        }
+    }
+
+    /// THREAT_MODEL, "Make identities exist": however many identities are due, at most
+    /// `maxInFlight` CSRs (and their keys) are out with the CA at once, and the loop has nothing
+    /// to wake for until one comes back.
+    @Test func atMostEightCSRsAreWithTheCA() throws {
+        try KeyStore.enableSecureHeap()
+        let ca = try FlakyCA()
+        let executor = HeldExecutor()
+        let manager = CertificateManager(ca: ca, executor: executor, store: KeyStore(), ttlSeconds: 100,
+                                         audit: { _, _ in }, publish: { _ in })
+        let wall = Int(time(nil))
+        ca.real.now = { wall }
+        manager.now = { (wall, 1_000_000) }
+        manager.want((0..<20).map { "spiffe://cluster.local/ns/n\($0)/sa/s" }, from: 0)
+        manager.runDue()
+        manager.runDue()
+        #expect(executor.held.count == CertificateManager.maxInFlight)
+        #expect(manager.nextDeadline == nil)
+        executor.releaseAll()
+        #expect(manager.entries.values.filter { $0.state == .available }.count == CertificateManager.maxInFlight)
+        manager.runDue()
+        #expect(executor.held.count == CertificateManager.maxInFlight)
+        executor.releaseAll()
+        manager.runDue()
+        #expect(executor.held.count == 20 - 2 * CertificateManager.maxInFlight)
+        executor.releaseAll()
+        #expect(manager.entries.values.allSatisfy { $0.state == .available })
+        #expect(ca.requests.count == 20)
+    }
+
     @Test func identitiesNobodyWantsAreForgotten() throws {
         var harness = try Harness(ttl: 100)
         final class Withdrawn { var ids: [String] = [] }
