@@ -3,13 +3,16 @@ each stream to the tunnel's port with a PROXY protocol v2 header first, sent at 
 the HBONE client (address and SPIFFE identity) and the target it asked for; the target need not
 be the address the connection arrived on. Outside in-pod mode (here, local mode) the stream goes
 to the workload's address, never to ztunnel's own loopback (LOCALHOST_APP_TUNNEL applies to a
-pod's loopback only).
+pod's loopback only). In in-pod mode the stream reaches the pod's own 127.0.0.1.
 
 The application here parses the header itself, from haproxy's proxy-protocol.txt (section 2.2),
 and echoes what follows it."""
 import ipaddress
 import socket
 import struct
+import subprocess
+import sys
+import textwrap
 import threading
 
 import pytest
@@ -18,6 +21,8 @@ pytest.importorskip("h2")
 from daemon import wait_for  # noqa: E402
 from hbone_client import HBONEClient  # noqa: E402
 from identities import MiniCA  # noqa: E402
+from test_inpod import box, certificates_available, cni, enrol, wait_ready  # noqa: E402,F401 (fixtures)
+from test_inpod_mesh import start_node, wait_up  # noqa: E402
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 POD_IP = "127.0.0.2"  # the workload's address; 15008 listens on every address
@@ -205,3 +210,68 @@ def test_an_application_that_speaks_first_gets_the_header_at_once(start_daemon, 
             client.close()
     finally:
         app.close()
+
+
+# -- in-pod mode: the pod's own loopback ------------------------------------------------------
+
+# Run inside the tunnelled pod, on its loopback: reads the PROXY header, answers one line
+# "arrived-on src-ip src-port dst-ip dst-port identity", then echoes.
+_POD_APP = textwrap.dedent("""
+    import socket, struct, sys
+    server = socket.socket()
+    server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    server.bind(("127.0.0.1", int(sys.argv[1])))
+    server.listen(8)
+    while True:
+        conn, _ = server.accept()
+        with conn:
+            head = b""
+            while len(head) < 16:
+                head += conn.recv(16 - len(head))
+            length = struct.unpack("!H", head[14:16])[0]
+            body = b""
+            while len(body) < length:
+                body += conn.recv(length - len(body))
+            assert head[:12] == b"\\r\\n\\r\\n\\x00\\r\\nQUIT\\n" and head[12] == 0x21 and head[13] == 0x11
+            src, dst = socket.inet_ntoa(body[0:4]), socket.inet_ntoa(body[4:8])
+            sport, dport = struct.unpack("!HH", body[8:12])
+            ident = body[15:15 + struct.unpack("!H", body[13:15])[0]].decode() if len(body) > 12 and body[12] == 0xD0 else "-"
+            conn.sendall(f"{conn.getsockname()[0]} {src} {sport} {dst} {dport} {ident}\\n".encode())
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    break
+                conn.sendall(data)
+""")
+
+
+def test_in_pod_mode_a_tunnelled_stream_reaches_the_pods_own_loopback(box, cni, start_daemon):
+    """§5.7 with LOCALHOST_APP_TUNNEL (default): pod a's connection to pod b (captured, carried over
+    HBONE) is delivered on b's own 127.0.0.1 at the tunnel's port, after a header naming a (its pod
+    IP and identity) and the address a asked for."""
+    a, b, _ = box.pods
+    lines = ["workloads:"]
+    for pod in box.pods:
+        lines += box.workload_yaml(pod)
+        if pod is b:
+            lines += ["  applicationTunnel:", "    protocol: PROXY", "    port: 9000"]
+    daemon = start_node(start_daemon, cni, "\n".join(lines) + "\nservices: []\npolicies: []\n")
+    b.spawn(sys.executable, "-u", "-c", _POD_APP, "9000", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    enrol(cni, box.pods)
+    wait_ready(daemon)
+    wait_up(daemon, box.pods)
+    wait_for(lambda: certificates_available(daemon, box.pods), 30, "every pod's certificate")
+    wait_for(lambda: 9000 in b.listeners(), 10, "the application on b's loopback")
+    with a.connect(b.ip, 8080) as s:
+        s.sendall(b"through the tunnel")
+        s.shutdown(socket.SHUT_WR)
+        received = b""
+        while True:
+            chunk = s.recv(65536)
+            if not chunk:
+                break
+            received += chunk
+    first, _, rest = received.partition(b"\n")
+    arrived_on, src, _sport, dst, dport, identity = first.decode().split()
+    assert arrived_on == "127.0.0.1" and src == a.ip and (dst, dport) == (b.ip, "8080"), first
+    assert identity == a.identity and rest == b"through the tunnel", received
