@@ -21,7 +21,8 @@ enum NetWorkerMain {
         let configuration = started.configuration
         let state = NetWorkerState(configuration: configuration, index: started.setup.index)
         let threads = configuration.int("ZTUNNEL_WORKER_THREADS")
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : cores)
+        let loopMetrics = LoopMetrics(netWorker: started.setup.index)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : cores, metricsDelegate: loopMetrics)
         let tracker = ConnectionTracker()
         var proxyPorts: Set<UInt16> = []
         for name in ["ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR"] {
@@ -32,7 +33,9 @@ enum NetWorkerMain {
         let metrics = TrafficMetrics()
         let dnsMetrics = DNSMetrics(enabled: configuration.isInPodMode)
         let share = MetricsShare()
-        let counted: @Sendable () -> [String] = { reporter.metricLines() + metrics.metricLines() + dnsMetrics.metricLines() }
+        let counted: @Sendable () -> [String] = {
+            reporter.metricLines() + metrics.metricLines() + dnsMetrics.metricLines() + loopMetrics.metricLines()
+        }
         let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }

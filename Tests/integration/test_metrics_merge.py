@@ -28,6 +28,17 @@ def test_every_scrape_counts_the_connections_of_every_networker(start_daemon, ec
     # must show all of them once each worker has published (within a second).
     wait_for(lambda: opened_total(daemon) == count, 30, "a scrape with every connection")
     assert [opened_total(daemon) for _ in range(10)] == [count] * 10
+    # The event loops of both NetWorkers, side by side, each having worked (ticks, busy time as a
+    # decimal counter that survives the merge), and their number summed.
+    text = http(daemon.ports["stats"], "/metrics")[1]
+    def series(name):
+        return {l[len(name) + 1:].split("}")[0]: l.rsplit(" ", 1)[1] for l in text.splitlines() if l.startswith(name + "{")}
+    ticks, busy = series("ztunnel_event_loop_ticks_total"), series("ztunnel_event_loop_busy_seconds_total")
+    assert {key.split(",")[0] for key in ticks} == {'net_worker="0"', 'net_worker="1"'}, ticks
+    assert ticks.keys() == busy.keys() and all(int(v) > 0 for v in ticks.values()), (ticks, busy)
+    assert all(float(v) >= 0 and "." in v for v in busy.values()), busy
+    loops = [l for l in text.splitlines() if l.startswith("ztunnel_event_loops ")]
+    assert loops == [f"ztunnel_event_loops {len(ticks)}"], loops
 
     # A NetWorker killed and replaced: what it counted stays in the sum (its successor starts
     # from what its region held), so the counter does not go back (Prometheus would see a reset).
