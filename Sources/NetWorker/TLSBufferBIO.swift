@@ -52,14 +52,16 @@ final class TLSBufferBIO {
     }
 
     /// What OpenSSL wrote so far, in order, for the channel; empty when nothing. NIO bounds what
-    /// a connection may queue by readable bytes, not by capacity: a buffer mostly empty (a record
-    /// or two in a bulk chunk) is handed over as a copy of its size, so the bound holds.
+    /// a connection may queue by readable bytes, not by capacity: a buffer less than a quarter
+    /// full (one record in a bulk chunk, as a trickle writes them) is handed over as a copy of its
+    /// size, so what is held stays within 4 times the bound. Bulk flushes (several records) are
+    /// not copied.
     func takeOutput() -> [ByteBuffer] {
         var taken = filled
         filled.removeAll()
         if let output, output.readableBytes > 0 { taken.append(output) }
         output = nil
-        for index in taken.indices where taken[index].capacity > 16 * 1024 && taken[index].readableBytes < taken[index].capacity / 2 {
+        for index in taken.indices where taken[index].capacity > 16 * 1024 && taken[index].readableBytes < taken[index].capacity / 4 {
             var exact = allocator.buffer(capacity: taken[index].readableBytes)
             exact.writeBuffer(&taken[index])
             taken[index] = exact
