@@ -2,7 +2,8 @@
 /// Sources/Shared/ResolvConf.swift). Nothing may trap. The input is taken as:
 /// - a message from a pod (UDP): what parses has a name of at most 255 bytes made of the allowed
 ///   characters; an answer to it (with the input's tail as records) starts with the query's id
-///   and question, and over UDP stays within the client's limit; candidate names are distinct;
+///   and question, and over UDP stays within the client's limit, ending with our OPT record when
+///   the query had one; candidate names are distinct;
 /// - a nameserver's answer to that query: cut for UDP it stays within the limit and keeps the
 ///   question; its id restored is the query's;
 /// - a TCP stream from a pod: the frames it splits into lie within it, in order;
@@ -89,6 +90,9 @@ public func fuzzDNS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
             fatalError("an answer without the query's id and question")
         }
         if udp && answer.count > query.udpLimit { fatalError("a UDP answer of \(answer.count) bytes over \(query.udpLimit)") }
+        if query.hasEDNS && (DNSQuery.u16(answer, 10) != 1 || Array(answer.suffix(DNSResponse.opt.count)) != DNSResponse.opt) {
+            fatalError("an answer to an EDNS query without our OPT record")
+        }
     }
     return 0
 }

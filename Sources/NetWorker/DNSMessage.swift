@@ -20,6 +20,8 @@ struct DNSQuery: Equatable {
     var question: ArraySlice<UInt8>
     /// The client's UDP payload limit: 512, or its OPT record's size (at most 4,096).
     var udpLimit: Int
+    /// The query carried an OPT record (EDNS, RFC 6891): the answer carries one too.
+    var hasEDNS = false
 
     enum Failure: Error, Equatable {
         case short, notAQuery, opcode(UInt8), questionCount(UInt16), badName, trailing
@@ -45,6 +47,7 @@ struct DNSQuery: Equatable {
         offset += 4
         let question = bytes[12..<offset]
         var udpLimit = 512
+        var hasEDNS = false
         // Only a plain query carries records after its question: its OPT record, if any.
         if ancount == 0 && nscount == 0 && arcount > 0 && arcount <= 8 {
             for _ in 0..<arcount {
@@ -55,11 +58,14 @@ struct DNSQuery: Equatable {
                 offset += 10
                 guard offset + length <= bytes.count else { throw Failure.short }
                 offset += length
-                if recordType == typeOPT { udpLimit = min(max(Int(recordClass), 512), 4096) }
+                if recordType == typeOPT {
+                    udpLimit = min(max(Int(recordClass), 512), 4096)
+                    hasEDNS = true
+                }
             }
         }
         return DNSQuery(id: u16(bytes, 0), recursionDesired: flags & 0x0100 != 0, name: name, type: type,
-                        qclass: qclass, question: question, udpLimit: udpLimit)
+                        qclass: qclass, question: question, udpLimit: udpLimit, hasEDNS: hasEDNS)
     }
 
     /// The id of anything with a header (for a FORMERR answer to a query that does not parse).
@@ -141,11 +147,28 @@ enum DNSRecord: Equatable {
 enum DNSResponse {
     static let noError: UInt8 = 0, formErr: UInt8 = 1, servFail: UInt8 = 2, notImp: UInt8 = 4
     static let ttl: UInt32 = 30
+    /// The UDP payload size our OPT record advertises (the common safe size since DNS Flag Day
+    /// 2020); our answers themselves follow the client's limit.
+    static let ednsPayload: UInt16 = 1232
+
+    /// The OPT pseudo-record an answer to an EDNS query ends with: root name, our payload size,
+    /// extended code 0, version 0, no flags, no options.
+    static var opt: [UInt8] { [0] + be16(DNSQuery.typeOPT) + be16(ednsPayload) + be32(0) + be16(0) }
+
+    /// `out` with the OPT record appended and counted, when the query had one.
+    private static func withEDNS(_ out: [UInt8], _ query: DNSQuery?) -> [UInt8] {
+        guard let query, query.hasEDNS, out.count >= 12 else { return out }
+        var out = out + opt
+        out[10] = 0
+        out[11] = 1
+        return out
+    }
 
     /// An authoritative answer to `query`: the question copied, then `records`. The first record
     /// is owned by the question's name; after a CNAME, the records that follow are owned by its
     /// target. Over UDP, an answer longer than the client's limit keeps the records that fit and
     /// sets TC (a client that can retries over TCP for the rest; one that cannot still has some).
+    /// An EDNS query's answer ends with our OPT record, which always fits.
     static func answer(_ query: DNSQuery, rcode: UInt8 = noError, records: [DNSRecord], udp: Bool) -> [UInt8] {
         var out = header(id: query.id, rd: query.recursionDesired, aa: true, rcode: rcode, questions: 1, answers: 0)
         out += query.question
@@ -165,7 +188,7 @@ enum DNSResponse {
                 nextOwner = pointer(to: out.count + bytes.count)
                 bytes += name
             }
-            if udp && out.count + bytes.count > query.udpLimit {
+            if udp && out.count + bytes.count + (query.hasEDNS ? opt.count : 0) > query.udpLimit {
                 out[2] |= 0x02  // TC
                 break
             }
@@ -175,7 +198,7 @@ enum DNSResponse {
         }
         out[6] = UInt8(written >> 8)
         out[7] = UInt8(written & 0xff)
-        return out
+        return withEDNS(out, query)
     }
 
     /// An answer with only a code (SERVFAIL, NOTIMP, FORMERR), the question copied when known.
@@ -183,7 +206,7 @@ enum DNSResponse {
         var out = header(id: id, rd: query?.recursionDesired ?? false, aa: false, rcode: rcode,
                          questions: query == nil ? 0 : 1, answers: 0)
         if let query { out += query.question }
-        return out
+        return withEDNS(out, query)
     }
 
     /// A forwarded answer, for a UDP client: as it came when it fits, else the upstream's header

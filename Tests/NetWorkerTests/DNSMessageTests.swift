@@ -91,6 +91,25 @@ import Testing
         #expect(cut.count == 12 + query.question.count)
     }
 
+    /// RFC 6891: an EDNS query's answer (or failure) ends with our OPT record, counted in ARCOUNT,
+    /// and a UDP answer cut to the client's limit still has room for it; a plain query's has none.
+    @Test func anEDNSQueryIsAnsweredWithAnOPTRecordThatFits() throws {
+        let opt: [UInt8] = [0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0]  // root, OPT, 1232, TTL 0, no data
+        #expect(DNSResponse.opt == opt)
+        let edns = try DNSQuery.parse(Self.query("echo.shop", opt: 512))
+        #expect(edns.hasEDNS)
+        let answer = DNSResponse.answer(edns, records: [.a([10, 96, 0, 42])], udp: true)
+        #expect(DNSQuery.u16(answer, 10) == 1 && Array(answer.suffix(opt.count)) == opt)
+        let records = (0..<40).map { DNSRecord.aaaa(Array(repeating: UInt8($0), count: 16)) }
+        let cut = DNSResponse.answer(edns, records: records, udp: true)
+        #expect(cut[2] & 0x02 != 0 && cut.count <= 512 && Array(cut.suffix(opt.count)) == opt)
+        #expect(Int(DNSQuery.u16(cut, 6)) == (512 - 12 - edns.question.count - opt.count) / 28)
+        let failed = DNSResponse.failure(id: edns.id, rcode: DNSResponse.servFail, query: edns)
+        #expect(DNSQuery.u16(failed, 10) == 1 && Array(failed.suffix(opt.count)) == opt)
+        let plain = try DNSQuery.parse(Self.query("echo.shop"))
+        #expect(!plain.hasEDNS && DNSQuery.u16(DNSResponse.answer(plain, records: [.a([1, 2, 3, 4])], udp: true), 10) == 0)
+    }
+
     @Test func candidatesFollowTheKubernetesExpansionsThenWildcards() {
         #expect(DNSNames.candidates("echo", clientNamespace: "shop", domain: "cluster.local") ==
                 ["echo", "echo.shop.svc.cluster.local", "*.shop.svc.cluster.local", "*.svc.cluster.local", "*.cluster.local", "*.local"])
