@@ -1,4 +1,5 @@
-# ztunnel-swift: the two commands a user needs are `make demo` and `make test`.
+# ztunnel-swift: the two commands a user needs are `make demo` and `make test` (unit tests,
+# integration tests, then each fuzz target briefly: `fuzz-smoke`, FUZZ_SMOKE_SECONDS each).
 # Each installs the Debian packages it needs first (only the missing ones).
 
 SHELL := /bin/bash

@@ -93,8 +93,7 @@ final class DNSMetrics: @unchecked Sendable {
                 lines.append("\(name)_bucket\(open),le=\"\(bound.text)\"} \(cumulative)")
             }
             lines.append("\(name)_bucket\(open),le=\"+Inf\"} \(counters.durationCount)")
-            let fraction = String(counters.durationNanos % 1_000_000_000)
-            lines.append("\(name)_sum\(rendered) \(counters.durationNanos / 1_000_000_000).\(String(repeating: "0", count: 9 - fraction.count))\(fraction)")
+            lines.append("\(name)_sum\(rendered) \(MetricsMerge.seconds(nanoseconds: counters.durationNanos))")
             lines.append("\(name)_count\(rendered) \(counters.durationCount)")
         }
         return lines

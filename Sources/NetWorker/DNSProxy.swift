@@ -284,9 +284,12 @@ struct DNSStreamDecoder: ByteToMessageDecoder {
     typealias InboundOut = [UInt8]
 
     mutating func decode(context: ChannelHandlerContext, buffer: inout ByteBuffer) throws -> DecodingState {
-        // At most a 2-byte length and 64 KiB: the view is copied once per message.
-        let readable = buffer.getBytes(at: buffer.readerIndex, length: min(buffer.readableBytes, 2 + 65_535)) ?? []
-        guard let (message, consumed) = DNSTCPFrame.next(readable[...]) else { return .needMoreData }
+        // Copied only once the whole frame is here (its 2-byte length, then the message), not on
+        // every partial read.
+        guard let length = buffer.getInteger(at: buffer.readerIndex, as: UInt16.self),
+              buffer.readableBytes >= 2 + Int(length) else { return .needMoreData }
+        let frame = buffer.getBytes(at: buffer.readerIndex, length: 2 + Int(length)) ?? []
+        guard let (message, consumed) = DNSTCPFrame.next(frame[...]) else { return .needMoreData }
         buffer.moveReaderIndex(forwardBy: consumed)
         context.fireChannelRead(wrapInboundOut(Array(message)))
         return .continue

@@ -100,9 +100,10 @@ final class HBONEServerHandler: HTTP2Connection {
             case .success(let resolved): (host, resolvedPort) = (local.description, resolved)
             case .failure(let refusal): return respond(stream, status: 503, refusal.description)
             }
-            let service = Router.inboundService(model, hostname: hostname, clientNamespace: namespace)
-            let vip = service.flatMap { Router.proxyTarget(of: $0, network: authorization.state.configuration.string("NETWORK")) }
-            // The header names the service's VIP with the requested port (§5.7).
+            // A PROXY header names the service's VIP with the requested port (§5.7); without a
+            // tunnel there is no header, and no VIP to find.
+            let vip = tunnel == nil ? nil : Router.inboundService(model, hostname: hostname, clientNamespace: namespace)
+                .flatMap { Router.proxyTarget(of: $0, network: authorization.state.configuration.string("NETWORK")) }
             (requested, requestedPort) = (vip ?? local, number)
         case nil:
             return respond(stream, status: 400, "authority \(stream.authority) is neither IP:port nor host:port")

@@ -37,9 +37,8 @@ final class LoopMetrics: NIOEventLoopMetricsDelegate, Sendable {
         var lines = ["# HELP ztunnel_event_loops Event loop threads of the NetWorkers (each loop appears once it has run).",
                      "# TYPE ztunnel_event_loops gauge", "ztunnel_event_loops \(snapshot.count)"]
         let families: [(String, String, (Loop) -> String)] = [
-            ("ztunnel_event_loop_busy_seconds", "Time each event loop spent working rather than waiting.", { loop in
-                let fraction = String(loop.busyNanos % 1_000_000_000)
-                return "\(loop.busyNanos / 1_000_000_000).\(String(repeating: "0", count: 9 - fraction.count))\(fraction)"
+            ("ztunnel_event_loop_busy_seconds", "Time each event loop spent working rather than waiting.", {
+                MetricsMerge.seconds(nanoseconds: $0.busyNanos)
             }),
             ("ztunnel_event_loop_ticks", "Times each event loop woke up to work.", { "\($0.ticks)" }),
             ("ztunnel_event_loop_tasks", "Tasks each event loop ran (besides its I/O).", { "\($0.tasks)" }),

@@ -40,11 +40,19 @@ enum MetricsMerge {
             }
         }
 
-        var text: String {
-            guard isDecimal else { return String(value) }
-            let digits = String(nanos)
-            return "\(value).\(String(repeating: "0", count: 9 - digits.count))\(digits)"
-        }
+        var text: String { isDecimal ? MetricsMerge.decimal(value, billionths: nanos) : String(value) }
+    }
+
+    /// `whole.billionths` with 9 fractional digits, as sums of seconds are written (and read back
+    /// exactly by `parseSample`).
+    static func decimal(_ whole: UInt64, billionths: UInt64) -> String {
+        let digits = String(billionths % 1_000_000_000)
+        return "\(whole).\(String(repeating: "0", count: 9 - digits.count))\(digits)"
+    }
+
+    /// Nanoseconds as decimal seconds.
+    static func seconds(nanoseconds: UInt64) -> String {
+        decimal(nanoseconds / 1_000_000_000, billionths: nanoseconds % 1_000_000_000)
     }
 
     static func merge(own: [String], peers: [[UInt8]]) -> [String] {

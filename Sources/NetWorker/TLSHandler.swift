@@ -288,16 +288,7 @@ final class TLSHandler: ChannelDuplexHandler {
     private func moveToTransport(_ ssl: OpaquePointer, context: ChannelHandlerContext) -> Bool {
         let transport = TLSBufferBIO(allocator: context.channel.allocator)
         guard let bio = transport.makeBIO() else { return false }
-        if let readBIO {
-            let pending = Int(CShims_BIO_pending(readBIO))
-            if pending > 0 {
-                var rest = context.channel.allocator.buffer(capacity: pending)
-                _ = rest.writeWithUnsafeMutableBytes(minimumWritableBytes: pending) { raw in
-                    Int(max(0, BIO_read(readBIO, raw.baseAddress, Int32(pending))))
-                }
-                transport.receive(&rest)
-            }
-        }
+        if let readBIO, var rest = Self.drain(readBIO, allocator: context.channel.allocator) { transport.receive(&rest) }
         SSL_set_bio(ssl, bio, bio)  // frees the memory BIOs; one reference of `bio` for both ends
         readBIO = nil
         writeBIO = nil
@@ -419,23 +410,25 @@ final class TLSHandler: ChannelDuplexHandler {
         drainOutput(context: context, flush: true, promise: promise)
     }
 
+    /// Everything a memory BIO holds, in one buffer; nil when it holds nothing.
+    private static func drain(_ bio: OpaquePointer, allocator: ByteBufferAllocator) -> ByteBuffer? {
+        var pending = CShims_BIO_pending(bio)
+        guard pending > 0 else { return nil }
+        var buffer = allocator.buffer(capacity: Int(pending))
+        while pending > 0 {
+            let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Int(pending)) { raw in
+                Int(max(0, BIO_read(bio, raw.baseAddress, Int32(min(raw.count, Int(pending))))))
+            }
+            if read == 0 { break }
+            pending = CShims_BIO_pending(bio)
+        }
+        return buffer
+    }
+
     /// Moves what OpenSSL wrote to the pipeline, flushed or only queued.
     private func drainOutput(context: ChannelHandlerContext, flush: Bool, promise: EventLoopPromise<Void>?) {
         var buffers = transport?.takeOutput() ?? []
-        if let writeBIO {  // the handshake's records
-            var pending = CShims_BIO_pending(writeBIO)
-            if pending > 0 {
-                var buffer = context.channel.allocator.buffer(capacity: Int(pending))
-                while pending > 0 {
-                    let read = buffer.writeWithUnsafeMutableBytes(minimumWritableBytes: Int(pending)) { raw in
-                        Int(max(0, BIO_read(writeBIO, raw.baseAddress, Int32(min(raw.count, Int(pending))))))
-                    }
-                    if read == 0 { break }
-                    pending = CShims_BIO_pending(writeBIO)
-                }
-                buffers.append(buffer)
-            }
-        }
+        if let writeBIO, let handshake = Self.drain(writeBIO, allocator: context.channel.allocator) { buffers.append(handshake) }
         guard let last = buffers.last else {
             promise?.succeed(())
             return
