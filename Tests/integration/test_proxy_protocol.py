@@ -23,6 +23,7 @@ from hbone_client import HBONEClient  # noqa: E402
 from identities import MiniCA  # noqa: E402
 from test_inpod import box, certificates_available, cni, enrol, wait_ready  # noqa: E402,F401 (fixtures)
 from test_inpod_mesh import start_node, wait_up  # noqa: E402
+from test_outbound_hbone import round_trip  # noqa: E402
 
 SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
 POD_IP = "127.0.0.2"  # the workload's address; 15008 listens on every address
@@ -263,14 +264,7 @@ def test_in_pod_mode_a_tunnelled_stream_reaches_the_pods_own_loopback(box, cni, 
     wait_for(lambda: certificates_available(daemon, box.pods), 30, "every pod's certificate")
     wait_for(lambda: 9000 in b.listeners(), 10, "the application on b's loopback")
     with a.connect(b.ip, 8080) as s:
-        s.sendall(b"through the tunnel")
-        s.shutdown(socket.SHUT_WR)
-        received = b""
-        while True:
-            chunk = s.recv(65536)
-            if not chunk:
-                break
-            received += chunk
+        received = round_trip(s, b"through the tunnel")
     first, _, rest = received.partition(b"\n")
     arrived_on, src, _sport, dst, dport, identity = first.decode().split()
     assert arrived_on == "127.0.0.1" and src == a.ip and (dst, dport) == (b.ip, "8080"), first
