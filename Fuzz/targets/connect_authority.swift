@@ -1,8 +1,16 @@
-/// libFuzzer target: any bytes as an HBONE CONNECT `:authority`. Nothing may trap; what parses
-/// prints back to a form that parses to the same value.
+/// libFuzzer target: any bytes as an HBONE CONNECT's `:authority` and as its `baggage`. Nothing
+/// may trap; an authority that parses prints back to a form that parses to the same value; a
+/// baggage read keeps its bounds, and what it reads writes back to a baggage that reads the same.
 @_cdecl("LLVMFuzzerTestOneInput")
 public func fuzzConnectAuthority(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
+    if let source = Workload(baggage: text, network: "remote") {
+        for value in [source.namespace, source.clusterId, source.workloadName, source.canonicalName, source.canonicalRevision]
+        where value.count > 253 { fatalError("baggage value over 253 characters: \(value.count)") }
+        guard Workload(baggage: source.baggage, network: "remote")?.baggage == source.baggage else {
+            fatalError("\(text) -> \(source.baggage) does not read back the same")
+        }
+    }
     guard let parsed = ConnectAuthority.parse(text) else { return 0 }
     let printed: String
     switch parsed {

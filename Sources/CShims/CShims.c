@@ -4,6 +4,7 @@
 #include <sys/syscall.h>
 #include <sched.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <seccomp.h>
 #include <spawn.h>
 #include <errno.h>
@@ -75,3 +76,7 @@ int CShims_memfd_create(const char *name, unsigned int flags) { return (int)sysc
 unsigned long long CShims_atomic_load_u64(const unsigned long long *p) { return __atomic_load_n(p, __ATOMIC_SEQ_CST); }
 void CShims_atomic_store_u64(unsigned long long *p, unsigned long long value) { __atomic_store_n(p, value, __ATOMIC_SEQ_CST); }
 void CShims_atomic_fence(void) { __atomic_thread_fence(__ATOMIC_SEQ_CST); }
+
+int CShims_socketpair(int fds[2]) {
+    return socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0, fds);
+}

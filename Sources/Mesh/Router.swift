@@ -2,13 +2,14 @@
 /// asked for through SOCKS5) to `destination:port` should go. Pure: the caller does the I/O, and
 /// the random choice among endpoints is injected so tests can fix it.
 ///
-/// What it decides today: a service VIP (services filtered by visibility, then the client's
-/// namespace, `canonical`, first seen) goes to one of its healthy endpoints, chosen at random by
-/// capacity, on the endpoint's target port; a workload address goes to that workload on the
-/// original port; anything else passes through. What it deliberately does not do yet: waypoints,
-/// other networks (double HBONE), routing preferences (STRICT and FAILOVER are treated as
-/// STANDARD and said so in the route), CIDR VIPs and DNS for hostname-only workloads; those come
-/// back as `.refused` or are documented on the case, never silently sent somewhere else.
+/// What it decides: a service VIP (services filtered by visibility, then the client's namespace,
+/// `canonical`, first seen) goes to its waypoint, or to one of its healthy endpoints, ranked by
+/// the service's routing preferences (STRICT, FAILOVER) against the source workload, then chosen
+/// at random by capacity, on the endpoint's target port; an endpoint on another network is
+/// reached through its network gateway (double HBONE); a workload address goes to that workload
+/// (or its waypoint) on the original port; anything else passes through. Not done, and refused
+/// with the reason rather than sent somewhere else: CIDR VIPs (refused when the model is
+/// built), DNS for hostname-only workloads, and a waypoint on another network.
 public enum Router {
     public enum Route: Equatable, Sendable {
         /// Not the mesh's: plain TCP to the original destination.
@@ -22,18 +23,26 @@ public enum Router {
         /// CONNECT to the original `target:port`, expecting one of `identities` (the waypoint
         /// service's SANs, then the waypoint workload's).
         case waypoint(waypointUid: String, ip: IPAddress, hbonePort: UInt16, target: IPAddress, port: UInt16, identities: [String])
+        /// The endpoint is on another network (§9 step 4): an outer HBONE tunnel to its network
+        /// gateway at `ip:hbonePort` (expecting one of `gatewayIdentities`) carries an inner mTLS
+        /// connection and CONNECT to `authority` (`<service hostname>:<service port>`, for both
+        /// CONNECTs), which must present one of `identities` (the service's SANs only).
+        case doubleHBONE(workloadUid: String, gatewayUid: String, ip: IPAddress, hbonePort: UInt16, gatewayIdentities: [String],
+                         authority: String, identities: [String])
         /// The mesh knows the destination but there is nowhere to send it (the reason says why).
         case refused(String)
     }
 
     /// `pick(weights)` returns an index into `weights` (weighted random in production).
     /// `sourceUid`: the client's workload; a waypoint is not used for its own traffic.
+    /// `source`: the client's workload, whose locality, node, cluster and network rank a
+    /// service's endpoints under STRICT and FAILOVER. `destination.network` is ours.
     public static func route(_ model: MeshModel, to destination: NetworkAddress, port: UInt16, clientNamespace: String?,
-                             sourceUid: String? = nil, pick: ([UInt32]) -> Int) -> Route {
+                             sourceUid: String? = nil, source: Workload? = nil, pick: ([UInt32]) -> Int) -> Route {
         if let workload = model.workload(at: destination) {
             // Workload-addressed: its own waypoint, unless the client is that waypoint (step 5).
             if let gateway = workload.waypoint {
-                let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, pick: pick)
+                let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network, pick: pick)
                 if case .waypoint(let uid, _, _, _, _, _) = route, uid == sourceUid {} else { return route }
             }
             return toWorkload(workload, ip: destination.ip, port: port, serviceSANs: [])
@@ -44,11 +53,11 @@ public enum Router {
         guard let service = preferred(candidates, clientNamespace: clientNamespace) else { return .passthrough }
         if let gateway = service.waypoint {
             // The service's waypoint gets the connection for the original VIP:port (step 2).
-            let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, pick: pick)
+            let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network, pick: pick)
             if case .waypoint(let uid, _, _, _, _, _) = route, uid == sourceUid {} else { return route }
         }
         if service.loadBalancer?.mode == .passthrough { return .passthrough }
-        return toEndpoint(of: service, model: model, port: port, family: destination.ip.isIPv4, pick: pick)
+        return toEndpoint(of: service, model: model, port: port, destination: destination, source: source, pick: pick)
     }
 
     /// The client's namespace first, then a canonical service, then the first seen.
@@ -56,59 +65,144 @@ public enum Router {
         services.first { $0.namespace == clientNamespace } ?? services.first { $0.canonical } ?? services.first
     }
 
-    static func toEndpoint(of service: Service, model: MeshModel, port: UInt16, family isIPv4: Bool,
+    static func toEndpoint(of service: Service, model: MeshModel, port: UInt16, destination: NetworkAddress, source: Workload?,
                            pick: ([UInt32]) -> Int) -> Route {
         guard let servicePort = service.ports[port] else { return .refused("service \(service.key) has no port \(port)") }
+        let network = destination.network
         let allowAll = service.loadBalancer?.healthPolicy == .allowAll
         var usable: [(workload: Workload, port: UInt16)] = []
         for endpoint in model.endpoints(of: service.key) where allowAll || endpoint.workload.status == .healthy {
             // The endpoint's own port map first, else the service's target port (0: named port).
-            guard let target = endpoint.ports[port] ?? (servicePort != 0 ? servicePort : nil), target != 0,
-                  !endpoint.workload.addresses.isEmpty else { continue }
-            usable.append((endpoint.workload, target))
+            guard let target = endpoint.ports[port] ?? (servicePort != 0 ? servicePort : nil), target != 0 else { continue }
+            // On our network it needs an address; on another, a network gateway (§9 load balancing).
+            let workload = endpoint.workload
+            if workload.network == network ? workload.addresses.isEmpty : workload.networkGateway == nil { continue }
+            usable.append((workload, target))
+        }
+        if let balancer = service.loadBalancer, balancer.mode == .strict || balancer.mode == .failover, !balancer.routingPreferences.isEmpty {
+            usable = ranked(usable, by: balancer, source: source, network: network)
+            if usable.isEmpty && balancer.mode == .strict {
+                return .refused("no endpoint of \(service.key):\(port) matches its strict routing preferences for the source "
+                                + (source?.uid ?? "(no workload of this node)"))
+            }
         }
         guard !usable.isEmpty else { return .refused("no healthy upstream for \(service.key):\(port)") }
         let index = pick(usable.map { max(1, $0.workload.capacity) })
         let chosen = usable[min(max(0, index), usable.count - 1)]
+        if chosen.workload.network != network {
+            return toNetworkGateway(of: chosen.workload, service: service, port: port, model: model, family: destination.ip.isIPv4,
+                                    pick: pick)
+        }
         // An address of the VIP's family when the workload has one (§9 step 6), else its first.
         let addresses = chosen.workload.addresses
-        let ip = addresses.first { $0.isIPv4 == isIPv4 } ?? addresses[0]  // not empty: checked above
+        let ip = addresses.first { $0.isIPv4 == destination.ip.isIPv4 } ?? addresses[0]  // not empty: checked above
         return toWorkload(chosen.workload, ip: ip, port: chosen.port, serviceSANs: service.subjectAltNames)
     }
 
-    /// The waypoint a `GatewayAddress` names: a workload at an address, or a service (by VIP or
-    /// hostname) whose healthy endpoint is picked. It must speak HBONE.
-    static func toWaypoint(_ gateway: GatewayAddress, model: MeshModel, target: IPAddress, port: UInt16,
-                           pick: ([UInt32]) -> Int) -> Route {
+    /// The endpoints that rank highest under `balancer`'s routing preferences (ISTIO_COMPAT §9
+    /// load balancing): each counts the leading preferences it shares with the source, stopping
+    /// at the first it does not; NETWORK in first place counts `count - 1` when it matches and
+    /// does not stop the count when it does not. STRICT keeps only endpoints that share every
+    /// preference. Without a source workload nothing can match: STRICT keeps none, FAILOVER all.
+    static func ranked(_ endpoints: [(workload: Workload, port: UInt16)], by balancer: Service.LoadBalancer, source: Workload?,
+                       network: String) -> [(workload: Workload, port: UInt16)] {
+        let preferences = balancer.routingPreferences
+        guard let source else { return balancer.mode == .strict ? [] : endpoints }
+        let sourceNetwork = source.network.isEmpty ? network : source.network
+        func shares(_ scope: Service.LoadBalancer.Scope, _ workload: Workload) -> Bool {
+            let mine = source.locality ?? Locality(), theirs = workload.locality ?? Locality()
+            switch scope {
+            case .region: return mine.region == theirs.region
+            case .zone: return mine.zone == theirs.zone
+            case .subzone: return mine.subzone == theirs.subzone
+            case .node: return source.node == workload.node
+            case .cluster: return source.clusterId == workload.clusterId
+            case .network: return sourceNetwork == workload.network
+            }
+        }
+        var best = -1
+        var kept: [(rank: Int, endpoint: (workload: Workload, port: UInt16))] = []
+        for endpoint in endpoints {
+            if balancer.mode == .strict && !preferences.allSatisfy({ shares($0, endpoint.workload) }) { continue }
+            var rank = 0
+            for (index, scope) in preferences.enumerated() {
+                if index == 0 && scope == .network && preferences.count > 1 {
+                    if shares(scope, endpoint.workload) { rank += preferences.count - 1 }
+                    continue
+                }
+                guard shares(scope, endpoint.workload) else { break }
+                rank += 1
+            }
+            best = max(best, rank)
+            kept.append((rank, endpoint))
+        }
+        return kept.filter { $0.rank == best }.map(\.endpoint)
+    }
+
+    /// A service endpoint on another network, through that network's gateway (§9 step 4): the
+    /// outer CONNECT and the inner one both name `<service hostname>:<service port>`, and the inner
+    /// TLS must present one of the service's SANs (the remote workload's own identity is not
+    /// expected), so a service without SANs cannot be reached across networks.
+    static func toNetworkGateway(of workload: Workload, service: Service, port: UInt16, model: MeshModel, family isIPv4: Bool,
+                                 pick: ([UInt32]) -> Int) -> Route {
+        guard let gateway = workload.networkGateway else { return .refused("\(workload.uid) is on network \"\(workload.network)\" with no network gateway") }
+        guard !service.subjectAltNames.isEmpty else {
+            return .refused("\(service.key) has no subject alt names, so its endpoint \(workload.uid) on network \"\(workload.network)\" cannot be verified through a gateway")
+        }
+        switch gatewayEndpoint(gateway, model: model, family: isIPv4, pick: pick) {
+        case .failure(let refusal):
+            return .refused("network gateway \(gateway.text) of \(workload.uid): \(refusal)")
+        case .success(let (gatewayWorkload, ip, sans)):
+            return .doubleHBONE(workloadUid: workload.uid, gatewayUid: gatewayWorkload.uid, ip: ip, hbonePort: gateway.hboneMtlsPort,
+                                gatewayIdentities: sans + [gatewayWorkload.identity].compactMap { $0 },
+                                authority: "\(service.hostname):\(port)", identities: service.subjectAltNames)
+        }
+    }
+
+    /// The workload a `GatewayAddress` names (a waypoint or a network gateway): a workload at an
+    /// address, or a service (by VIP or hostname) whose healthy endpoint is picked. It must speak
+    /// HBONE. Returns the workload, the address to dial (of `isIPv4`'s family when it has one)
+    /// and the service's SANs when a service named it.
+    static func gatewayEndpoint(_ gateway: GatewayAddress, model: MeshModel, family isIPv4: Bool,
+                                pick: ([UInt32]) -> Int) -> Result<(Workload, IPAddress, [String]), Refusal> {
         var service: Service?
         switch gateway.destination {
         case .address(let network, let ip):
             let address = NetworkAddress(network: network, ip: ip)
             if let workload = model.workload(at: address) {
-                return waypoint(workload, ip: ip, gateway: gateway, target: target, port: port, serviceSANs: [])
+                guard workload.tunnelProtocol == .hbone else { return .failure(Refusal("\(workload.uid) does not speak HBONE")) }
+                return .success((workload, ip, []))
             }
             service = model.services(at: address).first
         case .hostname(let namespace, let hostname):
             service = model.services["\(namespace)/\(hostname)"]
         }
-        guard let service else { return .refused("waypoint \(gateway.text) is neither a known workload nor a service") }
+        guard let service else { return .failure(Refusal("neither a known workload nor a service")) }
         let allowAll = service.loadBalancer?.healthPolicy == .allowAll
         let usable = model.endpoints(of: service.key).map(\.workload).filter {
             (allowAll || $0.status == .healthy) && !$0.addresses.isEmpty
         }
-        guard !usable.isEmpty else { return .refused("waypoint service \(service.key) has no healthy endpoint") }
+        guard !usable.isEmpty else { return .failure(Refusal("service \(service.key) has no healthy endpoint")) }
         let chosen = usable[min(max(0, pick(usable.map { max(1, $0.capacity) })), usable.count - 1)]
-        let ip = chosen.addresses.first { $0.isIPv4 == target.isIPv4 } ?? chosen.addresses[0]  // not empty: filtered
-        return waypoint(chosen, ip: ip, gateway: gateway, target: target, port: port, serviceSANs: service.subjectAltNames)
+        guard chosen.tunnelProtocol == .hbone else { return .failure(Refusal("\(chosen.uid) does not speak HBONE")) }
+        let ip = chosen.addresses.first { $0.isIPv4 == isIPv4 } ?? chosen.addresses[0]  // not empty: filtered
+        return .success((chosen, ip, service.subjectAltNames))
     }
 
-    private static func waypoint(_ workload: Workload, ip: IPAddress, gateway: GatewayAddress, target: IPAddress, port: UInt16,
-                                 serviceSANs: [String]) -> Route {
-        guard workload.tunnelProtocol == .hbone else {
-            return .refused("waypoint \(workload.uid) does not speak HBONE")
+    /// The waypoint a `GatewayAddress` names: a workload at an address, or a service (by VIP or
+    /// hostname) whose healthy endpoint is picked. It must speak HBONE.
+    static func toWaypoint(_ gateway: GatewayAddress, model: MeshModel, target: IPAddress, port: UInt16, network: String,
+                           pick: ([UInt32]) -> Int) -> Route {
+        switch gatewayEndpoint(gateway, model: model, family: target.isIPv4, pick: pick) {
+        case .failure(let refusal):
+            return .refused("waypoint \(gateway.text): \(refusal)")
+        case .success(let (workload, ip, serviceSANs)):
+            guard workload.network == network else {
+                return .refused("waypoint \(workload.uid) is on network \"\(workload.network)\"; reaching a waypoint through a network gateway is not supported")
+            }
+            return .waypoint(waypointUid: workload.uid, ip: ip, hbonePort: gateway.hboneMtlsPort, target: target, port: port,
+                             identities: serviceSANs + [workload.identity].compactMap { $0 })
         }
-        return .waypoint(waypointUid: workload.uid, ip: ip, hbonePort: gateway.hboneMtlsPort, target: target, port: port,
-                         identities: serviceSANs + [workload.identity].compactMap { $0 })
     }
 
     /// A workload reached as a service endpoint or by its address once waypoints are decided:

@@ -21,11 +21,14 @@ final class HBONEClientHandler: HTTP2Connection {
     /// Streams asked for and not yet closed (a new stream counts before nghttp2 numbers it).
     private var openStreams = 0
     private(set) var peer: SpiffeId?
+    /// Not pooled (the inner connection of double HBONE): ends once its one stream closed.
+    private let singleUse: Bool
 
-    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount, keepaliveMilliseconds: Int64) {
+    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount, keepaliveMilliseconds: Int64, singleUse: Bool = false) {
         self.ready = ready
         self.maxStreams = maxStreams
         self.idleRelease = idleRelease
+        self.singleUse = singleUse
         super.init(listener: "outbound", keepaliveMilliseconds: keepaliveMilliseconds)
     }
 
@@ -145,7 +148,13 @@ final class HBONEClientHandler: HTTP2Connection {
 
     private func releaseSlot() {
         openStreams -= 1
-        if openStreams == 0 { armIdleTimer() }
+        guard openStreams == 0 else { return }
+        if singleUse {
+            // On the next turn: this runs inside nghttp2's stream-close callback.
+            context?.eventLoop.execute { self.shutDown() }
+        } else {
+            armIdleTimer()
+        }
     }
 
     /// Ends the connection: GOAWAY (nghttp2 then wants neither to read nor to write, and the
@@ -195,7 +204,7 @@ final class HBONEPool {
     }
 
     let eventLoop: EventLoop
-    private let settings: Settings
+    let settings: Settings
     private var connections: [Key: [HBONEClientHandler]] = [:]
     private var connecting: [Key: EventLoopFuture<HBONEClientHandler>] = [:]
 
@@ -328,7 +337,66 @@ enum HBONETunnel {
         let headers = requestHeaders(tunnel, client: client)
         var tunnel = tunnel
         tunnel.pod = PodDialer.shared?.pod(of: client)
+        if let inner = tunnel.inner {
+            tunnel.inner = nil
+            return throughGateway(tunnel, inner: inner, pool: pool, client: client, headers: headers, record: record, attempts: attempts)
+        }
         return attempt(tunnel, pool: pool, client: client, headers: headers, record: record, left: attempts)
+    }
+
+    /// Double HBONE (ISTIO_COMPAT §9 step 4, §5.3-5.4): a stream to the network gateway (pooled
+    /// like any tunnel, retried the same way) carries an inner mTLS connection of our own, not
+    /// pooled, whose one CONNECT reaches the destination; the client is bridged to that inner
+    /// stream. The two are joined by an anonymous AF_UNIX socket pair, each end a NIO channel on
+    /// the client's loop: one end is the outer stream's TCP side, the other the inner TLS
+    /// connection's transport. The inner connection presents the same source certificate, expects
+    /// the service's SANs only, and adds `x-forwarded-network`. Closing either end closes the
+    /// other: the inner connection ends (GOAWAY, close) once its stream closed.
+    private static func throughGateway(_ outer: OutboundRouting.Tunnel, inner: OutboundRouting.Tunnel.Inner, pool: HBONEPool,
+                                       client: Channel, headers: [(String, String)], record: ConnectionRecord?,
+                                       attempts: Int) -> EventLoopFuture<Stage> {
+        let loop = client.eventLoop
+        var pair: [Int32] = [-1, -1]
+        guard CShims_socketpair(&pair) == 0 else {
+            return loop.makeFailedFuture(HBONEError("cannot make a socket pair for the inner connection: errno \(errno)"))
+        }
+        let settings = pool.settings
+        let ready = loop.makePromise(of: Void.self)
+        let connection = HBONEClientHandler(ready: ready, maxStreams: 1, idleRelease: settings.idleRelease,
+                                            keepaliveMilliseconds: settings.bounds.keepaliveMilliseconds, singleUse: true)
+        let tls = TLSHandler(role: .client(context: outer.context, expected: inner.expected), signer: settings.signer,
+                             bounds: settings.bounds, reporter: settings.reporter)
+        // Each channel owns its descriptor from here, failed or not.
+        let innerChannel = ClientBootstrap(group: loop)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelInitializer { channel in channel.pipeline.addHandlers([tls, connection]) }
+            .withConnectedSocket(pair[0])
+        let outerEnd = ClientBootstrap(group: loop)
+            .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
+            .channelOption(ChannelOptions.autoRead, value: false)
+            .withConnectedSocket(pair[1])
+        return innerChannel.and(outerEnd).flatMap { innerChannel, outerEnd in
+            attempt(outer, pool: pool, client: client, headers: headers, record: nil, left: attempts).flatMap { stage in
+                guard let stream = stage.stream else { return loop.makeFailedFuture(HBONEError("no stream to the gateway")) }
+                do {
+                    try stage.connection.attach(outerEnd, to: stream)
+                    _ = outerEnd.setOption(ChannelOptions.autoRead, value: true)
+                } catch {
+                    stage.connection.cancel(stream)
+                    return loop.makeFailedFuture(error)
+                }
+                return ready.futureResult.flatMap {
+                    connection.reserve()
+                    let (stream, answered) = connection.open(on: loop, authority: inner.authority,
+                                                             headers: headers + [("x-forwarded-network", inner.network)], record: record)
+                    return answered.map { Stage(connection: connection, stream: stream) }
+                }
+            }.flatMapError { error in
+                innerChannel.close(promise: nil)
+                outerEnd.close(promise: nil)
+                return loop.makeFailedFuture(error)
+            }
+        }
     }
 
     private static func attempt(_ tunnel: OutboundRouting.Tunnel, pool: HBONEPool, client: Channel, headers: [(String, String)],

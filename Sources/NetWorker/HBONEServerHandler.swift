@@ -153,9 +153,15 @@ final class HBONEServerHandler: HTTP2Connection {
         let isLoopback: Bool
     }
 
-    /// The stream's metrics labels and access-log fields (the TLS peer as source principal).
+    /// The stream's metrics labels and access-log fields (the TLS peer as source principal). A
+    /// stream that came through a network gateway (`x-forwarded-network` names another network)
+    /// has its source described by its `baggage`, since its address is the gateway's (§10).
     private func record(for stream: Stream, source: String?, destination: Workload, host: String, port: UInt16) -> ConnectionRecord {
-        authorization.record(metrics: metrics, source: source, sourceAddress: context?.channel.remoteAddress.map(ListenerFactory.address) ?? "?",
+        var remote: Workload?
+        if let network = stream.forwardedNetwork, network != authorization.state.configuration.string("NETWORK") {
+            remote = Workload(baggage: stream.baggage ?? "", network: network)
+        }
+        return authorization.record(metrics: metrics, source: source, sourceWorkload: remote, sourceAddress: context?.channel.remoteAddress.map(ListenerFactory.address) ?? "?",
                              peer: peer?.description, destination: destination,
                              destinationAddress: context?.channel.localAddress.map(ListenerFactory.address) ?? "?",
                              hboneAddress: stream.authority)
@@ -244,15 +250,5 @@ final class HBONEServerHandler: HTTP2Connection {
         }
     }
 
-    /// The `baggage` of the 200 (ISTIO_COMPAT §5.3, §5.6): the destination workload's metadata,
-    /// W3C-baggage style, empty items left out, comma-joined without spaces.
-    static func baggage(for workload: Workload) -> String {
-        let items: [(String, String)] = [
-            ("k8s.cluster.name", workload.clusterId), ("k8s.namespace.name", workload.namespace),
-            ("k8s.\(workload.workloadType.rawValue).name", workload.workloadName), ("service.name", workload.canonicalName),
-            ("service.version", workload.canonicalRevision), ("cloud.region", workload.locality?.region ?? ""),
-            ("cloud.availability_zone", workload.locality?.zone ?? ""),
-        ]
-        return items.filter { !$0.1.isEmpty }.map { "\($0.0)=\($0.1)" }.joined(separator: ",")
-    }
+    static func baggage(for workload: Workload) -> String { workload.baggage }
 }

@@ -24,6 +24,10 @@ class HTTP2Connection: ChannelInboundHandler {
         var method = ""
         var authority = ""
         var status = 0
+        /// A CONNECT's `baggage` and `x-forwarded-network` (§5.3, §10: the source's metadata when
+        /// it came through a network gateway).
+        var baggage: String?
+        var forwardedNetwork: String?
         var headerBytes = 0
         /// The first header block (the request, or the answer) was handled.
         var headersDone = false
@@ -346,6 +350,8 @@ class HTTP2Connection: ChannelInboundHandler {
         case ":method": stream.method = String(decoding: value, as: UTF8.self)
         case ":authority": stream.authority = String(decoding: value, as: UTF8.self)
         case ":status": stream.status = Int(String(decoding: value, as: UTF8.self)) ?? 0
+        case "baggage": stream.baggage = String(decoding: value, as: UTF8.self)
+        case "x-forwarded-network": stream.forwardedNetwork = String(decoding: value, as: UTF8.self)
         default: break
         }
         return 0

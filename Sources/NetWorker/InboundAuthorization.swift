@@ -52,9 +52,9 @@ extension InboundAuthorization {
     /// An inbound connection's (or HBONE stream's) metrics labels and access-log fields
     /// (§15.2-15.3): reporter `destination`; with a TLS `peer` its identity is the source
     /// principal and the connection `mutual_tls`, without one (plaintext) neither.
-    func record(metrics: TrafficMetrics, source: String?, sourceAddress: String, peer: String?, destination: Workload,
-                destinationAddress: String, hboneAddress: String?) -> ConnectionRecord {
-        let sourceWorkload = state.workload(at: source, in: state.model)
+    func record(metrics: TrafficMetrics, source: String?, sourceWorkload described: Workload? = nil, sourceAddress: String, peer: String?,
+                destination: Workload, destinationAddress: String, hboneAddress: String?) -> ConnectionRecord {
+        let sourceWorkload = described ?? state.workload(at: source, in: state.model)
         let labels = TrafficMetrics.Labels(reporter: "destination", source: sourceWorkload, sourcePrincipal: peer,
                                            destination: destination, service: nil, destinationPrincipal: destination.identity,
                                            responseFlags: "-", isMutualTLS: peer != nil)

@@ -74,7 +74,7 @@ struct OutboundRouting: Sendable {
     struct Tunnel {
         let address: String
         let port: UInt16
-        let authority: String
+        var authority: String
         /// The server must present one of these (§5.4).
         let expected: [String]
         /// What the client presents: the source workload's certificate.
@@ -83,6 +83,17 @@ struct OutboundRouting: Sendable {
         /// In-pod mode: the client's pod, whose namespace the connection leaves from (set when
         /// the tunnel is opened for a client).
         var pod: String?
+        /// Double HBONE (§9 step 4): this tunnel goes to a network gateway, and carries an
+        /// inner mTLS connection and CONNECT to the destination (not pooled).
+        var inner: Inner?
+
+        struct Inner {
+            let authority: String
+            /// The inner TLS must present one of these: the service's SANs (§5.4).
+            let expected: [String]
+            /// Our network, sent as `x-forwarded-network` on the inner CONNECT (§5.3).
+            let network: String
+        }
 
         /// The client's IP: part of the pool key (§5.5), so clients never share a connection
         /// across source addresses.
@@ -134,7 +145,7 @@ struct OutboundRouting: Sendable {
         }
         let destination = NetworkAddress(network: network, ip: ip)
         switch Router.route(model, to: destination, port: port, clientNamespace: source?.namespace, sourceUid: source?.uid,
-                            pick: Router.weightedRandom) {
+                            source: source, pick: Router.weightedRandom) {
         case .passthrough:
             return .connect(host: ip.description, port: port, via: "passthrough", target: Target(source: source))
         case .direct(let uid, let target, let targetPort):
@@ -152,6 +163,15 @@ struct OutboundRouting: Sendable {
             return tunnel(to: uid, dial: ip, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")), target: ip,
                           targetPort: targetPort, expected: expected, source: source, client: client,
                           record: Target(source: source, destination: model.workloads[uid], service: service))
+        case .doubleHBONE(let uid, let gatewayUid, let ip, let hbonePort, let gatewayExpected, let authority, let expected):
+            let service = model.services(at: destination).first
+            let resolution = tunnel(to: gatewayUid, dial: ip, port: hbonePort, target: ip, targetPort: port, expected: gatewayExpected,
+                                    source: source, client: client,
+                                    record: Target(source: source, destination: model.workloads[uid], service: service))
+            guard case .tunnel(var outer) = resolution else { return resolution }
+            outer.authority = authority
+            outer.inner = .init(authority: authority, expected: expected, network: network)
+            return .tunnel(outer)
         case .refused(let reason):
             return .refuse(reason)
         }

@@ -60,7 +60,7 @@ import Testing
         #expect(route(Self.model(status: .unhealthy)) == .refused("no healthy upstream for shop/echo.shop.svc.cluster.local:80"))
         #expect(route(Self.model(), port: 81) == .refused("service shop/echo.shop.svc.cluster.local has no port 81"))
         // A waypoint that is neither a workload nor a service is named, not guessed.
-        #expect(route(Self.model(waypoint: true)) == .refused("waypoint /10.0.0.99 is neither a known workload nor a service"))
+        #expect(route(Self.model(waypoint: true)) == .refused("waypoint /10.0.0.99: neither a known workload nor a service"))
     }
 
     /// §9 steps 2 and 5: a service's waypoint gets its traffic for the original VIP:port, a
@@ -92,7 +92,7 @@ import Testing
         // A waypoint that does not speak HBONE is refused.
         waypoint.tunnelProtocol = .none
         model.insert(waypoint)
-        #expect(route(model) == .refused("waypoint waypoint-1 does not speak HBONE"))
+        #expect(route(model) == .refused("waypoint /10.0.0.99: waypoint-1 does not speak HBONE"))
     }
 
     @Test func hboneEndpointsCarryTheExpectedIdentities() {
@@ -128,5 +128,92 @@ import Testing
                 == .failure(.init("no service has hostname nope.svc")))
         #expect(Router.inboundPort(model, workload: bare, hostname: host, port: 81, clientNamespace: nil)
                 == .failure(.init("service shop/echo.shop.svc.cluster.local has no target port for 81 on echo-1")))
+    }
+    /// §9 load balancing: STRICT keeps only endpoints that share every preference with the
+    /// source; FAILOVER keeps the highest rank (leading preferences shared, stopping at the first
+    /// that is not); NETWORK first counts `count - 1` and does not stop the count.
+    @Test func routingPreferencesRankEndpointsAgainstTheSource() {
+        var model = Self.model()
+        var service = model.services["shop/echo.shop.svc.cluster.local"]!  // inserted by model()
+        for (uid, region, zone) in [("echo-1", "eu", "eu-a"), ("echo-2", "eu", "eu-b")] {
+            var workload = model.workloads[uid]!  // inserted by model()
+            workload.locality = Locality(region: region, zone: zone)
+            model.insert(workload)
+        }
+        var source = Workload(uid: "client", namespace: "shop")
+        source.locality = Locality(region: "eu", zone: "eu-b")
+        func candidates(_ mode: Service.LoadBalancer.Mode, _ preferences: [Service.LoadBalancer.Scope], from: Workload? = nil) -> [String] {
+            service.loadBalancer = Service.LoadBalancer(routingPreferences: preferences, mode: mode)
+            model.insert(service)
+            var offered = 0
+            let route = Router.route(model, to: Self.vip, port: 80, clientNamespace: "shop", source: from ?? source) { weights in
+                offered = weights.count
+                return 0
+            }
+            guard case .direct(let uid, _, _) = route else { return [] }
+            return offered == 1 ? [uid] : ["\(offered) offered"]
+        }
+        // FAILOVER: the endpoint in the source's zone wins; when none shares the zone, both share the region.
+        #expect(candidates(.failover, [.region, .zone]) == ["echo-2"])
+        var elsewhere = source
+        elsewhere.locality = Locality(region: "eu", zone: "eu-c")
+        #expect(candidates(.failover, [.region, .zone], from: elsewhere) == ["2 offered"])
+        // STRICT: no endpoint in zone eu-c, so the connection is refused rather than sent away.
+        #expect(candidates(.strict, [.region, .zone]) == ["echo-2"])
+        service.loadBalancer = Service.LoadBalancer(routingPreferences: [.region, .zone], mode: .strict)
+        model.insert(service)
+        #expect(Router.route(model, to: Self.vip, port: 80, clientNamespace: "shop", source: elsewhere) { _ in 0 }
+                == .refused("no endpoint of shop/echo.shop.svc.cluster.local:80 matches its strict routing preferences for the source client"))
+        // STANDARD ignores the preferences.
+        #expect(candidates(.standard, [.region, .zone]) == ["2 offered"])
+        // The count stops at the first preference not shared: the zone does not count without the region.
+        var other = source
+        other.locality = Locality(region: "us", zone: "eu-b")
+        #expect(candidates(.failover, [.region, .zone], from: other) == ["2 offered"])
+        // NETWORK first: not shared by anyone here (the source is on "remote"), the count goes on to ZONE.
+        var remote = source
+        remote.network = "remote"
+        #expect(candidates(.failover, [.network, .zone], from: remote) == ["echo-2"])
+    }
+
+    /// §9 step 4: an endpoint on another network is reached through its network gateway with
+    /// the service's hostname as authority and the service's SANs for the inner TLS; without a
+    /// gateway it is no candidate, and without SANs it is refused.
+    @Test func endpointsOnAnotherNetworkGoThroughTheirGateway() {
+        var model = Self.model(tunnel: .hbone)
+        for uid in ["echo-1", "echo-2"] {
+            var workload = model.workloads[uid]!  // inserted by model()
+            workload.network = "west"
+            model.insert(workload)
+        }
+        #expect(route(model) == .refused("no healthy upstream for shop/echo.shop.svc.cluster.local:80"))
+        var gateway = Workload(uid: "ew-gateway", namespace: "istio-system")
+        gateway.addresses = [Self.ip("192.0.2.10")]
+        gateway.network = "west"
+        gateway.tunnelProtocol = .hbone
+        gateway.trustDomain = "cluster.local"
+        gateway.serviceAccount = "istio-eastwestgateway"
+        model.insert(gateway)
+        var remote = model.workloads["echo-2"]!  // inserted by model()
+        remote.networkGateway = GatewayAddress(destination: .address(network: "west", ip: Self.ip("192.0.2.10")), hboneMtlsPort: 15009)
+        model.insert(remote)
+        #expect(route(model) == .doubleHBONE(
+            workloadUid: "echo-2", gatewayUid: "ew-gateway", ip: Self.ip("192.0.2.10"), hbonePort: 15009,
+            gatewayIdentities: ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"],
+            authority: "echo.shop.svc.cluster.local:80", identities: ["spiffe://cluster.local/ns/shop/sa/echo-san"]))
+        // A local endpoint and a remote one are both candidates.
+        var local = model.workloads["echo-1"]!  // inserted by model()
+        local.network = ""
+        model.insert(local)
+        #expect(route(model, pick: 0) == .hbone(workloadUid: "echo-1", ip: Self.ip("10.1.0.1"), port: 9001,
+                                                identities: ["spiffe://cluster.local/ns/shop/sa/echo-san", "spiffe://cluster.local/ns/shop/sa/echo"]))
+        // Without the service's SANs the remote endpoint's inner TLS could not be verified.
+        var service = model.services["shop/echo.shop.svc.cluster.local"]!  // inserted by model()
+        service.subjectAltNames = []
+        model.insert(service)
+        #expect(route(model, pick: 1) == .refused(
+            "shop/echo.shop.svc.cluster.local has no subject alt names, so its endpoint echo-2 on network \"west\" cannot be verified through a gateway"))
+        // A workload addressed directly is looked up on our network only: the remote one is unknown here.
+        #expect(route(model, NetworkAddress(network: "", ip: Self.ip("10.1.0.2")), port: 7000) == .passthrough)
     }
 }

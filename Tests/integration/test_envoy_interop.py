@@ -205,9 +205,10 @@ workloads:
 """
 
 
-def run_envoy_server_on(tmp_path, server_dir, app_port, listen, address="127.0.0.2"):
+def run_envoy_server_on(tmp_path, server_dir, app_port, listen, address="127.0.0.2", config=ENVOY_SERVER_CONFIG):
+    text = config
     config = tmp_path / "envoy-server.yaml"
-    config.write_text(ENVOY_SERVER_CONFIG.format(listen=listen, server=server_dir, app=app_port, address=address,
+    config.write_text(text.format(listen=listen, server=server_dir, app=app_port, address=address,
                                                  access_log=tmp_path / "envoy-access.log"))
     log = open(tmp_path / "envoy-server.log", "wb")
     envoy = subprocess.Popen([ENVOY, "-c", str(config), "--base-id", str(random.randint(1000, 60000)),

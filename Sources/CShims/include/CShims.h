@@ -69,6 +69,9 @@ uint32_t CShims_SCMP_ACT_ERRNO(uint16_t errnum);
 void CShims_resolver_warm_up(void);
 /* memfd_create(2) (glibc declares it only with _GNU_SOURCE). */
 int CShims_memfd_create(const char *name, unsigned int flags);
+/// A connected pair of anonymous AF_UNIX stream sockets, close-on-exec and non-blocking. 0 or -1
+/// with errno.
+int CShims_socketpair(int fds[2]);
 
 /* Sequentially consistent 64-bit loads and stores on shared memory (the metrics regions'
    sequence counters). */
