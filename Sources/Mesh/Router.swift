@@ -214,6 +214,24 @@ public enum Router {
         }
     }
 
+    /// §10 step 3, the "sandwich": whether `workload` is the waypoint of what `target` is on
+    /// this network (a workload, or a service's VIP), so a CONNECT naming `target` may arrive on
+    /// the waypoint's own address. The waypoint is named by address (the workload's, or a VIP of
+    /// a service it is an endpoint of) or by a service hostname it is an endpoint of.
+    public static func isWaypoint(_ workload: Workload, of target: NetworkAddress, model: MeshModel) -> Bool {
+        var gateways = model.services(at: target).compactMap(\.waypoint)
+        if let owner = model.workload(at: target), let gateway = owner.waypoint { gateways.append(gateway) }
+        return gateways.contains { gateway in
+            switch gateway.destination {
+            case .address(let network, let ip):
+                if workload.network == network && workload.addresses.contains(ip.unmapped) { return true }
+                return model.services(at: NetworkAddress(network: network, ip: ip)).contains { workload.services[$0.key] != nil }
+            case .hostname(let namespace, let hostname):
+                return workload.services["\(namespace)/\(hostname)"] != nil
+            }
+        }
+    }
+
     /// The application port a hostname-form CONNECT (`service-hostname:port`) reaches on
     /// `workload` (ISTIO_COMPAT §10 step 4): the service by that hostname (the client's namespace
     /// preferred), then the port from the workload's endpoint port map for the service, else the

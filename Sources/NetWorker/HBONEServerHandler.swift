@@ -83,8 +83,10 @@ final class HBONEServerHandler: HTTP2Connection {
                 return respond(stream, status: 400, "authority \(stream.authority) is not an address")
             }
             // The authority must name the address this connection arrived on (§10 step 3). A
-            // dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped.
-            guard local == ip.unmapped || tunnel != nil else {
+            // dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped. Two
+            // exceptions: a PROXY application tunnel (the header names the target), and a
+            // waypoint behind ztunnel asked for what it is the waypoint of (the "sandwich").
+            guard local == ip.unmapped || tunnel != nil || isWaypoint(local: local, of: ip.unmapped, model: model) else {
                 return respond(stream, status: 400, "ip mismatch: \(address) is not the address this connection arrived on")
             }
             (host, resolvedPort, requested, requestedPort) = (local.description, number, ip.unmapped, number)
@@ -144,6 +146,13 @@ final class HBONEServerHandler: HTTP2Connection {
         let header = ProxyProtocolV2.header(source: client, sourcePort: UInt16(clamping: peerAddress?.port ?? 0),
                                             destination: requested, destinationPort: requestedPort, identity: peer?.description)
         return ProxyPlan(host: host, port: tunnel.port ?? port, header: header, isLoopback: loopback)
+    }
+
+    /// Whether the workload at `local` is the waypoint of `target` (§10 step 3, the sandwich).
+    private func isWaypoint(local: IPAddress, of target: IPAddress, model: MeshModel) -> Bool {
+        guard let workload = authorization.state.workload(at: local.description, in: model) else { return false }
+        let network = authorization.state.configuration.string("NETWORK")
+        return Router.isWaypoint(workload, of: NetworkAddress(network: network, ip: target), model: model)
     }
 
     struct ProxyPlan {

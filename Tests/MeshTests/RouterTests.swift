@@ -216,4 +216,35 @@ import Testing
         // A workload addressed directly is looked up on our network only: the remote one is unknown here.
         #expect(route(model, NetworkAddress(network: "", ip: Self.ip("10.1.0.2")), port: 7000) == .passthrough)
     }
+    /// §10 step 3, the sandwich: a workload is the waypoint of a service or workload whose
+    /// waypoint names its address, a service it is an endpoint of (by VIP or hostname); not of
+    /// anything else.
+    @Test func aWaypointKnowsWhatItIsTheWaypointOf() {
+        var model = Self.model(tunnel: .hbone)
+        var waypointService = Service(name: "waypoint", namespace: "shop", hostname: "waypoint.shop.svc.cluster.local")
+        waypointService.vips = [NetworkAddress(network: "", ip: Self.ip("10.96.0.99"))]
+        model.insert(waypointService)
+        var waypoint = Workload(uid: "waypoint-1", namespace: "shop")
+        waypoint.addresses = [Self.ip("10.0.0.99")]
+        waypoint.services = ["shop/waypoint.shop.svc.cluster.local": [15008: 15008]]
+        model.insert(waypoint)
+        var service = model.services["shop/echo.shop.svc.cluster.local"]!  // inserted by model()
+        for (gateway, expected) in [(GatewayAddress.Destination.address(network: "", ip: Self.ip("10.0.0.99")), true),
+                                    (.address(network: "", ip: Self.ip("10.96.0.99")), true),
+                                    (.hostname(namespace: "shop", hostname: "waypoint.shop.svc.cluster.local"), true),
+                                    (.address(network: "", ip: Self.ip("10.0.0.98")), false),
+                                    (.address(network: "other", ip: Self.ip("10.0.0.99")), false),
+                                    (.hostname(namespace: "shop", hostname: "other.shop.svc.cluster.local"), false)] {
+            service.waypoint = GatewayAddress(destination: gateway)
+            model.insert(service)
+            #expect(Router.isWaypoint(waypoint, of: Self.vip, model: model) == expected, "\(gateway)")
+        }
+        // A workload's own waypoint counts too; a workload without one does not.
+        let target = NetworkAddress(network: "", ip: Self.ip("10.1.0.1"))
+        #expect(!Router.isWaypoint(waypoint, of: target, model: model))
+        var workload = model.workloads["echo-1"]!  // inserted by model()
+        workload.waypoint = GatewayAddress(destination: .address(network: "", ip: Self.ip("10.0.0.99")))
+        model.insert(workload)
+        #expect(Router.isWaypoint(waypoint, of: target, model: model))
+    }
 }

@@ -280,3 +280,57 @@ def test_a_hostname_authority_reaches_the_service_port_of_this_workload(hbone):
         assert client.pump(lambda: stream in client.ended) and client.data[stream] == b"by name"
     finally:
         client.close()
+
+
+def test_a_waypoint_behind_ztunnel_is_asked_for_what_it_is_the_waypoint_of(start_daemon, tmp_path, echo_server):
+    """§10 step 3, the "sandwich": echo-1 is the waypoint of service reviews (by address) and of
+    workload ratings; a CONNECT naming reviews' VIP or ratings' address arrives on echo-1's
+    address and is delivered there, on the requested port. Any other address is still refused
+    (ip mismatch)."""
+    text = config(echo_server.port).replace('''services:
+- name: echo''', '''- uid: test//Pod/shop/ratings-1
+  name: ratings-1
+  namespace: shop
+  workloadIps: ["127.0.0.7"]
+  protocol: HBONE
+  waypoint: {destination: "/127.0.0.1", hboneMtlsPort: 15008}
+- uid: test//Pod/shop/details-1
+  name: details-1
+  namespace: shop
+  workloadIps: ["127.0.0.8"]
+  protocol: HBONE
+services:
+- name: reviews
+  namespace: shop
+  hostname: reviews.shop.svc.cluster.local
+  vips: ["/10.96.0.20"]
+  ports:
+    9080: 9080
+  waypoint: {destination: "/127.0.0.1", hboneMtlsPort: 15008}
+- name: echo''', 1)
+    assert "reviews" in text
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(local_config=text, extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    try:
+        cases = {
+            client.connect(f"10.96.0.20:{echo_server.port}"): 200,  # a service it is the waypoint of
+            client.connect(f"127.0.0.7:{echo_server.port}"): 200,  # a workload it is the waypoint of
+            client.connect(f"127.0.0.8:{echo_server.port}"): 400,  # a workload without a waypoint
+            client.connect(f"10.96.0.9:{echo_server.port}"): 400,  # a service without a waypoint
+        }
+        assert client.pump(lambda: all(s in client.status or s in client.reset for s in cases))
+        for stream, status in cases.items():
+            assert client.status.get(stream) == status, (stream, client.status, client.reset)
+        delivered = [s for s, status in cases.items() if status == 200]
+        for s in delivered:
+            client.send(s, b"via the waypoint", end=True)
+        assert client.pump(lambda: all(s in client.ended for s in delivered))
+        assert all(client.data[s] == b"via the waypoint" for s in delivered)
+    finally:
+        client.close()
+    assert "ip mismatch: 127.0.0.8 is not the address this connection arrived on" in daemon.log()
