@@ -7,9 +7,10 @@
 /// the service's routing preferences (STRICT, FAILOVER) against the source workload, then chosen
 /// at random by capacity, on the endpoint's target port; an endpoint on another network is
 /// reached through its network gateway (double HBONE); a workload address goes to that workload
-/// (or its waypoint) on the original port; anything else passes through. Not done, and refused
-/// with the reason rather than sent somewhere else: CIDR VIPs (refused when the model is
-/// built), DNS for hostname-only workloads, and a waypoint on another network.
+/// (or its waypoint) on the original port; an endpoint known by hostname only is handed back to
+/// be resolved; anything else passes through. Not done, and refused with the reason rather than
+/// sent somewhere else: CIDR VIPs (refused when the model is built) and a waypoint on another
+/// network.
 public enum Router {
     public enum Route: Equatable, Sendable {
         /// Not the mesh's: plain TCP to the original destination.
@@ -29,6 +30,10 @@ public enum Router {
         /// CONNECTs), which must present one of `identities` (the service's SANs only).
         case doubleHBONE(workloadUid: String, gatewayUid: String, ip: IPAddress, hbonePort: UInt16, gatewayIdentities: [String],
                          authority: String, identities: [String])
+        /// The endpoint has a hostname and no address (§9 step 6): resolve `hostname` through
+        /// DNS (the original destination's family preferred), then plain TCP or HBONE to it as
+        /// the workload speaks, on `port`, expecting one of `identities` for HBONE.
+        case resolveHostname(workloadUid: String, hostname: String, port: UInt16, identities: [String])
         /// The mesh knows the destination but there is nowhere to send it (the reason says why).
         case refused(String)
     }
@@ -74,9 +79,12 @@ public enum Router {
         for endpoint in model.endpoints(of: service.key) where allowAll || endpoint.workload.status == .healthy {
             // The endpoint's own port map first, else the service's target port (0: named port).
             guard let target = endpoint.ports[port] ?? (servicePort != 0 ? servicePort : nil), target != 0 else { continue }
-            // On our network it needs an address; on another, a network gateway (§9 load balancing).
+            // On our network it needs an address or a hostname; on another, a network gateway (§9
+            // load balancing).
             let workload = endpoint.workload
-            if workload.network == network ? workload.addresses.isEmpty : workload.networkGateway == nil { continue }
+            if workload.network == network ? workload.addresses.isEmpty && workload.hostname.isEmpty : workload.networkGateway == nil {
+                continue
+            }
             usable.append((workload, target))
         }
         if let balancer = service.loadBalancer, balancer.mode == .strict || balancer.mode == .failover, !balancer.routingPreferences.isEmpty {
@@ -93,9 +101,14 @@ public enum Router {
             return toNetworkGateway(of: chosen.workload, service: service, port: port, model: model, family: destination.ip.isIPv4,
                                     pick: pick)
         }
-        // An address of the VIP's family when the workload has one (§9 step 6), else its first.
+        // An address of the VIP's family when the workload has one (§9 step 6), else its first;
+        // a workload with only a hostname is resolved by the caller.
         let addresses = chosen.workload.addresses
-        let ip = addresses.first { $0.isIPv4 == destination.ip.isIPv4 } ?? addresses[0]  // not empty: checked above
+        guard !addresses.isEmpty else {
+            return .resolveHostname(workloadUid: chosen.workload.uid, hostname: chosen.workload.hostname, port: chosen.port,
+                                    identities: service.subjectAltNames + [chosen.workload.identity].compactMap { $0 })
+        }
+        let ip = addresses.first { $0.isIPv4 == destination.ip.isIPv4 } ?? addresses[0]
         return toWorkload(chosen.workload, ip: ip, port: chosen.port, serviceSANs: service.subjectAltNames)
     }
 

@@ -1,3 +1,4 @@
+import Mesh
 import Shared
 
 /// The DNS proxy's counters (ISTIO_COMPAT §15.1): queries answered here, queries forwarded,
@@ -97,5 +98,33 @@ final class DNSMetrics: @unchecked Sendable {
             lines.append("\(name)_count\(rendered) \(counters.durationCount)")
         }
         return lines
+    }
+}
+
+/// Workloads known by hostname only, resolved when a connection goes to them (ISTIO_COMPAT §9
+/// step 6), counted as upstream's `istio_on_demand_dns_total`: by source workload and hostname.
+/// The family is always listed, so a scrape landing on any NetWorker sums all of them.
+final class HostnameResolver: @unchecked Sendable {
+    /// The rendered label set: a source workload and a hostname.
+    static func labels(source: Workload?, hostname: String) -> String {
+        func or(_ value: String?) -> String { (value?.isEmpty ?? true) ? "unknown" : (value ?? "unknown") }
+        let values: [(String, String)] = [
+            ("source_workload", or(source?.workloadName)), ("source_canonical_service", or(source?.canonicalName)),
+            ("source_canonical_revision", or(source?.canonicalRevision)), ("source_workload_namespace", or(source?.namespace)),
+            ("source_principal", or(source?.identity)), ("source_app", or(source?.canonicalName)),
+            ("source_version", or(source?.canonicalRevision)), ("source_cluster", or(source?.clusterId)),
+            ("hostname", hostname),
+        ]
+        return "{" + values.map { "\($0.0)=\"\(TrafficMetrics.Labels.escape($0.1))\"" }.joined(separator: ",") + "}"
+    }
+
+    private let counters = LabeledCounters<String, UInt64>(maxLabelSets: 1_000, empty: 0) { $0 }
+
+    func counted(_ pending: OutboundRouting.PendingName) {
+        counters.update(Self.labels(source: pending.target.source, hostname: pending.hostname)) { $0 += 1 }
+    }
+
+    func metricLines() -> [String] {
+        counters.lines([("istio_on_demand_dns", "Number of DNS lookups made on demand for workloads known by hostname.", { $0 })])
     }
 }

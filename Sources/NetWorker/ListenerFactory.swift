@@ -19,6 +19,7 @@ struct ListenerFactory {
     let metrics: TrafficMetrics
     let pools: HBONEPools
     let onDemand: OnDemandLookups
+    let hostnames: HostnameResolver
     let onFollowUp: @Sendable (HTTPEndpoints.FollowUp) -> Void
 
     /// Listeners served at once, before any mesh model: admin, stats and readiness.
@@ -83,7 +84,8 @@ struct ListenerFactory {
         return ip.contains(":") ? "[\(ip)]:\(port)" : "\(ip):\(port)"
     }
 
-    private var routing: OutboundRouting { OutboundRouting(state: endpoints.state, identities: identities, onDemand: onDemand) }
+    private var routing: OutboundRouting { OutboundRouting(state: endpoints.state, identities: identities, onDemand: onDemand, names: hostnames,
+                                                      guardrails: guardrails) }
 
     /// The certificate 15008 presents on `channel` (ISTIO_COMPAT §5.1): that of the workload
     /// owning the address the connection arrived on, as upstream presents the destination pod's.

@@ -13,14 +13,38 @@ struct OutboundRouting: Sendable {
     let identities: IdentityTable
     /// XDS_ON_DEMAND: unknown addresses are asked for before deciding.
     var onDemand: OnDemandLookups?
+    /// Resolves workloads that have a hostname and no address (§9 step 6), and counts it.
+    var names: HostnameResolver?
+    /// The loop guard, for addresses a nameserver gave (the mesh's own are the control plane's).
+    var guardrails: DestinationGuard?
 
     enum Resolution {
         case connect(host: String, port: UInt16, via: String, target: Target)
         case tunnel(Tunnel)
         case refuse(String)
         /// A tunnel that needs the source's certificate, not here yet (`resolve(on:)` waits for
-        /// it once, then refuses).
-        case noCertificate(identity: String, reason: String)
+        /// it once, then refuses). `retry`: the resolved hostname workload to try again.
+        case noCertificate(identity: String, reason: String, retry: PendingName? = nil)
+        /// Internal to `resolve(on:)`: a workload with only a hostname, to be resolved.
+        case resolveName(PendingName)
+
+        var retried: PendingName? {
+            if case .noCertificate(_, _, let retry) = self { return retry }
+            return nil
+        }
+    }
+
+    /// A hostname workload waiting for its address (§9 step 6).
+    struct PendingName {
+        let workloadUid: String
+        let hostname: String
+        let port: UInt16
+        let identities: [String]
+        let target: Target
+        let client: String?
+        /// The original destination's family.
+        let preferIPv4: Bool
+        var ip: IPAddress?
     }
 
     /// Where the connection goes, once what the control thread may still learn has come or
@@ -30,14 +54,60 @@ struct OutboundRouting: Sendable {
     func resolve(host: String, port: UInt16, client: String?, on loop: EventLoop) -> EventLoopFuture<Resolution> {
         lookUp(host: host, client: client, on: loop).flatMap { admitted in
             guard admitted else { return loop.makeSucceededFuture(.refuse("too many on-demand lookups waiting; refusing rather than deciding without the mesh")) }
-            let first = self.resolve(host: host, port: port, client: client)
-            guard case .noCertificate(let identity, _) = first else { return loop.makeSucceededFuture(first) }
-            return self.identities.waitForCertificate(identity, on: loop).map {
-                let second = self.resolve(host: host, port: port, client: client)
-                if case .noCertificate(_, let reason) = second { return .refuse(reason) }
-                return second
+            return self.named(self.resolve(host: host, port: port, client: client), on: loop).flatMap { first in
+                guard case .noCertificate(let identity, _, _) = first else { return loop.makeSucceededFuture(first) }
+                // The hostname, if any, is not asked again: the first answer stands.
+                return self.identities.waitForCertificate(identity, on: loop).map {
+                    let second = first.retried.map { self.connect(to: $0) } ?? self.resolve(host: host, port: port, client: client)
+                    if case .noCertificate(_, let reason, _) = second { return .refuse(reason) }
+                    return second
+                }
             }
         }
+    }
+
+    /// A workload known by hostname only, resolved (§9 step 6): the nameservers are asked, an
+    /// address of the original destination's family is picked at random (else any), and the
+    /// workload is reached there. An answer that would reach this proxy's own ports on loopback
+    /// is not used (the loop guard). Other resolutions pass through.
+    private func named(_ resolution: Resolution, on loop: EventLoop) -> EventLoopFuture<Resolution> {
+        guard case .resolveName(let pending) = resolution else { return loop.makeSucceededFuture(resolution) }
+        guard let names, let dns = DNSProxy.shared, dns.canResolve else {
+            return loop.makeSucceededFuture(.refuse("\(pending.workloadUid) has only a hostname (\(pending.hostname)) and there is no nameserver to ask"))
+        }
+        names.counted(pending)
+        return dns.resolve(pending.hostname, on: loop).map { found in
+            guard let found else {
+                return .refuse("too many DNS lookups in flight to resolve \(pending.hostname) for \(pending.workloadUid)")
+            }
+            // As for a SOCKS5 name: the target port (a tunnel's authority port) is what is checked.
+            let usable = found.filter { self.guardrails?.refusal(host: $0.description, port: pending.port) == nil }
+            let family = usable.filter { $0.isIPv4 == pending.preferIPv4 }
+            guard let ip = (family.isEmpty ? usable : family).randomElement() else {
+                return .refuse("no valid routing destination: \(pending.hostname) (workload \(pending.workloadUid)) resolved to no usable address")
+            }
+            var resolved = pending
+            resolved.ip = ip
+            return self.connect(to: resolved)
+        }
+    }
+
+    /// A resolved hostname workload: plain TCP, or a tunnel from the pool, as it speaks.
+    private func connect(to pending: PendingName) -> Resolution {
+        guard let ip = pending.ip, let workload = state.model.workloads[pending.workloadUid] else {
+            return .refuse("workload \(pending.workloadUid) is gone")
+        }
+        var result: Resolution
+        switch workload.tunnelProtocol {
+        case .none:
+            result = .connect(host: ip.description, port: pending.port, via: "workload \(workload.uid) (\(pending.hostname))", target: pending.target)
+        case .hbone:
+            result = tunnel(to: workload.uid, dial: ip, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")), target: ip,
+                            targetPort: pending.port, expected: pending.identities, source: pending.target.source,
+                            client: pending.client, record: pending.target)
+        }
+        if case .noCertificate(let identity, let reason, _) = result { result = .noCertificate(identity: identity, reason: reason, retry: pending) }
+        return result
     }
 
     /// On demand (XDS_ON_DEMAND), asks for the client's and `host`'s addresses when no
@@ -172,6 +242,11 @@ struct OutboundRouting: Sendable {
             outer.authority = authority
             outer.inner = .init(authority: authority, expected: expected, network: network)
             return .tunnel(outer)
+        case .resolveHostname(let uid, let hostname, let targetPort, let expected):
+            return .resolveName(PendingName(workloadUid: uid, hostname: hostname, port: targetPort, identities: expected,
+                                            target: Target(source: source, destination: model.workloads[uid],
+                                                           service: model.services(at: destination).first),
+                                            client: client, preferIPv4: ip.isIPv4))
         case .refused(let reason):
             return .refuse(reason)
         }

@@ -119,11 +119,14 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
                                                 upstream: "\(routedHost):\(routedPort)")
                 }
                 self.connect(channel: channel, host: routedHost, port: routedPort)
+            case .resolveName(let pending):  // resolved inside `resolve(on:)`; never seen here
+                Log.warn("outbound: a hostname workload reached the handler unresolved", [("workload", pending.workloadUid)])
+                channel.close(promise: nil)
             case .tunnel(let tunnel):
                 Log.debug("outbound: \(host):\(port) through HBONE to \(tunnel.address):\(tunnel.port)")
                 if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: channel) }
                 self.tunnel(channel: channel, tunnel)
-            case .refuse(let reason), .noCertificate(_, let reason):
+            case .refuse(let reason), .noCertificate(_, let reason, _):
                 Log.info("outbound: connection refused", [("src", ListenerFactory.peer(channel)), ("dst", "\(host):\(port)"),
                                                          ("reason", reason)])
                 channel.close(promise: nil)

@@ -154,10 +154,13 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
                                                 upstream: "\(routedHost):\(routedPort)")
                 }
                 self.connectUpstream(context: context, host: host, port: port, target: routedHost, targetPort: routedPort)
+            case .resolveName(let pending):  // resolved inside `resolve(on:)`; never seen here
+                Log.warn("socks5: a hostname workload reached the handler unresolved", [("workload", pending.workloadUid)])
+                self.fail(context, Socks5Parser.reply(.hostUnreachable))
             case .tunnel(let tunnel):
                 if let metrics = self.metrics { self.record = tunnel.record(metrics: metrics, client: client) }
                 self.tunnel(context: context, tunnel)
-            case .refuse(let reason), .noCertificate(_, let reason):
+            case .refuse(let reason), .noCertificate(_, let reason, _):
                 Log.info("socks5: connection refused", [("src", ListenerFactory.peer(client)), ("dst", "\(host):\(port)"),
                                                        ("reason", reason)])
                 self.fail(context, Socks5Parser.reply(.hostUnreachable))

@@ -32,9 +32,10 @@ enum NetWorkerMain {
         let reporter = BoundReporter()
         let metrics = TrafficMetrics()
         let dnsMetrics = DNSMetrics(enabled: configuration.isInPodMode)
+        let hostnames = HostnameResolver()
         let share = MetricsShare()
         let counted: @Sendable () -> [String] = {
-            reporter.metricLines() + metrics.metricLines() + dnsMetrics.metricLines() + loopMetrics.metricLines()
+            reporter.metricLines() + metrics.metricLines() + dnsMetrics.metricLines() + hostnames.metricLines() + loopMetrics.metricLines()
         }
         let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
         signer.onIdentity = { material in identities.update(material) }
@@ -49,11 +50,9 @@ enum NetWorkerMain {
                 try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)
             }
         }
-        // The pods' DNS proxy, and the lookups of SOCKS5 names outside the mesh: both use the
-        // nameserver sockets the Supervisor sends.
-        if configuration.dnsProxyEnabled || configuration.isSocks5Enabled {
-            DNSProxy.shared = DNSProxy(state: state, group: group, metrics: dnsMetrics)
-        }
+        // The pods' DNS proxy, the lookups of SOCKS5 names outside the mesh and of workloads
+        // known by hostname: all use the nameserver sockets the Supervisor sends.
+        DNSProxy.shared = DNSProxy(state: state, group: group, metrics: dnsMetrics)
         let onDemand = OnDemandLookups(isEnabled: configuration.bool("XDS_ON_DEMAND") && !configuration.string("XDS_ADDRESS").isEmpty) { key in
             // Never blocks an event loop: with the channel full the lookup is asked again shortly.
             (try? channel.send(WorkerMessage.demand(key).frame(), blocking: false)) != nil
@@ -79,6 +78,7 @@ enum NetWorkerMain {
             metrics: metrics,
             pools: pools,
             onDemand: onDemand,
+            hostnames: hostnames,
             onFollowUp: { followUp in
                 switch followUp {
                 case .none: break

@@ -284,7 +284,9 @@ final class Supervisor {
                 try ipc.send(SupervisorMessage.listener(name: listener.name, fd: listener.fds[Int(slot.index)]).frame(), blocking: false)
             }
         }
-        if slot.spec.receivesListeners, configuration.dnsProxyEnabled || configuration.isSocks5Enabled {
+        // Always: besides the pods' DNS proxy and SOCKS5 names, any mesh may hold workloads known
+        // by hostname only (§9 step 6), resolved when a connection goes to one.
+        if slot.spec.receivesListeners {
             for fd in DNSUpstreams.connectedSockets() {
                 try ipc.send(SupervisorMessage.listener(name: "dns-upstream", fd: fd).frame(), blocking: false)
             }

@@ -247,4 +247,20 @@ import Testing
         model.insert(workload)
         #expect(Router.isWaypoint(waypoint, of: target, model: model))
     }
+    /// §9 step 6: an endpoint with a hostname and no address is handed back to be resolved
+    /// (with the port and identities it would get), and one with neither is no candidate.
+    @Test func anEndpointKnownByHostnameIsResolvedByTheCaller() {
+        var model = Self.model(tunnel: .hbone)
+        for uid in ["echo-1", "echo-2"] {
+            var workload = model.workloads[uid]!  // inserted by model()
+            workload.addresses = []
+            model.insert(workload)
+        }
+        #expect(route(model) == .refused("no healthy upstream for shop/echo.shop.svc.cluster.local:80"))
+        var named = model.workloads["echo-2"]!  // inserted by model()
+        named.hostname = "echo.example.com"
+        model.insert(named)
+        #expect(route(model) == .resolveHostname(workloadUid: "echo-2", hostname: "echo.example.com", port: 9002,
+                                                 identities: ["spiffe://cluster.local/ns/shop/sa/echo-san", "spiffe://cluster.local/ns/shop/sa/echo"]))
+    }
 }

@@ -444,3 +444,114 @@ def test_socks5_names_outside_the_mesh_are_asked_of_the_nodes_nameservers(start_
         stub.close()
         outside.close()
         echo.close()
+
+
+def test_a_workload_known_by_hostname_is_resolved_when_a_connection_goes_to_it(start_daemon, tmp_path):
+    """§9 step 6: a service endpoint with a hostname and no address (a ServiceEntry with DNS
+    resolution) is resolved through ztunnel's nameservers when a connection is routed to it, and
+    counted in istio_on_demand_dns_total by source and hostname. Plain TCP for a workload that does
+    not speak HBONE, a tunnel for one that does; a name without an address, or one that points at
+    loopback, is refused with the reason."""
+    from dns_stub import DnsStub
+    echo = EchoServer(host="127.0.0.2")
+    outside = EchoServer(host="127.0.0.4")
+    stub = DnsStub("127.0.0.79", {"ext.example": "127.0.0.4", "meshed.example": "127.0.0.2", "self.example": "127.0.0.1"})
+    resolv = tmp_path / "resolv.conf"
+    resolv.write_text("nameserver 127.0.0.79\n")
+    text = config(echo.port).replace("services:\n- name: echo", f"""- uid: test//ServiceEntry/shop/ext
+  name: ext
+  namespace: shop
+  hostname: ext.example
+  workloadIps: []
+  services:
+    "shop/ext.shop.svc.cluster.local":
+      80: {outside.port}
+- uid: test//ServiceEntry/shop/meshed
+  name: meshed
+  namespace: shop
+  serviceAccount: echo
+  trustDomain: cluster.local
+  hostname: meshed.example
+  workloadIps: []
+  protocol: HBONE
+  services:
+    "shop/meshed.shop.svc.cluster.local":
+      80: {echo.port}
+- uid: test//ServiceEntry/shop/missing
+  name: missing
+  namespace: shop
+  hostname: missing.example
+  workloadIps: []
+  services:
+    "shop/missing.shop.svc.cluster.local":
+      80: 80
+- uid: test//ServiceEntry/shop/self
+  name: self
+  namespace: shop
+  hostname: self.example
+  workloadIps: []
+  services:
+    "shop/self.shop.svc.cluster.local":
+      80: OUTBOUNDPORT
+services:
+- name: ext
+  namespace: shop
+  hostname: ext.shop.svc.cluster.local
+  vips: ["/10.96.0.30"]
+  ports:
+    80: 0
+- name: meshed
+  namespace: shop
+  hostname: meshed.shop.svc.cluster.local
+  vips: ["/10.96.0.31"]
+  ports:
+    80: 0
+- name: missing
+  namespace: shop
+  hostname: missing.shop.svc.cluster.local
+  vips: ["/10.96.0.32"]
+  ports:
+    80: 0
+- name: self
+  namespace: shop
+  hostname: self.shop.svc.cluster.local
+  vips: ["/10.96.0.33"]
+  ports:
+    80: 0
+- name: echo""", 1)
+    assert "ext.example" in text
+    try:
+        # self.example answers 127.0.0.1, and its port is this daemon's own 15001: a loop, which
+        # the loop guard refuses.
+        from daemon import free_ports
+        (outbound,) = free_ports(1)
+        daemon = start_daemon(local_config=text.replace("OUTBOUNDPORT", str(outbound)), hbone_wildcard=True,
+                              etc={"resolv.conf": str(resolv)}, extra_env={"ZTUNNEL_OUTBOUND_ADDR": f"127.0.0.1:{outbound}"})
+        daemon.wait_ready()
+        wait_for(lambda: "identity available identity=" + ECHO_ID in daemon.log(), 30, "the echo identity")
+        for vip in ("10.96.0.30", "10.96.0.30", "10.96.0.31"):
+            sock, code = socks5_connect(daemon.ports["socks5"], 80, vip, source="127.0.0.3")
+            with sock:
+                assert code == 0, (vip, daemon.log()[-3000:])
+                assert round_trip(sock, vip.encode()) == vip.encode()
+        assert stub.queries.count(("ext.example", 1)) == 2 and ("meshed.example", 1) in stub.queries, stub.queries
+        wait_for(lambda: len(access_lines(daemon)) >= 4, 10, "the access-log lines")
+        lines = [l for l in access_lines(daemon) if "direction=outbound" in l]
+        assert any(f"dst.addr=127.0.0.4:{outside.port}" in l and "dst.workload=ext" in l for l in lines), lines
+        assert any(f"dst.hbone_addr=127.0.0.2:{echo.port}" in l and f"dst.identity={ECHO_ID}" in l for l in lines), lines
+        for vip, reason in (("10.96.0.32", "missing.example (workload test//ServiceEntry/shop/missing) resolved to no usable address"),
+                            ("10.96.0.33", "self.example (workload test//ServiceEntry/shop/self) resolved to no usable address")):
+            sock, code = socks5_connect(daemon.ports["socks5"], 80, vip, source="127.0.0.3")
+            sock.close()
+            assert code == 4
+            wait_for(lambda: reason in daemon.log(), 10, "the refusal's reason")
+        body = http(daemon.ports["stats"], "/metrics")[1]
+        counted = {l.split("hostname=")[1].rsplit(" ", 1)[0]: l.rsplit(" ", 1)[1] for l in body.splitlines() if l.startswith("istio_on_demand_dns_total{")}
+        assert counted == {'"ext.example"}': "2", '"meshed.example"}': "1", '"missing.example"}': "1", '"self.example"}': "1"}, counted
+        ext = next(l for l in body.splitlines() if l.startswith("istio_on_demand_dns_total{") and "ext.example" in l)
+        assert ('source_workload="client",source_canonical_service="client",source_canonical_revision="v1",'
+                'source_workload_namespace="default",source_principal="spiffe://cluster.local/ns/default/sa/client"') in ext, ext
+    finally:
+        stub.close()
+        outside.close()
+        echo.close()
