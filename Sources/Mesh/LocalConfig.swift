@@ -13,8 +13,7 @@
 /// workloads with one uid, two services with one `namespace/hostname` or two policies with one
 /// `namespace/name` are refused. Every error names the path of the value and its line.
 ///
-/// Not supported yet, and refused: CIDR VIPs (`"network/10.0.0.0/16"`), workload or service
-/// `extensions`, `weightedWaypoints` and port `appProtocol` (none of them is part of the format).
+/// Not supported yet, and refused: workload or service `extensions`, `weightedWaypoints` and port `appProtocol` (none of them is part of the format).
 public struct LocalConfig: Equatable, Sendable {
     /// The workloads in file order (the model keys them by uid).
     public var workloads: [Workload] = []

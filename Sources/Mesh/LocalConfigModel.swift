@@ -24,7 +24,13 @@ extension LocalConfig {
         case "name": service.name = try kubernetesName(value, path: field, maximumLength: 253, underscore: false)
         case "namespace": service.namespace = try kubernetesName(value, path: field, maximumLength: 63, underscore: false)
         case "hostname": service.hostname = try hostname(value, path: field)
-        case "vips": service.vips = try items(value, path: field, vip)
+        case "vips":
+            for entry in try items(value, path: field, vip) {
+                switch entry {
+                case .address(let address): service.vips.append(address)
+                case .block(let block): service.cidrVips.append(block)
+                }
+            }
         case "ports": service.ports = try portMap(value, path: field)
         case "subjectAltNames": service.subjectAltNames = try items(value, path: field, nonEmptyString)
         case "waypoint": service.waypoint = try gateway(value, path: field)
@@ -54,17 +60,26 @@ extension LocalConfig {
         return balancer
     }
 
-    /// A VIP, `"network/ip"` (the network may be empty: `"/10.96.0.10"`). A CIDR VIP
-    /// (`"/10.96.0.0/16"`) is refused: the model has no prefix on a `NetworkAddress` yet.
-    static func vip(_ node: YAMLNode, path: String) throws -> NetworkAddress {
+    enum VIP {
+        case address(NetworkAddress)
+        case block(NetworkPrefix)
+    }
+
+    /// A VIP, `"network/ip"` (the network may be empty: `"/10.96.0.10"`), or a CIDR VIP,
+    /// `"network/ip/length"` (a full length is an address).
+    static func vip(_ node: YAMLNode, path: String) throws -> VIP {
         let text = try string(node, path: path)
         if case let (network, rest)? = splitAtSlash(text) {
-            if let address = IPAddress(rest) { return NetworkAddress(network: network, ip: address) }
+            if let address = IPAddress(rest) { return .address(NetworkAddress(network: network, ip: address)) }
             if case let (ip, _)? = splitAtSlash(rest), IPAddress(ip) != nil {
-                throw ParseError("\(path): CIDR VIPs are not supported yet, got \(YAMLError.quote(text)) (line \(node.line))")
+                guard let prefix = IPPrefix(rest) else {
+                    throw ParseError("\(path): bad CIDR VIP length in \(YAMLError.quote(text)) (line \(node.line))")
+                }
+                if prefix.length == prefix.address.bytes.count * 8 { return .address(NetworkAddress(network: network, ip: prefix.address)) }
+                return .block(NetworkPrefix(network: network, prefix: prefix))
             }
         }
-        throw ParseError("\(path): expected \"network/ip\" (the network may be empty, as in \"/10.96.0.10\"), "
+        throw ParseError("\(path): expected \"network/ip\" or \"network/ip/length\" (the network may be empty, as in \"/10.96.0.10\"), "
                          + "got \(YAMLError.quote(text)) (line \(node.line))")
     }
 

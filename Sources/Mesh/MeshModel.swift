@@ -13,6 +13,8 @@ public struct MeshModel: Equatable, Sendable {
     public private(set) var workloadByAddress: [NetworkAddress: String] = [:]
     /// Service keys by VIP (several services may share one).
     public private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
+    /// Keys of the services that have CIDR VIPs (few: each lookup scans them).
+    public private(set) var servicesWithCIDRs: Set<String> = []
     /// Service keys by hostname (one per namespace that has it), for the pods' DNS proxy.
     public private(set) var servicesByHostname: [String: [String]] = [:]
     /// Workload uids by each service key they list (a service's endpoints, known or staged).
@@ -48,6 +50,7 @@ public struct MeshModel: Equatable, Sendable {
         removeService(key: service.key)
         services[service.key] = service
         for vip in service.vips { servicesByVIP[vip, default: []].append(service.key) }
+        if !service.cidrVips.isEmpty { servicesWithCIDRs.insert(service.key) }
         servicesByHostname[service.hostname, default: []].append(service.key)
     }
 
@@ -57,6 +60,7 @@ public struct MeshModel: Equatable, Sendable {
             servicesByVIP[vip]?.removeAll { $0 == key }
             if servicesByVIP[vip]?.isEmpty == true { servicesByVIP[vip] = nil }
         }
+        servicesWithCIDRs.remove(key)
         servicesByHostname[old.hostname]?.removeAll { $0 == key }
         if servicesByHostname[old.hostname]?.isEmpty == true { servicesByHostname[old.hostname] = nil }
     }
@@ -74,6 +78,15 @@ public struct MeshModel: Equatable, Sendable {
     /// The services whose VIP is exactly `address`, in insertion order.
     public func services(at address: NetworkAddress) -> [Service] {
         (servicesByVIP[address] ?? []).compactMap { services[$0] }
+    }
+
+    /// The services with a CIDR VIP containing `address`, each with its longest such prefix, by key.
+    public func services(inCIDRsContaining address: NetworkAddress) -> [(service: Service, length: Int)] {
+        servicesWithCIDRs.sorted().compactMap { key in
+            guard let service = services[key] else { return nil }
+            let lengths = service.cidrVips.filter { $0.contains(address) }.map(\.prefix.length)
+            return lengths.max().map { (service, $0) }
+        }
     }
 
     /// The endpoints of a service: each workload that lists it, with its port map. Endpoints of a

@@ -8,9 +8,9 @@
 /// at random by capacity, on the endpoint's target port; an endpoint on another network is
 /// reached through its network gateway (double HBONE); a workload address goes to that workload
 /// (or its waypoint) on the original port; an endpoint known by hostname only is handed back to
-/// be resolved; anything else passes through. Not done, and refused with the reason rather than
-/// sent somewhere else: CIDR VIPs (refused when the model is built) and a waypoint on another
-/// network.
+/// be resolved; a CIDR VIP is matched by longest prefix when no exact VIP is; anything else
+/// passes through. Not done, and refused with the reason rather than sent somewhere else: a
+/// waypoint on another network.
 public enum Router {
     public enum Route: Equatable, Sendable {
         /// Not the mesh's: plain TCP to the original destination.
@@ -52,10 +52,7 @@ public enum Router {
             }
             return toWorkload(workload, ip: destination.ip, port: port, serviceSANs: [])
         }
-        let candidates = model.services(at: destination).filter {
-            $0.visibility == .public || $0.namespace == clientNamespace
-        }
-        guard let service = preferred(candidates, clientNamespace: clientNamespace) else { return .passthrough }
+        guard let service = service(model, at: destination, clientNamespace: clientNamespace) else { return .passthrough }
         if let gateway = service.waypoint {
             // The service's waypoint gets the connection for the original VIP:port (step 2).
             let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network, pick: pick)
@@ -63,6 +60,22 @@ public enum Router {
         }
         if service.loadBalancer?.mode == .passthrough { return .passthrough }
         return toEndpoint(of: service, model: model, port: port, destination: destination, source: source, pick: pick)
+    }
+
+    /// The service a connection to `destination` means (§9 step 2): among those with that exact
+    /// VIP and visible to the client, the client's namespace, then a canonical one, then the
+    /// first seen; with none, among those with a CIDR VIP containing it, the client's namespace,
+    /// then the longest prefix, then a canonical one, then by key.
+    public static func service(_ model: MeshModel, at destination: NetworkAddress, clientNamespace: String?) -> Service? {
+        func visible(_ service: Service) -> Bool { service.visibility == .public || service.namespace == clientNamespace }
+        if let exact = preferred(model.services(at: destination).filter(visible), clientNamespace: clientNamespace) { return exact }
+        let matches = model.services(inCIDRsContaining: destination).filter { visible($0.service) }
+        return matches.min { a, b in
+            let rank = { (match: (service: Service, length: Int)) in
+                (match.service.namespace == clientNamespace ? 0 : 1, -match.length, match.service.canonical ? 0 : 1)
+            }
+            return rank(a) < rank(b)
+        }?.service
     }
 
     /// The client's namespace first, then a canonical service, then the first seen.

@@ -21,8 +21,11 @@ public struct Service: Equatable, Sendable {
     public var name: String
     public var namespace: String
     public var hostname: String
-    /// Virtual IPs; a VIP with a prefix length is a CIDR VIP.
+    /// Virtual IPs.
     public var vips: [NetworkAddress] = []
+    /// CIDR VIPs: a connection to any address inside one reaches the service when no exact VIP
+    /// matches (ISTIO_COMPAT §9 step 2, longest prefix).
+    public var cidrVips: [NetworkPrefix] = []
     /// Service port → target port (0: a named port, resolved per endpoint).
     public var ports: [UInt16: UInt16] = [:]
     public var subjectAltNames: [String] = []
@@ -33,6 +36,23 @@ public struct Service: Equatable, Sendable {
     public var visibility: Visibility = .public
 
     public var key: String { "\(namespace)/\(hostname)" }
+}
+
+/// A block of addresses on a network: a CIDR VIP, written `network/ip/length`.
+public struct NetworkPrefix: Hashable, Sendable, CustomStringConvertible {
+    public var network: String
+    public var prefix: IPPrefix
+
+    public init(network: String, prefix: IPPrefix) {
+        self.network = network
+        self.prefix = prefix
+    }
+
+    public func contains(_ address: NetworkAddress) -> Bool {
+        address.network == network && prefix.contains(address.ip.unmapped)
+    }
+
+    public var description: String { "\(network)/\(prefix)" }
 }
 
 // Public initializers for the other sources of the model (xDS), kept out of the type bodies so

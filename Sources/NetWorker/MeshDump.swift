@@ -52,9 +52,9 @@ enum MeshDump {
         var members: [(String, JSON)] = [
             ("name", .string(service.name)), ("namespace", .string(service.namespace)), ("hostname", .string(service.hostname)),
             ("vips", .array(service.vips.map { .string($0.description) })),
-            ("ports", portMap(service.ports)),
-            ("endpoints", endpoints(model.endpoints(of: service.key))),
         ]
+        if !service.cidrVips.isEmpty { members.append(("cidrVips", .array(service.cidrVips.map { .string($0.description) }))) }
+        members += [("ports", portMap(service.ports)), ("endpoints", endpoints(model.endpoints(of: service.key)))]
         if !service.subjectAltNames.isEmpty { members.append(("subjectAltNames", .array(service.subjectAltNames.map { .string($0) }))) }
         if let waypoint = service.waypoint { members.append(("waypoint", gateway(waypoint))) }
         if let balancer = service.loadBalancer {

@@ -135,7 +135,8 @@ struct OutboundRouting: Sendable {
         }
         if let ip = IPAddress(host)?.unmapped {
             let address = NetworkAddress(network: network, ip: ip)
-            if model.workload(at: address) == nil && model.services(at: address).isEmpty { keys.append("\(network)/\(ip)") }
+            if model.workload(at: address) == nil && model.services(at: address).isEmpty
+                && model.services(inCIDRsContaining: address).isEmpty { keys.append("\(network)/\(ip)") }
         }
         return keys
     }
@@ -219,22 +220,22 @@ struct OutboundRouting: Sendable {
         case .passthrough:
             return .connect(host: ip.description, port: port, via: "passthrough", target: Target(source: source))
         case .direct(let uid, let target, let targetPort):
-            let service = model.services(at: destination).first
+            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             return .connect(host: target.description, port: targetPort, via: "workload \(uid)",
                             target: Target(source: source, destination: model.workloads[uid], service: service))
         case .waypoint(let uid, let ip, let hbonePort, let target, let targetPort, let expected):
-            let service = model.services(at: destination).first
+            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             return tunnel(to: uid, dial: ip, port: hbonePort, target: target, targetPort: targetPort, expected: expected,
                           source: source, client: client,
                           record: Target(source: source, destination: model.workload(at: NetworkAddress(network: network, ip: target)),
                                          service: service))
         case .hbone(let uid, let ip, let targetPort, let expected):
-            let service = model.services(at: destination).first
+            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             return tunnel(to: uid, dial: ip, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")), target: ip,
                           targetPort: targetPort, expected: expected, source: source, client: client,
                           record: Target(source: source, destination: model.workloads[uid], service: service))
         case .doubleHBONE(let uid, let gatewayUid, let ip, let hbonePort, let gatewayExpected, let authority, let expected):
-            let service = model.services(at: destination).first
+            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             let resolution = tunnel(to: gatewayUid, dial: ip, port: hbonePort, target: ip, targetPort: port, expected: gatewayExpected,
                                     source: source, client: client,
                                     record: Target(source: source, destination: model.workloads[uid], service: service))
@@ -245,7 +246,7 @@ struct OutboundRouting: Sendable {
         case .resolveHostname(let uid, let hostname, let targetPort, let expected):
             return .resolveName(PendingName(workloadUid: uid, hostname: hostname, port: targetPort, identities: expected,
                                             target: Target(source: source, destination: model.workloads[uid],
-                                                           service: model.services(at: destination).first),
+                                                           service: Router.service(model, at: destination, clientNamespace: source?.namespace)),
                                             client: client, preferIPv4: ip.isIPv4))
         case .refused(let reason):
             return .refuse(reason)

@@ -150,14 +150,18 @@ public enum XDSConversion {
         }
         var service = Service(name: message.name, namespace: message.namespace, hostname: message.hostname)
         let key = service.key
-        service.vips = try message.addresses.map { address in
-            if address.hasLength {
-                let full: UInt32 = address.address.count == 4 ? 32 : 128
-                guard address.length == full else {
-                    throw Invalid("service \(key): CIDR VIP of length \(address.length) is not supported yet")
-                }
+        for address in message.addresses {
+            let vip = try networkAddress(address, of: "service \(key) VIP")
+            let full = vip.ip.bytes.count * 8
+            // A length shorter than the address makes a CIDR VIP; the full length, an address.
+            guard address.hasLength, address.length != UInt32(full) else {
+                service.vips.append(vip)
+                continue
             }
-            return try networkAddress(address, of: "service \(key) VIP")
+            guard address.length < UInt32(full), let prefix = IPPrefix(address: vip.ip, length: Int(address.length)) else {
+                throw Invalid("service \(key): CIDR VIP length \(address.length) is longer than the address")
+            }
+            service.cidrVips.append(NetworkPrefix(network: vip.network, prefix: prefix))
         }
         for entry in message.ports {
             service.ports[try port(entry.servicePort, of: "service \(key)")] = try port(entry.targetPort, of: "service \(key)", allowZero: true)

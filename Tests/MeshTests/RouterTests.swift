@@ -263,4 +263,36 @@ import Testing
         #expect(route(model) == .resolveHostname(workloadUid: "echo-2", hostname: "echo.example.com", port: 9002,
                                                  identities: ["spiffe://cluster.local/ns/shop/sa/echo-san", "spiffe://cluster.local/ns/shop/sa/echo"]))
     }
+    /// §9 step 2: with no exact VIP, a CIDR VIP containing the address names the service: the
+    /// client's namespace first, then the longest prefix, then a canonical one. An exact VIP wins.
+    @Test func cidrVIPsMatchByLongestPrefix() {
+        var model = Self.model()
+        func block(_ text: String) -> NetworkPrefix { NetworkPrefix(network: "", prefix: IPPrefix(text)!) }  // literals are valid
+        var wide = Service(name: "wide", namespace: "other", hostname: "wide.other.svc.cluster.local")
+        wide.cidrVips = [block("10.200.0.0/16")]
+        wide.ports = [80: 8080]
+        var narrow = Service(name: "narrow", namespace: "other", hostname: "narrow.other.svc.cluster.local")
+        narrow.cidrVips = [block("10.200.1.0/24")]
+        narrow.ports = [80: 8080]
+        model.insert(wide)
+        model.insert(narrow)
+        let inside = NetworkAddress(network: "", ip: Self.ip("10.200.1.7"))
+        #expect(Router.service(model, at: inside, clientNamespace: "shop")?.name == "narrow")
+        #expect(Router.service(model, at: NetworkAddress(network: "", ip: Self.ip("10.200.2.7")), clientNamespace: "shop")?.name == "wide")
+        #expect(Router.service(model, at: NetworkAddress(network: "", ip: Self.ip("10.201.0.1")), clientNamespace: "shop") == nil)
+        #expect(Router.service(model, at: NetworkAddress(network: "west", ip: Self.ip("10.200.1.7")), clientNamespace: "shop") == nil)
+        // The client's namespace before a longer prefix.
+        wide.namespace = "shop"
+        model.insert(wide)
+        #expect(Router.service(model, at: inside, clientNamespace: "shop")?.name == "wide")
+        // An exact VIP before any block.
+        var exact = model.services["shop/echo.shop.svc.cluster.local"]!  // inserted by model()
+        exact.vips = [inside]
+        model.insert(exact)
+        #expect(Router.service(model, at: inside, clientNamespace: "shop")?.name == "echo")
+        // Removing a service removes its blocks.
+        model.removeService(key: "other/wide.other.svc.cluster.local")
+        model.removeService(key: wide.key)
+        #expect(model.services(inCIDRsContaining: NetworkAddress(network: "", ip: Self.ip("10.200.2.7"))).isEmpty)
+    }
 }

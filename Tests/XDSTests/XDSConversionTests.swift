@@ -123,8 +123,13 @@ import Testing
         var service = Istio_Workload_Service()
         service.namespace = "ns"
         service.hostname = "s.ns.svc"
-        service.addresses = [.with { $0.address = Data3.v4; $0.length = 16 }]
-        #expect(throws: XDSConversion.Invalid("service ns/s.ns.svc: CIDR VIP of length 16 is not supported yet")) {
+        // A length shorter than the address is a CIDR VIP, the full length an address, a longer one an error.
+        service.addresses = [.with { $0.address = Data3.v4; $0.length = 16 }, .with { $0.address = Data3.v4; $0.length = 32 }]
+        let converted = try XDSConversion.service(service)
+        #expect(converted.cidrVips.map(\.prefix.length) == [16])
+        #expect(converted.vips.count == 1)
+        service.addresses = [.with { $0.address = Data3.v4; $0.length = 33 }]
+        #expect(throws: XDSConversion.Invalid("service ns/s.ns.svc: CIDR VIP length 33 is longer than the address")) {
             try XDSConversion.service(service)
         }
         // Not protobuf at all, and an Address with no kind.

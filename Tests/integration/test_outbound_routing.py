@@ -84,3 +84,30 @@ def test_services_route_to_endpoints_and_hbone_is_never_sent_in_plaintext(start_
     opened = [l for l in body.splitlines() if l.startswith('istio_tcp_connections_opened_total{reporter="source"')]
     assert opened and 'destination_service="echo.shop.svc.cluster.local"' in opened[0], body[-2000:]
     assert 'destination_service_name="echo"' in opened[0] and 'connection_security_policy="unknown"' in opened[0]
+
+
+def test_an_address_inside_a_cidr_vip_reaches_the_service(start_daemon, echo_server):
+    """§9 step 2: a service with a CIDR VIP (here 10.97.0.0/16, from the local config's
+    "network/ip/length" form) gets connections to any address inside it when no exact VIP
+    matches; /config_dump lists it under `cidrVips`."""
+    text = config(echo_server.port).replace('''  vips: ["/10.96.0.1"]''', '''  vips: ["/10.96.0.1", "/10.97.0.0/16"]''', 1)
+    assert "/10.97.0.0/16" in text
+    daemon = start_daemon(local_config=text)
+    daemon.wait_ready()
+    for address in ("10.97.3.4", "10.97.255.1"):
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, dest_host=address)
+        with sock:
+            assert code == 0, daemon.log()[-2000:]
+            sock.sendall(b"inside the block")
+            assert sock.recv(100) == b"inside the block"
+    wait_for(lambda: daemon.log().count("\taccess\tconnection complete") >= 2, 10, "the access lines")
+    lines = [l for l in daemon.log().splitlines() if "\taccess\tconnection complete" in l]
+    assert all("dst.service=echo.shop.svc.cluster.local" in l and f"dst.addr=127.0.0.1:{echo_server.port}" in l for l in lines), lines
+    (echo,) = [s for s in daemon.config_dump()["services"] if s["name"] == "echo"]
+    assert echo["cidrVips"] == ["/10.97.0.0/16"] and echo["vips"] == ["/10.96.0.1"]
+    # The exact VIP still routes as before (addresses outside the block: RouterTests).
+    sock, code = socks5_connect(daemon.ports["socks5"], 80, dest_host="10.96.0.1")
+    with sock:
+        assert code == 0
+        sock.sendall(b"exact")
+        assert sock.recv(100) == b"exact"
