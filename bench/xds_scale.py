@@ -7,6 +7,7 @@ memfd. Prints figures, asserts nothing:
   - start to ready: daemon start until readiness (xDS connect, both types, snapshot, model);
   - the snapshot's size (the Supervisor's mesh_snapshot audit event);
   - one more workload pushed until the NetWorker reports the new generation in force;
+  - churn: XDS_CHANGES (20) changes one after another, each waited for: time and CPU per change;
   - the xDS worker's and the NetWorker's memory (PSS).
 
   make bench-xds            (release binaries; XDS_SCALE=20000,5000,1000 by default)
@@ -56,6 +57,13 @@ def phases(log, generation):
     return [f"{name} +{times[name] - start:.2f} s" for name, _ in marks[1:] if name in times and start is not None]
 
 
+def cpu_seconds(pid):
+    """User and system CPU time of process `pid` so far."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def main():
     workloads, services, policies = (int(v) for v in os.environ.get("XDS_SCALE", "20000,5000,1000").split(","))
     tmp = tempfile.mkdtemp(prefix="ztunnel-xds-scale-")
@@ -93,6 +101,28 @@ def main():
         print(f"xds-scale: one more workload, push to in force in the NetWorker: {time.monotonic() - pushed:.2f} s")
         (xdsw,) = daemon.workers("xds-worker")
         (net,) = daemon.workers("net-worker")
+        # Churn: one workload changed at a time, each waited for; what one change costs.
+        changes = int(os.environ.get("XDS_CHANGES", "20"))
+        cpu_before = {pid: cpu_seconds(pid) for pid in (xdsw, net, daemon.pid)}
+        began = time.monotonic()
+        for n in range(changes):
+            xds.set_resource(x.ADDRESS, "cluster1//Pod/ns-0/extra", x.address_of_workload(x.workload(
+                "cluster1//Pod/ns-0/extra", f"extra-{n}", "ns-0", addresses=["10.250.0.1"])))
+            pattern = re.compile(rf"mesh model source=xds generation={generation + 2 + n} ")
+            wait_for(lambda: pattern.search(daemon.log()), 600, "the next generation in force")
+        took = time.monotonic() - began
+        cpu = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
+        print(f"xds-scale: {changes} changes one after another: {took / changes * 1000:.0f} ms each, push to in force; "
+              f"CPU per change: xDS worker {cpu[xdsw] / changes * 1000:.0f} ms, NetWorker {cpu[net] / changes * 1000:.0f} ms, "
+              f"Supervisor {cpu[daemon.pid] / changes * 1000:.0f} ms")
+        # The NetWorker's own account of each change (its log): decoding the snapshot, then the model.
+        lines = [l for l in daemon.log().splitlines() if "mesh model source=xds" in l and "decode_ms=" in l][-changes:]
+        def median(key):
+            values = sorted(int(l.split(f"{key}=")[1].split()[0]) for l in lines)
+            return values[len(values) // 2] if values else -1
+        built = {l.split("model=")[1].split()[0] for l in lines}
+        print(f"xds-scale: the NetWorker per change (median of its log): decode {median('decode_ms')} ms, "
+              f"model {median('model_ms')} ms ({'/'.join(sorted(built))})")
         print(f"xds-scale: PSS xDS worker {pss_kib(xdsw) / 1024:.0f} MiB, NetWorker {pss_kib(net) / 1024:.0f} MiB")
     finally:
         daemon.stop()

@@ -9,14 +9,22 @@ public struct MeshModel: Equatable, Sendable {
     public private(set) var workloads: [String: Workload] = [:]
     public private(set) var services: [String: Service] = [:]
     public private(set) var policies: [String: Policy] = [:]
-    /// Workload uid by each of its addresses (HostNetwork workloads are not indexed by IP).
+    /// Workload uid by each of its addresses (HostNetwork workloads are not indexed by IP). When
+    /// several workloads claim one address (a pod IP reused before the old pod is gone), the
+    /// greatest uid owns it, and another takes over when it goes: the same however the model was
+    /// built (whole, or update by update).
     public private(set) var workloadByAddress: [NetworkAddress: String] = [:]
-    /// Service keys by VIP (several services may share one).
+    /// Every workload claiming an address, when more than one does.
+    private var sharedAddresses: [NetworkAddress: Set<String>] = [:]
+    /// Service keys by VIP (several services may share one), in key order.
     public private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
     /// Keys of the services that have CIDR VIPs (few: each lookup scans them).
     public private(set) var servicesWithCIDRs: Set<String> = []
-    /// Service keys by hostname (one per namespace that has it), for the pods' DNS proxy.
+    /// Service keys by hostname (one per namespace that has it), for the pods' DNS proxy, in key
+    /// order.
     public private(set) var servicesByHostname: [String: [String]] = [:]
+    /// Workload uids by node name (workloads with one), for the identities a node's proxy wants.
+    public private(set) var workloadsByNode: [String: Set<String>] = [:]
     /// Workload uids by each service key they list (a service's endpoints, known or staged).
     public private(set) var workloadsByService: [String: Set<String>] = [:]
 
@@ -28,9 +36,16 @@ public struct MeshModel: Equatable, Sendable {
         removeWorkload(uid: workload.uid)
         workloads[workload.uid] = workload
         for key in workload.services.keys { workloadsByService[key, default: []].insert(workload.uid) }
+        if !workload.node.isEmpty { workloadsByNode[workload.node, default: []].insert(workload.uid) }
         guard workload.networkMode == .standard else { return }
         for ip in workload.addresses {
-            workloadByAddress[NetworkAddress(network: workload.network, ip: ip.unmapped)] = workload.uid
+            let key = NetworkAddress(network: workload.network, ip: ip.unmapped)
+            guard let owner = workloadByAddress[key], owner != workload.uid else {
+                workloadByAddress[key] = workload.uid
+                continue
+            }
+            sharedAddresses[key, default: [owner]].insert(workload.uid)
+            workloadByAddress[key] = max(owner, workload.uid)
         }
     }
 
@@ -40,18 +55,35 @@ public struct MeshModel: Equatable, Sendable {
             workloadsByService[key]?.remove(uid)
             if workloadsByService[key]?.isEmpty == true { workloadsByService[key] = nil }
         }
+        if !old.node.isEmpty {
+            workloadsByNode[old.node]?.remove(uid)
+            if workloadsByNode[old.node]?.isEmpty == true { workloadsByNode[old.node] = nil }
+        }
+        guard old.networkMode == .standard else { return }
         for ip in old.addresses {
             let key = NetworkAddress(network: old.network, ip: ip.unmapped)
-            if workloadByAddress[key] == uid { workloadByAddress[key] = nil }
+            guard var claims = sharedAddresses[key] else {
+                if workloadByAddress[key] == uid { workloadByAddress[key] = nil }
+                continue
+            }
+            claims.remove(uid)
+            workloadByAddress[key] = claims.max()
+            sharedAddresses[key] = claims.count > 1 ? claims : nil
         }
     }
 
     public mutating func insert(_ service: Service) {
         removeService(key: service.key)
         services[service.key] = service
-        for vip in service.vips { servicesByVIP[vip, default: []].append(service.key) }
+        for vip in service.vips {
+            var keys = servicesByVIP[vip, default: []]
+            keys.insert(service.key, at: keys.firstIndex { $0 > service.key } ?? keys.endIndex)
+            servicesByVIP[vip] = keys
+        }
         if !service.cidrVips.isEmpty { servicesWithCIDRs.insert(service.key) }
-        servicesByHostname[service.hostname, default: []].append(service.key)
+        var named = servicesByHostname[service.hostname, default: []]
+        named.insert(service.key, at: named.firstIndex { $0 > service.key } ?? named.endIndex)
+        servicesByHostname[service.hostname] = named
     }
 
     public mutating func removeService(key: String) {
@@ -75,7 +107,7 @@ public struct MeshModel: Equatable, Sendable {
         workloadByAddress[NetworkAddress(network: address.network, ip: address.ip.unmapped)].flatMap { workloads[$0] }
     }
 
-    /// The services whose VIP is exactly `address`, in insertion order.
+    /// The services whose VIP is exactly `address`, in key order.
     public func services(at address: NetworkAddress) -> [Service] {
         (servicesByVIP[address] ?? []).compactMap { services[$0] }
     }

@@ -3,7 +3,7 @@
 /// the random choice among endpoints is injected so tests can fix it.
 ///
 /// What it decides: a service VIP (services filtered by visibility, then the client's namespace,
-/// `canonical`, first seen) goes to its waypoint, or to one of its healthy endpoints, ranked by
+/// `canonical`, then by key) goes to its waypoint, or to one of its healthy endpoints, ranked by
 /// the service's routing preferences (STRICT, FAILOVER) against the source workload, then chosen
 /// at random by capacity, on the endpoint's target port; an endpoint on another network is
 /// reached through its network gateway (double HBONE); a workload address goes to that workload
@@ -64,7 +64,7 @@ public enum Router {
 
     /// The service a connection to `destination` means (§9 step 2): among those with that exact
     /// VIP and visible to the client, the client's namespace, then a canonical one, then the
-    /// first seen; with none, among those with a CIDR VIP containing it, the client's namespace,
+    /// first by key; with none, among those with a CIDR VIP containing it, the client's namespace,
     /// then the longest prefix, then a canonical one, then by key.
     public static func service(_ model: MeshModel, at destination: NetworkAddress, clientNamespace: String?) -> Service? {
         func visible(_ service: Service) -> Bool { service.visibility == .public || service.namespace == clientNamespace }
@@ -78,7 +78,7 @@ public enum Router {
         }?.service
     }
 
-    /// The client's namespace first, then a canonical service, then the first seen.
+    /// The client's namespace first, then a canonical service, then the first by key.
     static func preferred(_ services: [Service], clientNamespace: String?) -> Service? {
         services.first { $0.namespace == clientNamespace } ?? services.first { $0.canonical } ?? services.first
     }

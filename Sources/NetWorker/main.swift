@@ -115,6 +115,10 @@ struct ControlLoop {
     private var snapshot: MeshSnapshot?
     /// The snapshot's resources as converted last time: a push re-converts only what changed.
     private var conversions = ConversionCache()
+    /// The model last put in force, which a new snapshot changes in place of a rebuild.
+    private var builtModel: MeshModel?
+    /// How long the last snapshot took to map and decode, for the model's log line.
+    private var decodeMilliseconds: Int64 = 0
     private let usesXDS: Bool
     /// Data-plane listeners held back until the first mesh snapshot is in force (§6.4: nothing is
     /// accepted before the model is); the kernel queues connections meanwhile.
@@ -220,6 +224,7 @@ struct ControlLoop {
     /// decode is refused and the model in force stays; resources that do not convert are left
     /// out and logged (the xDS worker already refused them; this is the second check).
     private mutating func applySnapshot(generation: UInt64, fd: OwnedFD) {
+        let started = Clock.monotonicMilliseconds()
         let decoded: MeshSnapshot
         do {
             decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
@@ -230,7 +235,8 @@ struct ControlLoop {
             return
         }
         snapshot = decoded
-        let refused = publishModel(reason: "xds", generation: "\(generation)")
+        decodeMilliseconds = Clock.monotonicMilliseconds() - started
+        let refused = publishModel(reason: "xds", generation: "\(generation)", snapshotChanged: true)
         for reason in refused.prefix(16) { Log.warn("mesh snapshot resource left out: \(reason)") }
         state.awaitingMesh = false
         for (name, fd, pod) in heldListeners { adopt(name: name, fd: fd, pod: pod) }
@@ -242,10 +248,25 @@ struct ControlLoop {
     /// Builds the model from both sources, puts it in force, decides live connections again and
     /// asks for the identities of this node's workloads. Returns the snapshot resources left out.
     @discardableResult
-    private mutating func publishModel(reason: String, generation: String) -> [String] {
-        var model = localConfig?.model ?? MeshModel()
+    private mutating func publishModel(reason: String, generation: String, snapshotChanged: Bool = false) -> [String] {
+        let started = Clock.monotonicMilliseconds()
         var refused: [String] = []
-        snapshot?.insert(into: &model, refused: &refused, cache: &conversions)
+        var model: MeshModel
+        // A new snapshot changes the model in force where it differs (the local config's
+        // resources are untouched); anything else, or a change the local config's resources
+        // collide with, rebuilds it from both sources.
+        let base = localConfig?.model ?? MeshModel()
+        var how = "rebuilt"
+        if snapshotChanged, var previous = builtModel, let snapshot,
+           snapshot.update(&previous, base: base, refused: &refused, cache: &conversions) {
+            model = previous
+            how = "changed"
+        } else {
+            refused = []
+            model = base
+            snapshot?.insert(into: &model, refused: &refused, cache: &conversions)
+        }
+        builtModel = model
         hasModel = true
         let node = state.configuration.string("NODE_NAME")
         var wanted = Set<String>()
@@ -259,9 +280,10 @@ struct ControlLoop {
             // converted once. Only those on this node: without NODE_NAME none (certificates for
             // a whole mesh would be thousands of impersonated CSRs).
             let fromXDS = snapshot.entries(XDSConversion.addressType)
-            for workload in model.workloads.values
-            where fromXDS[workload.uid] != nil && workload.tunnelProtocol == .hbone && !node.isEmpty && workload.node == node {
-                if let identity = workload.identity { wanted.insert(identity) }
+            for uid in node.isEmpty ? [] : model.workloadsByNode[node] ?? [] where fromXDS[uid] != nil {
+                if let workload = model.workloads[uid], workload.tunnelProtocol == .hbone, let identity = workload.identity {
+                    wanted.insert(identity)
+                }
             }
         }
         // Expected before the model is in force: a new workload's first connection then waits
@@ -271,9 +293,13 @@ struct ControlLoop {
         if let closed = authorization.live?.recheck(with: authorization), closed > 0 {
             Log.info("policy change closed \(closed) live connections")
         }
+        // How it was built and what it cost: decoding the snapshot, then the model (`changed`:
+        // in place, converting only what changed; `rebuilt`: from both sources).
+        var timing = [("model", how), ("model_ms", "\(Clock.monotonicMilliseconds() - started)")]
+        if snapshotChanged { timing.append(("decode_ms", "\(decodeMilliseconds)")) }
         Log.info("mesh model", [("source", reason), ("generation", generation), ("workloads", "\(model.workloads.count)"),
                                 ("services", "\(model.services.count)"), ("policies", "\(model.policies.count)"),
-                                ("identities", "\(wanted.count)")])
+                                ("identities", "\(wanted.count)")] + timing)
         signer.want(wanted.sorted())
         return refused
     }

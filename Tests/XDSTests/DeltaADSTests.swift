@@ -133,6 +133,82 @@ import Testing
         #expect(throws: SealedMemfd.Refused.self) { try SealedMemfd.checkedSize(fd.rawValue, maxBytes: bytes.count - 1) }
     }
 
+    /// A service Address (§7.1): name 1, namespace 2, hostname 3, addresses 4 (NetworkAddress:
+    /// address 2), ports 5 (Port: service_port 1, target_port 2).
+    static func serviceAddress(name: String, vip: [UInt8], namespace: String = "ns") -> [UInt8] {
+        let service = Wire.stringField(1, name) + Wire.stringField(2, namespace) + Wire.stringField(3, "\(name).svc")
+            + Wire.bytesField(4, Wire.bytesField(2, vip)) + Wire.bytesField(5, Wire.varintField(1, 80) + Wire.varintField(2, 8080))
+        return Wire.bytesField(2, service)
+    }
+
+    /// A change applied in place gives the same model as a rebuild, step after step of random
+    /// churn: workloads that share addresses (a reused pod IP), services that share VIPs,
+    /// policies, removals, and a refused resource; and a change that touches what the base
+    /// (the local config) holds is not applied in place.
+    @Test func aChangeAppliedInPlaceEqualsARebuild() throws {
+        var generator = SplitMix(seed: 7)
+        var snapshot = MeshSnapshot()
+        var cache = ConversionCache()
+        var model = MeshModel(), refused: [String] = []
+        snapshot.insert(into: &model, refused: &refused, cache: &cache)
+        var applied = 0
+        for step in 0..<300 {
+            let n = generator.next() % 12
+            switch generator.next() % 7 {
+            case 0, 1:
+                let ip: [UInt8] = [10, 0, 0, UInt8(generator.next() % 4)]
+                snapshot.resources[XDSConversion.addressType, default: [:]]["c//Pod/ns/w\(n)"] =
+                    .init(version: "\(step)", body: Self.workloadAddress(uid: "c//Pod/ns/w\(n)", ip: ip))
+            case 2:
+                let vip: [UInt8] = [10, 96, 0, UInt8(generator.next() % 3)]
+                // One hostname in several namespaces, as a service exported to each.
+                let namespace = "ns\(generator.next() % 3)"
+                snapshot.resources[XDSConversion.addressType, default: [:]]["\(namespace)/s\(n % 4).svc"] =
+                    .init(version: "\(step)", body: Self.serviceAddress(name: "s\(n % 4)", vip: vip, namespace: namespace))
+            case 3:
+                snapshot.resources[XDSConversion.authorizationType, default: [:]]["ns/p\(n)"] =
+                    .init(version: "\(step)", body: Self.policy(name: "p\(n)", namespace: "ns"))
+            case 4:
+                snapshot.resources[XDSConversion.addressType]?["c//Pod/ns/w\(n)"] = nil
+                snapshot.resources[XDSConversion.addressType]?["ns\(n % 3)/s\(n % 4).svc"] = nil
+            case 5:
+                snapshot.resources[XDSConversion.authorizationType]?["ns/p\(n)"] = nil
+            default:
+                snapshot.resources[XDSConversion.addressType, default: [:]]["bad\(n)"] = .init(version: "\(step)", body: [0xff, 0x01])
+            }
+            var changed: [String] = []
+            #expect(snapshot.update(&model, base: MeshModel(), refused: &changed, cache: &cache))
+            applied += 1
+            let rebuilt = snapshot.model().model
+            #expect(model == rebuilt, "step \(step)")
+            if model != rebuilt { break }
+        }
+        #expect(applied == 300)
+        // The base holds w1: a change to w1 is refused in place (the caller rebuilds).
+        var base = MeshModel()
+        var local = Workload(uid: "c//Pod/ns/w1", namespace: "ns")
+        local.addresses = [IPAddress("10.9.9.9")!]  // a valid literal
+        base.insert(local)
+        snapshot.resources[XDSConversion.addressType, default: [:]]["c//Pod/ns/w1"] =
+            .init(version: "last", body: Self.workloadAddress(uid: "c//Pod/ns/w1", ip: [10, 1, 1, 1]))
+        let before = model
+        #expect(!snapshot.update(&model, base: base, refused: &refused, cache: &cache))
+        #expect(model == before)
+    }
+
+    /// A small deterministic generator for the churn above.
+    struct SplitMix {
+        var state: UInt64
+        init(seed: UInt64) { state = seed }
+        mutating func next() -> Int {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            var z = state
+            z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+            z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+            return Int(truncatingIfNeeded: (z ^ (z >> 31)) >> 1)
+        }
+    }
+
     @Test func aPushReconvertsOnlyTheResourcesWhoseBytesChanged() throws {
         var snapshot = MeshSnapshot()
         snapshot.resources[XDSConversion.addressType] = [
@@ -168,6 +244,49 @@ import Testing
                                                       "c//Pod/ns/a": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/a"))]
         let (model, refused) = mixed.model()
         #expect(model.workloads.count == 1 && refused.count == 1 && refused[0].hasPrefix("bad: "))
+        // The wire read directly: a length past the end, a varint cut short, a group, a name
+        // that is not UTF-8, a resource field of the wrong wire type, no generation.
+        let good = try mixed.encoded()
+        let malformed: [[UInt8]] = [
+            Array(good.dropLast()), [0x0a, 0x05, 0x31], [0x0a, 0x01, 0x31, 0x12, 0x80], [0x0a, 0x01, 0x31, 0x13],
+            [0x0a, 0x01, 0x31] + Wire.bytesField(2, Wire.bytesField(3, [0xc3, 0x28])),
+            [0x0a, 0x01, 0x31] + Wire.bytesField(2, Wire.varintField(3, 1)),
+            Wire.bytesField(2, Wire.stringField(3, "x")),
+        ]
+        for bytes in malformed {
+            #expect(throws: XDSConversion.Invalid.self, "\(bytes.prefix(16))") { try bytes.withUnsafeBytes { try MeshSnapshot.decode($0) } }
+        }
+    }
+
+    /// The snapshot is written and read without swift-protobuf's message objects; it must stay
+    /// a DeltaDiscoveryResponse byte for byte as swift-protobuf writes it, and read what it writes.
+    @Test func theSnapshotIsTheDeltaDiscoveryResponseSwiftProtobufWrites() throws {
+        var snapshot = MeshSnapshot()
+        snapshot.generation = 300
+        snapshot.resources[XDSConversion.addressType] = [
+            "c//Pod/ns/b": .init(version: "7", body: Self.workloadAddress(uid: "c//Pod/ns/b")),
+            "c//Pod/ns/a": .init(version: "", body: [UInt8](repeating: 0x41, count: 300)),
+        ]
+        snapshot.resources[XDSConversion.authorizationType] = ["ns/p": .init(version: "é", body: Self.policy(name: "p", namespace: "ns"))]
+        var message = Envoy_Service_Discovery_V3_DeltaDiscoveryResponse()
+        message.systemVersionInfo = "300"
+        for typeURL in [XDSConversion.addressType, XDSConversion.authorizationType].sorted() {
+            for (name, entry) in snapshot.entries(typeURL).sorted(by: { $0.key < $1.key }) {
+                var resource = Envoy_Service_Discovery_V3_Resource()
+                resource.name = name
+                resource.version = entry.version
+                resource.resource.typeURL = typeURL
+                resource.resource.value = Data(entry.body)
+                message.resources.append(resource)
+            }
+        }
+        let bytes = try snapshot.encoded()
+        let reference: [UInt8] = try message.serializedBytes()
+        #expect(bytes == reference, "\(bytes.count) vs \(reference.count): \(bytes.prefix(40)) vs \(reference.prefix(40))")
+        #expect(try bytes.withUnsafeBytes { try MeshSnapshot.decode($0) } == snapshot)
+        // Fields it does not know are skipped, as protobuf allows.
+        let extra = bytes + Wire.varintField(9, 5) + Wire.stringField(5, "nonce")
+        #expect(try extra.withUnsafeBytes { try MeshSnapshot.decode($0) } == snapshot)
     }
 
     @Test func anUnsealedMemfdIsRefused() throws {

@@ -35,7 +35,12 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         precondition(decoded?.model().refused.isEmpty == true, "an accepted resource the NetWorker refuses")
         return 0
     case 4:
-        if let snapshot = bytes.withUnsafeBytes({ try? MeshSnapshot.decode($0) }) { _ = snapshot.model() }
+        if let snapshot = bytes.withUnsafeBytes({ try? MeshSnapshot.decode($0) }) {
+            _ = snapshot.model()
+            // What was read writes back to bytes that read the same.
+            guard let encoded = try? snapshot.encoded() else { fatalError("a decoded snapshot that does not encode") }
+            precondition(encoded.withUnsafeBytes { try? MeshSnapshot.decode($0) } == snapshot, "a snapshot that does not round-trip")
+        }
         return 0
     case 0:
         if let address = try? XDSConversion.address(bytes) { apply(address) }
