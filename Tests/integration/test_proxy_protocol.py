@@ -68,7 +68,7 @@ class ProxyApp:
 
     def __init__(self, host, port=0, greeting=b""):
         self.greeting = greeting
-        self.server = socket.socket()
+        self.server = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         self.server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.server.bind((host, port))
         self.server.listen(16)
@@ -183,6 +183,38 @@ def test_an_address_target_reaches_the_tunnel_port_after_a_proxy_header(start_da
     assert source == ("127.0.0.1", client_port)
     assert destination == ("10.96.0.9", 80)
     assert tlvs == {0xD0: b"spiffe://cluster.local/ns/default/sa/client"}
+
+
+@pytest.mark.skipif(not socket.has_ipv6 or not __import__("os").path.exists("/proc/net/if_inet6"), reason="no IPv6 on this host")
+def test_over_ipv6_the_header_names_ipv6_addresses(start_daemon, tmp_path):
+    """The same tunnel with IPv6 on both sides: a workload at ::1, an HBONE client from ::1 and
+    an IPv6 target. The header is TCP over IPv6 (family 0x21) with both addresses."""
+    app = ProxyApp("::1")
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "waypoint"), "waypoint", namespace="mesh")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(local_config=config(app.port).replace(f'workloadIps: ["{POD_IP}"]', 'workloadIps: ["::1"]'),
+                          hbone_wildcard=True, extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
+    try:
+        daemon.wait_ready()
+        wait_for(lambda: "identity available" in daemon.log(), 30, "the waypoint identity")
+        client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"), host="::1")
+        try:
+            client_port = client.sock.getsockname()[1]
+            stream = client.connect("[fd00::9]:80")
+            assert client.pump(lambda: stream in client.status) and client.status[stream] == 200, (client.status, daemon.log()[-2000:])
+            client.send(stream, b"over six", end=True)
+            assert client.pump(lambda: stream in client.ended) and client.data[stream] == b"over six"
+        finally:
+            client.close()
+        assert len(app.seen) == 1, app.seen
+        arrived_on, (source, destination, tlvs) = app.seen[0]
+        assert arrived_on == "::1"
+        assert source == ("::1", client_port)
+        assert destination == ("fd00::9", 80)
+        assert tlvs == {0xD0: b"spiffe://cluster.local/ns/default/sa/client"}
+    finally:
+        app.close()
 
 
 def test_a_hostname_target_names_the_services_ipv4_vip(start_daemon, tmp_path, apps):
