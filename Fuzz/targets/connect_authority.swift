@@ -6,7 +6,9 @@ public func fuzzConnectAuthority(_ data: UnsafePointer<UInt8>?, _ size: Int) -> 
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     if let source = Workload(baggage: text, network: "remote") {
         for value in [source.namespace, source.clusterId, source.workloadName, source.canonicalName, source.canonicalRevision]
-        where value.count > 253 { fatalError("baggage value over 253 characters: \(value.count)") }
+        where value.utf8.count > 253 || value.utf8.contains(where: { $0 <= 0x20 || $0 >= 0x7f || $0 == 0x22 || $0 == 0x3d || $0 == 0x2c }) {
+            fatalError("baggage value that is not a short name: \(value.utf8.count) bytes")
+        }
         guard Workload(baggage: source.baggage, network: "remote")?.baggage == source.baggage else {
             fatalError("\(text) -> \(source.baggage) does not read back the same")
         }

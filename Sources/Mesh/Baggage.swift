@@ -13,16 +13,20 @@ extension Workload {
     }
 
     /// The source a `baggage` header describes (the items `baggage` writes; others are ignored),
-    /// on `network`. Nil when it names no namespace. Values are the peer's words: the first 16
-    /// items are read, at most 253 bytes of each value are kept, and they only label metrics
-    /// and logs (the source's identity is its certificate's, never this).
+    /// on `network`. Nil when it names no namespace. Values are the peer's words and only label
+    /// metrics and logs (the source's identity is its certificate's, never this): the first 16
+    /// items are read, and a value is kept only when it is 1 to 253 bytes of what Kubernetes
+    /// names, labels and regions are made of (ASCII letters, digits, `-`, `.`, `_`), so none
+    /// can carry a space, a quote or a control character into a log line or a label.
     public init?(baggage: String, network: String) {
         self.init(uid: "", namespace: "")
         self.network = network
         var locality = Locality()
         for item in baggage.split(separator: ",", omittingEmptySubsequences: true).prefix(16) {
             guard let equals = item.firstIndex(of: "=") else { continue }
-            let key = Self.trimmed(item[..<equals]), value = String(Self.trimmed(Self.trimmed(item[item.index(after: equals)...]).prefix(253)))
+            let key = Self.trimmed(item[..<equals]), raw = Self.trimmed(item[item.index(after: equals)...])
+            guard Self.isName(raw) else { continue }
+            let value = String(raw)
             switch key {
             case "k8s.cluster.name": clusterId = value
             case "k8s.namespace.name": namespace = value
@@ -41,6 +45,14 @@ extension Workload {
         }
         guard !namespace.isEmpty else { return nil }
         if locality != Locality() { self.locality = locality }
+    }
+
+    /// 1 to 253 bytes of ASCII letters, digits, `-`, `.` and `_`.
+    static func isName(_ text: Substring) -> Bool {
+        let bytes = text.utf8
+        return !bytes.isEmpty && bytes.count <= 253 && bytes.allSatisfy { byte in
+            (byte >= 0x30 && byte <= 0x39) || (byte | 0x20 >= 0x61 && byte | 0x20 <= 0x7a) || byte == 0x2d || byte == 0x2e || byte == 0x5f
+        }
     }
 
     private static func trimmed(_ text: Substring) -> Substring {

@@ -127,8 +127,8 @@ public enum Router {
 
     /// The endpoints that rank highest under `balancer`'s routing preferences (ISTIO_COMPAT §9
     /// load balancing): each counts the leading preferences it shares with the source, stopping
-    /// at the first it does not; NETWORK in first place counts `count - 1` when it matches and
-    /// does not stop the count when it does not. STRICT keeps only endpoints that share every
+    /// at the first it does not; NETWORK in first place counts `count - 1` when it matches (so
+    /// nothing when it is the only one) and does not stop the count when it does not. STRICT keeps only endpoints that share every
     /// preference. Without a source workload nothing can match: STRICT keeps none, FAILOVER all.
     static func ranked(_ endpoints: [(workload: Workload, port: UInt16)], by balancer: Service.LoadBalancer, source: Workload?,
                        network: String) -> [(workload: Workload, port: UInt16)] {
@@ -152,7 +152,7 @@ public enum Router {
             if balancer.mode == .strict && !preferences.allSatisfy({ shares($0, endpoint.workload) }) { continue }
             var rank = 0
             for (index, scope) in preferences.enumerated() {
-                if index == 0 && scope == .network && preferences.count > 1 {
+                if index == 0 && scope == .network {
                     if shares(scope, endpoint.workload) { rank += preferences.count - 1 }
                     continue
                 }

@@ -122,7 +122,9 @@ enum FaultInjection {
         case .podSocketsUnserved, .podSocketsFlood:
             let request = WorkerMessage.podSocketsWanted(uid: "Kubernetes//Pod/nowhere/not-served", family: .ipv4,
                                                          count: PodSocketFamily.maxPerRequest).frame()
-            for _ in 0..<(kind == .podSocketsFlood ? 100 : 1) { try? channel.send(request) }
+            // 200 requests of 64: over the 4,096 a second even when they straddle two or three of
+            // the Supervisor's one-second windows (100 could split 50/50 on a slow machine).
+            for _ in 0..<(kind == .podSocketsFlood ? 200 : 1) { try? channel.send(request) }
         case .xdsOpenFile:
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .xdsMakeDirectory:

@@ -367,31 +367,45 @@ enum HBONETunnel {
         let tls = TLSHandler(role: .client(context: outer.context, expected: inner.expected), signer: settings.signer,
                              bounds: settings.bounds, reporter: settings.reporter)
         // Each channel owns its descriptor from here, failed or not.
-        let innerChannel = ClientBootstrap(group: loop)
+        let innerMade = ClientBootstrap(group: loop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelInitializer { channel in channel.pipeline.addHandlers([tls, connection]) }
             .withConnectedSocket(pair[0])
-        let outerEnd = ClientBootstrap(group: loop)
+        let outerMade = ClientBootstrap(group: loop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.autoRead, value: false)
             .withConnectedSocket(pair[1])
-        return innerChannel.and(outerEnd).flatMap { innerChannel, outerEnd in
-            attempt(outer, pool: pool, client: client, headers: headers, record: nil, left: attempts).flatMap { stage in
+        let both = innerMade.and(outerMade)
+        both.whenFailure { _ in
+            // One end may have started: it is closed (with autoRead off it would never see EOF).
+            innerMade.whenSuccess { $0.close(promise: nil) }
+            outerMade.whenSuccess { $0.close(promise: nil) }
+        }
+        return both.flatMap { innerChannel, outerEnd in
+            var outerStage: Stage?
+            var innerStream: HTTP2Connection.Stream?
+            return attempt(outer, pool: pool, client: client, headers: headers, record: nil, left: attempts).flatMap { stage in
                 guard let stream = stage.stream else { return loop.makeFailedFuture(HBONEError("no stream to the gateway")) }
+                outerStage = stage
                 do {
                     try stage.connection.attach(outerEnd, to: stream)
                     _ = outerEnd.setOption(ChannelOptions.autoRead, value: true)
                 } catch {
-                    stage.connection.cancel(stream)
                     return loop.makeFailedFuture(error)
                 }
                 return ready.futureResult.flatMap {
                     connection.reserve()
                     let (stream, answered) = connection.open(on: loop, authority: inner.authority,
                                                              headers: headers + [("x-forwarded-network", inner.network)], record: record)
+                    innerStream = stream
                     return answered.map { Stage(connection: connection, stream: stream) }
                 }
             }.flatMapError { error in
+                // The caller finishes the record with this reason (not the inner connection's
+                // close), and the outer stream is reset: its slot on the pooled connection to
+                // the gateway is free at once, whatever the gateway does.
+                innerStream?.record = nil
+                if let outerStage, let stream = outerStage.stream { outerStage.connection.cancel(stream) }
                 innerChannel.close(promise: nil)
                 outerEnd.close(promise: nil)
                 return loop.makeFailedFuture(error)

@@ -164,11 +164,16 @@ final class HBONEServerHandler: HTTP2Connection {
 
     /// The stream's metrics labels and access-log fields (the TLS peer as source principal). A
     /// stream that came through a network gateway (`x-forwarded-network` names another network)
-    /// has its source described by its `baggage`, since its address is the gateway's (§10).
+    /// has its source described by its `baggage`, since its address is the gateway's (§10). Any
+    /// peer of the trust domain can send those headers: at most `Self.describedSources` distinct
+    /// descriptions are taken per NetWorker (then the source is unknown), so they cannot crowd
+    /// the metrics' label sets.
     private func record(for stream: Stream, source: String?, destination: Workload, host: String, port: UInt16) -> ConnectionRecord {
         var remote: Workload?
-        if let network = stream.forwardedNetwork, network != authorization.state.configuration.string("NETWORK") {
-            remote = Workload(baggage: stream.baggage ?? "", network: network)
+        if let network = stream.forwardedNetwork, network != authorization.state.configuration.string("NETWORK"),
+           let described = Workload(baggage: stream.baggage ?? "", network: network),
+           Self.describedSources.admit("\(network)|\(described.baggage)") {
+            remote = described
         }
         return authorization.record(metrics: metrics, source: source, sourceWorkload: remote, sourceAddress: context?.channel.remoteAddress.map(ListenerFactory.address) ?? "?",
                              peer: peer?.description, destination: destination,
@@ -260,4 +265,26 @@ final class HBONEServerHandler: HTTP2Connection {
     }
 
     static func baggage(for workload: Workload) -> String { workload.baggage }
+
+    /// Sources described by baggage, distinct ones admitted up to a bound.
+    static let describedSources = BoundedSet(limit: 256)
+}
+
+/// A set that stops growing at `limit`: `admit` is true for a member, or a newcomer while there
+/// is room.
+final class BoundedSet: @unchecked Sendable {
+    private let lock = Mutex()
+    private var members: Set<String> = []
+    private let limit: Int
+
+    init(limit: Int) { self.limit = limit }
+
+    func admit(_ member: String) -> Bool {
+        lock.withLock {
+            if members.contains(member) { return true }
+            guard members.count < limit else { return false }
+            members.insert(member)
+            return true
+        }
+    }
 }

@@ -70,6 +70,9 @@ public struct MeshSnapshot: Equatable, Sendable {
             var counter = Wire.Reader(bytes)
             var count = 0
             while let (field, _) = try counter.next() { if field == 2 { count += 1 } }
+            guard count <= 2 * DeltaADS.maxResourcesPerType else {
+                throw XDSConversion.Invalid("snapshot of \(count) resources, over \(2 * DeltaADS.maxResourcesPerType)")
+            }
             if count > 0 { snapshot.resources[XDSConversion.addressType] = Dictionary(minimumCapacity: count) }
             while let (field, value) = try reader.next() {
                 switch (field, value) {
@@ -187,7 +190,7 @@ public struct ConversionCache: Sendable {
                     result = cached
                 } else {
                     lastConversions += 1
-                    result = Self.convert(entry.body, typeURL: typeURL)
+                    result = Self.convert(entry.body, typeURL: typeURL, name: name)
                 }
                 keptBodies[name] = entry.body
                 kept[name] = result
@@ -218,7 +221,7 @@ public struct ConversionCache: Sendable {
                     appeared += 1
                 }
                 lastConversions += 1
-                added.append((typeURL, name, entry.body, Self.convert(entry.body, typeURL: typeURL)))
+                added.append((typeURL, name, entry.body, Self.convert(entry.body, typeURL: typeURL, name: name)))
             }
             // Names went only if the counts say so (then they are looked for).
             if previous.count + appeared != current.count {
@@ -268,10 +271,19 @@ public struct ConversionCache: Sendable {
         }
     }
 
-    static func convert(_ body: [UInt8], typeURL: String) -> Converted {
+    /// A resource must hold what its name says (a workload's uid, a service's or policy's key),
+    /// as the xDS worker checks: two names holding one workload would make a change applied in
+    /// place differ from a rebuild.
+    static func convert(_ body: [UInt8], typeURL: String, name: String) -> Converted {
         do {
-            return typeURL == XDSConversion.addressType ? .address(try XDSConversion.address(body))
-                                                         : .policy(try XDSConversion.authorization(body))
+            if typeURL == XDSConversion.addressType {
+                let address = try XDSConversion.address(body)
+                guard address.name == name else { throw XDSConversion.Invalid("named \(name.prefix(80)) but holds \(address.name.prefix(80))") }
+                return .address(address)
+            }
+            let policy = try XDSConversion.authorization(body)
+            guard policy.key == name else { throw XDSConversion.Invalid("named \(name.prefix(80)) but holds \(policy.key.prefix(80))") }
+            return .policy(policy)
         } catch {
             return .refused("\(error)")
         }

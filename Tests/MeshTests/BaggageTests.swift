@@ -28,7 +28,15 @@ import Testing
         #expect(Workload(baggage: "service.name=x,,=,k8s.widget.name=y,noequals", network: "e") == nil)
         let read = Workload(baggage: " k8s.namespace.name = shop ,k8s.widget.name=y", network: "e")
         #expect(read?.namespace == "shop" && read?.workloadName == "")
-        let long = String(repeating: "a", count: 1000)
-        #expect(Workload(baggage: "k8s.namespace.name=\(long)", network: "e")?.namespace.count == 253)
+        // Too long (in bytes: a combining accent makes one Character of many bytes), or with
+        // characters no Kubernetes name has: left out.
+        let long = String(repeating: "a", count: 254)
+        #expect(Workload(baggage: "k8s.namespace.name=\(long)", network: "e") == nil)
+        let accents = "a" + String(repeating: "\u{301}", count: 200)
+        #expect(accents.count == 1)
+        #expect(Workload(baggage: "k8s.namespace.name=\(accents)", network: "e") == nil)
+        let forged = Workload(baggage: "k8s.namespace.name=shop,service.name=x src.identity=spiffe://evil", network: "e")
+        #expect(forged?.namespace == "shop" && forged?.canonicalName == "")
+        #expect(Workload(baggage: "k8s.namespace.name=\"shop\"", network: "e") == nil)
     }
 }

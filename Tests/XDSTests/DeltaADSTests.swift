@@ -256,6 +256,16 @@ import Testing
         for bytes in malformed {
             #expect(throws: XDSConversion.Invalid.self, "\(bytes.prefix(16))") { try bytes.withUnsafeBytes { try MeshSnapshot.decode($0) } }
         }
+        // More resources than the xDS worker could ever hold: refused before any room is made.
+        let flood: [UInt8] = [0x0a, 0x01, 0x31] + Array(repeating: [0x12, 0x00] as [UInt8], count: 2 * DeltaADS.maxResourcesPerType + 1).flatMap { $0 }
+        #expect(throws: XDSConversion.Invalid("snapshot of \(2 * DeltaADS.maxResourcesPerType + 1) resources, over \(2 * DeltaADS.maxResourcesPerType)")) {
+            try flood.withUnsafeBytes { try MeshSnapshot.decode($0) }
+        }
+        // A resource must hold what its name says (the xDS worker checks it; the NetWorker too).
+        var misnamed = MeshSnapshot()
+        misnamed.resources[XDSConversion.addressType] = ["c//Pod/ns/x": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/a"))]
+        let (empty, why) = misnamed.model()
+        #expect(empty.workloads.isEmpty && why == ["c//Pod/ns/x: named c//Pod/ns/x but holds c//Pod/ns/a"])
     }
 
     /// The snapshot is written and read without swift-protobuf's message objects; it must stay

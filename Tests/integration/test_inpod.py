@@ -350,8 +350,8 @@ def test_an_add_whose_fd_is_not_the_pods_own_network_namespace_is_refused(box, c
 
 def test_a_networker_gets_no_sockets_for_an_unserved_pod_and_is_held_to_its_budget(box, cni, start_daemon):
     """What a compromised NetWorker can ask the Supervisor for in in-pod mode (fault probes that
-    send raw podSocketsWanted frames): sockets in a pod that is not served are refused; 100
-    requests of 64 at once pass the 4,096 a second budget and the rest are refused; the NetWorker
+    send raw podSocketsWanted frames): sockets in a pod that is not served are refused; 200
+    requests of 64 at once pass the 4,096 a second budget (in whichever one-second windows they land) and the rest are refused; the NetWorker
     is not killed for either (a race with a pod's removal looks the same)."""
     a = box.pod("a")
     from test_sandbox import inject
