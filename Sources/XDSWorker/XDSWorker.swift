@@ -9,8 +9,9 @@ import XDS
 import Glibc
 #endif
 
-/// `ztunnel-xds-worker`: the one delta ADS stream to istiod (ISTIO_COMPAT §6). Single-threaded:
-/// one poll loop over the Supervisor's channel and the stream's socket. Every resource is checked
+/// `ztunnel-xds-worker`: the one delta ADS stream to istiod (ISTIO_COMPAT §6). One poll loop over
+/// the Supervisor's channel and the stream's socket; a connection is made (name lookup, TCP,
+/// TLS: up to 10 s) on a thread of its own, so the loop keeps answering the Supervisor meanwhile. Every resource is checked
 /// (`DeltaADS`) before it is accepted; the accepted set is published as a sealed memfd snapshot
 /// once both types have been received (§6.4: NetWorkers never serve half a mesh), then after every
 /// change. It holds no key and opens no file; its only outside input is istiod.
@@ -30,6 +31,9 @@ final class XDSWorker {
     private var token: String?
     private var ads: DeltaADS
     private var connection: HTTP2ClientConnection?
+    /// A connection being made on its thread (checked every `connectingPollMilliseconds`).
+    private var connecting: ConnectAttempt?
+    static let connectingPollMilliseconds: Int64 = 20
     private var stream: Int32 = 0
     private var framer = GRPCFramer(maxMessageBytes: XDSWorker.maxMessageBytes)
     private var connectionId = 0
@@ -107,13 +111,17 @@ final class XDSWorker {
             var waits: [Int64] = []
             if connection?.hasBufferedInput == true { waits.append(0) }
             if statsChanged { waits.append(max(0, nextStatsSend - now)) }
-            if connection == nil && configured { waits.append(max(0, nextAttempt - now)) }
+            if connection == nil && configured { waits.append(connecting != nil ? Self.connectingPollMilliseconds : max(0, nextAttempt - now)) }
             let timeout = waits.min().map { Int32(clamping: $0) } ?? -1
             if poll(&fds, nfds_t(fds.count), timeout) < 0 { continue }
             if fds[0].revents != 0 { handleSupervisor() }
             sendStatsIfDue()
             if connection == nil {
-                if configured && Clock.monotonicMilliseconds() >= nextAttempt { connect() }
+                if let attempt = connecting {
+                    if let result = attempt.result { connecting = nil; opened(result) }
+                } else if configured && Clock.monotonicMilliseconds() >= nextAttempt {
+                    connect()
+                }
                 continue
             }
             if fds.count > 1 && (fds[1].revents != 0 || connection?.hasBufferedInput == true) { service() }
@@ -182,12 +190,26 @@ final class XDSWorker {
 
     // MARK: - The stream
 
+    /// Starts making a connection on a thread of its own; `run` takes it when it is done.
     private func connect() {
         connectionId += 1
         let deadline = Clock.monotonicMilliseconds() + Self.connectTimeoutMilliseconds
+        let (host, port, serverName, roots) = (self.host, self.port, self.serverName, self.roots)
+        let attempt = ConnectAttempt {
+            try HTTP2ClientConnection.connect(host: host, port: port, serverName: serverName, roots: roots,
+                                              deadline: deadline, maxReceivedPerStream: Int.max)
+        }
+        if attempt.start() {
+            connecting = attempt
+        } else {
+            terminate(reason: "ConnectionError", "cannot start the connecting thread", benign: false)
+        }
+    }
+
+    /// Opens the stream on a connection the connecting thread made (or ends the attempt).
+    private func opened(_ result: Result<HTTP2ClientConnection, Error>) {
         do {
-            let connection = try HTTP2ClientConnection.connect(host: host, port: port, serverName: serverName, roots: roots,
-                                                               deadline: deadline, maxReceivedPerStream: Int.max)
+            let connection = try result.get()
             var headers = [("content-type", "application/grpc"), ("te", "trailers")]
             if let token { headers += [("authorization", "Bearer \(token)")] }
             headers += [("clusterid", clusterId)]
@@ -360,5 +382,37 @@ enum XDSWorkerMain {
         } catch {
             WorkerBootstrap.die("\(error)")
         }
+    }
+}
+
+/// One connection being made on its own thread: the blocking name lookup, TCP connect and TLS
+/// handshake (bounded by their deadline) run there; the poll loop reads `result` when it is set.
+/// The connection is used by the loop's thread only once handed over.
+final class ConnectAttempt: @unchecked Sendable {
+    private let lock = Mutex()
+    private var outcome: Result<HTTP2ClientConnection, Error>?
+    private let work: () throws -> HTTP2ClientConnection
+
+    init(_ work: @escaping () throws -> HTTP2ClientConnection) { self.work = work }
+
+    var result: Result<HTTP2ClientConnection, Error>? { lock.withLock { outcome } }
+
+    /// False when no thread could be started.
+    func start() -> Bool {
+        let box = Unmanaged.passRetained(self)
+        var thread = pthread_t()
+        let rc = pthread_create(&thread, nil, { raw in
+            guard let raw else { return nil }
+            let attempt = Unmanaged<ConnectAttempt>.fromOpaque(raw).takeRetainedValue()
+            let result = Result { try attempt.work() }
+            attempt.lock.withLock { attempt.outcome = result }
+            return nil
+        }, box.toOpaque())
+        guard rc == 0 else {
+            box.release()
+            return false
+        }
+        pthread_detach(thread)
+        return true
     }
 }

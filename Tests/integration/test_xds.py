@@ -261,3 +261,40 @@ def test_xds_worker_kill_under_traffic_refuses_no_connection(meshed, xds):
     bad = [o for o in outcomes if o != b"ping"]
     assert not bad, f"{len(bad)} of {len(outcomes)} connections failed: {bad[:5]}"
     assert {w["uid"] for w in daemon.config_dump()["workloads"]} == before_kill
+
+
+def test_the_xds_worker_answers_the_supervisor_while_istiod_does_not_answer(start_daemon, tmp_path):
+    """The connection to istiod (name lookup, TCP, TLS: up to 10 s) is made on a thread of its
+    own: while a server that accepts and never answers holds the handshake, the xDS worker still
+    handles what the Supervisor relays (here a fault probe). Before, it ran the probe only once
+    the attempt had failed (its `xds stream ended` line came first)."""
+    import socket
+    from identities import MiniCA
+    from test_sandbox import FAULTS, fault_line, inject
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # never accepted: the kernel completes TCP, nobody answers the ClientHello
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "ca"), "unused")
+    try:
+        daemon = start_daemon(local_config=False, extra_env={
+            **FAULTS, "XDS_ADDRESS": f"https://127.0.0.1:{silent.getsockname()[1]}",
+            "XDS_ROOT_CA": str(tmp_path / "ca" / "root-cert.pem"), "AUTH_TOKEN": "t"})
+        wait_for(lambda: daemon.workers("xds-worker") and "xds-worker[0] is ready" in daemon.log(), 30, "the xDS worker")
+
+        def admin_up():
+            try:
+                return http(daemon.ports["admin"], "/config_dump")[0] == 200
+            except OSError:
+                return False
+        wait_for(admin_up, 30, "the admin endpoint")
+        inject(daemon, "xds-open-file")
+        wait_for(lambda: fault_line(daemon, "xds-open-file"), 30, "the probe's report")
+        log = daemon.log()
+        before = log[:log.index(fault_line(daemon, "xds-open-file"))]
+        assert "xds stream ended" not in before, log[-3000:]
+        # The attempt still ends at its deadline, and is tried again.
+        wait_for(lambda: "xds stream ended" in daemon.log(), 30, "the attempt's end")
+        assert "reason=ConnectionError" in next(l for l in daemon.log().splitlines() if "xds stream ended" in l)
+    finally:
+        silent.close()
