@@ -35,7 +35,7 @@ let package = Package(
         .target(name: "IPC", dependencies: ["Shared", "CShims"]),
         // istiod's resources (proto/*.proto, generated into Generated/ by scripts/gen-proto.sh)
         // and their conversion into the mesh model, for the xDS worker to come (issue #8).
-        .target(name: "XDS", dependencies: ["Mesh", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
+        .target(name: "XDS", dependencies: ["Mesh", "Shared", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         // Public-key material and TLS plumbing over OpenSSL, for the CertWorker and NetWorker.
         .target(name: "OpenSSLSupport", dependencies: ["COpenSSL", "CShims", "Shared"]),
         // The key-handle OpenSSL provider: a NetWorker's TLS signs through the CertWorker.

@@ -21,7 +21,7 @@ declare -A sources=(
   [connect_authority]="Sources/NetWorker/ConnectAuthority.swift Sources/Mesh/Baggage.swift Sources/Mesh/Workload.swift Sources/Mesh/IPAddress.swift"
   [metrics_merge]="Sources/NetWorker/MetricsMerge.swift"
   [grpc_framer]="Sources/HTTP2Client/GRPCFramer.swift"
-  [zds]="Sources/Supervisor/ZDSMessages.swift"
+  [zds]="Sources/Supervisor/ZDSMessages.swift Sources/Shared/ProtobufWire.swift"
   [dns]="Sources/NetWorker/DNSMessage.swift Sources/Shared/ResolvConf.swift"
 )
 for target in "${!sources[@]}"; do

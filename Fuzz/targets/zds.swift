@@ -21,7 +21,7 @@ public func fuzzZDS(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         let text = String(decoding: bytes.dropFirst(), as: UTF8.self)
         let ack = ZDS.ack(error: text)
         if ack.count > ZDS.maxMessageBytes { fatalError("an ack of \(ack.count) bytes") }
-        var reader = ZDS.Reader(ack)
+        var reader = ZDS.Reader(ack[...])
         guard let (field, wireType) = try? reader.tag(), field == 1, wireType == 2,
               let body = try? reader.lengthDelimited(field, wireType), (try? reader.tag()) == nil else {
             fatalError("an ack that is not WorkloadResponse{ack}")

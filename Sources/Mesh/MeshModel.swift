@@ -114,11 +114,11 @@ public struct MeshModel: Equatable, Sendable {
 
     /// The services with a CIDR VIP containing `address`, each with its longest such prefix, by key.
     public func services(inCIDRsContaining address: NetworkAddress) -> [(service: Service, length: Int)] {
-        servicesWithCIDRs.sorted().compactMap { key in
+        servicesWithCIDRs.compactMap { key -> (service: Service, length: Int)? in
             guard let service = services[key] else { return nil }
             let lengths = service.cidrVips.filter { $0.contains(address) }.map(\.prefix.length)
             return lengths.max().map { (service, $0) }
-        }
+        }.sorted { $0.service.key < $1.service.key }  // only the matches are sorted
     }
 
     /// The endpoints of a service: each workload that lists it, with its port map. Endpoints of a

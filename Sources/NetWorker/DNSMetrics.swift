@@ -105,17 +105,14 @@ final class DNSMetrics: @unchecked Sendable {
 /// step 6), counted as upstream's `istio_on_demand_dns_total`: by source workload and hostname.
 /// The family is always listed, so a scrape landing on any NetWorker sums all of them.
 final class HostnameResolver: @unchecked Sendable {
-    /// The rendered label set: a source workload and a hostname.
+    /// The rendered label set: the source labels of the TCP families (§15.2, the same values),
+    /// then the hostname.
     static func labels(source: Workload?, hostname: String) -> String {
-        func or(_ value: String?) -> String { (value?.isEmpty ?? true) ? "unknown" : (value ?? "unknown") }
-        let values: [(String, String)] = [
-            ("source_workload", or(source?.workloadName)), ("source_canonical_service", or(source?.canonicalName)),
-            ("source_canonical_revision", or(source?.canonicalRevision)), ("source_workload_namespace", or(source?.namespace)),
-            ("source_principal", or(source?.identity)), ("source_app", or(source?.canonicalName)),
-            ("source_version", or(source?.canonicalRevision)), ("source_cluster", or(source?.clusterId)),
-            ("hostname", hostname),
-        ]
-        return "{" + values.map { "\($0.0)=\"\(TrafficMetrics.Labels.escape($0.1))\"" }.joined(separator: ",") + "}"
+        let traffic = TrafficMetrics.Labels(reporter: "", source: source, sourcePrincipal: source?.identity, destination: nil, service: nil,
+                                            destinationPrincipal: nil, responseFlags: "", isMutualTLS: false)
+        let sources = TrafficMetrics.Labels.names.indices.filter { TrafficMetrics.Labels.names[$0].hasPrefix("source_") }.prefix(8)
+        let pairs = sources.map { (TrafficMetrics.Labels.names[$0], traffic.values[$0]) } + [("hostname", hostname)]
+        return "{" + pairs.map { "\($0.0)=\"\(TrafficMetrics.Labels.escape($0.1))\"" }.joined(separator: ",") + "}"
     }
 
     private let counters = LabeledCounters<String, UInt64>(maxLabelSets: 1_000, empty: 0) { $0 }

@@ -72,7 +72,8 @@ final class HBONEServerHandler: HTTP2Connection {
         let model = authorization.state.model
         // A workload behind a PROXY application tunnel learns the requested target from the
         // header, so it may be asked for any address (§10 step 3, §5.7).
-        let tunnel = authorization.state.workload(at: local.description, in: model)?.applicationTunnel
+        let localWorkload = authorization.state.workload(at: local.description, in: model)
+        let tunnel = localWorkload?.applicationTunnel
             .flatMap { $0.tunnelProtocol == .proxy ? $0 : nil }
         let host: String, resolvedPort: UInt16
         // What the client asked for: the destination a PROXY header names.
@@ -86,14 +87,14 @@ final class HBONEServerHandler: HTTP2Connection {
             // dual-stack listener sees IPv4 clients as ::ffff:a.b.c.d: compared unmapped. Two
             // exceptions: a PROXY application tunnel (the header names the target), and a
             // waypoint behind ztunnel asked for what it is the waypoint of (the "sandwich").
-            guard local == ip.unmapped || tunnel != nil || isWaypoint(local: local, of: ip.unmapped, model: model) else {
+            guard local == ip.unmapped || tunnel != nil || isWaypoint(localWorkload, of: ip.unmapped, model: model) else {
                 return respond(stream, status: 400, "ip mismatch: \(address) is not the address this connection arrived on")
             }
             (host, resolvedPort, requested, requestedPort) = (local.description, number, ip.unmapped, number)
         case .hostname(let hostname, let number)?:
             // A service by name (§10 step 4): the port comes from this workload's endpoint map
             // for the service, and the upstream is the address the connection arrived on.
-            guard let workload = authorization.state.workload(at: local.description, in: model) else {
+            guard let workload = localWorkload else {
                 return respond(stream, status: 503, "unknown destination: no workload owns \(local)")
             }
             let source = context.channel.remoteAddress?.ipAddress
@@ -148,9 +149,10 @@ final class HBONEServerHandler: HTTP2Connection {
         return ProxyPlan(host: host, port: tunnel.port ?? port, header: header, isLoopback: loopback)
     }
 
-    /// Whether the workload at `local` is the waypoint of `target` (§10 step 3, the sandwich).
-    private func isWaypoint(local: IPAddress, of target: IPAddress, model: MeshModel) -> Bool {
-        guard let workload = authorization.state.workload(at: local.description, in: model) else { return false }
+    /// Whether `workload` (the one at the local address) is the waypoint of `target` (§10 step
+    /// 3, the sandwich).
+    private func isWaypoint(_ workload: Workload?, of target: IPAddress, model: MeshModel) -> Bool {
+        guard let workload else { return false }
         let network = authorization.state.configuration.string("NETWORK")
         return Router.isWaypoint(workload, of: NetworkAddress(network: network, ip: target), model: model)
     }
@@ -268,23 +270,4 @@ final class HBONEServerHandler: HTTP2Connection {
 
     /// Sources described by baggage, distinct ones admitted up to a bound.
     static let describedSources = BoundedSet(limit: 256)
-}
-
-/// A set that stops growing at `limit`: `admit` is true for a member, or a newcomer while there
-/// is room.
-final class BoundedSet: @unchecked Sendable {
-    private let lock = Mutex()
-    private var members: Set<String> = []
-    private let limit: Int
-
-    init(limit: Int) { self.limit = limit }
-
-    func admit(_ member: String) -> Bool {
-        lock.withLock {
-            if members.contains(member) { return true }
-            guard members.count < limit else { return false }
-            members.insert(member)
-            return true
-        }
-    }
 }

@@ -71,11 +71,9 @@ extension InboundAuthorization {
 
 /// Logs each distinct message once (a misconfiguration seen per connection must not flood the log).
 final class WarnOnce: @unchecked Sendable {
-    private let lock = Mutex()
-    private var seen: Set<String> = []
+    private let seen = BoundedSet(limit: 1024)
 
     func warn(_ message: String) {
-        let isNew = lock.withLock { seen.count < 1024 && seen.insert(message).inserted }
-        if isNew { Log.warn(message) }
+        if seen.insertedNew(message) { Log.warn(message) }
     }
 }

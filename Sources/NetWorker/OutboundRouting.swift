@@ -215,27 +215,25 @@ struct OutboundRouting: Sendable {
             ip = vip
         }
         let destination = NetworkAddress(network: network, ip: ip)
+        // The service the destination means, for the record (routing chose by the same rule).
+        let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
         switch Router.route(model, to: destination, port: port, clientNamespace: source?.namespace, sourceUid: source?.uid,
                             source: source, pick: Router.weightedRandom) {
         case .passthrough:
             return .connect(host: ip.description, port: port, via: "passthrough", target: Target(source: source))
         case .direct(let uid, let target, let targetPort):
-            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             return .connect(host: target.description, port: targetPort, via: "workload \(uid)",
                             target: Target(source: source, destination: model.workloads[uid], service: service))
         case .waypoint(let uid, let ip, let hbonePort, let target, let targetPort, let expected):
-            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             return tunnel(to: uid, dial: ip, port: hbonePort, target: target, targetPort: targetPort, expected: expected,
                           source: source, client: client,
                           record: Target(source: source, destination: model.workload(at: NetworkAddress(network: network, ip: target)),
                                          service: service))
         case .hbone(let uid, let ip, let targetPort, let expected):
-            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             return tunnel(to: uid, dial: ip, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")), target: ip,
                           targetPort: targetPort, expected: expected, source: source, client: client,
                           record: Target(source: source, destination: model.workloads[uid], service: service))
         case .doubleHBONE(let uid, let gatewayUid, let ip, let hbonePort, let gatewayExpected, let authority, let expected):
-            let service = Router.service(model, at: destination, clientNamespace: source?.namespace)
             let resolution = tunnel(to: gatewayUid, dial: ip, port: hbonePort, target: ip, targetPort: port, expected: gatewayExpected,
                                     source: source, client: client,
                                     record: Target(source: source, destination: model.workloads[uid], service: service))
@@ -246,7 +244,7 @@ struct OutboundRouting: Sendable {
         case .resolveHostname(let uid, let hostname, let targetPort, let expected):
             return .resolveName(PendingName(workloadUid: uid, hostname: hostname, port: targetPort, identities: expected,
                                             target: Target(source: source, destination: model.workloads[uid],
-                                                           service: Router.service(model, at: destination, clientNamespace: source?.namespace)),
+                                                           service: service),
                                             client: client, preferIPv4: ip.isIPv4))
         case .refused(let reason):
             return .refuse(reason)

@@ -1,8 +1,13 @@
+#if canImport(Shared)
+import Shared
+#endif
+
 /// The istio-cni ⇄ ztunnel protocol (ZDS, ISTIO_COMPAT §7.4, §8): the few protobuf messages the
 /// Supervisor reads and writes, decoded by hand. This is the Supervisor's only input from outside
 /// its own processes, so the decoder is small, strict and bounded: one SEQPACKET record of at
 /// most 1 KiB, known fields with the right wire types, unknown fields skipped, every string
-/// checked. Pure (no imports): the fuzz target compiles it alone.
+/// checked. Pure (the wire reader is `ProtobufWire`, Shared's, also pure): the fuzz target
+/// compiles the two alone.
 enum ZDS {
     /// Both sides read a record into a 1 KiB buffer (§8); a longer one is an error.
     static let maxMessageBytes = 1024
@@ -23,10 +28,8 @@ enum ZDS {
         case snapshotSent
     }
 
-    struct Malformed: Error, Equatable, CustomStringConvertible {
-        let description: String
-        init(_ description: String) { self.description = description }
-    }
+    typealias Malformed = ProtobufWire.Malformed
+    typealias Reader = ProtobufWire.Reader<ArraySlice<UInt8>>
 
     /// `ZdsHello{version: V1}`, sent bare right after connecting.
     static let hello: [UInt8] = [0x08, 0x01]
@@ -43,21 +46,15 @@ enum ZDS {
     }
 
     static func varint(_ value: UInt64) -> [UInt8] {
-        var value = value
         var bytes: [UInt8] = []
-        repeat {
-            var byte = UInt8(value & 0x7f)
-            value >>= 7
-            if value != 0 { byte |= 0x80 }
-            bytes.append(byte)
-        } while value != 0
+        ProtobufWire.varint(value, into: &bytes)
         return bytes
     }
 
     /// Decodes one record. Exactly one payload: none, two, or a wrong wire type is malformed.
     static func decodeRequest(_ bytes: [UInt8]) throws -> Request {
         guard bytes.count <= maxMessageBytes else { throw Malformed("a record of \(bytes.count) bytes (at most \(maxMessageBytes))") }
-        var reader = Reader(bytes)
+        var reader = Reader(bytes[...])
         var request: Request?
         while let (field, wireType) = try reader.tag() {
             let payload: Request?
@@ -145,70 +142,5 @@ enum ZDS {
     private static func isAlphanumeric(_ byte: UInt8) -> Bool {
         (byte >= UInt8(ascii: "a") && byte <= UInt8(ascii: "z")) || (byte >= UInt8(ascii: "A") && byte <= UInt8(ascii: "Z"))
             || (byte >= UInt8(ascii: "0") && byte <= UInt8(ascii: "9"))
-    }
-
-    /// Protocol buffers' wire format, only what these messages need.
-    struct Reader {
-        private let bytes: ArraySlice<UInt8>
-        private var index: Int
-
-        init(_ bytes: [UInt8]) { self.init(bytes[...]) }
-        init(_ bytes: ArraySlice<UInt8>) {
-            self.bytes = bytes
-            index = bytes.startIndex
-        }
-
-        /// The next field number and wire type, or nil at the end.
-        mutating func tag() throws -> (Int, Int)? {
-            guard index < bytes.endIndex else { return nil }
-            let key = try varint()
-            let field = key >> 3
-            guard field >= 1, field <= 0x1fff_ffff else { throw Malformed("field number \(field)") }
-            return (Int(field), Int(key & 7))
-        }
-
-        mutating func varint() throws -> UInt64 {
-            var value: UInt64 = 0
-            for shift in stride(from: 0, to: 70, by: 7) {
-                guard index < bytes.endIndex else { throw Malformed("truncated varint") }
-                let byte = bytes[index]
-                index += 1
-                guard shift < 63 || byte <= 1 else { throw Malformed("varint longer than 64 bits") }
-                value |= UInt64(byte & 0x7f) << UInt64(shift)
-                if byte & 0x80 == 0 { return value }
-            }
-            throw Malformed("varint longer than 10 bytes")
-        }
-
-        mutating func lengthDelimited(_ field: Int, _ wireType: Int) throws -> ArraySlice<UInt8> {
-            guard wireType == 2 else { throw Malformed("field \(field) has wire type \(wireType), expected 2") }
-            let length = try varint()
-            guard length <= UInt64(bytes.endIndex - index) else { throw Malformed("field \(field) runs past the record") }
-            let slice = bytes[index..<(index + Int(length))]
-            index += Int(length)
-            return slice
-        }
-
-        mutating func string(_ field: Int, _ wireType: Int, max: Int) throws -> String {
-            let slice = try lengthDelimited(field, wireType)
-            guard slice.count <= max else { throw Malformed("field \(field) is longer than \(max) bytes") }
-            guard let text = String(validating: slice, as: UTF8.self) else { throw Malformed("field \(field) is not UTF-8") }
-            return text
-        }
-
-        mutating func skip(_ wireType: Int) throws {
-            switch wireType {
-            case 0: _ = try varint()
-            case 1: try advance(8)
-            case 2: _ = try lengthDelimited(0, 2)
-            case 5: try advance(4)
-            default: throw Malformed("wire type \(wireType)")
-            }
-        }
-
-        private mutating func advance(_ count: Int) throws {
-            guard bytes.endIndex - index >= count else { throw Malformed("truncated fixed-width field") }
-            index += count
-        }
     }
 }

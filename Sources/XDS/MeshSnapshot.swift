@@ -1,5 +1,6 @@
 import Foundation
 import Mesh
+import Shared
 import SwiftProtobuf
 
 /// The xDS worker's resources as published to the NetWorkers: every accepted resource of both
@@ -36,21 +37,21 @@ public struct MeshSnapshot: Equatable, Sendable {
     public func encoded() throws -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(resources.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.body.count + 96 } } + 32)
-        Wire.string(1, String(generation), into: &out)
+        ProtobufWire.bytes(1, Array(String(generation).utf8), into: &out)
         for typeURL in resources.keys.sorted() {
             let type = Array(typeURL.utf8)
             for (name, entry) in resources[typeURL]!.sorted(by: { $0.key < $1.key }) {
                 // Empty strings and bytes are left out, as proto3 writes them.
                 let version = Array(entry.version.utf8), name = Array(name.utf8)
-                let anyLength = Wire.fieldLength(type.count) + Wire.fieldLength(entry.body.count)
-                let resourceLength = Wire.fieldLength(version.count) + 1 + Wire.varintLength(anyLength) + anyLength
-                    + Wire.fieldLength(name.count)
-                Wire.header(2, length: resourceLength, into: &out)
-                Wire.bytes(1, version, into: &out)
-                Wire.header(2, length: anyLength, into: &out)
-                Wire.bytes(1, type, into: &out)
-                Wire.bytes(2, entry.body, into: &out)
-                Wire.bytes(3, name, into: &out)
+                let anyLength = ProtobufWire.fieldLength(type.count) + ProtobufWire.fieldLength(entry.body.count)
+                let resourceLength = ProtobufWire.fieldLength(version.count) + 1 + ProtobufWire.varintLength(anyLength) + anyLength
+                    + ProtobufWire.fieldLength(name.count)
+                ProtobufWire.header(2, length: resourceLength, into: &out)
+                ProtobufWire.bytes(1, version, into: &out)
+                ProtobufWire.header(2, length: anyLength, into: &out)
+                ProtobufWire.bytes(1, type, into: &out)
+                ProtobufWire.bytes(2, entry.body, into: &out)
+                ProtobufWire.bytes(3, name, into: &out)
             }
         }
         return out
@@ -62,58 +63,30 @@ public struct MeshSnapshot: Equatable, Sendable {
     /// malformed (a length past the end, a varint over 10 bytes, a group) is refused. Fuzzed
     /// (target `xds`).
     public static func decode(_ bytes: UnsafeRawBufferPointer) throws -> MeshSnapshot {
-        var reader = Wire.Reader(bytes)
         var snapshot = MeshSnapshot()
         var generationText: String?
         do {
             // Room for every resource at once: growing a dictionary of 25,000 rehashes it.
-            var counter = Wire.Reader(bytes)
+            var counter = ProtobufWire.Reader(bytes)
             var count = 0
-            while let (field, _) = try counter.next() { if field == 2 { count += 1 } }
+            while let (field, wireType) = try counter.tag() {
+                if field == 2 { count += 1 }
+                try counter.skip(wireType)
+            }
             guard count <= 2 * DeltaADS.maxResourcesPerType else {
                 throw XDSConversion.Invalid("snapshot of \(count) resources, over \(2 * DeltaADS.maxResourcesPerType)")
             }
             if count > 0 { snapshot.resources[XDSConversion.addressType] = Dictionary(minimumCapacity: count) }
-            while let (field, value) = try reader.next() {
-                switch (field, value) {
-                case (1, .bytes(let range)):
-                    generationText = try Wire.text(bytes, range)
-                case (2, .bytes(let range)):
-                    var resource = Wire.Reader(bytes, range)
-                    var version = "", name = "", typeURL = "", body: Range<Int> = range.lowerBound..<range.lowerBound
-                    while let (field, value) = try resource.next() {
-                        switch (field, value) {
-                        case (1, .bytes(let range)): version = try Wire.text(bytes, range)
-                        case (3, .bytes(let range)): name = try Wire.text(bytes, range)
-                        case (2, .bytes(let range)):
-                            var any = Wire.Reader(bytes, range)
-                            while let (field, value) = try any.next() {
-                                switch (field, value) {
-                                case (1, .bytes(let range)): typeURL = try Wire.text(bytes, range)
-                                case (2, .bytes(let range)): body = range
-                                case (1, _), (2, _): throw Wire.Malformed("an Any field of the wrong wire type")
-                                default: break
-                                }
-                            }
-                        case (1, _), (2, _), (3, _): throw Wire.Malformed("a Resource field of the wrong wire type")
-                        default: break
-                        }
-                    }
-                    guard typeURL == XDSConversion.addressType || typeURL == XDSConversion.authorizationType else {
-                        throw XDSConversion.Invalid("snapshot resource of type \(typeURL.prefix(80))")
-                    }
-                    guard snapshot.resources[typeURL]?[name] == nil else {
-                        throw XDSConversion.Invalid("snapshot holds \(name.prefix(80)) twice")
-                    }
-                    snapshot.resources[typeURL, default: [:]][name] = Entry(version: version, body: Array(bytes[body]))
-                case (1, _), (2, _):
-                    throw Wire.Malformed("a field of the wrong wire type")
-                default:
-                    break
+            var reader = ProtobufWire.Reader(bytes)
+            while let (field, wireType) = try reader.tag() {
+                switch field {
+                case 1: generationText = try reader.string(field, wireType)
+                case 2: try decodeResource(try reader.lengthDelimited(field, wireType), into: &snapshot)
+                default: try reader.skip(wireType)
                 }
             }
-        } catch let malformed as Wire.Malformed {
-            throw XDSConversion.Invalid("not a mesh snapshot: \(malformed.reason)")
+        } catch let malformed as ProtobufWire.Malformed {
+            throw XDSConversion.Invalid("not a mesh snapshot: \(malformed.description)")
         }
         guard let generationText, let generation = UInt64(generationText) else {
             throw XDSConversion.Invalid("snapshot generation \"\((generationText ?? "").prefix(32))\"")
@@ -121,6 +94,36 @@ public struct MeshSnapshot: Equatable, Sendable {
         snapshot.generation = generation
         if snapshot.resources[XDSConversion.addressType]?.isEmpty == true { snapshot.resources[XDSConversion.addressType] = nil }
         return snapshot
+    }
+
+    /// One `Resource` (version 1, resource 2 = `Any` {type_url 1, value 2}, name 3).
+    private static func decodeResource(_ bytes: Slice<UnsafeRawBufferPointer>, into snapshot: inout MeshSnapshot) throws {
+        var version = "", name = "", typeURL = ""
+        var body: [UInt8] = []
+        var resource = ProtobufWire.Reader(bytes)
+        while let (field, wireType) = try resource.tag() {
+            switch field {
+            case 1: version = try resource.string(field, wireType)
+            case 3: name = try resource.string(field, wireType)
+            case 2:
+                var any = ProtobufWire.Reader(try resource.lengthDelimited(field, wireType))
+                while let (field, wireType) = try any.tag() {
+                    switch field {
+                    case 1: typeURL = try any.string(field, wireType)
+                    case 2: body = Array(try any.lengthDelimited(field, wireType))
+                    default: try any.skip(wireType)
+                    }
+                }
+            default: try resource.skip(wireType)
+            }
+        }
+        guard typeURL == XDSConversion.addressType || typeURL == XDSConversion.authorizationType else {
+            throw XDSConversion.Invalid("snapshot resource of type \(typeURL.prefix(80))")
+        }
+        guard snapshot.resources[typeURL]?[name] == nil else {
+            throw XDSConversion.Invalid("snapshot holds \(name.prefix(80)) twice")
+        }
+        snapshot.resources[typeURL, default: [:]][name] = Entry(version: version, body: body)
     }
 
     /// The mesh model the snapshot describes, and the resources that did not convert ("name:
@@ -288,109 +291,4 @@ public struct ConversionCache: Sendable {
             return .refused("\(error)")
         }
     }
-}
-
-/// Protobuf's wire format, as much as the snapshot needs (varints and length-delimited fields).
-enum Wire {
-    struct Malformed: Error {
-        let reason: String
-        init(_ reason: String) { self.reason = reason }
-    }
-
-    enum Value {
-        case varint(UInt64)
-        case bytes(Range<Int>)
-        case fixed
-    }
-
-    /// Reads the fields of one message (the whole buffer, or a range of it) in turn.
-    struct Reader {
-        let bytes: UnsafeRawBufferPointer
-        var position: Int
-        let end: Int
-
-        init(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>? = nil) {
-            self.bytes = bytes
-            position = range?.lowerBound ?? 0
-            end = range?.upperBound ?? bytes.count
-        }
-
-        mutating func varint() throws -> UInt64 {
-            var value: UInt64 = 0
-            for shift in stride(from: 0, to: 70, by: 7) {
-                guard position < end else { throw Malformed("a varint cut short") }
-                let byte = bytes[position]
-                position += 1
-                if shift == 63 && byte > 1 { throw Malformed("a varint over 64 bits") }
-                value |= UInt64(byte & 0x7f) << UInt64(shift)
-                if byte & 0x80 == 0 { return value }
-            }
-            throw Malformed("a varint over 10 bytes")
-        }
-
-        /// The next field number and value, or nil at the end.
-        mutating func next() throws -> (Int, Value)? {
-            guard position < end else { return nil }
-            let key = try varint()
-            let field = key >> 3
-            guard field > 0, field <= 0x1fff_ffff else { throw Malformed("field number \(field)") }
-            switch key & 7 {
-            case 0: return (Int(field), .varint(try varint()))
-            case 1, 5:
-                let size = key & 7 == 1 ? 8 : 4
-                guard end - position >= size else { throw Malformed("a fixed field cut short") }
-                position += size
-                return (Int(field), .fixed)
-            case 2:
-                let length = try varint()
-                guard length <= UInt64(end - position) else { throw Malformed("a length past the end") }
-                let range = position..<(position + Int(length))
-                position += Int(length)
-                return (Int(field), .bytes(range))
-            default:
-                throw Malformed("wire type \(key & 7)")
-            }
-        }
-    }
-
-    /// The UTF-8 text of a string field (protobuf strings must be UTF-8).
-    static func text(_ bytes: UnsafeRawBufferPointer, _ range: Range<Int>) throws -> String {
-        guard let text = String(validating: bytes[range], as: UTF8.self) else { throw Malformed("a string that is not UTF-8") }
-        return text
-    }
-
-    static func varint(_ value: Int, into out: inout [UInt8]) {
-        var value = UInt64(value)
-        while value >= 0x80 {
-            out.append(UInt8(value & 0x7f) | 0x80)
-            value >>= 7
-        }
-        out.append(UInt8(value))
-    }
-
-    static func varintLength(_ value: Int) -> Int {
-        var value = UInt64(value), count = 1
-        while value >= 0x80 {
-            value >>= 7
-            count += 1
-        }
-        return count
-    }
-
-    /// The bytes a length-delimited field with a one-byte key takes, for `length` bytes of
-    /// content: none when empty (proto3 leaves empty strings and bytes out).
-    static func fieldLength(_ length: Int) -> Int { length == 0 ? 0 : 1 + varintLength(length) + length }
-
-    static func header(_ field: Int, length: Int, into out: inout [UInt8]) {
-        out.append(UInt8(field << 3 | 2))
-        varint(length, into: &out)
-    }
-
-    static func bytes(_ field: Int, _ content: [UInt8], into out: inout [UInt8]) {
-        guard !content.isEmpty else { return }
-        header(field, length: content.count, into: &out)
-        out.append(contentsOf: content)
-    }
-
-    static func string(_ field: Int, _ text: String, into out: inout [UInt8]) { bytes(field, Array(text.utf8), into: &out) }
 }
