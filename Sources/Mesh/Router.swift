@@ -9,8 +9,10 @@
 /// reached through its network gateway (double HBONE); a workload address goes to that workload
 /// (or its waypoint) on the original port; an endpoint known by hostname only is handed back to
 /// be resolved; a CIDR VIP is matched by longest prefix when no exact VIP is; anything else
-/// passes through. Not done, and refused with the reason rather than sent somewhere else: a
-/// waypoint on another network.
+/// passes through. A service's waypoint on another network is reached through that network's
+/// gateway as an endpoint there would be; a workload's waypoint on another network is refused
+/// with the reason (a workload addressed directly is on our network, and double HBONE needs a
+/// service's hostname for its authority).
 public enum Router {
     public enum Route: Equatable, Sendable {
         /// Not the mesh's: plain TCP to the original destination.
@@ -24,12 +26,14 @@ public enum Router {
         /// CONNECT to the original `target:port`, expecting one of `identities` (the waypoint
         /// service's SANs, then the waypoint workload's).
         case waypoint(waypointUid: String, ip: IPAddress, hbonePort: UInt16, target: IPAddress, port: UInt16, identities: [String])
-        /// The endpoint is on another network (§9 step 4): an outer HBONE tunnel to its network
-        /// gateway at `ip:hbonePort` (expecting one of `gatewayIdentities`) carries an inner mTLS
-        /// connection and CONNECT to `authority` (`<service hostname>:<service port>`, for both
-        /// CONNECTs), which must present one of `identities` (the service's SANs only).
+        /// The endpoint, or the service's waypoint (`viaWaypoint`), is on another network (§9 steps
+        /// 2 and 4): an outer HBONE tunnel to its network gateway at `ip:hbonePort` (expecting one
+        /// of `gatewayIdentities`) carries an inner mTLS connection and CONNECT to `authority`
+        /// (`<service hostname>:<service port>`, for both CONNECTs), which must present one of
+        /// `identities` (an endpoint: the service's SANs only; a waypoint: its service's SANs,
+        /// then its own identity, as for a waypoint on our network).
         case doubleHBONE(workloadUid: String, gatewayUid: String, ip: IPAddress, hbonePort: UInt16, gatewayIdentities: [String],
-                         authority: String, identities: [String])
+                         authority: String, identities: [String], viaWaypoint: Bool = false)
         /// The endpoint has a hostname and no address (§9 step 6): resolve `hostname` through
         /// DNS (the original destination's family preferred), then plain TCP or HBONE to it as
         /// the workload speaks, on `port`, expecting one of `identities` for HBONE.
@@ -47,7 +51,8 @@ public enum Router {
         if let workload = model.workload(at: destination) {
             // Workload-addressed: its own waypoint, unless the client is that waypoint (step 5).
             if let gateway = workload.waypoint {
-                let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network, pick: pick)
+                let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network,
+                                       service: nil, pick: pick)
                 if case .waypoint(let uid, _, _, _, _, _) = route, uid == sourceUid {} else { return route }
             }
             return toWorkload(workload, ip: destination.ip, port: port, serviceSANs: [])
@@ -55,7 +60,8 @@ public enum Router {
         guard let service = service(model, at: destination, clientNamespace: clientNamespace) else { return .passthrough }
         if let gateway = service.waypoint {
             // The service's waypoint gets the connection for the original VIP:port (step 2).
-            let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network, pick: pick)
+            let route = toWaypoint(gateway, model: model, target: destination.ip, port: port, network: destination.network,
+                                   service: service, pick: pick)
             if case .waypoint(let uid, _, _, _, _, _) = route, uid == sourceUid {} else { return route }
         }
         if service.loadBalancer?.mode == .passthrough { return .passthrough }
@@ -175,22 +181,33 @@ public enum Router {
         guard !service.subjectAltNames.isEmpty else {
             return .refused("\(service.key) has no subject alt names, so its endpoint \(workload.uid) on network \"\(workload.network)\" cannot be verified through a gateway")
         }
+        return throughNetworkGateway(gateway, of: workload, authority: "\(service.hostname):\(port)", identities: service.subjectAltNames,
+                                     viaWaypoint: false, model: model, family: isIPv4, pick: pick)
+    }
+
+    /// The outer tunnel of double HBONE: to `workload`'s network gateway `gateway`, carrying an
+    /// inner CONNECT to `authority` that must present one of `identities`.
+    static func throughNetworkGateway(_ gateway: GatewayAddress, of workload: Workload, authority: String, identities: [String],
+                                      viaWaypoint: Bool, model: MeshModel, family isIPv4: Bool, pick: ([UInt32]) -> Int) -> Route {
         switch gatewayEndpoint(gateway, model: model, family: isIPv4, pick: pick) {
         case .failure(let refusal):
             return .refused("network gateway \(gateway.text) of \(workload.uid): \(refusal)")
         case .success(let (gatewayWorkload, ip, sans)):
+            guard let ip else { return .refused("network gateway \(gateway.text) of \(workload.uid): \(gatewayWorkload.uid) has no address") }
             return .doubleHBONE(workloadUid: workload.uid, gatewayUid: gatewayWorkload.uid, ip: ip, hbonePort: gateway.hboneMtlsPort,
                                 gatewayIdentities: sans + [gatewayWorkload.identity].compactMap { $0 },
-                                authority: "\(service.hostname):\(port)", identities: service.subjectAltNames)
+                                authority: authority, identities: identities, viaWaypoint: viaWaypoint)
         }
     }
 
     /// The workload a `GatewayAddress` names (a waypoint or a network gateway): a workload at an
     /// address, or a service (by VIP or hostname) whose healthy endpoint is picked. It must speak
     /// HBONE. Returns the workload, the address to dial (of `isIPv4`'s family when it has one)
-    /// and the service's SANs when a service named it.
-    static func gatewayEndpoint(_ gateway: GatewayAddress, model: MeshModel, family isIPv4: Bool,
-                                pick: ([UInt32]) -> Int) -> Result<(Workload, IPAddress, [String]), Refusal> {
+    /// and the service's SANs when a service named it. An endpoint with no address is a
+    /// candidate only off `network` and with a network gateway (a waypoint reached through it);
+    /// then no address is returned.
+    static func gatewayEndpoint(_ gateway: GatewayAddress, model: MeshModel, family isIPv4: Bool, network: String? = nil,
+                                pick: ([UInt32]) -> Int) -> Result<(Workload, IPAddress?, [String]), Refusal> {
         var service: Service?
         switch gateway.destination {
         case .address(let network, let ip):
@@ -206,28 +223,45 @@ public enum Router {
         guard let service else { return .failure(Refusal("neither a known workload nor a service")) }
         let allowAll = service.loadBalancer?.healthPolicy == .allowAll
         let usable = model.endpoints(of: service.key).map(\.workload).filter {
-            (allowAll || $0.status == .healthy) && !$0.addresses.isEmpty
+            (allowAll || $0.status == .healthy)
+                && (!$0.addresses.isEmpty || (network != nil && $0.network != network && $0.networkGateway != nil))
         }
         guard !usable.isEmpty else { return .failure(Refusal("service \(service.key) has no healthy endpoint")) }
         let chosen = usable[min(max(0, pick(usable.map { max(1, $0.capacity) })), usable.count - 1)]
         guard chosen.tunnelProtocol == .hbone else { return .failure(Refusal("\(chosen.uid) does not speak HBONE")) }
-        let ip = chosen.addresses.first { $0.isIPv4 == isIPv4 } ?? chosen.addresses[0]  // not empty: filtered
+        let ip = chosen.addresses.first { $0.isIPv4 == isIPv4 } ?? chosen.addresses.first
         return .success((chosen, ip, service.subjectAltNames))
     }
 
     /// The waypoint a `GatewayAddress` names: a workload at an address, or a service (by VIP or
-    /// hostname) whose healthy endpoint is picked. It must speak HBONE.
+    /// hostname) whose healthy endpoint is picked. It must speak HBONE. The waypoint of `service`
+    /// (the destination service, when it was addressed) on another network is reached through
+    /// that network's gateway (§9 step 2): double HBONE, both CONNECTs naming the service's
+    /// hostname and port, the inner TLS presenting the waypoint's identities. A workload's
+    /// waypoint (`service` nil) on another network is refused.
     static func toWaypoint(_ gateway: GatewayAddress, model: MeshModel, target: IPAddress, port: UInt16, network: String,
-                           pick: ([UInt32]) -> Int) -> Route {
-        switch gatewayEndpoint(gateway, model: model, family: target.isIPv4, pick: pick) {
+                           service: Service?, pick: ([UInt32]) -> Int) -> Route {
+        switch gatewayEndpoint(gateway, model: model, family: target.isIPv4, network: network, pick: pick) {
         case .failure(let refusal):
             return .refused("waypoint \(gateway.text): \(refusal)")
         case .success(let (workload, ip, serviceSANs)):
+            let identities = serviceSANs + [workload.identity].compactMap { $0 }
             guard workload.network == network else {
-                return .refused("waypoint \(workload.uid) is on network \"\(workload.network)\"; reaching a waypoint through a network gateway is not supported")
+                guard let service else {
+                    return .refused("waypoint \(workload.uid) is on network \"\(workload.network)\"; only a service's waypoint is reached through a network gateway")
+                }
+                guard let networkGateway = workload.networkGateway else {
+                    return .refused("waypoint \(workload.uid) is on network \"\(workload.network)\" with no network gateway")
+                }
+                guard !identities.isEmpty else {
+                    return .refused("waypoint \(workload.uid) on network \"\(workload.network)\" has no identity to verify through a gateway")
+                }
+                return throughNetworkGateway(networkGateway, of: workload, authority: "\(service.hostname):\(port)", identities: identities,
+                                             viaWaypoint: true, model: model, family: target.isIPv4, pick: pick)
             }
+            guard let ip else { return .refused("waypoint \(gateway.text): \(workload.uid) has no address") }
             return .waypoint(waypointUid: workload.uid, ip: ip, hbonePort: gateway.hboneMtlsPort, target: target, port: port,
-                             identities: serviceSANs + [workload.identity].compactMap { $0 })
+                             identities: identities)
         }
     }
 

@@ -233,10 +233,12 @@ struct OutboundRouting: Sendable {
             return tunnel(to: uid, dial: ip, port: UInt16(state.configuration.int("ZTUNNEL_HBONE_PORT")), target: ip,
                           targetPort: targetPort, expected: expected, source: source, client: client,
                           record: Target(source: source, destination: model.workloads[uid], service: service))
-        case .doubleHBONE(let uid, let gatewayUid, let ip, let hbonePort, let gatewayExpected, let authority, let expected):
+        case .doubleHBONE(let uid, let gatewayUid, let ip, let hbonePort, let gatewayExpected, let authority, let expected, let viaWaypoint):
+            // Through a waypoint, the destination is the service (as with a waypoint on our
+            // network), not the waypoint.
             let resolution = tunnel(to: gatewayUid, dial: ip, port: hbonePort, target: ip, targetPort: port, expected: gatewayExpected,
                                     source: source, client: client,
-                                    record: Target(source: source, destination: model.workloads[uid], service: service))
+                                    record: Target(source: source, destination: viaWaypoint ? nil : model.workloads[uid], service: service))
             guard case .tunnel(var outer) = resolution else { return resolution }
             outer.authority = authority
             outer.inner = .init(authority: authority, expected: expected, network: network)

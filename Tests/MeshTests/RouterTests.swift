@@ -216,6 +216,65 @@ import Testing
         // A workload addressed directly is looked up on our network only: the remote one is unknown here.
         #expect(route(model, NetworkAddress(network: "", ip: Self.ip("10.1.0.2")), port: 7000) == .passthrough)
     }
+    /// §9 step 2: a service's waypoint on another network is reached through that network's
+    /// gateway (double HBONE naming the service's hostname, the inner TLS expecting the
+    /// waypoint's identities), also when it is known by no address; a workload's waypoint there,
+    /// or one without a gateway, is refused with the reason.
+    @Test func aServicesWaypointOnAnotherNetworkIsReachedThroughItsGateway() {
+        var model = Self.model(tunnel: .hbone)
+        var waypointService = Service(name: "waypoint", namespace: "shop", hostname: "waypoint.shop.svc.cluster.local")
+        waypointService.subjectAltNames = ["spiffe://cluster.local/ns/shop/sa/waypoint-san"]
+        model.insert(waypointService)
+        var waypoint = Workload(uid: "west-waypoint", namespace: "shop")
+        waypoint.network = "west"
+        waypoint.services = ["shop/waypoint.shop.svc.cluster.local": [15008: 15008]]
+        waypoint.tunnelProtocol = .hbone
+        waypoint.trustDomain = "cluster.local"
+        waypoint.serviceAccount = "waypoint"
+        model.insert(waypoint)
+        var service = model.services["shop/echo.shop.svc.cluster.local"]!  // inserted by model()
+        service.waypoint = GatewayAddress(destination: .hostname(namespace: "shop", hostname: "waypoint.shop.svc.cluster.local"))
+        model.insert(service)
+        // No address and no gateway: no candidate.
+        #expect(route(model) == .refused("waypoint shop/waypoint.shop.svc.cluster.local: service shop/waypoint.shop.svc.cluster.local has no healthy endpoint"))
+        var gateway = Workload(uid: "ew-gateway", namespace: "istio-system")
+        gateway.addresses = [Self.ip("192.0.2.10")]
+        gateway.network = "west"
+        gateway.tunnelProtocol = .hbone
+        gateway.trustDomain = "cluster.local"
+        gateway.serviceAccount = "istio-eastwestgateway"
+        model.insert(gateway)
+        waypoint.networkGateway = GatewayAddress(destination: .address(network: "west", ip: Self.ip("192.0.2.10")), hboneMtlsPort: 15009)
+        model.insert(waypoint)
+        let expected = Router.Route.doubleHBONE(
+            workloadUid: "west-waypoint", gatewayUid: "ew-gateway", ip: Self.ip("192.0.2.10"), hbonePort: 15009,
+            gatewayIdentities: ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"],
+            authority: "echo.shop.svc.cluster.local:80",
+            identities: ["spiffe://cluster.local/ns/shop/sa/waypoint-san", "spiffe://cluster.local/ns/shop/sa/waypoint"], viaWaypoint: true)
+        #expect(route(model) == expected)
+        // With an address on its network it is still reached through the gateway.
+        waypoint.addresses = [Self.ip("10.2.0.9")]
+        model.insert(waypoint)
+        #expect(route(model) == expected)
+        // Named by address on its network: the same, without the waypoint service's SANs.
+        service.waypoint = GatewayAddress(destination: .address(network: "west", ip: Self.ip("10.2.0.9")))
+        model.insert(service)
+        #expect(route(model) == .doubleHBONE(
+            workloadUid: "west-waypoint", gatewayUid: "ew-gateway", ip: Self.ip("192.0.2.10"), hbonePort: 15009,
+            gatewayIdentities: ["spiffe://cluster.local/ns/istio-system/sa/istio-eastwestgateway"],
+            authority: "echo.shop.svc.cluster.local:80", identities: ["spiffe://cluster.local/ns/shop/sa/waypoint"], viaWaypoint: true))
+        // A workload's waypoint on another network: refused, not sent to its address.
+        var workload = model.workloads["echo-1"]!  // inserted by model()
+        workload.waypoint = service.waypoint
+        model.insert(workload)
+        #expect(route(model, NetworkAddress(network: "", ip: Self.ip("10.1.0.1")), port: 7000) == .refused(
+            "waypoint west-waypoint is on network \"west\"; only a service's waypoint is reached through a network gateway"))
+        // Without a gateway: refused.
+        waypoint.networkGateway = nil
+        model.insert(waypoint)
+        #expect(route(model) == .refused("waypoint west-waypoint is on network \"west\" with no network gateway"))
+    }
+
     /// §10 step 3, the sandwich: a workload is the waypoint of a service or workload whose
     /// waypoint names its address, a service it is an endpoint of (by VIP or hostname); not of
     /// anything else.

