@@ -1,4 +1,5 @@
 import Shared
+internal import CShims
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -27,6 +28,10 @@ public enum FaultProbe {
             report("\(role)-make-dir", Int(rc), error)
         case .xdsBadSnapshot:
             break  // sent by the xDS worker itself, which holds the Supervisor channel
+        case .certCloneNamespace, .certNetlinkSocket, .certUnixSocket, .certRawSocket, .certSetns, .certUnshare, .certPtrace,
+             .certSignalOther, .xdsCloneNamespace, .xdsNetlinkSocket, .xdsUnixSocket, .xdsRawSocket, .xdsSetns, .xdsUnshare,
+             .xdsPtrace, .xdsSignalOther:
+            tryWall(kind)
         case .connect, .xdsConnect:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return report("\(role)-connect", -1, errno) }
@@ -40,6 +45,26 @@ public enum FaultProbe {
             }
             report("\(role)-connect port \(port)", Int(rc), errno)
         }
+    }
+
+    /// One of the NetWorker's wall probes, here: harmless should the wall let it through (a
+    /// socket is closed, a signal is 0, a namespace would be this worker's alone).
+    private static func tryWall(_ kind: FaultKind) {
+        guard let wall = kind.wall else { return }
+        let result: Int
+        switch wall {
+        case .cloneNamespace: result = CShims_fault_clone_newuser()
+        case .netlinkSocket: result = CShims_fault_netlink_socket()
+        case .unixSocket: result = CShims_fault_socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        case .rawSocket: result = CShims_fault_socket(AF_INET, Int32(SOCK_RAW.rawValue), Int32(IPPROTO_ICMP))
+        case .setns: result = CShims_fault_setns()
+        case .unshare: result = CShims_fault_unshare()
+        case .ptrace: result = CShims_fault_ptrace_parent()
+        case .signalOther: result = CShims_fault_signal_parent()
+        }
+        let error = errno
+        if result >= 0, [.netlinkSocket, .unixSocket, .rawSocket].contains(wall) { close(Int32(result)) }
+        report(kind.probeName, result, error)
     }
 
     private static func report(_ what: String, _ result: Int, _ error: Int32) {

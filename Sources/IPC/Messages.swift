@@ -38,9 +38,42 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     case xdsMakeDirectory = 6
     /// The xDS worker publishes an unsealed memfd as its mesh snapshot: the Supervisor kills it.
     case xdsBadSnapshot = 7
+    /// The NetWorker's own wall probes (`Wall`), tried in the CertWorker (8-15) and in the xDS
+    /// worker (16-23): each is outside both workers' profiles (a kill, SIGSYS) but an AF_UNIX
+    /// socket, which they answer EACCES (glibc's resolver probes nscd's socket).
+    case certCloneNamespace = 8, certNetlinkSocket, certUnixSocket, certRawSocket, certSetns, certUnshare, certPtrace, certSignalOther
+    case xdsCloneNamespace = 16, xdsNetlinkSocket, xdsUnixSocket, xdsRawSocket, xdsSetns, xdsUnshare, xdsPtrace, xdsSignalOther
+
+    /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
+    public enum Wall: String, Sendable, CaseIterable {
+        case cloneNamespace = "clone-namespace", netlinkSocket = "netlink-socket", unixSocket = "unix-socket"
+        case rawSocket = "raw-socket", setns, unshare, ptrace, signalOther = "signal-other"
+    }
 
     /// Which worker runs it: the xDS worker for the xds kinds, else the CertWorker.
-    public var forXDSWorker: Bool { rawValue >= FaultKind.xdsOpenFile.rawValue }
+    public var forXDSWorker: Bool { (4...7).contains(rawValue) || rawValue >= 16 }
+
+    /// The wall a probe kind tries, nil for the others.
+    public var wall: Wall? {
+        guard rawValue >= 8 else { return nil }
+        return Wall.allCases[Int(rawValue - 8) % Wall.allCases.count]
+    }
+
+    /// `cert-<wall>` or `xds-<wall>` (as the fault endpoint names it), or nil.
+    public init?(probeName name: String) {
+        for (prefix, first) in [("cert-", FaultKind.certCloneNamespace), ("xds-", .xdsCloneNamespace)] where name.hasPrefix(prefix) {
+            guard let index = Wall.allCases.firstIndex(where: { $0.rawValue == name.dropFirst(prefix.count) }) else { return nil }
+            self.init(rawValue: first.rawValue + UInt8(index))
+            return
+        }
+        return nil
+    }
+
+    /// The name the probe's log line carries (`cert-unshare`); the kind's own for the others.
+    public var probeName: String {
+        guard let wall else { return "\(self)" }
+        return (forXDSWorker ? "xds-" : "cert-") + wall.rawValue
+    }
 }
 
 /// Messages from the Supervisor to a worker.

@@ -11,6 +11,8 @@ struct HTTPEndpoints {
         case none
         case requestShutdown
         case injectFault(FaultInjection.Kind, port: UInt16)
+        /// A fault for the CertWorker or the xDS worker, relayed through the Supervisor.
+        case relayFault(FaultKind, port: UInt16)
         /// Put this log filter in force here and, through the Supervisor, in every process.
         case setLogFilter(String)
     }
@@ -117,14 +119,19 @@ struct HTTPEndpoints {
                 return Reply(status: 404, reason: "Not Found", body: "not found\n")
             }
             guard method == "POST" else { return Reply(status: 405, reason: "Method Not Allowed", body: "use POST\n") }
-            guard let kind = query["kind"].flatMap(FaultInjection.Kind.init(rawValue:)) else {
-                let kinds = FaultInjection.Kind.allCases.map(\.rawValue).joined(separator: ", ")
-                return Reply(status: 400, reason: "Bad Request", body: "kind must be one of \(kinds)\n")
-            }
             var port: UInt16 = 0
             if let text = query["port"] {
                 guard let value = UInt16(text) else { return Reply(status: 400, reason: "Bad Request", body: "port must be 0-65535\n") }
                 port = value
+            }
+            // The NetWorker's wall probes, tried in the CertWorker or the xDS worker (relayed).
+            if let name = query["kind"], let relayed = FaultKind(probeName: name) {
+                return Reply(status: 200, reason: "OK", body: "injecting \(name)\n", followUp: .relayFault(relayed, port: port))
+            }
+            guard let kind = query["kind"].flatMap(FaultInjection.Kind.init(rawValue:)) else {
+                let walls = FaultKind.Wall.allCases.map(\.rawValue).joined(separator: "|")
+                let kinds = FaultInjection.Kind.allCases.map(\.rawValue).joined(separator: ", ")
+                return Reply(status: 400, reason: "Bad Request", body: "kind must be one of \(kinds), or cert-/xds- and one of \(walls)\n")
             }
             return Reply(status: 200, reason: "OK", body: "injecting \(kind.rawValue)\n", followUp: .injectFault(kind, port: port))
         default:

@@ -87,6 +87,7 @@ enum NetWorkerMain {
                     _ = try? Log.setFilter(filter)
                     try? channel.send(WorkerMessage.logFilter(filter).frame(), blocking: false)
                 case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel, signer: signer)
+                case .relayFault(let kind, let port): try? channel.send(WorkerMessage.faultRequest(kind, port: port).frame())
                 }
             })
         share.startPublishing(on: group.next(), counted)

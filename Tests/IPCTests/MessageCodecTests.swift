@@ -67,6 +67,22 @@ import Glibc
         }
     }
 
+    /// Every fault kind crosses both ways; the wall probes are named `cert-<wall>` and
+    /// `xds-<wall>`, each name picks the kind its worker runs, and other names pick none.
+    @Test func faultKindsRoundTripAndWallProbesAreNamedForTheirWorker() throws {
+        for kind in FaultKind.allCases {
+            let message = WorkerMessage.faultRequest(kind, port: 15012)
+            #expect(try WorkerMessage.decode(try roundTrip(message.frame())) == message)
+            guard let wall = kind.wall else { continue }
+            #expect(kind.probeName == (kind.forXDSWorker ? "xds-" : "cert-") + wall.rawValue)
+            #expect(FaultKind(probeName: kind.probeName) == kind)
+        }
+        #expect(FaultKind.allCases.filter { $0.wall != nil }.count == 2 * FaultKind.Wall.allCases.count)
+        #expect(FaultKind(probeName: "xds-unshare") == .xdsUnshare && FaultKind.xdsUnshare.forXDSWorker)
+        #expect(FaultKind(probeName: "cert-ptrace") == .certPtrace && !FaultKind.certPtrace.forXDSWorker)
+        for name in ["unshare", "cert-", "net-unshare", "xds-open-file", "cert-unshare2"] { #expect(FaultKind(probeName: name) == nil) }
+    }
+
     /// The log filter, on-demand keys and answers (issue #8): round trips, and what a
     /// compromised sender could put there is refused at decode.
     @Test func logFiltersAndDemandKeysAreCheckedBothWays() throws {

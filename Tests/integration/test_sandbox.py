@@ -43,6 +43,40 @@ def test_forbidden_operations_kill_the_networker(start_daemon, kind):
     assert fault_line(daemon, kind) is None  # it never got to say it survived
 
 
+# The NetWorker's wall probes that kill; tried in the CertWorker and the xDS worker too.
+WALL_KILLS = ["clone-namespace", "netlink-socket", "raw-socket", "setns", "unshare", "ptrace", "signal-other"]
+
+
+def probe_walls(daemon, role, prefix):
+    """In worker `role` (faults `<prefix>-<wall>`, relayed by the Supervisor): an AF_UNIX socket
+    is answered EACCES and the worker lives; every other wall kills it (SIGSYS, its own filter:
+    the pod profile answers EPERM), before it could log that it survived, and it is replaced."""
+    inject(daemon, f"{prefix}-unix-socket")
+    wait_for(lambda: fault_line(daemon, f"{prefix}-unix-socket"), 10, "the unix-socket fault reported")
+    assert "refused: Permission denied (errno 13)" in fault_line(daemon, f"{prefix}-unix-socket")
+    assert not daemon.audit_events("worker_exit")
+    for wall in WALL_KILLS:
+        (old,) = daemon.workers(role)
+        inject(daemon, f"{prefix}-{wall}")
+        replaced(daemon, role, old)
+        exit_event = next(e for e in daemon.audit_events("worker_exit") if e["pid"] == old)
+        assert exit_event["role"] == role and exit_event["cause"].startswith("killed by signal SIGSYS"), (wall, exit_event)
+        assert fault_line(daemon, f"{prefix}-{wall}") is None, wall
+
+
+def test_forbidden_operations_kill_the_certworker(start_daemon):
+    daemon = start_daemon(extra_env=FAULTS, pod_seccomp="errno")
+    daemon.wait_ready()
+    probe_walls(daemon, "cert-worker", "cert")
+
+
+def test_forbidden_operations_kill_the_xds_worker(start_daemon, xds):
+    daemon = start_daemon(local_config=False, pod_seccomp="errno", extra_env={
+        **FAULTS, "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t"})
+    daemon.wait_ready()
+    probe_walls(daemon, "xds-worker", "xds")
+
+
 def test_opening_a_file_fails_in_both_workers(start_daemon):
     daemon = start_daemon(extra_env=FAULTS)
     daemon.wait_ready()
