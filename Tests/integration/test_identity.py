@@ -53,6 +53,15 @@ def memory_contains(pid, needles):
     return found
 
 
+def key_needles(key):
+    """What a memory scan looks for: the scalar as DER/PEM carry it (big-endian) and as an
+    OpenSSL BIGNUM holds it on a little-endian machine (64-bit words, least significant first:
+    the bytes reversed), the PKCS#8 DER, and a PEM marker. The first two are the key itself."""
+    scalar = key.private_numbers().private_value.to_bytes(32, "big")
+    pkcs8 = key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8, serialization.NoEncryption())
+    return [scalar, scalar[::-1], pkcs8, b"PRIVATE KEY-----"]
+
+
 def start_with_identity(start_daemon, tmp_path):
     ca = MiniCA()
     server_id, server_key = ca.issue(str(tmp_path / "identities" / "server"), "server")
@@ -73,12 +82,7 @@ def test_mtls_through_a_key_handle_and_no_key_in_the_networker(start_daemon, tmp
     wait_for(lambda: "peer_identity=spiffe://cluster.local/ns/default/sa/client" in daemon.log(), 10,
              "the server to log the client's identity")
 
-    scalar = server_key.private_numbers().private_value.to_bytes(32, "big")
-    pkcs8 = server_key.private_bytes(serialization.Encoding.DER, serialization.PrivateFormat.PKCS8,
-                                     serialization.NoEncryption())
-    # The scalar as DER/PEM carry it (big-endian) and as an OpenSSL BIGNUM holds it on a
-    # little-endian machine (64-bit words, least significant first: the bytes reversed).
-    needles = [scalar, scalar[::-1], pkcs8, b"PRIVATE KEY-----"]
+    needles = key_needles(server_key)
     (net,) = daemon.workers("net-worker")
     (cert,) = daemon.workers("cert-worker")
     assert memory_contains(net, needles) == set(), "the NetWorker holds private key material"

@@ -6,7 +6,8 @@ import re
 import pytest
 
 from daemon import EchoServer, http, wait_for
-from test_identity import memory_contains
+from identities import MiniCA, serving_config
+from test_identity import key_needles, memory_contains
 from test_restart import replaced
 
 FAULTS = {"ZTUNNEL_DEBUG_FAULT_INJECTION": "true"}
@@ -147,6 +148,22 @@ def test_the_token_reaches_the_certworker_alone(start_daemon):
     (cert,) = daemon.workers("cert-worker")
     assert memory_contains(net, [token]) == set()
     assert memory_contains(cert, [token]) == {0}
+
+
+def test_the_xds_worker_holds_no_private_key(start_daemon, xds, tmp_path):
+    """A daemon with both sources and a workload identity whose key the test knows: a scan of
+    the xDS worker's memory finds none of it; the same scan finds it in the CertWorker."""
+    _, key = MiniCA().issue(str(tmp_path / "identities" / "server"), "server")
+    daemon = start_daemon(local_config=serving_config(), extra_env={
+        "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}",
+        "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t"})
+    daemon.wait_ready()
+    wait_for(lambda: daemon.audit_events("certificate_loaded"), 30, "the static identity loaded")
+    (xdsw,) = daemon.workers("xds-worker")
+    (cert,) = daemon.workers("cert-worker")
+    needles = key_needles(key)
+    assert memory_contains(xdsw, needles) == set(), "the xDS worker holds private key material"
+    assert memory_contains(cert, needles) & {0, 1}
 
 
 def test_the_xds_workers_walls_from_inside(start_daemon, xds):
