@@ -80,6 +80,27 @@ def test_sigterm_drains_live_connections_then_exits_zero(start_daemon, echo_serv
     assert daemon.audit()[-1]["event"] == "supervisor_exit"
 
 
+def test_quitquitquit_drains_the_whole_daemon_through_the_supervisor(start_daemon):
+    """POST /quitquitquit on the admin port (§17): the NetWorker answers, asks the Supervisor
+    (`shutdownRequest`), and the Supervisor records who asked, drains every worker and exits 0.
+    A GET does nothing."""
+    daemon = start_daemon()
+    daemon.wait_ready()
+    workers = list(daemon.children())
+    (net,) = daemon.workers("net-worker")
+    assert http(daemon.ports["admin"], "/quitquitquit")[0] == 405
+    assert daemon.proc.poll() is None and not daemon.audit_events("shutdown_requested")
+    status, body = http(daemon.ports["admin"], "/quitquitquit", method="POST")
+    assert status == 200, body
+    assert daemon.wait(timeout=20) == 0
+    (asked,) = daemon.audit_events("shutdown_requested")
+    assert asked["role"] == "net-worker" and asked["pid"] == net
+    (drain,) = daemon.audit_events("drain_start")
+    assert "quitquitquit" in drain["reason"] and "net-worker[0]" in drain["reason"], drain
+    assert not any(alive(pid) for pid in workers)
+    assert daemon.audit()[-1]["event"] == "supervisor_exit"
+
+
 def test_drain_deadline_closes_what_is_left(start_daemon, echo_server):
     daemon = start_daemon(extra_env={"TERMINATION_GRACE_PERIOD_SECONDS": "3"})  # deadline 2 s
     daemon.wait_ready()

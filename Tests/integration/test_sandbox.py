@@ -121,6 +121,23 @@ def test_landlock_is_a_second_wall(start_daemon):
         other_server.close()
 
 
+def test_with_the_builtin_ca_the_certworker_connects_nowhere(start_daemon):
+    """No CA_ADDRESS: the CertWorker's Landlock policy admits no TCP port at all, so a connect
+    to a listening port is refused (the keys have no TCP way out)."""
+    server = EchoServer()
+    try:
+        daemon = start_daemon(extra_env=FAULTS)
+        daemon.wait_ready()
+        if landlock_abi(daemon, "cert-worker") < 4:
+            pytest.skip("this kernel has no Landlock with network rules (ABI >= 4)")
+        inject(daemon, "cert-connect", server.port)
+        wait_for(lambda: fault_line(daemon, f"cert-connect port {server.port}"), 10, "the connect fault reported")
+        assert "refused: Permission denied (errno 13)" in fault_line(daemon, f"cert-connect port {server.port}")
+        assert not daemon.audit_events("worker_exit")
+    finally:
+        server.close()
+
+
 def test_the_pods_profile_is_a_wall_of_its_own(start_daemon):
     """The container's seccomp profile (deploy/seccomp/ztunnel-swift.json, as deployed: EPERM for
     what it does not list) holds when a worker's own filter does not: with the workers' filters
