@@ -5,28 +5,30 @@
 /// endpoints for a service not yet known are staged and appear when it arrives.
 ///
 /// A value type: a connection works on the snapshot it took, so it never sees half of an update.
+/// The large maps are sharded (`ShardedDictionary`): the next version, made from a copy while
+/// connections still read this one, copies only the shards a change touches.
 public struct MeshModel: Equatable, Sendable {
-    public private(set) var workloads: [String: Workload] = [:]
-    public private(set) var services: [String: Service] = [:]
-    public private(set) var policies: [String: Policy] = [:]
+    public private(set) var workloads = ShardedDictionary<String, Workload>()
+    public private(set) var services = ShardedDictionary<String, Service>()
+    public private(set) var policies = ShardedDictionary<String, Policy>()
     /// Workload uid by each of its addresses (HostNetwork workloads are not indexed by IP). When
     /// several workloads claim one address (a pod IP reused before the old pod is gone), the
     /// greatest uid owns it, and another takes over when it goes: the same however the model was
     /// built (whole, or update by update).
-    public private(set) var workloadByAddress: [NetworkAddress: String] = [:]
+    public private(set) var workloadByAddress = ShardedDictionary<NetworkAddress, String>()
     /// Every workload claiming an address, when more than one does.
     private var sharedAddresses: [NetworkAddress: Set<String>] = [:]
     /// Service keys by VIP (several services may share one), in key order.
-    public private(set) var servicesByVIP: [NetworkAddress: [String]] = [:]
+    public private(set) var servicesByVIP = ShardedDictionary<NetworkAddress, [String]>()
     /// Keys of the services that have CIDR VIPs (few: each lookup scans them).
     public private(set) var servicesWithCIDRs: Set<String> = []
     /// Service keys by hostname (one per namespace that has it), for the pods' DNS proxy, in key
     /// order.
-    public private(set) var servicesByHostname: [String: [String]] = [:]
+    public private(set) var servicesByHostname = ShardedDictionary<String, [String]>()
     /// Workload uids by node name (workloads with one), for the identities a node's proxy wants.
     public private(set) var workloadsByNode: [String: Set<String>] = [:]
     /// Workload uids by each service key they list (a service's endpoints, known or staged).
-    public private(set) var workloadsByService: [String: Set<String>] = [:]
+    public private(set) var workloadsByService = ShardedDictionary<String, Set<String>>()
 
     public init() {}
 
@@ -35,7 +37,11 @@ public struct MeshModel: Equatable, Sendable {
     public mutating func insert(_ workload: Workload) {
         removeWorkload(uid: workload.uid)
         workloads[workload.uid] = workload
-        for key in workload.services.keys { workloadsByService[key, default: []].insert(workload.uid) }
+        for key in workload.services.keys {
+            var uids = workloadsByService.removeValue(forKey: key) ?? []  // taken out: changed in place
+            uids.insert(workload.uid)
+            workloadsByService[key] = uids
+        }
         if !workload.node.isEmpty { workloadsByNode[workload.node, default: []].insert(workload.uid) }
         guard workload.networkMode == .standard else { return }
         for ip in workload.addresses {
@@ -52,8 +58,10 @@ public struct MeshModel: Equatable, Sendable {
     public mutating func removeWorkload(uid: String) {
         guard let old = workloads.removeValue(forKey: uid) else { return }
         for key in old.services.keys {
-            workloadsByService[key]?.remove(uid)
-            if workloadsByService[key]?.isEmpty == true { workloadsByService[key] = nil }
+            if var uids = workloadsByService.removeValue(forKey: key) {
+                uids.remove(uid)
+                if !uids.isEmpty { workloadsByService[key] = uids }
+            }
         }
         if !old.node.isEmpty {
             workloadsByNode[old.node]?.remove(uid)
@@ -76,12 +84,12 @@ public struct MeshModel: Equatable, Sendable {
         removeService(key: service.key)
         services[service.key] = service
         for vip in service.vips {
-            var keys = servicesByVIP[vip, default: []]
+            var keys = servicesByVIP.removeValue(forKey: vip) ?? []
             keys.insert(service.key, at: keys.firstIndex { $0 > service.key } ?? keys.endIndex)
             servicesByVIP[vip] = keys
         }
         if !service.cidrVips.isEmpty { servicesWithCIDRs.insert(service.key) }
-        var named = servicesByHostname[service.hostname, default: []]
+        var named = servicesByHostname.removeValue(forKey: service.hostname) ?? []
         named.insert(service.key, at: named.firstIndex { $0 > service.key } ?? named.endIndex)
         servicesByHostname[service.hostname] = named
     }
@@ -89,12 +97,16 @@ public struct MeshModel: Equatable, Sendable {
     public mutating func removeService(key: String) {
         guard let old = services.removeValue(forKey: key) else { return }
         for vip in old.vips {
-            servicesByVIP[vip]?.removeAll { $0 == key }
-            if servicesByVIP[vip]?.isEmpty == true { servicesByVIP[vip] = nil }
+            if var keys = servicesByVIP.removeValue(forKey: vip) {
+                keys.removeAll { $0 == key }
+                if !keys.isEmpty { servicesByVIP[vip] = keys }
+            }
         }
         servicesWithCIDRs.remove(key)
-        servicesByHostname[old.hostname]?.removeAll { $0 == key }
-        if servicesByHostname[old.hostname]?.isEmpty == true { servicesByHostname[old.hostname] = nil }
+        if var keys = servicesByHostname.removeValue(forKey: old.hostname) {
+            keys.removeAll { $0 == key }
+            if !keys.isEmpty { servicesByHostname[old.hostname] = keys }
+        }
     }
 
     public mutating func insert(_ policy: Policy) { policies[policy.key] = policy }

@@ -203,7 +203,7 @@ struct OutboundRouting: Sendable {
             // A name (SOCKS5): a mesh service's hostname resolves to its VIP on our network, the
             // client's namespace first (as istiod's DNS would answer); other names are refused,
             // since the NetWorker has no resolver (no files, no DNS).
-            let services = model.services.values.filter { $0.hostname == host }.sorted { $0.key < $1.key }
+            let services = (model.servicesByHostname[host] ?? []).compactMap { model.services[$0] }  // in key order
             let service = services.first { $0.namespace == source?.namespace } ?? services.first
             guard let service else {
                 return .refuse("\(host) is no service of the mesh, and names outside it are not resolved here")
