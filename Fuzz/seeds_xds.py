@@ -63,6 +63,13 @@ def main(directory):
     seeds["ads-policy"] = (b"\x03" + field(2, text(1, "1") + field(2, any_policy) + text(3, "shop/p"))
                            + text(4, "type.googleapis.com/istio.security.Authorization") + text(5, "n3"))
     seeds["snapshot"] = b"\x04" + text(1, "7") + address_only + field(2, text(1, "1") + field(2, any_policy) + text(3, "shop/p"))
+    # Two snapshots in the order NetWorkers require (type URL, then name, by bytes): the second
+    # changes the workload's version, keeps the service and drops the policy.
+    policy_resource = field(2, text(1, "1") + field(2, any_policy) + text(3, "shop/p"))
+    first = text(1, "7") + policy_resource + address_only
+    changed = field(2, text(1, "2") + field(2, any_address(field(1, workload))) + text(3, "c1//Pod/shop/echo-1"))
+    second = text(1, "8") + changed + field(2, text(1, "1") + field(2, any_address(field(2, service))) + text(3, "shop/echo.shop.svc.cluster.local"))
+    seeds["two-snapshots"] = b"\x05" + len(first).to_bytes(2, "big") + first + second
     for name, data in seeds.items():
         with open(os.path.join(directory, name), "wb") as f:
             f.write(data)

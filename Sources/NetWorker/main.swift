@@ -113,12 +113,12 @@ struct ControlLoop {
     /// The two sources of the mesh model (ISTIO_COMPAT §19: LOCAL_XDS_PATH and XDS_ADDRESS may be
     /// set together): the local file's last good model and the xDS worker's last snapshot.
     private var localConfig: LocalConfig?
-    private var snapshot: MeshSnapshot?
-    /// The snapshot's resources as converted last time: a push re-converts only what changed.
-    private var conversions = ConversionCache()
+    /// The xDS worker's last snapshot, and what it changed that the model does not have yet.
+    private var xds = SnapshotInForce()
     /// The model last put in force, which a new snapshot changes in place of a rebuild.
     private var builtModel: MeshModel?
-    /// How long the last snapshot took to map and decode, for the model's log line.
+    /// How long the last snapshot took to map and compare with the one before, for the model's
+    /// log line.
     private var decodeMilliseconds: Int64 = 0
     private let usesXDS: Bool
     /// Data-plane listeners held back until the first mesh snapshot is in force (§6.4: nothing is
@@ -149,7 +149,7 @@ struct ControlLoop {
             case .listener("dns-upstream", let fd):
                 DNSProxy.shared?.addUpstream(fd)
             case .listener(let name, let fd):
-                if usesXDS && snapshot == nil && !ListenerFactory.controlListeners.contains(name) {
+                if usesXDS && !xds.hasSnapshot && !ListenerFactory.controlListeners.contains(name) {
                     heldListeners.append((name, fd, nil))
                 } else {
                     adopt(name: name, fd: fd)
@@ -158,7 +158,7 @@ struct ControlLoop {
                 PodDialer.shared?.add(uid, info)  // also fills its socket pool ahead of the first connection
             case .podListener(let uid, let name, let fd):
                 guard PodDialer.shared?.isServed(uid) == true else { continue }
-                if usesXDS && snapshot == nil {
+                if usesXDS && !xds.hasSnapshot {
                     heldListeners.append((name, fd, uid))
                 } else {
                     adopt(name: name, fd: fd, pod: uid)
@@ -220,22 +220,23 @@ struct ControlLoop {
         }
     }
 
-    /// Maps and decodes a snapshot from the xDS worker (relayed by the Supervisor) and puts it in
-    /// force with the local config's model. A snapshot that is not sealed, too large or does not
-    /// decode is refused and the model in force stays; resources that do not convert are left
-    /// out and logged (the xDS worker already refused them; this is the second check).
+    /// Maps a snapshot from the xDS worker (relayed by the Supervisor), finds what it changes
+    /// from the last one (`SnapshotInForce`: on the bytes, checking what changed) and puts that in
+    /// force with the local config's model. A snapshot that is not sealed, too large or not
+    /// well formed is refused and the model in force stays; resources that do not convert are
+    /// left out and logged (the xDS worker already refused them; this is the second check).
     private mutating func applySnapshot(generation: UInt64, fd: OwnedFD) {
         let started = Clock.monotonicMilliseconds()
-        let decoded: MeshSnapshot
         do {
-            decoded = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
+            var next = xds
+            try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try next.accept($0) }
+            xds = next
         } catch {
             Log.error("mesh snapshot \(generation) refused: \(error); keeping the model in force")
             onDemand.applied(generation: generation)
             try? channel.send(WorkerMessage.meshApplied(generation: generation, accepted: false).frame())
             return
         }
-        snapshot = decoded
         decodeMilliseconds = Clock.monotonicMilliseconds() - started
         let refused = publishModel(reason: "xds", generation: "\(generation)", snapshotChanged: true)
         for reason in refused.prefix(16) { Log.warn("mesh snapshot resource left out: \(reason)") }
@@ -258,14 +259,13 @@ struct ControlLoop {
         // collide with, rebuilds it from both sources.
         let base = localConfig?.model ?? MeshModel()
         var how = "rebuilt"
-        if snapshotChanged, var previous = builtModel, let snapshot,
-           snapshot.update(&previous, base: base, refused: &refused, cache: &conversions) {
+        if snapshotChanged, var previous = builtModel, xds.applyPending(to: &previous, base: base, refused: &refused) {
             model = previous
             how = "changed"
         } else {
             refused = []
             model = base
-            snapshot?.insert(into: &model, refused: &refused, cache: &conversions)
+            xds.insertAll(into: &model, refused: &refused)
         }
         builtModel = model
         hasModel = true
@@ -276,12 +276,11 @@ struct ControlLoop {
             for reason in skipped { Log.warn(reason) }
             wanted.formUnion(identities)
         }
-        if let snapshot {
+        if xds.hasSnapshot {
             // The workloads the snapshot brought (resource name = uid), from the merged model:
             // converted once. Only those on this node: without NODE_NAME none (certificates for
             // a whole mesh would be thousands of impersonated CSRs).
-            let fromXDS = snapshot.entries(XDSConversion.addressType)
-            for uid in node.isEmpty ? [] : model.workloadsByNode[node] ?? [] where fromXDS[uid] != nil {
+            for uid in node.isEmpty ? [] : model.workloadsByNode[node] ?? [] where xds.addressNames.contains(uid) {
                 if let workload = model.workloads[uid], workload.tunnelProtocol == .hbone, let identity = workload.identity {
                     wanted.insert(identity)
                 }

@@ -21,6 +21,14 @@ public struct DeltaADS {
     public let node: Envoy_Service_Discovery_V3_Node
     /// Types whose first response on this stream was accepted (readiness, §6.4).
     public private(set) var acknowledgedTypes: Set<String> = []
+    /// The names (by type URL) changed or removed since `takeTouched`: what a `SnapshotWriter`
+    /// encodes again.
+    public private(set) var touched: [String: Set<String>] = [:]
+
+    public mutating func takeTouched() -> [String: Set<String>] {
+        defer { touched = [:] }
+        return touched
+    }
     /// XDS_ON_DEMAND (§6.3): Address resources are not pushed wholesale; each is asked for by a
     /// key (`<network>/<IP>`, a uid, `<namespace>/<hostname>`) when a connection needs it.
     public let onDemand: Bool
@@ -120,10 +128,15 @@ public struct DeltaADS {
             // Upstream logs an unknown type and ACKs it.
             return Outcome(reply: reply, changed: false, refused: [], applied: 0, removed: 0)
         }
-        var entries = state.entries(response.typeURL)
+        // Taken out of the state and put back: changed in place, not copied (25,000 entries).
+        let had = state.resources.removeValue(forKey: response.typeURL)
+        var entries = had ?? [:]
         var refused: [String] = []
         var applied = 0, removed = 0
-        for name in response.removedResources where entries.removeValue(forKey: name) != nil { removed += 1 }
+        for name in response.removedResources where entries.removeValue(forKey: name) != nil {
+            removed += 1
+            touched[response.typeURL, default: []].insert(name)
+        }
         var changed = removed > 0
         var answered = Set<String>()
         let asked = response.typeURL == XDSConversion.addressType ? pendingDemands : []
@@ -152,16 +165,17 @@ public struct DeltaADS {
                     throw XDSConversion.Invalid("more than \(Self.maxResourcesPerType) resources of this type")
                 }
                 let entry = MeshSnapshot.Entry(version: resource.version, body: body)
-                if entries.updateValue(entry, forKey: resource.name) != entry { changed = true }
+                if entries.updateValue(entry, forKey: resource.name) != entry {
+                    changed = true
+                    touched[response.typeURL, default: []].insert(resource.name)
+                }
                 applied += 1
             } catch {
                 refused.append("\(resource.name.isEmpty ? "(unnamed)" : resource.name): \(error)")
             }
         }
-        if changed {
-            state.resources[response.typeURL] = entries
-            state.generation &+= 1
-        }
+        if had != nil || changed { state.resources[response.typeURL] = entries }
+        if changed { state.generation &+= 1 }
         if refused.isEmpty {
             acknowledgedTypes.insert(response.typeURL)
         } else {

@@ -31,30 +31,35 @@ public struct MeshSnapshot: Equatable, Sendable {
 
     /// The snapshot as a `DeltaDiscoveryResponse` (system_version_info 1 = the generation;
     /// resources 2, each a `Resource`: version 1, resource 2 = `Any` {type_url 1, value 2}, name
-    /// 3), types and names in order. Written directly rather than through swift-protobuf's
+    /// 3), types and names in the order of their UTF-8 bytes, as `SnapshotInForce` requires. Written directly rather than through swift-protobuf's
     /// message objects: a mesh of 25,000 resources is published again on every change, and the
     /// bytes are the same either way (`DeltaADSTests` decodes them with swift-protobuf).
     public func encoded() throws -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(resources.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.body.count + 96 } } + 32)
         ProtobufWire.bytes(1, Array(String(generation).utf8), into: &out)
-        for typeURL in resources.keys.sorted() {
+        for typeURL in resources.keys.sorted(by: Self.inByteOrder) {
             let type = Array(typeURL.utf8)
-            for (name, entry) in resources[typeURL]!.sorted(by: { $0.key < $1.key }) {
-                // Empty strings and bytes are left out, as proto3 writes them.
-                let version = Array(entry.version.utf8), name = Array(name.utf8)
-                let anyLength = ProtobufWire.fieldLength(type.count) + ProtobufWire.fieldLength(entry.body.count)
-                let resourceLength = ProtobufWire.fieldLength(version.count) + 1 + ProtobufWire.varintLength(anyLength) + anyLength
-                    + ProtobufWire.fieldLength(name.count)
-                ProtobufWire.header(2, length: resourceLength, into: &out)
-                ProtobufWire.bytes(1, version, into: &out)
-                ProtobufWire.header(2, length: anyLength, into: &out)
-                ProtobufWire.bytes(1, type, into: &out)
-                ProtobufWire.bytes(2, entry.body, into: &out)
-                ProtobufWire.bytes(3, name, into: &out)
+            for (name, entry) in resources[typeURL]!.sorted(by: { Self.inByteOrder($0.key, $1.key) }) {  // a key of resources
+                Self.appendResource(type: type, name: name, entry: entry, into: &out)
             }
         }
         return out
+    }
+
+    /// One resource as field 2 of the response. Empty strings and bytes are left out, as proto3
+    /// writes them.
+    static func appendResource(type: [UInt8], name: String, entry: Entry, into out: inout [UInt8]) {
+        let version = Array(entry.version.utf8), name = Array(name.utf8)
+        let anyLength = ProtobufWire.fieldLength(type.count) + ProtobufWire.fieldLength(entry.body.count)
+        let resourceLength = ProtobufWire.fieldLength(version.count) + 1 + ProtobufWire.varintLength(anyLength) + anyLength
+            + ProtobufWire.fieldLength(name.count)
+        ProtobufWire.header(2, length: resourceLength, into: &out)
+        ProtobufWire.bytes(1, version, into: &out)
+        ProtobufWire.header(2, length: anyLength, into: &out)
+        ProtobufWire.bytes(1, type, into: &out)
+        ProtobufWire.bytes(2, entry.body, into: &out)
+        ProtobufWire.bytes(3, name, into: &out)
     }
 
     /// Decodes a snapshot; refuses bytes that are not one, a type it does not know, a resource
@@ -137,147 +142,28 @@ public struct MeshSnapshot: Equatable, Sendable {
 
     /// Adds the snapshot's resources to `model` (the local config's, when both are set).
     public func insert(into model: inout MeshModel, refused: inout [String]) {
-        var cache = ConversionCache()
-        cache.insert(self, into: &model, refused: &refused)
+        for typeURL in resources.keys.sorted(by: Self.inByteOrder) {
+            for (name, entry) in resources[typeURL]!.sorted(by: { Self.inByteOrder($0.key, $1.key) }) {  // a key of resources
+                SnapshotInForce.insert(typeURL: typeURL, name: name, body: entry.body, into: &model, refused: &refused)
+            }
+        }
     }
 
-    /// Adds the snapshot's resources to `model`, converting only those whose bytes changed since
-    /// the last snapshot put through `cache`: a push of one workload into a mesh of 25,000 then
-    /// decodes one resource, not all of them.
-    public func insert(into model: inout MeshModel, refused: inout [String], cache: inout ConversionCache) {
-        cache.insert(self, into: &model, refused: &refused)
-    }
-
-    /// Applies the snapshot to `model` as a change from the last one put through `cache`:
-    /// resources that went are removed, and those whose bytes changed or that are new are
-    /// converted and inserted; nothing else is touched, so one workload pushed into a mesh of
-    /// 25,000 costs one removal and one insertion. `model` must hold what `cache` last put there
-    /// on top of `base` (the local config's model). A change to a workload, service or policy
-    /// that `base` also holds cannot be undone that way (the base's would have to come back):
-    /// then nothing is changed and false is returned, and the caller rebuilds with `insert`.
-    /// `refused`: the changed resources that did not convert.
-    public func update(_ model: inout MeshModel, base: MeshModel, refused: inout [String], cache: inout ConversionCache) -> Bool {
-        cache.update(self, model: &model, base: base, refused: &refused)
-    }
+    /// The order resources are written in and NetWorkers require (`SnapshotInForce`): by UTF-8
+    /// bytes, which Swift's `<` on strings is not beyond ASCII.
+    static func inByteOrder(_ a: String, _ b: String) -> Bool { a.utf8.lexicographicallyPrecedes(b.utf8) }
 }
 
-/// Converted resources by type and name with the bytes they came from (a resource is converted
-/// again only when its bytes differ); entries the latest snapshot no longer holds are dropped.
-public struct ConversionCache: Sendable {
-    enum Converted: Sendable {
-        case address(XDSConversion.Address)
-        case policy(Policy)
-        case refused(String)
-    }
-
-    /// Each resource's bytes and what they converted to, by type and name. Kept apart: finding
-    /// what changed compares bytes only, without copying 25,000 converted resources.
-    private var bodies: [String: [String: [UInt8]]] = [:]
-    private var converted: [String: [String: Converted]] = [:]
-    /// How many resources the last `insert` had to convert (the rest came from the cache).
-    public private(set) var lastConversions = 0
-
-    public init() {}
-
-    mutating func insert(_ snapshot: MeshSnapshot, into model: inout MeshModel, refused: inout [String]) {
-        lastConversions = 0
-        var nextBodies: [String: [String: [UInt8]]] = [:]
-        var nextConverted: [String: [String: Converted]] = [:]
-        for typeURL in [XDSConversion.addressType, XDSConversion.authorizationType] {
-            let previousBodies = bodies[typeURL] ?? [:]
-            let previous = converted[typeURL] ?? [:]
-            var keptBodies: [String: [UInt8]] = [:], kept: [String: Converted] = [:]
-            for (name, entry) in snapshot.entries(typeURL).sorted(by: { $0.key < $1.key }) {
-                let result: Converted
-                if previousBodies[name] == entry.body, let cached = previous[name] {
-                    result = cached
-                } else {
-                    lastConversions += 1
-                    result = Self.convert(entry.body, typeURL: typeURL, name: name)
-                }
-                keptBodies[name] = entry.body
-                kept[name] = result
-                Self.apply(result, name: name, to: &model, refused: &refused)
-            }
-            nextBodies[typeURL] = keptBodies
-            nextConverted[typeURL] = kept
-        }
-        bodies = nextBodies
-        converted = nextConverted
-    }
-
-    mutating func update(_ snapshot: MeshSnapshot, model: inout MeshModel, base: MeshModel, refused: inout [String]) -> Bool {
-        guard !bodies.isEmpty else { return false }  // nothing put through yet: `insert` first
-        lastConversions = 0
-        var gone: [Converted] = []
-        var added: [(typeURL: String, name: String, body: [UInt8], converted: Converted)] = []
-        var removedNames: [(typeURL: String, name: String)] = []
-        for typeURL in [XDSConversion.addressType, XDSConversion.authorizationType] {
-            let previous = bodies[typeURL] ?? [:]
-            let current = snapshot.entries(typeURL)
-            var appeared = 0
-            for (name, entry) in current {
-                if let body = previous[name] {
-                    if body == entry.body { continue }
-                    if let old = converted[typeURL]?[name] { gone.append(old) }
-                } else {
-                    appeared += 1
-                }
-                lastConversions += 1
-                added.append((typeURL, name, entry.body, Self.convert(entry.body, typeURL: typeURL, name: name)))
-            }
-            // Names went only if the counts say so (then they are looked for).
-            if previous.count + appeared != current.count {
-                for name in previous.keys where current[name] == nil {
-                    if let old = converted[typeURL]?[name] { gone.append(old) }
-                    removedNames.append((typeURL, name))
-                }
-            }
-        }
-        // Nothing the local config also holds may change this way.
-        func collides(_ converted: Converted) -> Bool {
-            switch converted {
-            case .address(.workload(let workload)): return base.workloads[workload.uid] != nil
-            case .address(.service(let service)): return base.services[service.key] != nil
-            case .policy(let policy): return base.policies[policy.key] != nil
-            case .refused: return false
-            }
-        }
-        if gone.contains(where: collides) || added.contains(where: { collides($0.converted) }) { return false }
-        added.sort { ($0.typeURL, $0.name) < ($1.typeURL, $1.name) }  // as `insert` goes: by name
-        for old in gone {
-            switch old {
-            case .address(.workload(let workload)): model.removeWorkload(uid: workload.uid)
-            case .address(.service(let service)): model.removeService(key: service.key)
-            case .policy(let policy): model.removePolicy(key: policy.key)
-            case .refused: break
-            }
-        }
-        for (typeURL, name) in removedNames {
-            bodies[typeURL]?[name] = nil
-            converted[typeURL]?[name] = nil
-        }
-        for change in added {
-            bodies[change.typeURL, default: [:]][change.name] = change.body
-            converted[change.typeURL, default: [:]][change.name] = change.converted
-            Self.apply(change.converted, name: change.name, to: &model, refused: &refused)
-        }
-        return true
-    }
-
-    private static func apply(_ converted: Converted, name: String, to model: inout MeshModel, refused: inout [String]) {
-        switch converted {
-        case .address(.workload(let workload)): model.insert(workload)
-        case .address(.service(let service)): model.insert(service)
-        case .policy(let policy): model.insert(policy)
-        case .refused(let reason): refused.append("\(name): \(reason)")
-        }
-    }
+/// A resource as a NetWorker converts it.
+enum ConvertedResource: Sendable {
+    case address(XDSConversion.Address)
+    case policy(Policy)
+    case refused(String)
 
     /// A resource must hold what its name says (a workload's uid, a service's or policy's key),
     /// as the xDS worker checks: two names holding one workload would make a change applied in
     /// place differ from a rebuild.
-    static func convert(_ body: [UInt8], typeURL: String, name: String) -> Converted {
+    static func convert(_ body: [UInt8], typeURL: String, name: String) -> ConvertedResource {
         do {
             if typeURL == XDSConversion.addressType {
                 let address = try XDSConversion.address(body)
@@ -290,5 +176,78 @@ public struct ConversionCache: Sendable {
         } catch {
             return .refused("\(error)")
         }
+    }
+}
+
+/// Writes the xDS worker's snapshots, byte for byte as `MeshSnapshot.encoded` does, keeping each
+/// resource's encoding in the order NetWorkers require: after a change, only the resources it
+/// touched are encoded again and put in place (a binary search), and publishing is a copy. With
+/// 25,000 resources, encoding all of them and sorting their names cost the worker tens of
+/// milliseconds on every push.
+public struct SnapshotWriter: Sendable {
+    /// Per type URL, the resources' names and encodings, in the order of the names' bytes.
+    private var types: [String: [(name: String, bytes: [UInt8])]] = [:]
+    /// Per type URL, each name as it is in `types`. Swift's strings compare (and hash) by
+    /// canonical equivalence: the state may hold a name as "é" while `DeltaADS` reports it
+    /// touched as "e\u{301}"; this finds the form that is in the list.
+    private var forms: [String: [String: String]] = [:]
+    private var primed = false
+
+    public init() {}
+
+    /// The bytes of `snapshot`. `touched`: the names (by type URL) changed or removed since the
+    /// last call (`DeltaADS.takeTouched`); the first call encodes everything.
+    public mutating func encode(_ snapshot: MeshSnapshot, touched: [String: Set<String>]) -> [UInt8] {
+        if !primed {
+            types = [:]
+            forms = [:]
+            for (typeURL, entries) in snapshot.resources {
+                let type = Array(typeURL.utf8)
+                types[typeURL] = entries.sorted { MeshSnapshot.inByteOrder($0.key, $1.key) }.map { name, entry in
+                    var bytes: [UInt8] = []
+                    MeshSnapshot.appendResource(type: type, name: name, entry: entry, into: &bytes)
+                    return (name, bytes)
+                }
+                forms[typeURL] = Dictionary(entries.keys.map { ($0, $0) }, uniquingKeysWith: { first, _ in first })
+            }
+            primed = true
+        } else {
+            for (typeURL, names) in touched {
+                let type = Array(typeURL.utf8)
+                var list = types.removeValue(forKey: typeURL) ?? []  // taken out: changed in place
+                var known = forms.removeValue(forKey: typeURL) ?? [:]
+                func position(_ name: String) -> Int {
+                    var low = 0, high = list.count
+                    while low < high {
+                        let middle = (low + high) / 2
+                        if MeshSnapshot.inByteOrder(list[middle].name, name) { low = middle + 1 } else { high = middle }
+                    }
+                    return low
+                }
+                for name in names {
+                    // Out with the form in the list, in with the form in the state.
+                    if let old = known.removeValue(forKey: name) {
+                        let at = position(old)
+                        if at < list.count, list[at].name.utf8.elementsEqual(old.utf8) { list.remove(at: at) }
+                    }
+                    if let entries = snapshot.resources[typeURL], let index = entries.index(forKey: name) {
+                        let (stored, entry) = entries[index]
+                        var bytes: [UInt8] = []
+                        MeshSnapshot.appendResource(type: type, name: stored, entry: entry, into: &bytes)
+                        list.insert((stored, bytes), at: position(stored))
+                        known[stored] = stored
+                    }
+                }
+                if !list.isEmpty { types[typeURL] = list }
+                if !known.isEmpty { forms[typeURL] = known }
+            }
+        }
+        var out: [UInt8] = []
+        out.reserveCapacity(types.values.reduce(32) { $0 + $1.reduce(0) { $0 + $1.bytes.count } })
+        ProtobufWire.bytes(1, Array(String(snapshot.generation).utf8), into: &out)
+        for typeURL in types.keys.sorted(by: MeshSnapshot.inByteOrder) {
+            for resource in types[typeURL]! { out.append(contentsOf: resource.bytes) }  // a key of types
+        }
+        return out
     }
 }

@@ -30,6 +30,8 @@ final class XDSWorker {
     private let extraHeaders: [(String, String)]
     private var token: String?
     private var ads: DeltaADS
+    /// Encodes each published snapshot, again only where `ads` changed.
+    private var writer = SnapshotWriter()
     private var connection: HTTP2ClientConnection?
     /// A connection being made on its thread (checked every `connectingPollMilliseconds`).
     private var connecting: ConnectAttempt?
@@ -144,6 +146,7 @@ final class XDSWorker {
             do {
                 let snapshot = try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try MeshSnapshot.decode($0) }
                 ads = DeltaADS(node: ads.node, state: snapshot, onDemand: ads.onDemand)
+                writer = SnapshotWriter()
                 publishedGeneration = generation
                 everSynced = true
                 Log.info("resuming from the published mesh", [("generation", "\(generation)"),
@@ -323,7 +326,7 @@ final class XDSWorker {
     /// Hands the accepted set to the Supervisor as a sealed memfd.
     private func publish() {
         do {
-            let bytes = try ads.state.encoded()
+            let bytes = writer.encode(ads.state, touched: ads.takeTouched())
             guard bytes.count <= SealedMemfd.maxMeshSnapshotBytes else {
                 Log.error("the mesh is \(bytes.count) bytes, over the snapshot limit of \(SealedMemfd.maxMeshSnapshotBytes); the last one stays in force")
                 publishedGeneration = ads.state.generation

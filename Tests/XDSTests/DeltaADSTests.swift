@@ -148,9 +148,15 @@ import Testing
     @Test func aChangeAppliedInPlaceEqualsARebuild() throws {
         var generator = SplitMix(seed: 7)
         var snapshot = MeshSnapshot()
-        var cache = ConversionCache()
+        var inForce = SnapshotInForce()
         var model = MeshModel(), refused: [String] = []
-        snapshot.insert(into: &model, refused: &refused, cache: &cache)
+        func publish() throws {
+            snapshot.generation += 1
+            let bytes = try snapshot.encoded()
+            try bytes.withUnsafeBytes { try inForce.accept($0) }
+        }
+        try publish()
+        inForce.insertAll(into: &model, refused: &refused)
         var applied = 0
         for step in 0..<300 {
             let n = generator.next() % 12
@@ -177,7 +183,10 @@ import Testing
                 snapshot.resources[XDSConversion.addressType, default: [:]]["bad\(n)"] = .init(version: "\(step)", body: [0xff, 0x01])
             }
             var changed: [String] = []
-            #expect(snapshot.update(&model, base: MeshModel(), refused: &changed, cache: &cache))
+            try publish()
+            #expect(inForce.addressNames == Set(snapshot.entries(XDSConversion.addressType).keys))
+            #expect(inForce.applyPending(to: &model, base: MeshModel(), refused: &changed))
+            #expect(inForce.pending.isEmpty)
             applied += 1
             let rebuilt = snapshot.model().model
             #expect(model == rebuilt, "step \(step)")
@@ -191,9 +200,67 @@ import Testing
         base.insert(local)
         snapshot.resources[XDSConversion.addressType, default: [:]]["c//Pod/ns/w1"] =
             .init(version: "last", body: Self.workloadAddress(uid: "c//Pod/ns/w1", ip: [10, 1, 1, 1]))
+        try publish()
         let before = model
-        #expect(!snapshot.update(&model, base: base, refused: &refused, cache: &cache))
+        #expect(!inForce.applyPending(to: &model, base: base, refused: &refused))
         #expect(model == before)
+        // The caller's rebuild: the base with the snapshot on top.
+        var rebuilt = base
+        inForce.insertAll(into: &rebuilt, refused: &refused)
+        var expected = base
+        snapshot.insert(into: &expected, refused: &refused)
+        #expect(rebuilt == expected && inForce.pending.isEmpty)
+    }
+
+    /// The xDS worker's writer, which encodes again only what `DeltaADS` touched, writes the
+    /// same bytes as encoding the whole state, push after push of random churn (names beyond
+    /// ASCII included, whose byte order is not Swift's string order); and a fresh writer (a
+    /// restarted worker) starts from the whole state.
+    @Test func theWriterWritesWhatEncodingEverythingWrites() throws {
+        var generator = SplitMix(seed: 11)
+        var ads = DeltaADS(node: Self.node())
+        _ = ads.streamOpened()
+        var writer = SnapshotWriter()
+        let names = ["c//Pod/ns/a", "c//Pod/ns/é", "c//Pod/ns/z", "c//Pod/ns/e\u{301}", "c//Pod/ns/B"]
+        for step in 0..<200 {
+            let name = names[generator.next() % names.count]
+            let response: Envoy_Service_Discovery_V3_DeltaDiscoveryResponse
+            switch generator.next() % 3 {
+            case 0: response = try Self.response(XDSConversion.addressType, nonce: "\(step)", resources: [],
+                                                 removed: [name])
+            case 1: response = try Self.response(XDSConversion.authorizationType, nonce: "\(step)",
+                                                 resources: [("ns/p\(step % 3)", "\(step)", Self.policy(name: "p\(step % 3)", namespace: "ns"))])
+            default: response = try Self.response(XDSConversion.addressType, nonce: "\(step)",
+                                                  resources: [(name, "\(step)", Self.workloadAddress(uid: name, ip: [10, 0, 0, UInt8(step % 200)]))])
+            }
+            _ = ads.handle(response)
+            if generator.next() % 2 == 0 { continue }  // several responses between two publishes
+            #expect(writer.encode(ads.state, touched: ads.takeTouched()) == (try ads.state.encoded()), "step \(step)")
+        }
+        var fresh = SnapshotWriter()
+        #expect(fresh.encode(ads.state, touched: [:]) == (try ads.state.encoded()))
+        // What it writes, a NetWorker takes.
+        var inForce = SnapshotInForce()
+        try writer.encode(ads.state, touched: ads.takeTouched()).withUnsafeBytes { try inForce.accept($0) }
+        #expect(inForce.addressNames == Set(ads.state.entries(XDSConversion.addressType).keys))
+    }
+
+    /// A workload whose name comes back in another form of the same string ("é" composed, then
+    /// decomposed): the removal of the old form is applied before the new one is put, so the
+    /// workload is there, as a rebuild has it.
+    @Test func aNameThatComesBackInAnotherFormIsKept() throws {
+        var inForce = SnapshotInForce()
+        var model = MeshModel(), refused: [String] = []
+        var expected = MeshModel()
+        for (generation, name) in [(1, "c//Pod/ns/\u{e9}"), (2, "c//Pod/ns/e\u{301}")] {
+            var snapshot = MeshSnapshot()
+            snapshot.generation = UInt64(generation)
+            snapshot.resources[XDSConversion.addressType] = [name: .init(version: "1", body: Self.workloadAddress(uid: name))]
+            try snapshot.encoded().withUnsafeBytes { try inForce.accept($0) }
+            #expect(inForce.applyPending(to: &model, base: MeshModel(), refused: &refused))
+            expected = snapshot.model().model
+        }
+        #expect(model.workloads.count == 1 && model == expected && refused.isEmpty)
     }
 
     /// A small deterministic generator for the churn above.
@@ -209,26 +276,74 @@ import Testing
         }
     }
 
-    @Test func aPushReconvertsOnlyTheResourcesWhoseBytesChanged() throws {
+    @Test func aPushChangesOnlyTheResourcesWhoseBytesChanged() throws {
         var snapshot = MeshSnapshot()
+        snapshot.generation = 1
         snapshot.resources[XDSConversion.addressType] = [
             "c//Pod/ns/a": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/a")),
             "c//Pod/ns/b": .init(version: "1", body: Self.workloadAddress(uid: "c//Pod/ns/b")),
         ]
         snapshot.resources[XDSConversion.authorizationType] = ["ns/p": .init(version: "1", body: Self.policy(name: "p", namespace: "ns"))]
-        var cache = ConversionCache()
+        var inForce = SnapshotInForce()
+        try snapshot.encoded().withUnsafeBytes { try inForce.accept($0) }
+        #expect(inForce.pending.count == 3 && inForce.generation == 1 && inForce.addressNames == ["c//Pod/ns/a", "c//Pod/ns/b"])
         var model = MeshModel(), refused: [String] = []
-        snapshot.insert(into: &model, refused: &refused, cache: &cache)
-        #expect(cache.lastConversions == 3 && model.workloads.count == 2 && model.policies.count == 1)
+        #expect(inForce.applyPending(to: &model, base: MeshModel(), refused: &refused))
+        #expect(model.workloads.count == 2 && model.policies.count == 1)
 
-        // b changes address, a stays, the policy goes.
+        // b changes address, a stays (a new version alone is a change of bytes), the policy goes.
+        snapshot.generation = 2
         snapshot.resources[XDSConversion.addressType]?["c//Pod/ns/b"] = .init(version: "2", body: Self.workloadAddress(uid: "c//Pod/ns/b", ip: [10, 0, 0, 8]))
         snapshot.resources[XDSConversion.authorizationType] = [:]
-        var next = MeshModel()
-        snapshot.insert(into: &next, refused: &refused, cache: &cache)
-        #expect(cache.lastConversions == 1 && refused.isEmpty)
-        #expect(next.workloads["c//Pod/ns/b"]?.addresses.map(\.description) == ["10.0.0.8"] && next.policies.isEmpty)
-        #expect(next == snapshot.model().model)
+        try snapshot.encoded().withUnsafeBytes { try inForce.accept($0) }
+        #expect(inForce.pending == [
+            .remove(typeURL: XDSConversion.authorizationType, name: "ns/p"),
+            .put(typeURL: XDSConversion.addressType, name: "c//Pod/ns/b", body: Self.workloadAddress(uid: "c//Pod/ns/b", ip: [10, 0, 0, 8])),
+        ])
+        #expect(inForce.applyPending(to: &model, base: MeshModel(), refused: &refused) && refused.isEmpty)
+        #expect(model.workloads["c//Pod/ns/b"]?.addresses.map(\.description) == ["10.0.0.8"] && model.policies.isEmpty)
+        #expect(model == snapshot.model().model && inForce.generation == 2)
+    }
+
+    /// What `SnapshotInForce` refuses, leaving the snapshot in force as it was: resources out of
+    /// byte order or twice, a changed resource of another type or with a name that is not UTF-8,
+    /// a generation that is not a number, bytes that are no protobuf.
+    @Test func aSnapshotOutOfOrderOrMalformedIsRefusedAndTheOldOneKept() throws {
+        func resource(_ type: String, _ name: [UInt8], _ body: [UInt8] = []) -> [UInt8] {
+            Wire.bytesField(2, Wire.stringField(1, "1") + Wire.bytesField(2, Wire.stringField(1, type) + Wire.bytesField(2, body))
+                            + Wire.bytesField(3, name))
+        }
+        let address = XDSConversion.addressType, policy = XDSConversion.authorizationType
+        let a = Array("c//Pod/ns/a".utf8), b = Array("c//Pod/ns/b".utf8)
+        let good = Wire.stringField(1, "5") + resource(policy, Array("ns/p".utf8)) + resource(address, a) + resource(address, b)
+        var inForce = SnapshotInForce()
+        try good.withUnsafeBytes { try inForce.accept($0) }
+        #expect(inForce.generation == 5 && inForce.pending.count == 3)
+        let refusals: [[UInt8]] = [
+            Wire.stringField(1, "6") + resource(address, b) + resource(address, a),                       // out of order
+            Wire.stringField(1, "6") + resource(address, a) + resource(address, a),                       // twice
+            Wire.stringField(1, "6") + resource(address, a) + resource(policy, Array("ns/p".utf8)),        // types out of order
+            Wire.stringField(1, "6") + resource("type.googleapis.com/other", a),                            // another type
+            Wire.stringField(1, "6") + resource(address, [0x63, 0xff]),                                     // not UTF-8
+            Wire.stringField(1, "six") + resource(address, a),                                              // generation
+            resource(address, a),                                                                           // no generation
+            [0x12, 0x05, 0x0a],                                                                             // truncated
+            // "é" twice, in bytes first decomposed (e + U+0301) then composed: in byte order, but
+            // one key as a Swift string.
+            Wire.stringField(1, "6") + resource(address, Array("c//Pod/ns/e\u{301}".utf8)) + resource(address, Array("c//Pod/ns/\u{e9}".utf8)),
+            // The Kelvin sign is canonically "K": ASCII and not, the same name.
+            Wire.stringField(1, "6") + resource(address, Array("c//Pod/ns/K".utf8)) + resource(address, Array("c//Pod/ns/\u{212a}".utf8)),
+        ]
+        for bad in refusals {
+            #expect(throws: XDSConversion.Invalid.self) { try bad.withUnsafeBytes { try inForce.accept($0) } }
+            #expect(inForce.generation == 5 && inForce.bytes == good)
+        }
+        // A resource identical to one in force is taken as it is; the rest are new.
+        let next = Wire.stringField(1, "7") + resource(address, a) + resource(address, Array("c//Pod/ns/c".utf8))
+        try next.withUnsafeBytes { try inForce.accept($0) }
+        #expect(inForce.pending.suffix(3) == [.remove(typeURL: policy, name: "ns/p"), .remove(typeURL: address, name: "c//Pod/ns/b"),
+                                              .put(typeURL: address, name: "c//Pod/ns/c", body: [])])
+        #expect(inForce.addressNames == ["c//Pod/ns/a", "c//Pod/ns/c"])
     }
 
     @Test func badSnapshotsAreRefused() throws {
