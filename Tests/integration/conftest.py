@@ -3,6 +3,14 @@ import sys
 
 import pytest
 
+# The xDS/CA test doubles run gRPC servers in this process, and every daemon is started by
+# fork + a Python preexec_fn. With gRPC's fork support on (its default), the forked child runs
+# gRPC's after-fork handler while the parent's gRPC threads are busy; under load that child was
+# seen to hang before exec (the daemon never started, its log held only gRPC's "epoll_wait error:
+# Bad file descriptor"). Nothing here forks to keep using gRPC, so the handlers are turned off
+# before grpc is first imported.
+os.environ["GRPC_ENABLE_FORK_SUPPORT"] = "false"
+
 sys.path.insert(0, os.path.dirname(__file__))
 from daemon import Daemon, EchoServer  # noqa: E402
 
