@@ -228,9 +228,8 @@ struct ControlLoop {
     private mutating func applySnapshot(generation: UInt64, fd: OwnedFD) {
         let started = Clock.monotonicMilliseconds()
         do {
-            var next = xds
-            try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try next.accept($0) }
-            xds = next
+            // `accept` changes nothing when it throws.
+            try SealedMemfd.withContents(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) { try xds.accept($0) }
         } catch {
             Log.error("mesh snapshot \(generation) refused: \(error); keeping the model in force")
             onDemand.applied(generation: generation)

@@ -22,12 +22,24 @@ public struct DeltaADS {
     /// Types whose first response on this stream was accepted (readiness, §6.4).
     public private(set) var acknowledgedTypes: Set<String> = []
     /// The names (by type URL) changed or removed since `takeTouched`: what a `SnapshotWriter`
-    /// encodes again.
+    /// encodes again. Bounded: past `maxResourcesPerType` names of a type (churn before the
+    /// first publish, which empties it), it is dropped and `touchedAll` set instead.
     public private(set) var touched: [String: Set<String>] = [:]
+    public private(set) var touchedAll = false
 
-    public mutating func takeTouched() -> [String: Set<String>] {
-        defer { touched = [:] }
-        return touched
+    /// The names touched since the last call, or nil when they are too many to list (the writer
+    /// then encodes everything).
+    public mutating func takeTouched() -> [String: Set<String>]? {
+        defer { touched = [:]; touchedAll = false }
+        return touchedAll ? nil : touched
+    }
+
+    private mutating func touch(_ typeURL: String, _ name: String) {
+        guard !touchedAll else { return }
+        if touched[typeURL, default: []].insert(name).inserted, touched[typeURL]!.count > Self.maxResourcesPerType {
+            touched = [:]
+            touchedAll = true
+        }
     }
     /// XDS_ON_DEMAND (§6.3): Address resources are not pushed wholesale; each is asked for by a
     /// key (`<network>/<IP>`, a uid, `<namespace>/<hostname>`) when a connection needs it.
@@ -135,7 +147,7 @@ public struct DeltaADS {
         var applied = 0, removed = 0
         for name in response.removedResources where entries.removeValue(forKey: name) != nil {
             removed += 1
-            touched[response.typeURL, default: []].insert(name)
+            touch(response.typeURL, name)
         }
         var changed = removed > 0
         var answered = Set<String>()
@@ -167,7 +179,7 @@ public struct DeltaADS {
                 let entry = MeshSnapshot.Entry(version: resource.version, body: body)
                 if entries.updateValue(entry, forKey: resource.name) != entry {
                     changed = true
-                    touched[response.typeURL, default: []].insert(resource.name)
+                    touch(response.typeURL, resource.name)
                 }
                 applied += 1
             } catch {

@@ -196,58 +196,92 @@ public struct SnapshotWriter: Sendable {
     public init() {}
 
     /// The bytes of `snapshot`. `touched`: the names (by type URL) changed or removed since the
-    /// last call (`DeltaADS.takeTouched`); the first call encodes everything.
-    public mutating func encode(_ snapshot: MeshSnapshot, touched: [String: Set<String>]) -> [UInt8] {
-        if !primed {
+    /// last call (`DeltaADS.takeTouched`), nil for "any"; the first call encodes everything.
+    public mutating func encode(_ snapshot: MeshSnapshot, touched: [String: Set<String>]?) -> [UInt8] {
+        guard let touched, primed else {
             types = [:]
             forms = [:]
-            for (typeURL, entries) in snapshot.resources {
-                let type = Array(typeURL.utf8)
-                types[typeURL] = entries.sorted { MeshSnapshot.inByteOrder($0.key, $1.key) }.map { name, entry in
-                    var bytes: [UInt8] = []
-                    MeshSnapshot.appendResource(type: type, name: name, entry: entry, into: &bytes)
-                    return (name, bytes)
-                }
-                forms[typeURL] = Dictionary(entries.keys.map { ($0, $0) }, uniquingKeysWith: { first, _ in first })
-            }
+            for typeURL in snapshot.resources.keys { encodeAll(typeURL, of: snapshot) }
             primed = true
-        } else {
-            for (typeURL, names) in touched {
-                let type = Array(typeURL.utf8)
-                var list = types.removeValue(forKey: typeURL) ?? []  // taken out: changed in place
-                var known = forms.removeValue(forKey: typeURL) ?? [:]
-                func position(_ name: String) -> Int {
-                    var low = 0, high = list.count
-                    while low < high {
-                        let middle = (low + high) / 2
-                        if MeshSnapshot.inByteOrder(list[middle].name, name) { low = middle + 1 } else { high = middle }
-                    }
-                    return low
-                }
-                for name in names {
-                    // Out with the form in the list, in with the form in the state.
-                    if let old = known.removeValue(forKey: name) {
-                        let at = position(old)
-                        if at < list.count, list[at].name.utf8.elementsEqual(old.utf8) { list.remove(at: at) }
-                    }
-                    if let entries = snapshot.resources[typeURL], let index = entries.index(forKey: name) {
-                        let (stored, entry) = entries[index]
-                        var bytes: [UInt8] = []
-                        MeshSnapshot.appendResource(type: type, name: stored, entry: entry, into: &bytes)
-                        list.insert((stored, bytes), at: position(stored))
-                        known[stored] = stored
-                    }
-                }
-                if !list.isEmpty { types[typeURL] = list }
-                if !known.isEmpty { forms[typeURL] = known }
+            return write(snapshot.generation)
+        }
+        for (typeURL, names) in touched {
+            // Many names touched (an istiod restart with new versions, a namespace deleted): one
+            // sort beats moving a long list once per name.
+            let held = types[typeURL]?.count ?? 0
+            if names.count > 64 && names.count > held / 16 || !update(typeURL, names: names, of: snapshot) {
+                encodeAll(typeURL, of: snapshot)
             }
         }
+        return write(snapshot.generation)
+    }
+
+    private func write(_ generation: UInt64) -> [UInt8] {
         var out: [UInt8] = []
         out.reserveCapacity(types.values.reduce(32) { $0 + $1.reduce(0) { $0 + $1.bytes.count } })
-        ProtobufWire.bytes(1, Array(String(snapshot.generation).utf8), into: &out)
+        ProtobufWire.bytes(1, Array(String(generation).utf8), into: &out)
         for typeURL in types.keys.sorted(by: MeshSnapshot.inByteOrder) {
             for resource in types[typeURL]! { out.append(contentsOf: resource.bytes) }  // a key of types
         }
         return out
+    }
+
+    /// Encodes every resource of `typeURL` afresh.
+    private mutating func encodeAll(_ typeURL: String, of snapshot: MeshSnapshot) {
+        let entries = snapshot.resources[typeURL] ?? [:]
+        let type = Array(typeURL.utf8)
+        let list = entries.sorted { MeshSnapshot.inByteOrder($0.key, $1.key) }.map { name, entry in
+            var bytes: [UInt8] = []
+            MeshSnapshot.appendResource(type: type, name: name, entry: entry, into: &bytes)
+            return (name: name, bytes: bytes)
+        }
+        types[typeURL] = list.isEmpty ? nil : list
+        forms[typeURL] = list.isEmpty ? nil : Dictionary(list.map { ($0.name, $0.name) }, uniquingKeysWith: { first, _ in first })
+    }
+
+    /// Re-encodes the touched names of `typeURL` in place. False when the list is not what
+    /// `forms` says it is (it then must be encoded afresh; never seen, but a snapshot the
+    /// NetWorkers refuse would freeze their mesh).
+    private mutating func update(_ typeURL: String, names: Set<String>, of snapshot: MeshSnapshot) -> Bool {
+        let type = Array(typeURL.utf8)
+        var list = types.removeValue(forKey: typeURL) ?? []  // taken out: changed in place
+        var known = forms.removeValue(forKey: typeURL) ?? [:]
+        defer {
+            if !list.isEmpty { types[typeURL] = list }
+            if !known.isEmpty { forms[typeURL] = known }
+        }
+        func position(_ name: String) -> Int {
+            var low = 0, high = list.count
+            while low < high {
+                let middle = (low + high) / 2
+                if MeshSnapshot.inByteOrder(list[middle].name, name) { low = middle + 1 } else { high = middle }
+            }
+            return low
+        }
+        for name in names {
+            var stored: String? = nil
+            var bytes: [UInt8] = []
+            if let entries = snapshot.resources[typeURL], let index = entries.index(forKey: name) {
+                let (form, entry) = entries[index]
+                MeshSnapshot.appendResource(type: type, name: form, entry: entry, into: &bytes)
+                stored = form
+            }
+            // Out with the form in the list, in with the form in the state.
+            if let old = known.removeValue(forKey: name) {
+                let at = position(old)
+                guard at < list.count, list[at].name.utf8.elementsEqual(old.utf8) else { return false }
+                if let stored, stored.utf8.elementsEqual(old.utf8) {
+                    list[at].bytes = bytes  // the same place
+                    known[stored] = stored
+                    continue
+                }
+                list.remove(at: at)
+            }
+            if let stored {
+                list.insert((stored, bytes), at: position(stored))
+                known[stored] = stored
+            }
+        }
+        return true
     }
 }

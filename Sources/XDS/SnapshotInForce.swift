@@ -93,10 +93,18 @@ public struct SnapshotInForce: Sendable {
     public mutating func insertAll(into model: inout MeshModel, refused: inout [String]) {
         pending = []
         guard hasSnapshot else { return }
-        // Read again from bytes that were accepted: this cannot fail.
-        let everything = (try? bytes.withUnsafeBytes { try Self.changes(from: nil, to: $0) })?.1 ?? []
-        for case .put(let typeURL, let name, let body) in everything {
-            Self.insert(typeURL: typeURL, name: name, body: body, into: &model, refused: &refused)
+        bytes.withUnsafeBytes { all in
+            var cursor = Cursor(all)
+            do {
+                while let resource = try cursor.next() {
+                    Self.insert(typeURL: try Self.text(resource.typeURL, "type URL"), name: try Self.text(resource.name, "name"),
+                                body: Array(resource.body), into: &model, refused: &refused)
+                }
+            } catch {
+                // Bytes `accept` took, read by the same code: unreachable. Were it reached, a
+                // model without the snapshot's policies would allow what they deny; stop instead.
+                preconditionFailure("the snapshot in force cannot be read again: \(error)")
+            }
         }
     }
 
@@ -210,14 +218,14 @@ public struct SnapshotInForce: Sendable {
                 .remove(typeURL: try text(resource.typeURL, "type URL"), name: try text(resource.name, "name"))
             }
             var previous: Resource?
-            var count = 0
+            var ofType = 0  // resources of the current type: the xDS worker's limit holds here too
             while let resource = try cursor.next() {
-                count += 1
-                guard count <= 2 * DeltaADS.maxResourcesPerType else {
-                    throw XDSConversion.Invalid("snapshot of more than \(2 * DeltaADS.maxResourcesPerType) resources")
-                }
                 if let previous, order(previous, resource) >= 0 {
                     throw XDSConversion.Invalid("snapshot resources out of order or twice (at \(String(decoding: resource.name.prefix(80), as: UTF8.self)))")
+                }
+                ofType = previous.map { order($0.typeURL, resource.typeURL) == 0 } == true ? ofType + 1 : 1
+                guard ofType <= DeltaADS.maxResourcesPerType else {
+                    throw XDSConversion.Invalid("snapshot of more than \(DeltaADS.maxResourcesPerType) resources of a type")
                 }
                 previous = resource
                 if !nonASCII { nonASCII = resource.name.contains { $0 >= 0x80 } }
@@ -252,7 +260,8 @@ public struct SnapshotInForce: Sendable {
         } catch let malformed as ProtobufWire.Malformed {
             throw XDSConversion.Invalid("not a mesh snapshot: \(malformed.description)")
         }
-        guard let generationText, let text = String(validating: generationText, as: UTF8.self), let generation = UInt64(text) else {
+        guard let generationText, generationText.allSatisfy({ (0x30...0x39).contains($0) }),
+              let generation = UInt64(String(decoding: generationText, as: UTF8.self)) else {
             throw XDSConversion.Invalid("snapshot generation missing or not a number")
         }
         return (generation, changes + puts)

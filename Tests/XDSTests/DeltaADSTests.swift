@@ -239,6 +239,17 @@ import Testing
         }
         var fresh = SnapshotWriter()
         #expect(fresh.encode(ads.state, touched: [:]) == (try ads.state.encoded()))
+        // Most of a type touched at once (istiod restarted with new versions, a namespace gone):
+        // encoded afresh, the same bytes.
+        let many = (0..<300).map { (name: "c//Pod/many/w\($0)", ip: [10, 1, UInt8($0 / 200), UInt8($0 % 200)] as [UInt8]) }
+        _ = ads.handle(try Self.response(XDSConversion.addressType, nonce: "many",
+                                         resources: many.map { ($0.name, "1", Self.workloadAddress(uid: $0.name, ip: $0.ip)) }))
+        #expect(writer.encode(ads.state, touched: ads.takeTouched()) == (try ads.state.encoded()))
+        _ = ads.handle(try Self.response(XDSConversion.addressType, nonce: "many-again",
+                                         resources: many.map { ($0.name, "2", Self.workloadAddress(uid: $0.name, ip: $0.ip)) }))
+        #expect(writer.encode(ads.state, touched: ads.takeTouched()) == (try ads.state.encoded()))
+        // "Any name" (the touched set outgrew its bound): encoded afresh.
+        #expect(writer.encode(ads.state, touched: nil) == (try ads.state.encoded()))
         // What it writes, a NetWorker takes.
         var inForce = SnapshotInForce()
         try writer.encode(ads.state, touched: ads.takeTouched()).withUnsafeBytes { try inForce.accept($0) }
@@ -326,6 +337,7 @@ import Testing
             Wire.stringField(1, "6") + resource("type.googleapis.com/other", a),                            // another type
             Wire.stringField(1, "6") + resource(address, [0x63, 0xff]),                                     // not UTF-8
             Wire.stringField(1, "six") + resource(address, a),                                              // generation
+            Wire.stringField(1, "+6") + resource(address, a),                                               // a sign
             resource(address, a),                                                                           // no generation
             [0x12, 0x05, 0x0a],                                                                             // truncated
             // "é" twice, in bytes first decomposed (e + U+0301) then composed: in byte order, but
@@ -336,8 +348,17 @@ import Testing
         ]
         for bad in refusals {
             #expect(throws: XDSConversion.Invalid.self) { try bad.withUnsafeBytes { try inForce.accept($0) } }
-            #expect(inForce.generation == 5 && inForce.bytes == good)
+            #expect(inForce.generation == 5 && inForce.bytes == good && inForce.hasSnapshot)
+            #expect(inForce.pending.count == 3 && inForce.addressNames == ["c//Pod/ns/a", "c//Pod/ns/b"])
         }
+        // More resources of a type than the xDS worker may hold: refused (a type's count starts
+        // again at the next type).
+        var crowded = Wire.stringField(1, "6") + resource(policy, Array("ns/p".utf8))
+        for index in 0...DeltaADS.maxResourcesPerType {
+            crowded += resource(address, Array("c//Pod/ns/w\(String(1_000_000 + index))".utf8))
+        }
+        #expect(throws: XDSConversion.Invalid.self) { try crowded.withUnsafeBytes { try inForce.accept($0) } }
+        #expect(inForce.generation == 5 && inForce.bytes == good)
         // A resource identical to one in force is taken as it is; the rest are new.
         let next = Wire.stringField(1, "7") + resource(address, a) + resource(address, Array("c//Pod/ns/c".utf8))
         try next.withUnsafeBytes { try inForce.accept($0) }

@@ -37,6 +37,22 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         let decoded = encoded.withUnsafeBytes { try? MeshSnapshot.decode($0) }
         precondition(decoded == ads.state, "the accepted state does not survive the snapshot")
         precondition(decoded?.model().refused.isEmpty == true, "an accepted resource the NetWorker refuses")
+        // The xDS worker's writer, after a second response that removes the first half of the
+        // names and gives the rest new versions, writes what encoding the whole state writes.
+        var writer = SnapshotWriter()
+        precondition(writer.encode(ads.state, touched: ads.takeTouched()) == encoded, "the writer's first snapshot differs")
+        var second = response
+        let half = response.resources.count / 2
+        second.nonce += "-2"
+        second.removedResources = response.resources.prefix(half).map(\.name)
+        second.resources = response.resources.dropFirst(half).map { resource in
+            var changed = resource
+            changed.version += "'"
+            return changed
+        }
+        _ = ads.handle(second)
+        guard let again = try? ads.state.encoded() else { fatalError("an accepted state that does not encode") }
+        precondition(writer.encode(ads.state, touched: ads.takeTouched()) == again, "the writer's update differs from a full encode")
         return 0
     case 4:
         if let snapshot = bytes.withUnsafeBytes({ try? MeshSnapshot.decode($0) }) {
@@ -66,8 +82,10 @@ func fuzzOneInput(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
 
 /// Two snapshots (the first two bytes say where the second begins), the second accepted after the
 /// first as a NetWorker does (`SnapshotInForce`). Whether it is accepted does not depend on the
-/// first; a refusal leaves the first in force; its changes applied in place to the first's model
-/// give the model a rebuild from the second alone gives.
+/// first; a refusal leaves the first in force, unchanged; its changes applied in place to the
+/// first's model give the model a rebuild from the second alone gives. Some of the first's
+/// resources also stand for a local config (the base), so that changes to them are refused in
+/// place and the model is left as it was.
 func twoSnapshots(_ bytes: [UInt8]) {
     guard bytes.count >= 2 else { return }
     let rest = Array(bytes.dropFirst(2))
@@ -75,22 +93,38 @@ func twoSnapshots(_ bytes: [UInt8]) {
     let (a, b) = (Array(rest[..<cut]), Array(rest[cut...]))
     var inForce = SnapshotInForce()
     guard (try? a.withUnsafeBytes { try inForce.accept($0) }) != nil else { return }
-    var model = MeshModel(), refused: [String] = []
+    // The base: the first snapshot's resources whose name starts with an odd byte.
+    var base = MeshModel()
+    if var local = a.withUnsafeBytes({ try? MeshSnapshot.decode($0) }) {
+        for (typeURL, entries) in local.resources {
+            local.resources[typeURL] = entries.filter { $0.key.utf8.first.map { $0 & 1 == 1 } ?? false }
+        }
+        base = local.model().model
+    }
+    var model = base, refused: [String] = []
     inForce.insertAll(into: &model, refused: &refused)
-    let before = inForce.bytes
+    let before = inForce.bytes, beforeNames = inForce.addressNames, beforeGeneration = inForce.generation
     var fresh = SnapshotInForce()
     let alone = (try? b.withUnsafeBytes { try fresh.accept($0) }) != nil
     let after = (try? b.withUnsafeBytes { try inForce.accept($0) }) != nil
     precondition(alone == after, "a snapshot accepted or refused depending on the one before")
     guard after else {
-        precondition(inForce.bytes == before, "a refused snapshot changed the one in force")
+        precondition(inForce.bytes == before && inForce.addressNames == beforeNames && inForce.generation == beforeGeneration
+                     && inForce.pending.isEmpty, "a refused snapshot changed the one in force")
         return
     }
     precondition(inForce.addressNames == fresh.addressNames && inForce.generation == fresh.generation)
-    precondition(inForce.applyPending(to: &model, base: MeshModel(), refused: &refused), "a change refused with no base")
-    var rebuilt = MeshModel()
+    let held = model
+    var rebuilt = base
     fresh.insertAll(into: &rebuilt, refused: &refused)
-    precondition(model == rebuilt, "changes applied in place differ from a rebuild")
+    if inForce.applyPending(to: &model, base: base, refused: &refused) {
+        precondition(model == rebuilt, "changes applied in place differ from a rebuild")
+    } else {
+        precondition(model == held, "a change refused in place changed the model")
+        var again = base
+        inForce.insertAll(into: &again, refused: &refused)
+        precondition(again == rebuilt, "the rebuild after a refused change differs")
+    }
 }
 
 runFuzzer { data, size in fuzzOneInput(data, size) }
