@@ -150,11 +150,12 @@ public struct MeshModel: Equatable, Sendable {
     /// NAMESPACE ones of its namespace, and the WORKLOAD_SELECTOR ones it lists. Keys naming no
     /// known policy are returned in `unknown` (the caller warns).
     public func policies(for workload: Workload) -> (policies: [Policy], unknown: [String]) {
-        var result = policies.values.filter { policy in
+        var result: [Policy] = []
+        for (_, policy) in policies {  // no copy of the table per connection
             switch policy.scope {
-            case .global: return true
-            case .namespace: return policy.namespace == workload.namespace
-            case .workloadSelector: return false
+            case .global: result.append(policy)
+            case .namespace where policy.namespace == workload.namespace: result.append(policy)
+            case .namespace, .workloadSelector: break
             }
         }
         var unknown: [String] = []
