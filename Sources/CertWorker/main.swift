@@ -185,7 +185,13 @@ final class CertWorker {
             Log.info("drain requested; exiting")
             exit(0)
         case .caToken(let token):
-            tokenSink?(token)
+            guard let tokenSink else {
+                // The Supervisor sends it only with CA_ADDRESS (threat model: a CertWorker with
+                // the built-in CA has no use for istiod's credential); say so if that breaks.
+                Log.warn("received istiod's token with no Istio CA to send it to; dropped")
+                break
+            }
+            tokenSink(token)
         case .fault(let kind, let port):
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && !kind.forXDSWorker)
         case .logFilter(let filter):

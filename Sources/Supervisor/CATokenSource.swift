@@ -17,6 +17,10 @@ struct CATokenSource {
 
     private let setting: String
     private let usesCA: Bool
+    /// Which roles send the token, and so receive it: the CertWorker to istiod's CA
+    /// (`CA_ADDRESS`), the xDS worker to its xDS (`XDS_ADDRESS`). With the built-in CA the
+    /// CertWorker has no use for it and does not get it.
+    let recipients: Set<WorkerRole>
     /// How often the source is looked at again: projected tokens are replaced hours before they
     /// expire, and a token file may appear after start (a volume mounted late).
     static let refreshMilliseconds: Int64 = 10_000
@@ -25,6 +29,8 @@ struct CATokenSource {
         setting = configuration.string("AUTH_TOKEN")
         // The token is istiod's: for its CA and for its xDS.
         usesCA = !configuration.string("CA_ADDRESS").isEmpty || !configuration.string("XDS_ADDRESS").isEmpty
+        recipients = Set([configuration.string("CA_ADDRESS").isEmpty ? nil : WorkerRole.certWorker,
+                          configuration.string("XDS_ADDRESS").isEmpty ? nil : WorkerRole.xdsWorker].compactMap { $0 })
     }
 
     /// Decided anew at each read, as upstream does per call: a path that exists is a file; one

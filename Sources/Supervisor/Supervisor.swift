@@ -321,7 +321,7 @@ final class Supervisor {
             xdsStatsBefore = xdsStatsBefore.adding(xdsStatsCurrent)
             xdsStatsCurrent = XDSStats()
         }
-        if slot.spec.role == .certWorker || slot.spec.role == .xdsWorker, let caToken {
+        if tokenSource.recipients.contains(slot.spec.role), let caToken {
             try ipc.send(SupervisorMessage.caToken(caToken).frame(), blocking: false)
         }
         connectSigners(newcomer: slot)
@@ -437,7 +437,7 @@ final class Supervisor {
             guard let token, token != caToken else { return }
             caToken = token
             let frame = SupervisorMessage.caToken(token).frame()
-            for slot in slots where (slot.spec.role == .certWorker || slot.spec.role == .xdsWorker)
+            for slot in slots where tokenSource.recipients.contains(slot.spec.role)
                 && (slot.state == .settingUp || slot.state == .running) {
                 sendWithoutWaiting(frame, to: slot)
             }

@@ -167,6 +167,26 @@ def test_the_token_reaches_the_certworker_alone(start_daemon):
     assert memory_contains(cert, [token]) == {0}
 
 
+def test_with_xds_only_the_token_reaches_the_xds_worker_alone(start_daemon, xds):
+    """XDS_ADDRESS without CA_ADDRESS (the built-in CA): the token is istiod's xDS credential,
+    so the xDS worker gets it and sends it; the CertWorker, which has no CA to send it to, does
+    not get it, and neither does the NetWorker."""
+    token = b"literal-xds-token-7be20d"
+    daemon = start_daemon(local_config=False, extra_env={
+        "AUTH_TOKEN": token.decode(), "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path})
+    daemon.wait_ready()
+    wait_for(lambda: xds.streams, 30, "a first xDS stream")
+    assert xds.streams[0]["authorization"] == f"Bearer {token.decode()}"
+    (net,) = daemon.workers("net-worker")
+    (cert,) = daemon.workers("cert-worker")
+    (xdsw,) = daemon.workers("xds-worker")
+    assert memory_contains(xdsw, [token]) == {0}
+    assert memory_contains(cert, [token]) == set(), "the CertWorker holds a token it has no use for"
+    assert memory_contains(net, [token]) == set()
+    # Sent and dropped would leave no trace in memory; the CertWorker says when it gets one.
+    assert "received istiod's token" not in daemon.log()
+
+
 def test_the_xds_worker_holds_no_private_key(start_daemon, xds, tmp_path):
     """A daemon with both sources and a workload identity whose key the test knows: a scan of
     the xDS worker's memory finds none of it; the same scan finds it in the CertWorker."""
