@@ -59,6 +59,10 @@ enum FaultInjection {
         /// 100 podSocketsWanted of 64 at once: past the 4,096 a second budget (spent before the
         /// pod is looked up) the Supervisor refuses; the NetWorker is not killed for it.
         case podSocketsFlood = "pod-sockets-flood"
+        /// 5,000 on-demand lookups at once (distinct keys, `/10.200.x.y`), then the xDS worker's
+        /// open-file probe as a marker that they were all relayed or dropped: the Supervisor
+        /// relays at most 1,024 a second and does not kill the NetWorker for the rest.
+        case demandFlood = "demand-flood"
         /// The same three in the xDS worker (relayed): Landlock allows XDS_ADDRESS's port only.
         case xdsOpenFile = "xds-open-file"
         case xdsMakeDirectory = "xds-make-dir"
@@ -125,6 +129,11 @@ enum FaultInjection {
             // 200 requests of 64: over the 4,096 a second even when they straddle two or three of
             // the Supervisor's one-second windows (100 could split 50/50 on a slow machine).
             for _ in 0..<(kind == .podSocketsFlood ? 200 : 1) { try? channel.send(request) }
+        case .demandFlood:
+            for index in 0..<5000 {
+                try? channel.send(WorkerMessage.demand("/10.200.\(index / 256).\(index % 256)").frame())
+            }
+            try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .xdsOpenFile:
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .xdsMakeDirectory:

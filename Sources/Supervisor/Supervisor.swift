@@ -69,10 +69,10 @@ final class Supervisor {
     private let inPod: InPod?
     /// Upstream sockets made for each NetWorker index in the current second (a bound on what a
     /// NetWorker can make the Supervisor do in pods' namespaces).
-    private var podSocketBudget: [UInt16: (second: Int64, used: Int)] = [:]
+    private var podSocketBudget = PerSecondBudget(perSecond: podSocketsPerSecond)
     static let podSocketsPerSecond = 4096
     /// On-demand lookups relayed per NetWorker per second.
-    private var demandBudget: [UInt16: (second: Int64, used: Int)] = [:]
+    private var demandBudget = PerSecondBudget(perSecond: demandsPerSecond)
     static let demandsPerSecond = 1024
     /// The next count of open descriptors for the NetWorkers' /metrics.
     private var nextProcessStats: Int64 = 0
@@ -218,7 +218,7 @@ final class Supervisor {
             // Best effort: dropped (the NetWorker stops waiting at its deadline) over the
             // NetWorker's budget or when the xDS worker's channel is filling, so a NetWorker can
             // neither flood the xDS worker nor get it killed as unresponsive by what follows.
-            guard spend(&demandBudget, slot.index, Self.demandsPerSecond) else { return }
+            guard demandBudget.spend(slot.index, nowMilliseconds: Clock.monotonicMilliseconds()) == 1 else { return }
             let frame = SupervisorMessage.demand(key).frame()
             for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running && xds.ipc?.hasHeadroom(below: 256 << 10) == true {
                 try? xds.ipc?.send(frame, blocking: false)
@@ -692,26 +692,11 @@ final class Supervisor {
         }
     }
 
-    /// Takes one from NetWorker `index`'s budget for this second; false when spent.
-    private func spend(_ budgets: inout [UInt16: (second: Int64, used: Int)], _ index: UInt16, _ perSecond: Int) -> Bool {
-        spend(&budgets, index, perSecond, upTo: 1) == 1
-    }
-
-    /// Takes up to `wanted` from NetWorker `index`'s budget for this second; returns how many.
-    private func spend(_ budgets: inout [UInt16: (second: Int64, used: Int)], _ index: UInt16, _ perSecond: Int, upTo wanted: Int) -> Int {
-        let second = Clock.monotonicMilliseconds() / 1000
-        var budget = budgets[index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
-        let granted = max(0, min(wanted, perSecond - budget.used))
-        budget.used += granted
-        budgets[index] = budget
-        return granted
-    }
-
     /// Unconnected sockets made in a served pod's namespace for a NetWorker, within its budget
     /// (sockets per second); a pod that is gone or pending gets none (the NetWorker stops waiting
     /// at its deadline), and a NetWorker over its budget gets none this second.
     private func givePodSockets(_ inPod: InPod, uid: String, family: PodSocketFamily, count: Int, to slot: WorkerSlot) {
-        let granted = spend(&podSocketBudget, slot.index, Self.podSocketsPerSecond, upTo: count)
+        let granted = podSocketBudget.spend(slot.index, upTo: count, nowMilliseconds: Clock.monotonicMilliseconds())
         guard granted > 0 else {
             Log.warn("\(slot.name) asked for more than \(Self.podSocketsPerSecond) pod sockets this second; refused")
             return

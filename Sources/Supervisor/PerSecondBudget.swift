@@ -1,0 +1,22 @@
+/// What each NetWorker may make the Supervisor do per second (pod sockets made in a pod's
+/// namespace, on-demand lookups relayed to the xDS worker): a count per NetWorker index that
+/// starts again at each whole second of the monotonic clock. A NetWorker over its budget is
+/// refused for the rest of that second, not killed: a compromised one is held to it, a busy
+/// one waits.
+struct PerSecondBudget {
+    let perSecond: Int
+    private var windows: [UInt16: (second: Int64, used: Int)] = [:]
+
+    init(perSecond: Int) { self.perSecond = perSecond }
+
+    /// Takes up to `wanted` from NetWorker `index`'s budget for the second holding
+    /// `nowMilliseconds`; returns how many it got.
+    mutating func spend(_ index: UInt16, upTo wanted: Int = 1, nowMilliseconds: Int64) -> Int {
+        let second = nowMilliseconds / 1000
+        var window = windows[index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
+        let granted = max(0, min(wanted, perSecond - window.used))
+        window.used += granted
+        windows[index] = window
+        return granted
+    }
+}
