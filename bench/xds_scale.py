@@ -8,6 +8,7 @@ memfd. Prints figures, asserts nothing:
   - the snapshot's size (the Supervisor's mesh_snapshot audit event);
   - one more workload pushed until the NetWorker reports the new generation in force;
   - churn: XDS_CHANGES (20) changes one after another, each waited for: time and CPU per change;
+  - a rollout: XDS_ROLLOUT (1,000) workloads changed in one push: time, CPU, the NetWorker's account;
   - the xDS worker's and the NetWorker's memory (PSS).
 
   make bench-xds            (release binaries; XDS_SCALE=20000,5000,1000 by default)
@@ -28,18 +29,23 @@ def build_mesh(xds, workloads, services, policies):
         xds.set_resource(x.ADDRESS, f"ns-{s % 50}/{host}", x.address_of_service(x.service(
             f"svc-{s}", f"ns-{s % 50}", host, addresses=[("", f"10.96.{s // 250}.{s % 250 + 1}")], ports=[(80, 8080)])), version="1")
     for w in range(workloads):
-        s = w % max(services, 1)
-        host = f"svc-{s}.ns-{s % 50}.svc.cluster.local"
-        uid = f"cluster1//Pod/ns-{w % 50}/pod-{w}"
-        xds.set_resource(x.ADDRESS, uid, x.address_of_workload(x.workload(
-            uid, f"pod-{w}", f"ns-{w % 50}", addresses=[f"10.{w // 65025 + 1}.{w // 255 % 255}.{w % 255 + 1}"],
-            service_account=f"sa-{w % 200}", node=f"node-{w % 100}",
-            services={f"ns-{s % 50}/{host}": {80: 8080}} if services else None)), version="1")
+        xds.set_resource(x.ADDRESS, *workload_resource(w, services), version="1")
     for p in range(policies):
         xds.set_resource(x.AUTHORIZATION, f"ns-{p % 50}/policy-{p}", x.authorization(
             f"policy-{p}", f"ns-{p % 50}", scope="NAMESPACE", action="ALLOW",
             groups=[x.auth_group(x.auth_rules(x.auth_match(principals=[{"exact": f"cluster.local/ns/ns-{p % 50}/sa/sa-{p % 200}"}])))]),
             version="1")
+
+
+def workload_resource(w, services, sa=None):
+    """Workload number w of the mesh: (name, Address bytes)."""
+    s = w % max(services, 1)
+    host = f"svc-{s}.ns-{s % 50}.svc.cluster.local"
+    uid = f"cluster1//Pod/ns-{w % 50}/pod-{w}"
+    return uid, x.address_of_workload(x.workload(
+        uid, f"pod-{w}", f"ns-{w % 50}", addresses=[f"10.{w // 65025 + 1}.{w // 255 % 255}.{w % 255 + 1}"],
+        service_account=sa or f"sa-{w % 200}", node=f"node-{w % 100}",
+        services={f"ns-{s % 50}/{host}": {80: 8080}} if services else None))
 
 
 def phases(log, generation):
@@ -123,6 +129,22 @@ def main():
         built = {l.split("model=")[1].split()[0] for l in lines}
         print(f"xds-scale: the NetWorker per change (median of its log): decode {median('decode_ms')} ms, "
               f"model {median('model_ms')} ms ({'/'.join(sorted(built))})")
+        # A rollout: ROLLOUT (1,000) workloads change in one push (a new service account each).
+        rollout = min(int(os.environ.get("XDS_ROLLOUT", "1000")), workloads)
+        if rollout:
+            bodies = [workload_resource(w, services, sa="rolled") for w in range(rollout)]
+            cpu_before = {pid: cpu_seconds(pid) for pid in (xdsw, net)}
+            began = time.monotonic()
+            xds.push_raw(x.ADDRESS, resources=[(name, "2", body) for name, body in bodies])
+            pattern = re.compile(rf"mesh model source=xds generation={generation + 2 + changes} ")
+            wait_for(lambda: pattern.search(daemon.log()), 600, "the rollout in force")
+            took = time.monotonic() - began
+            cpu = {pid: cpu_seconds(pid) - cpu_before[pid] for pid in cpu_before}
+            line = [l for l in daemon.log().splitlines() if pattern.search(l)][-1]
+            print(f"xds-scale: a rollout of {rollout} workloads in one push: {took * 1000:.0f} ms push to in force "
+                  f"(the double's encoding included); CPU: xDS worker {cpu[xdsw] * 1000:.0f} ms, NetWorker "
+                  f"{cpu[net] * 1000:.0f} ms; NetWorker decode {line.split('decode_ms=')[1].split()[0]} ms, "
+                  f"model {line.split('model_ms=')[1].split()[0]} ms")
         print(f"xds-scale: PSS xDS worker {pss_kib(xdsw) / 1024:.0f} MiB, NetWorker {pss_kib(net) / 1024:.0f} MiB")
     finally:
         daemon.stop()
