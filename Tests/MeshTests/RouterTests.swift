@@ -176,6 +176,17 @@ import Testing
         #expect(candidates(.failover, [.network, .zone], from: remote) == ["echo-2"])
     }
 
+    /// Network "west"'s east-west gateway, at 192.0.2.10.
+    static func eastWestGateway() -> Workload {
+        var gateway = Workload(uid: "ew-gateway", namespace: "istio-system")
+        gateway.addresses = [ip("192.0.2.10")]
+        gateway.network = "west"
+        gateway.tunnelProtocol = .hbone
+        gateway.trustDomain = "cluster.local"
+        gateway.serviceAccount = "istio-eastwestgateway"
+        return gateway
+    }
+
     /// §9 step 4: an endpoint on another network is reached through its network gateway with
     /// the service's hostname as authority and the service's SANs for the inner TLS; without a
     /// gateway it is no candidate, and without SANs it is refused.
@@ -187,13 +198,7 @@ import Testing
             model.insert(workload)
         }
         #expect(route(model) == .refused("no healthy upstream for shop/echo.shop.svc.cluster.local:80"))
-        var gateway = Workload(uid: "ew-gateway", namespace: "istio-system")
-        gateway.addresses = [Self.ip("192.0.2.10")]
-        gateway.network = "west"
-        gateway.tunnelProtocol = .hbone
-        gateway.trustDomain = "cluster.local"
-        gateway.serviceAccount = "istio-eastwestgateway"
-        model.insert(gateway)
+        model.insert(Self.eastWestGateway())
         var remote = model.workloads["echo-2"]!  // inserted by model()
         remote.networkGateway = GatewayAddress(destination: .address(network: "west", ip: Self.ip("192.0.2.10")), hboneMtlsPort: 15009)
         model.insert(remote)
@@ -237,13 +242,7 @@ import Testing
         model.insert(service)
         // No address and no gateway: no candidate.
         #expect(route(model) == .refused("waypoint shop/waypoint.shop.svc.cluster.local: service shop/waypoint.shop.svc.cluster.local has no healthy endpoint"))
-        var gateway = Workload(uid: "ew-gateway", namespace: "istio-system")
-        gateway.addresses = [Self.ip("192.0.2.10")]
-        gateway.network = "west"
-        gateway.tunnelProtocol = .hbone
-        gateway.trustDomain = "cluster.local"
-        gateway.serviceAccount = "istio-eastwestgateway"
-        model.insert(gateway)
+        model.insert(Self.eastWestGateway())
         waypoint.networkGateway = GatewayAddress(destination: .address(network: "west", ip: Self.ip("192.0.2.10")), hboneMtlsPort: 15009)
         model.insert(waypoint)
         let expected = Router.Route.doubleHBONE(
