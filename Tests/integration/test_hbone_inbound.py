@@ -109,6 +109,23 @@ def test_connect_streams_carry_bytes_both_ways(hbone):
     assert int(sent[0].rsplit(" ", 1)[1]) == sum(len(p) for p in payloads.values())
 
 
+def test_the_server_sends_no_session_tickets(hbone):
+    """Resumption is off (§5.1: every connection is a full mutual-TLS handshake), so 15008 sends
+    no TLS 1.3 NewSessionTicket: a ticket no client can use costs the server a session copy and
+    a key derivation per handshake. The client has read past the handshake (a CONNECT answered),
+    so a ticket sent would have been taken."""
+    daemon, tmp, echo = hbone
+    client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
+    try:
+        stream = client.connect(f"127.0.0.1:{echo.port}")
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200
+        assert client.sock.version() == "TLSv1.3"
+        session = client.sock.session
+        assert session is None or not session.has_ticket, "the server sent a session ticket"
+    finally:
+        client.close()
+
+
 def test_refusals_answer_the_status_of_5_6(hbone):
     daemon, tmp, echo = hbone
     client = HBONEClient(daemon.ports["inbound"], str(tmp / "client"))
