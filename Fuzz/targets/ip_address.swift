@@ -8,6 +8,10 @@ public func fuzzIPAddress(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32 {
         guard IPAddress(address.description) == address else { fatalError("\(text) prints as \(address) which does not parse back") }
         guard address.bytes.count == 4 || address.bytes.count == 16 else { fatalError("\(address.bytes.count) bytes") }
     }
+    // The IPv4-mapped fast path takes nothing the general IPv6 parser reads differently.
+    if let fast = IPAddress.parseIPv4Mapped(text), IPAddress.parseIPv6(text) != fast {
+        fatalError("\(text): the mapped fast path and the IPv6 parser disagree")
+    }
     if let prefix = IPPrefix(text) {
         guard prefix.contains(prefix.address) else { fatalError("\(prefix) does not contain its address") }
     }

@@ -23,6 +23,8 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
     public init?(_ text: String) {
         if let v4 = Self.parseIPv4(Substring(text)) {
             bytes = v4
+        } else if let mapped = Self.parseIPv4Mapped(text) {
+            bytes = mapped
         } else if let v6 = Self.parseIPv6(text) {
             bytes = v6
         } else {
@@ -65,6 +67,16 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
 
     /// Eight groups of up to four hex digits, one `::` for a run of zero groups, an optional
     /// trailing dotted IPv4; no zone, no brackets.
+    /// `::ffff:a.b.c.d`, as a dual-stack socket writes an IPv4 peer, without the general
+    /// parser's splitting (it ran for every connection); what it accepts, `parseIPv6` accepts
+    /// alike (`IPAddressTests`).
+    public static func parseIPv4Mapped(_ text: String) -> [UInt8]? {
+        let prefix = "::ffff:".utf8
+        guard text.utf8.starts(with: prefix),
+              let v4 = parseIPv4(Substring(text.utf8.dropFirst(prefix.count))) else { return nil }
+        return [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] + v4
+    }
+
     public static func parseIPv6(_ text: String) -> [UInt8]? {
         let utf8 = Array(text.utf8)
         guard utf8.contains(58), utf8.count <= 45 else { return nil }
@@ -77,7 +89,7 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
             var result: [UInt16] = []
             let pieces = part.split(separator: ":", omittingEmptySubsequences: false)
             for (index, piece) in pieces.enumerated() {
-                if allowIPv4Tail && index == pieces.count - 1 && piece.contains(".") {
+                if allowIPv4Tail && index == pieces.count - 1 && piece.utf8.contains(UInt8(ascii: ".")) {
                     guard let v4 = parseIPv4(piece) else { return nil }
                     result.append(UInt16(v4[0]) << 8 | UInt16(v4[1]))
                     result.append(UInt16(v4[2]) << 8 | UInt16(v4[3]))

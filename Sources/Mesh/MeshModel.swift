@@ -11,6 +11,10 @@ public struct MeshModel: Equatable, Sendable {
     public private(set) var workloads = ShardedDictionary<String, Workload>()
     public private(set) var services = ShardedDictionary<String, Service>()
     public private(set) var policies = ShardedDictionary<String, Policy>()
+    /// Keys of the GLOBAL policies and of the NAMESPACE ones by namespace: what every inbound
+    /// connection looks up (`policies(for:)`), without a scan of every policy.
+    private var policiesByScope: [PolicyScope: Set<String>] = [:]
+    private enum PolicyScope: Hashable, Sendable { case global, namespace(String) }
     /// Workload uid by each of its addresses (HostNetwork workloads are not indexed by IP). When
     /// several workloads claim one address (a pod IP reused before the old pod is gone), the
     /// greatest uid owns it, and another takes over when it goes: the same however the model was
@@ -109,8 +113,25 @@ public struct MeshModel: Equatable, Sendable {
         }
     }
 
-    public mutating func insert(_ policy: Policy) { policies[policy.key] = policy }
-    public mutating func removePolicy(key: String) { policies[key] = nil }
+    public mutating func insert(_ policy: Policy) {
+        removePolicy(key: policy.key)
+        policies[policy.key] = policy
+        if let scope = Self.scope(of: policy) { policiesByScope[scope, default: []].insert(policy.key) }
+    }
+
+    public mutating func removePolicy(key: String) {
+        guard let old = policies.removeValue(forKey: key), let scope = Self.scope(of: old) else { return }
+        policiesByScope[scope]?.remove(key)
+        if policiesByScope[scope]?.isEmpty == true { policiesByScope[scope] = nil }
+    }
+
+    private static func scope(of policy: Policy) -> PolicyScope? {
+        switch policy.scope {
+        case .global: return .global
+        case .namespace: return .namespace(policy.namespace)
+        case .workloadSelector: return nil
+        }
+    }
 
     // MARK: - Lookups
 
@@ -151,12 +172,8 @@ public struct MeshModel: Equatable, Sendable {
     /// known policy are returned in `unknown` (the caller warns).
     public func policies(for workload: Workload) -> (policies: [Policy], unknown: [String]) {
         var result: [Policy] = []
-        for (_, policy) in policies {  // no copy of the table per connection
-            switch policy.scope {
-            case .global: result.append(policy)
-            case .namespace where policy.namespace == workload.namespace: result.append(policy)
-            case .namespace, .workloadSelector: break
-            }
+        for scope in [PolicyScope.global, .namespace(workload.namespace)] {
+            for key in policiesByScope[scope] ?? [] { if let policy = policies[key] { result.append(policy) } }
         }
         var unknown: [String] = []
         // Every policy the workload lists applies, whatever its scope (upstream applies the list

@@ -23,10 +23,10 @@ enum ConnectAuthority: Equatable {
             guard host.hasSuffix("]"), host.count > 2 else { return nil }
             let inner = host.dropFirst().dropLast()
             // Brackets are for IPv6 literals only (RFC 3986): they must hold a ':'.
-            guard inner.contains(":"), inner.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else { return nil }
+            guard inner.utf8.contains(UInt8(ascii: ":")), inner.allSatisfy({ $0.isHexDigit || $0 == ":" || $0 == "." }) else { return nil }
             return .address(String(inner), port)
         }
-        guard !host.isEmpty, !host.contains(":") else { return nil }
+        guard !host.isEmpty, !host.utf8.contains(UInt8(ascii: ":")) else { return nil }
         if host.allSatisfy({ $0.isASCII && ($0.isNumber || $0 == ".") }) { return .address(String(host), port) }
         guard host.allSatisfy({ $0.isASCII && ($0.isLetter || $0.isNumber || $0 == "-" || $0 == ".") }),
               host.first != "-", host.first != "." else { return nil }

@@ -23,6 +23,20 @@ import Testing
         #expect(IPAddress(bytes: [10, 0, 0, 1])?.description == "10.0.0.1")
     }
 
+    /// The IPv4-mapped fast path agrees with the general IPv6 parser on what it takes, and
+    /// leaves to it what it does not.
+    @Test func theMappedFastPathAgreesWithTheGeneralParser() {
+        for text in ["::ffff:127.0.0.1", "::ffff:10.0.0.255", "::ffff:0.0.0.0", "::ffff:1.2.3", "::ffff:01.2.3.4",
+                     "::ffff:1.2.3.4.5", "::ffff:256.1.1.1", "::ffff:", "::FFFF:1.2.3.4", "::ffff:1.2.3.4 ", ":ffff:1.2.3.4",
+                     "::fffff:1.2.3.4", "::ffff::1.2.3.4"] {
+            if let fast = IPAddress.parseIPv4Mapped(text) {
+                #expect(IPAddress.parseIPv6(text) == fast, "\(text)")
+            }
+            #expect(IPAddress(text)?.bytes == IPAddress.parseIPv6(text), "\(text)")
+        }
+        #expect(IPAddress.parseIPv4Mapped("::ffff:127.0.0.1") == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 127, 0, 0, 1])
+    }
+
     @Test func prefixesContain() throws {
         let block = try #require(IPPrefix("192.168.0.0/16"))
         #expect(block.contains(try #require(IPAddress("192.168.44.1"))))
