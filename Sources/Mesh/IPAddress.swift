@@ -65,8 +65,6 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
         return out
     }
 
-    /// Eight groups of up to four hex digits, one `::` for a run of zero groups, an optional
-    /// trailing dotted IPv4; no zone, no brackets.
     /// `::ffff:a.b.c.d`, as a dual-stack socket writes an IPv4 peer, without the general
     /// parser's splitting (it ran for every connection); what it accepts, `parseIPv6` accepts
     /// alike (`IPAddressTests`).
@@ -77,6 +75,8 @@ public struct IPAddress: Hashable, Comparable, CustomStringConvertible, Sendable
         return [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] + v4
     }
 
+    /// Eight groups of up to four hex digits, one `::` for a run of zero groups, an optional
+    /// trailing dotted IPv4; no zone, no brackets.
     public static func parseIPv6(_ text: String) -> [UInt8]? {
         let utf8 = Array(text.utf8)
         guard utf8.contains(58), utf8.count <= 45 else { return nil }

@@ -172,9 +172,8 @@ public struct MeshModel: Equatable, Sendable {
     /// known policy are returned in `unknown` (the caller warns).
     public func policies(for workload: Workload) -> (policies: [Policy], unknown: [String]) {
         var result: [Policy] = []
-        for scope in [PolicyScope.global, .namespace(workload.namespace)] {
-            for key in policiesByScope[scope] ?? [] { if let policy = policies[key] { result.append(policy) } }
-        }
+        for key in policiesByScope[.global] ?? [] { if let policy = policies[key] { result.append(policy) } }
+        for key in policiesByScope[.namespace(workload.namespace)] ?? [] { if let policy = policies[key] { result.append(policy) } }
         var unknown: [String] = []
         // Every policy the workload lists applies, whatever its scope (upstream applies the list
         // as given; a review found NAMESPACE or GLOBAL policies listed from elsewhere dropped).

@@ -73,7 +73,7 @@ final class TLSContext: @unchecked Sendable {
         }
         // Handshakes run in ASYNC_JOBs so a signature round trip does not block the event loop.
         _ = CShims_SSL_CTX_set_mode(context, Int(SSL_MODE_ASYNC))
-        _ = CShims_SSL_CTX_disable_session_reuse(context)
+        guard CShims_SSL_CTX_disable_session_reuse(context) == 1 else { throw OpenSSLError("disabling session resumption") }
     }
 
     // MARK: - The provider's sign callback

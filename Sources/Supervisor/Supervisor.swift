@@ -73,6 +73,8 @@ final class Supervisor {
     static let podSocketsPerSecond = 4096
     /// On-demand lookups relayed per NetWorker per second.
     private var demandBudget = PerSecondBudget(perSecond: demandsPerSecond)
+    /// The second in which each NetWorker's dropped lookups were last logged.
+    private var demandDropLogged: [UInt16: Int64] = [:]
     static let demandsPerSecond = 1024
     /// The next count of open descriptors for the NetWorkers' /metrics.
     private var nextProcessStats: Int64 = 0
@@ -218,7 +220,14 @@ final class Supervisor {
             // Best effort: dropped (the NetWorker stops waiting at its deadline) over the
             // NetWorker's budget or when the xDS worker's channel is filling, so a NetWorker can
             // neither flood the xDS worker nor get it killed as unresponsive by what follows.
-            guard demandBudget.spend(slot.index, nowMilliseconds: Clock.monotonicMilliseconds()) == 1 else { return }
+            let now = Clock.monotonicMilliseconds()
+            guard demandBudget.spend(slot.index, nowMilliseconds: now) == 1 else {
+                if demandDropLogged[slot.index] != now / 1000 {  // once a second per NetWorker
+                    demandDropLogged[slot.index] = now / 1000
+                    Log.warn("\(slot.name) asked for more than \(Self.demandsPerSecond) on-demand lookups this second; dropping the rest")
+                }
+                return
+            }
             let frame = SupervisorMessage.demand(key).frame()
             for xds in slots where xds.spec.role == .xdsWorker && xds.state == .running && xds.ipc?.hasHeadroom(below: 256 << 10) == true {
                 try? xds.ipc?.send(frame, blocking: false)
@@ -427,8 +436,8 @@ final class Supervisor {
     }
 
     /// Reads the CA token again (a file is re-read every 10 s: projected tokens rotate) and hands
-    /// a changed one to the CertWorker. A token that cannot be read or used is logged and audited
-    /// once; the CertWorker keeps the last good one.
+    /// a changed one to its recipients (`CATokenSource.recipients`). A token that cannot be read
+    /// or used is logged and audited once; the recipients keep the last good one.
     private func refreshCAToken() {
         if tokenSource.isRefreshed { nextTokenRead = Clock.monotonicMilliseconds() + CATokenSource.refreshMilliseconds }
         switch tokenSource.read() {
@@ -444,7 +453,7 @@ final class Supervisor {
         case .failure(let problem):
             guard problem != caTokenProblem else { return }
             caTokenProblem = problem
-            Log.warn("\(problem); the CertWorker keeps the last good token")
+            Log.warn("\(problem); the token's recipients keep the last good one")
             audit.record("ca_token_refused", [("reason", .string(problem.description))])
         }
     }

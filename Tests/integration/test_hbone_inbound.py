@@ -121,7 +121,7 @@ def test_the_server_sends_no_session_tickets(hbone):
         assert client.pump(lambda: stream in client.status) and client.status[stream] == 200
         assert client.sock.version() == "TLSv1.3"
         session = client.sock.session
-        assert session is None or not session.has_ticket, "the server sent a session ticket"
+        assert session is not None and not session.has_ticket, "the server sent a session ticket"
     finally:
         client.close()
 

@@ -208,11 +208,13 @@ def test_on_demand_fetched_workload_follows_istiod_updates(on_demand, xds):
 
 def test_a_networker_flooding_on_demand_lookups_reaches_istiod_bounded(start_daemon, xds):
     """A NetWorker (compromised, here a fault) sends 5,000 on-demand lookups at once. The
-    Supervisor relays at most 1,024 a second of them (PerSecondBudgetTests pins the budget) and
-    none while the xDS worker's channel is filling, so istiod is asked for at most two seconds'
-    worth (the burst may straddle a second), and the NetWorker is not killed for it. Barriers,
-    not waits: the flood ends with the xDS worker's open-file probe, relayed in order behind it;
-    then a push whose ACK reaches the double after every request sent before it."""
+    Supervisor relays at most 1,024 a second of them and says so when it drops the rest (the
+    budget's arithmetic: PerSecondBudgetTests), and none while the xDS worker's channel is
+    filling; so istiod is asked for a bounded share (three seconds' worth at most, should the
+    Supervisor's reading of the burst straddle two second boundaries on a loaded machine), and
+    the NetWorker is not killed for it. Barriers, not waits: the flood ends with the xDS
+    worker's open-file probe, relayed in order behind it; then a push whose ACK reaches the
+    double after every request sent before it."""
     from test_sandbox import FAULTS, fault_line, inject
     mesh(xds, 9)
     daemon = start(start_daemon, xds, {**ON_DEMAND, **FAULTS})
@@ -224,5 +226,6 @@ def test_a_networker_flooding_on_demand_lookups_reaches_istiod_bounded(start_dae
     nonce = xds.set_resource(x.AUTHORIZATION, "shop/barrier", x.authorization("barrier", "shop"))
     wait_for(lambda: xds.requests(lambda _, r: r["response_nonce"] == nonce, since=mark), 30, "the barrier's ACK")
     flooded = {key for r in fetches(xds) for key in r["resource_names_subscribe"] if key.startswith("/10.200.")}
-    assert 0 < len(flooded) <= 2 * 1024, f"{len(flooded)} of the flood's 5,000 keys reached istiod"
+    assert 0 < len(flooded) <= 3 * 1024, f"{len(flooded)} of the flood's 5,000 keys reached istiod"
+    assert "asked for more than 1024 on-demand lookups this second; dropping the rest" in daemon.log()
     assert daemon.workers("net-worker") == [net], "the NetWorker was replaced for flooding"

@@ -57,12 +57,12 @@ static inline int CShims_alpn_select_h2(SSL *ssl, const unsigned char **out, uns
 }
 static inline void CShims_SSL_CTX_require_alpn_h2(SSL_CTX *ctx) { SSL_CTX_set_alpn_select_cb(ctx, CShims_alpn_select_h2, NULL); }
 /// No resumption: no session cache, no stateless tickets, and (TLS 1.3) no NewSessionTicket
-/// messages at all. Without the last, a TLS 1.3 server still sends two stateful tickets per
+/// messages at all. 1 when all three are set, else 0 (the caller refuses the context). Without the last, a TLS 1.3 server still sends two stateful tickets per
 /// handshake (each a session duplicated and a secret derived) that no client can use.
 static inline long CShims_SSL_CTX_disable_session_reuse(SSL_CTX *ctx) {
     SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_OFF);
-    if (SSL_CTX_set_num_tickets(ctx, 0) != 1) return 0;
-    return (long)SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    if ((SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET) & SSL_OP_NO_TICKET) == 0) return 0;
+    return SSL_CTX_set_num_tickets(ctx, 0) == 1 ? 1 : 0;
 }
 
 #endif
