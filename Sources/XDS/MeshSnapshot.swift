@@ -31,20 +31,13 @@ public struct MeshSnapshot: Equatable, Sendable {
 
     /// The snapshot as a `DeltaDiscoveryResponse` (system_version_info 1 = the generation;
     /// resources 2, each a `Resource`: version 1, resource 2 = `Any` {type_url 1, value 2}, name
-    /// 3), types and names in the order of their UTF-8 bytes, as `SnapshotInForce` requires. Written directly rather than through swift-protobuf's
+    /// 3), types and names in the order of their UTF-8 bytes, as `SnapshotInForce` requires: what
+    /// a fresh `SnapshotWriter` writes. Written directly rather than through swift-protobuf's
     /// message objects: a mesh of 25,000 resources is published again on every change, and the
     /// bytes are the same either way (`DeltaADSTests` decodes them with swift-protobuf).
     public func encoded() throws -> [UInt8] {
-        var out: [UInt8] = []
-        out.reserveCapacity(resources.values.reduce(0) { $0 + $1.values.reduce(0) { $0 + $1.body.count + 96 } } + 32)
-        ProtobufWire.bytes(1, Array(String(generation).utf8), into: &out)
-        for typeURL in resources.keys.sorted(by: Self.inByteOrder) {
-            let type = Array(typeURL.utf8)
-            for (name, entry) in resources[typeURL]!.sorted(by: { Self.inByteOrder($0.key, $1.key) }) {  // a key of resources
-                Self.appendResource(type: type, name: name, entry: entry, into: &out)
-            }
-        }
-        return out
+        var writer = SnapshotWriter()
+        return writer.encode(self, touched: nil)
     }
 
     /// One resource as field 2 of the response. Empty strings and bytes are left out, as proto3
@@ -82,14 +75,22 @@ public struct MeshSnapshot: Equatable, Sendable {
                 throw XDSConversion.Invalid("snapshot of \(count) resources, over \(2 * DeltaADS.maxResourcesPerType)")
             }
             if count > 0 { snapshot.resources[XDSConversion.addressType] = Dictionary(minimumCapacity: count) }
-            var reader = ProtobufWire.Reader(bytes)
-            while let (field, wireType) = try reader.tag() {
-                switch field {
-                case 1: generationText = try reader.string(field, wireType)
-                case 2: try decodeResource(try reader.lengthDelimited(field, wireType), into: &snapshot)
-                default: try reader.skip(wireType)
+            // The same reading of a resource as a NetWorker's (`SnapshotInForce.Cursor`), without
+            // its order check: this side reads back what its own writer wrote.
+            var cursor = SnapshotInForce.Cursor(bytes)
+            while let resource = try cursor.next() {
+                let typeURL = try SnapshotInForce.text(resource.typeURL, "type URL")
+                let name = try SnapshotInForce.text(resource.name, "name")
+                guard typeURL == XDSConversion.addressType || typeURL == XDSConversion.authorizationType else {
+                    throw XDSConversion.Invalid("snapshot resource of type \(typeURL.prefix(80))")
                 }
+                guard snapshot.resources[typeURL]?[name] == nil else {
+                    throw XDSConversion.Invalid("snapshot holds \(name.prefix(80)) twice")
+                }
+                snapshot.resources[typeURL, default: [:]][name] = Entry(version: try SnapshotInForce.text(resource.version, "version"),
+                                                                        body: Array(resource.body))
             }
+            generationText = try cursor.generationText.map { try SnapshotInForce.text($0, "generation") }
         } catch let malformed as ProtobufWire.Malformed {
             throw XDSConversion.Invalid("not a mesh snapshot: \(malformed.description)")
         }
@@ -99,36 +100,6 @@ public struct MeshSnapshot: Equatable, Sendable {
         snapshot.generation = generation
         if snapshot.resources[XDSConversion.addressType]?.isEmpty == true { snapshot.resources[XDSConversion.addressType] = nil }
         return snapshot
-    }
-
-    /// One `Resource` (version 1, resource 2 = `Any` {type_url 1, value 2}, name 3).
-    private static func decodeResource(_ bytes: Slice<UnsafeRawBufferPointer>, into snapshot: inout MeshSnapshot) throws {
-        var version = "", name = "", typeURL = ""
-        var body: [UInt8] = []
-        var resource = ProtobufWire.Reader(bytes)
-        while let (field, wireType) = try resource.tag() {
-            switch field {
-            case 1: version = try resource.string(field, wireType)
-            case 3: name = try resource.string(field, wireType)
-            case 2:
-                var any = ProtobufWire.Reader(try resource.lengthDelimited(field, wireType))
-                while let (field, wireType) = try any.tag() {
-                    switch field {
-                    case 1: typeURL = try any.string(field, wireType)
-                    case 2: body = Array(try any.lengthDelimited(field, wireType))
-                    default: try any.skip(wireType)
-                    }
-                }
-            default: try resource.skip(wireType)
-            }
-        }
-        guard typeURL == XDSConversion.addressType || typeURL == XDSConversion.authorizationType else {
-            throw XDSConversion.Invalid("snapshot resource of type \(typeURL.prefix(80))")
-        }
-        guard snapshot.resources[typeURL]?[name] == nil else {
-            throw XDSConversion.Invalid("snapshot holds \(name.prefix(80)) twice")
-        }
-        snapshot.resources[typeURL, default: [:]][name] = Entry(version: version, body: body)
     }
 
     /// The mesh model the snapshot describes, and the resources that did not convert ("name:

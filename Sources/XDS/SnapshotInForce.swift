@@ -34,8 +34,9 @@ public struct SnapshotInForce: Sendable {
     public private(set) var addressNames = Set<String>()
     /// What the last accepted snapshot changed that the model does not have yet.
     public private(set) var pending: [Change] = []
-    /// Whether a snapshot was accepted.
-    public private(set) var hasSnapshot = false
+    /// Whether a snapshot was accepted (one always holds its generation, so its bytes are never
+    /// empty).
+    public var hasSnapshot: Bool { !bytes.isEmpty }
 
     public init() {}
 
@@ -47,7 +48,6 @@ public struct SnapshotInForce: Sendable {
         }
         // Removals come first (`changes`), then puts: a name may come back in another form.
         bytes = Array(new)
-        hasSnapshot = true
         self.generation = generation
         for change in changes {
             switch change {
@@ -131,6 +131,7 @@ public struct SnapshotInForce: Sendable {
     /// One resource of a snapshot, as slices of its bytes.
     struct Resource {
         let whole: Slice<UnsafeRawBufferPointer>
+        let version: Slice<UnsafeRawBufferPointer>
         let typeURL: Slice<UnsafeRawBufferPointer>
         let name: Slice<UnsafeRawBufferPointer>
         let body: Slice<UnsafeRawBufferPointer>
@@ -159,10 +160,11 @@ public struct SnapshotInForce: Sendable {
 
         static func resource(_ whole: Slice<UnsafeRawBufferPointer>) throws -> Resource {
             let empty = whole[whole.startIndex..<whole.startIndex]
-            var typeURL = empty, name = empty, body = empty
+            var version = empty, typeURL = empty, name = empty, body = empty
             var resource = ProtobufWire.Reader(whole)
             while let (field, wireType) = try resource.tag() {
                 switch field {
+                case 1: version = try resource.lengthDelimited(field, wireType)
                 case 3: name = try resource.lengthDelimited(field, wireType)
                 case 2:
                     var any = ProtobufWire.Reader(try resource.lengthDelimited(field, wireType))
@@ -176,7 +178,7 @@ public struct SnapshotInForce: Sendable {
                 default: try resource.skip(wireType)
                 }
             }
-            return Resource(whole: whole, typeURL: typeURL, name: name, body: body)
+            return Resource(whole: whole, version: version, typeURL: typeURL, name: name, body: body)
         }
     }
 
