@@ -16,7 +16,6 @@ struct CATokenSource {
     }
 
     private let setting: String
-    private let usesCA: Bool
     /// Which roles send the token, and so receive it: the CertWorker to istiod's CA
     /// (`CA_ADDRESS`), the xDS worker to its xDS (`XDS_ADDRESS`). With the built-in CA the
     /// CertWorker has no use for it and does not get it.
@@ -28,10 +27,12 @@ struct CATokenSource {
     init(configuration: Configuration) {
         setting = configuration.string("AUTH_TOKEN")
         // The token is istiod's: for its CA and for its xDS.
-        usesCA = !configuration.string("CA_ADDRESS").isEmpty || !configuration.string("XDS_ADDRESS").isEmpty
         recipients = Set([configuration.string("CA_ADDRESS").isEmpty ? nil : WorkerRole.certWorker,
                           configuration.string("XDS_ADDRESS").isEmpty ? nil : WorkerRole.xdsWorker].compactMap { $0 })
     }
+
+    /// Whether any role sends the token (istiod's CA or xDS is configured).
+    private var usesCA: Bool { !recipients.isEmpty }
 
     /// Decided anew at each read, as upstream does per call: a path that exists is a file; one
     /// that does not, other than the default path, is the token itself.

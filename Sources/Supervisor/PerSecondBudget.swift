@@ -5,7 +5,7 @@
 /// one waits.
 struct PerSecondBudget {
     let perSecond: Int
-    private var windows: [UInt16: (second: Int64, used: Int)] = [:]
+    private var windows: [UInt16: (second: Int64, used: Int, refused: Int)] = [:]
 
     init(perSecond: Int) { self.perSecond = perSecond }
 
@@ -13,10 +13,17 @@ struct PerSecondBudget {
     /// `nowMilliseconds`; returns how many it got.
     mutating func spend(_ index: UInt16, upTo wanted: Int = 1, nowMilliseconds: Int64) -> Int {
         let second = nowMilliseconds / 1000
-        var window = windows[index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0)
+        var window = windows[index].flatMap { $0.second == second ? $0 : nil } ?? (second: second, used: 0, refused: 0)
         let granted = max(0, min(wanted, perSecond - window.used))
         window.used += granted
+        if granted < wanted { window.refused += 1 }
         windows[index] = window
         return granted
+    }
+
+    /// How many of NetWorker `index`'s requests in the second holding `nowMilliseconds` were cut
+    /// short (1 right after the first: the moment to say so once a second).
+    func refusals(_ index: UInt16, nowMilliseconds: Int64) -> Int {
+        windows[index].flatMap { $0.second == nowMilliseconds / 1000 ? $0.refused : nil } ?? 0
     }
 }

@@ -73,8 +73,6 @@ final class Supervisor {
     static let podSocketsPerSecond = 4096
     /// On-demand lookups relayed per NetWorker per second.
     private var demandBudget = PerSecondBudget(perSecond: demandsPerSecond)
-    /// The second in which each NetWorker's dropped lookups were last logged.
-    private var demandDropLogged: [UInt16: Int64] = [:]
     static let demandsPerSecond = 1024
     /// The next count of open descriptors for the NetWorkers' /metrics.
     private var nextProcessStats: Int64 = 0
@@ -222,8 +220,7 @@ final class Supervisor {
             // neither flood the xDS worker nor get it killed as unresponsive by what follows.
             let now = Clock.monotonicMilliseconds()
             guard demandBudget.spend(slot.index, nowMilliseconds: now) == 1 else {
-                if demandDropLogged[slot.index] != now / 1000 {  // once a second per NetWorker
-                    demandDropLogged[slot.index] = now / 1000
+                if demandBudget.refusals(slot.index, nowMilliseconds: now) == 1 {  // once a second per NetWorker
                     Log.warn("\(slot.name) asked for more than \(Self.demandsPerSecond) on-demand lookups this second; dropping the rest")
                 }
                 return

@@ -9,6 +9,7 @@ import Testing
         var budget = PerSecondBudget(perSecond: 1024)
         let granted = (0..<5000).map { budget.spend(0, nowMilliseconds: 10_000 + Int64($0 % 1000)) }.reduce(0, +)
         #expect(granted == 1024)
+        #expect(budget.refusals(0, nowMilliseconds: 10_999) == 5000 - 1024 && budget.refusals(0, nowMilliseconds: 11_000) == 0)
         #expect(budget.spend(1, nowMilliseconds: 10_999) == 1)          // another NetWorker
         #expect(budget.spend(0, nowMilliseconds: 11_000) == 1)          // the next second
         #expect(budget.spend(0, upTo: 5000, nowMilliseconds: 11_500) == 1023)
