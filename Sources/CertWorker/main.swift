@@ -192,6 +192,14 @@ final class CertWorker {
                 break
             }
             tokenSink(token)
+        case .fault(.certAuditReservedKey, _) where faultInjectionEnabled:
+            // The Supervisor adds the true pid; a CertWorker that names one itself is killed.
+            try? supervisor.send(WorkerMessage.audit(event: "certificate_issued", fields: [("identity", "forged"), ("pid", "1")]).frame())
+        case .fault(.certAuditUnlistedEvent, _) where faultInjectionEnabled:
+            try? supervisor.send(WorkerMessage.audit(event: "worker_ready", fields: [("identity", "forged")]).frame())
+        case .fault(.certShutdownRequest, _) where faultInjectionEnabled:
+            // Only a NetWorker (its /quitquitquit) may ask the node to stop.
+            try? supervisor.send(WorkerMessage.shutdownRequest.frame())
         case .fault(let kind, let port):
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && !kind.forXDSWorker)
         case .logFilter(let filter):

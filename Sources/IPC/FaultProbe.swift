@@ -26,8 +26,8 @@ public enum FaultProbe {
             let error = errno
             if rc == 0 { rmdir(path) }
             report("\(role)-make-dir", Int(rc), error)
-        case .xdsBadSnapshot:
-            break  // sent by the xDS worker itself, which holds the Supervisor channel
+        case .xdsBadSnapshot, .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest:
+            break  // sent by the worker itself, which holds the Supervisor channel
         case .certCloneNamespace, .certNetlinkSocket, .certUnixSocket, .certRawSocket, .certSetns, .certUnshare, .certPtrace,
              .certSignalOther, .xdsCloneNamespace, .xdsNetlinkSocket, .xdsUnixSocket, .xdsRawSocket, .xdsSetns, .xdsUnshare,
              .xdsPtrace, .xdsSignalOther:

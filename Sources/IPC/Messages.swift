@@ -43,6 +43,14 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// socket, which they answer EACCES (glibc's resolver probes nscd's socket).
     case certCloneNamespace = 8, certNetlinkSocket, certUnixSocket, certRawSocket, certSetns, certUnshare, certPtrace, certSignalOther
     case xdsCloneNamespace = 16, xdsNetlinkSocket, xdsUnixSocket, xdsRawSocket, xdsSetns, xdsUnshare, xdsPtrace, xdsSignalOther
+    /// The CertWorker misuses its own Supervisor channel (sent by the CertWorker itself): an
+    /// `audit` frame with a reserved key (`pid`), one with an event name not on its list, and a
+    /// `shutdownRequest`, which only a NetWorker may send. Each is a violation: it is killed.
+    case certAuditReservedKey = 24, certAuditUnlistedEvent, certShutdownRequest
+    /// The xDS worker publishes its current snapshot 200 times at once, each claiming generation
+    /// 7 (sent by the xDS worker itself): the Supervisor numbers them itself and keeps one in
+    /// flight per NetWorker, which ends with the last.
+    case xdsSnapshotStorm = 27
 
     /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
     public enum Wall: String, Sendable, CaseIterable {
@@ -51,11 +59,11 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     }
 
     /// Which worker runs it: the xDS worker for the xds kinds, else the CertWorker.
-    public var forXDSWorker: Bool { (4...7).contains(rawValue) || rawValue >= 16 }
+    public var forXDSWorker: Bool { (4...7).contains(rawValue) || (16...23).contains(rawValue) || self == .xdsSnapshotStorm }
 
     /// The wall a probe kind tries, nil for the others.
     public var wall: Wall? {
-        guard rawValue >= 8 else { return nil }
+        guard (8...23).contains(rawValue) else { return nil }
         return Wall.allCases[Int(rawValue - 8) % Wall.allCases.count]
     }
 

@@ -69,10 +69,21 @@ enum FaultInjection {
         case xdsConnect = "xds-connect"
         /// The xDS worker publishes an unsealed memfd as its snapshot (relayed): it is killed.
         case xdsBadSnapshot = "xds-bad-snapshot"
+        /// The CertWorker misuses its Supervisor channel (relayed; `FaultKind.certAuditReservedKey`
+        /// and the next two): each gets it killed and replaced, and nothing it sent takes effect.
+        case certAuditReservedKey = "cert-audit-reserved-key"
+        case certAuditUnlistedEvent = "cert-audit-unlisted-event"
+        case certShutdownRequest = "cert-shutdown-request"
+        /// The xDS worker publishes 200 snapshots at once (relayed, `FaultKind.xdsSnapshotStorm`).
+        case xdsSnapshotStorm = "xds-snapshot-storm"
+        /// This NetWorker stops reading its signer channel, then sends sign requests (for a key it
+        /// holds) until the channel is cut: the CertWorker, which never waits on a NetWorker,
+        /// closes it (`signer_violation`) and the Supervisor replaces this NetWorker.
+        case signerStall = "signer-stall"
     }
 
     /// Runs on the NetWorker's main (control) thread after the response is written.
-    static func inject(_ kind: Kind, port: UInt16, channel: IPCSocket, signer: SignerClient) {
+    static func inject(_ kind: Kind, port: UInt16, channel: IPCSocket, signer: SignerClient, identities: IdentityTable) {
         switch kind {
         case .seccomp:
             _ = CShims_forbidden_syscall()
@@ -142,6 +153,22 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.xdsConnect, port: port).frame())
         case .xdsBadSnapshot:
             try? channel.send(WorkerMessage.faultRequest(.xdsBadSnapshot, port: 0).frame())
+        case .certAuditReservedKey:
+            try? channel.send(WorkerMessage.faultRequest(.certAuditReservedKey, port: 0).frame())
+        case .certAuditUnlistedEvent:
+            try? channel.send(WorkerMessage.faultRequest(.certAuditUnlistedEvent, port: 0).frame())
+        case .certShutdownRequest:
+            try? channel.send(WorkerMessage.faultRequest(.certShutdownRequest, port: 0).frame())
+        case .xdsSnapshotStorm:
+            try? channel.send(WorkerMessage.faultRequest(.xdsSnapshotStorm, port: 0).frame())
+        case .signerStall:
+            guard let handle = identities.anyHandle() else {
+                return Log.error("fault signer-stall: no identity to sign with")
+            }
+            let content = [UInt8](repeating: 0x20, count: 64) + Array("TLS 1.3, server CertificateVerify".utf8) + [0]
+                + [UInt8](repeating: 0xab, count: 32)
+            let sent = signer.stallForFaultInjection(handle: handle, content: content, upTo: 20_000)
+            Log.warn("fault signer-stall: \(sent) sign requests sent, none read")
         }
     }
 

@@ -50,6 +50,11 @@ final class IdentityTable: @unchecked Sendable {
         if removed { Log.info("identity withdrawn", [("identity", spiffeId)]) }
     }
 
+    /// Fault injection only: the key handle of some identity held, nil when none is.
+    func anyHandle() -> [UInt8]? {
+        lock.withLock { materials.values.first?.handle }
+    }
+
     /// Forgets every identity: their handles belonged to a CertWorker that is gone.
     func removeAll() {
         let count = lock.withLock { () -> Int in

@@ -22,6 +22,8 @@ final class SignerClient: @unchecked Sendable {
     private var completions: [UInt32: ([UInt8]?) -> Void] = [:]
     /// The identities this NetWorker wants certificates for; sent on every (re)attach.
     private var wanted: [String] = []
+    /// Fault injection only: the reader stops taking frames from this channel generation.
+    private var stalledGeneration: Int?
 
     /// Called on the reader thread for each identity the CertWorker pushes. Set before `attach`.
     var onIdentity: (@Sendable (IdentityMaterial) -> Void)?
@@ -86,6 +88,9 @@ final class SignerClient: @unchecked Sendable {
 
     private func readLoop(_ socket: IPCSocket, generation: Int) {
         while true {
+            condition.withLock {
+                _ = condition.wait(until: .max / 2) { stalledGeneration != generation || self.generation != generation }
+            }
             do {
                 guard case .frame(let frame) = try socket.receive() else { continue }
                 let message = try CertWorkerMessage.decode(frame)
@@ -119,6 +124,21 @@ final class SignerClient: @unchecked Sendable {
                 return
             }
         }
+    }
+
+    /// Fault injection only (ZTUNNEL_DEBUG_FAULT_INJECTION): a NetWorker that stops reading its
+    /// signer channel (the reader parks after the frame it is waiting for), then sends up to
+    /// `count` sign requests, waiting for room, until the channel is cut. Returns how many went.
+    func stallForFaultInjection(handle: [UInt8], content: [UInt8], upTo count: Int) -> Int {
+        guard let channel = condition.withLock({ () -> IPCSocket? in
+            stalledGeneration = generation
+            return self.channel
+        }) else { return 0 }
+        let request = SignerRequest.sign(handle: handle, algorithm: SignatureAlgorithm.ecdsaP256SHA256.rawValue, content: content)
+        for sent in 0..<count {
+            do { try channel.send(request.frame(requestId: 0x8000_0000 | UInt32(sent))) } catch { return sent }
+        }
+        return count
     }
 
     /// Fault injection only (ZTUNNEL_DEBUG_FAULT_INJECTION): bytes as they are, on the channel.

@@ -86,7 +86,7 @@ enum NetWorkerMain {
                 case .setLogFilter(let filter):
                     _ = try? Log.setFilter(filter)
                     try? channel.send(WorkerMessage.logFilter(filter).frame(), blocking: false)
-                case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel, signer: signer)
+                case .injectFault(let kind, let port): FaultInjection.inject(kind, port: port, channel: channel, signer: signer, identities: identities)
                 case .relayFault(let kind, let port): try? channel.send(WorkerMessage.faultRequest(kind, port: port).frame())
                 }
             })

@@ -40,7 +40,7 @@ final class Supervisor {
     /// The mesh model the xDS worker last published (a sealed memfd, checked here): relayed to
     /// every NetWorker, given to each new one before its listeners, and to a restarted xDS worker
     /// so it resubscribes with the versions it names. The Supervisor never parses it.
-    private var meshSnapshot: (generation: UInt64, fd: OwnedFD)?
+    private var snapshots = SnapshotRelay<OwnedFD>()
     /// The xDS worker's counters: what earlier incarnations counted, and the current one's.
     private var xdsStatsBefore = XDSStats()
     private var xdsStatsCurrent = XDSStats()
@@ -137,7 +137,7 @@ final class Supervisor {
         slot.restartAt = nil
         slot.killReason = nil
         slot.killedForSetupTimeout = false
-        slot.snapshotInFlight = nil
+        if slot.spec.receivesListeners { snapshots.forget(slot.index) }
         do {
             let spawned = try WorkerSpawner.spawn(executable: path)
             slot.pid = spawned.pid
@@ -239,7 +239,7 @@ final class Supervisor {
             guard configuration.bool("XDS_ON_DEMAND") else { throw Violation("on-demand answers while XDS_ON_DEMAND is off") }
             // The snapshot with the answers came before this message on the same channel. Best
             // effort likewise: a NetWorker that misses it decides at its deadline.
-            let frame = SupervisorMessage.demandAnswered(generation: meshSnapshot?.generation ?? 0, keys: keys).frame()
+            let frame = SupervisorMessage.demandAnswered(generation: snapshots.latest?.generation ?? 0, keys: keys).frame()
             for net in liveNetWorkers where net.ipc?.hasHeadroom(below: 256 << 10) == true { try? net.ipc?.send(frame, blocking: false) }
         case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
@@ -281,9 +281,12 @@ final class Supervisor {
         if slot.spec.receivesListeners && configuration.isLocalMode {
             try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
         }
-        if slot.spec.receivesListeners || slot.spec.role == .xdsWorker, let meshSnapshot {
-            try ipc.send(SupervisorMessage.meshSnapshot(generation: meshSnapshot.generation, fd: meshSnapshot.fd).frame(), blocking: false)
-            if slot.spec.receivesListeners { slot.snapshotInFlight = meshSnapshot.generation }
+        // The xDS worker gets it back too: a new one resumes from it without istiod.
+        if slot.spec.role == .xdsWorker, let latest = snapshots.latest {
+            try ipc.send(SupervisorMessage.meshSnapshot(generation: latest.generation, fd: latest.held).frame(), blocking: false)
+        }
+        if slot.spec.receivesListeners, let snapshot = snapshots.take(for: slot.index) {
+            try ipc.send(SupervisorMessage.meshSnapshot(generation: snapshot.generation, fd: snapshot.held).frame(), blocking: false)
         }
         if slot.spec.receivesListeners {
             for listener in broker.listeners where Int(slot.index) < listener.fds.count {
@@ -343,8 +346,7 @@ final class Supervisor {
         do { size = try SealedMemfd.checkedSize(fd.rawValue, maxBytes: SealedMemfd.maxMeshSnapshotBytes) } catch {
             throw Violation("mesh snapshot refused: \(error)")
         }
-        let relayed = (meshSnapshot?.generation ?? 0) &+ 1
-        meshSnapshot = (relayed, fd)
+        let relayed = snapshots.publish(fd)
         audit.record("mesh_snapshot", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: relayed))),
                                                           ("worker_generation", .string(String(generation))),
                                                           ("bytes", .int(Int64(size)))])
@@ -362,21 +364,17 @@ final class Supervisor {
     /// Sends the held snapshot to a NetWorker that has none in flight; one with a snapshot in
     /// flight gets the latest when it answers. Snapshots in between are skipped: each is whole.
     private func sendSnapshot(to net: WorkerSlot) {
-        guard let meshSnapshot, net.snapshotInFlight == nil else { return }
-        net.snapshotInFlight = meshSnapshot.generation
-        sendWithoutWaiting(SupervisorMessage.meshSnapshot(generation: meshSnapshot.generation, fd: meshSnapshot.fd).frame(), to: net)
+        guard let snapshot = snapshots.take(for: net.index) else { return }
+        sendWithoutWaiting(SupervisorMessage.meshSnapshot(generation: snapshot.generation, fd: snapshot.held).frame(), to: net)
     }
 
     /// A NetWorker's answer to a snapshot: only for the one in flight, else a violation.
     private func snapshotApplied(generation: UInt64, accepted: Bool, from slot: WorkerSlot) throws {
-        guard slot.snapshotInFlight == generation else {
-            throw Violation("meshApplied \(generation) while \(slot.snapshotInFlight.map(String.init) ?? "none") is in flight")
-        }
-        slot.snapshotInFlight = nil
+        do { try snapshots.answered(generation, by: slot.index) } catch { throw Violation("\(error)") }
         if !accepted {
             audit.record("mesh_snapshot_refused", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: generation)))])
         }
-        if let held = meshSnapshot, held.generation != generation { sendSnapshot(to: slot) }
+        sendSnapshot(to: slot)  // the latest, if a newer one came meanwhile
     }
 
     /// Reads LOCAL_XDS_PATH again and hands changed bytes to every NetWorker, which parses them

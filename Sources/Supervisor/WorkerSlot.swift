@@ -21,9 +21,6 @@ final class WorkerSlot {
     var killReason: String?
     /// The current process missed its setup deadline (a start-up failure, not a crash).
     var killedForSetupTimeout = false
-    /// The mesh snapshot generation sent to this NetWorker and not yet answered (`meshApplied`):
-    /// at most one is in flight, so a burst of pushes cannot fill its channel.
-    var snapshotInFlight: UInt64?
 
     init(spec: RoleSpec, index: UInt16) {
         self.spec = spec

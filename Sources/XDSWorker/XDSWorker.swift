@@ -174,6 +174,14 @@ final class XDSWorker {
             if let fd = try? SealedMemfd.makeUnsealed(name: "ztunnel-fault") {
                 try? supervisor.send(WorkerMessage.meshSnapshot(generation: ads.state.generation, fd: fd).frame())
             }
+        case .fault(.xdsSnapshotStorm, _) where faultInjectionEnabled:
+            var sent = 0
+            for _ in 0..<200 {
+                guard let fd = try? SealedMemfd.make(name: "ztunnel-mesh", writer.encode(ads.state, touched: ads.takeTouched())),
+                      (try? supervisor.send(WorkerMessage.meshSnapshot(generation: 7, fd: fd).frame())) != nil else { break }
+                sent += 1
+            }
+            Log.warn("fault xds-snapshot-storm: \(sent) snapshots sent")
         case .fault(let kind, let port):
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && kind.forXDSWorker)
         case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .xdsStats, .metricsRegion,

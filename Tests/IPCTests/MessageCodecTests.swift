@@ -80,6 +80,11 @@ import Glibc
         #expect(FaultKind.allCases.filter { $0.wall != nil }.count == 2 * FaultKind.Wall.allCases.count)
         #expect(FaultKind(probeName: "xds-unshare") == .xdsUnshare && FaultKind.xdsUnshare.forXDSWorker)
         #expect(FaultKind(probeName: "cert-ptrace") == .certPtrace && !FaultKind.certPtrace.forXDSWorker)
+        // The CertWorker's own channel misuse runs in the CertWorker and is no wall probe.
+        for kind in [FaultKind.certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest] {
+            #expect(!kind.forXDSWorker && kind.wall == nil)
+        }
+        #expect(FaultKind.xdsSnapshotStorm.forXDSWorker && FaultKind.xdsSnapshotStorm.wall == nil)
         for name in ["unshare", "cert-", "net-unshare", "xds-open-file", "cert-unshare2"] { #expect(FaultKind(probeName: name) == nil) }
     }
 

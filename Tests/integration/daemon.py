@@ -6,6 +6,7 @@ check (polling GET /healthz/ready), never a sleep. Teardown kills what the test 
 import json
 import os
 import re
+import shutil
 import signal
 import socket
 import struct
@@ -237,7 +238,8 @@ class Daemon:
         return self.proc.wait(timeout=timeout)
 
     def stop(self):
-        """Kills the Supervisor and any worker it left, by PID."""
+        """Kills the Supervisor and any worker it left, by PID, and removes its directory (the
+        log and audit of a failed test are attached to its report before this runs)."""
         leftovers = list(self.children())
         if self.proc.poll() is None:
             self.proc.send_signal(signal.SIGKILL)
@@ -248,6 +250,7 @@ class Daemon:
             except ProcessLookupError:
                 pass
         self.stderr.close()
+        shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def alive(pid):

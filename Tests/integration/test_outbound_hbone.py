@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import os
 import re
+import shutil
 import socket
 import struct
 import subprocess
@@ -245,8 +246,8 @@ def test_a_networker_killed_mid_stream_loses_only_its_own_streams(start_daemon):
     import tempfile
     from identities import MiniCA
     echo = EchoServer(host="127.0.0.2")
+    cacerts = tempfile.mkdtemp(prefix="ztunnel-test-ca-")
     try:
-        cacerts = tempfile.mkdtemp(prefix="ztunnel-test-ca-")
         MiniCA().write_cacerts(cacerts)
         server_side = start_daemon(local_config=config(echo.port), hbone_wildcard=True, extra_env={"ZTUNNEL_CA_DIR": cacerts})
         server_side.wait_ready()
@@ -310,6 +311,7 @@ def test_a_networker_killed_mid_stream_loses_only_its_own_streams(start_daemon):
               f"{outcomes.count('ended')} ended")
     finally:
         echo.close()
+        shutil.rmtree(cacerts, ignore_errors=True)
 
 
 def test_an_unused_pooled_connection_is_released_after_a_long_stream(start_daemon):

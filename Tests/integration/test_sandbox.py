@@ -298,3 +298,83 @@ def test_an_xds_worker_publishing_an_unsealed_snapshot_is_killed_and_the_mesh_ke
     (violation,) = daemon.audit_events("ipc_violation")
     assert violation["pid"] == old and "mesh snapshot refused" in violation["reason"], violation
     assert daemon.ready() and not [e for e in daemon.audit_events("worker_exit") if e["role"] == "net-worker"]
+
+
+@pytest.mark.parametrize("kind,reason", [
+    ("cert-audit-reserved-key", "is not one the CertWorker may write, or forges a reserved key"),
+    ("cert-audit-unlisted-event", "is not one the CertWorker may write, or forges a reserved key"),
+    ("cert-shutdown-request", "shutdownRequest is not permitted from"),
+])
+def test_a_certworker_misusing_its_channel_is_killed_and_what_it_sent_has_no_effect(start_daemon, kind, reason):
+    """The CertWorker may send the Supervisor only `audit` frames, of its own events and without
+    the keys the Supervisor writes itself: an audit frame naming a `pid`, one with an event name
+    not on its list (`worker_ready`), or a `shutdownRequest` (which would stop the node) each
+    get it killed and replaced. The forged event is not written, the node keeps running and the
+    NetWorker is not touched."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    (old,) = daemon.workers("cert-worker")
+    (net,) = daemon.workers("net-worker")
+    inject(daemon, kind)
+    replaced(daemon, "cert-worker", old)
+    (violation,) = daemon.audit_events("ipc_violation")
+    assert violation["pid"] == old and violation["role"] == "cert-worker" and reason in violation["reason"], violation
+    assert not [e for e in daemon.audit() if e.get("identity") == "forged"]
+    assert not daemon.audit_events("shutdown_requested")
+    assert daemon.workers("net-worker") == [net] and daemon.ready()
+
+
+def test_a_networker_that_stops_reading_its_signer_channel_loses_it_and_the_certworker_serves_on(start_daemon):
+    """The CertWorker serves every NetWorker from one loop and never waits on one: a NetWorker
+    that stops reading its signer channel while asking for signatures (fault probe
+    `signer-stall`) fills its queue, and the CertWorker closes that channel (`signer_violation`,
+    not reading) instead of blocking. The Supervisor replaces the NetWorker; the CertWorker,
+    never stuck, is the same process and signs for the replacement."""
+    from test_outbound_hbone import config as hbone_config, round_trip
+    from daemon import socks5_connect
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon = start_daemon(local_config=hbone_config(echo.port), hbone_wildcard=True,
+                              extra_env={**FAULTS, "UNSTABLE_ENABLE_SOCKS5": "true"})
+        daemon.wait_ready()
+        (cert,) = daemon.workers("cert-worker")
+        (old,) = daemon.workers("net-worker")
+        inject(daemon, "signer-stall")
+        replaced(daemon, "net-worker", old)
+        (violation,) = daemon.audit_events("signer_violation")
+        assert violation["net_worker"] == "0" and violation["reason"] == "not reading its signer channel", violation
+        (exit_event,) = daemon.audit_events("worker_exit")
+        assert exit_event["pid"] == old and "signer violation" in exit_event["cause"], exit_event
+        assert daemon.workers("cert-worker") == [cert]
+        daemon.wait_ready()
+        sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
+        with sock:
+            assert code == 0 and round_trip(sock, b"signed again") == b"signed again"
+    finally:
+        echo.close()
+
+
+def test_the_supervisor_numbers_snapshots_and_a_storm_ends_with_the_last_in_force(start_daemon, xds):
+    """The xDS worker cannot choose the generation the NetWorkers' answers are matched against:
+    200 snapshots at once, each claiming generation 7 (fault probe `xds-snapshot-storm`), are
+    numbered by the Supervisor one after the other. With one in flight per NetWorker and the
+    latest sent after each answer, the NetWorker ends with the last in force; nobody is killed."""
+    daemon = start_daemon(local_config=False, extra_env={
+        **FAULTS, "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t"})
+    daemon.wait_ready()
+    (xds_worker,) = daemon.workers("xds-worker")
+    before = daemon.audit_events("mesh_snapshot")
+    inject(daemon, "xds-snapshot-storm")
+    wait_for(lambda: len(daemon.audit_events("mesh_snapshot")) >= len(before) + 200, 30, "200 more snapshots relayed")
+    storm = daemon.audit_events("mesh_snapshot")[len(before):]
+    first = before[-1]["generation"] + 1
+    assert [e["generation"] for e in storm] == list(range(first, first + 200))
+    assert {e["worker_generation"] for e in storm} == {"7"}
+    last = first + 199
+
+    def in_force():
+        return [l for l in daemon.log().splitlines() if "net-worker[0]" in l and "mesh model source=xds" in l
+                and f" generation={last} " in l]
+    wait_for(in_force, 30, f"generation {last} in force in the NetWorker")
+    assert not daemon.audit_events("ipc_violation") and not daemon.audit_events("worker_exit")
+    assert daemon.workers("xds-worker") == [xds_worker] and daemon.ready()
