@@ -197,6 +197,9 @@ final class CertWorker {
             try? supervisor.send(WorkerMessage.audit(event: "certificate_issued", fields: [("identity", "forged"), ("pid", "1")]).frame())
         case .fault(.certAuditUnlistedEvent, _) where faultInjectionEnabled:
             try? supervisor.send(WorkerMessage.audit(event: "worker_ready", fields: [("identity", "forged")]).frame())
+        case .fault(.certAuditFlood, _) where faultInjectionEnabled:
+            for index in 0..<2000 { reportAudit("certificate_issued", [("identity", "flood"), ("n", "\(index)")]) }
+            Log.warn("fault cert-audit-flood: 2000 audit events sent")
         case .fault(.certShutdownRequest, _) where faultInjectionEnabled:
             // Only a NetWorker (its /quitquitquit) may ask the node to stop.
             try? supervisor.send(WorkerMessage.shutdownRequest.frame())

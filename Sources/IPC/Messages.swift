@@ -51,6 +51,9 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// 7 (sent by the xDS worker itself): the Supervisor numbers them itself and keeps one in
     /// flight per NetWorker, which ends with the last.
     case xdsSnapshotStorm = 27
+    /// The CertWorker sends 2,000 `certificate_issued` audit frames at once (identity `flood`):
+    /// the Supervisor writes its budget a second and sums up the rest.
+    case certAuditFlood = 28
 
     /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
     public enum Wall: String, Sendable, CaseIterable {

@@ -74,6 +74,8 @@ enum FaultInjection {
         case certAuditReservedKey = "cert-audit-reserved-key"
         case certAuditUnlistedEvent = "cert-audit-unlisted-event"
         case certShutdownRequest = "cert-shutdown-request"
+        /// The CertWorker sends 2,000 audit events at once (relayed, `FaultKind.certAuditFlood`).
+        case certAuditFlood = "cert-audit-flood"
         /// The xDS worker publishes 200 snapshots at once (relayed, `FaultKind.xdsSnapshotStorm`).
         case xdsSnapshotStorm = "xds-snapshot-storm"
         /// This NetWorker stops reading its signer channel, then sends sign requests (for a key it
@@ -161,6 +163,8 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.certShutdownRequest, port: 0).frame())
         case .xdsSnapshotStorm:
             try? channel.send(WorkerMessage.faultRequest(.xdsSnapshotStorm, port: 0).frame())
+        case .certAuditFlood:
+            try? channel.send(WorkerMessage.faultRequest(.certAuditFlood, port: 0).frame())
         case .signerStall:
             guard let handle = identities.anyHandle() else {
                 return Log.error("fault signer-stall: no identity to sign with")

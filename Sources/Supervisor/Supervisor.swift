@@ -74,6 +74,10 @@ final class Supervisor {
     /// On-demand lookups relayed per NetWorker per second.
     private var demandBudget = PerSecondBudget(perSecond: demandsPerSecond)
     static let demandsPerSecond = 1024
+    /// The audit events each worker may cause per second (its own audit frames, its snapshots
+    /// and answers); the rest are counted and summed up in `audit_events_dropped`.
+    private var auditBudget = AuditBudget(perSecond: auditEventsPerSecond)
+    static let auditEventsPerSecond = 100
     /// The next count of open descriptors for the NetWorkers' /metrics.
     private var nextProcessStats: Int64 = 0
     static let processStatsMilliseconds: Int64 = 10_000
@@ -200,7 +204,7 @@ final class Supervisor {
             guard configuration.bool("ZTUNNEL_DEBUG_FAULT_INJECTION") else {
                 throw Violation("fault request while fault injection is disabled")
             }
-            audit.record("fault_injected", slot.auditFields + [("kind", .string("\(kind)")), ("port", .int(Int64(port)))])
+            recordCaused("fault_injected", slot.auditFields + [("kind", .string("\(kind)")), ("port", .int(Int64(port)))], by: slot)
             let frame = SupervisorMessage.fault(kind, port: port).frame()
             let target: WorkerRole = kind.forXDSWorker ? .xdsWorker : .certWorker
             for worker in slots where worker.spec.role == target && worker.state == .running { sendWithoutWaiting(frame, to: worker) }
@@ -255,7 +259,7 @@ final class Supervisor {
                   !fields.contains(where: { WorkerMessage.reservedAuditKeys.contains($0.0) }) else {
                 throw Violation("audit event \(event) is not one the CertWorker may write, or forges a reserved key")
             }
-            audit.record(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) })
+            recordCaused(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) }, by: slot)
             // The CertWorker closed a NetWorker's signer channel for bad requests: that NetWorker
             // can no longer complete a handshake, and it may be compromised. It is replaced (with
             // a new channel), as for a violation of its own IPC.
@@ -347,13 +351,27 @@ final class Supervisor {
             throw Violation("mesh snapshot refused: \(error)")
         }
         let relayed = snapshots.publish(fd)
-        audit.record("mesh_snapshot", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: relayed))),
+        recordCaused("mesh_snapshot", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: relayed))),
                                                           ("worker_generation", .string(String(generation))),
-                                                          ("bytes", .int(Int64(size)))])
+                                                          ("bytes", .int(Int64(size)))], by: slot)
         Log.debug("mesh snapshot", [("generation", "\(relayed)"), ("bytes", "\(size)")])
         for net in liveNetWorkers {
             sendSnapshot(to: net)
         }
+    }
+
+    /// An event a worker caused (its audit frames, its snapshots and answers): written within
+    /// that worker's budget, else counted and summed up once the second is over (`AuditBudget`).
+    private func recordCaused(_ event: String, _ fields: [(String, JSON)], by slot: WorkerSlot) {
+        let (admitted, summary) = auditBudget.admit(event, by: slot.name, nowMilliseconds: Clock.monotonicMilliseconds())
+        if let summary { recordDropped(summary) }
+        if admitted { audit.record(event, fields) }
+    }
+
+    private func recordDropped(_ summary: AuditBudget.Summary) {
+        audit.record("audit_events_dropped", [("worker", .string(summary.worker)), ("dropped", .int(Int64(summary.dropped))),
+                                              ("events", .string(summary.events)), ("security", .bool(true))])
+        Log.warn("\(summary.worker) caused \(summary.dropped) audit events in one second, over its \(Self.auditEventsPerSecond); not written: \(summary.events)")
     }
 
     /// The NetWorkers set up or running: those the snapshot and the xDS counters go to.
@@ -372,7 +390,7 @@ final class Supervisor {
     private func snapshotApplied(generation: UInt64, accepted: Bool, from slot: WorkerSlot) throws {
         do { try snapshots.answered(generation, by: slot.index) } catch { throw Violation("\(error)") }
         if !accepted {
-            audit.record("mesh_snapshot_refused", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: generation)))])
+            recordCaused("mesh_snapshot_refused", slot.auditFields + [("generation", .int(Int64(truncatingIfNeeded: generation)))], by: slot)
         }
         sendSnapshot(to: slot)  // the latest, if a newer one came meanwhile
     }
@@ -541,6 +559,7 @@ final class Supervisor {
         if let drainDeadline { deadlines.append(drainDeadline) }
         if let nextXDSStatsRelay { deadlines.append(nextXDSStatsRelay) }
         if let nextLogFilterRelay { deadlines.append(nextLogFilterRelay) }
+        if let next = auditBudget.nextDue { deadlines.append(next) }
         if !isDraining { deadlines.append(nextProcessStats) }
         if !isDraining, let next = inPod?.nextDeadline { deadlines.append(next) }
         guard let next = deadlines.min() else { return -1 }
@@ -760,6 +779,7 @@ final class Supervisor {
         let now = Clock.monotonicMilliseconds()
         relayXDSStats(now: now)
         relayLogFilter(now: now)
+        for summary in auditBudget.due(nowMilliseconds: now) { recordDropped(summary) }
         if !isDraining && now >= nextProcessStats {
             nextProcessStats = now + Self.processStatsMilliseconds
             let frame = processStats().frame()

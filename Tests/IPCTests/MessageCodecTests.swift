@@ -81,7 +81,7 @@ import Glibc
         #expect(FaultKind(probeName: "xds-unshare") == .xdsUnshare && FaultKind.xdsUnshare.forXDSWorker)
         #expect(FaultKind(probeName: "cert-ptrace") == .certPtrace && !FaultKind.certPtrace.forXDSWorker)
         // The CertWorker's own channel misuse runs in the CertWorker and is no wall probe.
-        for kind in [FaultKind.certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest] {
+        for kind in [FaultKind.certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood] {
             #expect(!kind.forXDSWorker && kind.wall == nil)
         }
         #expect(FaultKind.xdsSnapshotStorm.forXDSWorker && FaultKind.xdsSnapshotStorm.wall == nil)

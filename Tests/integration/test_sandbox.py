@@ -358,17 +358,28 @@ def test_the_supervisor_numbers_snapshots_and_a_storm_ends_with_the_last_in_forc
     """The xDS worker cannot choose the generation the NetWorkers' answers are matched against:
     200 snapshots at once, each claiming generation 7 (fault probe `xds-snapshot-storm`), are
     numbered by the Supervisor one after the other. With one in flight per NetWorker and the
-    latest sent after each answer, the NetWorker ends with the last in force; nobody is killed."""
+    latest sent after each answer, the NetWorker ends with the last in force; nobody is killed.
+    The audit sink gets at most 100 `mesh_snapshot` events a second from it; the rest are
+    summed up in `audit_events_dropped`, so all 200 are accounted for (the budget itself:
+    `test_a_certworker_flooding_the_audit_sink_is_held_to_its_budget`)."""
     daemon = start_daemon(local_config=False, extra_env={
         **FAULTS, "XDS_ADDRESS": f"https://127.0.0.1:{xds.port}", "XDS_ROOT_CA": xds.root_pem_path, "AUTH_TOKEN": "t"})
     daemon.wait_ready()
     (xds_worker,) = daemon.workers("xds-worker")
     before = daemon.audit_events("mesh_snapshot")
     inject(daemon, "xds-snapshot-storm")
-    wait_for(lambda: len(daemon.audit_events("mesh_snapshot")) >= len(before) + 200, 30, "200 more snapshots relayed")
+
+    def accounted():
+        dropped = sum(e["dropped"] for e in daemon.audit_events("audit_events_dropped") if e["worker"] == "xds-worker[0]")
+        return len(daemon.audit_events("mesh_snapshot")) - len(before) + dropped >= 200
+    wait_for(accounted, 30, "200 more snapshots relayed, written or summed up")
     storm = daemon.audit_events("mesh_snapshot")[len(before):]
+    dropped = daemon.audit_events("audit_events_dropped")
+    assert all(e["worker"] == "xds-worker[0]" and e["events"] == f"mesh_snapshot:{e['dropped']}" for e in dropped), dropped
+    assert len(storm) + sum(e["dropped"] for e in dropped) == 200
     first = before[-1]["generation"] + 1
-    assert [e["generation"] for e in storm] == list(range(first, first + 200))
+    generations = [e["generation"] for e in storm]
+    assert generations == sorted(set(generations)) and generations[0] == first and generations[-1] <= first + 199
     assert {e["worker_generation"] for e in storm} == {"7"}
     last = first + 199
 
@@ -378,3 +389,27 @@ def test_the_supervisor_numbers_snapshots_and_a_storm_ends_with_the_last_in_forc
     wait_for(in_force, 30, f"generation {last} in force in the NetWorker")
     assert not daemon.audit_events("ipc_violation") and not daemon.audit_events("worker_exit")
     assert daemon.workers("xds-worker") == [xds_worker] and daemon.ready()
+
+
+def test_a_certworker_flooding_the_audit_sink_is_held_to_its_budget(start_daemon):
+    """A CertWorker may write its own audit events, but not at any rate: of 2,000 sent at once
+    (fault probe `cert-audit-flood`) at most 100 a second are written, and the rest are summed
+    up in `audit_events_dropped` (a security event naming the worker and the event), so every
+    one is accounted for. The CertWorker is not killed for it; the sink keeps taking events."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    (cert,) = daemon.workers("cert-worker")
+    inject(daemon, "cert-audit-flood")
+
+    def flood():
+        written = [e for e in daemon.audit_events("certificate_issued") if e.get("identity") == "flood"]
+        dropped = [e for e in daemon.audit_events("audit_events_dropped") if e["worker"] == "cert-worker[0]"]
+        return written, dropped
+    wait_for(lambda: len(flood()[0]) + sum(e["dropped"] for e in flood()[1]) >= 2000, 30, "2,000 audit events written or summed up")
+    written, dropped = flood()
+    assert len(written) + sum(e["dropped"] for e in dropped) == 2000
+    seconds = {e["time"][:19] for e in written}
+    assert len(written) <= 100 * len(seconds) + 100, (len(written), seconds)  # +100: a second's edge in two clocks
+    assert all(e["security"] is True and e["events"].startswith("certificate_issued:") for e in dropped), dropped
+    assert daemon.workers("cert-worker") == [cert] and not daemon.audit_events("ipc_violation")
+    assert "audit events in one second, over its 100; not written" in daemon.log()
