@@ -14,6 +14,7 @@ let package = Package(
         // For the libFuzzer package in Fuzz/.
         .library(name: "IPC", targets: ["IPC"]),
         .library(name: "XDS", targets: ["XDS"]),
+        .library(name: "OpenSSLSupport", targets: ["OpenSSLSupport"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-nio.git", from: "2.101.2"),

@@ -43,6 +43,11 @@ cp "$out/spm/debug/IPCFuzz" "$out/fuzz_ipc"
   -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
   -Xlinker "$fuzzer_no_main" -Xlinker -lstdc++ 2> >(grep -v "Cannot export local symbol" >&2))
 cp "$out/spm/debug/XDSFuzz" "$out/fuzz_xds"
+# CRL_PATH's parser (OpenSSL underneath, not instrumented; our Swift around it is).
+(cd Fuzz && swift build -q --scratch-path ../$out/spm --product CRLFuzz \
+  -Xswiftc -sanitize=address -Xswiftc -sanitize-coverage=edge,inline-8bit-counters,pc-table,trace-cmp \
+  -Xlinker "$fuzzer_no_main" -Xlinker -lstdc++ 2> >(grep -v "Cannot export local symbol" >&2))
+cp "$out/spm/debug/CRLFuzz" "$out/fuzz_crl"
 python3 Fuzz/seeds_xds.py "$out/seeds-xds"
 python3 Fuzz/seeds.py "$out/seeds-ipc"
 
@@ -50,7 +55,7 @@ status=0
 passed=0
 failed=0
 summary=()
-for target in ipc xds request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer zds dns; do
+for target in ipc xds crl request_target socks5 local_config ca_response ip_address connect_authority metrics_merge grpc_framer zds dns; do
   corpus="$out/corpus/$target"
   mkdir -p "$corpus"
   seeds="Fuzz/seeds/$target"

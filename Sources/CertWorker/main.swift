@@ -209,7 +209,7 @@ final class CertWorker {
             _ = try? Log.setFilter(filter)
         case .setup, .listener, .processTable, .signerChannel, .localConfig, .meshSnapshot, .xdsStats, .metricsRegion, .demand,
              .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus,
-             .processStats:
+             .processStats, .revocations:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

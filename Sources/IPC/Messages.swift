@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 6
+    public static let version: UInt16 = 7
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
@@ -148,18 +148,22 @@ public enum SupervisorMessage {
     /// the limit each has (§15 `process_open_fds`, `process_max_fds`; a NetWorker cannot read
     /// /proc, the Supervisor can).
     case processStats(openFds: UInt32, maxFds: UInt32)
+    /// To a NetWorker: the bytes of CRL_PATH (certificate revocation lists, PEM or DER) as a
+    /// sealed memfd, which the NetWorker parses; the Supervisor only reads the file. Empty when
+    /// the file is empty or missing (nothing revoked).
+    case revocations(generation: UInt64, fd: OwnedFD)
 
     public enum Code: UInt16, CaseIterable {
         case setup = 0x0101, listener = 0x0102, configured = 0x0103, processTable = 0x0104, drain = 0x0105
         case signerChannel = 0x0106, signerPeer = 0x0107, localConfig = 0x0108, caToken = 0x0109, fault = 0x010a
         case meshSnapshot = 0x010b, xdsStats = 0x010c, metricsRegion = 0x010d, logFilter = 0x010e, demand = 0x010f
         case demandAnswered = 0x0110, podAdded = 0x0111, podListener = 0x0112, podRemoved = 0x0113, podSocket = 0x0114
-        case inPodStatus = 0x0115, processStats = 0x0116
+        case inPodStatus = 0x0115, processStats = 0x0116, revocations = 0x0117
 
         /// The fds a message of this type carries: only these types may carry any.
         public var fdCount: Int {
             switch self {
-            case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion, .podListener, .podSocket: return 1
+            case .listener, .signerChannel, .signerPeer, .meshSnapshot, .metricsRegion, .podListener, .podSocket, .revocations: return 1
             case .setup, .configured, .processTable, .drain, .localConfig, .caToken, .fault, .xdsStats, .logFilter, .demand,
                  .demandAnswered, .podAdded, .podRemoved, .inPodStatus, .processStats: return 0
             }
@@ -190,6 +194,7 @@ public enum SupervisorMessage {
         case .podSocket: return .podSocket
         case .inPodStatus: return .inPodStatus
         case .processStats: return .processStats
+        case .revocations: return .revocations
         }
     }
 
@@ -198,6 +203,7 @@ public enum SupervisorMessage {
         var fds: [OwnedFD] = []
         switch self {
         case .setup(let setup): setup.encode(into: &writer)
+        case .revocations(let generation, let fd): writer.u64(generation); fds = [fd]
         case .listener(let name, let fd): writer.string(name); fds = [fd]
         case .configured: break
         case .processTable(let entries):
@@ -297,6 +303,8 @@ public enum SupervisorMessage {
                                    stopped: try reader.u64("pods stopped"))
         case .processStats:
             message = .processStats(openFds: try reader.u32("open fds"), maxFds: try reader.u32("max fds"))
+        case .revocations:
+            message = .revocations(generation: try reader.u64("revocations generation"), fd: frame.fds[0])
         }
         try reader.finish(name)
         return message

@@ -92,6 +92,8 @@ class HTTP2Connection: ChannelInboundHandler {
     private var pingSentAt: NIODeadline?
     /// GOAWAY was sent (drain): the connection closes once its last stream ends.
     private(set) var isGoingAway = false
+    /// Why the connection is being closed, when that decides its streams' records (a revoked peer).
+    private var closing: (error: String, flags: String)?
     private var closeWhenFlushed = false
     private var isClosing = false
 
@@ -157,6 +159,12 @@ class HTTP2Connection: ChannelInboundHandler {
             goAway(context: context)
             return
         }
+        if let revoked = event as? PeerCertificateRevoked {
+            // Abrupt, as upstream: no stream of a revoked peer finishes.
+            closing = (error: "peer certificate revoked (\(revoked.reason))", flags: "CERT_REVOKED")
+            context.close(promise: nil)
+            return
+        }
         context.fireUserInboundEventTriggered(event)
     }
 
@@ -202,7 +210,7 @@ class HTTP2Connection: ChannelInboundHandler {
             if let tcp = stream.tcp { Self.reset(tcp) }
             stream.answered?.fail(HBONEError("the HBONE connection closed before the answer"))
             stream.answered = nil
-            stream.record?.finish(error: "connection closed with the stream open", responseFlags: "CONNECT")
+            stream.record?.finish(error: closing?.error ?? "connection closed with the stream open", responseFlags: closing?.flags ?? "CONNECT")
         }
         context.fireChannelInactive()
     }

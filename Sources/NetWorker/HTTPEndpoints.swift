@@ -58,6 +58,7 @@ struct HTTPEndpoints {
         // its connections refused. Counted, not named: this port is open to the node's network.
         let missing = identities.missing.count
         if missing > 0 { pending.append("certificates (\(missing) pending)") }
+        if let problem = Revocations.shared.problem { pending.append("revocation lists (\(problem))") }
         if pending.isEmpty { return Reply(status: 200, reason: "OK", body: "ready\n") }
         return Reply(status: 500, reason: "Internal Server Error", body: "not ready, pending: \(pending.joined(separator: ", "))\n")
     }

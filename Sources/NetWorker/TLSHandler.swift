@@ -266,6 +266,18 @@ final class TLSHandler: ChannelDuplexHandler {
             fail(context: context, refusal)
             return
         }
+        // CRL_PATH: no certificate of the verified chain may be revoked; the chain is kept to be
+        // checked again when the lists change.
+        if Revocations.shared.isEnabled {
+            let reporter: String
+            if case .server = role { reporter = "destination" } else { reporter = "source" }
+            let chain = RevocationList.chain(SSL_get0_verified_chain(ssl))
+            if let revoked = Revocations.shared.refusal(of: chain, reporter: reporter) {
+                fail(context: context, revoked)
+                return
+            }
+            Revocations.shared.track(context.channel, chain: chain, reporter: reporter, peer: peer.description)
+        }
         Log.info("\(listener): mTLS established",
                  [("peer", ListenerFactory.peer(context.channel)), ("peer_identity", peer.description),
                   ("local_identity", ours?.description ?? "?")])

@@ -36,8 +36,10 @@ enum NetWorkerMain {
         let share = MetricsShare()
         let counted: @Sendable () -> [String] = {
             reporter.metricLines() + metrics.metricLines() + dnsMetrics.metricLines() + hostnames.metricLines() + loopMetrics.metricLines()
+                + Revocations.shared.metricLines()
         }
         let authorization = InboundAuthorization(state: state, live: AuthorizedConnections())
+        if !configuration.string("CRL_PATH").isEmpty { Revocations.shared.enable() }
         signer.onIdentity = { material in identities.update(material) }
         signer.onStatus = { statuses in identities.update(statuses: statuses) }
         signer.onWithdraw = { spiffeId in identities.withdraw(spiffeId) }
@@ -181,6 +183,8 @@ struct ControlLoop {
                 }
             case .meshSnapshot(let generation, let fd):
                 applySnapshot(generation: generation, fd: fd)
+            case .revocations(let generation, let fd):
+                applyRevocations(generation: generation, fd: fd)
             case .xdsStats(let stats):
                 state.xdsStats = stats
             case .metricsRegion(let index, let writable, let fd):
@@ -217,6 +221,21 @@ struct ControlLoop {
         } else {
             servers.append(server)
             Log.debug("serving \(name)")
+        }
+    }
+
+    /// New CRL_PATH bytes (relayed by the Supervisor as a sealed memfd): parsed here, put in
+    /// force, and every live HBONE connection whose peer they now revoke is closed. Lists that do
+    /// not parse are refused and the ones in force stay.
+    private func applyRevocations(generation: UInt64, fd: OwnedFD) {
+        do {
+            let outcome = try SealedMemfd.withContents(fd.rawValue, maxBytes: Revocations.maxBytes) {
+                try Revocations.shared.install(Array($0))
+            }
+            Log.info("revocation lists in force", [("generation", "\(generation)"), ("lists", "\(outcome.lists)"),
+                                                   ("revoked", "\(outcome.revoked)"), ("connections_closed", "\(outcome.closed)")])
+        } catch {
+            Log.error("CRL_PATH generation \(generation) refused: \(error); \(Revocations.shared.problem ?? "the revocation lists in force stay")")
         }
     }
 

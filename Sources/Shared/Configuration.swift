@@ -58,6 +58,8 @@ public struct Configuration: Sendable {
                 "plugged-in CA for the built-in CA (Istio cacerts layout); empty = a self-signed root made at start"),
         Setting("ZTUNNEL_STATIC_IDENTITY_DIR", .path, default: "",
                 "static identities: one subdirectory each with cert-chain.pem, key.pem, root-cert.pem (read by the CertWorker only)"),
+        Setting("CRL_PATH", .path, default: "",
+                "certificate revocation lists (PEM or DER) every mTLS peer's chain is checked against, at the handshake and again on live connections when the file changes; empty = none"),
         Setting("ZTUNNEL_NET_WORKERS", .integer(1...64), default: "1", "number of NetWorker processes"),
         Setting("ZTUNNEL_CERT_WORKER_UID", .integer(1...0x7fff_fffe), default: "65532",
                 "uid the CertWorker runs as when the daemon starts as root (must differ from the NetWorker's)"),

@@ -24,14 +24,17 @@ final class Supervisor {
     /// once a NetWorker says they parsed. The Supervisor itself parses nothing.
     private var localConfig: [UInt8]
     private var localConfigGeneration: UInt32 = 0
-    /// The last bytes read, the bytes waiting to be seen unchanged once more, and the generation
-    /// sent but not yet acknowledged.
-    private var lastSeenLocalConfig: [UInt8]
-    private var candidateLocalConfig: [UInt8]?
+    /// The file as last looked at, and the generation sent but not yet acknowledged.
+    private var localConfigFile: SettledFile
     private var trialLocalConfig: (generation: UInt32, bytes: [UInt8])?
     private var nextLocalConfigCheck: Int64?
-    private var localConfigUnreadable = false
     static let localConfigCheckMilliseconds: Int64 = 2_000
+    /// CRL_PATH: read at start and looked at again as LOCAL_XDS_PATH is; its bytes go to every
+    /// NetWorker as a sealed memfd (the latest is what a new NetWorker gets), and the NetWorkers
+    /// parse them. Nil when CRL_PATH is unset.
+    private var crlFile: SettledFile?
+    private var crl: (generation: UInt64, fd: OwnedFD)?
+    static let crlMaxBytes = 16 << 20
     private let tokenSource: CATokenSource
     /// The CA token as last read and sent; the last refusal, logged once until it changes.
     private var caToken: String?
@@ -88,7 +91,9 @@ final class Supervisor {
     init(configuration: Configuration, audit: AuditSink, broker: FdBroker, binDirectory: String,
          policies: [WorkerRole: SeccompPolicy], signalFd: OwnedFD, localConfig: [UInt8]) {
         self.localConfig = localConfig
-        lastSeenLocalConfig = localConfig
+        localConfigFile = SettledFile(path: configuration.string("LOCAL_XDS_PATH"), limit: 60 * 1024, settled: localConfig)
+        let crlPath = configuration.string("CRL_PATH")
+        crlFile = crlPath.isEmpty ? nil : SettledFile(path: crlPath, limit: Self.crlMaxBytes, settled: [])
         self.configuration = configuration
         logFilter = configuration.string("RUST_LOG")
         inPod = configuration.isInPodMode ? InPod(configuration: configuration, audit: audit) : nil
@@ -120,7 +125,10 @@ final class Supervisor {
     /// Runs until drained or given up; returns the process exit code.
     func run() -> Int32 {
         refreshCAToken()
-        if configuration.isLocalMode { nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds }
+        if configuration.isLocalMode || crlFile != nil {
+            nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
+        }
+        readCRLAtStart()
         for slot in slots { start(slot) }
         while exitCode == nil {
             pollOnce()
@@ -281,7 +289,11 @@ final class Supervisor {
         if logFilter != configuration.string("RUST_LOG") {
             try ipc.send(SupervisorMessage.logFilter(logFilter).frame(), blocking: false)
         }
-        // The mesh model before the listeners: nothing is accepted before it is in force.
+        // The revocation lists and the mesh model before the listeners: nothing is accepted
+        // before they are in force.
+        if slot.spec.receivesListeners, let crl {
+            try ipc.send(SupervisorMessage.revocations(generation: crl.generation, fd: crl.fd).frame(), blocking: false)
+        }
         if slot.spec.receivesListeners && configuration.isLocalMode {
             try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
         }
@@ -400,37 +412,70 @@ final class Supervisor {
     /// that cannot be read is logged once and the last good bytes stay in force.
     private func reloadLocalConfig() {
         nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
-        let path = configuration.string("LOCAL_XDS_PATH")
-        let bytes: [UInt8]
-        do { bytes = try Syscall.readFile(path, limit: 60 * 1024, regularOnly: true) } catch {
-            if !localConfigUnreadable {
-                localConfigUnreadable = true
-                Log.warn("cannot read LOCAL_XDS_PATH (\(path)) again: \(error); the last one read stays in force")
-            }
+        if crlFile != nil { reloadCRL() }
+        guard configuration.isLocalMode else { return }
+        let path = localConfigFile.path
+        switch localConfigFile.look() {
+        case .unchanged, .settling:
+            return
+        case .unreadable(let error, let firstTime):
+            if firstTime { Log.warn("cannot read LOCAL_XDS_PATH (\(path)) again: \(error); the last one read stays in force") }
+        case .changed(let bytes):
+            localConfigGeneration &+= 1
+            trialLocalConfig = (localConfigGeneration, bytes)
+            audit.record("local_config_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count))),
+                                                  ("generation", .int(Int64(localConfigGeneration)))])
+            Log.info("LOCAL_XDS_PATH changed; sending it to the NetWorkers", [("bytes", "\(bytes.count)"),
+                                                                              ("generation", "\(localConfigGeneration)")])
+            let frame = SupervisorMessage.localConfig(generation: localConfigGeneration, bytes).frame()
+            for slot in liveNetWorkers { sendWithoutWaiting(frame, to: slot) }
+        }
+    }
+
+    /// CRL_PATH at start: a missing file revokes nothing until it appears (as upstream: a
+    /// ConfigMap may be mounted later), said once.
+    private func readCRLAtStart() {
+        guard var file = crlFile else { return }
+        var look = file.look()
+        // Two looks at once: nothing is in force yet that a half-written file could replace.
+        if look == .settling { look = file.look() }
+        crlFile = file
+        if case .unreadable(let error, _) = look {
+            Log.warn("cannot read CRL_PATH (\(file.path)): \(error); nothing is revoked until it can be read")
+            audit.record("crl_unreadable", [("path", .string(file.path)), ("error", .string(error))])
+        }
+        publishCRL(file.settled)
+    }
+
+    /// CRL_PATH looked at again: settled new bytes go to every NetWorker. An unreadable file
+    /// keeps the lists in force (a ConfigMap update swaps a symlink; a read in between fails).
+    private func reloadCRL() {
+        guard var file = crlFile else { return }
+        let look = file.look()
+        crlFile = file
+        switch look {
+        case .unchanged, .settling:
+            return
+        case .unreadable(let error, let firstTime):
+            if firstTime { Log.warn("cannot read CRL_PATH (\(file.path)) again: \(error); the revocation lists in force stay") }
+        case .changed(let bytes):
+            publishCRL(bytes)
+        }
+    }
+
+    private func publishCRL(_ bytes: [UInt8]) {
+        guard let path = crlFile?.path else { return }
+        let fd: OwnedFD
+        do { fd = try SealedMemfd.make(name: "ztunnel-crl", bytes) } catch {
+            Log.error("cannot hand CRL_PATH to the NetWorkers: \(error); the lists in force stay")
             return
         }
-        localConfigUnreadable = false
-        guard bytes != lastSeenLocalConfig else {
-            candidateLocalConfig = nil
-            return
-        }
-        // Seen changed twice in a row, 2 s apart: not a file caught in the middle of a write.
-        guard bytes == candidateLocalConfig else {
-            candidateLocalConfig = bytes
-            return
-        }
-        candidateLocalConfig = nil
-        lastSeenLocalConfig = bytes
-        localConfigGeneration &+= 1
-        trialLocalConfig = (localConfigGeneration, bytes)
-        audit.record("local_config_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count))),
-                                              ("generation", .int(Int64(localConfigGeneration)))])
-        Log.info("LOCAL_XDS_PATH changed; sending it to the NetWorkers", [("bytes", "\(bytes.count)"),
-                                                                          ("generation", "\(localConfigGeneration)")])
-        let frame = SupervisorMessage.localConfig(generation: localConfigGeneration, bytes).frame()
-        for slot in slots where slot.spec.receivesListeners && (slot.state == .settingUp || slot.state == .running) {
-            sendWithoutWaiting(frame, to: slot)
-        }
+        let generation = (crl?.generation ?? 0) &+ 1
+        crl = (generation, fd)
+        audit.record("crl_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count))), ("generation", .int(Int64(generation)))])
+        Log.info("CRL_PATH read; sending it to the NetWorkers", [("bytes", "\(bytes.count)"), ("generation", "\(generation)")])
+        let frame = SupervisorMessage.revocations(generation: generation, fd: fd).frame()
+        for slot in liveNetWorkers { sendWithoutWaiting(frame, to: slot) }
     }
 
     /// A NetWorker's verdict on a generation of the local config: accepted bytes become what new

@@ -186,7 +186,7 @@ final class XDSWorker {
             FaultProbe.run(kind, port: port, enabled: faultInjectionEnabled && kind.forXDSWorker)
         case .setup, .listener, .processTable, .signerChannel, .signerPeer, .localConfig, .xdsStats, .metricsRegion,
              .demandAnswered, .podAdded, .podListener, .podRemoved, .podSocket, .inPodStatus,
-             .processStats:
+             .processStats, .revocations:
             WorkerBootstrap.die("unexpected \(message.code) from the supervisor")
         }
     }

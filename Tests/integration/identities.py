@@ -45,6 +45,21 @@ class MiniCA:
                                       serialization.NoEncryption()))
         return spiffe, key
 
+    def revocation_list(self, serials):
+        """A CRL of this CA (PEM bytes) revoking the certificates with these serial numbers."""
+        builder = (x509.CertificateRevocationListBuilder().issuer_name(self.name)
+                   .last_update(self.now - datetime.timedelta(minutes=5)).next_update(self.now + datetime.timedelta(days=1)))
+        for serial in serials:
+            builder = builder.add_revoked_certificate(
+                x509.RevokedCertificateBuilder().serial_number(serial).revocation_date(self.now).build())
+        return builder.sign(self.key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+    @staticmethod
+    def serial(directory):
+        """The serial number of the leaf in `directory`/cert-chain.pem."""
+        with open(os.path.join(directory, "cert-chain.pem"), "rb") as f:
+            return x509.load_pem_x509_certificate(f.read()).serial_number
+
     def write_cacerts(self, directory):
         """Writes this CA in Istio's cacerts layout (the CA is its own root here)."""
         os.makedirs(directory, exist_ok=True)

@@ -65,4 +65,26 @@ static inline long CShims_SSL_CTX_disable_session_reuse(SSL_CTX *ctx) {
     return SSL_CTX_set_num_tickets(ctx, 0) == 1 ? 1 : 0;
 }
 
+/* A verified chain (STACK_OF(X509), leaf first) for the revocation check. */
+static inline int CShims_sk_X509_num(const void *stack) { return sk_X509_num((const STACK_OF(X509) *)stack); }
+static inline X509 *CShims_sk_X509_value(const void *stack, int index) { return sk_X509_value((const STACK_OF(X509) *)stack, index); }
+/* A CRL's revoked entries. */
+static inline int CShims_X509_CRL_revoked_count(X509_CRL *crl) {
+    STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
+    return revoked == NULL ? 0 : sk_X509_REVOKED_num(revoked);
+}
+static inline X509_REVOKED *CShims_X509_CRL_revoked_value(X509_CRL *crl, int index) {
+    STACK_OF(X509_REVOKED) *revoked = X509_CRL_get_REVOKED(crl);
+    return revoked == NULL ? NULL : sk_X509_REVOKED_value(revoked, index);
+}
+/* Whether a CRL's issuingDistributionPoint makes it indirect or partial (-1: it does not parse). */
+static inline int CShims_X509_CRL_idp_is_narrowed(const X509_CRL *crl) {
+    int critical = 0;
+    ISSUING_DIST_POINT *idp = X509_CRL_get_ext_d2i(crl, NID_issuing_distribution_point, &critical, NULL);
+    if (idp == NULL) return critical == -1 ? 0 : -1;
+    int narrowed = idp->indirectCRL || idp->onlysomereasons != NULL || idp->onlyattr;
+    ISSUING_DIST_POINT_free(idp);
+    return narrowed;
+}
+
 #endif

@@ -1,0 +1,120 @@
+import NIOCore
+import OpenSSLSupport
+import Shared
+
+/// Fired into an HBONE connection's pipeline when new revocation lists name a certificate of
+/// its peer's chain: the HTTP/2 session ends every stream (`CERT_REVOKED`) and closes.
+struct PeerCertificateRevoked {
+    let reason: String
+}
+
+/// CRL_PATH in a NetWorker (ISTIO_COMPAT §18): the revocation lists in force, checked against
+/// every mTLS peer's verified chain at the end of the handshake (15008's clients, the pool's
+/// servers), and the live HBONE connections with their peer's chain, checked again whenever the
+/// lists change and closed when now revoked, as upstream does. Counted as
+/// `istio_crl_policy_rejections_total` (reporter `destination` for 15008's clients, `source`
+/// for the servers we connect to) and `istio_crl_untracked_connections_total` (connections past
+/// the tracking bound, which a change of the lists cannot reach).
+///
+/// Lists that do not parse are refused and the ones in force stay; if the first lists do not
+/// parse, every peer is refused until lists that parse arrive: CRL_PATH is set, and accepting
+/// certificates unchecked would be failing open (upstream does not start then).
+final class Revocations: @unchecked Sendable {
+    static let shared = Revocations()
+    private let maxTracked: Int
+    static let maxBytes = RevocationList.maxBytes
+
+    private struct Tracked {
+        let channel: Channel
+        let chain: [Certificate]
+        let reporter: String
+        let peer: String
+    }
+
+    private let lock = Mutex()
+    /// Nil while CRL_PATH is unset (or before its first lists came).
+    private var lists: RevocationList?
+    /// The first lists did not parse: every peer is refused, for this reason.
+    private var refusingAll: String?
+    private var enabled = false
+    private var tracked: [ObjectIdentifier: Tracked] = [:]
+    private let counters = LabeledCounters<String, (rejections: UInt64, untracked: UInt64)>(
+        maxLabelSets: 2, empty: (0, 0)) { "{reporter=\"\($0)\"}" }
+
+    init(maxTracked: Int = 65_536) { self.maxTracked = maxTracked }
+
+    /// CRL_PATH is set: lists will come from the Supervisor before any listener.
+    func enable() { lock.withLock { enabled = true } }
+
+    var isEnabled: Bool { lock.withLock { enabled } }
+
+    /// New bytes of CRL_PATH. Returns the number of live connections closed, or throws (the
+    /// lists in force stay; with none yet, every peer is refused).
+    @discardableResult
+    func install(_ bytes: [UInt8]) throws -> (lists: Int, revoked: Int, closed: Int) {
+        let parsed: RevocationList
+        do { parsed = try RevocationList(parsing: bytes) } catch {
+            lock.withLock { if lists == nil { refusingAll = "CRL_PATH holds no revocation list that parses (\(error))" } }
+            throw error
+        }
+        let live = lock.withLock { () -> [Tracked] in
+            lists = parsed
+            refusingAll = nil
+            return Array(tracked.values)
+        }
+        var closed = 0
+        for connection in live {
+            guard let reason = parsed.revoked(in: connection.chain) else { continue }
+            counters.update(connection.reporter) { $0.rejections += 1 }
+            Log.warn("connection closed: the peer's certificate is revoked",
+                     [("peer", connection.peer), ("reporter", connection.reporter), ("certificate", reason)])
+            connection.channel.pipeline.fireUserInboundEventTriggered(PeerCertificateRevoked(reason: reason))
+            closed += 1
+        }
+        return (parsed.count, parsed.revokedEntries, closed)
+    }
+
+    /// At the end of a handshake: why the peer's verified chain (leaf first) is refused, nil
+    /// when it passes. A refusal is counted under `reporter`.
+    func refusal(of chain: [Certificate], reporter: String) -> String? {
+        let (enabled, lists, refusingAll) = lock.withLock { (self.enabled, self.lists, self.refusingAll) }
+        guard enabled else { return nil }  // CRL_PATH unset
+        if let refusingAll {
+            counters.update(reporter) { $0.rejections += 1 }
+            return refusingAll
+        }
+        guard let revoked = lists?.revoked(in: chain) else { return nil }
+        counters.update(reporter) { $0.rejections += 1 }
+        return "peer certificate revoked (\(revoked))"
+    }
+
+    /// Keeps an established connection's peer chain until it closes, for the next lists.
+    func track(_ channel: Channel, chain: [Certificate], reporter: String, peer: String) {
+        let key = ObjectIdentifier(channel)
+        let added = lock.withLock { () -> Bool in
+            guard tracked.count < maxTracked else { return false }
+            tracked[key] = Tracked(channel: channel, chain: chain, reporter: reporter, peer: peer)
+            return true
+        }
+        guard added else {
+            counters.update(reporter) { $0.untracked += 1 }
+            return
+        }
+        channel.closeFuture.whenComplete { _ in self.lock.withLock { self.tracked[key] = nil } }
+    }
+
+    /// Why no peer can be verified now (the readiness page says it), nil when they can.
+    var problem: String? { lock.withLock { refusingAll } }
+
+    /// Both families, with both reporters, whenever CRL_PATH is set.
+    func metricLines() -> [String] {
+        guard lock.withLock({ enabled }) else { return [] }
+        for reporter in ["destination", "source"] { counters.update(reporter) { _ in } }
+        return counters.lines([
+            ("istio_crl_policy_rejections", "Connections and handshakes refused or closed because a certificate of the peer's chain is revoked.",
+             { $0.rejections }),
+            ("istio_crl_untracked_connections", "Connections not tracked for revocation (a change of CRL_PATH cannot close them).",
+             { $0.untracked }),
+        ])
+    }
+}

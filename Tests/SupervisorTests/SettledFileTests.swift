@@ -1,0 +1,31 @@
+import Testing
+@testable import Supervisor
+
+/// A watched file's new bytes count once seen the same twice in a row (`SettledFile`).
+@Suite struct SettledFileTests {
+    struct Missing: Error {}
+
+    @Test func newBytesCountOnceSeenTwiceAndAFailureIsSaidOnce() {
+        var file = SettledFile(path: "/x", limit: 100, settled: [1])
+        var contents: [UInt8]? = [1]
+        func look() -> SettledFile.Look { file.look { _, _ in guard let contents else { throw Missing() }; return contents } }
+        #expect(look() == .unchanged)
+        contents = [2]
+        #expect(look() == .settling)
+        contents = [3]  // still being written
+        #expect(look() == .settling)
+        #expect(look() == .changed([3]) && file.settled == [3])
+        #expect(look() == .unchanged)
+        contents = nil
+        #expect(look() == .unreadable("Missing()", firstTime: true))
+        #expect(look() == .unreadable("Missing()", firstTime: false))
+        contents = [3]
+        #expect(look() == .unchanged)  // back as it was: nothing to send
+        contents = [4]
+        #expect(look() == .settling)
+        contents = nil
+        #expect(look() == .unreadable("Missing()", firstTime: true))
+        contents = [4]
+        #expect(look() == .settling)  // a failure in between starts the settling again
+    }
+}
