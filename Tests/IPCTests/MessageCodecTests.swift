@@ -182,6 +182,22 @@ import Glibc
         #expect(throws: IPCError.wrongFdCount(type: "meshSnapshot", expected: 1, actual: 0)) { try SupervisorMessage.decode(bareDown) }
     }
 
+    /// CRL_PATH's bytes go to a NetWorker as a memfd with a generation; without it, refused.
+    @Test func revocationsCarryTheirMemfd() throws {
+        let fd = OwnedFD(takingOwnershipOf: dup(0))
+        let frame = try roundTrip(SupervisorMessage.revocations(generation: 1 << 33, fd: fd).frame())
+        guard case .revocations(let generation, let received) = try SupervisorMessage.decode(frame) else {
+            Issue.record("not revocations"); return
+        }
+        #expect(generation == 1 << 33 && received.rawValue >= 0)
+        var bare = SupervisorMessage.revocations(generation: 1, fd: fd).frame()
+        bare.fds = []
+        #expect(throws: IPCError.wrongFdCount(type: "revocations", expected: 1, actual: 0)) { try SupervisorMessage.decode(bare) }
+        var short = SupervisorMessage.revocations(generation: 1, fd: fd).frame()
+        short.payload.removeLast()
+        #expect(throws: IPCError.self) { try SupervisorMessage.decode(short) }
+    }
+
     @Test func frameHeaderIsBigEndianWithFdCount() throws {
         let bytes = try WorkerMessage.hello(protocolVersion: 1, role: .netWorker, pid: 0x0102_0304).frame(requestId: 0xAABB_CCDD).encodedBytes()
         #expect(Array(bytes[0..<11]) == [0, 0, 0, 7, 0x02, 0x01, 0xAA, 0xBB, 0xCC, 0xDD, 0])
@@ -229,7 +245,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x0117, 0x020e, 0xffff] {
+        for type: UInt16 in [0, 0x0118, 0x020e, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }
