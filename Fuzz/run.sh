@@ -61,6 +61,7 @@ for target in ipc xds crl request_target socks5 local_config ca_response ip_addr
   seeds="Fuzz/seeds/$target"
   [ "$target" = ipc ] && seeds="$out/seeds-ipc"
   [ "$target" = xds ] && seeds="$out/seeds-xds"
+  [ "$target" = crl ] && seeds="Tests/fixtures/crl"
   log="$out/$target.log"
   if SWIFT_BACKTRACE=enable=no "$out/fuzz_$target" -max_total_time="$seconds" -print_final_stats=1 \
        -artifact_prefix="$out/artifacts/$target-" "$corpus" "$seeds" > "$log" 2>&1; then

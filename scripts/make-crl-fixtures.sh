@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Writes Tests/NetWorkerTests/CRLFixtures.swift and Fuzz/seeds/crl/: a root with two leaves, a
-# CRL of that root revoking the first leaf (PEM and DER), a second root of the same name and
+# Writes Tests/fixtures/crl/, the unit tests' fixtures and the crl fuzz target's seeds and chain:
+# a root with two leaves, a CRL of that root revoking the first leaf (PEM and DER), a second root of the same name and
 # another key with a CRL revoking the second leaf (which must not count for the first root's
 # chains), and an intermediate CA under the root, revoked by a CRL of the root. Run again only to
 # change the fixtures; the output is committed. Validity is 100 years (the check ignores CRL
@@ -64,27 +64,12 @@ crl root-revokes-intermediate.pem root.pem root.key intermediate.pem
 crl root-revokes-nothing.pem root.pem root.key
 openssl crl -in root-revokes-leaf1.pem -outform DER -out root-revokes-leaf1.der
 
-out="$OLDPWD/Tests/NetWorkerTests/CRLFixtures.swift"
-{
-  echo "// Written by scripts/make-crl-fixtures.sh: test certificates and revocation lists."
-  echo "enum CRLFixtures {"
-  for name in root other-root leaf1 leaf2 intermediate leaf3 root-revokes-leaf1 other-root-revokes-leaf2 \
-              root-revokes-intermediate root-revokes-nothing; do
-    identifier=$(echo "$name" | sed -E 's/-([a-z0-9])/\U\1/g')
-    file="$name.pem"
-    echo "    static let $identifier = \"\"\""
-    cat "$file"
-    echo "\"\"\""
-  done
-  printf '    static let rootRevokesLeaf1DER: [UInt8] = ['
-  od -An -v -tu1 root-revokes-leaf1.der | tr -s ' \n' ' ' | sed -E 's/^ //; s/ $//; s/ /, /g'
-  echo "]"
-  echo "}"
-} > "$out"
-seeds="$OLDPWD/Fuzz/seeds/crl"
-mkdir -p "$seeds"
-cp root-revokes-leaf1.pem "$seeds/pem"
-cp root-revokes-leaf1.der "$seeds/der"
-cat root-revokes-leaf1.pem root-revokes-intermediate.pem > "$seeds/two"
-: > "$seeds/empty"
-echo "wrote $out and $seeds"
+out="$OLDPWD/Tests/fixtures/crl"
+rm -rf "$out"
+mkdir -p "$out"
+for name in root other-root leaf1 leaf2 intermediate leaf3 root-revokes-leaf1 other-root-revokes-leaf2 \
+            root-revokes-intermediate root-revokes-nothing; do
+  cp "$name.pem" "$out/$name.pem"
+done
+cp root-revokes-leaf1.der "$out/root-revokes-leaf1.der"
+echo "wrote $out"

@@ -82,10 +82,33 @@ enum FaultInjection {
         /// holds) until the channel is cut: the CertWorker, which never waits on a NetWorker,
         /// closes it (`signer_violation`) and the Supervisor replaces this NetWorker.
         case signerStall = "signer-stall"
+
+        /// The faults another worker runs: relayed through the Supervisor as they are.
+        var relayed: FaultKind? {
+            switch self {
+            case .certOpenFile: return .openFile
+            case .certMakeDirectory: return .makeDirectory
+            case .certConnect: return .connect
+            case .xdsOpenFile: return .xdsOpenFile
+            case .xdsMakeDirectory: return .xdsMakeDirectory
+            case .xdsConnect: return .xdsConnect
+            case .xdsBadSnapshot: return .xdsBadSnapshot
+            case .xdsSnapshotStorm: return .xdsSnapshotStorm
+            case .certAuditReservedKey: return .certAuditReservedKey
+            case .certAuditUnlistedEvent: return .certAuditUnlistedEvent
+            case .certShutdownRequest: return .certShutdownRequest
+            case .certAuditFlood: return .certAuditFlood
+            default: return nil
+            }
+        }
     }
 
     /// Runs on the NetWorker's main (control) thread after the response is written.
     static func inject(_ kind: Kind, port: UInt16, channel: IPCSocket, signer: SignerClient, identities: IdentityTable) {
+        if let relayed = kind.relayed {
+            try? channel.send(WorkerMessage.faultRequest(relayed, port: port).frame())
+            return
+        }
         switch kind {
         case .seccomp:
             _ = CShims_forbidden_syscall()
@@ -119,12 +142,6 @@ enum FaultInjection {
             if fd >= 0 { close(fd) }
         case .makeDirectory:
             report(kind, makeProbeDirectory())
-        case .certOpenFile:
-            try? channel.send(WorkerMessage.faultRequest(.openFile, port: 0).frame())
-        case .certMakeDirectory:
-            try? channel.send(WorkerMessage.faultRequest(.makeDirectory, port: 0).frame())
-        case .certConnect:
-            try? channel.send(WorkerMessage.faultRequest(.connect, port: port).frame())
         case .badSign:
             signer.sendRawForFaultInjection([0xde, 0xad, 0xbe, 0xef, 0x00, 0x00, 0x00, 0x07, 0x00, 0x00, 0x00, 0x00, 0x01])
         case .refusedSigns:
@@ -147,24 +164,9 @@ enum FaultInjection {
                 try? channel.send(WorkerMessage.demand("/10.200.\(index / 256).\(index % 256)").frame())
             }
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
-        case .xdsOpenFile:
-            try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
-        case .xdsMakeDirectory:
-            try? channel.send(WorkerMessage.faultRequest(.xdsMakeDirectory, port: 0).frame())
-        case .xdsConnect:
-            try? channel.send(WorkerMessage.faultRequest(.xdsConnect, port: port).frame())
-        case .xdsBadSnapshot:
-            try? channel.send(WorkerMessage.faultRequest(.xdsBadSnapshot, port: 0).frame())
-        case .certAuditReservedKey:
-            try? channel.send(WorkerMessage.faultRequest(.certAuditReservedKey, port: 0).frame())
-        case .certAuditUnlistedEvent:
-            try? channel.send(WorkerMessage.faultRequest(.certAuditUnlistedEvent, port: 0).frame())
-        case .certShutdownRequest:
-            try? channel.send(WorkerMessage.faultRequest(.certShutdownRequest, port: 0).frame())
-        case .xdsSnapshotStorm:
-            try? channel.send(WorkerMessage.faultRequest(.xdsSnapshotStorm, port: 0).frame())
-        case .certAuditFlood:
-            try? channel.send(WorkerMessage.faultRequest(.certAuditFlood, port: 0).frame())
+        case .certOpenFile, .certMakeDirectory, .certConnect, .xdsOpenFile, .xdsMakeDirectory, .xdsConnect, .xdsBadSnapshot,
+             .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood:
+            break  // relayed above
         case .signerStall:
             guard let handle = identities.anyHandle() else {
                 return Log.error("fault signer-stall: no identity to sign with")

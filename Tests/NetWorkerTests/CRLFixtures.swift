@@ -1,124 +1,24 @@
-// Written by scripts/make-crl-fixtures.sh: test certificates and revocation lists.
+import Foundation
+
+/// The certificates and revocation lists of Tests/fixtures/crl (scripts/make-crl-fixtures.sh).
 enum CRLFixtures {
-    static let root = """
------BEGIN CERTIFICATE-----
-MIIBmDCCAT6gAwIBAgIUJMH4sPmAq7r9SuNemiR8igwox0UwCgYIKoZIzj0EAwIw
-KTEQMA4GA1UECgwHZml4dHVyZTEVMBMGA1UEAwwMZml4dHVyZSByb290MCAXDTI2
-MTIwMjA1NTI0NloYDzIxMjYxMTA4MDU1MjQ2WjApMRAwDgYDVQQKDAdmaXh0dXJl
-MRUwEwYDVQQDDAxmaXh0dXJlIHJvb3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
-AAR8vz5k8UzsAys1hEwoGfx5JRiQaUO4h9/beLng/0AEhW+T5OkJ9IdZgb4jdwJc
-6uWBb1SyC5Uj7a575jcFW0pco0IwQDAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB
-/wQEAwIBBjAdBgNVHQ4EFgQU3Bv1TAsdfcD/1YFJXFT1jQVMVDcwCgYIKoZIzj0E
-AwIDSAAwRQIhAK2xa32XEcE1B6ftxbAUky5F/FkwUZQIXje0vV4Lgiy/AiAhFzfn
-Jv6Sq5n5U3RddmP8fM7IeZwVVXu3At7wxSlmCg==
------END CERTIFICATE-----
-"""
-    static let otherRoot = """
------BEGIN CERTIFICATE-----
-MIIBmTCCAT6gAwIBAgIUHNEDntUfcp6NiZdeg9X7taz68xgwCgYIKoZIzj0EAwIw
-KTEQMA4GA1UECgwHZml4dHVyZTEVMBMGA1UEAwwMZml4dHVyZSByb290MCAXDTI2
-MTIwMjA1NTI0NloYDzIxMjYxMTA4MDU1MjQ2WjApMRAwDgYDVQQKDAdmaXh0dXJl
-MRUwEwYDVQQDDAxmaXh0dXJlIHJvb3QwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
-AARVGYx1der05g5hvuCfQCMyn6/qnjhS7ctK1go+rEfVuWrjQwz4/piIdDK9VBkI
-Dh5iWTaupO7J716StFrUANu5o0IwQDAPBgNVHRMBAf8EBTADAQH/MA4GA1UdDwEB
-/wQEAwIBBjAdBgNVHQ4EFgQUvhzI0Rj75oYvxN1fmj7w6s8SzSUwCgYIKoZIzj0E
-AwIDSQAwRgIhAOY5XLt2ya9EVMdo96HM7MGhjSued/c5x2PpF2w5qwpYAiEAoC0U
-nx0OEhLNat8HyELFz0i5fdvCrhO84J0l/n8PVLc=
------END CERTIFICATE-----
-"""
-    static let leaf1 = """
------BEGIN CERTIFICATE-----
-MIIByTCCAW+gAwIBAgICEAEwCgYIKoZIzj0EAwIwKTEQMA4GA1UECgwHZml4dHVy
-ZTEVMBMGA1UEAwwMZml4dHVyZSByb290MCAXDTI2MTIwMjA1NTI0NloYDzIxMjYx
-MTA4MDU1MjQ2WjATMREwDwYDVQQDDAhsZWFmIG9uZTBZMBMGByqGSM49AgEGCCqG
-SM49AwEHA0IABHSoovyAej9RcYieGSBOBlsH4blsP10dynD31SSfxAyDw7xv7YRb
-pIYEiEeelZZdpQHJ87WjGQxtuoNmYq5B7F6jgZowgZcwDAYDVR0TAQH/BAIwADAO
-BgNVHQ8BAf8EBAMCB4AwNwYDVR0RBDAwLoYsc3BpZmZlOi8vY2x1c3Rlci5sb2Nh
-bC9ucy9kZWZhdWx0L3NhL2ZpeHR1cmUwHQYDVR0OBBYEFFhRoSub0hVJKapAh0Va
-ErPmiH1OMB8GA1UdIwQYMBaAFNwb9UwLHX3A/9WBSVxU9Y0FTFQ3MAoGCCqGSM49
-BAMCA0gAMEUCIE5+2eg6H74gDu7fEv/HrDKLWAyw1L1h3MRdoALsRIPXAiEA5UfM
-GjL/JlrBb9ThJIT7w4Fyw02F9q224pMt6mHgK6c=
------END CERTIFICATE-----
-"""
-    static let leaf2 = """
------BEGIN CERTIFICATE-----
-MIIByjCCAW+gAwIBAgICEAIwCgYIKoZIzj0EAwIwKTEQMA4GA1UECgwHZml4dHVy
-ZTEVMBMGA1UEAwwMZml4dHVyZSByb290MCAXDTI2MTIwMjA1NTI0NloYDzIxMjYx
-MTA4MDU1MjQ2WjATMREwDwYDVQQDDAhsZWFmIHR3bzBZMBMGByqGSM49AgEGCCqG
-SM49AwEHA0IABA5dNb6RNp7FCmkjGHrw9Xnq717V2YQvcMVQ/2Y8Hh7QGCNWQ1eK
-TIvR7T5e/K4fHL7O3OT0wgCxGDMUpINQIkijgZowgZcwDAYDVR0TAQH/BAIwADAO
-BgNVHQ8BAf8EBAMCB4AwNwYDVR0RBDAwLoYsc3BpZmZlOi8vY2x1c3Rlci5sb2Nh
-bC9ucy9kZWZhdWx0L3NhL2ZpeHR1cmUwHQYDVR0OBBYEFIlKPSgFxZOgY8ak5eA1
-C+S7vv2uMB8GA1UdIwQYMBaAFNwb9UwLHX3A/9WBSVxU9Y0FTFQ3MAoGCCqGSM49
-BAMCA0kAMEYCIQDeDKP6ZukFT4YvvbUIz7+K6/T8+5B6ts04OFPxQdV8JwIhAP7X
-jHPa8ibdN4M4I2OcyQ0kgcDAfpDc1X2hosCL4b7W
------END CERTIFICATE-----
-"""
-    static let intermediate = """
------BEGIN CERTIFICATE-----
-MIIBnjCCAUOgAwIBAgICIAEwCgYIKoZIzj0EAwIwKTEQMA4GA1UECgwHZml4dHVy
-ZTEVMBMGA1UEAwwMZml4dHVyZSByb290MCAXDTI2MTIwMjA1NTI0N1oYDzIxMjYx
-MTA4MDU1MjQ3WjAfMR0wGwYDVQQDDBRmaXh0dXJlIGludGVybWVkaWF0ZTBZMBMG
-ByqGSM49AgEGCCqGSM49AwEHA0IABBK2/ffyE5ZAp9mlKtrewhvuoeRO5zLl206b
-CqC/kKCj8RSpr+Z3ptnFCdvNQTilUpOc++Vh5PjWFkl7kBd+h/WjYzBhMA8GA1Ud
-EwEB/wQFMAMBAf8wDgYDVR0PAQH/BAQDAgEGMB0GA1UdDgQWBBQgexCtCds/vvHe
-1zIcgtsNi56GCTAfBgNVHSMEGDAWgBTcG/VMCx19wP/VgUlcVPWNBUxUNzAKBggq
-hkjOPQQDAgNJADBGAiEAwCOpVbzs68ufoec3FcRaGX6VXfOsZo+9OVQNaEirPaoC
-IQCBh3mVMZ1Ce7mTuy6YkSOrt4ua1AjmTdOmPQKOYWtmcQ==
------END CERTIFICATE-----
-"""
-    static let leaf3 = """
------BEGIN CERTIFICATE-----
-MIIBwjCCAWegAwIBAgICMAEwCgYIKoZIzj0EAwIwHzEdMBsGA1UEAwwUZml4dHVy
-ZSBpbnRlcm1lZGlhdGUwIBcNMjYxMjAyMDU1MjQ3WhgPMjEyNjExMDgwNTUyNDda
-MBUxEzARBgNVBAMMCmxlYWYgdGhyZWUwWTATBgcqhkjOPQIBBggqhkjOPQMBBwNC
-AATyaukRSsMFjRUxZ7Hm2Dg4TyMeu/nSHOJ9Gq04jqxKZj4UKkSHqIkOL3944fmP
-ZAgpHWCUHHheWMQJIxn05F3vo4GaMIGXMAwGA1UdEwEB/wQCMAAwDgYDVR0PAQH/
-BAQDAgeAMDcGA1UdEQQwMC6GLHNwaWZmZTovL2NsdXN0ZXIubG9jYWwvbnMvZGVm
-YXVsdC9zYS9maXh0dXJlMB0GA1UdDgQWBBRwBk+6Hh+4wzi2XmgDlqSqgSyHYDAf
-BgNVHSMEGDAWgBQgexCtCds/vvHe1zIcgtsNi56GCTAKBggqhkjOPQQDAgNJADBG
-AiEAt3OEUBO49CjN73qbdfRHcVw4cBwwNsv125p7R4OssyUCIQCW+Grh2djcH6hv
-2BmRKUEoNUAwuS+3FZ9zGK22lsFDSg==
------END CERTIFICATE-----
-"""
-    static let rootRevokesLeaf1 = """
------BEGIN X509 CRL-----
-MIHvMIGWAgEBMAoGCCqGSM49BAMCMCkxEDAOBgNVBAoMB2ZpeHR1cmUxFTATBgNV
-BAMMDGZpeHR1cmUgcm9vdBcNMjYxMjAyMDU1MjQ3WhgPMjEyNjExMDgwNTUyNDda
-MBUwEwICEAEXDTI0MDEwMTAwMDAwMFqgIzAhMB8GA1UdIwQYMBaAFNwb9UwLHX3A
-/9WBSVxU9Y0FTFQ3MAoGCCqGSM49BAMCA0gAMEUCIQD7nB7FqyK+2t0BgHP2gzs/
-Fy2DUje0N38hjn4mHc60DAIgFu00GK8xawA0VFkV4GfskCwrf/bNYiGLmEeaidDe
-6lw=
------END X509 CRL-----
-"""
-    static let otherRootRevokesLeaf2 = """
------BEGIN X509 CRL-----
-MIHvMIGWAgEBMAoGCCqGSM49BAMCMCkxEDAOBgNVBAoMB2ZpeHR1cmUxFTATBgNV
-BAMMDGZpeHR1cmUgcm9vdBcNMjYxMjAyMDU1MjQ3WhgPMjEyNjExMDgwNTUyNDda
-MBUwEwICEAIXDTI0MDEwMTAwMDAwMFqgIzAhMB8GA1UdIwQYMBaAFL4cyNEY++aG
-L8TdX5o+8OrPEs0lMAoGCCqGSM49BAMCA0gAMEUCIEmxnMzkQOGjUOlUZq+cxOXL
-fsY8o/Cy7fVpfu5bGmpYAiEA9yLDd1AaNSWcHHv3/+jAIqLNejLRu+wuZ9yxu9Dm
-i6Y=
------END X509 CRL-----
-"""
-    static let rootRevokesIntermediate = """
------BEGIN X509 CRL-----
-MIHwMIGWAgEBMAoGCCqGSM49BAMCMCkxEDAOBgNVBAoMB2ZpeHR1cmUxFTATBgNV
-BAMMDGZpeHR1cmUgcm9vdBcNMjYxMjAyMDU1MjQ3WhgPMjEyNjExMDgwNTUyNDda
-MBUwEwICIAEXDTI0MDEwMTAwMDAwMFqgIzAhMB8GA1UdIwQYMBaAFNwb9UwLHX3A
-/9WBSVxU9Y0FTFQ3MAoGCCqGSM49BAMCA0kAMEYCIQDYhLloyIcOcEBHT9Gdbrhx
-NBZkqb+BpOIKtK+OK7o+cgIhAOIanmNOClzytsdeeeWTtVCdrr+92fLLdtk3/kBO
-N77Q
------END X509 CRL-----
-"""
-    static let rootRevokesNothing = """
------BEGIN X509 CRL-----
-MIHXMH8CAQEwCgYIKoZIzj0EAwIwKTEQMA4GA1UECgwHZml4dHVyZTEVMBMGA1UE
-AwwMZml4dHVyZSByb290Fw0yNjEyMDIwNTUyNDdaGA8yMTI2MTEwODA1NTI0N1qg
-IzAhMB8GA1UdIwQYMBaAFNwb9UwLHX3A/9WBSVxU9Y0FTFQ3MAoGCCqGSM49BAMC
-A0gAMEUCIDQ275Hps9CH8Mw0r7Dtl2IQKHZkQc/eNlDMBdP7z3GyAiEA/Y3rZJqW
-yuWFaeSLtpdxDqMw3fw6MUhepk4V+VdZDVA=
------END X509 CRL-----
-"""
-    static let rootRevokesLeaf1DER: [UInt8] = [48, 129, 239, 48, 129, 150, 2, 1, 1, 48, 10, 6, 8, 42, 134, 72, 206, 61, 4, 3, 2, 48, 41, 49, 16, 48, 14, 6, 3, 85, 4, 10, 12, 7, 102, 105, 120, 116, 117, 114, 101, 49, 21, 48, 19, 6, 3, 85, 4, 3, 12, 12, 102, 105, 120, 116, 117, 114, 101, 32, 114, 111, 111, 116, 23, 13, 50, 54, 49, 50, 48, 50, 48, 53, 53, 50, 52, 55, 90, 24, 15, 50, 49, 50, 54, 49, 49, 48, 56, 48, 53, 53, 50, 52, 55, 90, 48, 21, 48, 19, 2, 2, 16, 1, 23, 13, 50, 52, 48, 49, 48, 49, 48, 48, 48, 48, 48, 48, 90, 160, 35, 48, 33, 48, 31, 6, 3, 85, 29, 35, 4, 24, 48, 22, 128, 20, 220, 27, 245, 76, 11, 29, 125, 192, 255, 213, 129, 73, 92, 84, 245, 141, 5, 76, 84, 55, 48, 10, 6, 8, 42, 134, 72, 206, 61, 4, 3, 2, 3, 72, 0, 48, 69, 2, 33, 0, 251, 156, 30, 197, 171, 34, 190, 218, 221, 1, 128, 115, 246, 131, 59, 63, 23, 45, 131, 82, 55, 180, 55, 127, 33, 142, 126, 38, 29, 206, 180, 12, 2, 32, 22, 237, 52, 24, 175, 49, 107, 0, 52, 84, 89, 21, 224, 103, 236, 144, 44, 43, 127, 246, 205, 98, 33, 139, 152, 71, 154, 137, 208, 222, 234, 92]
+    static let directory = URL(fileURLWithPath: #filePath).deletingLastPathComponent()
+        .deletingLastPathComponent().appendingPathComponent("fixtures/crl")
+
+    static func text(_ name: String) -> String {
+        (try? String(contentsOf: directory.appendingPathComponent(name + ".pem"), encoding: .utf8)) ?? ""
+    }
+
+    static var root: String { text("root") }
+    static var leaf1: String { text("leaf1") }
+    static var leaf2: String { text("leaf2") }
+    static var leaf3: String { text("leaf3") }
+    static var intermediate: String { text("intermediate") }
+    static var rootRevokesLeaf1: String { text("root-revokes-leaf1") }
+    static var otherRootRevokesLeaf2: String { text("other-root-revokes-leaf2") }
+    static var rootRevokesIntermediate: String { text("root-revokes-intermediate") }
+    static var rootRevokesNothing: String { text("root-revokes-nothing") }
+    static var rootRevokesLeaf1DER: [UInt8] {
+        (try? Data(contentsOf: directory.appendingPathComponent("root-revokes-leaf1.der"))).map { [UInt8]($0) } ?? []
+    }
 }

@@ -245,11 +245,15 @@ def test_a_networker_that_sends_audit_is_killed_and_nothing_is_recorded_for_it(s
     assert not [e for e in daemon.audit_events("certificate_issued") if e.get("identity") == "forged"]
 
 
-def test_bad_bytes_on_the_signer_channel_get_the_networker_replaced(start_daemon):
-    """A NetWorker that sends the CertWorker something that is no sign request (fault probe
-    `bad-sign`) loses its signer channel (`signer_violation`, a security event from the
-    CertWorker), and the Supervisor replaces it: a NetWorker without a signer channel could
-    complete no handshake, and it may be compromised. The replacement signs again."""
+@pytest.mark.parametrize("kind,reason", [("bad-sign", "malformed request"), ("signer-stall", "not reading its signer channel")])
+def test_a_networker_misusing_its_signer_channel_loses_it_and_is_replaced(start_daemon, kind, reason):
+    """The CertWorker closes the signer channel of a NetWorker that sends it something that is
+    no sign request (fault probe `bad-sign`), or that stops reading it while asking for
+    signatures (`signer-stall`: its queue fills, and the CertWorker, which serves every
+    NetWorker from one loop, never waits on one). Either is a `signer_violation`, a security
+    event, and the Supervisor replaces the NetWorker: without a signer channel it could complete
+    no handshake, and it may be compromised. The CertWorker is the same process (never stuck)
+    and signs for the replacement."""
     from test_outbound_hbone import config as hbone_config, round_trip
     from daemon import socks5_connect
     echo = EchoServer(host="127.0.0.2")
@@ -257,13 +261,15 @@ def test_bad_bytes_on_the_signer_channel_get_the_networker_replaced(start_daemon
         daemon = start_daemon(local_config=hbone_config(echo.port), hbone_wildcard=True,
                               extra_env={**FAULTS, "UNSTABLE_ENABLE_SOCKS5": "true"})
         daemon.wait_ready()
+        (cert,) = daemon.workers("cert-worker")
         (old,) = daemon.workers("net-worker")
-        inject(daemon, "bad-sign")
+        inject(daemon, kind)
         replaced(daemon, "net-worker", old)
         (violation,) = daemon.audit_events("signer_violation")
-        assert violation["net_worker"] == "0" and violation["security"] == "true", violation
+        assert violation["net_worker"] == "0" and violation["security"] == "true" and reason in violation["reason"], violation
         (exit_event,) = daemon.audit_events("worker_exit")
         assert exit_event["pid"] == old and "signer violation" in exit_event["cause"], exit_event
+        assert daemon.workers("cert-worker") == [cert]
         daemon.wait_ready()
         sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
         with sock:
@@ -322,36 +328,6 @@ def test_a_certworker_misusing_its_channel_is_killed_and_what_it_sent_has_no_eff
     assert not [e for e in daemon.audit() if e.get("identity") == "forged"]
     assert not daemon.audit_events("shutdown_requested")
     assert daemon.workers("net-worker") == [net] and daemon.ready()
-
-
-def test_a_networker_that_stops_reading_its_signer_channel_loses_it_and_the_certworker_serves_on(start_daemon):
-    """The CertWorker serves every NetWorker from one loop and never waits on one: a NetWorker
-    that stops reading its signer channel while asking for signatures (fault probe
-    `signer-stall`) fills its queue, and the CertWorker closes that channel (`signer_violation`,
-    not reading) instead of blocking. The Supervisor replaces the NetWorker; the CertWorker,
-    never stuck, is the same process and signs for the replacement."""
-    from test_outbound_hbone import config as hbone_config, round_trip
-    from daemon import socks5_connect
-    echo = EchoServer(host="127.0.0.2")
-    try:
-        daemon = start_daemon(local_config=hbone_config(echo.port), hbone_wildcard=True,
-                              extra_env={**FAULTS, "UNSTABLE_ENABLE_SOCKS5": "true"})
-        daemon.wait_ready()
-        (cert,) = daemon.workers("cert-worker")
-        (old,) = daemon.workers("net-worker")
-        inject(daemon, "signer-stall")
-        replaced(daemon, "net-worker", old)
-        (violation,) = daemon.audit_events("signer_violation")
-        assert violation["net_worker"] == "0" and violation["reason"] == "not reading its signer channel", violation
-        (exit_event,) = daemon.audit_events("worker_exit")
-        assert exit_event["pid"] == old and "signer violation" in exit_event["cause"], exit_event
-        assert daemon.workers("cert-worker") == [cert]
-        daemon.wait_ready()
-        sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
-        with sock:
-            assert code == 0 and round_trip(sock, b"signed again") == b"signed again"
-    finally:
-        echo.close()
 
 
 def test_the_supervisor_numbers_snapshots_and_a_storm_ends_with_the_last_in_force(start_daemon, xds):
