@@ -14,10 +14,14 @@ struct InboundAuthorization: Sendable {
     /// Where allowed connections are registered, to be checked again when policies change.
     var live: AuthorizedConnections?
     private let warnings = WarnOnce()
+    /// AUTHZ_POLICY_INFO_LOGGING: each decision at info rather than debug.
+    private let decisionsAtInfo: Bool
 
     init(state: NetWorkerState, live: AuthorizedConnections? = nil) {
         self.state = state
         self.live = live
+        decisionsAtInfo = state.configuration.available.contains("AUTHZ_POLICY_INFO_LOGGING")
+            && state.configuration.bool("AUTHZ_POLICY_INFO_LOGGING")
     }
 
     enum Verdict {
@@ -43,12 +47,26 @@ struct InboundAuthorization: Sendable {
                                                destinationPort: port)
         let decision = Authorizer.decide(policies, for: connection)
         for line in decision.dryRunLogs { Log.info(line, [("src", source), ("dst", "\(destination):\(port)")]) }
+        logDecision(decision, source: source, identity: identity, destination: "\(destination):\(port)", workload: workload)
         if case .deny(let reason, let policy, _) = decision { return .denied(reason: reason, policy: policy, workload: workload) }
         return .allowed(workload)
     }
 }
 
 extension InboundAuthorization {
+    /// Each decision, as upstream's RBAC log: at debug, or at info with AUTHZ_POLICY_INFO_LOGGING.
+    private func logDecision(_ decision: Authorizer.Decision, source: String, identity: String?, destination: String,
+                             workload: Workload) {
+        let atInfo = decisionsAtInfo
+        guard atInfo || Log.isEnabled(.debug) else { return }
+        var fields = [("src", source), ("src.identity", identity ?? "none"), ("dst", destination), ("dst.workload", workload.uid)]
+        switch decision {
+        case .allow: fields.append(("decision", "allow"))
+        case .deny(let reason, let policy, _): fields += [("decision", "deny"), ("policy", policy ?? "none"), ("reason", reason)]
+        }
+        if atInfo { Log.info("authorization decision", fields) } else { Log.debug("authorization decision", fields) }
+    }
+
     /// An inbound connection's (or HBONE stream's) metrics labels and access-log fields
     /// (§15.2-15.3): reporter `destination`; with a TLS `peer` its identity is the source
     /// principal and the connection `mutual_tls`, without one (plaintext) neither.

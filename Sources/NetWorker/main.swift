@@ -20,9 +20,14 @@ enum NetWorkerMain {
         let channel = started.channel
         let configuration = started.configuration
         let state = NetWorkerState(configuration: configuration, index: started.setup.index)
-        let threads = configuration.int("ZTUNNEL_WORKER_THREADS")
+        func optional(_ name: String) -> Int? { configuration.string(name).isEmpty ? nil : configuration.int(name) }
+        let total = WorkerThreads.total(setting: configuration.string("ZTUNNEL_WORKER_THREADS"), cpus: cores,
+                                        cpuLimit: optional("ZTUNNEL_CPU_LIMIT"), limit: optional("ZTUNNEL_RESOURCE_CPU_LIMIT"),
+                                        request: optional("ZTUNNEL_RESOURCE_CPU_REQUEST"))
+        let threads = WorkerThreads.perNetWorker(total: total, netWorkers: configuration.int("ZTUNNEL_NET_WORKERS"))
+        Log.info("data-plane threads", [("threads", "\(threads)"), ("in_all", "\(total)"), ("cpus", "\(cores)")])
         let loopMetrics = LoopMetrics(netWorker: started.setup.index)
-        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads > 0 ? threads : cores, metricsDelegate: loopMetrics)
+        let group = MultiThreadedEventLoopGroup(numberOfThreads: threads, metricsDelegate: loopMetrics)
         let tracker = ConnectionTracker()
         var proxyPorts: Set<UInt16> = []
         for name in ["ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR"] {

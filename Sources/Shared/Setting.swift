@@ -11,6 +11,8 @@ public struct Setting: Sendable {
         case choice([String])
         /// RUST_LOG: `level` or `target=level` items, comma-separated (Log.Directives).
         case logDirectives
+        /// ZTUNNEL_WORKER_THREADS: a number or `N%` of the CPUs (WorkerThreads).
+        case threads
     }
 
     public let name: String
@@ -51,6 +53,8 @@ public struct Setting: Sendable {
             return SocketAddress.parse(value) == nil ? "expected IP:PORT such as 127.0.0.1:15000 or [::]:15008, got \"\(value)\"" : nil
         case .choice(let options):
             return options.contains(value) ? nil : "expected one of \(options.joined(separator: ", ")), got \"\(value)\""
+        case .threads:
+            return WorkerThreads.problem(with: value)
         case .logDirectives:
             // It travels to every worker (and back with /logging?reset): bounded like a posted filter.
             guard value.utf8.count <= LogFilterChange.maxFilterBytes else { return "longer than \(LogFilterChange.maxFilterBytes) bytes" }

@@ -64,6 +64,16 @@ enum Main {
             fail("\(error)")
         }
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
+        // Upstream settings this daemon cannot honour: refused, not silently ignored, since each
+        // asks for a security property it would not get.
+        if configuration.bool("TLS12_ENABLED") {
+            fail("invalid TLS12_ENABLED=true: HBONE here is TLS 1.3 only; the CertWorker signs TLS 1.3 CertificateVerify inputs and "
+                 + "nothing else (a TLS 1.2 signature input would widen what a NetWorker can have signed)")
+        }
+        if configuration.string("COMPLIANCE_POLICY") == "pqc" {
+            fail("invalid COMPLIANCE_POLICY=pqc: it needs ML-KEM hybrid key exchange, which this build's TLS library (OpenSSL 3.0) "
+                 + "does not have; refusing to start rather than negotiate classical key exchange")
+        }
         let usesXDS = !configuration.string("XDS_ADDRESS").isEmpty
         guard configuration.isLocalMode || usesXDS else {
             fail("invalid LOCAL_XDS_PATH: unset, and so is XDS_ADDRESS; set one or both")

@@ -29,7 +29,6 @@ DEPLOY = os.path.join(ROOT, "deploy")
 UPSTREAM_ONLY = {
     "RUST_BACKTRACE": "the Rust runtime's backtraces; a Swift worker's crash is reported by the Supervisor",
     "INPOD_ENABLED": "legacy, unread by current upstream ztunnel too (ISTIO_COMPAT §1); in-pod mode follows INPOD_UDS",
-    "ZTUNNEL_CPU_LIMIT": "upstream sizes its worker threads from it; here ZTUNNEL_NET_WORKERS and ZTUNNEL_WORKER_THREADS do",
 }
 
 

@@ -210,6 +210,7 @@ def start_hbone(start_daemon, tmp_path, echo_server, **env):
     ca = MiniCA()
     ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
     ca.issue(str(tmp_path / "client"), "client")
+    ca.issue(str(tmp_path / "intruder"), "intruder")
     daemon = start_daemon(local_config=config(echo_server.port),
                           extra_env={"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), **env})
     daemon.wait_ready()
@@ -351,3 +352,27 @@ services:
     finally:
         client.close()
     assert "ip mismatch: 127.0.0.8 is not the address this connection arrived on" in daemon.log()
+
+
+@pytest.mark.parametrize("info", [True, False])
+def test_authorization_decisions_are_logged_at_info_with_authz_policy_info_logging(start_daemon, tmp_path, echo_server, info):
+    """AUTHZ_POLICY_INFO_LOGGING=true (§18): each inbound decision is logged at info, with its
+    outcome and, for a denial, the policy; without it, only at debug (not in this log)."""
+    daemon = start_hbone(start_daemon, tmp_path, echo_server, **({"AUTHZ_POLICY_INFO_LOGGING": "true"} if info else {}))
+    tmp, echo = tmp_path, echo_server
+    for client_dir in ("client", "intruder"):
+        client = HBONEClient(daemon.ports["inbound"], str(tmp / client_dir))
+        try:
+            stream = client.connect(f"127.0.0.1:{echo.port}")
+            assert client.pump(lambda: stream in client.status)
+        finally:
+            client.close()
+    if info:
+        wait_for(lambda: daemon.log().count("authorization decision") >= 2, 10, "both decisions")
+        lines = [l for l in daemon.log().splitlines() if "authorization decision" in l]
+        assert all("\tinfo\t" in l for l in lines), lines
+        assert any("src.identity=spiffe://cluster.local/ns/default/sa/client" in l and "decision=allow" in l for l in lines)
+        assert any("sa/intruder" in l and "decision=deny" in l and "policy=none" in l for l in lines), lines
+    else:
+        wait_for(lambda: "rbac" in daemon.log().lower() or "denied" in daemon.log(), 10, "the denial")
+        assert "authorization decision" not in daemon.log()

@@ -32,12 +32,34 @@ def test_bad_values_stop_the_start_with_one_line(tmp_path):
         ({}, [], "LOCAL_XDS_PATH"),
         ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_SECCOMP_DIR": str(tmp_path)}, [], "seccomp"),
         ({"LOCAL_XDS_PATH": str(local)}, ["proxy", "sidecar"], "proxy mode"),
+        ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_WORKER_THREADS": "0%"}, [], "ZTUNNEL_WORKER_THREADS"),
+        ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_CPU_LIMIT": "half"}, [], "ZTUNNEL_CPU_LIMIT"),
+        # Upstream settings asking for what this daemon cannot give: refused, never ignored.
+        ({"LOCAL_XDS_PATH": str(local), "TLS12_ENABLED": "true"}, [], "TLS12_ENABLED"),
+        ({"LOCAL_XDS_PATH": str(local), "COMPLIANCE_POLICY": "pqc"}, [], "COMPLIANCE_POLICY=pqc"),
+        ({"LOCAL_XDS_PATH": str(local), "COMPLIANCE_POLICY": "fips"}, [], "COMPLIANCE_POLICY"),
     ]
     for env, args, named in cases:
         result = run(args, env)
         assert result.returncode == 1, (env, args, result)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and named in lines[0], (env, args, result.stderr)
+
+
+def test_data_plane_threads_are_sized_from_the_cpu_limit_as_upstream(start_daemon):
+    """An explicit CPU limit (ZTUNNEL_RESOURCE_CPU_LIMIT) and no ZTUNNEL_WORKER_THREADS: that many
+    threads, split among the NetWorkers (rounded up); ZTUNNEL_CPU_LIMIT (the upstream chart's,
+    from limits.cpu) caps the CPUs counted; an explicit ZTUNNEL_WORKER_THREADS wins."""
+    daemon = start_daemon(extra_env={"ZTUNNEL_RESOURCE_CPU_LIMIT": "3", "ZTUNNEL_NET_WORKERS": "2"})
+    daemon.wait_ready()
+    lines = [l for l in daemon.log().splitlines() if "data-plane threads" in l]
+    assert len(lines) == 2 and all("threads=2 in_all=3" in l for l in lines), lines
+    daemon = start_daemon(extra_env={"ZTUNNEL_CPU_LIMIT": "1", "ZTUNNEL_WORKER_THREADS": "0"})
+    daemon.wait_ready()
+    assert "data-plane threads threads=1 in_all=1 cpus=" in daemon.log()
+    daemon = start_daemon(extra_env={"ZTUNNEL_CPU_LIMIT": "3", "ZTUNNEL_WORKER_THREADS": "1"})
+    daemon.wait_ready()
+    assert "data-plane threads threads=1 in_all=1" in daemon.log()
 
 
 def test_listener_in_use_is_named(start_daemon):
