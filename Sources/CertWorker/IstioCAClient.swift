@@ -14,6 +14,8 @@ final class IstioCAClient: CertificateAuthority {
     let name = "istiod"
     let host: String
     let port: UInt16
+    /// The name the CA's certificate must carry: ALT_CA_HOSTNAME, else the host dialled.
+    let serverName: String
     private let roots: TrustRoots
     /// The bearer token, as the Supervisor last sent it (nil: none configured). Set on the
     /// CertWorker's loop, read on the CA thread.
@@ -37,6 +39,8 @@ final class IstioCAClient: CertificateAuthority {
         }
         self.host = host
         self.port = port
+        let alternative = configuration.string("ALT_CA_HOSTNAME")
+        serverName = alternative.isEmpty ? host : alternative
         roots = try TrustRoots(setting: "CA_ROOT_CA", value: configuration.string("CA_ROOT_CA"))
         clusterId = configuration.string("ISTIO_META_CLUSTER_ID")
         extraHeaders = configuration.headers("CA_HEADER_")
@@ -59,7 +63,7 @@ final class IstioCAClient: CertificateAuthority {
         let message = CAProtobuf.encodeRequest(csrPEM: csrPEM, validitySeconds: Int64(ttlSeconds), impersonatedIdentity: impersonated)
         var body: [UInt8] = [0] + withUnsafeBytes(of: UInt32(message.count).bigEndian, Array.init)
         body += message
-        let response = try HTTP2Call.post(host: host, port: port, serverName: host, roots: roots, path: Self.path,
+        let response = try HTTP2Call.post(host: host, port: port, serverName: serverName, roots: roots, path: Self.path,
                                           headers: headers, body: body, timeoutSeconds: 10)
         return try Self.result(of: response)
     }

@@ -43,6 +43,7 @@ public struct Configuration: Sendable {
         Setting("AUTH_TOKEN", .string, default: Configuration.defaultTokenPath,
                 "bearer token file for the CA (read by the Supervisor, re-read every 10 s), or a literal token",
                 isSecret: true),
+        Setting("ALT_CA_HOSTNAME", .string, default: "", "the name the CA's certificate is verified against instead of CA_ADDRESS's host"),
         Setting("ISTIO_META_CLUSTER_ID", .string, default: "Kubernetes", "cluster id sent to the CA and istiod"),
         Setting("XDS_ADDRESS", .string, default: "",
                 "istiod's delta ADS endpoint as [https://]host:port; empty = no xDS (in Kubernetes, unset = \(Configuration.istiodAddress))"),

@@ -32,7 +32,7 @@ struct RoleSpec {
     static let certWorker = RoleSpec(
         role: .certWorker, executable: "ztunnel-cert-worker", seccompProfile: "cert-worker.json",
         isDumpable: false, receivesListeners: false, receivesProcessTable: false, permittedWhileRunning: [.audit],
-        settings: common + ["TRUST_DOMAIN", "SECRET_TTL", "CA_ADDRESS", "CA_ROOT_CA", "ISTIO_META_CLUSTER_ID", "POD_NAMESPACE",
+        settings: common + ["TRUST_DOMAIN", "SECRET_TTL", "CA_ADDRESS", "CA_ROOT_CA", "ALT_CA_HOSTNAME", "ISTIO_META_CLUSTER_ID", "POD_NAMESPACE",
                             "SERVICE_ACCOUNT", "ZTUNNEL_CA_DIR", "ZTUNNEL_STATIC_IDENTITY_DIR"],
         settingPrefixes: ["CA_HEADER_"],
         uidSetting: "ZTUNNEL_CERT_WORKER_UID", gidSetting: "ZTUNNEL_CERT_WORKER_GID")

@@ -38,7 +38,7 @@ def ca_double(tmp_path):
     double.stop()
 
 
-def start(start_daemon, tmp_path, double, ttl, token_dir):
+def start(start_daemon, tmp_path, double, ttl, token_dir, ready=True, **env):
     token = pathlib.Path(token_dir) / "istio-token"
     token.write_text("token-1")
     os.chmod(token, 0o644)
@@ -46,11 +46,12 @@ def start(start_daemon, tmp_path, double, ttl, token_dir):
     daemon = start_daemon(extra_env={
         "CA_ADDRESS": f"https://127.0.0.1:{double.port}", "CA_ROOT_CA": double.root_pem_path,
         "AUTH_TOKEN": str(token), "ISTIO_META_CLUSTER_ID": "test-cluster", "SECRET_TTL": ttl, "NODE_NAME": "node-a",
-        "CA_HEADER_X_TENANT": "blue",
+        "CA_HEADER_X_TENANT": "blue", **env,
     })
     with open(daemon.env["LOCAL_XDS_PATH"], "w") as f:
         f.write(LOCAL_CONFIG)
-    daemon.wait_ready()
+    if ready:
+        daemon.wait_ready()
     return daemon, token
 
 
@@ -101,6 +102,22 @@ def test_outage_is_retried_with_backoff_while_the_old_certificate_serves(start_d
     wait_for(lambda: len([e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]) > recovered,
              60, "a certificate after the outage")
     assert next(c for c in daemon.config_dump()["certificates"] if c["identity"] == CART)["failedRenewals"] >= 3
+
+
+@pytest.mark.parametrize("name,works", [("istiod.istio-system.svc", True), ("elsewhere.example", False)])
+def test_alt_ca_hostname_is_the_name_the_cas_certificate_must_carry(start_daemon, tmp_path, ca_double, token_dir, name, works):
+    """ALT_CA_HOSTNAME (§18): the CA's certificate is verified against this name instead of
+    CA_ADDRESS's host (127.0.0.1 here, which the double's certificate also carries): its own
+    DNS name passes, another name is refused, so nothing is sent to a CA that is not the one
+    named."""
+    daemon, _ = start(start_daemon, tmp_path, ca_double, "1h", token_dir, ready=works, ALT_CA_HOSTNAME=name)
+    if works:
+        assert [e for e in daemon.audit_events("certificate_issued") if e["identity"] == CART]
+    else:
+        failed = lambda: [e for e in daemon.audit_events("certificate_failed") if e["identity"] == CART]  # noqa: E731
+        wait_for(failed, 30, "the CA refused for its name")
+        assert "elsewhere.example" in failed()[0]["error"] or "certificate" in failed()[0]["error"], failed()[0]
+        assert not ok_calls(ca_double)
 
 
 def test_a_stuck_ca_does_not_stall_signing(start_daemon, tmp_path, token_dir):
