@@ -24,12 +24,12 @@ final class HBONEClientHandler: HTTP2Connection {
     /// Not pooled (the inner connection of double HBONE): ends once its one stream closed.
     private let singleUse: Bool
 
-    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount, keepaliveMilliseconds: Int64, singleUse: Bool = false) {
+    init(ready: EventLoopPromise<Void>, maxStreams: Int, idleRelease: TimeAmount, bounds: Bounds, singleUse: Bool = false) {
         self.ready = ready
         self.maxStreams = maxStreams
         self.idleRelease = idleRelease
         self.singleUse = singleUse
-        super.init(listener: "outbound", keepaliveMilliseconds: keepaliveMilliseconds)
+        super.init(listener: "outbound", bounds: bounds)
     }
 
     override var maxHeaderListBytes: Int { Self.maxHeaderListBytes }
@@ -247,7 +247,7 @@ final class HBONEPool {
         }
         let ready = eventLoop.makePromise(of: Void.self)
         let handler = HBONEClientHandler(ready: ready, maxStreams: settings.maxStreams, idleRelease: settings.idleRelease,
-                                         keepaliveMilliseconds: settings.bounds.keepaliveMilliseconds)
+                                         bounds: settings.bounds)
         let settings = self.settings
         let tls = TLSHandler(role: .client(context: tunnel.context, expected: tunnel.expected), signer: settings.signer,
                              bounds: settings.bounds, reporter: settings.reporter)
@@ -363,7 +363,7 @@ enum HBONETunnel {
         let settings = pool.settings
         let ready = loop.makePromise(of: Void.self)
         let connection = HBONEClientHandler(ready: ready, maxStreams: 1, idleRelease: settings.idleRelease,
-                                            keepaliveMilliseconds: settings.bounds.keepaliveMilliseconds, singleUse: true)
+                                            bounds: settings.bounds, singleUse: true)
         let tls = TLSHandler(role: .client(context: outer.context, expected: inner.expected), signer: settings.signer,
                              bounds: settings.bounds, reporter: settings.reporter)
         // Each channel owns its descriptor from here, failed or not.

@@ -32,7 +32,7 @@ final class HBONEServerHandler: HTTP2Connection {
         self.proxyPorts = proxyPorts
         self.bounds = bounds
         self.reporter = reporter
-        super.init(listener: "inbound", keepaliveMilliseconds: bounds.keepaliveMilliseconds)
+        super.init(listener: "inbound", bounds: bounds)
     }
 
     override func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {

@@ -61,14 +61,12 @@ class HTTP2Connection: ChannelInboundHandler {
 
     /// TCP-side bytes held per stream before that side is no longer read.
     static let maxPendingToPeer = 256 * 1024
-    static let streamWindow: UInt32 = 4 * 1024 * 1024
     /// An HBONE connection carries many streams: it stops reading (everything) only when this
     /// much waits for its socket, not at NIO's 64 KiB default, which a few frames cross and
     /// which made reading flap on and off under load.
     static let waterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 512 * 1024, high: 2 * 1024 * 1024)
     /// The largest DATA payload sent: a frame then fits one full TLS record.
     static let dataFramePayload = 16 * 1024 - 9
-    static let connectionWindow: UInt32 = 16 * 1024 * 1024
 
     var session: OpaquePointer?
     var context: ChannelHandlerContext?
@@ -97,9 +95,17 @@ class HTTP2Connection: ChannelInboundHandler {
     private var closeWhenFlushed = false
     private var isClosing = false
 
-    init(listener: String, keepaliveMilliseconds: Int64) {
+    /// The receive windows and frame size advertised (§5.2, HTTP2_*).
+    private let streamWindow: UInt32
+    private let connectionWindow: UInt32
+    private let frameSize: UInt32
+
+    init(listener: String, bounds: Bounds) {
         self.listener = listener
-        self.keepalive = .milliseconds(keepaliveMilliseconds)
+        self.keepalive = .milliseconds(bounds.keepaliveMilliseconds)
+        streamWindow = bounds.http2StreamWindow
+        connectionWindow = bounds.http2ConnectionWindow
+        frameSize = bounds.http2FrameSize
     }
 
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
@@ -248,13 +254,14 @@ class HTTP2Connection: ChannelInboundHandler {
         session = created
         var settings = [
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_CONCURRENT_STREAMS.rawValue), value: maxConcurrentStreams),
-            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: Self.streamWindow),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_INITIAL_WINDOW_SIZE.rawValue), value: streamWindow),
+            nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_FRAME_SIZE.rawValue), value: frameSize),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(maxHeaderListBytes)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
         ]
         _ = nghttp2_submit_settings(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
-        // The connection window, as upstream's HTTP2_CONNECTION_WINDOW_SIZE default (§5.2).
-        _ = nghttp2_session_set_local_window_size(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(Self.connectionWindow))
+        // The connection window (§5.2, HTTP2_CONNECTION_WINDOW_SIZE).
+        _ = nghttp2_session_set_local_window_size(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(connectionWindow))
         flushSession()
         startKeepalive(context: context)
     }

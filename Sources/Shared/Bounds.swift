@@ -5,7 +5,8 @@
 public struct Bounds: Sendable, Equatable {
     /// The settings that configure these bounds (a NetWorker receives them, RoleSpec.settings).
     public static let settingNames = ["ZTUNNEL_HANDSHAKE_TIMEOUT", "ZTUNNEL_IDLE_TIMEOUT", "ZTUNNEL_MAX_CONNECTIONS",
-                                      "ZTUNNEL_HBONE_KEEPALIVE"]
+                                      "ZTUNNEL_HBONE_KEEPALIVE", "HTTP2_STREAM_WINDOW_SIZE", "HTTP2_CONNECTION_WINDOW_SIZE",
+                                      "HTTP2_FRAME_SIZE"]
 
     /// From accept to the end of a TLS or SOCKS5 handshake, or to the upstream being connected
     /// on a captured connection.
@@ -21,6 +22,11 @@ public struct Bounds: Sendable, Equatable {
     /// An HBONE connection sends a PING after this long and then as often (§5.2: 10 s); a PING
     /// unanswered for twice this long tears the connection down.
     public var keepaliveMilliseconds: Int64 = 10_000
+    /// HBONE's HTTP/2 settings (§5.2, upstream's HTTP2_* variables): each stream's and the
+    /// connection's receive window, and the largest frame a peer may send.
+    public var http2StreamWindow: UInt32 = 4 << 20
+    public var http2ConnectionWindow: UInt32 = 16 << 20
+    public var http2FrameSize: UInt32 = 1 << 20
     public static let httpMaxHeadBytes = 8 * 1024
     /// Those ports serve few clients (a prober, Prometheus, an operator): a small cap of their own.
     public var maxHTTPConnectionsPerListener = 256
@@ -42,5 +48,8 @@ public struct Bounds: Sendable, Equatable {
                   idleMilliseconds: configuration.milliseconds("ZTUNNEL_IDLE_TIMEOUT"),
                   maxConnectionsPerListener: configuration.int("ZTUNNEL_MAX_CONNECTIONS"))
         keepaliveMilliseconds = configuration.milliseconds("ZTUNNEL_HBONE_KEEPALIVE")
+        http2StreamWindow = UInt32(configuration.int("HTTP2_STREAM_WINDOW_SIZE"))
+        http2ConnectionWindow = UInt32(configuration.int("HTTP2_CONNECTION_WINDOW_SIZE"))
+        http2FrameSize = UInt32(configuration.int("HTTP2_FRAME_SIZE"))
     }
 }

@@ -376,3 +376,29 @@ def test_authorization_decisions_are_logged_at_info_with_authz_policy_info_loggi
     else:
         wait_for(lambda: "rbac" in daemon.log().lower() or "denied" in daemon.log(), 10, "the denial")
         assert "authorization decision" not in daemon.log()
+
+
+@pytest.mark.parametrize("env,stream_window,connection_window,frame_size", [
+    ({}, 4 << 20, 16 << 20, 1 << 20),
+    ({"HTTP2_STREAM_WINDOW_SIZE": "1048576", "HTTP2_CONNECTION_WINDOW_SIZE": "2097152", "HTTP2_FRAME_SIZE": "32768"},
+     1 << 20, 2 << 20, 32768),
+])
+def test_http2_settings_are_upstreams_and_follow_their_variables(start_daemon, tmp_path, echo_server, env, stream_window,
+                                                                 connection_window, frame_size):
+    """§5.2: 15008 advertises a 4 MiB stream window, a 16 MiB connection window and 1 MiB frames,
+    or what HTTP2_STREAM_WINDOW_SIZE, HTTP2_CONNECTION_WINDOW_SIZE and HTTP2_FRAME_SIZE say; a
+    client sending frames that large is served, its bytes intact."""
+    daemon = start_hbone(start_daemon, tmp_path, echo_server, **env)
+    client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    try:
+        stream = client.connect(f"127.0.0.1:{echo_server.port}")
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200
+        settings = client.conn.remote_settings
+        assert settings.initial_window_size == stream_window and settings.max_frame_size == frame_size
+        assert client.conn.outbound_flow_control_window == connection_window
+        payload = os.urandom(3 * frame_size + 17)
+        client.send(stream, payload, end=True)  # frames of up to frame_size each
+        assert client.pump(lambda: stream in client.ended, limit=10_000)
+        assert hashlib.sha256(client.data[stream]).digest() == hashlib.sha256(payload).digest()
+    finally:
+        client.close()
