@@ -251,11 +251,11 @@ final class HBONEPool {
         let settings = self.settings
         let tls = TLSHandler(role: .client(context: tunnel.context, expected: tunnel.expected), signer: settings.signer,
                              bounds: settings.bounds, reporter: settings.reporter)
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        let bootstrap = TCPKeepaliveOptions.apply(settings.bounds, to: ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
             .channelOption(ChannelOptions.writeBufferWaterMark, value: HTTP2Connection.waterMark)
-            .channelInitializer { channel in channel.pipeline.addHandlers([tls, handler]) }
+            .channelInitializer { channel in channel.pipeline.addHandlers([tls, handler]) })
         let connected: EventLoopFuture<Channel>
         if let dialer = PodDialer.shared {
             guard let pod = tunnel.pod else {

@@ -188,7 +188,8 @@ final class HBONEServerHandler: HTTP2Connection {
     private func connectUpstream(_ stream: Stream, host: String, port: UInt16, source: String, proxy: ProxyPlan?) {
         guard let context else { return }
         let handler = self
-        Upstream.connect(on: context.eventLoop, host: proxy?.host ?? host, port: proxy?.port ?? port, for: context.channel).whenComplete { result in
+        Upstream.connect(on: context.eventLoop, host: proxy?.host ?? host, port: proxy?.port ?? port, for: context.channel,
+                         bounds: bounds).whenComplete { result in
             switch result {
             case .failure(let error):
                 stream.record?.finish(error: "connect to the application failed: \(error)", responseFlags: "CONNECT")

@@ -37,9 +37,10 @@ struct ListenerFactory {
                 .channelInitializer { $0.pipeline.addHandler(DNSDatagramHandler(proxy: proxy, pod: pod)) }
                 .withBoundSocket(fd.take())
         }
-        return ServerBootstrap(group: group)
+        let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+        return TCPKeepaliveOptions.apply(Self.isHTTP(name) ? Bounds.withoutKeepalive(bounds) : bounds, toChildrenOf: bootstrap)
             .childChannelInitializer { channel in
                 if let pod { PodDialer.shared?.register(channel, pod: pod) }
                 return factory.admit(channel, for: name, pod: pod).flatMapErrorThrowing { error in

@@ -170,7 +170,7 @@ final class Socks5Handler: ChannelDuplexHandler, RemovableChannelHandler {
 
     private func connectUpstream(context: ChannelHandlerContext, host: String, port: UInt16, target: String, targetPort: UInt16) {
         let client = context.channel
-        Upstream.connect(on: context.eventLoop, host: target, port: targetPort, for: client).whenComplete { result in
+        Upstream.connect(on: context.eventLoop, host: target, port: targetPort, for: client, bounds: bounds).whenComplete { result in
             switch result {
             case .success(let upstream):
                 guard client.isActive else {
@@ -261,14 +261,14 @@ enum Upstream {
     /// Connects to a numeric address (no resolver: nothing here reads /etc/hosts or DNS), for
     /// `client`: from its pod's network namespace when it came in on a pod's listener (in-pod
     /// mode), else from the NetWorker's own.
-    static func connect(on eventLoop: EventLoop, host: String, port: UInt16, for client: Channel) -> EventLoopFuture<Channel> {
+    static func connect(on eventLoop: EventLoop, host: String, port: UInt16, for client: Channel, bounds: Bounds) -> EventLoopFuture<Channel> {
         let address: NIOCore.SocketAddress
         do { address = try NIOCore.SocketAddress(ipAddress: host, port: Int(port)) } catch {
             return eventLoop.makeFailedFuture(error)
         }
-        let bootstrap = ClientBootstrap(group: eventLoop)
+        let bootstrap = TCPKeepaliveOptions.apply(bounds, to: ClientBootstrap(group: eventLoop)
             .channelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
+            .channelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1))
         if let dialer = PodDialer.shared {
             // In-pod mode has no node-level data listeners: a connection without a pod is one
             // whose pod was just withdrawn; it never leaves from ztunnel's own namespace.

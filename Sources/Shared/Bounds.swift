@@ -6,7 +6,8 @@ public struct Bounds: Sendable, Equatable {
     /// The settings that configure these bounds (a NetWorker receives them, RoleSpec.settings).
     public static let settingNames = ["ZTUNNEL_HANDSHAKE_TIMEOUT", "ZTUNNEL_IDLE_TIMEOUT", "ZTUNNEL_MAX_CONNECTIONS",
                                       "ZTUNNEL_HBONE_KEEPALIVE", "HTTP2_STREAM_WINDOW_SIZE", "HTTP2_CONNECTION_WINDOW_SIZE",
-                                      "HTTP2_FRAME_SIZE"]
+                                      "HTTP2_FRAME_SIZE", "KEEPALIVE_ENABLED", "KEEPALIVE_TIME", "KEEPALIVE_INTERVAL",
+                                      "KEEPALIVE_RETRIES", "USER_TIMEOUT_ENABLED"]
 
     /// From accept to the end of a TLS or SOCKS5 handshake, or to the upstream being connected
     /// on a captured connection.
@@ -27,6 +28,11 @@ public struct Bounds: Sendable, Equatable {
     public var http2StreamWindow: UInt32 = 4 << 20
     public var http2ConnectionWindow: UInt32 = 16 << 20
     public var http2FrameSize: UInt32 = 1 << 20
+    /// TCP keepalive on every proxied socket (upstream's KEEPALIVE_*: idle 180 s, probes every
+    /// 180 s, 9 of them), nil when KEEPALIVE_ENABLED is false; with USER_TIMEOUT_ENABLED, also
+    /// TCP_USER_TIMEOUT = idle + probes × interval, so unacknowledged data gives up as late.
+    public var tcpKeepalive: TCPKeepalive? = TCPKeepalive(idleSeconds: 180, intervalSeconds: 180, probes: 9)
+    public var tcpUserTimeoutMilliseconds: Int32?
     public static let httpMaxHeadBytes = 8 * 1024
     /// Those ports serve few clients (a prober, Prometheus, an operator): a small cap of their own.
     public var maxHTTPConnectionsPerListener = 256
@@ -43,6 +49,14 @@ public struct Bounds: Sendable, Equatable {
         self.maxConnectionsPerListener = maxConnectionsPerListener
     }
 
+    /// The same bounds without TCP keepalive (the admin, stats and readiness ports proxy nothing).
+    public static func withoutKeepalive(_ bounds: Bounds) -> Bounds {
+        var copy = bounds
+        copy.tcpKeepalive = nil
+        copy.tcpUserTimeoutMilliseconds = nil
+        return copy
+    }
+
     public init(_ configuration: Configuration) {
         self.init(handshakeMilliseconds: configuration.milliseconds("ZTUNNEL_HANDSHAKE_TIMEOUT"),
                   idleMilliseconds: configuration.milliseconds("ZTUNNEL_IDLE_TIMEOUT"),
@@ -51,5 +65,30 @@ public struct Bounds: Sendable, Equatable {
         http2StreamWindow = UInt32(configuration.int("HTTP2_STREAM_WINDOW_SIZE"))
         http2ConnectionWindow = UInt32(configuration.int("HTTP2_CONNECTION_WINDOW_SIZE"))
         http2FrameSize = UInt32(configuration.int("HTTP2_FRAME_SIZE"))
+        if configuration.bool("KEEPALIVE_ENABLED") {
+            let idle = Int32(clamping: max(1, configuration.milliseconds("KEEPALIVE_TIME") / 1000))
+            let interval = Int32(clamping: max(1, configuration.milliseconds("KEEPALIVE_INTERVAL") / 1000))
+            let probes = Int32(clamping: configuration.int("KEEPALIVE_RETRIES"))
+            tcpKeepalive = TCPKeepalive(idleSeconds: idle, intervalSeconds: interval, probes: probes)
+            if configuration.bool("USER_TIMEOUT_ENABLED") {
+                tcpUserTimeoutMilliseconds = Int32(clamping: (Int64(idle) + Int64(probes) * Int64(interval)) * 1000)
+            }
+        } else {
+            tcpKeepalive = nil
+        }
+    }
+
+}
+
+/// TCP keepalive's three numbers (SO_KEEPALIVE with TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT).
+public struct TCPKeepalive: Sendable, Equatable {
+    public var idleSeconds: Int32
+    public var intervalSeconds: Int32
+    public var probes: Int32
+
+    public init(idleSeconds: Int32, intervalSeconds: Int32, probes: Int32) {
+        self.idleSeconds = idleSeconds
+        self.intervalSeconds = intervalSeconds
+        self.probes = probes
     }
 }
