@@ -172,7 +172,7 @@ final class HBONEServerHandler: HTTP2Connection {
     /// the metrics' label sets.
     private func record(for stream: Stream, source: String?, destination: Workload, host: String, port: UInt16) -> ConnectionRecord {
         var remote: Workload?
-        if let network = stream.forwardedNetwork, network != authorization.state.configuration.string("NETWORK"),
+        if authorization.state.usesBaggage, let network = stream.forwardedNetwork, network != authorization.state.configuration.string("NETWORK"),
            let described = Workload(baggage: stream.baggage ?? "", network: network),
            Self.describedSources.admit("\(network)|\(described.baggage)") {
             remote = described
@@ -252,7 +252,7 @@ final class HBONEServerHandler: HTTP2Connection {
 
     private func respondOK(_ stream: Stream) {
         guard let session else { return }
-        let baggage = destinations[stream.id].map(Self.baggage) ?? ""
+        let baggage = authorization.state.usesBaggage ? destinations[stream.id].map(Self.baggage) ?? "" : ""
         submit(session, stream: stream.id, status: 200, withBody: true, extra: baggage.isEmpty ? [] : [("baggage", baggage)])
         flushSession()
     }

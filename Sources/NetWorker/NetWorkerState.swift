@@ -7,6 +7,9 @@ import Shared
 final class NetWorkerState: @unchecked Sendable {
     let configuration: Configuration
     let index: UInt16
+    /// ENABLE_RESPONSE_BAGGAGE (§18): the destination's baggage on a CONNECT's 200, and a
+    /// request's baggage read (describing a source behind a network gateway).
+    let usesBaggage: Bool
     private let lock = Mutex()
     private var processTable: [ProcessEntry] = []
     private var draining = false
@@ -17,6 +20,7 @@ final class NetWorkerState: @unchecked Sendable {
     init(configuration: Configuration, index: UInt16) {
         self.configuration = configuration
         self.index = index
+        usesBaggage = !configuration.available.contains("ENABLE_RESPONSE_BAGGAGE") || configuration.bool("ENABLE_RESPONSE_BAGGAGE")
     }
 
     func update(processTable: [ProcessEntry]) { lock.withLock { self.processTable = processTable } }

@@ -68,6 +68,12 @@ public struct Configuration: Sendable {
                 "TLS 1.2 on HBONE, as upstream allows; refused here: the CertWorker signs TLS 1.3 CertificateVerify inputs only"),
         Setting("COMPLIANCE_POLICY", .choice(["pqc"]), default: "",
                 "pqc = ML-KEM hybrid key exchange only; refused here: this build's OpenSSL 3.0 has no ML-KEM"),
+        Setting("ENABLE_RESPONSE_BAGGAGE", .bool, default: "true",
+                "HBONE: the destination's baggage on each CONNECT's 200, and a request's baggage read (a source behind a network gateway)"),
+        Setting("PROXY_MODE", .choice(["shared", "dedicated"]), default: "shared",
+                "shared = one ztunnel for the node's pods; dedicated (one workload, sidecar-like) is refused here"),
+        Setting("ENABLE_PROXY", .bool, default: "true", "false = DNS only, as upstream allows; refused here"),
+        Setting("FAKE_CA", .bool, default: "false", "true = the built-in CA (self-signed root) even when CA_ADDRESS is set or defaulted"),
         Setting("AUTHZ_POLICY_INFO_LOGGING", .bool, default: "false", "log each authorization decision at info (else at debug)"),
         Setting("ZTUNNEL_NET_WORKERS", .integer(1...64), default: "1", "number of NetWorker processes"),
         Setting("ZTUNNEL_CERT_WORKER_UID", .integer(1...0x7fff_fffe), default: "65532",
@@ -229,6 +235,11 @@ public struct Configuration: Sendable {
             }
             sources[setting.name] = "flag \(flag)"
             index += 1
+        }
+        // FAKE_CA: the built-in CA, whatever CA_ADDRESS says or defaults to.
+        if Setting.parseBool(values["FAKE_CA"] ?? "") == true {
+            values["CA_ADDRESS"] = ""
+            sources["CA_ADDRESS"] = "FAKE_CA"
         }
         try self.init(resolved: values, sources: sources)
     }

@@ -42,7 +42,7 @@ struct RoleSpec {
         isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest, .logFilter, .demand, .podSocketsWanted],
         settings: common + ["LOCAL_XDS_PATH", "CRL_PATH", "INPOD_UDS", "ZTUNNEL_POD_SOCKET_POOL", "NODE_NAME", "NETWORK", "CLUSTER_DOMAIN", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_CPU_LIMIT", "ZTUNNEL_RESOURCE_CPU_LIMIT", "ZTUNNEL_RESOURCE_CPU_REQUEST", "ZTUNNEL_NET_WORKERS",
-                            "AUTHZ_POLICY_INFO_LOGGING",
+                            "AUTHZ_POLICY_INFO_LOGGING", "ENABLE_RESPONSE_BAGGAGE",
                             "ZTUNNEL_OUTBOUND_ADDR", "ZTUNNEL_INBOUND_PLAINTEXT_ADDR", "ZTUNNEL_INBOUND_ADDR", "ZTUNNEL_SOCKS5_ADDR",
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
                             "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS", "XDS_ON_DEMAND",

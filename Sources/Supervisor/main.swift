@@ -70,6 +70,15 @@ enum Main {
             fail("invalid TLS12_ENABLED=true: HBONE here is TLS 1.3 only; the CertWorker signs TLS 1.3 CertificateVerify inputs and "
                  + "nothing else (a TLS 1.2 signature input would widen what a NetWorker can have signed)")
         }
+        if configuration.bool("FAKE_CA") {
+            Log.warn("FAKE_CA=true: certificates come from the built-in CA (a self-signed root), not from istiod; for tests only")
+        }
+        if configuration.string("PROXY_MODE") == "dedicated" {
+            fail("invalid PROXY_MODE=dedicated: only shared mode (the node's pods, from istio-cni or the local config) exists here")
+        }
+        if !configuration.bool("ENABLE_PROXY") {
+            fail("invalid ENABLE_PROXY=false: a DNS-only ztunnel is not supported here")
+        }
         if configuration.string("COMPLIANCE_POLICY") == "pqc" {
             fail("invalid COMPLIANCE_POLICY=pqc: it needs ML-KEM hybrid key exchange, which this build's TLS library (OpenSSL 3.0) "
                  + "does not have; refusing to start rather than negotiate classical key exchange")

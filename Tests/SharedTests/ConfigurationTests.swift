@@ -130,5 +130,9 @@ import Testing
         let local = try Configuration(environment: [:], arguments: [])
         #expect(local.string("XDS_ADDRESS") == "" && local.string("CA_ADDRESS") == "")
         #expect(local.string("XDS_ON_DEMAND") == "false")
+        // FAKE_CA=true: the built-in CA, even over a CA_ADDRESS set or defaulted; xDS untouched.
+        let fake = try Configuration(environment: ["KUBERNETES_SERVICE_HOST": "10.96.0.1", "FAKE_CA": "true",
+                                                   "CA_ADDRESS": "istiod.example:15012"], arguments: [])
+        #expect(fake.string("CA_ADDRESS") == "" && fake.string("XDS_ADDRESS") == Configuration.istiodAddress)
     }
 }

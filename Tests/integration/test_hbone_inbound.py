@@ -402,3 +402,18 @@ def test_http2_settings_are_upstreams_and_follow_their_variables(start_daemon, t
         assert hashlib.sha256(client.data[stream]).digest() == hashlib.sha256(payload).digest()
     finally:
         client.close()
+
+
+def test_enable_response_baggage_false_leaves_the_baggage_off_the_200(start_daemon, tmp_path, echo_server):
+    """ENABLE_RESPONSE_BAGGAGE=false (§18): the CONNECT's 200 carries no `baggage` (with it, the
+    destination's: test_connect_streams_carry_bytes_both_ways); the stream is served as usual."""
+    daemon = start_hbone(start_daemon, tmp_path, echo_server, ENABLE_RESPONSE_BAGGAGE="false")
+    client = HBONEClient(daemon.ports["inbound"], str(tmp_path / "client"))
+    try:
+        stream = client.connect(f"127.0.0.1:{echo_server.port}")
+        assert client.pump(lambda: stream in client.status) and client.status[stream] == 200
+        assert b"baggage" not in client.headers[stream], client.headers[stream]
+        client.send(stream, b"no baggage", end=True)
+        assert client.pump(lambda: stream in client.ended) and client.data[stream] == b"no baggage"
+    finally:
+        client.close()

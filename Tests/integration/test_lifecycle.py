@@ -38,6 +38,8 @@ def test_bad_values_stop_the_start_with_one_line(tmp_path):
         ({"LOCAL_XDS_PATH": str(local), "TLS12_ENABLED": "true"}, [], "TLS12_ENABLED"),
         ({"LOCAL_XDS_PATH": str(local), "COMPLIANCE_POLICY": "pqc"}, [], "COMPLIANCE_POLICY=pqc"),
         ({"LOCAL_XDS_PATH": str(local), "COMPLIANCE_POLICY": "fips"}, [], "COMPLIANCE_POLICY"),
+        ({"LOCAL_XDS_PATH": str(local), "PROXY_MODE": "dedicated"}, [], "PROXY_MODE=dedicated"),
+        ({"LOCAL_XDS_PATH": str(local), "ENABLE_PROXY": "false"}, [], "ENABLE_PROXY=false"),
     ]
     for env, args, named in cases:
         result = run(args, env)
