@@ -259,7 +259,12 @@ class HTTP2Connection: ChannelInboundHandler {
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_MAX_HEADER_LIST_SIZE.rawValue), value: UInt32(maxHeaderListBytes)),
             nghttp2_settings_entry(settings_id: Int32(NGHTTP2_SETTINGS_ENABLE_PUSH.rawValue), value: 0),
         ]
-        _ = nghttp2_submit_settings(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count)
+        guard nghttp2_submit_settings(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), &settings, settings.count) == 0 else {
+            // Never serve without our settings (the stream limit among them).
+            Log.error("\(listener): the HTTP/2 settings were refused by nghttp2; closing")
+            context.close(promise: nil)
+            return
+        }
         // The connection window (§5.2, HTTP2_CONNECTION_WINDOW_SIZE).
         _ = nghttp2_session_set_local_window_size(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(connectionWindow))
         flushSession()

@@ -13,15 +13,16 @@ struct PeerCertificateRevoked {
 /// servers), and the live HBONE connections with their peer's chain, checked again whenever the
 /// lists change and closed when now revoked, as upstream does. Counted as
 /// `istio_crl_policy_rejections_total` (reporter `destination` for 15008's clients, `source`
-/// for the servers we connect to) and `istio_crl_untracked_connections_total` (connections past
-/// the tracking bound, which a change of the lists cannot reach).
+/// for the servers we connect to) and `istio_crl_untracked_connections_total` (always 0 here:
+/// every accepted connection is tracked, the table is as large as the connections are many).
 ///
-/// Lists that do not parse are refused and the ones in force stay; if the first lists do not
-/// parse, every peer is refused until lists that parse arrive: CRL_PATH is set, and accepting
-/// certificates unchecked would be failing open (upstream does not start then).
+/// The check and the tracking are one step under the lock (`admit`), so new lists either are
+/// the ones a handshake is checked against or find it tracked: none slips between the two.
+/// Lists that do not parse are refused and the ones in force stay. Until lists that parse are
+/// in force (none came yet, or the first did not parse) every peer is refused: CRL_PATH is set,
+/// and accepting certificates unchecked would be failing open (upstream does not start then).
 final class Revocations: @unchecked Sendable {
     static let shared = Revocations()
-    private let maxTracked: Int
     static let maxBytes = RevocationList.maxBytes
 
     private struct Tracked {
@@ -40,8 +41,6 @@ final class Revocations: @unchecked Sendable {
     private var tracked: [ObjectIdentifier: Tracked] = [:]
     private let counters = LabeledCounters<String, (rejections: UInt64, untracked: UInt64)>(
         maxLabelSets: 2, empty: (0, 0)) { "{reporter=\"\($0)\"}" }
-
-    init(maxTracked: Int = 65_536) { self.maxTracked = maxTracked }
 
     /// CRL_PATH is set: lists will come from the Supervisor before any listener.
     func enable() { lock.withLock { enabled = true } }
@@ -74,37 +73,31 @@ final class Revocations: @unchecked Sendable {
         return (parsed.count, parsed.revokedEntries, closed)
     }
 
-    /// At the end of a handshake: why the peer's verified chain (leaf first) is refused, nil
-    /// when it passes. A refusal is counted under `reporter`.
-    func refusal(of chain: [Certificate], reporter: String) -> String? {
-        let (enabled, lists, refusingAll) = lock.withLock { (self.enabled, self.lists, self.refusingAll) }
-        guard enabled else { return nil }  // CRL_PATH unset
-        if let refusingAll {
-            counters.update(reporter) { $0.rejections += 1 }
-            return refusingAll
+    /// At the end of a handshake: checks the peer's verified chain (leaf first) and, when it
+    /// passes, tracks `channel` with it until it closes, for the next lists. Returns why the peer
+    /// is refused (counted under `reporter`), nil when it passes or CRL_PATH is unset.
+    func admit(_ channel: Channel?, chain: [Certificate], reporter: String, peer: String) -> String? {
+        let key = channel.map(ObjectIdentifier.init)
+        let refusal = lock.withLock { () -> String? in
+            guard enabled else { return nil }  // CRL_PATH unset
+            guard let lists else { return refusingAll ?? Self.notYet }
+            guard !chain.isEmpty else { return "no verified certificate chain to check against the revocation lists" }
+            if let revoked = lists.revoked(in: chain) { return "peer certificate revoked (\(revoked))" }
+            if let key, let channel { tracked[key] = Tracked(channel: channel, chain: chain, reporter: reporter, peer: peer) }
+            return nil
         }
-        guard let revoked = lists?.revoked(in: chain) else { return nil }
-        counters.update(reporter) { $0.rejections += 1 }
-        return "peer certificate revoked (\(revoked))"
+        if refusal != nil {
+            counters.update(reporter) { $0.rejections += 1 }
+        } else if let key, let channel, isEnabled {
+            channel.closeFuture.whenComplete { _ in self.lock.withLock { self.tracked[key] = nil } }
+        }
+        return refusal
     }
 
-    /// Keeps an established connection's peer chain until it closes, for the next lists.
-    func track(_ channel: Channel, chain: [Certificate], reporter: String, peer: String) {
-        let key = ObjectIdentifier(channel)
-        let added = lock.withLock { () -> Bool in
-            guard tracked.count < maxTracked else { return false }
-            tracked[key] = Tracked(channel: channel, chain: chain, reporter: reporter, peer: peer)
-            return true
-        }
-        guard added else {
-            counters.update(reporter) { $0.untracked += 1 }
-            return
-        }
-        channel.closeFuture.whenComplete { _ in self.lock.withLock { self.tracked[key] = nil } }
-    }
+    static let notYet = "CRL_PATH is set and no revocation list is in force yet"
 
     /// Why no peer can be verified now (the readiness page says it), nil when they can.
-    var problem: String? { lock.withLock { refusingAll } }
+    var problem: String? { lock.withLock { enabled && lists == nil ? refusingAll ?? Self.notYet : nil } }
 
     /// Both families, with both reporters, whenever CRL_PATH is set.
     func metricLines() -> [String] {

@@ -272,11 +272,10 @@ final class TLSHandler: ChannelDuplexHandler {
             let reporter: String
             if case .server = role { reporter = "destination" } else { reporter = "source" }
             let chain = RevocationList.chain(SSL_get0_verified_chain(ssl))
-            if let revoked = Revocations.shared.refusal(of: chain, reporter: reporter) {
-                fail(context: context, revoked)
+            if let refused = Revocations.shared.admit(context.channel, chain: chain, reporter: reporter, peer: peer.description) {
+                fail(context: context, refused)
                 return
             }
-            Revocations.shared.track(context.channel, chain: chain, reporter: reporter, peer: peer.description)
         }
         Log.info("\(listener): mTLS established",
                  [("peer", ListenerFactory.peer(context.channel)), ("peer_identity", peer.description),

@@ -20,7 +20,7 @@ enum NetWorkerMain {
         let channel = started.channel
         let configuration = started.configuration
         let state = NetWorkerState(configuration: configuration, index: started.setup.index)
-        func optional(_ name: String) -> Int? { configuration.string(name).isEmpty ? nil : configuration.int(name) }
+        func optional(_ name: String) -> Int? { WorkerThreads.cpus(configuration.string(name)) }
         let total = WorkerThreads.total(setting: configuration.string("ZTUNNEL_WORKER_THREADS"), cpus: cores,
                                         cpuLimit: optional("ZTUNNEL_CPU_LIMIT"), limit: optional("ZTUNNEL_RESOURCE_CPU_LIMIT"),
                                         request: optional("ZTUNNEL_RESOURCE_CPU_REQUEST"))

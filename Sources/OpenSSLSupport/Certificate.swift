@@ -24,18 +24,20 @@ public final class Certificate: @unchecked Sendable {
 
     /// Every certificate in a PEM text, in order. Throws if there is none or one does not parse.
     public static func parseChain(pem: String) throws -> [Certificate] {
-        var bytes = Array(pem.utf8)
-        guard let bio = bytes.withUnsafeMutableBytes({ BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }) else {
-            throw OpenSSLError("BIO_new_mem_buf")
-        }
-        defer { BIO_free(bio) }
+        let bytes = Array(pem.utf8)
         var chain: [Certificate] = []
-        OpenSSLError.clearQueue()
-        while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {
-            chain.append(Certificate(takingOwnershipOf: x509))
+        var last: UInt = 0
+        // The BIO reads the bytes in place: every read happens while they are pinned.
+        try bytes.withUnsafeBytes { raw in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { throw OpenSSLError("BIO_new_mem_buf") }
+            defer { BIO_free(bio) }
+            OpenSSLError.clearQueue()
+            while let x509 = PEM_read_bio_X509(bio, nil, nil, nil) {
+                chain.append(Certificate(takingOwnershipOf: x509))
+            }
+            // The loop ends with PEM_R_NO_START_LINE at the end of the text; anything else is an error.
+            last = ERR_peek_last_error()
         }
-        // The loop ends with PEM_R_NO_START_LINE at the end of the text; anything else is an error.
-        let last = ERR_peek_last_error()
         if chain.isEmpty || (last != 0 && CShims_ERR_GET_REASON(last) != PEM_R_NO_START_LINE) {
             throw OpenSSLError("parsing PEM certificates")
         }

@@ -24,8 +24,9 @@ public final class RevocationList: @unchecked Sendable {
     }
 
     private let crls: [OpaquePointer]
-    /// Whether list `index` is signed by the issuer whose key has this SHA-256: a verified chain
-    /// names the same few issuers again and again, and an ECDSA or RSA check is not free.
+    /// Whether list `index` is signed by the issuer certificate with this SHA-256 (its key and its
+    /// key usage both decide): a verified chain names the same few issuers again and again, and
+    /// an ECDSA or RSA check is not free.
     private var signedBy: [String: Bool] = [:]
     private let lock = Mutex()
 
@@ -75,16 +76,17 @@ public final class RevocationList: @unchecked Sendable {
     private static func parsePEM(_ bytes: [UInt8]) throws -> [OpaquePointer] {
         let blocks = occurrences(of: Array("-----BEGIN ".utf8), in: bytes)
         guard blocks <= maxLists else { throw Refused(description: "\(blocks) PEM blocks, over \(maxLists)") }
-        var copy = bytes
-        guard let bio = copy.withUnsafeMutableBytes({ BIO_new_mem_buf($0.baseAddress, Int32($0.count)) }) else {
-            throw Refused(description: "out of memory")
-        }
-        defer { BIO_free(bio) }
         var parsed: [OpaquePointer] = []
-        OpenSSLError.clearQueue()
-        while parsed.count < blocks, let crl = PEM_read_bio_X509_CRL(bio, nil, nil, nil) { parsed.append(crl) }
-        let error = ERR_peek_last_error()
-        ERR_clear_error()
+        var error: UInt = 0
+        // The BIO reads the bytes in place: every read happens while they are pinned.
+        try bytes.withUnsafeBytes { raw in
+            guard let bio = BIO_new_mem_buf(raw.baseAddress, Int32(raw.count)) else { throw Refused(description: "out of memory") }
+            defer { BIO_free(bio) }
+            OpenSSLError.clearQueue()
+            while parsed.count < blocks, let crl = PEM_read_bio_X509_CRL(bio, nil, nil, nil) { parsed.append(crl) }
+            error = ERR_peek_last_error()
+            ERR_clear_error()
+        }
         guard parsed.count == blocks, error == 0 || CShims_ERR_GET_REASON(error) == PEM_R_NO_START_LINE else {
             for crl in parsed { X509_CRL_free(crl) }
             throw Refused(description: "PEM block \(parsed.count + 1) of \(blocks) is no X509 CRL that parses")
@@ -172,7 +174,7 @@ public final class RevocationList: @unchecked Sendable {
     private func isSigned(_ index: Int, by issuer: OpaquePointer) -> Bool {
         var digest = [UInt8](repeating: 0, count: 32)
         var length: UInt32 = 0
-        guard X509_pubkey_digest(issuer, EVP_sha256(), &digest, &length) == 1 else { return false }
+        guard X509_digest(issuer, EVP_sha256(), &digest, &length) == 1 else { return false }
         let key = "\(index)/" + digest.prefix(Int(length)).map { String($0, radix: 16) }.joined(separator: ":")
         if let known = lock.withLock({ signedBy[key] }) { return known }
         // A key usage, if the issuer has one, must allow CRL signing (RFC 5280 §4.2.1.3).
@@ -180,7 +182,17 @@ public final class RevocationList: @unchecked Sendable {
         let allowed = usage == UInt32.max || usage & UInt32(KU_CRL_SIGN) != 0
         let signed = allowed && X509_get0_pubkey(issuer).map { X509_CRL_verify(crls[index], $0) == 1 } == true
         ERR_clear_error()
-        lock.withLock { if signedBy.count < 4096 { signedBy[key] = signed } }
+        let kept = lock.withLock { () -> Bool in
+            guard signedBy.count < 4096 else { return false }
+            signedBy[key] = signed
+            return true
+        }
+        if !signed && kept {
+            // Said once per list and issuer (the answer is kept): a list that names an issuer and
+            // never applies to it would otherwise look like revocation working.
+            Log.warn("a revocation list names this issuer but is not signed by it" + (allowed ? "" : " (its key usage has no cRLSign)")
+                     + "; it is not used for its certificates", [("list", "\(index + 1)"), ("issuer", Self.oneLine(X509_get_subject_name(issuer)))])
+        }
         return signed
     }
 

@@ -26,9 +26,9 @@ public struct Configuration: Sendable {
         Setting("LOG_FORMAT", .choice(["plain", "json"]), default: "plain", "debug log format"),
         Setting("ZTUNNEL_WORKER_THREADS", .threads, default: "",
                 "data-plane threads in all, split among the NetWorkers: a number (0 = one per CPU) or N% of the CPUs; unset = the CPU limit if one is given, else max(CPUs/4, CPU request, 2), as upstream"),
-        Setting("ZTUNNEL_CPU_LIMIT", .integer(1...4096), default: "", "the CPUs the pod may use, in whole CPUs (the upstream chart sets it from limits.cpu): caps the CPU count the threads are sized from"),
-        Setting("ZTUNNEL_RESOURCE_CPU_LIMIT", .integer(1...4096), default: "", "the pod's explicit CPU limit in whole CPUs: that many threads when ZTUNNEL_WORKER_THREADS is unset"),
-        Setting("ZTUNNEL_RESOURCE_CPU_REQUEST", .integer(1...4096), default: "", "the pod's CPU request in whole CPUs: at least this many threads"),
+        Setting("ZTUNNEL_CPU_LIMIT", .cpus, default: "", "the CPUs the pod may use (the upstream chart sets it from limits.cpu; 500m counts as 1): caps the CPU count the threads are sized from"),
+        Setting("ZTUNNEL_RESOURCE_CPU_LIMIT", .cpus, default: "", "the pod's explicit CPU limit in whole CPUs: that many threads when ZTUNNEL_WORKER_THREADS is unset"),
+        Setting("ZTUNNEL_RESOURCE_CPU_REQUEST", .cpus, default: "", "the pod's CPU request in whole CPUs: at least this many threads"),
         Setting("NETWORK", .string, default: "", "this node's network: workloads are found by (network, address)"),
         Setting("CLUSTER_DOMAIN", .string, default: "cluster.local",
                 "the cluster's DNS domain: the pods' DNS proxy expands short service names under it"),
@@ -252,6 +252,10 @@ public struct Configuration: Sendable {
         let settings = onlyGiven ? Self.settings.filter { resolved[$0.name] != nil } : Self.settings
         for setting in settings {
             var value = values[setting.name] ?? setting.defaultValue
+            // A number, switch or duration set to "" is unset: its default, never a silent 0
+            // (an empty HTTP2_STREAM_WINDOW_SIZE would stall every tunnel). Paths, addresses and
+            // strings keep "" (off: a listener not opened, the built-in CA).
+            if value.isEmpty, setting.kind.emptyMeansDefault { value = setting.defaultValue }
             if case .socketAddress = setting.kind, value.hasPrefix("wildcard:") {
                 value = wildcard + value.dropFirst("wildcard".count)
             }

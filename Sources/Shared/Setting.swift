@@ -13,6 +13,17 @@ public struct Setting: Sendable {
         case logDirectives
         /// ZTUNNEL_WORKER_THREADS: a number or `N%` of the CPUs (WorkerThreads).
         case threads
+        /// A Kubernetes CPU quantity (`2`, `1.5`, `500m`), as the downward API or the chart's
+        /// values give it.
+        case cpus
+
+        /// Whether "" stands for the default (numbers, switches, durations) rather than "off".
+        var emptyMeansDefault: Bool {
+            switch self {
+            case .bool, .integer, .duration, .threads, .choice, .logDirectives, .cpus: return true
+            case .string, .path, .socketAddress: return false
+            }
+        }
     }
 
     public let name: String
@@ -55,6 +66,8 @@ public struct Setting: Sendable {
             return options.contains(value) ? nil : "expected one of \(options.joined(separator: ", ")), got \"\(value)\""
         case .threads:
             return WorkerThreads.problem(with: value)
+        case .cpus:
+            return WorkerThreads.cpus(value) == nil ? "expected a CPU quantity such as 2, 1.5 or 500m (at most 4096), got \"\(value)\"" : nil
         case .logDirectives:
             // It travels to every worker (and back with /logging?reset): bounded like a posted filter.
             guard value.utf8.count <= LogFilterChange.maxFilterBytes else { return "longer than \(LogFilterChange.maxFilterBytes) bytes" }

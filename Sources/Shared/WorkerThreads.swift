@@ -41,6 +41,26 @@ public enum WorkerThreads {
         return min(max(1, total), maxThreads)
     }
 
+    /// A Kubernetes CPU quantity as whole CPUs, rounded up: `2`, `1.5` (2), `500m` (1); nil when
+    /// it is none (or not between 1 m and 4096 CPUs).
+    public static func cpus(_ quantity: String) -> Int? {
+        var millis: Int
+        if quantity.hasSuffix("m") {
+            guard let value = Int(quantity.dropLast()) else { return nil }
+            millis = value
+        } else if let dot = quantity.firstIndex(of: ".") {
+            let whole = quantity[..<dot], fraction = quantity[quantity.index(after: dot)...]
+            guard whole.allSatisfy({ $0.isASCII && $0.isNumber }), let units = whole.isEmpty ? 0 : Int(whole), units <= 4096, !fraction.isEmpty, fraction.count <= 3,
+                  fraction.allSatisfy({ $0.isASCII && $0.isNumber }), let part = Int(fraction) else { return nil }
+            millis = units * 1000 + part * [100, 10, 1][fraction.count - 1]
+        } else {
+            guard let units = Int(quantity), units <= 4096 else { return nil }
+            millis = units * 1000
+        }
+        guard millis >= 1, millis <= 4096 * 1000 else { return nil }
+        return (millis + 999) / 1000
+    }
+
     /// One NetWorker's share of `total` (rounded up, at least one).
     public static func perNetWorker(total: Int, netWorkers: Int) -> Int {
         max(1, (total + max(1, netWorkers) - 1) / max(1, netWorkers))

@@ -1,4 +1,7 @@
 import Shared
+#if canImport(Glibc)
+import Glibc
+#endif
 
 /// A file the Supervisor looks at again every so often (LOCAL_XDS_PATH, CRL_PATH) and hands to
 /// the NetWorkers, which parse it (the Supervisor parses nothing). New bytes count only once they
@@ -11,8 +14,9 @@ struct SettledFile {
         case settling
         /// New bytes, seen the same twice in a row.
         case changed([UInt8])
-        /// The file could not be read; `firstTime` on the first failure after a success.
-        case unreadable(String, firstTime: Bool)
+        /// The file could not be read; `firstTime` on the first failure after a success,
+        /// `missing` when it does not exist (ENOENT).
+        case unreadable(String, firstTime: Bool, missing: Bool)
     }
 
     let path: String
@@ -28,13 +32,29 @@ struct SettledFile {
         self.settled = settled
     }
 
+    typealias Reader = (String, Int) throws -> [UInt8]
+    static let readFile: Reader = { try Syscall.readFile($0, limit: $1, regularOnly: true) }
+
+    /// Reads the file and takes its bytes as settled at once (at start, when nothing is in force
+    /// that a half-written file could replace).
+    mutating func readNow(read: Reader = SettledFile.readFile) throws -> [UInt8] {
+        let bytes = try read(path, limit)
+        settled = bytes
+        candidate = nil
+        unreadable = false
+        return bytes
+    }
+
+    /// Whether `error` (from reading) says the file does not exist.
+    static func isMissing(_ error: Error) -> Bool { (error as? SyscallError)?.errno == ENOENT }
+
     /// Reads the file and says what changed; `read` stands in for the file in tests.
-    mutating func look(read: (String, Int) throws -> [UInt8] = { try Syscall.readFile($0, limit: $1, regularOnly: true) }) -> Look {
+    mutating func look(read: Reader = SettledFile.readFile) -> Look {
         let bytes: [UInt8]
         do { bytes = try read(path, limit) } catch {
             defer { unreadable = true }
             candidate = nil
-            return .unreadable("\(error)", firstTime: !unreadable)
+            return .unreadable("\(error)", firstTime: !unreadable, missing: Self.isMissing(error))
         }
         unreadable = false
         guard bytes != settled else {

@@ -134,6 +134,7 @@ final class Supervisor {
             pollOnce()
             handleDeadlines()
             if isDraining && slots.allSatisfy({ !$0.isAlive }) {
+                flushAuditSummaries()
                 audit.record("supervisor_exit", [("code", .int(0))])
                 Log.info("drain complete; all workers exited")
                 exitCode = 0
@@ -205,7 +206,8 @@ final class Supervisor {
             if isDraining { try slot.ipc?.send(SupervisorMessage.drain(deadlineMilliseconds: 0).frame(), blocking: false) }
             broadcastProcessTable()
         case (.shutdownRequest, .running) where slot.spec.permittedWhileRunning.contains(.shutdownRequest):
-            audit.record("shutdown_requested", slot.auditFields)
+            // Once: later requests while draining change nothing and are not written again.
+            if !isDraining { audit.record("shutdown_requested", slot.auditFields) }
             beginDrain(reason: "admin /quitquitquit via \(slot.name)")
         case (.faultRequest(let kind, let port), .running) where slot.spec.permittedWhileRunning.contains(.faultRequest):
             // Tests only: with fault injection off this message has no business existing.
@@ -375,9 +377,17 @@ final class Supervisor {
     /// An event a worker caused (its audit frames, its snapshots and answers): written within
     /// that worker's budget, else counted and summed up once the second is over (`AuditBudget`).
     private func recordCaused(_ event: String, _ fields: [(String, JSON)], by slot: WorkerSlot) {
-        let (admitted, summary) = auditBudget.admit(event, by: slot.name, nowMilliseconds: Clock.monotonicMilliseconds())
+        // Security events (a signer violation) have a budget of their own: a burst of ordinary
+        // ones (many pods enrolling) cannot crowd them out.
+        let budget = fields.contains { $0.0 == "security" } ? slot.name + " security" : slot.name
+        let (admitted, summary) = auditBudget.admit(event, by: budget, nowMilliseconds: Clock.monotonicMilliseconds())
         if let summary { recordDropped(summary) }
         if admitted { audit.record(event, fields) }
+    }
+
+    /// Before exiting: what was left out in the last second is said too.
+    private func flushAuditSummaries() {
+        for summary in auditBudget.due(nowMilliseconds: .max) { recordDropped(summary) }
     }
 
     private func recordDropped(_ summary: AuditBudget.Summary) {
@@ -418,7 +428,7 @@ final class Supervisor {
         switch localConfigFile.look() {
         case .unchanged, .settling:
             return
-        case .unreadable(let error, let firstTime):
+        case .unreadable(let error, let firstTime, _):
             if firstTime { Log.warn("cannot read LOCAL_XDS_PATH (\(path)) again: \(error); the last one read stays in force") }
         case .changed(let bytes):
             localConfigGeneration &+= 1
@@ -432,43 +442,51 @@ final class Supervisor {
         }
     }
 
-    /// CRL_PATH at start: a missing file revokes nothing until it appears (as upstream: a
-    /// ConfigMap may be mounted later), said once.
+    /// CRL_PATH at start. A missing file revokes nothing until it appears (as upstream: a
+    /// ConfigMap may be mounted later). Any other failure to read it (permissions, too large,
+    /// not a regular file) publishes nothing, so every NetWorker refuses every mTLS peer until
+    /// it can be read: CRL_PATH is set, and "nothing revoked" would be failing open.
     private func readCRLAtStart() {
         guard var file = crlFile else { return }
-        var look = file.look()
-        // Two looks at once: nothing is in force yet that a half-written file could replace.
-        if look == .settling { look = file.look() }
-        crlFile = file
-        if case .unreadable(let error, _) = look {
-            Log.warn("cannot read CRL_PATH (\(file.path)): \(error); nothing is revoked until it can be read")
-            audit.record("crl_unreadable", [("path", .string(file.path)), ("error", .string(error))])
+        do {
+            let bytes = try file.readNow()
+            crlFile = file
+            _ = publishCRL(bytes)
+        } catch where SettledFile.isMissing(error) {
+            Log.warn("CRL_PATH (\(file.path)) does not exist: nothing is revoked until it appears")
+            audit.record("crl_unreadable", [("path", .string(file.path)), ("error", .string("\(error)"))])
+            _ = publishCRL([])
+        } catch {
+            Log.error("cannot read CRL_PATH (\(file.path)): \(error); every mTLS peer is refused until it can be read")
+            audit.record("crl_unreadable", [("path", .string(file.path)), ("error", .string("\(error)")), ("security", .bool(true))])
         }
-        publishCRL(file.settled)
     }
 
     /// CRL_PATH looked at again: settled new bytes go to every NetWorker. An unreadable file
     /// keeps the lists in force (a ConfigMap update swaps a symlink; a read in between fails).
+    /// Bytes that could not be handed over are looked at again, not taken as sent.
     private func reloadCRL() {
         guard var file = crlFile else { return }
-        let look = file.look()
-        crlFile = file
-        switch look {
-        case .unchanged, .settling:
-            return
-        case .unreadable(let error, let firstTime):
+        switch file.look() {
+        case .settling:
+            crlFile = file
+        case .unchanged:
+            crlFile = file
+            if crl == nil { _ = publishCRL(file.settled) }  // nothing in force yet (unreadable at start)
+        case .unreadable(let error, let firstTime, _):
+            crlFile = file
             if firstTime { Log.warn("cannot read CRL_PATH (\(file.path)) again: \(error); the revocation lists in force stay") }
         case .changed(let bytes):
-            publishCRL(bytes)
+            if publishCRL(bytes) { crlFile = file }
         }
     }
 
-    private func publishCRL(_ bytes: [UInt8]) {
-        guard let path = crlFile?.path else { return }
+    private func publishCRL(_ bytes: [UInt8]) -> Bool {
+        guard let path = crlFile?.path else { return false }
         let fd: OwnedFD
         do { fd = try SealedMemfd.make(name: "ztunnel-crl", bytes) } catch {
-            Log.error("cannot hand CRL_PATH to the NetWorkers: \(error); the lists in force stay")
-            return
+            Log.error("cannot hand CRL_PATH to the NetWorkers: \(error); the lists in force stay, and it is tried again")
+            return false
         }
         let generation = (crl?.generation ?? 0) &+ 1
         crl = (generation, fd)
@@ -476,6 +494,7 @@ final class Supervisor {
         Log.info("CRL_PATH read; sending it to the NetWorkers", [("bytes", "\(bytes.count)"), ("generation", "\(generation)")])
         let frame = SupervisorMessage.revocations(generation: generation, fd: fd).frame()
         for slot in liveNetWorkers { sendWithoutWaiting(frame, to: slot) }
+        return true
     }
 
     /// A NetWorker's verdict on a generation of the local config: accepted bytes become what new
@@ -866,6 +885,7 @@ final class Supervisor {
             if signal == SIGINT && isDraining {
                 // A second SIGINT: stop now (ISTIO_COMPAT §20).
                 Log.info("second SIGINT: exiting now")
+                flushAuditSummaries()
                 audit.record("supervisor_exit", [("code", .int(0)), ("reason", .string("second SIGINT"))])
                 terminateAll()
                 exitCode = 0

@@ -73,6 +73,11 @@ enum Main {
         if configuration.bool("FAKE_CA") {
             Log.warn("FAKE_CA=true: certificates come from the built-in CA (a self-signed root), not from istiod; for tests only")
         }
+        // The kernel takes TCP_KEEPIDLE and TCP_KEEPINTVL up to 32,767 s; past it, setting them
+        // fails and every proxied connection with it.
+        for name in ["KEEPALIVE_TIME", "KEEPALIVE_INTERVAL"] where configuration.milliseconds(name) > 32_767_000 {
+            fail("invalid \(name) \"\(configuration.string(name))\": at most 32767s (the kernel's bound for TCP keepalive)")
+        }
         if configuration.string("PROXY_MODE") == "dedicated" {
             fail("invalid PROXY_MODE=dedicated: only shared mode (the node's pods, from istio-cni or the local config) exists here")
         }

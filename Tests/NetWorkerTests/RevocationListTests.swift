@@ -74,44 +74,49 @@ import Testing
         let revocations = Revocations()
         let leaf1 = try Self.chain(CRLFixtures.leaf1, CRLFixtures.root)
         let leaf2 = try Self.chain(CRLFixtures.leaf2, CRLFixtures.root)
-        #expect(revocations.refusal(of: leaf1, reporter: "destination") == nil)  // CRL_PATH unset
+        #expect(revocations.admit(nil, chain: leaf1, reporter: "destination", peer: "p") == nil)  // CRL_PATH unset
         revocations.enable()
+        // Nothing in force yet: every peer refused, readiness says so.
+        #expect(revocations.admit(nil, chain: leaf2, reporter: "destination", peer: "p") == Revocations.notYet)
+        #expect(revocations.problem == Revocations.notYet)
         #expect(throws: RevocationList.Refused.self) { try revocations.install(Array("garbage".utf8)) }
-        #expect(revocations.refusal(of: leaf2, reporter: "destination")?.contains("no revocation list that parses") == true)
+        #expect(revocations.admit(nil, chain: leaf2, reporter: "destination", peer: "p")?.contains("no revocation list that parses") == true)
         #expect(revocations.problem != nil)
         let outcome = try revocations.install(Array(CRLFixtures.rootRevokesLeaf1.utf8))
         #expect(outcome.lists == 1 && outcome.revoked == 1 && outcome.closed == 0 && revocations.problem == nil)
-        #expect(revocations.refusal(of: leaf2, reporter: "source") == nil)
-        #expect(revocations.refusal(of: leaf1, reporter: "source")?.hasPrefix("peer certificate revoked (serial 1001") == true)
+        #expect(revocations.admit(nil, chain: leaf2, reporter: "source", peer: "p") == nil)
+        #expect(revocations.admit(nil, chain: leaf1, reporter: "source", peer: "p")?.hasPrefix("peer certificate revoked (serial 1001") == true)
         #expect(throws: RevocationList.Refused.self) { try revocations.install(Array("garbage".utf8)) }
-        #expect(revocations.refusal(of: leaf1, reporter: "source") != nil && revocations.problem == nil)
+        #expect(revocations.admit(nil, chain: leaf1, reporter: "source", peer: "p") != nil && revocations.problem == nil)
+        #expect(revocations.admit(nil, chain: [], reporter: "source", peer: "p") != nil)  // no chain: refused
         let lines = revocations.metricLines()
-        #expect(lines.contains("istio_crl_policy_rejections_total{reporter=\"destination\"} 1"))
-        #expect(lines.contains("istio_crl_policy_rejections_total{reporter=\"source\"} 2"))
+        #expect(lines.contains("istio_crl_policy_rejections_total{reporter=\"destination\"} 2"))
+        #expect(lines.contains("istio_crl_policy_rejections_total{reporter=\"source\"} 3"))
         #expect(lines.contains("istio_crl_untracked_connections_total{reporter=\"source\"} 0"))
     }
 
-    /// Live connections: new lists close the tracked ones whose peer they revoke (and only
-    /// those); past the bound a connection is counted as untracked; a closed one is forgotten.
-    @Test func newListsCloseTheLiveConnectionsTheyRevokeAndTheBoundIsCounted() throws {
-        let revocations = Revocations(maxTracked: 2)
+    /// Live connections: new lists close the admitted ones whose peer they revoke (and only
+    /// those); a refused one is not tracked; a closed one is forgotten.
+    @Test func newListsCloseTheLiveConnectionsTheyRevoke() throws {
+        let revocations = Revocations()
         revocations.enable()
         _ = try revocations.install([])
-        let revokedPeer = EmbeddedChannel(), keptPeer = EmbeddedChannel(), overBound = EmbeddedChannel()
+        let revokedPeer = EmbeddedChannel(), keptPeer = EmbeddedChannel()
         let leaf1 = try Self.chain(CRLFixtures.leaf1, CRLFixtures.root)
         let leaf2 = try Self.chain(CRLFixtures.leaf2, CRLFixtures.root)
-        revocations.track(revokedPeer, chain: leaf1, reporter: "destination", peer: "one")
-        revocations.track(keptPeer, chain: leaf2, reporter: "source", peer: "two")
-        revocations.track(overBound, chain: leaf1, reporter: "source", peer: "three")
-        #expect(revocations.metricLines().contains("istio_crl_untracked_connections_total{reporter=\"source\"} 1"))
+        #expect(revocations.admit(revokedPeer, chain: leaf1, reporter: "destination", peer: "one") == nil)
+        #expect(revocations.admit(keptPeer, chain: leaf2, reporter: "source", peer: "two") == nil)
         let outcome = try revocations.install(Array(CRLFixtures.rootRevokesLeaf1.utf8))
         #expect(outcome.closed == 1)
         #expect(revocations.metricLines().contains("istio_crl_policy_rejections_total{reporter=\"destination\"} 1"))
+        #expect(revocations.metricLines().contains("istio_crl_untracked_connections_total{reporter=\"source\"} 0"))
+        // Refused now, so not tracked: the next lists close nothing new.
+        let refusedPeer = EmbeddedChannel()
+        #expect(revocations.admit(refusedPeer, chain: leaf1, reporter: "destination", peer: "three") != nil)
         try revokedPeer.close().wait()
         revokedPeer.embeddedEventLoop.run()
-        #expect(revokedPeer.isActive == false)
         #expect(try revocations.install(Array(CRLFixtures.rootRevokesLeaf1.utf8)).closed == 0)  // forgotten once closed
         _ = try keptPeer.finish()
-        _ = try overBound.finish()
+        _ = try refusedPeer.finish()
     }
 }

@@ -135,4 +135,15 @@ import Testing
                                                    "CA_ADDRESS": "istiod.example:15012"], arguments: [])
         #expect(fake.string("CA_ADDRESS") == "" && fake.string("XDS_ADDRESS") == Configuration.istiodAddress)
     }
+
+    /// A number, switch or duration set to "" is its default, never 0; an address or path set to
+    /// "" stays off.
+    @Test func anEmptyNumberIsItsDefault() throws {
+        let configuration = try Configuration(environment: ["HTTP2_STREAM_WINDOW_SIZE": "", "KEEPALIVE_RETRIES": "", "KEEPALIVE_ENABLED": "",
+                                                            "KEEPALIVE_TIME": "", "ZTUNNEL_SOCKS5_ADDR": "", "ZTUNNEL_CPU_LIMIT": ""],
+                                              arguments: [])
+        #expect(configuration.int("HTTP2_STREAM_WINDOW_SIZE") == 4 << 20 && configuration.int("KEEPALIVE_RETRIES") == 9)
+        #expect(configuration.bool("KEEPALIVE_ENABLED") && configuration.milliseconds("KEEPALIVE_TIME") == 180_000)
+        #expect(configuration.string("ZTUNNEL_SOCKS5_ADDR") == "" && configuration.string("ZTUNNEL_CPU_LIMIT") == "")
+    }
 }

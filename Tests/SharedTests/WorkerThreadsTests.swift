@@ -27,6 +27,13 @@ import Testing
         #expect(WorkerThreads.perNetWorker(total: 16, netWorkers: 4) == 4)
     }
 
+    /// CPU quantities as Kubernetes writes them, rounded up to whole CPUs.
+    @Test func cpuQuantities() {
+        #expect(WorkerThreads.cpus("2") == 2 && WorkerThreads.cpus("500m") == 1 && WorkerThreads.cpus("1500m") == 2)
+        #expect(WorkerThreads.cpus("1.5") == 2 && WorkerThreads.cpus("0.25") == 1 && WorkerThreads.cpus(".5") == 1 && WorkerThreads.cpus("3.0") == 3)
+        for bad in ["", "0", "0m", "-1", "1.", "1.2345", "2x", "m", "4097", "1e3", "9223372036854775807.5", "-0.5", "1.-5"] { #expect(WorkerThreads.cpus(bad) == nil, "\(bad)") }
+    }
+
     @Test func badValuesAreRefused() {
         for bad in ["-1", "257", "0%", "101%", "%", "half", "2.5"] { #expect(WorkerThreads.problem(with: bad) != nil, "\(bad)") }
         for good in ["0", "1", "256", "1%", "100%"] { #expect(WorkerThreads.problem(with: good) == nil, "\(good)") }

@@ -189,3 +189,36 @@ def test_a_server_whose_certificate_is_revoked_is_cut_from_the_pool_and_refused(
     finally:
         echo.close()
 
+
+
+def test_a_missing_file_revokes_nothing_until_it_appears_and_an_unreadable_one_refuses_every_peer(start_daemon, tmp_path,
+                                                                                                  echo_server):
+    """As upstream, a CRL_PATH that does not exist yet (a ConfigMap mounted later) revokes
+    nothing, and lists that appear are put in force. A file that exists but cannot be read (here:
+    over the 16 MiB bound) is not "nothing revoked": every peer is refused and readiness says
+    so, until it can be read."""
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "client"), "client")
+    env = {"ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")}
+    missing = str(tmp_path / "later" / "ca-crl.pem")
+    daemon = start_daemon(local_config=config(echo_server.port), extra_env={**env, "CRL_PATH": missing})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    assert not handshake_refused(daemon, str(tmp_path / "client"))
+    os.makedirs(os.path.dirname(missing))
+    write_atomically(missing, ca.revocation_list([MiniCA.serial(str(tmp_path / "client"))]))
+    wait_for(lambda: "revocation lists in force generation=2" in daemon.log(), 30, "the lists that appeared in force")
+    assert handshake_refused(daemon, str(tmp_path / "client"))
+
+    huge = str(tmp_path / "huge-crl.pem")
+    write_atomically(huge, b"x" * (16 * 1024 * 1024 + 1))
+    daemon = start_daemon(local_config=config(echo_server.port), extra_env={**env, "CRL_PATH": huge})
+    wait_for(lambda: "cannot read CRL_PATH" in daemon.log(), 30, "the unreadable file said")
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    status, body = http(daemon.ports["readiness"], "/healthz/ready")[:2]
+    assert status == 500 and "no revocation list is in force yet" in body, body
+    assert handshake_refused(daemon, str(tmp_path / "client"))
+    write_atomically(huge, ca.revocation_list([]))
+    daemon.wait_ready()
+    assert not handshake_refused(daemon, str(tmp_path / "client"))

@@ -39,6 +39,7 @@ def test_bad_values_stop_the_start_with_one_line(tmp_path):
         ({"LOCAL_XDS_PATH": str(local), "COMPLIANCE_POLICY": "pqc"}, [], "COMPLIANCE_POLICY=pqc"),
         ({"LOCAL_XDS_PATH": str(local), "COMPLIANCE_POLICY": "fips"}, [], "COMPLIANCE_POLICY"),
         ({"LOCAL_XDS_PATH": str(local), "PROXY_MODE": "dedicated"}, [], "PROXY_MODE=dedicated"),
+        ({"LOCAL_XDS_PATH": str(local), "KEEPALIVE_TIME": "12h"}, [], "KEEPALIVE_TIME"),
         ({"LOCAL_XDS_PATH": str(local), "ENABLE_PROXY": "false"}, [], "ENABLE_PROXY=false"),
     ]
     for env, args, named in cases:
