@@ -61,6 +61,7 @@ seeds = {
                            + string("failure to start proxy : address in use") + struct.pack(">QQ", 3, 1)),
     "process_stats": frame(0x0116, struct.pack(">II", 42, 1048576)),
     "revocations": frame(0x0117, struct.pack(">Q", 2), request_id=0x80, fds=1),
+    "revocations_applied": frame(0x020e, struct.pack(">QB", 2, 1)),
     "pod_sockets_wanted": frame(0x020d, string("5f1d2c3a-0001") + struct.pack(">BH", 6, 8)),
     "sign": frame(0x0401, struct.pack(">I", 32) + bytes(32) + b"\x01"
                   + string_bytes(b" " * 64 + b"TLS 1.3, server CertificateVerify" + b"\x00" + bytes(32)), request_id=7),

@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 7
+    public static let version: UInt16 = 7  // 7: revocations, revocationsApplied
 }
 
 /// The role of a worker process. The wire value is part of the protocol.
@@ -345,6 +345,8 @@ public enum WorkerMessage: Equatable {
     case demandAnswered([String])
     /// A NetWorker wants `count` more unconnected sockets made in pod `uid`'s network namespace.
     case podSocketsWanted(uid: String, family: PodSocketFamily, count: UInt16)
+    /// A NetWorker's answer to `revocations`: whether those lists parsed and are in force.
+    case revocationsApplied(generation: UInt64, accepted: Bool)
 
     /// The audit events a CertWorker may report, and the keys the Supervisor writes itself (a
     /// worker must not be able to forge them).
@@ -369,6 +371,7 @@ public enum WorkerMessage: Equatable {
         case (.demand(let k1), .demand(let k2)): return k1 == k2
         case (.demandAnswered(let k1), .demandAnswered(let k2)): return k1 == k2
         case (.podSocketsWanted(let u1, let f1, let c1), .podSocketsWanted(let u2, let f2, let c2)): return u1 == u2 && f1 == f2 && c1 == c2
+        case (.revocationsApplied(let g1, let a1), .revocationsApplied(let g2, let a2)): return g1 == g2 && a1 == a2
         default: return false
         }
     }
@@ -377,6 +380,7 @@ public enum WorkerMessage: Equatable {
         case hello = 0x0201, ready = 0x0202, shutdownRequest = 0x0203, audit = 0x0204, faultRequest = 0x0205
         case localConfigApplied = 0x0206, meshSnapshot = 0x0207, meshApplied = 0x0208, xdsStats = 0x0209
         case logFilter = 0x020a, demand = 0x020b, demandAnswered = 0x020c, podSocketsWanted = 0x020d
+        case revocationsApplied = 0x020e
 
         /// Only a snapshot carries an fd (its memfd); every other fd flows from the Supervisor.
         public var fdCount: Int { self == .meshSnapshot ? 1 : 0 }
@@ -397,6 +401,7 @@ public enum WorkerMessage: Equatable {
         case .demand: return .demand
         case .demandAnswered: return .demandAnswered
         case .podSocketsWanted: return .podSocketsWanted
+        case .revocationsApplied: return .revocationsApplied
         }
     }
 
@@ -422,6 +427,7 @@ public enum WorkerMessage: Equatable {
             writer.u16(UInt16(keys.count))
             for key in keys { writer.string(key) }
         case .podSocketsWanted(let uid, let family, let count): writer.string(uid); writer.u8(family.rawValue); writer.u16(count)
+        case .revocationsApplied(let generation, let accepted): writer.u64(generation); writer.bool(accepted)
         }
         return IPCFrame(type: code.rawValue, requestId: requestId, payload: writer.bytes, fds: fds)
     }
@@ -477,6 +483,8 @@ public enum WorkerMessage: Equatable {
             let count = try reader.u16("pod socket count")
             guard count >= 1, count <= PodSocketFamily.maxPerRequest else { throw IPCError.malformed("pod socket count \(count)") }
             message = .podSocketsWanted(uid: uid, family: family, count: count)
+        case .revocationsApplied:
+            message = .revocationsApplied(generation: try reader.u64("revocations generation"), accepted: try reader.bool("accepted"))
         }
         try reader.finish(name)
         return message

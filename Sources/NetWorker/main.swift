@@ -239,8 +239,10 @@ struct ControlLoop {
             }
             Log.info("revocation lists in force", [("generation", "\(generation)"), ("lists", "\(outcome.lists)"),
                                                    ("revoked", "\(outcome.revoked)"), ("connections_closed", "\(outcome.closed)")])
+            try? channel.send(WorkerMessage.revocationsApplied(generation: generation, accepted: true).frame())
         } catch {
             Log.error("CRL_PATH generation \(generation) refused: \(error); \(Revocations.shared.problem ?? "the revocation lists in force stay")")
+            try? channel.send(WorkerMessage.revocationsApplied(generation: generation, accepted: false).frame())
         }
     }
 

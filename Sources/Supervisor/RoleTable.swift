@@ -39,7 +39,7 @@ struct RoleSpec {
 
     static let netWorker = RoleSpec(
         role: .netWorker, executable: "ztunnel-net-worker", seccompProfile: "net-worker.json",
-        isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest, .logFilter, .demand, .podSocketsWanted],
+        isDumpable: true, receivesListeners: true, receivesProcessTable: true, permittedWhileRunning: [.shutdownRequest, .faultRequest, .logFilter, .demand, .podSocketsWanted, .revocationsApplied],
         settings: common + ["LOCAL_XDS_PATH", "CRL_PATH", "INPOD_UDS", "ZTUNNEL_POD_SOCKET_POOL", "NODE_NAME", "NETWORK", "CLUSTER_DOMAIN", "IPV6_ENABLED", "UNSTABLE_ENABLE_SOCKS5", "ZTUNNEL_WORKER_THREADS",
                             "ZTUNNEL_CPU_LIMIT", "ZTUNNEL_RESOURCE_CPU_LIMIT", "ZTUNNEL_RESOURCE_CPU_REQUEST", "ZTUNNEL_NET_WORKERS",
                             "AUTHZ_POLICY_INFO_LOGGING", "ENABLE_RESPONSE_BAGGAGE",

@@ -34,6 +34,11 @@ final class Supervisor {
     /// parse them. Nil when CRL_PATH is unset.
     private var crlFile: SettledFile?
     private var crl: (generation: UInt64, fd: OwnedFD)?
+    /// The last generation a NetWorker said is in force: what a new NetWorker gets, so one that
+    /// starts after a bad edit keeps the lists the others keep (the latest until one is).
+    private var crlInForce: (generation: UInt64, fd: OwnedFD)?
+    /// The last generation whose refusal was audited.
+    private var crlAnswered: UInt64 = 0
     static let crlMaxBytes = 16 << 20
     private let tokenSource: CATokenSource
     /// The CA token as last read and sent; the last refusal, logged once until it changes.
@@ -258,6 +263,9 @@ final class Supervisor {
         case (.meshApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.meshApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             try snapshotApplied(generation: generation, accepted: accepted, from: slot)
+        case (.revocationsApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
+             (.revocationsApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
+            revocationsApplied(generation: generation, accepted: accepted, from: slot)
         case (.localConfigApplied(let generation, let accepted), .settingUp) where slot.spec.receivesListeners,
              (.localConfigApplied(let generation, let accepted), .running) where slot.spec.receivesListeners:
             localConfigApplied(generation: generation, accepted: accepted, from: slot)
@@ -293,8 +301,8 @@ final class Supervisor {
         }
         // The revocation lists and the mesh model before the listeners: nothing is accepted
         // before they are in force.
-        if slot.spec.receivesListeners, let crl {
-            try ipc.send(SupervisorMessage.revocations(generation: crl.generation, fd: crl.fd).frame(), blocking: false)
+        if slot.spec.receivesListeners, let lists = crlInForce ?? crl {
+            try ipc.send(SupervisorMessage.revocations(generation: lists.generation, fd: lists.fd).frame(), blocking: false)
         }
         if slot.spec.receivesListeners && configuration.isLocalMode {
             try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
@@ -478,6 +486,21 @@ final class Supervisor {
             if firstTime { Log.warn("cannot read CRL_PATH (\(file.path)) again: \(error); the revocation lists in force stay") }
         case .changed(let bytes):
             if publishCRL(bytes) { crlFile = file }
+        }
+    }
+
+    /// A NetWorker's verdict on a generation of CRL_PATH. Every NetWorker parses the same bytes
+    /// alike, so one that says they are in force is believed: a compromised NetWorker saying
+    /// "refused" cannot keep newer lists from the NetWorkers started later (saying "accepted"
+    /// for bad bytes only makes those refuse every peer). Refusals are audited once.
+    private func revocationsApplied(generation: UInt64, accepted: Bool, from slot: WorkerSlot) {
+        guard let latest = crl, generation == latest.generation else { return }
+        if accepted {
+            crlInForce = latest
+        } else if generation > crlAnswered {
+            crlAnswered = generation
+            audit.record("crl_refused", slot.auditFields + [("generation", .int(Int64(generation))), ("security", .bool(true))])
+            Log.warn("the NetWorkers refused CRL_PATH generation \(generation) (see their log); the lists in force stay")
         }
     }
 

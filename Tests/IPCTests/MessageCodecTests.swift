@@ -196,6 +196,8 @@ import Glibc
         var short = SupervisorMessage.revocations(generation: 1, fd: fd).frame()
         short.payload.removeLast()
         #expect(throws: IPCError.self) { try SupervisorMessage.decode(short) }
+        let answer = WorkerMessage.revocationsApplied(generation: 1 << 40, accepted: false)
+        #expect(try WorkerMessage.decode(try roundTrip(answer.frame())) == answer)
     }
 
     @Test func frameHeaderIsBigEndianWithFdCount() throws {
@@ -245,7 +247,7 @@ import Glibc
     }
 
     @Test func unknownTypesAreRefused() throws {
-        for type: UInt16 in [0, 0x0118, 0x020e, 0xffff] {
+        for type: UInt16 in [0, 0x0118, 0x020f, 0xffff] {
             let frame = IPCFrame(type: type, requestId: 0, payload: [])
             #expect(throws: IPCError.unknownType(type)) { try SupervisorMessage.decode(frame) }
             #expect(throws: IPCError.unknownType(type)) { try WorkerMessage.decode(frame) }

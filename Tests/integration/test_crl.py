@@ -4,6 +4,7 @@ revoked peers are refused or cut (`CERT_REVOKED`) and counted in
 `istio_crl_policy_rejections_total`. The lists are made by the test's own CA (Python's
 `cryptography`), the client is Python's ssl and h2."""
 import os
+import signal
 import socket
 import ssl
 import time
@@ -15,6 +16,7 @@ from daemon import http, wait_for  # noqa: E402
 from hbone_client import HBONEClient  # noqa: E402
 from identities import MiniCA  # noqa: E402
 from test_hbone_inbound import config  # noqa: E402
+from test_restart import replaced  # noqa: E402
 
 
 def write_atomically(path, data):
@@ -116,11 +118,19 @@ def test_a_revoked_client_is_refused_and_a_live_one_cut_when_the_list_revokes_it
     assert handshake_refused(daemon, str(tmp / "client"))
 
     write_atomically(crl, b"-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n")
-    wait_for(lambda: "refused" in daemon.log().split("CRL_PATH generation 3")[-1] if "CRL_PATH generation 3" in daemon.log() else False,
-             30, "the bad file refused")
+    wait_for(lambda: daemon.audit_events("crl_refused"), 30, "the bad file refused")
+    assert "CRL_PATH generation 3 refused: PEM block 1 of 1 is no X509 CRL that parses" in daemon.log()
     assert handshake_refused(daemon, str(tmp / "client")) and daemon.ready()
     events = [e["generation"] for e in daemon.audit_events("crl_changed")]
     assert events == [1, 2, 3], events
+    assert [e["generation"] for e in daemon.audit_events("crl_refused")] == [3]
+    # A NetWorker started after the bad edit gets the lists the others keep (generation 2), not
+    # the bytes they refused: it is ready and still refuses the revoked client.
+    (old,) = daemon.workers("net-worker")
+    os.kill(old, signal.SIGKILL)
+    replaced(daemon, "net-worker", old)
+    wait_for(lambda: daemon.log().count("revocation lists in force generation=2") >= 2, 30, "generation 2 in the new NetWorker")
+    assert daemon.ready() and handshake_refused(daemon, str(tmp / "client"))
 
 
 def test_a_list_that_does_not_parse_at_start_refuses_every_peer_until_one_does(start_daemon, tmp_path, echo_server):
