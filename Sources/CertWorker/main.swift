@@ -106,7 +106,7 @@ final class CertWorker {
     }
 
     private func closePeer(_ index: UInt16, reason: String) {
-        reportAudit("signer_violation", [("net_worker", "\(index)"), ("reason", reason), ("security", "true")])
+        reportAudit("signer_violation", [("net_worker", "\(index)"), ("reason", reason)])  // the Supervisor marks it a security event
         Log.error("security: net-worker[\(index)]: \(reason); closing its signer channel")
         peers[index] = nil
         refusals[index] = nil

@@ -354,7 +354,9 @@ public enum WorkerMessage: Equatable {
         "certificate_loaded", "csr_sent", "certificate_issued", "certificate_failed", "certificate_expired",
         "certificate_forgotten", "trust_bundle_changed", "identity_refused", "sign_refused", "signer_violation",
     ]
-    public static let reservedAuditKeys: Set<String> = ["time", "seq", "event", "role", "index", "pid"]
+    public static let reservedAuditKeys: Set<String> = ["time", "seq", "event", "role", "index", "pid", "security"]
+    /// The CertWorker's events the Supervisor marks `security: true` (and budgets apart).
+    public static let certWorkerSecurityEvents: Set<String> = ["signer_violation"]
 
     public static func == (a: WorkerMessage, b: WorkerMessage) -> Bool {
         switch (a, b) {

@@ -38,9 +38,12 @@ final class HBONEClientHandler: HTTP2Connection {
         if let established = event as? TLSEstablished {
             peer = established.peer
             tls = established.tls
-            startSession(context: context, server: false, maxHeaderListBytes: Self.maxHeaderListBytes,
-                         maxConcurrentStreams: UInt32(maxStreams))
-            ready?.succeed(())
+            if startSession(context: context, server: false, maxHeaderListBytes: Self.maxHeaderListBytes,
+                            maxConcurrentStreams: UInt32(maxStreams)) {
+                ready?.succeed(())
+            } else {
+                ready?.fail(HBONEError("the HTTP/2 session could not be set up"))
+            }
             ready = nil
             armIdleTimer()
             return

@@ -234,11 +234,13 @@ class HTTP2Connection: ChannelInboundHandler {
     // MARK: - Session
 
     /// Makes the session (`server` or client) with the settings of §5.2 and sends them.
-    func startSession(context: ChannelHandlerContext, server: Bool, maxHeaderListBytes: Int, maxConcurrentStreams: UInt32) {
-        guard let callbacks = makeCallbacks() else { context.close(promise: nil); return }
+    /// False when the session could not be made (the connection is then closing).
+    @discardableResult
+    func startSession(context: ChannelHandlerContext, server: Bool, maxHeaderListBytes: Int, maxConcurrentStreams: UInt32) -> Bool {
+        guard let callbacks = makeCallbacks() else { context.close(promise: nil); return false }
         defer { nghttp2_session_callbacks_del(callbacks) }
         var option: OpaquePointer?
-        guard nghttp2_option_new(&option) == 0, let option else { context.close(promise: nil); return }
+        guard nghttp2_option_new(&option) == 0, let option else { context.close(promise: nil); return false }
         defer { nghttp2_option_del(option) }
         // Window updates only once the TCP side took the bytes (backpressure).
         nghttp2_option_set_no_auto_window_update(option, 1)
@@ -249,7 +251,7 @@ class HTTP2Connection: ChannelInboundHandler {
                         : nghttp2_session_client_new2(&created, callbacks, user, option)
         guard rc == 0, let created else {
             context.close(promise: nil)
-            return
+            return false
         }
         session = created
         var settings = [
@@ -263,12 +265,13 @@ class HTTP2Connection: ChannelInboundHandler {
             // Never serve without our settings (the stream limit among them).
             Log.error("\(listener): the HTTP/2 settings were refused by nghttp2; closing")
             context.close(promise: nil)
-            return
+            return false
         }
         // The connection window (§5.2, HTTP2_CONNECTION_WINDOW_SIZE).
         _ = nghttp2_session_set_local_window_size(created, UInt8(NGHTTP2_FLAG_NONE.rawValue), 0, Int32(connectionWindow))
         flushSession()
         startKeepalive(context: context)
+        return true
     }
 
     /// Writes what nghttp2 has queued (frames, data) through the TLS handler, sealed straight

@@ -38,6 +38,9 @@ final class Revocations: @unchecked Sendable {
     /// The first lists did not parse: every peer is refused, for this reason.
     private var refusingAll: String?
     private var enabled = false
+    /// Counts every change of `lists` and `refusingAll`: a check made outside the lock counts
+    /// only if this did not move meanwhile.
+    private var version: UInt64 = 0
     private var tracked: [ObjectIdentifier: Tracked] = [:]
     private let counters = LabeledCounters<String, (rejections: UInt64, untracked: UInt64)>(
         maxLabelSets: 2, empty: (0, 0)) { "{reporter=\"\($0)\"}" }
@@ -53,12 +56,18 @@ final class Revocations: @unchecked Sendable {
     func install(_ bytes: [UInt8]) throws -> (lists: Int, revoked: Int, closed: Int) {
         let parsed: RevocationList
         do { parsed = try RevocationList(parsing: bytes) } catch {
-            lock.withLock { if lists == nil { refusingAll = "CRL_PATH holds no revocation list that parses (\(error))" } }
+            lock.withLock {
+                if lists == nil {
+                    refusingAll = "CRL_PATH holds no revocation list that parses (\(error))"
+                    version &+= 1
+                }
+            }
             throw error
         }
         let live = lock.withLock { () -> [Tracked] in
             lists = parsed
             refusingAll = nil
+            version &+= 1
             return Array(tracked.values)
         }
         var closed = 0
@@ -76,22 +85,41 @@ final class Revocations: @unchecked Sendable {
     /// At the end of a handshake: checks the peer's verified chain (leaf first) and, when it
     /// passes, tracks `channel` with it until it closes, for the next lists. Returns why the peer
     /// is refused (counted under `reporter`), nil when it passes or CRL_PATH is unset.
+    /// The chain is checked outside the lock (a signature check, a first sort of a large list,
+    /// a log line must not hold up every event loop) and tracked under it only if the lists did
+    /// not change meanwhile; if they did, it is checked again against the new ones. So new lists
+    /// either are the ones a connection was checked against or find it tracked.
     func admit(_ channel: Channel?, chain: [Certificate], reporter: String, peer: String) -> String? {
         let key = channel.map(ObjectIdentifier.init)
-        let refusal = lock.withLock { () -> String? in
+        while true {
+            let (enabled, lists, refusingAll, version) = lock.withLock { (self.enabled, self.lists, self.refusingAll, self.version) }
             guard enabled else { return nil }  // CRL_PATH unset
-            guard let lists else { return refusingAll ?? Self.notYet }
-            guard !chain.isEmpty else { return "no verified certificate chain to check against the revocation lists" }
-            if let revoked = lists.revoked(in: chain) { return "peer certificate revoked (\(revoked))" }
-            if let key, let channel { tracked[key] = Tracked(channel: channel, chain: chain, reporter: reporter, peer: peer) }
+            var refusal: String?
+            if let lists {
+                if chain.isEmpty {
+                    refusal = "no verified certificate chain to check against the revocation lists"
+                } else if let revoked = lists.revoked(in: chain) {
+                    refusal = "peer certificate revoked (\(revoked))"
+                }
+            } else {
+                refusal = refusingAll ?? Self.notYet
+            }
+            if let refusal {
+                counters.update(reporter) { $0.rejections += 1 }
+                return refusal
+            }
+            let tracking = lock.withLock { () -> Bool? in
+                guard self.version == version else { return nil }  // new lists meanwhile: again
+                guard let key, let channel else { return false }
+                tracked[key] = Tracked(channel: channel, chain: chain, reporter: reporter, peer: peer)
+                return true
+            }
+            guard let tracking else { continue }
+            if tracking, let key, let channel {
+                channel.closeFuture.whenComplete { _ in self.lock.withLock { self.tracked[key] = nil } }
+            }
             return nil
         }
-        if refusal != nil {
-            counters.update(reporter) { $0.rejections += 1 }
-        } else if let key, let channel, isEnabled {
-            channel.closeFuture.whenComplete { _ in self.lock.withLock { self.tracked[key] = nil } }
-        }
-        return refusal
     }
 
     static let notYet = "CRL_PATH is set and no revocation list is in force yet"

@@ -182,12 +182,11 @@ public final class RevocationList: @unchecked Sendable {
         let allowed = usage == UInt32.max || usage & UInt32(KU_CRL_SIGN) != 0
         let signed = allowed && X509_get0_pubkey(issuer).map { X509_CRL_verify(crls[index], $0) == 1 } == true
         ERR_clear_error()
-        let kept = lock.withLock { () -> Bool in
+        let first = lock.withLock { () -> Bool in
             guard signedBy.count < 4096 else { return false }
-            signedBy[key] = signed
-            return true
+            return signedBy.updateValue(signed, forKey: key) == nil
         }
-        if !signed && kept {
+        if !signed && first {
             // Said once per list and issuer (the answer is kept): a list that names an issuer and
             // never applies to it would otherwise look like revocation working.
             Log.warn("a revocation list names this issuer but is not signed by it" + (allowed ? "" : " (its key usage has no cRLSign)")

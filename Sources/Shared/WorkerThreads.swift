@@ -54,7 +54,7 @@ public enum WorkerThreads {
                   fraction.allSatisfy({ $0.isASCII && $0.isNumber }), let part = Int(fraction) else { return nil }
             millis = units * 1000 + part * [100, 10, 1][fraction.count - 1]
         } else {
-            guard let units = Int(quantity), units <= 4096 else { return nil }
+            guard let units = Int(quantity), (0...4096).contains(units) else { return nil }
             millis = units * 1000
         }
         guard millis >= 1, millis <= 4096 * 1000 else { return nil }

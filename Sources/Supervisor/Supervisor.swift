@@ -34,9 +34,11 @@ final class Supervisor {
     /// parse them. Nil when CRL_PATH is unset.
     private var crlFile: SettledFile?
     private var crl: (generation: UInt64, fd: OwnedFD)?
-    /// The last generation a NetWorker said is in force: what a new NetWorker gets, so one that
-    /// starts after a bad edit keeps the lists the others keep (the latest until one is).
+    /// The last generation a NetWorker said is in force, and the ones published after it (≤ 8,
+    /// oldest first): a new NetWorker gets them all, in order, and ends with what the others
+    /// have (lists that do not parse never replace lists in force).
     private var crlInForce: (generation: UInt64, fd: OwnedFD)?
+    private var crlPending: [(generation: UInt64, fd: OwnedFD)] = []
     /// The last generation whose refusal was audited.
     private var crlAnswered: UInt64 = 0
     static let crlMaxBytes = 16 << 20
@@ -277,7 +279,8 @@ final class Supervisor {
                   !fields.contains(where: { WorkerMessage.reservedAuditKeys.contains($0.0) }) else {
                 throw Violation("audit event \(event) is not one the CertWorker may write, or forges a reserved key")
             }
-            recordCaused(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) }, by: slot)
+            let security: [(String, JSON)] = WorkerMessage.certWorkerSecurityEvents.contains(event) ? [("security", .bool(true))] : []
+            recordCaused(event, slot.auditFields + fields.map { ($0.0, JSON.string($0.1)) } + security, by: slot)
             // The CertWorker closed a NetWorker's signer channel for bad requests: that NetWorker
             // can no longer complete a handshake, and it may be compromised. It is replaced (with
             // a new channel), as for a violation of its own IPC.
@@ -301,8 +304,10 @@ final class Supervisor {
         }
         // The revocation lists and the mesh model before the listeners: nothing is accepted
         // before they are in force.
-        if slot.spec.receivesListeners, let lists = crlInForce ?? crl {
-            try ipc.send(SupervisorMessage.revocations(generation: lists.generation, fd: lists.fd).frame(), blocking: false)
+        if slot.spec.receivesListeners {
+            for lists in (crlInForce.map { [$0] } ?? []) + crlPending {
+                try ipc.send(SupervisorMessage.revocations(generation: lists.generation, fd: lists.fd).frame(), blocking: false)
+            }
         }
         if slot.spec.receivesListeners && configuration.isLocalMode {
             try ipc.send(SupervisorMessage.localConfig(generation: localConfigGeneration, localConfig).frame(), blocking: false)
@@ -387,7 +392,7 @@ final class Supervisor {
     private func recordCaused(_ event: String, _ fields: [(String, JSON)], by slot: WorkerSlot) {
         // Security events (a signer violation) have a budget of their own: a burst of ordinary
         // ones (many pods enrolling) cannot crowd them out.
-        let budget = fields.contains { $0.0 == "security" } ? slot.name + " security" : slot.name
+        let budget = fields.contains { $0.0 == "security" && $0.1 == .bool(true) } ? slot.name + " security" : slot.name
         let (admitted, summary) = auditBudget.admit(event, by: budget, nowMilliseconds: Clock.monotonicMilliseconds())
         if let summary { recordDropped(summary) }
         if admitted { audit.record(event, fields) }
@@ -481,9 +486,16 @@ final class Supervisor {
         case .unchanged:
             crlFile = file
             if crl == nil { _ = publishCRL(file.settled) }  // nothing in force yet (unreadable at start)
-        case .unreadable(let error, let firstTime, _):
+        case .unreadable(let error, let firstTime, let missing):
             crlFile = file
-            if firstTime { Log.warn("cannot read CRL_PATH (\(file.path)) again: \(error); the revocation lists in force stay") }
+            if crl == nil && missing {
+                // Unreadable at start, and now gone: as a file missing at start, nothing revoked.
+                Log.warn("CRL_PATH (\(file.path)) does not exist: nothing is revoked until it appears")
+                _ = publishCRL([])
+            } else if firstTime {
+                Log.warn("cannot read CRL_PATH (\(file.path)) again: \(error); "
+                         + (crl == nil ? "every mTLS peer stays refused" : "the revocation lists in force stay"))
+            }
         case .changed(let bytes):
             if publishCRL(bytes) { crlFile = file }
         }
@@ -494,10 +506,11 @@ final class Supervisor {
     /// "refused" cannot keep newer lists from the NetWorkers started later (saying "accepted"
     /// for bad bytes only makes those refuse every peer). Refusals are audited once.
     private func revocationsApplied(generation: UInt64, accepted: Bool, from slot: WorkerSlot) {
-        guard let latest = crl, generation == latest.generation else { return }
         if accepted {
-            crlInForce = latest
-        } else if generation > crlAnswered {
+            guard let lists = crlPending.first(where: { $0.generation == generation }) else { return }  // known already
+            crlInForce = lists
+            crlPending.removeAll { $0.generation <= generation }
+        } else if generation > crlAnswered, generation <= crl?.generation ?? 0 {
             crlAnswered = generation
             audit.record("crl_refused", slot.auditFields + [("generation", .int(Int64(generation))), ("security", .bool(true))])
             Log.warn("the NetWorkers refused CRL_PATH generation \(generation) (see their log); the lists in force stay")
@@ -513,6 +526,8 @@ final class Supervisor {
         }
         let generation = (crl?.generation ?? 0) &+ 1
         crl = (generation, fd)
+        crlPending.append((generation, fd))
+        if crlPending.count > 8 { crlPending.removeFirst() }
         audit.record("crl_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count))), ("generation", .int(Int64(generation)))])
         Log.info("CRL_PATH read; sending it to the NetWorkers", [("bytes", "\(bytes.count)"), ("generation", "\(generation)")])
         let frame = SupervisorMessage.revocations(generation: generation, fd: fd).frame()
@@ -736,6 +751,7 @@ final class Supervisor {
             broadcastProcessTable()
         case .giveUp(let exits, let window):
             let line = "crash loop: \(exits) workers exited before becoming ready within \(window / 1000)s (last: \(slot.name) \(cause)); giving up so the pod is restarted"
+            flushAuditSummaries()
             audit.record("crash_loop", [("exits", .int(Int64(exits))), ("window_ms", .int(window)), ("last", .string(slot.name))])
             Log.error(line)
             terminateAll()

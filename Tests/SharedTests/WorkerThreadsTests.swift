@@ -31,7 +31,7 @@ import Testing
     @Test func cpuQuantities() {
         #expect(WorkerThreads.cpus("2") == 2 && WorkerThreads.cpus("500m") == 1 && WorkerThreads.cpus("1500m") == 2)
         #expect(WorkerThreads.cpus("1.5") == 2 && WorkerThreads.cpus("0.25") == 1 && WorkerThreads.cpus(".5") == 1 && WorkerThreads.cpus("3.0") == 3)
-        for bad in ["", "0", "0m", "-1", "1.", "1.2345", "2x", "m", "4097", "1e3", "9223372036854775807.5", "-0.5", "1.-5"] { #expect(WorkerThreads.cpus(bad) == nil, "\(bad)") }
+        for bad in ["", "0", "0m", "-1", "1.", "1.2345", "2x", "m", "4097", "1e3", "9223372036854775807.5", "-0.5", "1.-5", "-9223372036854775808", "-9999999999999999"] { #expect(WorkerThreads.cpus(bad) == nil, "\(bad)") }
     }
 
     @Test func badValuesAreRefused() {

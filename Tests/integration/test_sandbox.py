@@ -266,7 +266,7 @@ def test_a_networker_misusing_its_signer_channel_loses_it_and_is_replaced(start_
         inject(daemon, kind)
         replaced(daemon, "net-worker", old)
         (violation,) = daemon.audit_events("signer_violation")
-        assert violation["net_worker"] == "0" and violation["security"] == "true" and reason in violation["reason"], violation
+        assert violation["net_worker"] == "0" and violation["security"] is True and reason in violation["reason"], violation
         (exit_event,) = daemon.audit_events("worker_exit")
         assert exit_event["pid"] == old and "signer violation" in exit_event["cause"], exit_event
         assert daemon.workers("cert-worker") == [cert]
