@@ -232,3 +232,29 @@ def test_a_missing_file_revokes_nothing_until_it_appears_and_an_unreadable_one_r
     write_atomically(huge, ca.revocation_list([]))
     daemon.wait_ready()
     assert not handshake_refused(daemon, str(tmp_path / "client"))
+
+
+def test_rejections_are_one_sum_whichever_networker_answers_the_scrape(start_daemon, tmp_path, echo_server):
+    """With two NetWorkers, a refused handshake is counted by the one that refused it, and every
+    scrape of 15020 (answered by either) shows the merged sum, once (§15), as soon as the
+    counting NetWorker published it (at most a second)."""
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "revoked"), "client")
+    crl = str(tmp_path / "ca-crl.pem")
+    write_atomically(crl, ca.revocation_list([MiniCA.serial(str(tmp_path / "revoked"))]))
+    daemon = start_daemon(local_config=config(echo_server.port), extra_env={
+        "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "CRL_PATH": crl, "ZTUNNEL_NET_WORKERS": "2"})
+    daemon.wait_ready()
+    wait_for(lambda: daemon.log().count("identity available") >= 2, 30, "the server identity in both NetWorkers")
+    for _ in range(3):
+        assert handshake_refused(daemon, str(tmp_path / "revoked"))
+    wait_for(lambda: daemon.log().count("peer certificate revoked (serial ") >= 3, 10, "three refusals")
+    # Each NetWorker publishes its counters into its shared region once a second (and before
+    # answering a scrape): the sum is there within a second, then every scrape shows it.
+    line = 'istio_crl_policy_rejections_total{reporter="destination"} 3'
+    wait_for(lambda: line in http(daemon.ports["stats"], "/metrics")[1].splitlines(), 10, "the merged sum")
+    for _ in range(8):  # scrapes land on either NetWorker
+        body = http(daemon.ports["stats"], "/metrics")[1]
+        lines = [l for l in body.splitlines() if l.startswith('istio_crl_policy_rejections_total{reporter="destination"}')]
+        assert lines == ['istio_crl_policy_rejections_total{reporter="destination"} 3'], lines
