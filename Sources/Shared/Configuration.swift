@@ -11,6 +11,8 @@ public struct Configuration: Sendable {
         Setting("INPOD_PORT_REUSE", .bool, default: "true", "SO_REUSEPORT on the per-pod listeners (a new ztunnel can bind while the old drains)"),
         Setting("ZTUNNEL_POD_SOCKET_POOL", .integer(0...64), default: "8",
                 "in-pod mode: unconnected sockets each NetWorker keeps ready per pod and family; 0 = one asked for per connection (benchmarks)"),
+        Setting("ZTUNNEL_MAX_PODS", .integer(1...1024), default: "1024",
+                "in-pod mode: pods enrolled at most; istio-cni's Add for one more is answered with an error"),
         Setting("PACKET_MARK", .integer(1...0x7fff_ffff), default: "1337",
                 "SO_MARK on every socket made for a pod, so istio-cni's rules do not capture it again"),
         Setting("TERMINATION_GRACE_PERIOD_SECONDS", .integer(0...86_400), default: "",

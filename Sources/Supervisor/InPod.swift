@@ -47,8 +47,9 @@ final class InPod {
 
     static let retryMilliseconds: Int64 = 5_000
     static let maxBackoffMilliseconds: Int64 = 15_000
-    /// Pods a node can have at most (Kubernetes' max-pods is 110 by default, a few hundred at most).
-    static let maxPods = 1024
+    /// Pods enrolled at most (ZTUNNEL_MAX_PODS, default 1,024: Kubernetes' max-pods is 110 by
+    /// default, a few hundred at most); each costs listeners, a namespace fd and memory.
+    private let maxPods: Int
 
     private let path: String
     private let mark: UInt32
@@ -78,6 +79,7 @@ final class InPod {
         reusePort = configuration.bool("INPOD_PORT_REUSE")
         ipv6 = configuration.bool("IPV6_ENABLED")
         copies = configuration.int("ZTUNNEL_NET_WORKERS")
+        maxPods = configuration.int("ZTUNNEL_MAX_PODS")
         self.audit = audit
         var own = stat()
         ownNetns = stat("/proc/self/ns/net", &own) == 0 ? NetnsId(device: UInt64(own.st_dev), inode: UInt64(own.st_ino)) : nil
@@ -245,8 +247,8 @@ final class InPod {
                 protocolError("KeepWorkload \(uid) after the snapshot")
                 return
             }
-            guard inSnapshot.count < Self.maxPods else {
-                protocolError("a snapshot of more than \(Self.maxPods) pods")
+            guard inSnapshot.count < maxPods else {
+                protocolError("a snapshot of more than \(maxPods) pods")
                 return
             }
             inSnapshot.insert(uid)
@@ -276,8 +278,8 @@ final class InPod {
 
     private func add(uid: String, info: PodInfo, netns: OwnedFD) {
         if !snapshotDone {
-            guard inSnapshot.count < Self.maxPods || inSnapshot.contains(uid) else {
-                protocolError("a snapshot of more than \(Self.maxPods) pods")
+            guard inSnapshot.count < maxPods || inSnapshot.contains(uid) else {
+                protocolError("a snapshot of more than \(maxPods) pods")
                 return
             }
             inSnapshot.insert(uid)
@@ -313,8 +315,8 @@ final class InPod {
             }
             remove(uid, reason: "its network namespace changed")
         }
-        guard pods.count < Self.maxPods else {
-            ack("failure to start proxy : \(Self.maxPods) pods are enrolled on this node already")
+        guard pods.count < maxPods else {
+            ack("failure to start proxy : \(maxPods) pods are enrolled on this node already")
             return
         }
         var pod = Pod(info: info, netns: netns, netnsId: id)

@@ -155,6 +155,25 @@ def test_listeners_are_made_in_the_pod_and_withdrawn_on_delete(box, cni, start_d
     wait_ready(daemon)
 
 
+def test_past_the_pod_cap_an_add_is_refused_and_room_made_by_a_delete_is_taken(box, cni, start_daemon):
+    """The Supervisor enrols at most ZTUNNEL_MAX_PODS pods (1,024 by default; 2 here): istio-cni's
+    Add for one more is answered with an error and nothing is made in its namespace, the pods
+    served keep serving; once one is deleted, the next Add is taken."""
+    a, b, c = box.pod("a"), box.pod("b"), box.pod("c")
+    daemon = start(start_daemon, box, cni, ZTUNNEL_MAX_PODS="2")
+    enrol(cni, [a, b])
+    for pod in (a, b):
+        wait_for(lambda: serving(pod), 10, f"{pod.netns} served")
+    error = cni.add(**c.info())
+    assert error == "failure to start proxy : 2 pods are enrolled on this node already", error
+    assert not_serving(c) and c.uid not in workload_state(daemon) and serving(a) and serving(b)
+    assert daemon.proc.poll() is None
+    assert cni.delete(a.uid) == ""
+    wait_for(lambda: not_serving(a), 10, f"{a.netns}'s listeners withdrawn")
+    assert cni.add(**c.info()) == ""
+    wait_for(lambda: serving(c), 10, f"{c.netns} served")
+
+
 # -- c. same-node traffic over HBONE with both identities ---------------------------------------
 
 def test_same_node_traffic_is_captured_and_carried_with_both_identities(box, cni, start_daemon):
