@@ -40,7 +40,8 @@ struct ListenerFactory {
         let bootstrap = ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
             .childChannelOption(ChannelOptions.tcpOption(.tcp_nodelay), value: 1)
-        return TCPKeepaliveOptions.apply(Self.isHTTP(name) ? Bounds.withoutKeepalive(bounds) : bounds, toChildrenOf: bootstrap)
+        // Keepalive on the proxy listeners' connections; the admin, stats and readiness ports proxy nothing.
+        return (Self.isHTTP(name) ? bootstrap : TCPKeepaliveOptions.apply(bounds, toChildrenOf: bootstrap))
             .childChannelInitializer { channel in
                 if let pod { PodDialer.shared?.register(channel, pod: pod) }
                 return factory.admit(channel, for: name, pod: pod).flatMapErrorThrowing { error in

@@ -42,8 +42,8 @@ final class Revocations: @unchecked Sendable {
     /// only if this did not move meanwhile.
     private var version: UInt64 = 0
     private var tracked: [ObjectIdentifier: Tracked] = [:]
-    private let counters = LabeledCounters<String, (rejections: UInt64, untracked: UInt64)>(
-        maxLabelSets: 2, empty: (0, 0)) { "{reporter=\"\($0)\"}" }
+    /// Rejections by reporter. Nothing is ever untracked here, so that family is always 0.
+    private let rejections = LabeledCounters<String, UInt64>(maxLabelSets: 2, empty: 0) { "{reporter=\"\($0)\"}" }
 
     /// CRL_PATH is set: lists will come from the Supervisor before any listener.
     func enable() { lock.withLock { enabled = true } }
@@ -73,7 +73,7 @@ final class Revocations: @unchecked Sendable {
         var closed = 0
         for connection in live {
             guard let reason = parsed.revoked(in: connection.chain) else { continue }
-            counters.update(connection.reporter) { $0.rejections += 1 }
+            rejections.update(connection.reporter) { $0 += 1 }
             Log.warn("connection closed: the peer's certificate is revoked",
                      [("peer", connection.peer), ("reporter", connection.reporter), ("certificate", reason)])
             connection.channel.pipeline.fireUserInboundEventTriggered(PeerCertificateRevoked(reason: reason))
@@ -105,7 +105,7 @@ final class Revocations: @unchecked Sendable {
                 refusal = refusingAll ?? Self.notYet
             }
             if let refusal {
-                counters.update(reporter) { $0.rejections += 1 }
+                rejections.update(reporter) { $0 += 1 }
                 return refusal
             }
             let tracking = lock.withLock { () -> Bool? in
@@ -130,12 +130,12 @@ final class Revocations: @unchecked Sendable {
     /// Both families, with both reporters, whenever CRL_PATH is set.
     func metricLines() -> [String] {
         guard lock.withLock({ enabled }) else { return [] }
-        for reporter in ["destination", "source"] { counters.update(reporter) { _ in } }
-        return counters.lines([
+        for reporter in ["destination", "source"] { rejections.update(reporter) { _ in } }
+        return rejections.lines([
             ("istio_crl_policy_rejections", "Connections and handshakes refused or closed because a certificate of the peer's chain is revoked.",
-             { $0.rejections }),
+             { $0 }),
             ("istio_crl_untracked_connections", "Connections not tracked for revocation (a change of CRL_PATH cannot close them).",
-             { $0.untracked }),
+             { _ in 0 }),
         ])
     }
 }

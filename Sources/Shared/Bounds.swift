@@ -49,14 +49,6 @@ public struct Bounds: Sendable, Equatable {
         self.maxConnectionsPerListener = maxConnectionsPerListener
     }
 
-    /// The same bounds without TCP keepalive (the admin, stats and readiness ports proxy nothing).
-    public static func withoutKeepalive(_ bounds: Bounds) -> Bounds {
-        var copy = bounds
-        copy.tcpKeepalive = nil
-        copy.tcpUserTimeoutMilliseconds = nil
-        return copy
-    }
-
     public init(_ configuration: Configuration) {
         self.init(handshakeMilliseconds: configuration.milliseconds("ZTUNNEL_HANDSHAKE_TIMEOUT"),
                   idleMilliseconds: configuration.milliseconds("ZTUNNEL_IDLE_TIMEOUT"),

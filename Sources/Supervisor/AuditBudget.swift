@@ -18,40 +18,44 @@ struct AuditBudget {
     }
 
     let perSecond: Int
-    private var windows: [String: (second: Int64, written: Int, dropped: [String: Int])] = [:]
+    /// What each worker wrote this second (the per-second arithmetic of the other budgets).
+    private var written: PerSecondBudget<String>
+    /// What each worker lost, by event name, in the second it lost them.
+    private var lost: [String: (second: Int64, counts: [String: Int])] = [:]
 
-    init(perSecond: Int) { self.perSecond = perSecond }
+    init(perSecond: Int) {
+        self.perSecond = perSecond
+        written = PerSecondBudget(perSecond: perSecond)
+    }
 
     /// Whether `worker` may cause `event` now; the summary of its previous second, if that one
     /// is over and lost events (to be written first).
     mutating func admit(_ event: String, by worker: String, nowMilliseconds: Int64) -> (Bool, Summary?) {
         let second = nowMilliseconds / 1000
         var summary: Summary?
-        var window = windows[worker] ?? (second: second, written: 0, dropped: [:])
-        if window.second != second {
-            summary = Self.summary(worker, window.dropped)
-            window = (second: second, written: 0, dropped: [:])
+        if let earlier = lost[worker], earlier.second != second {
+            summary = Self.summary(worker, earlier.counts)
+            lost[worker] = nil
         }
-        let admitted = window.written < perSecond
-        if admitted { window.written += 1 } else { window.dropped[event, default: 0] += 1 }
-        windows[worker] = window
+        let admitted = written.spend(worker, nowMilliseconds: nowMilliseconds) == 1
+        if !admitted { lost[worker, default: (second, [:])].counts[event, default: 0] += 1 }
         return (admitted, summary)
     }
 
-    /// The summaries of every worker whose second with losses is over; those windows are reset.
+    /// The summaries of every worker whose second with losses is over; those are forgotten.
     mutating func due(nowMilliseconds: Int64) -> [Summary] {
         let second = nowMilliseconds / 1000
         var summaries: [Summary] = []
-        for (worker, window) in windows where window.second != second {
-            if let summary = Self.summary(worker, window.dropped) { summaries.append(summary) }
-            windows[worker] = nil
+        for (worker, earlier) in lost where earlier.second != second {
+            if let summary = Self.summary(worker, earlier.counts) { summaries.append(summary) }
+            lost[worker] = nil
         }
         return summaries.sorted { $0.worker < $1.worker }
     }
 
     /// When `due` next has something to give: the end of the earliest second that lost events.
     var nextDue: Int64? {
-        windows.values.filter { !$0.dropped.isEmpty }.map { ($0.second + 1) * 1000 }.min()
+        lost.values.map { ($0.second + 1) * 1000 }.min()
     }
 
     private static func summary(_ worker: String, _ dropped: [String: Int]) -> Summary? {

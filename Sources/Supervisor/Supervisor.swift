@@ -18,7 +18,7 @@ final class Supervisor {
     private var restartPolicy: RestartPolicy
     private let signalFd: OwnedFD
     /// The LOCAL_XDS_PATH bytes a NetWorker last accepted (at first: as read at start), which a
-    /// new NetWorker is given. The file is looked at again every `localConfigCheckMilliseconds`;
+    /// new NetWorker is given. The file is looked at again every `fileCheckMilliseconds`;
     /// bytes that changed and then stayed the same for one more look (not a file caught half
     /// written) are sent to the NetWorkers as a new generation, and become the accepted bytes
     /// once a NetWorker says they parsed. The Supervisor itself parses nothing.
@@ -27,18 +27,19 @@ final class Supervisor {
     /// The file as last looked at, and the generation sent but not yet acknowledged.
     private var localConfigFile: SettledFile
     private var trialLocalConfig: (generation: UInt32, bytes: [UInt8])?
-    private var nextLocalConfigCheck: Int64?
-    static let localConfigCheckMilliseconds: Int64 = 2_000
+    private var nextFileCheck: Int64?
+    static let fileCheckMilliseconds: Int64 = 2_000
     /// CRL_PATH: read at start and looked at again as LOCAL_XDS_PATH is; its bytes go to every
     /// NetWorker as a sealed memfd (the latest is what a new NetWorker gets), and the NetWorkers
     /// parse them. Nil when CRL_PATH is unset.
     private var crlFile: SettledFile?
-    private var crl: (generation: UInt64, fd: OwnedFD)?
     /// The last generation a NetWorker said is in force, and the ones published after it (≤ 8,
     /// oldest first): a new NetWorker gets them all, in order, and ends with what the others
     /// have (lists that do not parse never replace lists in force).
     private var crlInForce: (generation: UInt64, fd: OwnedFD)?
     private var crlPending: [(generation: UInt64, fd: OwnedFD)] = []
+    /// The latest generation published (nil: none yet).
+    private var crl: (generation: UInt64, fd: OwnedFD)? { crlPending.last ?? crlInForce }
     /// The last generation whose refusal was audited.
     private var crlAnswered: UInt64 = 0
     static let crlMaxBytes = 16 << 20
@@ -79,10 +80,10 @@ final class Supervisor {
     private let inPod: InPod?
     /// Upstream sockets made for each NetWorker index in the current second (a bound on what a
     /// NetWorker can make the Supervisor do in pods' namespaces).
-    private var podSocketBudget = PerSecondBudget(perSecond: podSocketsPerSecond)
+    private var podSocketBudget = PerSecondBudget<UInt16>(perSecond: podSocketsPerSecond)
     static let podSocketsPerSecond = 4096
     /// On-demand lookups relayed per NetWorker per second.
-    private var demandBudget = PerSecondBudget(perSecond: demandsPerSecond)
+    private var demandBudget = PerSecondBudget<UInt16>(perSecond: demandsPerSecond)
     static let demandsPerSecond = 1024
     /// The audit events each worker may cause per second (its own audit frames, its snapshots
     /// and answers); the rest are counted and summed up in `audit_events_dropped`.
@@ -133,7 +134,7 @@ final class Supervisor {
     func run() -> Int32 {
         refreshCAToken()
         if configuration.isLocalMode || crlFile != nil {
-            nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
+            nextFileCheck = Clock.monotonicMilliseconds() + Self.fileCheckMilliseconds
         }
         readCRLAtStart()
         for slot in slots { start(slot) }
@@ -430,13 +431,17 @@ final class Supervisor {
         sendSnapshot(to: slot)  // the latest, if a newer one came meanwhile
     }
 
+    /// Looks at the files the NetWorkers are given again (LOCAL_XDS_PATH, CRL_PATH).
+    private func reloadFiles() {
+        nextFileCheck = Clock.monotonicMilliseconds() + Self.fileCheckMilliseconds
+        if crlFile != nil { reloadCRL() }
+        if configuration.isLocalMode { reloadLocalConfig() }
+    }
+
     /// Reads LOCAL_XDS_PATH again and hands changed bytes to every NetWorker, which parses them
     /// and keeps its current model if they do not parse (the Supervisor parses nothing). A file
     /// that cannot be read is logged once and the last good bytes stay in force.
     private func reloadLocalConfig() {
-        nextLocalConfigCheck = Clock.monotonicMilliseconds() + Self.localConfigCheckMilliseconds
-        if crlFile != nil { reloadCRL() }
-        guard configuration.isLocalMode else { return }
         let path = localConfigFile.path
         switch localConfigFile.look() {
         case .unchanged, .settling:
@@ -525,7 +530,6 @@ final class Supervisor {
             return false
         }
         let generation = (crl?.generation ?? 0) &+ 1
-        crl = (generation, fd)
         crlPending.append((generation, fd))
         if crlPending.count > 8 { crlPending.removeFirst() }
         audit.record("crl_changed", [("path", .string(path)), ("bytes", .int(Int64(bytes.count))), ("generation", .int(Int64(generation)))])
@@ -657,7 +661,7 @@ final class Supervisor {
     private func pollTimeout() -> Int32 {
         var deadlines = slots.compactMap { $0.setupDeadline } + slots.compactMap { $0.restartAt }
         if let nextTokenRead { deadlines.append(nextTokenRead) }
-        if let nextLocalConfigCheck { deadlines.append(nextLocalConfigCheck) }
+        if let nextFileCheck { deadlines.append(nextFileCheck) }
         if let drainDeadline { deadlines.append(drainDeadline) }
         if let nextXDSStatsRelay { deadlines.append(nextXDSStatsRelay) }
         if let nextLogFilterRelay { deadlines.append(nextLogFilterRelay) }
@@ -902,9 +906,9 @@ final class Supervisor {
             if let at = slot.restartAt, now >= at, !isDraining, exitCode == nil { start(slot) }
         }
         if let nextTokenRead, now >= nextTokenRead { refreshCAToken() }
-        if let nextLocalConfigCheck, now >= nextLocalConfigCheck {
+        if let nextFileCheck, now >= nextFileCheck {
             // No reloads while draining (and no deadline left in the past to spin the loop on).
-            if isDraining { self.nextLocalConfigCheck = nil } else { reloadLocalConfig() }
+            if isDraining { self.nextFileCheck = nil } else { reloadFiles() }
         }
         if let drainDeadline, now >= drainDeadline {
             self.drainDeadline = nil

@@ -6,7 +6,7 @@ import Testing
     /// Within a second, no more than the budget, one by one or in bulk; the next whole second
     /// starts again; each NetWorker index has its own.
     @Test func aNetWorkerGetsItsBudgetPerSecondAndNoMore() {
-        var budget = PerSecondBudget(perSecond: 1024)
+        var budget = PerSecondBudget<UInt16>(perSecond: 1024)
         let granted = (0..<5000).map { budget.spend(0, nowMilliseconds: 10_000 + Int64($0 % 1000)) }.reduce(0, +)
         #expect(granted == 1024)
         #expect(budget.refusals(0, nowMilliseconds: 10_999) == 5000 - 1024 && budget.refusals(0, nowMilliseconds: 11_000) == 0)
