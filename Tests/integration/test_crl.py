@@ -161,7 +161,7 @@ def test_a_server_whose_certificate_is_revoked_is_cut_from_the_pool_and_refused(
     the audit), the pooled connection is closed under the live stream, and a new tunnel is
     refused at the handshake."""
     from daemon import EchoServer, socks5_connect
-    from test_outbound_hbone import ECHO_ID, round_trip, start
+    from test_outbound_hbone import ECHO_ID, open_tunnel, round_trip, start
     echo = EchoServer(host="127.0.0.2")
     try:
         ca = MiniCA()
@@ -170,12 +170,7 @@ def test_a_server_whose_certificate_is_revoked_is_cut_from_the_pool_and_refused(
         write_atomically(crl, b"")  # empty: nothing revoked
         daemon, _ = start(start_daemon, echo.port, extra_env={
             "ZTUNNEL_CA_DIR": str(tmp_path / "cacerts"), "CRL_PATH": crl, "UNSTABLE_ENABLE_SOCKS5": "true"})
-        sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
-        with sock:
-            assert code == 0
-            sock.sendall(b"live")
-            sock.settimeout(10)
-            assert sock.recv(4) == b"live"
+        with open_tunnel(daemon, b"live") as sock:
             serial = next(int(e["serial"], 16) for e in daemon.audit_events("certificate_issued") if e["identity"] == ECHO_ID)
             write_atomically(crl, ca.revocation_list([serial]))
             sock.settimeout(30)

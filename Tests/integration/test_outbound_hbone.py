@@ -86,6 +86,17 @@ def round_trip(sock, payload):
         received += chunk
 
 
+def open_tunnel(daemon, payload):
+    """A SOCKS5 connection from client-1 to the echo service, tunnelled, with `payload` echoed
+    once through it; the socket stays open."""
+    sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
+    assert code == 0
+    sock.sendall(payload)
+    sock.settimeout(10)
+    assert sock.recv(len(payload)) == payload
+    return sock
+
+
 def access_lines(daemon):
     return [l for l in daemon.log().splitlines() if "\taccess\tconnection complete" in l]
 
@@ -574,12 +585,7 @@ def test_every_proxied_socket_has_tcp_keepalive_as_upstream(start_daemon, enable
             env["KEEPALIVE_ENABLED"] = "false"
         daemon, _ = start(start_daemon, echo.port, env)
         (net,) = daemon.workers("net-worker")
-        sock, code = socks5_connect(daemon.ports["socks5"], 80, "10.96.0.9", source="127.0.0.3")
-        with sock:
-            assert code == 0
-            sock.sendall(b"keep")
-            sock.settimeout(10)
-            assert sock.recv(4) == b"keep"
+        with open_tunnel(daemon, b"keep"):
 
             def sockets():
                 listing = subprocess.run(["ss", "-tnoHp", "state", "established"], capture_output=True, text=True, check=True).stdout
