@@ -42,7 +42,7 @@ let package = Package(
         // The key-handle OpenSSL provider: a NetWorker's TLS signs through the CertWorker.
         .target(name: "CKeyHandle", dependencies: ["COpenSSL"], linkerSettings: [.linkedLibrary("crypto")]),
 
-        .executableTarget(name: "Supervisor", dependencies: ["IPC", "Shared", "CShims"]),
+        .executableTarget(name: "Supervisor", dependencies: ["IPC", "Shared", "CShims", "Mesh"]),
         // The HTTP/2 client to istiod (TLS on OpenSSL, HTTP/2 on nghttp2): the CA's unary calls and
         // the xDS worker's ADS stream.
         .target(name: "HTTP2Client", dependencies: ["COpenSSL", "CNghttp2", "CShims", "OpenSSLSupport", "Shared"]),

@@ -9,7 +9,9 @@
 // parsing is deterministic; every identity is a well-formed, sorted, unique SPIFFE id; the model
 // holds exactly the parsed workloads (unique uids, each address indexed to its workload) and
 // every service by each of its VIPs; and any accepted tree, written back out as quoted flow YAML,
-// reads back as the same tree.
+// reads back as the same tree. The same text is also read as PROXY_CONFIG and as the mesh file
+// (ProxyConfig.swift, on the same reader): deterministic, values in their ranges, metadata names
+// unique and non-empty, a merge with itself a no-op.
 
 /// Entry point: one input per call. Always returns 0 (libFuzzer's "keep going").
 @_cdecl("LLVMFuzzerTestOneInput")
@@ -18,6 +20,7 @@ public func fuzzLocalConfig(_ data: UnsafePointer<UInt8>?, _ size: Int) -> Int32
     let text = String(decoding: UnsafeBufferPointer(start: data, count: size), as: UTF8.self)
     checkConfig(text)
     checkRoundTrip(text)
+    checkProxyConfig(text)
     return 0
 }
 
@@ -67,6 +70,28 @@ private func checkModel(_ config: LocalConfig) {
     for workload in config.workloads {
         let applying = model.policies(for: workload)
         guard applying.unknown.count <= workload.authorizationPolicies.count else { fatalError("unknown policies invented") }
+    }
+}
+
+/// PROXY_CONFIG and the mesh file's defaultConfig read from the same text.
+private func checkProxyConfig(_ text: String) {
+    for read in [{ try ProxyConfig.parse(text) }, { try ProxyConfig.parseMeshConfig(text, origin: "mesh") }] {
+        let first: ProxyConfig?
+        do { first = try read() } catch {
+            guard (try? read()) == nil else { fatalError("a ProxyConfig parse succeeded only the second time") }
+            continue
+        }
+        guard (try? read()) == first else { fatalError("two ProxyConfig parses of one text differ") }
+        guard let config = first else { continue }
+        for port in [config.proxyAdminPort, config.statsPort].compactMap({ $0 }) where !(1...65535).contains(port) {
+            fatalError("a port outside 1-65535: \(port)")
+        }
+        if let threads = config.concurrency, !(0...65535).contains(threads) { fatalError("concurrency \(threads)") }
+        var seen = Set<String>()
+        for (key, _) in config.proxyMetadata where key.isEmpty || !seen.insert(key).inserted {
+            fatalError("metadata name empty or repeated: \(key.debugDescription)")
+        }
+        guard config.merged(with: config) == config else { fatalError("a merge with itself changed the config") }
     }
 }
 

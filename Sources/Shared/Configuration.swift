@@ -9,6 +9,8 @@ public struct Configuration: Sendable {
         Setting("INPOD_UDS", .path, default: "",
                 "istio-cni's ZDS socket: in-pod mode, listeners in each enrolled pod's network namespace (in Kubernetes, unset = \(Configuration.inPodSocket))"),
         Setting("INPOD_PORT_REUSE", .bool, default: "true", "SO_REUSEPORT on the per-pod listeners (a new ztunnel can bind while the old drains)"),
+        Setting("ENABLE_ORIG_SRC", .bool, default: "",
+                "unset = the pod listeners are made transparent (IP_TRANSPARENT) where the kernel allows; false = never; true (the application sees the client's address) is refused here"),
         Setting("ZTUNNEL_POD_SOCKET_POOL", .integer(0...64), default: "8",
                 "in-pod mode: unconnected sockets each NetWorker keeps ready per pod and family; 0 = one asked for per connection (benchmarks)"),
         Setting("ZTUNNEL_MAX_PODS", .integer(1...1024), default: "1024",
@@ -75,6 +77,10 @@ public struct Configuration: Sendable {
         Setting("PROXY_MODE", .choice(["shared", "dedicated"]), default: "shared",
                 "shared = one ztunnel for the node's pods; dedicated (one workload, sidecar-like) is refused here"),
         Setting("ENABLE_PROXY", .bool, default: "true", "false = DNS only, as upstream allows; refused here"),
+        Setting("PROXY_WORKLOAD_INFO", .string, default: "",
+                "dedicated mode's workload as namespace/name/service-account; shared mode ignores it, as upstream"),
+        Setting("PROXY_CONFIG", .string, default: "",
+                "YAML or JSON ProxyConfig (discoveryAddress, proxyAdminPort, statsPort, concurrency, proxyMetadata) merged over defaultConfig of ./etc/istio/config/mesh: defaults for XDS_ADDRESS, the admin and stats ports, ZTUNNEL_WORKER_THREADS and ISTIO_META_*"),
         Setting("FAKE_CA", .bool, default: "false", "true = the built-in CA (self-signed root) even when CA_ADDRESS is set or defaulted"),
         Setting("AUTHZ_POLICY_INFO_LOGGING", .bool, default: "false", "log each authorization decision at info (else at debug)"),
         Setting("ZTUNNEL_NET_WORKERS", .integer(1...64), default: "1", "number of NetWorker processes"),
@@ -190,21 +196,38 @@ public struct Configuration: Sendable {
         }
     }
 
+    /// A value for a setting that the environment leaves unset, and where it came from
+    /// (PROXY_CONFIG and the mesh file's defaultConfig, read by the Supervisor).
+    public struct Fallback: Sendable, Equatable {
+        public var value: String
+        public var source: String
+        public init(_ value: String, source: String) {
+            self.value = value
+            self.source = source
+        }
+    }
+
     /// Reads the settings from `environment`, then from `--flag value` / `--flag=value` pairs in
-    /// `arguments`, which win. Every value is checked; the first bad one is the error.
-    public init(environment: [String: String], arguments: [String]) throws {
+    /// `arguments`, which win. `fallbacks` apply to settings (declared or prefixed) the
+    /// environment does not set. Every value is checked; the first bad one is the error.
+    public init(environment given: [String: String], arguments: [String], fallbacks: [String: Fallback] = [:]) throws {
+        var environment = given
         var values: [String: String] = [:]
         var sources: [String: String] = [:]
+        for (name, fallback) in fallbacks where given[name] == nil {
+            environment[name] = fallback.value
+        }
+        func source(_ name: String) -> String { given[name] == nil ? fallbacks[name]?.source ?? "environment" : "environment" }
         for setting in Self.settings {
             values[setting.name] = setting.defaultValue
             if let fromEnv = environment[setting.name] {
                 values[setting.name] = fromEnv
-                sources[setting.name] = "environment"
+                sources[setting.name] = source(setting.name)
             }
         }
         for (name, value) in environment where Self.passthroughPrefix(of: name) != nil && !Self.isDeclared(name) {
             values[name] = value
-            sources[name] = "environment"
+            sources[name] = source(name)
         }
         if !(environment["KUBERNETES_SERVICE_HOST"] ?? "").isEmpty {
             for name in ["CA_ADDRESS", "XDS_ADDRESS"] where environment[name] == nil {

@@ -54,6 +54,8 @@ final class InPod {
     private let path: String
     private let mark: UInt32
     private let reusePort: Bool
+    /// IP_TRANSPARENT on the pod listeners, best effort (ENABLE_ORIG_SRC unset); off when false.
+    private let transparent: Bool
     private let ipv6: Bool
     private let copies: Int
     private let listenerSpecs: [(name: String, address: SocketAddress)]
@@ -77,6 +79,7 @@ final class InPod {
         path = configuration.string("INPOD_UDS")
         mark = UInt32(clamping: configuration.int("PACKET_MARK"))
         reusePort = configuration.bool("INPOD_PORT_REUSE")
+        transparent = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) != false
         ipv6 = configuration.bool("IPV6_ENABLED")
         copies = configuration.int("ZTUNNEL_NET_WORKERS")
         maxPods = configuration.int("ZTUNNEL_MAX_PODS")
@@ -427,11 +430,12 @@ final class InPod {
         try option(fd, SOL_SOCKET, SO_REUSEADDR, &one, "SO_REUSEADDR")
         if reusePort || copies > 1 { try option(fd, SOL_SOCKET, SO_REUSEPORT, &one, "SO_REUSEPORT") }
         if address.family == .ipv6 { try option(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, "IPV6_V6ONLY") }
-        // Best effort, as upstream's default: lets the pod side keep the original source.
-        if address.family == .ipv6 {
-            _ = setsockopt(fd.rawValue, Int32(IPPROTO_IPV6), 75 /* IPV6_TRANSPARENT */, &one, socklen_t(MemoryLayout<Int32>.size))
-        } else {
-            _ = setsockopt(fd.rawValue, Int32(IPPROTO_IP), 19 /* IP_TRANSPARENT */, &one, socklen_t(MemoryLayout<Int32>.size))
+        // Best effort, as upstream's default when ENABLE_ORIG_SRC is unset: a listener that
+        // TPROXY rules may deliver to.
+        if transparent {
+            let (level, name) = address.family == .ipv6 ? (Int32(IPPROTO_IPV6), Int32(75) /* IPV6_TRANSPARENT */)
+                                                         : (Int32(IPPROTO_IP), Int32(19) /* IP_TRANSPARENT */)
+            _ = setsockopt(fd.rawValue, level, name, &one, socklen_t(MemoryLayout<Int32>.size))
         }
         _ = try address.withSockAddr { pointer, length in
             try Syscall.retrying("bind \(address)") { bind(fd.rawValue, pointer, length) }

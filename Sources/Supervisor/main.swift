@@ -30,6 +30,19 @@ enum Main {
         exit(1)
     }
 
+    /// The environment, PROXY_CONFIG and the mesh file (defaults for what the environment leaves
+    /// unset), then the flags; exits with the reason when any of them is refused.
+    static func loadConfiguration(arguments: [String]) -> Configuration {
+        var environment: [String: String] = [:]
+        for (key, value) in ProcessEnvironment.current() { environment[key] = value }
+        do {
+            let fallbacks = try ProxyConfigLoader.fallbacks(environment: environment)
+            return try Configuration(environment: environment, arguments: arguments, fallbacks: fallbacks)
+        } catch {
+            fail("\(error)")
+        }
+    }
+
     static func run() -> Int32 {
         var arguments = Array(CommandLine.arguments.dropFirst())
         switch arguments.first {
@@ -41,12 +54,7 @@ enum Main {
             return 0
         case "certs":
             arguments.removeFirst()
-            do {
-                return CertsCommand.run(configuration: try Configuration(
-                    environment: Dictionary(ProcessEnvironment.current(), uniquingKeysWith: { _, last in last }), arguments: arguments))
-            } catch {
-                fail("\(error)")
-            }
+            return CertsCommand.run(configuration: loadConfiguration(arguments: arguments))
         case "proxy":
             // The upstream chart runs `ztunnel proxy ztunnel`.
             arguments.removeFirst()
@@ -57,12 +65,7 @@ enum Main {
         default:
             break
         }
-        var environment: [String: String] = [:]
-        for (key, value) in ProcessEnvironment.current() { environment[key] = value }
-        let configuration: Configuration
-        do { configuration = try Configuration(environment: environment, arguments: arguments) } catch {
-            fail("\(error)")
-        }
+        let configuration = loadConfiguration(arguments: arguments)
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
         // Upstream settings this daemon cannot honour: refused, not silently ignored, since each
         // asks for a security property it would not get.
@@ -80,6 +83,13 @@ enum Main {
         }
         if configuration.string("PROXY_MODE") == "dedicated" {
             fail("invalid PROXY_MODE=dedicated: only shared mode (the node's pods, from istio-cni or the local config) exists here")
+        }
+        if Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) == true {
+            fail("invalid ENABLE_ORIG_SRC=true: connections to an application come from the pod's own address here, not the "
+                 + "client's; binding them to the client's address would give the NetWorker bind(2), which its sandbox refuses")
+        }
+        if !configuration.string("PROXY_WORKLOAD_INFO").isEmpty {
+            Log.info("PROXY_WORKLOAD_INFO is set but PROXY_MODE is shared: it is ignored, as upstream ignores it in shared mode")
         }
         if !configuration.bool("ENABLE_PROXY") {
             fail("invalid ENABLE_PROXY=false: a DNS-only ztunnel is not supported here")

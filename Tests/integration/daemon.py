@@ -134,12 +134,14 @@ def socks5_connect(port, dest_port, dest_host="127.0.0.1", timeout=5, source=Non
 
 class Daemon:
     def __init__(self, extra_env=None, args=("proxy", "ztunnel"), local_config=True, netns=None, hbone_wildcard=False,
-                 pod_seccomp=None, etc=None):
+                 pod_seccomp=None, etc=None, cwd=None):
         """`local_config`: True for an empty one, a string for its YAML text, False for none.
         `netns`: run the daemon inside that network namespace (entered before exec, so the pid
         is the daemon's). Every daemon runs under the pod's seccomp profile (pod_seccomp.py);
         `pod_seccomp` overrides its mode for this daemon ("kill", "errno", "log", "off").
         `etc`: {name: file} seen by the daemon as /etc/<name> (its own mount namespace).
+        `extra_env` values of None remove that variable (a listener address the daemon should
+        take from elsewhere). `cwd`: the daemon's working directory (upstream's relative paths).
         `hbone_wildcard`: 15008 listens on every address (workloads on other loopback addresses
         reach it) and outbound tunnels dial its port (ZTUNNEL_HBONE_PORT)."""
         self.tmp = tempfile.mkdtemp(prefix="ztunnel-test-")
@@ -163,12 +165,13 @@ class Daemon:
                 f.write(local_config if isinstance(local_config, str) else "workloads: []\nservices: []\npolicies: []\n")
             env["LOCAL_XDS_PATH"] = path
         env.update(extra_env or {})
+        env = {k: v for k, v in env.items() if v is not None}
         self.env = env
         self.stderr = open(self.stderr_path, "wb")
         import pod_seccomp as profile
         preexec = profile.preexec(netns_name=netns, mode=pod_seccomp, etc=etc)
         try:
-            self.proc = subprocess.Popen([ZTUNNEL, *args], env=env, stdin=subprocess.DEVNULL,
+            self.proc = subprocess.Popen([ZTUNNEL, *args], env=env, stdin=subprocess.DEVNULL, cwd=cwd,
                                          stdout=self.stderr, stderr=self.stderr, preexec_fn=preexec)
         finally:
             if preexec is not None and preexec.netns_fd is not None:

@@ -136,6 +136,56 @@ def test_hello_adds_snapshot_readiness_and_workload_state(box, cni, start_daemon
                        "workload_manager_proxies_started_total": n, "workload_manager_proxies_stopped_total": "0"}, samples
 
 
+def transparent_flags(pid, inodes):
+    """IP_TRANSPARENT / IPV6_TRANSPARENT of each listening socket of process `pid` whose inode is
+    in `inodes`, read from a copy of its fd (pidfd_getfd; the NetWorker is dumpable)."""
+    import ctypes
+    import socket
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
+    assert pidfd >= 0, os.strerror(ctypes.get_errno())
+    flags = {}
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                target = os.readlink(f"/proc/{pid}/fd/{fd}")
+            except OSError:
+                continue
+            if not target.startswith("socket:[") or int(target[8:-1]) not in inodes:
+                continue
+            copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            with socket.socket(fileno=copy) as s:
+                if s.family == socket.AF_INET6:
+                    flags[int(target[8:-1])] = s.getsockopt(socket.IPPROTO_IPV6, 75) == 1  # IPV6_TRANSPARENT
+                else:
+                    flags[int(target[8:-1])] = s.getsockopt(socket.IPPROTO_IP, 19) == 1  # IP_TRANSPARENT
+    finally:
+        os.close(pidfd)
+    return flags
+
+
+@pytest.mark.parametrize("setting,expected", [(None, True), ("false", False)])
+def test_pod_listeners_are_transparent_unless_enable_orig_src_is_false(box, cni, start_daemon, setting, expected):
+    """ENABLE_ORIG_SRC unset: each pod listener transparent (what TPROXY rules deliver to), as
+    upstream's default where the kernel allows; false: none. true is refused at start: connections
+    to the application come from the pod's address here, not the client's."""
+    a = box.pod("a")
+    daemon = start(start_daemon, box, cni, **({"ENABLE_ORIG_SRC": setting} if setting else {}))
+    enrol(cni, [a])
+    wait_for(lambda: serving(a), 10, f"listeners in {a.netns}")
+    inodes = set().union(*listener_inodes(a).values())
+    (networker,) = daemon.workers("net-worker")
+    flags = transparent_flags(networker, inodes)
+    assert set(flags) == inodes, (flags, inodes)
+    assert all(flag == expected for flag in flags.values()), flags
+
+    refused = start_daemon(local_config=box.local_config(), extra_env={
+        "INPOD_UDS": cni.path + ".unused", "NODE_NAME": box.node, "ENABLE_ORIG_SRC": "true"})
+    assert refused.wait(timeout=30) == 1
+    assert "invalid ENABLE_ORIG_SRC=true" in refused.log(), refused.log()
+
+
 # -- b. listeners in the pod namespace, withdrawn on Del ---------------------------------------
 
 def test_listeners_are_made_in_the_pod_and_withdrawn_on_delete(box, cni, start_daemon):

@@ -1,0 +1,107 @@
+import Testing
+@testable import Mesh
+
+/// PROXY_CONFIG and the mesh file's defaultConfig (ISTIO_COMPAT §18), read as upstream reads them.
+@Suite struct ProxyConfigTests {
+    /// The JSON form upstream's own test uses: every field read, ISTIO_META_ stripped from
+    /// metadata names, unprefixed names kept.
+    @Test func theJSONFormReadsEveryField() throws {
+        let text = """
+            {
+              "discoveryAddress": "istiod-rev0.istio-system-2:15012",
+              "proxyAdminPort": 15999,
+              "statsPort": "15888",
+              "concurrency": 3,
+              "proxyMetadata": {"ISTIO_META_BAR": "bar", "NO_PREFIX": "no-prefix", "DNS_CAPTURE": true}
+            }
+            """
+        let config = try #require(try ProxyConfig.parse(text))
+        #expect(config.discoveryAddress == "istiod-rev0.istio-system-2:15012")
+        #expect(config.proxyAdminPort == 15999)
+        #expect(config.statsPort == 15888)
+        #expect(config.concurrency == 3)
+        #expect(config.proxyMetadata.map(\.key) == ["BAR", "NO_PREFIX", "DNS_CAPTURE"])
+        #expect(config.proxyMetadata.map(\.value) == ["bar", "no-prefix", "true"])
+    }
+
+    /// The mesh file: only defaultConfig is ztunnel's; other MeshConfig keys and Envoy's
+    /// ProxyConfig fields (tracing, drainDuration) are ignored, not refused.
+    @Test func theMeshFileGivesItsDefaultConfig() throws {
+        let text = """
+            defaultConfig:
+              discoveryAddress: istiod.istio-system.svc:15012
+              drainDuration: 45s
+              tracing:
+                zipkin:
+                  address: zipkin.istio-system:9411
+              proxyMetadata:
+                ISTIO_META_DNS_CAPTURE: "false"
+            defaultProviders:
+              metrics:
+              - prometheus
+            trustDomain: cluster.local
+            """
+        let config = try #require(try ProxyConfig.parseMeshConfig(text, origin: "mesh"))
+        #expect(config.discoveryAddress == "istiod.istio-system.svc:15012")
+        #expect(config.proxyAdminPort == nil && config.statsPort == nil && config.concurrency == nil)
+        #expect(config.proxyMetadata.map(\.key) == ["DNS_CAPTURE"])
+        #expect(config.proxyMetadata.map(\.value) == ["false"])
+        #expect(try ProxyConfig.parseMeshConfig("trustDomain: cluster.local\n", origin: "mesh") == nil)
+        #expect(try ProxyConfig.parseMeshConfig("# nothing\n", origin: "mesh") == nil)
+    }
+
+    /// PROXY_CONFIG over the file: a field it sets wins, one it leaves keeps the file's value,
+    /// metadata merges key by key.
+    @Test func theEnvironmentsFieldsWinOverTheFiles() throws {
+        let file = try #require(try ProxyConfig.parse("""
+            proxyAdminPort: 15099
+            statsPort: 15888
+            proxyMetadata: {FOO: foo, FOOBAR: foobar}
+            """))
+        let env = try #require(try ProxyConfig.parse("""
+            {"proxyAdminPort": 15999, "proxyMetadata": {"ISTIO_META_FOOBAR": "overwritten", "BAR": "bar"}}
+            """))
+        let merged = file.merged(with: env)
+        #expect(merged.proxyAdminPort == 15999)
+        #expect(merged.statsPort == 15888)
+        #expect(merged.proxyMetadata.map(\.key) == ["FOO", "FOOBAR", "BAR"])
+        #expect(merged.proxyMetadata.map(\.value) == ["foo", "overwritten", "bar"])
+    }
+
+    /// Bad values are refused with the field, the reason and the line, never read as 0 or
+    /// skipped.
+    @Test(arguments: [
+        ("proxyAdminPort: 0", "proxyAdminPort: expected a port 1-65535, got \"0\" (line 1)"),
+        ("statsPort: 70000", "statsPort: expected a port 1-65535, got \"70000\" (line 1)"),
+        ("concurrency: -1", "concurrency: expected a thread count 0-65535, got \"-1\" (line 1)"),
+        ("concurrency: two", "concurrency: expected a thread count 0-65535, got \"two\" (line 1)"),
+        ("discoveryAddress: [a, b]", "discoveryAddress: expected a scalar, got a sequence (line 1)"),
+        ("proxyMetadata: [A]", "proxyMetadata: expected a mapping of names to values, got a sequence (line 1)"),
+        ("proxyMetadata:\n  A: {b: c}", "proxyMetadata.A: expected a scalar, got a mapping (line 2)"),
+        ("proxyMetadata: {ISTIO_META_: x}", "proxyMetadata.ISTIO_META_: a name is needed after ISTIO_META_ (line 1)"),
+        ("- a", "the top level must be a mapping, got a sequence (line 1)"),
+        ("proxyAdminPort: &a 1", "line 1: anchors ('&') are not supported"),
+    ])
+    func badValuesAreRefusedWithTheirPlace(text: String, reason: String) {
+        #expect(throws: ProxyConfig.ParseError.self) { try ProxyConfig.parse(text) }
+        do { _ = try ProxyConfig.parse(text) } catch {
+            #expect("\(error)" == "PROXY_CONFIG: \(reason)")
+        }
+    }
+
+    /// defaultConfig that is not a mapping is named by its path.
+    @Test func aDefaultConfigThatIsNotAMappingIsNamed() {
+        do {
+            _ = try ProxyConfig.parseMeshConfig("defaultConfig: 3\n", origin: "./etc/istio/config/mesh")
+            Issue.record("accepted")
+        } catch {
+            #expect("\(error)" == "./etc/istio/config/mesh: defaultConfig must be a mapping, got a scalar (line 1)")
+        }
+        do {
+            _ = try ProxyConfig.parseMeshConfig("defaultConfig: {concurrency: x}\n", origin: "m")
+            Issue.record("accepted")
+        } catch {
+            #expect("\(error)" == "m: defaultConfig.concurrency: expected a thread count 0-65535, got \"x\" (line 1)")
+        }
+    }
+}
