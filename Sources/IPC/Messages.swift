@@ -4,7 +4,7 @@ import Shared
 /// code is unique across both, so a message sent the wrong way is an unknown type to its receiver.
 /// Bump `IPCProtocol.version` on any change to a payload.
 public enum IPCProtocol {
-    public static let version: UInt16 = 7  // 7: revocations, revocationsApplied
+    public static let version: UInt16 = 8  // 8: Landlock bind ports in the setup; 7: revocations, revocationsApplied
 }
 
 /// The role of a worker process. The wire value is part of the protocol.

@@ -73,7 +73,10 @@ public struct WorkerSetup: Equatable, Sendable {
             let ports = landlock.allowedTCPConnectPorts ?? []
             writer.u16(UInt16(ports.count))
             for port in ports { writer.u16(port) }
-            writer.bool(landlock.denyTCPBind)
+            writer.bool(landlock.allowedTCPBindPorts != nil)
+            let bindPorts = landlock.allowedTCPBindPorts ?? []
+            writer.u16(UInt16(bindPorts.count))
+            for port in bindPorts { writer.u16(port) }
             writer.bool(landlock.scopeSignals)
             writer.bool(landlock.scopeAbstractUnixSockets)
         }
@@ -126,8 +129,13 @@ public struct WorkerSetup: Equatable, Sendable {
         for _ in 0..<count { ports.append(try reader.u16("landlock port")) }
         // One encoding: ports only when connect is restricted.
         guard restrictsConnect || ports.isEmpty else { throw IPCError.malformed("landlock ports without a connect restriction") }
+        let restrictsBind = try reader.bool("landlock bind restricted")
+        let bindCount = try reader.count("landlock bind ports", max: 64)
+        var bindPorts: [UInt16] = []
+        for _ in 0..<bindCount { bindPorts.append(try reader.u16("landlock bind port")) }
+        guard restrictsBind || bindPorts.isEmpty else { throw IPCError.malformed("landlock bind ports without a bind restriction") }
         return Landlock.Policy(denyFilesystem: denyFilesystem, allowedTCPConnectPorts: restrictsConnect ? ports : nil,
-                               denyTCPBind: try reader.bool("landlock bind"), scopeSignals: try reader.bool("landlock signals"),
+                               allowedTCPBindPorts: restrictsBind ? bindPorts : nil, scopeSignals: try reader.bool("landlock signals"),
                                scopeAbstractUnixSockets: try reader.bool("landlock abstract unix"))
     }
 

@@ -38,7 +38,9 @@ enum FaultInjection {
         case unshare
         /// ptrace(PTRACE_ATTACH) of the Supervisor: killed.
         case ptrace
-        /// bind(2) of a TCP socket to 127.0.0.1:`port`: killed (the Supervisor binds every listener).
+        /// bind(2) of a TCP socket to 127.0.0.1:`port`: refused by Landlock (EACCES), which lets a
+        /// NetWorker bind port 0 only, and only in in-pod mode with original source (the
+        /// Supervisor binds every listener).
         case bindPort = "bind-port"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
         case certOpenFile = "cert-open-file"

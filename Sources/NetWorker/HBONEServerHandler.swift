@@ -189,7 +189,7 @@ final class HBONEServerHandler: HTTP2Connection {
         guard let context else { return }
         let handler = self
         Upstream.connect(on: context.eventLoop, host: proxy?.host ?? host, port: proxy?.port ?? port, for: context.channel,
-                         bounds: bounds).whenComplete { result in
+                         bounds: bounds, inbound: true).whenComplete { result in
             switch result {
             case .failure(let error):
                 stream.record?.finish(error: "connect to the application failed: \(error)", responseFlags: "CONNECT")

@@ -234,7 +234,8 @@ final class PassthroughHandler: ChannelDuplexHandler, RemovableChannelHandler {
     }
 
     private func connect(channel: Channel, host: String, port: UInt16) {
-        Upstream.connect(on: channel.eventLoop, host: host, port: port, for: channel, bounds: bounds).whenComplete { result in
+        Upstream.connect(on: channel.eventLoop, host: host, port: port, for: channel, bounds: bounds,
+                         inbound: listenerName == "inbound-plaintext").whenComplete { result in
             switch result {
             case .success(let upstream):
                 guard channel.isActive else {

@@ -42,8 +42,13 @@ final class PodDialer: @unchecked Sendable {
     private let ask: @Sendable (String, PodSocketFamily, UInt16) -> Void
     private let connector = Connector()
 
-    init(poolTarget: Int, ask: @escaping @Sendable (String, PodSocketFamily, UInt16) -> Void) {
+    /// Connections to an application leave from the client's address (ENABLE_ORIG_SRC not
+    /// false): the Supervisor makes the pod's sockets transparent, this binds them.
+    let bindsOriginalSource: Bool
+
+    init(poolTarget: Int, bindsOriginalSource: Bool, ask: @escaping @Sendable (String, PodSocketFamily, UInt16) -> Void) {
         self.poolTarget = poolTarget
+        self.bindsOriginalSource = bindsOriginalSource
         self.ask = ask
     }
 
@@ -161,17 +166,62 @@ final class PodDialer: @unchecked Sendable {
     }
 
     /// Connects to `address` from the pod's namespace and returns the channel, set up by
-    /// `bootstrap` (options and initializer) on `loop`.
-    func connect(pod uid: String, to address: NIOCore.SocketAddress, on loop: EventLoop, timeout: TimeAmount,
-                 bootstrap: ClientBootstrap) -> EventLoopFuture<Channel> {
+    /// `bootstrap` (options and initializer) on `loop`. `source`, an inbound connection's client,
+    /// is the address it leaves from when `bindsOriginalSource` (see `OriginalSource`).
+    func connect(pod uid: String, to address: NIOCore.SocketAddress, from source: NIOCore.SocketAddress? = nil,
+                 on loop: EventLoop, timeout: TimeAmount, bootstrap: ClientBootstrap) -> EventLoopFuture<Channel> {
         let family: PodSocketFamily = address.protocol == .inet6 ? .ipv6 : .ipv4
+        let bindTo = bindsOriginalSource ? source.flatMap { OriginalSource.bindAddress(client: $0, destination: address) } : nil
         return socket(for: uid, family: family, on: loop, deadline: .now() + Self.socketWait).flatMap { fd in
-            self.connector.connect(fd, to: address, on: loop, timeout: timeout)
+            if let bindTo { OriginalSource.bind(fd, to: bindTo) }
+            return self.connector.connect(fd, to: address, on: loop, timeout: timeout)
         }.flatMap { raw in
             // SwiftNIO owns the descriptor from here, and closes it if it cannot use it.
             bootstrap.withConnectedSocket(raw)
         }
     }
+}
+
+/// The client's address as the source of a connection to an application (upstream's
+/// `freebind_connect`): the pod's socket is transparent (the Supervisor set IP_TRANSPARENT and
+/// IP_FREEBIND), so it may be bound to an address the pod does not own; istio-cni's rules mark
+/// the connection (connmark 0x111) and route the application's replies back to it. Landlock lets
+/// the NetWorker bind port 0 only.
+enum OriginalSource {
+    /// The client's address with port 0, in the destination's family (an IPv4 client seen on a
+    /// dual-stack listener as ::ffff:a.b.c.d becomes a.b.c.d); nil when the families differ or the
+    /// client is the destination itself (a pod reaching its own address) or the destination is
+    /// loopback (a PROXY application tunnel: a foreign source cannot reach 127.0.0.1), as upstream.
+    static func bindAddress(client: NIOCore.SocketAddress, destination: NIOCore.SocketAddress) -> NIOCore.SocketAddress? {
+        guard let clientIP = client.ipAddress, let destinationIP = destination.ipAddress,
+              !destinationIP.hasPrefix("127."), destinationIP != "::1" else { return nil }
+        var ip = clientIP
+        if destination.protocol == .inet, ip.hasPrefix("::ffff:"), !ip.dropFirst(7).contains(":") { ip = String(ip.dropFirst(7)) }
+        guard ip != destinationIP, let address = try? NIOCore.SocketAddress(ipAddress: ip, port: 0),
+              address.protocol == destination.protocol else { return nil }
+        return address
+    }
+
+    /// Binds `fd` to `address`. A failure (the Supervisor could not make the socket transparent,
+    /// an address the kernel refuses) leaves it unbound: the connection leaves from the pod's own
+    /// address, as upstream falls back; said once at warning, then at debug.
+    static func bind(_ fd: OwnedFD, to address: NIOCore.SocketAddress) {
+        let rc = address.withSockAddr { pointer, length in Glibc.bind(fd.rawValue, pointer, socklen_t(length)) }
+        guard rc != 0 else { return }
+        let reason = String(cString: strerror(errno))
+        let first = warnLock.withLock { () -> Bool in
+            defer { warned = true }
+            return !warned
+        }
+        if !first {
+            Log.debug("original source: bind failed; the connection leaves from the pod's address", [("src", "\(address)"), ("error", reason)])
+        } else {
+            Log.warn("original source: bind failed; the connection leaves from the pod's address (said once)", [("src", "\(address)"), ("error", reason)])
+        }
+    }
+
+    private static let warnLock = Mutex()
+    nonisolated(unsafe) private static var warned = false
 }
 
 /// Non-blocking connects whose completion one epoll thread waits for. A connect that does not

@@ -260,8 +260,10 @@ struct DestinationGuard: Sendable {
 enum Upstream {
     /// Connects to a numeric address (no resolver: nothing here reads /etc/hosts or DNS), for
     /// `client`: from its pod's network namespace when it came in on a pod's listener (in-pod
-    /// mode), else from the NetWorker's own.
-    static func connect(on eventLoop: EventLoop, host: String, port: UInt16, for client: Channel, bounds: Bounds) -> EventLoopFuture<Channel> {
+    /// mode), else from the NetWorker's own. `inbound`: a connection to an application, which
+    /// in-pod mode makes from the client's address (`OriginalSource`).
+    static func connect(on eventLoop: EventLoop, host: String, port: UInt16, for client: Channel, bounds: Bounds,
+                        inbound: Bool = false) -> EventLoopFuture<Channel> {
         let address: NIOCore.SocketAddress
         do { address = try NIOCore.SocketAddress(ipAddress: host, port: Int(port)) } catch {
             return eventLoop.makeFailedFuture(error)
@@ -275,7 +277,8 @@ enum Upstream {
             guard let pod = dialer.pod(of: client) else {
                 return eventLoop.makeFailedFuture(PodDialer.DialError("the connection's pod is no longer served"))
             }
-            return dialer.connect(pod: pod, to: address, on: eventLoop, timeout: .seconds(10), bootstrap: bootstrap)
+            return dialer.connect(pod: pod, to: address, from: inbound ? client.remoteAddress : nil, on: eventLoop,
+                                  timeout: .seconds(10), bootstrap: bootstrap)
         }
         return bootstrap.connectTimeout(.seconds(10)).connect(to: address)
     }

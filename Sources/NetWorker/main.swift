@@ -51,7 +51,8 @@ enum NetWorkerMain {
         signer.onAttach = { identities.removeAll() }
         let bounds = Bounds(configuration)
         if configuration.isInPodMode {
-            PodDialer.shared = PodDialer(poolTarget: configuration.int("ZTUNNEL_POD_SOCKET_POOL")) { uid, family, count in
+            PodDialer.shared = PodDialer(poolTarget: configuration.int("ZTUNNEL_POD_SOCKET_POOL"),
+                                         bindsOriginalSource: configuration.usesOriginalSource) { uid, family, count in
                 // Never blocks an event loop: a full channel drops the request; the connection
                 // waiting for a socket gives up at its deadline and the next one asks again.
                 try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)

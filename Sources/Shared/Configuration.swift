@@ -10,7 +10,7 @@ public struct Configuration: Sendable {
                 "istio-cni's ZDS socket: in-pod mode, listeners in each enrolled pod's network namespace (in Kubernetes, unset = \(Configuration.inPodSocket))"),
         Setting("INPOD_PORT_REUSE", .bool, default: "true", "SO_REUSEPORT on the per-pod listeners (a new ztunnel can bind while the old drains)"),
         Setting("ENABLE_ORIG_SRC", .bool, default: "",
-                "unset = the pod listeners are made transparent (IP_TRANSPARENT) where the kernel allows; false = never; true (the application sees the client's address) is refused here"),
+                "in-pod mode: connections to an application leave from the client's address (IP_TRANSPARENT; istio-cni routes the replies back) and the pod listeners are transparent; unset = where the kernel allows, true = a pod whose listeners cannot be made transparent is refused, false = neither"),
         Setting("ZTUNNEL_POD_SOCKET_POOL", .integer(0...64), default: "8",
                 "in-pod mode: unconnected sockets each NetWorker keeps ready per pod and family; 0 = one asked for per connection (benchmarks)"),
         Setting("ZTUNNEL_MAX_PODS", .integer(1...1024), default: "1024",
@@ -361,6 +361,13 @@ public struct Configuration: Sendable {
     /// DNS_CAPTURE (ISTIO_META_DNS_CAPTURE) is set to anything but "true".
     public var dnsProxyEnabled: Bool {
         isInPodMode && (passthroughValues["ISTIO_META_DNS_CAPTURE"] ?? "true").lowercased() == "true"
+    }
+
+    /// In-pod mode binds each connection to an application to the client's address, as upstream
+    /// (ISTIO_COMPAT §2: IP_TRANSPARENT; istio-cni's connmark 0x111 routes the replies back),
+    /// unless ENABLE_ORIG_SRC is false.
+    public var usesOriginalSource: Bool {
+        isInPodMode && Setting.parseBool(string("ENABLE_ORIG_SRC")) != false
     }
 
     public var isSocks5Enabled: Bool {

@@ -9,7 +9,7 @@ import Glibc
 /// What it does: `restrictSelf` handles every filesystem right the kernel's ABI knows and adds no
 /// path rule, so no file, directory or device can be opened, created, removed, renamed, linked,
 /// truncated or executed by path afterwards; optionally restricts TCP `connect` to a list of ports
-/// and denies every TCP `bind`; optionally scopes signals and abstract unix socket connections to
+/// and TCP `bind` to a list of ports (none, or only an ephemeral one); optionally scopes signals and abstract unix socket connections to
 /// the Landlock domain.
 ///
 /// What it does not do: it does not touch file descriptors opened before the call (they keep
@@ -34,9 +34,11 @@ public enum Landlock {
         /// `nil`: TCP connect is not restricted. Otherwise the only destination ports a TCP
         /// `connect` may reach (any address); `[]` denies every TCP connect. Needs ABI 4.
         public var allowedTCPConnectPorts: [UInt16]?
-        /// Deny TCP `bind` to every port, port 0 (an ephemeral port) included. Needs ABI 4.
-        /// `listen` on an unbound socket still gets an ephemeral port (see the type's comment).
-        public var denyTCPBind: Bool
+        /// `nil`: TCP bind is not restricted. Otherwise the only ports a TCP `bind` may name;
+        /// `[]` denies every bind, `[0]` allows an ephemeral port only (the kernel picks it from
+        /// ip_local_port_range). Needs ABI 4. `listen` on an unbound socket still gets an
+        /// ephemeral port (see the type's comment).
+        public var allowedTCPBindPorts: [UInt16]?
         /// Deny signals to processes outside this Landlock domain (the parent included). Needs ABI 6.
         public var scopeSignals: Bool
         /// Deny connecting to abstract unix sockets created outside this Landlock domain. Needs ABI 6.
@@ -44,12 +46,12 @@ public enum Landlock {
 
         /// A policy with every part stated: no defaults, so a role's policy reads in full.
         public init(
-            denyFilesystem: Bool, allowedTCPConnectPorts: [UInt16]?, denyTCPBind: Bool,
+            denyFilesystem: Bool, allowedTCPConnectPorts: [UInt16]?, allowedTCPBindPorts: [UInt16]?,
             scopeSignals: Bool, scopeAbstractUnixSockets: Bool
         ) {
             self.denyFilesystem = denyFilesystem
             self.allowedTCPConnectPorts = allowedTCPConnectPorts
-            self.denyTCPBind = denyTCPBind
+            self.allowedTCPBindPorts = allowedTCPBindPorts
             self.scopeSignals = scopeSignals
             self.scopeAbstractUnixSockets = scopeAbstractUnixSockets
         }
@@ -78,6 +80,8 @@ public enum Landlock {
             case createRuleset
             /// `landlock_add_rule` for the TCP connect port.
             case addConnectPortRule(UInt16)
+            /// `landlock_add_rule` for the TCP bind port.
+            case addBindPortRule(UInt16)
             /// `landlock_restrict_self`.
             case restrictSelf
 
@@ -89,6 +93,7 @@ public enum Landlock {
                 case .noNewPrivs: return "no_new_privs check"
                 case .createRuleset: return "landlock_create_ruleset"
                 case .addConnectPortRule(let port): return "landlock_add_rule(NET_PORT connect \(port))"
+                case .addBindPortRule(let port): return "landlock_add_rule(NET_PORT bind \(port))"
                 case .restrictSelf: return "landlock_restrict_self"
                 }
             }
@@ -176,8 +181,14 @@ public enum Landlock {
                 if rc != 0 { throw LandlockError(step: .addConnectPortRule(port), errno: ruleErrno) }
             }
         }
-        // BIND_TCP, when handled, gets no rule: no port (not even 0) may be bound.
-        // No filesystem rule either: every handled filesystem right is denied on every path.
+        if handled.net & CShims_LANDLOCK_ACCESS_NET_BIND_TCP != 0, let ports = policy.allowedTCPBindPorts {
+            for port in Set(ports).sorted() {
+                let rc = CShims_landlock_add_rule_net_port(rulesetFD, CShims_LANDLOCK_ACCESS_NET_BIND_TCP, UInt64(port))
+                let ruleErrno = errno
+                if rc != 0 { throw LandlockError(step: .addBindPortRule(port), errno: ruleErrno) }
+            }
+        }
+        // No filesystem rule: every handled filesystem right is denied on every path.
 
         // Flags 0: at ABI >= 7 this domain's denials go to the audit log (when audit is on), as we want.
         let rc = CShims_landlock_restrict_self(rulesetFD, 0)
@@ -226,7 +237,7 @@ public enum Landlock {
                 skipped.append("TCP connect ports (needs ABI 4)")
             }
         }
-        if policy.denyTCPBind {
+        if policy.allowedTCPBindPorts != nil {
             if abi >= 4 {
                 net |= CShims_LANDLOCK_ACCESS_NET_BIND_TCP
             } else {

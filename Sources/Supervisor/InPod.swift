@@ -54,8 +54,12 @@ final class InPod {
     private let path: String
     private let mark: UInt32
     private let reusePort: Bool
-    /// IP_TRANSPARENT on the pod listeners, best effort (ENABLE_ORIG_SRC unset); off when false.
+    /// Original source (ENABLE_ORIG_SRC not false): IP_TRANSPARENT on the pod listeners and on
+    /// the sockets made for a NetWorker's connections (with IP_FREEBIND, so it can bind them to
+    /// the client's address); best effort unless `transparentRequired` (true), when a listener
+    /// that cannot be made transparent fails the pod, as upstream.
     private let transparent: Bool
+    private let transparentRequired: Bool
     private let ipv6: Bool
     private let copies: Int
     private let listenerSpecs: [(name: String, address: SocketAddress)]
@@ -80,6 +84,7 @@ final class InPod {
         mark = UInt32(clamping: configuration.int("PACKET_MARK"))
         reusePort = configuration.bool("INPOD_PORT_REUSE")
         transparent = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) != false
+        transparentRequired = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) == true
         ipv6 = configuration.bool("IPV6_ENABLED")
         copies = configuration.int("ZTUNNEL_NET_WORKERS")
         maxPods = configuration.int("ZTUNNEL_MAX_PODS")
@@ -430,18 +435,24 @@ final class InPod {
         try option(fd, SOL_SOCKET, SO_REUSEADDR, &one, "SO_REUSEADDR")
         if reusePort || copies > 1 { try option(fd, SOL_SOCKET, SO_REUSEPORT, &one, "SO_REUSEPORT") }
         if address.family == .ipv6 { try option(fd, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, "IPV6_V6ONLY") }
-        // Best effort, as upstream's default when ENABLE_ORIG_SRC is unset: a listener that
-        // TPROXY rules may deliver to.
+        // A listener that TPROXY rules may deliver to: best effort, as upstream's default, or
+        // required (ENABLE_ORIG_SRC=true).
         if transparent {
-            let (level, name) = address.family == .ipv6 ? (Int32(IPPROTO_IPV6), Int32(75) /* IPV6_TRANSPARENT */)
-                                                         : (Int32(IPPROTO_IP), Int32(19) /* IP_TRANSPARENT */)
-            _ = setsockopt(fd.rawValue, level, name, &one, socklen_t(MemoryLayout<Int32>.size))
+            let (level, name) = Self.transparentOption(address.family == .ipv6)
+            if setsockopt(fd.rawValue, level, name, &one, socklen_t(MemoryLayout<Int32>.size)) != 0 && transparentRequired {
+                throw SyscallError(function: "setsockopt(IP_TRANSPARENT) (ENABLE_ORIG_SRC=true)", errno: errno)
+            }
         }
         _ = try address.withSockAddr { pointer, length in
             try Syscall.retrying("bind \(address)") { bind(fd.rawValue, pointer, length) }
         }
         _ = try Syscall.retrying("listen") { Glibc.listen(fd.rawValue, 1024) }
         return fd
+    }
+
+    /// (level, option) of IP_TRANSPARENT or IPV6_TRANSPARENT.
+    private static func transparentOption(_ ipv6: Bool) -> (Int32, Int32) {
+        ipv6 ? (Int32(IPPROTO_IPV6), 75 /* IPV6_TRANSPARENT */) : (Int32(IPPROTO_IP), 19 /* IP_TRANSPARENT */)
     }
 
     private func option(_ fd: OwnedFD, _ level: Int32, _ name: Int32, _ value: inout Int32, _ what: String) throws {
@@ -470,7 +481,20 @@ final class InPod {
     func upstreamSockets(for uid: String, family: PodSocketFamily, count: Int) -> [OwnedFD]? {
         guard let pod = pods[uid], pod.isUp else { return nil }
         do {
-            return try sockets(in: pod.netns, family: family == .ipv4 ? AF_INET : AF_INET6, count: count)
+            let made = try sockets(in: pod.netns, family: family == .ipv4 ? AF_INET : AF_INET6, count: count)
+            if transparent {
+                // Lets the NetWorker bind a connection to an application to the client's address
+                // (it has no capability to set these itself). Best effort: without them its bind
+                // fails and the connection leaves from the pod's address.
+                var one: Int32 = 1
+                let (level, name) = Self.transparentOption(family == .ipv6)
+                let freebind: Int32 = family == .ipv6 ? 78 /* IPV6_FREEBIND */ : 15 /* IP_FREEBIND */
+                for fd in made {
+                    _ = setsockopt(fd.rawValue, level, name, &one, socklen_t(MemoryLayout<Int32>.size))
+                    _ = setsockopt(fd.rawValue, level, freebind, &one, socklen_t(MemoryLayout<Int32>.size))
+                }
+            }
+            return made
         } catch {
             Log.warn("cannot make sockets in a pod's namespace", [("uid", uid), ("error", "\(error)")])
             return []

@@ -47,7 +47,7 @@ struct RoleSpec {
                             "ZTUNNEL_ADMIN_ADDR", "ZTUNNEL_STATS_ADDR", "ZTUNNEL_READINESS_ADDR", "POOL_MAX_STREAMS_PER_CONNECTION",
                             "POOL_UNUSED_RELEASE_TIMEOUT", "ZTUNNEL_HBONE_PORT", "XDS_ADDRESS", "XDS_ON_DEMAND",
                             "ISTIO_META_ISTIO_VERSION", "LOCALHOST_APP_TUNNEL", "PREFERED_SERVICE_NAMESPACE",
-                            "ZTUNNEL_DNS_SEARCH_DOMAINS"] + Bounds.settingNames,
+                            "ZTUNNEL_DNS_SEARCH_DOMAINS", "ENABLE_ORIG_SRC"] + Bounds.settingNames,
         uidSetting: "ZTUNNEL_NET_WORKER_UID", gidSetting: "ZTUNNEL_NET_WORKER_GID")
 
     /// The xDS worker (issue #8): holds the one delta ADS stream to istiod, validates every
@@ -61,10 +61,13 @@ struct RoleSpec {
         settingPrefixes: ["ISTIO_METAJSON_", "ISTIO_META_", "XDS_HEADER_"],
         uidSetting: "ZTUNNEL_XDS_WORKER_UID", gidSetting: "ZTUNNEL_XDS_WORKER_GID")
 
-    /// The role's Landlock policy (the second wall, issue #6). Both workers lose every path once
-    /// set up, may bind no TCP port and may signal nothing outside their own process. The
+    /// The role's Landlock policy (the second wall, issue #6). Every worker loses every path once
+    /// set up, may bind no TCP port and may signal nothing outside its own process. The
     /// CertWorker may connect over TCP only to the CA's port (none with the built-in CA); the
-    /// NetWorker's connects are its job (upstreams anywhere), so they stay open.
+    /// NetWorker's connects are its job (upstreams anywhere), so they stay open. In in-pod mode
+    /// with original source (ENABLE_ORIG_SRC not false) a NetWorker binds its connections to an
+    /// application to the client's address, so it may bind port 0 (an ephemeral port), never a
+    /// chosen one.
     func landlock(_ configuration: Configuration) -> Landlock.Policy {
         var connectPorts: [UInt16]?
         if role == .certWorker {
@@ -72,7 +75,8 @@ struct RoleSpec {
         } else if role == .xdsWorker {
             connectPorts = CAAddress.port(of: configuration.string("XDS_ADDRESS")).map { [$0] } ?? []
         }
-        return Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: connectPorts, denyTCPBind: true,
+        let bindPorts: [UInt16] = role == .netWorker && configuration.usesOriginalSource ? [0] : []
+        return Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: connectPorts, allowedTCPBindPorts: bindPorts,
                                scopeSignals: true, scopeAbstractUnixSockets: true)
     }
 

@@ -84,10 +84,6 @@ enum Main {
         if configuration.string("PROXY_MODE") == "dedicated" {
             fail("invalid PROXY_MODE=dedicated: only shared mode (the node's pods, from istio-cni or the local config) exists here")
         }
-        if Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) == true {
-            fail("invalid ENABLE_ORIG_SRC=true: connections to an application come from the pod's own address here, not the "
-                 + "client's; binding them to the client's address would give the NetWorker bind(2), which its sandbox refuses")
-        }
         if !configuration.string("PROXY_WORKLOAD_INFO").isEmpty {
             Log.info("PROXY_WORKLOAD_INFO is set but PROXY_MODE is shared: it is ignored, as upstream ignores it in shared mode")
         }

@@ -18,7 +18,7 @@ import Glibc
             .allow("tgkill", [SeccompPolicy.Condition(index: 0, op: .equal, value: .ownPid)]),
             .allow("clone", [SeccompPolicy.Condition(index: 0, op: .maskedEqual, value: .literal(0x7e03_0000), valueTwo: 0x1_0000)]),
         ]),
-        landlock: Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: [15012], denyTCPBind: true,
+        landlock: Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: [15012], allowedTCPBindPorts: [0],
                                   scopeSignals: true, scopeAbstractUnixSockets: false))
 
     static let table = [

@@ -9,7 +9,7 @@ import Testing
 @Suite struct LandlockTests {
     /// Every part requested.
     private let everything = Landlock.Policy(
-        denyFilesystem: true, allowedTCPConnectPorts: [443], denyTCPBind: true,
+        denyFilesystem: true, allowedTCPConnectPorts: [443], allowedTCPBindPorts: [],
         scopeSignals: true, scopeAbstractUnixSockets: true)
 
     @Test func abiVersionDoesNotFail() {
@@ -77,7 +77,7 @@ import Testing
 
     @Test func eachPolicyPartMapsToItsRight() {
         let none = Landlock.Policy(
-            denyFilesystem: false, allowedTCPConnectPorts: nil, denyTCPBind: false,
+            denyFilesystem: false, allowedTCPConnectPorts: nil, allowedTCPBindPorts: nil,
             scopeSignals: false, scopeAbstractUnixSockets: false)
         let empty = Landlock.rights(forABI: 7, policy: none)
         #expect(empty.fs == 0 && empty.net == 0 && empty.scoped == 0 && empty.skipped.isEmpty)
@@ -86,7 +86,7 @@ import Testing
         policy.allowedTCPConnectPorts = []  // no connect at all: the right is handled, no port rule
         #expect(Landlock.rights(forABI: 7, policy: policy).net == 0b10)
         policy = none
-        policy.denyTCPBind = true
+        policy.allowedTCPBindPorts = [0]  // an ephemeral port only: the right is handled, port 0 ruled in
         #expect(Landlock.rights(forABI: 7, policy: policy).net == 0b01)
         policy = none
         policy.scopeSignals = true
@@ -103,7 +103,7 @@ import Testing
     /// An empty policy returns before any ruleset exists, so this restricts nothing.
     @Test func anEmptyPolicyIsReportedNotEnforced() throws {
         let none = Landlock.Policy(
-            denyFilesystem: false, allowedTCPConnectPorts: nil, denyTCPBind: false,
+            denyFilesystem: false, allowedTCPConnectPorts: nil, allowedTCPBindPorts: nil,
             scopeSignals: false, scopeAbstractUnixSockets: false)
         let outcome = try Landlock.restrictSelf(none)
         guard case .unsupported = outcome else {

@@ -10,11 +10,15 @@ deleting the namespaces by name removes everything. Pod namespaces are /run/netn
 netns add`), which is what the CNI double opens for AddWorkload. The daemon runs in the root
 namespace and reaches the pods only through the netns fds it is handed.
 
-The in-pod rules are those of ISTIO_COMPAT §2.1 and no more (no DNS capture, no connmark/TPROXY,
-no probe SNAT):
+The in-pod rules are those of ISTIO_COMPAT §2.1 and no more (no DNS capture, no TPROXY, no probe
+SNAT):
     nat OUTPUT:     TCP, not to 127.0.0.1, not marked 0x539/0xfff       -> REDIRECT 15001
     nat PREROUTING: TCP, not to 127.0.0.1, dport != 15008, not from lo,
                     not marked 0x539/0xfff                               -> REDIRECT 15006
+    mangle PREROUTING: marked 0x539/0xfff -> CONNMARK 0x111/0xfff; mangle OUTPUT: connmark
+                    0x111/0xfff -> restore the mark; fwmark 0x111/0xfff -> table 100 (local
+                    0.0.0.0/0 dev lo): the return path of a connection ztunnel made to an
+                    application from the client's address (original source)
 Processes started here are stopped by PID; namespaces are deleted by name. Never pkill.
 """
 import os
@@ -91,7 +95,8 @@ def require_tools():
 
 
 # A small server run with `ip netns exec <pod> python3 -c`: prints "ready <port>" once listening.
-# mode "echo" echoes each connection; mode "hold" only holds the port (never accepts).
+# mode "echo" echoes each connection; mode "hold" only holds the port (never accepts); mode "peer"
+# writes each connection's client address ("ip port\n") and closes it.
 _SERVER = textwrap.dedent("""
     import socket, sys, threading
     port, mode, reuseport = int(sys.argv[1]), sys.argv[2], sys.argv[3] == "1"
@@ -117,7 +122,12 @@ _SERVER = textwrap.dedent("""
                     return
                 c.sendall(d)
     while True:
-        c, _ = s.accept()
+        c, peer = s.accept()
+        if mode == "peer":
+            with c:
+                ip = peer[0][7:] if peer[0].startswith("::ffff:") else peer[0]
+                c.sendall(f"{ip} {peer[1]}\\n".encode())
+            continue
         threading.Thread(target=echo, args=(c,), daemon=True).start()
 """)
 
@@ -170,6 +180,11 @@ class Pod:
         """A TCP echo server on the pod's wildcard address (dual-stack); returns its Popen (.pid,
         .port). Stop it with box.stop(proc.pid)."""
         return self._server(port, "echo", reuseport)
+
+    def peer_server(self, port):
+        """A server on the pod's wildcard address that answers each connection with the client
+        address it sees ("ip port\n"); returns its Popen."""
+        return self._server(port, "peer", False)
 
     def hold_port(self, port, reuseport=False):
         """A process that listens on the wildcard `port` (dual-stack, SO_REUSEPORT off by default)
@@ -294,10 +309,20 @@ class MeshBox:
         pod.run(self.iptables, "-t", "nat", "-A", "PREROUTING", "-p", "tcp", "!", "-d", "127.0.0.1/32",
                 "!", "--dport", str(INBOUND_HBONE), "!", "-i", "lo", *mark,
                 "-j", "REDIRECT", "--to-ports", str(INBOUND_PLAINTEXT))
+        pod.run(self.iptables, "-t", "mangle", "-A", "PREROUTING", "-m", "mark", "--mark", f"{MARK:#x}/0xfff",
+                "-j", "CONNMARK", "--set-xmark", "0x111/0xfff")
+        pod.run(self.iptables, "-t", "mangle", "-A", "OUTPUT", "-m", "connmark", "--mark", "0x111/0xfff",
+                "-j", "CONNMARK", "--restore-mark", "--nfmask", "0xffffffff", "--ctmask", "0xffffffff")
+        pod.run("ip", "rule", "add", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100")
+        pod.run("ip", "route", "add", "local", "0.0.0.0/0", "dev", "lo", "table", "100")
 
     def unredirect(self, pod):
         pod.run(self.iptables, "-t", "nat", "-F", "OUTPUT")
         pod.run(self.iptables, "-t", "nat", "-F", "PREROUTING")
+        pod.run(self.iptables, "-t", "mangle", "-F", "OUTPUT")
+        pod.run(self.iptables, "-t", "mangle", "-F", "PREROUTING")
+        pod.run("ip", "rule", "del", "fwmark", "0x111/0xfff", "pref", "32764", "lookup", "100", check=False)
+        pod.run("ip", "route", "del", "local", "0.0.0.0/0", "dev", "lo", "table", "100", check=False)
 
     def workload_yaml(self, pod, node=None):
         """The lines of one pod as an HBONE workload of the local config (xDS uid

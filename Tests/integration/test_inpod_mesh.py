@@ -203,6 +203,47 @@ def test_inbound_plaintext_from_an_unenrolled_client_is_captured_on_15006(box, c
     box.stop(echo.pid)
 
 
+# -- 1b. the application sees the client's address (original source) ---------------------------
+
+def seen_by_application(pod, host, port):
+    """The client address (ip) the peer server at host:port saw for a connection from `pod`."""
+    with pod.connect(host, port) as s:
+        reply = b""
+        while not reply.endswith(b"\n"):
+            chunk = s.recv(256)
+            if not chunk:
+                break
+            reply += chunk
+    return reply.decode().split()[0]
+
+
+@pytest.mark.parametrize("orig_src", [None, "false"])
+def test_the_application_sees_the_clients_address_unless_enable_orig_src_is_false(box, cni, start_daemon, orig_src):
+    """As upstream (its `freebind_connect`): ztunnel connects to the application from the
+    client's address, over HBONE (a's address, which the HBONE connection came from) and on
+    15006 (c, a host outside the mesh); istio-cni's connmark rules bring the replies back. With
+    ENABLE_ORIG_SRC=false the application sees its own pod's address."""
+    a, b, c = box.pods
+    box.unredirect(c)
+    server = b.peer_server(8080)
+    env = {"ENABLE_ORIG_SRC": orig_src} if orig_src else {}
+    daemon = start_node(start_daemon, cni, mesh_config(box, pods=[a, b]), **env)
+    enrol(cni, [a, b])
+    wait_ready(daemon)
+    wait_up(daemon, [a, b])
+    wait_for(lambda: certificates_available(daemon, [a, b]), 30, "a's and b's certificates")
+
+    hbone, plaintext = seen_by_application(a, b.ip, 8080), seen_by_application(c, b.ip, 8080)
+    if orig_src == "false":
+        assert (hbone, plaintext) == (b.ip, b.ip)
+    else:
+        assert (hbone, plaintext) == (a.ip, c.ip)
+    lines = wait_for(lambda: (lambda l: l if len(l) == 2 else None)(inbound_lines(daemon)), 10, "both inbound lines")
+    assert all("error=" not in line for line in lines), lines
+    assert not [l for l in daemon.log().splitlines() if "original source: bind failed" in l]
+    box.stop(server.pid)
+
+
 # -- 2. an L4 DENY policy: a -> b refused and logged with the policy; b serves others -----------
 
 DENY_A = """\

@@ -30,7 +30,7 @@ def landlock_abi(daemon, role):
 
 
 @pytest.mark.parametrize("kind", ["clone-namespace", "netlink-socket", "signal-other", "make-dir", "udp-socket",
-                                  "unix-socket", "raw-socket", "setns", "unshare", "ptrace", "bind-port"])
+                                  "unix-socket", "raw-socket", "setns", "unshare", "ptrace"])
 def test_forbidden_operations_kill_the_networker(start_daemon, kind):
     # The pod's profile as deployed (EPERM for what it does not list), so the kill (SIGSYS) is the
     # NetWorker's own filter's doing, not the test harness's killing pod profile.
@@ -42,6 +42,20 @@ def test_forbidden_operations_kill_the_networker(start_daemon, kind):
     (exit_event,) = daemon.audit_events("worker_exit")
     assert exit_event["pid"] == old and exit_event["cause"].startswith("killed by signal SIGSYS"), exit_event
     assert fault_line(daemon, kind) is None  # it never got to say it survived
+
+
+def test_binding_a_port_is_refused_to_the_networker(start_daemon):
+    """bind(2) is in the NetWorker's seccomp profile for in-pod mode's original source (port 0,
+    the client's address); Landlock refuses it a chosen port (EACCES) and the worker lives."""
+    daemon = start_daemon(extra_env=FAULTS, pod_seccomp="errno")
+    daemon.wait_ready()
+    if landlock_abi(daemon, "net-worker") < 4:
+        pytest.skip("this kernel has no Landlock with network rules (ABI >= 4): the NetWorker could bind a port here")
+    workers = daemon.children()
+    inject(daemon, "bind-port", 15999)
+    wait_for(lambda: fault_line(daemon, "bind-port"), 10, "the bind-port fault reported")
+    assert "refused: Permission denied (errno 13)" in fault_line(daemon, "bind-port"), fault_line(daemon, "bind-port")
+    assert daemon.children() == workers and not daemon.audit_events("worker_exit")
 
 
 # The NetWorker's wall probes that kill; tried in the CertWorker and the xDS worker too.
