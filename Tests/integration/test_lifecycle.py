@@ -41,6 +41,10 @@ def test_bad_values_stop_the_start_with_one_line(tmp_path):
         ({"LOCAL_XDS_PATH": str(local), "PROXY_MODE": "dedicated"}, [], "PROXY_MODE=dedicated"),
         ({"LOCAL_XDS_PATH": str(local), "KEEPALIVE_TIME": "12h"}, [], "KEEPALIVE_TIME"),
         ({"LOCAL_XDS_PATH": str(local), "ENABLE_PROXY": "false"}, [], "ENABLE_PROXY=false"),
+        ({"LOCAL_XDS_PATH": str(local), "ENABLE_ORIG_SRC": "sometimes"}, [], "ENABLE_ORIG_SRC"),
+        # One uid per role (as root): a NetWorker sharing the key holder's uid could signal or
+        # trace it.
+        ({"LOCAL_XDS_PATH": str(local), "ZTUNNEL_NET_WORKER_UID": "65532"}, [], "ZTUNNEL_NET_WORKER_UID: it must differ"),
     ]
     for env, args, named in cases:
         result = run(args, env)
