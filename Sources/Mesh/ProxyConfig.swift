@@ -46,29 +46,43 @@ public struct ProxyConfig: Equatable, Sendable {
     }
 
     /// The mesh file: a MeshConfig document whose `defaultConfig` is a ProxyConfig. Its other
-    /// keys (trustDomain, defaultProviders, ...) are not ztunnel's and are ignored.
-    public static func parseMeshConfig(_ text: String, origin: String) throws -> ProxyConfig? {
-        guard let root = try document(text, origin: origin) else { return nil }
-        guard let node = root["defaultConfig"], !node.isNull else { return nil }
-        return try ProxyConfig(node, path: "defaultConfig.", origin: origin)
+    /// keys (trustDomain, defaultProviders, ...) are not ztunnel's and are ignored. The reader is
+    /// a strict YAML subset; when the whole file is beyond it (a PEM block scalar in
+    /// caCertificates, an anchor in extensionProviders), the top-level `defaultConfig:` block is
+    /// read alone, and `skipped` says why (for the caller to log). Only a defaultConfig the reader
+    /// refuses is an error.
+    public static func parseMeshConfig(_ text: String, origin: String) throws -> (config: ProxyConfig?, skipped: String?) {
+        let root: YAMLNode?
+        var skipped: String?
+        do {
+            root = try document(text, origin: origin)
+        } catch let error as ParseError {
+            guard let section = defaultConfigSection(text) else { throw error }
+            skipped = error.description
+            root = try document(section, origin: origin)
+        }
+        guard let root, let node = root["defaultConfig"], !node.isNull else { return (nil, skipped) }
+        return (try ProxyConfig(node, path: "defaultConfig.", origin: origin), skipped)
     }
 
-    /// `self` with every field `other` sets taken from `other`; metadata merged key by key,
-    /// `other` winning (upstream's merge of PROXY_CONFIG over the mesh file's defaultConfig).
-    public func merged(with other: ProxyConfig) -> ProxyConfig {
-        var result = self
-        result.discoveryAddress = other.discoveryAddress ?? discoveryAddress
-        result.proxyAdminPort = other.proxyAdminPort ?? proxyAdminPort
-        result.statsPort = other.statsPort ?? statsPort
-        result.concurrency = other.concurrency ?? concurrency
-        for entry in other.proxyMetadata {
-            if let index = result.proxyMetadata.firstIndex(where: { $0.key == entry.key }) {
-                result.proxyMetadata[index].value = entry.value
-            } else {
-                result.proxyMetadata.append(entry)
+    /// The lines of the top-level `defaultConfig:` entry (its key line, then every line indented
+    /// or blank or a comment, up to the next top-level line), or nil when there is none. Line
+    /// numbers in errors then count from the key line.
+    static func defaultConfigSection(_ text: String) -> String? {
+        var lines: [Substring] = []
+        var inside = false
+        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+            let trimmed = line.drop { $0 == " " || $0 == "\t" }
+            let topLevel = !line.isEmpty && line.first != " " && line.first != "\t" && !trimmed.hasPrefix("#") && line != "\r"
+            if topLevel {
+                if inside { break }
+                if line.hasPrefix("defaultConfig:") || line.hasPrefix("\"defaultConfig\":") || line.hasPrefix("'defaultConfig':") {
+                    inside = true
+                }
             }
+            if inside { lines.append(line) }
         }
-        return result
+        return inside ? lines.joined(separator: "\n") + "\n" : nil
     }
 
     private static func document(_ text: String, origin: String) throws -> YAMLNode? {

@@ -308,6 +308,19 @@ public struct Configuration: Sendable {
 
     static func isDeclared(_ name: String) -> Bool { settings.contains { $0.name == name } }
 
+    /// Sets a declared setting after resolution (the Supervisor's decisions that depend on the
+    /// host, e.g. original source off where Landlock cannot hold the NetWorker's bind); checked
+    /// like any value.
+    public mutating func override(_ name: String, with value: String) throws {
+        guard let setting = Self.settings.first(where: { $0.name == name }), available.contains(name) else {
+            throw ParseError.invalid(setting: name, source: "override", reason: "not a setting of this process")
+        }
+        if !value.isEmpty, let reason = setting.problem(with: value) {
+            throw ParseError.invalid(setting: name, source: "override", reason: reason)
+        }
+        values[name] = value
+    }
+
     /// The prefix `name` starts with (the longest: ISTIO_METAJSON_ before ISTIO_META_).
     public static func passthroughPrefix(of name: String) -> String? {
         passthroughPrefixes.first { name.hasPrefix($0) && name.count > $0.count }

@@ -79,6 +79,12 @@ public struct SeccompPolicy: Sendable, Equatable {
     /// seccomp has six syscall arguments.
     public static let maxArgumentIndex: UInt8 = 5
 
+    /// This policy without any rule for `syscall`: a profile's mode-dependent allowance that the
+    /// configuration in force does not need (the NetWorker's `bind`, original source only).
+    public func removing(syscall: String) -> SeccompPolicy {
+        SeccompPolicy(isAuditMode: isAuditMode, rules: rules.filter { $0.name != syscall })
+    }
+
     /// In audit mode a syscall outside the list is logged by the kernel instead of killing.
     public var isAuditMode: Bool
     public var rules: [Rule]

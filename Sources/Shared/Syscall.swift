@@ -65,7 +65,8 @@ public enum Syscall {
     /// file (a FIFO, a device) is refused before a read could block: for files read on a loop
     /// that must not stall (the Supervisor's token refresh).
     public static func readFile(_ path: String, limit: Int = 1 << 20, regularOnly: Bool = false) throws -> [UInt8] {
-        let flags = O_RDONLY | O_CLOEXEC | (regularOnly ? O_NONBLOCK : 0)
+        // O_NOCTTY: a path that turns out to be a terminal never becomes the controlling one.
+        let flags = O_RDONLY | O_CLOEXEC | O_NOCTTY | (regularOnly ? O_NONBLOCK : 0)
         let fd = try retrying("open(\(path))") { open(path, flags) }
         defer { close(fd) }
         if regularOnly {

@@ -21,17 +21,35 @@ enum ProxyConfigLoader {
     /// The settings PROXY_CONFIG (from `environment`) and the mesh file's defaultConfig give
     /// values to, PROXY_CONFIG's fields over the file's. A missing mesh file is none; an
     /// unreadable one, or either document refused, is an error naming it.
-    static func fallbacks(environment: [String: String], meshPath: String = meshConfigPath) throws -> [String: Configuration.Fallback] {
+    static func fallbacks(environment: [String: String], arguments: [String] = [],
+                          meshPath: String = meshConfigPath) throws -> [String: Configuration.Fallback] {
         var result: [String: Configuration.Fallback] = [:]
         if let mesh = try meshConfig(at: meshPath) {
             result.merge(fallbacks(from: mesh, source: "defaultConfig of \(meshPath)")) { $1 }
         }
-        if let text = environment["PROXY_CONFIG"], !text.isEmpty {
+        if let text = flagValue("--proxy-config", in: arguments) ?? environment["PROXY_CONFIG"], !text.isEmpty {
             let parsed: ProxyConfig?
             do { parsed = try ProxyConfig.parse(text) } catch { throw Failure(description: "invalid \(error)") }
             if let parsed { result.merge(fallbacks(from: parsed, source: "PROXY_CONFIG")) { $1 } }
         }
         return result
+    }
+
+    /// The value of `flag` (`--flag value` or `--flag=value`; the last wins, as in
+    /// `Configuration`), or nil.
+    static func flagValue(_ flag: String, in arguments: [String]) -> String? {
+        var value: String?
+        var index = 0
+        while index < arguments.count {
+            if arguments[index] == flag, index + 1 < arguments.count {
+                value = arguments[index + 1]
+                index += 1
+            } else if arguments[index].hasPrefix(flag + "=") {
+                value = String(arguments[index].dropFirst(flag.count + 1))
+            }
+            index += 1
+        }
+        return value
     }
 
     static func meshConfig(at path: String) throws -> ProxyConfig? {
@@ -43,10 +61,21 @@ enum ProxyConfigLoader {
         guard let text = String(validating: bytes, as: UTF8.self) else {
             throw Failure(description: "invalid mesh config \(path): not UTF-8")
         }
-        do { return try ProxyConfig.parseMeshConfig(text, origin: path) } catch {
+        do {
+            let (config, skipped) = try ProxyConfig.parseMeshConfig(text, origin: path)
+            if let skipped {
+                Log.info("the mesh config holds YAML this reader does not take outside defaultConfig; read defaultConfig alone",
+                         [("path", path), ("reason", skipped)])
+            }
+            return config
+        } catch {
             throw Failure(description: "invalid mesh config \(error)")
         }
     }
+
+    /// Metadata keys that name a setting upstream reads from the environment alone: the cluster id
+    /// goes to the CA and istiod, and a mesh-wide value must not change it.
+    static let environmentOnly: Set<String> = ["CLUSTER_ID"]
 
     /// One ProxyConfig as setting values: discoveryAddress is XDS_ADDRESS (not CA_ADDRESS, as
     /// upstream), the ports move the admin listener (loopback) and the stats listener (wildcard),
@@ -60,7 +89,13 @@ enum ProxyConfigLoader {
         if let port = config.proxyAdminPort { set("ZTUNNEL_ADMIN_ADDR", "127.0.0.1:\(port)", "proxyAdminPort") }
         if let port = config.statsPort { set("ZTUNNEL_STATS_ADDR", "wildcard:\(port)", "statsPort") }
         if let threads = config.concurrency { set("ZTUNNEL_WORKER_THREADS", "\(threads)", "concurrency") }
-        for (key, value) in config.proxyMetadata { set("ISTIO_META_\(key)", value, "proxyMetadata.\(key)") }
+        for (key, value) in config.proxyMetadata where !environmentOnly.contains(key) {
+            set("ISTIO_META_\(key)", value, "proxyMetadata.\(key)")
+        }
+        for key in config.proxyMetadata.map(\.key) where environmentOnly.contains(key) {
+            Log.info("proxyMetadata.\(key) is not applied: ztunnel's cluster id comes from the environment (ISTIO_META_CLUSTER_ID), as upstream",
+                     [("source", source)])
+        }
         return result
     }
 }

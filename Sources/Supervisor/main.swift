@@ -36,7 +36,7 @@ enum Main {
         var environment: [String: String] = [:]
         for (key, value) in ProcessEnvironment.current() { environment[key] = value }
         do {
-            let fallbacks = try ProxyConfigLoader.fallbacks(environment: environment)
+            let fallbacks = try ProxyConfigLoader.fallbacks(environment: environment, arguments: arguments)
             return try Configuration(environment: environment, arguments: arguments, fallbacks: fallbacks)
         } catch {
             fail("\(error)")
@@ -65,7 +65,7 @@ enum Main {
         default:
             break
         }
-        let configuration = loadConfiguration(arguments: arguments)
+        var configuration = loadConfiguration(arguments: arguments)
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
         // Upstream settings this daemon cannot honour: refused, not silently ignored, since each
         // asks for a security property it would not get.
@@ -126,8 +126,22 @@ enum Main {
 
         raiseFileLimit()
         let binDirectory = executableDirectory()
-        let policies: [WorkerRole: SeccompPolicy]
+        var policies: [WorkerRole: SeccompPolicy]
         do { policies = try loadSeccompPolicies(configuration, binDirectory: binDirectory) } catch { fail("\(error)") }
+        // Original source needs bind(2) in the NetWorker, which its profile allows for that
+        // alone: Landlock (ABI 4) keeps it to port 0. Unset = where the kernel allows: without
+        // Landlock ABI 4 it is off; true asks for it regardless, with a warning. Off, the rule goes.
+        if configuration.isInPodMode && Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) == nil && Landlock.abiVersion() < 4 {
+            Log.info("original source is off: this kernel has no Landlock ABI 4 to keep a NetWorker's bind to port 0 "
+                     + "(applications see their pod's address; ENABLE_ORIG_SRC=true turns it on anyway)")
+            do { try configuration.override("ENABLE_ORIG_SRC", with: "false") } catch { fail("\(error)") }
+        }
+        if configuration.usesOriginalSource && Landlock.abiVersion() < 4 {
+            Log.warn("ENABLE_ORIG_SRC=true without Landlock ABI 4: a NetWorker may bind any port, not only port 0")
+        }
+        if !configuration.usesOriginalSource, let netWorker = policies[.netWorker] {
+            policies[.netWorker] = netWorker.removing(syscall: "bind")
+        }
 
         let audit: AuditSink
         do { audit = try AuditSink(destination: configuration.string("ZTUNNEL_AUDIT_LOG")) } catch {

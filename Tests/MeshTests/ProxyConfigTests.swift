@@ -41,31 +41,45 @@ import Testing
               - prometheus
             trustDomain: cluster.local
             """
-        let config = try #require(try ProxyConfig.parseMeshConfig(text, origin: "mesh"))
+        let (read, skipped) = try ProxyConfig.parseMeshConfig(text, origin: "mesh")
+        let config = try #require(read)
+        #expect(skipped == nil)
         #expect(config.discoveryAddress == "istiod.istio-system.svc:15012")
         #expect(config.proxyAdminPort == nil && config.statsPort == nil && config.concurrency == nil)
         #expect(config.proxyMetadata.map(\.key) == ["DNS_CAPTURE"])
         #expect(config.proxyMetadata.map(\.value) == ["false"])
-        #expect(try ProxyConfig.parseMeshConfig("trustDomain: cluster.local\n", origin: "mesh") == nil)
-        #expect(try ProxyConfig.parseMeshConfig("# nothing\n", origin: "mesh") == nil)
+        #expect(try ProxyConfig.parseMeshConfig("trustDomain: cluster.local\n", origin: "mesh").config == nil)
+        #expect(try ProxyConfig.parseMeshConfig("# nothing\n", origin: "mesh").config == nil)
     }
 
-    /// PROXY_CONFIG over the file: a field it sets wins, one it leaves keeps the file's value,
-    /// metadata merges key by key.
-    @Test func theEnvironmentsFieldsWinOverTheFiles() throws {
-        let file = try #require(try ProxyConfig.parse("""
-            proxyAdminPort: 15099
-            statsPort: 15888
-            proxyMetadata: {FOO: foo, FOOBAR: foobar}
-            """))
-        let env = try #require(try ProxyConfig.parse("""
-            {"proxyAdminPort": 15999, "proxyMetadata": {"ISTIO_META_FOOBAR": "overwritten", "BAR": "bar"}}
-            """))
-        let merged = file.merged(with: env)
-        #expect(merged.proxyAdminPort == 15999)
-        #expect(merged.statsPort == 15888)
-        #expect(merged.proxyMetadata.map(\.key) == ["FOO", "FOOBAR", "BAR"])
-        #expect(merged.proxyMetadata.map(\.value) == ["foo", "overwritten", "bar"])
+    /// A mesh file with YAML the reader does not take outside defaultConfig (a PEM block scalar,
+    /// an anchor): defaultConfig is read alone and the reason given; inside it, still an error.
+    @Test func aMeshFileBeyondTheReaderOutsideDefaultConfigStillGivesIt() throws {
+        let text = """
+            caCertificates:
+            - pem: |
+                -----BEGIN CERTIFICATE-----
+                MIIB
+                -----END CERTIFICATE-----
+            # istiod's address
+            defaultConfig:
+              discoveryAddress: istiod.istio-system.svc:15012
+
+              proxyMetadata: {ISTIO_META_DNS_CAPTURE: "true"}
+            extensionProviders: &providers
+            - name: otel
+            trustDomain: cluster.local
+            """
+        let (read, skipped) = try ProxyConfig.parseMeshConfig(text, origin: "mesh")
+        let config = try #require(read)
+        #expect(config.discoveryAddress == "istiod.istio-system.svc:15012")
+        #expect(config.proxyMetadata.map(\.key) == ["DNS_CAPTURE"])
+        #expect(skipped?.contains("block scalars") == true)
+        // Without a defaultConfig, the file's own error stands; inside it, the section's.
+        #expect(throws: ProxyConfig.ParseError.self) { try ProxyConfig.parseMeshConfig("a: |\n  x\n", origin: "mesh") }
+        #expect(throws: ProxyConfig.ParseError.self) {
+            try ProxyConfig.parseMeshConfig("a: |\n  x\ndefaultConfig:\n  concurrency: &c 2\n", origin: "mesh")
+        }
     }
 
     /// Bad values are refused with the field, the reason and the line, never read as 0 or

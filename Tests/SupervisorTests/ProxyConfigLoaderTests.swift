@@ -85,6 +85,23 @@ import Testing
         }
     }
 
+    /// proxyMetadata's CLUSTER_ID does not change ztunnel's cluster id (upstream reads it from the
+    /// environment alone); --proxy-config is read like PROXY_CONFIG, and wins over it.
+    @Test func theClusterIdStaysTheEnvironmentsAndTheFlagIsRead() throws {
+        let environment = ["PROXY_CONFIG": "proxyMetadata: {CLUSTER_ID: mesh-wide, OTHER: x}\nconcurrency: 2"]
+        let fallbacks = try withMeshFile(nil) {
+            try ProxyConfigLoader.fallbacks(environment: environment, arguments: ["--proxy-config", "concurrency: 4"], meshPath: $0)
+        }
+        #expect(fallbacks["ZTUNNEL_WORKER_THREADS"]?.value == "4")
+        #expect(fallbacks["ISTIO_META_OTHER"] == nil)  // the flag's document replaced the environment's
+        let fromEnvironment = try withMeshFile(nil) { try ProxyConfigLoader.fallbacks(environment: environment, meshPath: $0) }
+        #expect(fromEnvironment["ISTIO_META_CLUSTER_ID"] == nil)
+        #expect(fromEnvironment["ISTIO_META_OTHER"]?.value == "x")
+        let configuration = try Configuration(environment: environment, arguments: [], fallbacks: fromEnvironment)
+        #expect(configuration.string("ISTIO_META_CLUSTER_ID") == "Kubernetes")
+        #expect(ProxyConfigLoader.flagValue("--proxy-config", in: ["--proxy-config=a: 1"]) == "a: 1")
+    }
+
     /// No mesh file is no defaults; one that cannot be read or parsed stops the start.
     @Test func theMeshFileMissingIsNothingUnreadableIsAnError() throws {
         #expect(try withMeshFile(nil) { try ProxyConfigLoader.fallbacks(environment: [:], meshPath: $0) }.isEmpty)

@@ -30,7 +30,7 @@ def landlock_abi(daemon, role):
 
 
 @pytest.mark.parametrize("kind", ["clone-namespace", "netlink-socket", "signal-other", "make-dir", "udp-socket",
-                                  "unix-socket", "raw-socket", "setns", "unshare", "ptrace"])
+                                  "unix-socket", "raw-socket", "setns", "unshare", "ptrace", "bind-port"])
 def test_forbidden_operations_kill_the_networker(start_daemon, kind):
     # The pod's profile as deployed (EPERM for what it does not list), so the kill (SIGSYS) is the
     # NetWorker's own filter's doing, not the test harness's killing pod profile.
@@ -44,18 +44,31 @@ def test_forbidden_operations_kill_the_networker(start_daemon, kind):
     assert fault_line(daemon, kind) is None  # it never got to say it survived
 
 
-def test_binding_a_port_is_refused_to_the_networker(start_daemon):
-    """bind(2) is in the NetWorker's seccomp profile for in-pod mode's original source (port 0,
-    the client's address); Landlock refuses it a chosen port (EACCES) and the worker lives."""
-    daemon = start_daemon(extra_env=FAULTS, pod_seccomp="errno")
-    daemon.wait_ready()
+def test_in_pod_mode_the_networker_may_bind_port_zero_only(start_daemon, tmp_path):
+    """In-pod mode with original source: bind(2) stays in the NetWorker's profile (a connection
+    to an application is bound to the client's address, port 0), and Landlock keeps it to port 0:
+    a chosen port is refused (EACCES) and the worker lives. Outside that mode the Supervisor drops
+    the rule and a bind kills (the test above, bind-port)."""
+    daemon = start_daemon(local_config="workloads: []\n", pod_seccomp="errno", extra_env={
+        **FAULTS, "INPOD_UDS": str(tmp_path / "no-cni.sock"), "NODE_NAME": "node-a", "UNSTABLE_ENABLE_SOCKS5": "false"})
+    wait_for(lambda: daemon.workers("net-worker") and "landlock" in daemon.log(), 30, "the NetWorker up")
+    wait_for(lambda: (lambda r: r if r else None)(http_status(daemon)), 30, "the admin port")
     if landlock_abi(daemon, "net-worker") < 4:
-        pytest.skip("this kernel has no Landlock with network rules (ABI >= 4): the NetWorker could bind a port here")
+        pytest.skip("this kernel has no Landlock with network rules (ABI >= 4): original source is off here")
     workers = daemon.children()
     inject(daemon, "bind-port", 15999)
-    wait_for(lambda: fault_line(daemon, "bind-port"), 10, "the bind-port fault reported")
+    wait_for(lambda: fault_line(daemon, "bind-port"), 10, "the bind to 15999 reported")
     assert "refused: Permission denied (errno 13)" in fault_line(daemon, "bind-port"), fault_line(daemon, "bind-port")
+    inject(daemon, "bind-port")  # port 0: an ephemeral port, as original source binds
+    wait_for(lambda: "let it through" in fault_line(daemon, "bind-port"), 10, "the bind to port 0 reported")
     assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+
+
+def http_status(daemon):
+    try:
+        return http(daemon.ports["admin"], "/config_dump", timeout=2)[0]
+    except OSError:
+        return None
 
 
 # The NetWorker's wall probes that kill; tried in the CertWorker and the xDS worker too.
