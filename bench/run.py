@@ -15,7 +15,8 @@ that captures the client's traffic into our 15001 touches nothing outside it:
 Throughput is iperf3's (1 and 8 streams), and the CPU time (user + system, every process of
 the stack) spent per GB carried; latency is a 1 KiB request/response ping-pong on one
 connection; the connection rate is new connections (each one 1 KiB echoed) per second from 32
-concurrent clients; handshakes are full mTLS handshakes per second against the server side
+concurrent clients, also with BENCH_HELD (4,000) idle connections held open through the stack
+(what a new connection costs once a proxy already carries many); handshakes are full mTLS handshakes per second against the server side
 (ours signs through a key handle held by the CertWorker); memory is PSS summed over each
 stack's processes, idle and with 1,000 connections open through it.
 
@@ -44,6 +45,7 @@ SECONDS = float(os.environ.get("BENCH_SECONDS", "5"))
 APP, APP_DIRECT = 9080, 9081          # iperf3 servers: captured (ours), and direct/Envoy
 ECHO, ECHO_DIRECT = 9082, 9083        # echo servers, likewise
 SERVER, CLIENT = "127.0.0.2", "127.0.0.3"
+HELD = int(os.environ.get("BENCH_HELD", "4000"))  # connections held open for the second rate row
 
 CONFIG = f"""
 workloads:
@@ -70,6 +72,8 @@ static_resources:
   clusters:
   - name: hbone
     connect_timeout: 5s
+    # Istio's clusters lift Envoy's default circuit breakers (1,024 connections and requests).
+    circuit_breakers: {{thresholds: [{{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295}}]}}
     type: STATIC
     load_assignment:
       cluster_name: hbone
@@ -151,6 +155,8 @@ ENVOY_B_ROUTE = """
 ENVOY_B_CLUSTER = """
   - name: app{port}
     connect_timeout: 5s
+    # Istio's clusters lift Envoy's default circuit breakers (1,024 connections and requests).
+    circuit_breakers: {{thresholds: [{{max_connections: 4294967295, max_pending_requests: 4294967295, max_requests: 4294967295}}]}}
     type: STATIC
     load_assignment:
       cluster_name: app{port}
@@ -357,8 +363,9 @@ def handshake_rate(port, certs, pids=(), cpu=None):
     return total / SECONDS
 
 
-def memory_with_connections(host, port, pids, count=1000):
-    idle = pss_kib(pids)
+def hold_open(host, port, count):
+    """`count` connections through a stack, each carried to the application and back once,
+    left open; the caller closes them."""
     held = []
     try:
         for _ in range(count):
@@ -367,11 +374,33 @@ def memory_with_connections(host, port, pids, count=1000):
             held.append(s)
         for s in held:  # each one made it all the way to the application and back
             assert s.recv(1) == b"x"
+    except BaseException:
+        for s in held:
+            s.close()
+        raise
+    return held
+
+
+def memory_with_connections(host, port, pids, count=1000):
+    idle = pss_kib(pids)
+    held = hold_open(host, port, count)
+    try:
         loaded = pss_kib(pids)
     finally:
         for s in held:
             s.close()
     return idle, loaded
+
+
+def connection_rate_while_holding(host, port, count, pids=(), cpu=None):
+    """The connection rate with `count` idle connections open through the same stack: what each
+    new connection costs once a proxy already carries many (timers, tables)."""
+    held = hold_open(host, port, count)
+    try:
+        return connection_rate(host, port, pids, cpu)
+    finally:
+        for s in held:
+            s.close()
 
 
 # -- the stacks -------------------------------------------------------------------------------
@@ -396,6 +425,10 @@ def daemon_ready(port):
 
 
 def inside():
+    import resource
+    # Thousands of held connections: this process's sockets, and the Envoys' (they inherit it).
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     tmp = tempfile.mkdtemp(prefix="ztunnel-bench-")
     subprocess.run(["ip", "link", "set", "lo", "up"], check=True)
     # Thousands of short connections from one source address: a wide port range and TIME_WAIT
@@ -486,6 +519,11 @@ def inside():
             row("new connections/s (pooled HBONE)", "conn/s", connection_rate(SERVER, ECHO_DIRECT),
                 connection_rate("127.0.0.1", 10003, envoy_pids, envoy_cpu), connection_rate(SERVER, ECHO, ours_pids, ours_cpu))
             row("proxy CPU per connection", "CPU µs", None, envoy_cpu.get("us"), ours_cpu.get("us"), "lower")
+            envoy_cpu, ours_cpu = {}, {}
+            row(f"new connections/s, {HELD:,} held open", "conn/s", None,
+                connection_rate_while_holding("127.0.0.1", 10003, HELD, envoy_pids, envoy_cpu),
+                connection_rate_while_holding(SERVER, ECHO, HELD, ours_pids, ours_cpu))
+            row(f"proxy CPU per connection, {HELD:,} open", "CPU µs", None, envoy_cpu.get("us"), ours_cpu.get("us"), "lower")
         if wanted("handshakes"):
             envoy_cpu, ours_cpu = {}, {}
             row("full mTLS handshakes/s", "handshakes/s", None, handshake_rate(10002, f"{tmp}/certs", envoy_pids, envoy_cpu),
