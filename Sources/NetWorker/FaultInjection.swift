@@ -65,6 +65,10 @@ enum FaultInjection {
         /// open-file probe as a marker that they were all relayed or dropped: the Supervisor
         /// relays at most 1,024 a second and does not kill the NetWorker for the rest.
         case demandFlood = "demand-flood"
+        /// `revocationsApplied(generation: port, accepted: true)`: a lie about CRL_PATH bytes the
+        /// NetWorkers refused. The Supervisor believes it; the NetWorkers started later get those
+        /// bytes, refuse them too, and so refuse every peer (fail closed).
+        case crlAccept = "crl-accept"
         /// The same three in the xDS worker (relayed): Landlock allows XDS_ADDRESS's port only.
         case xdsOpenFile = "xds-open-file"
         case xdsMakeDirectory = "xds-make-dir"
@@ -161,6 +165,9 @@ enum FaultInjection {
             // 200 requests of 64: over the 4,096 a second even when they straddle two or three of
             // the Supervisor's one-second windows (100 could split 50/50 on a slow machine).
             for _ in 0..<(kind == .podSocketsFlood ? 200 : 1) { try? channel.send(request) }
+        case .crlAccept:
+            try? channel.send(WorkerMessage.revocationsApplied(generation: UInt64(port), accepted: true).frame())
+            Log.warn("fault crl-accept: sent generation \(port) as accepted")
         case .demandFlood:
             for index in 0..<5000 {
                 try? channel.send(WorkerMessage.demand("/10.200.\(index / 256).\(index % 256)").frame())

@@ -253,3 +253,37 @@ def test_rejections_are_one_sum_whichever_networker_answers_the_scrape(start_dae
         body = http(daemon.ports["stats"], "/metrics")[1]
         lines = [l for l in body.splitlines() if l.startswith('istio_crl_policy_rejections_total{reporter="destination"}')]
         assert lines == ['istio_crl_policy_rejections_total{reporter="destination"} 3'], lines
+
+
+def test_a_networker_lying_that_bad_lists_are_in_force_makes_later_ones_fail_closed(start_daemon, tmp_path, echo_server):
+    """The threat model's claim about a compromised NetWorker (it can answer `revocationsApplied`
+    as it likes): saying "accepted" for a generation every NetWorker refused makes the Supervisor
+    hand those bytes to the NetWorkers started later, which cannot parse them either and so
+    refuse every peer (readiness names the lists): fail closed, never open. Fault probe
+    `crl-accept` (the generation as `port`)."""
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "echo", namespace="shop")
+    ca.issue(str(tmp_path / "client"), "client")
+    crl = str(tmp_path / "ca-crl.pem")
+    write_atomically(crl, ca.revocation_list([]))
+    daemon = start_daemon(local_config=config(echo_server.port), extra_env={
+        "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "CRL_PATH": crl, "ZTUNNEL_DEBUG_FAULT_INJECTION": "true"})
+    daemon.wait_ready()
+    wait_for(lambda: "identity available" in daemon.log(), 30, "the server identity")
+    assert not handshake_refused(daemon, str(tmp_path / "client"))
+
+    write_atomically(crl, b"-----BEGIN X509 CRL-----\nnot base64\n-----END X509 CRL-----\n")
+    wait_for(lambda: daemon.audit_events("crl_refused"), 30, "generation 2 refused")
+    assert not handshake_refused(daemon, str(tmp_path / "client")), "the lists in force stay"
+    assert http(daemon.ports["admin"], "/debug/fault?kind=crl-accept&port=2", method="POST")[0] == 200
+    wait_for(lambda: "fault crl-accept: sent" in daemon.log(), 10, "the lie sent")
+
+    (old,) = daemon.workers("net-worker")
+    os.kill(old, signal.SIGKILL)
+    wait_for(lambda: (lambda pids: pids and old not in pids)(daemon.workers("net-worker")), 30, "a new NetWorker")
+    # The new NetWorker was handed generation 2 as the lists in force: none parses, none in force.
+    wait_for(lambda: "CRL_PATH generation 2 refused: PEM block 1 of 1 is no X509 CRL that parses; CRL_PATH holds no "
+             "revocation list that parses" in daemon.log(), 30, "the new NetWorker refusing generation 2 with no lists in force")
+    wait_for(lambda: (lambda r: r[0] == 500 and "revocation lists" in r[1])(http(daemon.ports["readiness"], "/healthz/ready")),
+             30, "readiness naming the revocation lists")
+    assert handshake_refused(daemon, str(tmp_path / "client")), "fail closed: no peer accepted unchecked"
