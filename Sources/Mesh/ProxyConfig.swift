@@ -32,6 +32,8 @@ public struct ProxyConfig: Equatable, Sendable {
     /// `PROXY_CONFIG: proxyAdminPort: expected a port 1-65535, got "0" (line 1)`.
     public struct ParseError: Error, CustomStringConvertible, Sendable {
         public let description: String
+        /// The line the YAML reader refused, when it was the reader (not a field's check).
+        var readerLine: Int? = nil
     }
 
     static let metadataPrefix = "ISTIO_META_"
@@ -47,47 +49,63 @@ public struct ProxyConfig: Equatable, Sendable {
 
     /// The mesh file: a MeshConfig document whose `defaultConfig` is a ProxyConfig. Its other
     /// keys (trustDomain, defaultProviders, ...) are not ztunnel's and are ignored. The reader is
-    /// a strict YAML subset; when the whole file is beyond it (a PEM block scalar in
-    /// caCertificates, an anchor in extensionProviders), the top-level `defaultConfig:` block is
-    /// read alone, and `skipped` says why (for the caller to log). Only a defaultConfig the reader
-    /// refuses is an error.
+    /// a strict YAML subset; when it refuses the file at a line outside the top-level
+    /// `defaultConfig:` block (a PEM block scalar in caCertificates, an anchor in
+    /// extensionProviders), that block is read alone, and `skipped` says why (for the caller to
+    /// log). A refusal inside the block, a file with two such blocks or several documents, is an
+    /// error.
     public static func parseMeshConfig(_ text: String, origin: String) throws -> (config: ProxyConfig?, skipped: String?) {
         let root: YAMLNode?
         var skipped: String?
         do {
             root = try document(text, origin: origin)
         } catch let error as ParseError {
-            guard let section = defaultConfigSection(text) else { throw error }
+            guard let line = error.readerLine, let section = defaultConfigSection(text), !section.lines.contains(line) else {
+                throw error
+            }
             skipped = error.description
-            root = try document(section, origin: origin)
+            root = try document(section.text, origin: origin)
         }
         guard let root, let node = root["defaultConfig"], !node.isNull else { return (nil, skipped) }
         return (try ProxyConfig(node, path: "defaultConfig.", origin: origin), skipped)
     }
 
-    /// The lines of the top-level `defaultConfig:` entry (its key line, then every line indented
-    /// or blank or a comment, up to the next top-level line), or nil when there is none. Line
-    /// numbers in errors then count from the key line.
-    static func defaultConfigSection(_ text: String) -> String? {
-        var lines: [Substring] = []
-        var inside = false
-        for line in text.split(separator: "\n", omittingEmptySubsequences: false) {
+    /// The top-level `defaultConfig:` entry alone: its key line and every following line that is
+    /// indented, blank or a comment, up to the next top-level line; every other line blanked, so
+    /// line numbers stay the file's. `lines` is its 1-based range. Nil when there is no such
+    /// entry, or two, or a document marker past the first line (several documents).
+    static func defaultConfigSection(_ text: String) -> (text: String, lines: ClosedRange<Int>)? {
+        var body = Substring(text)
+        if body.hasPrefix("\u{FEFF}") { body = body.dropFirst() }
+        // "\r\n" is one Character in Swift, a newline like "\n".
+        let lines = body.split(omittingEmptySubsequences: false, whereSeparator: \.isNewline)
+        var start: Int?
+        var end = lines.count
+        var sawContent = false
+        for (index, line) in lines.enumerated() {
             let trimmed = line.drop { $0 == " " || $0 == "\t" }
-            let topLevel = !line.isEmpty && line.first != " " && line.first != "\t" && !trimmed.hasPrefix("#") && line != "\r"
-            if topLevel {
-                if inside { break }
-                if line.hasPrefix("defaultConfig:") || line.hasPrefix("\"defaultConfig\":") || line.hasPrefix("'defaultConfig':") {
-                    inside = true
-                }
+            guard let first = line.first, first != " ", first != "\t", !trimmed.hasPrefix("#") else { continue }
+            if line.hasPrefix("---") || line.hasPrefix("...") {
+                if sawContent { return nil }
+                continue
             }
-            if inside { lines.append(line) }
+            sawContent = true
+            if start != nil && end == lines.count { end = index }
+            if line.hasPrefix("defaultConfig:") || line.hasPrefix("\"defaultConfig\":") || line.hasPrefix("'defaultConfig':") {
+                if start != nil { return nil }
+                start = index
+            }
         }
-        return inside ? lines.joined(separator: "\n") + "\n" : nil
+        guard let start else { return nil }
+        let kept = lines.enumerated().map { index, line in (start..<end).contains(index) ? line : "" }
+        return (kept.joined(separator: "\n") + "\n", (start + 1)...end)
     }
 
     private static func document(_ text: String, origin: String) throws -> YAMLNode? {
         let root: YAMLNode?
-        do { root = try YAMLReader.parse(text) } catch { throw ParseError(description: "\(origin): \(error)") }
+        do { root = try YAMLReader.parse(text) } catch {
+            throw ParseError(description: "\(origin): \(error)", readerLine: (error as? YAMLError)?.line)
+        }
         guard let root, !root.isNull else { return nil }
         guard root.tag == nil, root.mappingEntries != nil else {
             throw ParseError(description: "\(origin): the top level must be a mapping, got \(root.kindName) (line \(root.line))")

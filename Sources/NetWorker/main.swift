@@ -52,7 +52,7 @@ enum NetWorkerMain {
         let bounds = Bounds(configuration)
         if configuration.isInPodMode {
             PodDialer.shared = PodDialer(poolTarget: configuration.int("ZTUNNEL_POD_SOCKET_POOL"),
-                                         bindsOriginalSource: configuration.usesOriginalSource) { uid, family, count in
+                                         bindsOriginalSource: started.setup.seccomp.allows(syscall: "bind")) { uid, family, count in
                 // Never blocks an event loop: a full channel drops the request; the connection
                 // waiting for a socket gives up at its deadline and the next one asks again.
                 try? channel.send(WorkerMessage.podSocketsWanted(uid: uid, family: family, count: count).frame(), blocking: false)

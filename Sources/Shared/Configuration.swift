@@ -308,18 +308,6 @@ public struct Configuration: Sendable {
 
     static func isDeclared(_ name: String) -> Bool { settings.contains { $0.name == name } }
 
-    /// Sets a declared setting after resolution (the Supervisor's decisions that depend on the
-    /// host, e.g. original source off where Landlock cannot hold the NetWorker's bind); checked
-    /// like any value.
-    public mutating func override(_ name: String, with value: String) throws {
-        guard let setting = Self.settings.first(where: { $0.name == name }), available.contains(name) else {
-            throw ParseError.invalid(setting: name, source: "override", reason: "not a setting of this process")
-        }
-        if !value.isEmpty, let reason = setting.problem(with: value) {
-            throw ParseError.invalid(setting: name, source: "override", reason: reason)
-        }
-        values[name] = value
-    }
 
     /// The prefix `name` starts with (the longest: ISTIO_METAJSON_ before ISTIO_META_).
     public static func passthroughPrefix(of name: String) -> String? {
@@ -374,13 +362,6 @@ public struct Configuration: Sendable {
     /// DNS_CAPTURE (ISTIO_META_DNS_CAPTURE) is set to anything but "true".
     public var dnsProxyEnabled: Bool {
         isInPodMode && (passthroughValues["ISTIO_META_DNS_CAPTURE"] ?? "true").lowercased() == "true"
-    }
-
-    /// In-pod mode binds each connection to an application to the client's address, as upstream
-    /// (ISTIO_COMPAT §2: IP_TRANSPARENT; istio-cni's connmark 0x111 routes the replies back),
-    /// unless ENABLE_ORIG_SRC is false.
-    public var usesOriginalSource: Bool {
-        isInPodMode && Setting.parseBool(string("ENABLE_ORIG_SRC")) != false
     }
 
     public var isSocks5Enabled: Bool {

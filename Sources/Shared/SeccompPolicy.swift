@@ -79,6 +79,11 @@ public struct SeccompPolicy: Sendable, Equatable {
     /// seccomp has six syscall arguments.
     public static let maxArgumentIndex: UInt8 = 5
 
+    /// Whether a rule allows `syscall` (with or without conditions).
+    public func allows(syscall: String) -> Bool {
+        rules.contains { $0.name == syscall && $0.action == .allow }
+    }
+
     /// This policy without any rule for `syscall`: a profile's mode-dependent allowance that the
     /// configuration in force does not need (the NetWorker's `bind`, original source only).
     public func removing(syscall: String) -> SeccompPolicy {

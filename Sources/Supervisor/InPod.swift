@@ -54,12 +54,15 @@ final class InPod {
     private let path: String
     private let mark: UInt32
     private let reusePort: Bool
-    /// Original source (ENABLE_ORIG_SRC not false): IP_TRANSPARENT on the pod listeners and on
-    /// the sockets made for a NetWorker's connections (with IP_FREEBIND, so it can bind them to
-    /// the client's address); best effort unless `transparentRequired` (true), when a listener
-    /// that cannot be made transparent fails the pod, as upstream.
+    /// IP_TRANSPARENT on the pod listeners unless ENABLE_ORIG_SRC is false: best effort, or,
+    /// with true (`transparentRequired`), a listener that cannot be made transparent fails the
+    /// pod, as upstream.
     private let transparent: Bool
     private let transparentRequired: Bool
+    /// IP_TRANSPARENT and IP_FREEBIND on the sockets made for a NetWorker's connections, so it
+    /// can bind them to the client's address: when the NetWorkers bind (original source, decided
+    /// at start: `OriginalSource.networkerBinds`).
+    private let transparentSockets: Bool
     private let ipv6: Bool
     private let copies: Int
     private let listenerSpecs: [(name: String, address: SocketAddress)]
@@ -79,7 +82,8 @@ final class InPod {
     private(set) var started: UInt64 = 0
     private(set) var stopped: UInt64 = 0
 
-    init(configuration: Configuration, audit: AuditSink) {
+    init(configuration: Configuration, audit: AuditSink, transparentSockets: Bool) {
+        self.transparentSockets = transparentSockets
         path = configuration.string("INPOD_UDS")
         mark = UInt32(clamping: configuration.int("PACKET_MARK"))
         reusePort = configuration.bool("INPOD_PORT_REUSE")
@@ -482,7 +486,7 @@ final class InPod {
         guard let pod = pods[uid], pod.isUp else { return nil }
         do {
             let made = try sockets(in: pod.netns, family: family == .ipv4 ? AF_INET : AF_INET6, count: count)
-            if transparent {
+            if transparentSockets {
                 // Lets the NetWorker bind a connection to an application to the client's address
                 // (it has no capability to set these itself). Best effort: without them its bind
                 // fails and the connection leaves from the pod's address.

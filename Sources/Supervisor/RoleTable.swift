@@ -68,14 +68,14 @@ struct RoleSpec {
     /// with original source (ENABLE_ORIG_SRC not false) a NetWorker binds its connections to an
     /// application to the client's address, so it may bind port 0 (an ephemeral port), never a
     /// chosen one.
-    func landlock(_ configuration: Configuration) -> Landlock.Policy {
+    func landlock(_ configuration: Configuration, seccomp: SeccompPolicy?) -> Landlock.Policy {
         var connectPorts: [UInt16]?
         if role == .certWorker {
             connectPorts = CAAddress.port(of: configuration.string("CA_ADDRESS")).map { [$0] } ?? []
         } else if role == .xdsWorker {
             connectPorts = CAAddress.port(of: configuration.string("XDS_ADDRESS")).map { [$0] } ?? []
         }
-        let bindPorts: [UInt16] = role == .netWorker && configuration.usesOriginalSource ? [0] : []
+        let bindPorts: [UInt16] = role == .netWorker && seccomp?.allows(syscall: "bind") == true ? [0] : []
         return Landlock.Policy(denyFilesystem: true, allowedTCPConnectPorts: connectPorts, allowedTCPBindPorts: bindPorts,
                                scopeSignals: true, scopeAbstractUnixSockets: true)
     }

@@ -104,7 +104,9 @@ final class Supervisor {
         crlFile = crlPath.isEmpty ? nil : SettledFile(path: crlPath, limit: Self.crlMaxBytes, settled: [])
         self.configuration = configuration
         logFilter = configuration.string("RUST_LOG")
-        inPod = configuration.isInPodMode ? InPod(configuration: configuration, audit: audit) : nil
+        inPod = configuration.isInPodMode
+            ? InPod(configuration: configuration, audit: audit, transparentSockets: policies[.netWorker]?.allows(syscall: "bind") == true)
+            : nil
         self.audit = audit
         self.broker = broker
         self.binDirectory = binDirectory
@@ -193,7 +195,7 @@ final class Supervisor {
                            gid: UInt32(configuration.int(slot.spec.gidSetting)),
                            isDumpable: slot.spec.isDumpable,
                            seccomp: policies[slot.spec.role] ?? SeccompPolicy(isAuditMode: false, rules: []),
-                           landlock: slot.spec.landlock(configuration))
+                           landlock: slot.spec.landlock(configuration, seccomp: policies[slot.spec.role]))
     }
 
     /// Dispatches one message from a worker. Each case checks the worker's state first: a message

@@ -65,7 +65,7 @@ enum Main {
         default:
             break
         }
-        var configuration = loadConfiguration(arguments: arguments)
+        let configuration = loadConfiguration(arguments: arguments)
         Log.configure(level: configuration.string("RUST_LOG"), format: configuration.string("LOG_FORMAT"), component: "supervisor")
         // Upstream settings this daemon cannot honour: refused, not silently ignored, since each
         // asks for a security property it would not get.
@@ -129,17 +129,19 @@ enum Main {
         var policies: [WorkerRole: SeccompPolicy]
         do { policies = try loadSeccompPolicies(configuration, binDirectory: binDirectory) } catch { fail("\(error)") }
         // Original source needs bind(2) in the NetWorker, which its profile allows for that
-        // alone: Landlock (ABI 4) keeps it to port 0. Unset = where the kernel allows: without
-        // Landlock ABI 4 it is off; true asks for it regardless, with a warning. Off, the rule goes.
-        if configuration.isInPodMode && Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) == nil && Landlock.abiVersion() < 4 {
-            Log.info("original source is off: this kernel has no Landlock ABI 4 to keep a NetWorker's bind to port 0 "
-                     + "(applications see their pod's address; ENABLE_ORIG_SRC=true turns it on anyway)")
-            do { try configuration.override("ENABLE_ORIG_SRC", with: "false") } catch { fail("\(error)") }
+        // alone; the NetWorker binds exactly when its policy keeps the rule, and Landlock (ABI 4)
+        // then holds the bind to port 0 (`OriginalSource`).
+        let setting = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC"))
+        let abi = Landlock.abiVersion()
+        let binds = OriginalSource.networkerBinds(inPodMode: configuration.isInPodMode, setting: setting, landlockABI: abi)
+        if configuration.isInPodMode && setting == nil && !binds {
+            Log.info("original source is off: this kernel has no Landlock ABI 4 (Linux 6.7) to keep a NetWorker's bind to "
+                     + "port 0; applications see their pod's address (ENABLE_ORIG_SRC=true turns it on anyway)")
         }
-        if configuration.usesOriginalSource && Landlock.abiVersion() < 4 {
+        if binds && abi < 4 {
             Log.warn("ENABLE_ORIG_SRC=true without Landlock ABI 4: a NetWorker may bind any port, not only port 0")
         }
-        if !configuration.usesOriginalSource, let netWorker = policies[.netWorker] {
+        if !binds, let netWorker = policies[.netWorker] {
             policies[.netWorker] = netWorker.removing(syscall: "bind")
         }
 

@@ -75,10 +75,27 @@ import Testing
         #expect(config.discoveryAddress == "istiod.istio-system.svc:15012")
         #expect(config.proxyMetadata.map(\.key) == ["DNS_CAPTURE"])
         #expect(skipped?.contains("block scalars") == true)
-        // Without a defaultConfig, the file's own error stands; inside it, the section's.
-        #expect(throws: ProxyConfig.ParseError.self) { try ProxyConfig.parseMeshConfig("a: |\n  x\n", origin: "mesh") }
-        #expect(throws: ProxyConfig.ParseError.self) {
-            try ProxyConfig.parseMeshConfig("a: |\n  x\ndefaultConfig:\n  concurrency: &c 2\n", origin: "mesh")
+        // CRLF line ends, a BOM: the same.
+        let crlf = "\u{FEFF}" + text.split(separator: "\n", omittingEmptySubsequences: false).joined(separator: "\r\n")
+        #expect(try ProxyConfig.parseMeshConfig(crlf, origin: "mesh").config?.discoveryAddress == "istiod.istio-system.svc:15012")
+    }
+
+    /// The fallback takes only a refusal outside the block: without a defaultConfig the file's
+    /// own error stands, and so does one inside it (with the file's line number), two blocks, or
+    /// a second document.
+    @Test(arguments: [
+        ("a: |\n  x\n", "mesh: line 1: block scalars"),
+        ("a: |\n  x\ndefaultConfig:\n  concurrency: &c 2\n", "mesh: line 4: anchors"),
+        ("a: |\n  x\ndefaultConfig:\n  concurrency: 1\ndefaultConfig:\n  concurrency: 2\n", "mesh: line 1: block scalars"),
+        ("a: |\n  x\ndefaultConfig:\n  concurrency: 1\n---\nb: 1\n", "mesh: line 1: block scalars"),
+        ("a: |\n  x\n\ndefaultConfig:\n  concurrency: lots\n", "mesh: defaultConfig.concurrency: expected a thread count 0-65535, got \"lots\" (line 5)"),
+    ])
+    func theFallbackTakesOnlyARefusalOutsideTheBlock(text: String, expected: String) {
+        do {
+            _ = try ProxyConfig.parseMeshConfig(text, origin: "mesh")
+            Issue.record("accepted: \(text)")
+        } catch {
+            #expect("\(error)".hasPrefix(expected), "\(error)")
         }
     }
 
