@@ -229,7 +229,9 @@ final class HBONEPool {
     func connection(for tunnel: OutboundRouting.Tunnel) -> EventLoopFuture<HBONEClientHandler> {
         eventLoop.preconditionInEventLoop()
         let key = tunnel.key
-        if let usable = connections[key]?.first(where: \.hasCapacity) {
+        // Newest first: older connections fill up and stay full while their streams live, so a
+        // search from the oldest walks every full one (a measured cost with 15,000 streams open).
+        if let usable = connections[key]?.last(where: \.hasCapacity) {
             usable.reserve()
             return eventLoop.makeSucceededFuture(usable)
         }
