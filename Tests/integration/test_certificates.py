@@ -104,6 +104,10 @@ def test_inspection_and_a_handshake_with_a_managed_identity(start_daemon, tmp_pa
     header, row = table.stdout.splitlines()
     assert header.split()[:3] == ["IDENTITY", "STATE", "SERIAL"]
     assert row.split()[:3] == [CART, "Available", entry["certChain"][0]["serialNumber"]]
+    # A daemon whose admin port PROXY_CONFIG moved is found the same way by `ztunnel certs`.
+    moved = subprocess.run([ZTUNNEL, "certs"], env={"PROXY_CONFIG": f'{{"proxyAdminPort": {daemon.ports["admin"]}}}'},
+                           capture_output=True, text=True, timeout=30)
+    assert moved.returncode == 0 and moved.stdout == table.stdout, moved.stderr
 
     metrics = http(daemon.ports["stats"], "/metrics")[1]
     expiry = [line for line in metrics.splitlines() if line.startswith("ztunnel_certificate_expiry_seconds{")]
