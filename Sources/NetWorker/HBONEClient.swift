@@ -454,7 +454,7 @@ enum HBONETunnel {
             }
             do {
                 // On the client's loop (the tunnel future completes there): added at once.
-                try client.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloser(onIdle)])
+                try client.pipeline.syncOperations.addHandlers([IdleWatch(timeout: idle, onIdle: onIdle)])
                 try connection.attach(client, to: stream)
             } catch {
                 connection.cancel(stream)

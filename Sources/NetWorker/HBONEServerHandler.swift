@@ -221,7 +221,7 @@ final class HBONEServerHandler: HTTP2Connection {
                 // at once: an application that speaks first waits for it.
                 if let proxy { upstream.writeAndFlush(upstream.allocator.buffer(bytes: proxy.header), promise: nil) }
                 do {
-                    try upstream.pipeline.syncOperations.addHandlers([IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle)])
+                    try upstream.pipeline.syncOperations.addHandlers([IdleWatch(timeout: .milliseconds(idle), onIdle: onIdle)])
                     try handler.attach(upstream, to: stream)
                 } catch {
                     upstream.close(promise: nil)

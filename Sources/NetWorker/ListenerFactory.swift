@@ -158,7 +158,7 @@ struct ListenerFactory {
                 return identity.map { identities.waitForCertificate($0, on: channel.eventLoop) } ?? channel.eventLoop.makeSucceededVoidFuture()
             }
             return certificateHere.flatMap { channel.pipeline.addHandlers([
-                IdleStateHandler(allTimeout: .milliseconds(idle)), IdleCloser(onIdle),
+                IdleWatch(timeout: .milliseconds(idle), onIdle: onIdle),
                 TLSHandler(role: .server(choose: certificate), signer: signer, bounds: bounds, reporter: reporter),
                 HBONEServerHandler(authorization: authorization, metrics: metrics, proxyPorts: guardrails.proxyPorts,
                                    bounds: bounds, reporter: reporter),

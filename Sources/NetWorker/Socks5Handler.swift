@@ -298,7 +298,7 @@ enum Upstream {
         // One timer, on the client side: it sees a read for every byte the client sends and a
         // write for every byte the upstream sends, so it measures silence in both directions.
         upstream.pipeline.addHandler(upstreamSide).flatMap {
-            client.pipeline.addHandlers([IdleStateHandler(allTimeout: idle), IdleCloser(onIdle), clientSide])
+            client.pipeline.addHandlers([IdleWatch(timeout: idle, onIdle: onIdle), clientSide])
         }.flatMap {
             client.pipeline.removeHandler(handler)
         }.whenFailure { _ in
@@ -308,19 +308,3 @@ enum Upstream {
     }
 }
 
-/// Closes its channel (and so, through the relay, the partner) on an idle event.
-final class IdleCloser: ChannelInboundHandler {
-    typealias InboundIn = NIOAny
-    private let onIdle: @Sendable () -> Void
-
-    init(_ onIdle: @escaping @Sendable () -> Void) { self.onIdle = onIdle }
-
-    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
-        if event is IdleStateHandler.IdleStateEvent {
-            onIdle()
-            context.close(promise: nil)
-            return
-        }
-        context.fireUserInboundEventTriggered(event)
-    }
-}

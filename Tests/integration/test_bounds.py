@@ -86,6 +86,23 @@ def test_socks5_keeps_pipelined_bytes_and_closes_idle_relays(start_daemon, echo_
     wait_for(lambda: metric(daemon, "socks5", "idle_timeout") >= 1, 10, "idle timeout counted")
 
 
+def test_a_relay_with_traffic_outlives_the_idle_timeout(start_daemon, echo_server):
+    """The idle timeout counts silence, not age: bytes every 100 ms keep a relay open for longer
+    than the timeout (3 s: a stall of nearly that long would be needed to close it early), and
+    silence then closes it."""
+    daemon = start_daemon(extra_env={"ZTUNNEL_IDLE_TIMEOUT": "3s"})
+    daemon.wait_ready()
+    with socks5_open(daemon.ports["socks5"], echo_server.port, b"") as s:
+        deadline = time.monotonic() + 4.5
+        while time.monotonic() < deadline:
+            s.sendall(b"k")
+            assert s.recv(1) == b"k", "the relay closed while bytes flowed"
+            time.sleep(0.1)
+        assert metric(daemon, "socks5", "idle_timeout") == 0
+        assert closed_by_peer(s, 30)
+    wait_for(lambda: metric(daemon, "socks5", "idle_timeout") >= 1, 10, "idle timeout counted")
+
+
 def test_connection_cap_closes_the_excess_and_keeps_serving(start_daemon):
     daemon = start_daemon(extra_env={"ZTUNNEL_MAX_CONNECTIONS": "20", "ZTUNNEL_HANDSHAKE_TIMEOUT": "60s"})
     daemon.wait_ready()
