@@ -1,5 +1,5 @@
 import NIOCore
-import Shared
+import NIOPosix
 
 /// Closes a relayed connection with no bytes either way for `timeout` (ZTUNNEL_IDLE_TIMEOUT), and
 /// says so through `onIdle` first.
@@ -9,7 +9,9 @@ import Shared
 /// SwiftNIO cancels by a linear scan of that heap. With 15,000 connections open the scans took
 /// about 5% of our event loops' CPU (`make bench`'s held row under perf). Here a connection only
 /// notes when it last read or wrote; one sweep per event loop (`IdleSweeper`) looks at all of
-/// them a few times per timeout, and a closed connection leaves in O(1).
+/// them a few times per timeout, and a closed connection leaves in O(1). So a silent connection
+/// closes up to one sweep interval after its timeout (a quarter of it, at most 1 s late), where
+/// IdleStateHandler closed it on time.
 final class IdleWatch: ChannelDuplexHandler {
     typealias InboundIn = NIOAny
     typealias OutboundIn = NIOAny
@@ -55,9 +57,13 @@ final class IdleWatch: ChannelDuplexHandler {
         context.write(data, promise: promise)
     }
 
-    /// Called by the sweep, on the channel's loop.
-    fileprivate func check(now: UInt64) {
-        guard let context, now &- lastActivity >= timeoutNanoseconds else { return }
+    /// Whether the timeout passed at `now` (the sweep asks on the channel's loop).
+    fileprivate func isIdle(now: UInt64) -> Bool { now &- lastActivity >= timeoutNanoseconds }
+
+    /// Closes the channel as idle, unless it went inactive in the same sweep (closing one
+    /// connection can close its partner on the same loop).
+    fileprivate func closeIdle() {
+        guard sweeper != nil, let context else { return }
         sweeper?.remove(self)
         sweeper = nil
         onIdle()
@@ -68,17 +74,17 @@ final class IdleWatch: ChannelDuplexHandler {
 /// The connections an event loop watches for idleness, looked at every quarter of the shortest
 /// timeout among them (between 20 ms and 1 s) while there are any. Used on its loop only.
 final class IdleSweeper: @unchecked Sendable {
-    private static let lock = Mutex()
-    nonisolated(unsafe) private static var byLoop: [ObjectIdentifier: IdleSweeper] = [:]
+    /// One per event loop thread, found without a lock (each loop runs on one thread for life).
+    private static let current = ThreadSpecificVariable<IdleSweeper>()
 
-    /// The loop's sweeper (event loops live as long as the process).
+    /// The sweeper of `loop`, called on it.
     static func forLoop(_ loop: EventLoop) -> IdleSweeper {
-        lock.withLock {
-            if let sweeper = byLoop[ObjectIdentifier(loop)] { return sweeper }
-            let sweeper = IdleSweeper(loop: loop)
-            byLoop[ObjectIdentifier(loop)] = sweeper
-            return sweeper
-        }
+        loop.preconditionInEventLoop()
+        // Another loop on this thread (tests' embedded loops) gets a sweeper of its own.
+        if let sweeper = current.currentValue, sweeper.loop === loop { return sweeper }
+        let sweeper = IdleSweeper(loop: loop)
+        current.currentValue = sweeper
+        return sweeper
     }
 
     private let loop: EventLoop
@@ -115,7 +121,9 @@ final class IdleSweeper: @unchecked Sendable {
             return
         }
         let now = NIODeadline.now().uptimeNanoseconds
-        // `check` may remove entries: iterate over a copy of the values.
-        for watch in Array(watched.values) { watch.check(now: now) }
+        // The idle ones first (closing removes entries), without copying the rest.
+        var idle: [IdleWatch] = []
+        for watch in watched.values where watch.isIdle(now: now) { idle.append(watch) }
+        for watch in idle { watch.closeIdle() }
     }
 }

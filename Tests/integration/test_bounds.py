@@ -3,6 +3,7 @@ reaching one is logged once with the listener and the peer and counted on the st
 import resource
 import socket
 import struct
+import threading
 import time
 
 from daemon import http, proc_status, wait_for
@@ -101,6 +102,34 @@ def test_a_relay_with_traffic_outlives_the_idle_timeout(start_daemon, echo_serve
         assert metric(daemon, "socks5", "idle_timeout") == 0
         assert closed_by_peer(s, 30)
     wait_for(lambda: metric(daemon, "socks5", "idle_timeout") >= 1, 10, "idle timeout counted")
+
+    # A download: the server pushes a byte every 100 ms, the client only reads. The relay's
+    # writes to the client count as traffic too.
+    pusher = socket.socket()
+    pusher.bind(("127.0.0.1", 0))
+    pusher.listen(1)
+    def push():
+        conn, _ = pusher.accept()
+        with conn:
+            deadline = time.monotonic() + 4.5
+            while time.monotonic() < deadline:
+                conn.sendall(b"p")
+                time.sleep(0.1)
+            conn.sendall(b"!")
+            time.sleep(60)  # then silence, until the relay closes or the test ends
+    threading.Thread(target=push, daemon=True).start()
+    try:
+        with socks5_open(daemon.ports["socks5"], pusher.getsockname()[1], b"") as s:
+            received = b""
+            while not received.endswith(b"!"):
+                chunk = s.recv(64)
+                assert chunk, "the relay closed while the server sent"
+                received += chunk
+            assert len(received) > 30
+            assert metric(daemon, "socks5", "idle_timeout") == 1
+            assert closed_by_peer(s, 30)
+    finally:
+        pusher.close()
 
 
 def test_connection_cap_closes_the_excess_and_keeps_serving(start_daemon):
