@@ -69,14 +69,11 @@ public struct WorkerSetup: Equatable, Sendable {
         writer.bool(landlock != nil)
         if let landlock {
             writer.bool(landlock.denyFilesystem)
-            writer.bool(landlock.allowedTCPConnectPorts != nil)
-            let ports = landlock.allowedTCPConnectPorts ?? []
-            writer.u16(UInt16(ports.count))
-            for port in ports { writer.u16(port) }
-            writer.bool(landlock.allowedTCPBindPorts != nil)
-            let bindPorts = landlock.allowedTCPBindPorts ?? []
-            writer.u16(UInt16(bindPorts.count))
-            for port in bindPorts { writer.u16(port) }
+            for ports in [landlock.allowedTCPConnectPorts, landlock.allowedTCPBindPorts] {
+                writer.bool(ports != nil)
+                writer.u16(UInt16(ports?.count ?? 0))
+                for port in ports ?? [] { writer.u16(port) }
+            }
             writer.bool(landlock.scopeSignals)
             writer.bool(landlock.scopeAbstractUnixSockets)
         }
@@ -123,20 +120,22 @@ public struct WorkerSetup: Equatable, Sendable {
     private static func landlock(from reader: inout WireReader) throws -> Landlock.Policy? {
         guard try reader.bool("landlock present") else { return nil }
         let denyFilesystem = try reader.bool("landlock filesystem")
-        let restrictsConnect = try reader.bool("landlock connect restricted")
-        let count = try reader.count("landlock ports", max: 64)
-        var ports: [UInt16] = []
-        for _ in 0..<count { ports.append(try reader.u16("landlock port")) }
-        // One encoding: ports only when connect is restricted.
-        guard restrictsConnect || ports.isEmpty else { throw IPCError.malformed("landlock ports without a connect restriction") }
-        let restrictsBind = try reader.bool("landlock bind restricted")
-        let bindCount = try reader.count("landlock bind ports", max: 64)
-        var bindPorts: [UInt16] = []
-        for _ in 0..<bindCount { bindPorts.append(try reader.u16("landlock bind port")) }
-        guard restrictsBind || bindPorts.isEmpty else { throw IPCError.malformed("landlock bind ports without a bind restriction") }
-        return Landlock.Policy(denyFilesystem: denyFilesystem, allowedTCPConnectPorts: restrictsConnect ? ports : nil,
-                               allowedTCPBindPorts: restrictsBind ? bindPorts : nil, scopeSignals: try reader.bool("landlock signals"),
+        let connectPorts = try ports("connect", from: &reader)
+        let bindPorts = try ports("bind", from: &reader)
+        return Landlock.Policy(denyFilesystem: denyFilesystem, allowedTCPConnectPorts: connectPorts,
+                               allowedTCPBindPorts: bindPorts, scopeSignals: try reader.bool("landlock signals"),
                                scopeAbstractUnixSockets: try reader.bool("landlock abstract unix"))
+    }
+
+    /// A Landlock port list (`what`: connect or bind): nil when that right is not restricted.
+    /// One encoding: ports only when it is.
+    private static func ports(_ what: String, from reader: inout WireReader) throws -> [UInt16]? {
+        let restricted = try reader.bool("landlock \(what) restricted")
+        let count = try reader.count("landlock \(what) ports", max: 64)
+        var ports: [UInt16] = []
+        for _ in 0..<count { ports.append(try reader.u16("landlock \(what) port")) }
+        guard restricted || ports.isEmpty else { throw IPCError.malformed("landlock \(what) ports without a \(what) restriction") }
+        return restricted ? ports : nil
     }
 
     /// A rule's argument conditions: at most six, each on an argument 0...5, with a known operator

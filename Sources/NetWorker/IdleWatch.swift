@@ -94,8 +94,6 @@ final class IdleSweeper: @unchecked Sendable {
 
     private init(loop: EventLoop) { self.loop = loop }
 
-    var count: Int { watched.count }
-
     func add(_ watch: IdleWatch) {
         loop.preconditionInEventLoop()
         watched[ObjectIdentifier(watch)] = watch

@@ -239,27 +239,9 @@ public struct Configuration: Sendable {
                 sources["INPOD_UDS"] = "default in Kubernetes"
             }
         }
-        var index = 0
-        while index < arguments.count {
-            let argument = arguments[index]
-            var flag = argument
-            var inline: String?
-            if let equals = argument.firstIndex(of: "=") {
-                flag = String(argument[..<equals])
-                inline = String(argument[argument.index(after: equals)...])
-            }
-            guard let setting = Self.settings.first(where: { $0.flag == flag }) else {
-                throw ParseError.unknownFlag(argument)
-            }
-            if let inline {
-                values[setting.name] = inline
-            } else {
-                guard index + 1 < arguments.count else { throw ParseError.missingValue(flag) }
-                index += 1
-                values[setting.name] = arguments[index]
-            }
-            sources[setting.name] = "flag \(flag)"
-            index += 1
+        for (setting, value) in try Self.flags(in: arguments) {
+            values[setting.name] = value
+            sources[setting.name] = "flag \(setting.flag)"
         }
         // FAKE_CA: the built-in CA, whatever CA_ADDRESS says or defaults to.
         if Setting.parseBool(values["FAKE_CA"] ?? "") == true {
@@ -308,6 +290,31 @@ public struct Configuration: Sendable {
 
     static func isDeclared(_ name: String) -> Bool { settings.contains { $0.name == name } }
 
+    /// `--flag value` / `--flag=value` pairs in order, each with its setting (a later one for
+    /// the same setting wins when applied). An unknown flag or one without a value is the error.
+    public static func flags(in arguments: [String]) throws -> [(setting: Setting, value: String)] {
+        var result: [(setting: Setting, value: String)] = []
+        var index = 0
+        while index < arguments.count {
+            let argument = arguments[index]
+            var flag = argument
+            var inline: String?
+            if let equals = argument.firstIndex(of: "=") {
+                flag = String(argument[..<equals])
+                inline = String(argument[argument.index(after: equals)...])
+            }
+            guard let setting = settings.first(where: { $0.flag == flag }) else { throw ParseError.unknownFlag(argument) }
+            if let inline {
+                result.append((setting, inline))
+            } else {
+                guard index + 1 < arguments.count else { throw ParseError.missingValue(flag) }
+                index += 1
+                result.append((setting, arguments[index]))
+            }
+            index += 1
+        }
+        return result
+    }
 
     /// The prefix `name` starts with (the longest: ISTIO_METAJSON_ before ISTIO_META_).
     public static func passthroughPrefix(of name: String) -> String? {

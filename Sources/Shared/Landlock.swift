@@ -173,19 +173,15 @@ public enum Landlock {
         // The ruleset fd is close-on-exec (the kernel sets it) and is not needed once restricted.
         defer { Syscall.close(rulesetFD) }
 
-        if handled.net & CShims_LANDLOCK_ACCESS_NET_CONNECT_TCP != 0, let ports = policy.allowedTCPConnectPorts {
-            // Sorted and unique: a duplicate rule would be harmless, but the log and errors stay stable.
-            for port in Set(ports).sorted() {
-                let rc = CShims_landlock_add_rule_net_port(rulesetFD, CShims_LANDLOCK_ACCESS_NET_CONNECT_TCP, UInt64(port))
+        // The ports a handled TCP right keeps, sorted and unique: a duplicate rule would be
+        // harmless, but the log and errors stay stable.
+        for (access, ports, step) in [(CShims_LANDLOCK_ACCESS_NET_CONNECT_TCP, policy.allowedTCPConnectPorts, LandlockError.Step.addConnectPortRule),
+                                      (CShims_LANDLOCK_ACCESS_NET_BIND_TCP, policy.allowedTCPBindPorts, LandlockError.Step.addBindPortRule)]
+        where handled.net & access != 0 {
+            for port in Set(ports ?? []).sorted() {
+                let rc = CShims_landlock_add_rule_net_port(rulesetFD, access, UInt64(port))
                 let ruleErrno = errno
-                if rc != 0 { throw LandlockError(step: .addConnectPortRule(port), errno: ruleErrno) }
-            }
-        }
-        if handled.net & CShims_LANDLOCK_ACCESS_NET_BIND_TCP != 0, let ports = policy.allowedTCPBindPorts {
-            for port in Set(ports).sorted() {
-                let rc = CShims_landlock_add_rule_net_port(rulesetFD, CShims_LANDLOCK_ACCESS_NET_BIND_TCP, UInt64(port))
-                let ruleErrno = errno
-                if rc != 0 { throw LandlockError(step: .addBindPortRule(port), errno: ruleErrno) }
+                if rc != 0 { throw LandlockError(step: step(port), errno: ruleErrno) }
             }
         }
         // No filesystem rule: every handled filesystem right is denied on every path.

@@ -87,8 +87,9 @@ final class InPod {
         path = configuration.string("INPOD_UDS")
         mark = UInt32(clamping: configuration.int("PACKET_MARK"))
         reusePort = configuration.bool("INPOD_PORT_REUSE")
-        transparent = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) != false
-        transparentRequired = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC")) == true
+        let originalSource = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC"))
+        transparent = originalSource != false
+        transparentRequired = originalSource == true
         ipv6 = configuration.bool("IPV6_ENABLED")
         copies = configuration.int("ZTUNNEL_NET_WORKERS")
         maxPods = configuration.int("ZTUNNEL_MAX_PODS")

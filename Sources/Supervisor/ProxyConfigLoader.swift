@@ -35,21 +35,10 @@ enum ProxyConfigLoader {
         return result
     }
 
-    /// The value of `flag` (`--flag value` or `--flag=value`; the last wins, as in
-    /// `Configuration`), or nil.
+    /// The value of `flag` as `Configuration` reads flags (the last wins), or nil; flags that do
+    /// not parse are left for `Configuration` to refuse.
     static func flagValue(_ flag: String, in arguments: [String]) -> String? {
-        var value: String?
-        var index = 0
-        while index < arguments.count {
-            if arguments[index] == flag, index + 1 < arguments.count {
-                value = arguments[index + 1]
-                index += 1
-            } else if arguments[index].hasPrefix(flag + "=") {
-                value = String(arguments[index].dropFirst(flag.count + 1))
-            }
-            index += 1
-        }
-        return value
+        (try? Configuration.flags(in: arguments))?.last { $0.setting.flag == flag }?.value
     }
 
     static func meshConfig(at path: String) throws -> ProxyConfig? {
