@@ -18,6 +18,7 @@
 #define KH_PROV_NAME "ztkh"
 #define KH_PARAM_HANDLE "kh-handle" /* octet string, CKEYHANDLE_ID_LEN bytes */
 #define KH_PUB_LEN 65               /* uncompressed P-256 point: 04 || X || Y */
+#define KH_EC_NAME "ZTKH-EC"         /* our keymgmt's own name, beside the EC ones */
 #define KH_SIG_MAX 72               /* DER ECDSA-Sig-Value for P-256, worst case */
 
 /* Written once by CKeyHandle_install before any SSL_CTX exists, then only read. */
@@ -259,9 +260,13 @@ static const OSSL_DISPATCH kh_signature_functions[] = {
 
 /* ---- provider --------------------------------------------------------------------------- */
 
-/* The keymgmt must carry the EC names: libssl classifies the key with EVP_PKEY_is_a. */
+/* The keymgmt must carry the EC names: libssl classifies the key with EVP_PKEY_is_a. KH_EC_NAME
+   comes first because the first name is the keymgmt's type name, which OpenSSL 3.0 maps to a
+   NID when it makes a context for one of our keys: "EC" would send the context to an ENGINE
+   registered for EC (CKeyHandle_decode_ec_public_keys_directly), which would try to export the
+   handle to a legacy EC_KEY and fail; an unknown name keeps it with this provider. */
 static const OSSL_ALGORITHM kh_keymgmt_algs[] = {
-    { "EC:id-ecPublicKey:1.2.840.10045.2.1", "provider=" KH_PROV_NAME, kh_keymgmt_functions,
+    { KH_EC_NAME ":EC:id-ecPublicKey:1.2.840.10045.2.1", "provider=" KH_PROV_NAME, kh_keymgmt_functions,
       "P-256 key whose private half is a handle" },
     { NULL, NULL, NULL, NULL }
 };
@@ -325,6 +330,22 @@ int CKeyHandle_install(CKeyHandle_sign_fn sign, void *arg)
     return 1;
 }
 
+/* The point as the certificate encodes it. Not EVP_PKEY_get_octet_string_param(PUB_KEY): for an
+   EC key decoded the legacy way (CKeyHandle_decode_ec_public_keys_directly) that answers the
+   compressed form. */
+static int kh_certificate_point(X509 *cert, unsigned char point[KH_PUB_LEN], size_t *point_len)
+{
+    const ASN1_BIT_STRING *bits = X509_get0_pubkey_bitstr(cert);
+    if (bits == NULL || ASN1_STRING_length(bits) != KH_PUB_LEN)
+        return 0;
+    const unsigned char *data = ASN1_STRING_get0_data(bits);
+    if (data[0] != 0x04)
+        return 0;
+    memcpy(point, data, KH_PUB_LEN);
+    *point_len = KH_PUB_LEN;
+    return 1;
+}
+
 EVP_PKEY *CKeyHandle_make_key(X509 *cert, const unsigned char handle[CKEYHANDLE_ID_LEN])
 {
     EVP_PKEY *pub, *key = NULL;
@@ -344,9 +365,7 @@ EVP_PKEY *CKeyHandle_make_key(X509 *cert, const unsigned char handle[CKEYHANDLE_
         || !EVP_PKEY_get_utf8_string_param(pub, OSSL_PKEY_PARAM_GROUP_NAME, group, sizeof(group),
                                            &group_len)
         || !kh_is_p256(group)
-        || !EVP_PKEY_get_octet_string_param(pub, OSSL_PKEY_PARAM_PUB_KEY, point, sizeof(point),
-                                            &point_len)
-        || point_len != KH_PUB_LEN || point[0] != 0x04) {
+        || !kh_certificate_point(cert, point, &point_len)) {
         ERR_raise_data(ERR_LIB_PROV, ERR_R_UNSUPPORTED,
                        KH_PROV_NAME ": certificate key is not an uncompressed EC P-256 key");
         return NULL;
@@ -357,8 +376,10 @@ EVP_PKEY *CKeyHandle_make_key(X509 *cert, const unsigned char handle[CKEYHANDLE_
     params[2] = OSSL_PARAM_construct_octet_string(KH_PARAM_HANDLE, id, sizeof(id));
     params[3] = OSSL_PARAM_construct_end();
     /* The propq pins the import to our keymgmt. Without it the default EC keymgmt would take
-       the import, drop "kh-handle" silently and build a public-only key. */
-    pctx = EVP_PKEY_CTX_new_from_name(NULL, "EC", "provider=" KH_PROV_NAME);
+       the import, drop "kh-handle" silently and build a public-only key. The name is our own,
+       not "EC": OpenSSL 3.0 maps "EC" to its NID first and, with an ENGINE registered for EC
+       (CKeyHandle_decode_ec_public_keys_directly), makes a legacy context that cannot import. */
+    pctx = EVP_PKEY_CTX_new_from_name(NULL, KH_EC_NAME, "provider=" KH_PROV_NAME);
     if (pctx == NULL || EVP_PKEY_fromdata_init(pctx) <= 0
         || EVP_PKEY_fromdata(pctx, &key, EVP_PKEY_KEYPAIR, params) <= 0)
         key = NULL;
