@@ -54,6 +54,10 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// The CertWorker sends 2,000 `certificate_issued` audit frames at once (identity `flood`):
     /// the Supervisor writes its budget a second and sums up the rest.
     case certAuditFlood = 28
+    /// A UDP datagram to 127.0.0.1:<port>, from the CertWorker (29) or the xDS worker (30): a
+    /// kill (SIGSYS) when the worker looks no name up, which takes UDP out of its policy; sent
+    /// otherwise, to any address (Landlock does not see UDP).
+    case certUDPSocket = 29, xdsUDPSocket = 30
 
     /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
     public enum Wall: String, Sendable, CaseIterable {
@@ -62,7 +66,9 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     }
 
     /// Which worker runs it: the xDS worker for the xds kinds, else the CertWorker.
-    public var forXDSWorker: Bool { (4...7).contains(rawValue) || (16...23).contains(rawValue) || self == .xdsSnapshotStorm }
+    public var forXDSWorker: Bool {
+        (4...7).contains(rawValue) || (16...23).contains(rawValue) || self == .xdsSnapshotStorm || self == .xdsUDPSocket
+    }
 
     /// The wall a probe kind tries, nil for the others.
     public var wall: Wall? {
@@ -82,6 +88,7 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
 
     /// The name the probe's log line carries (`cert-unshare`); the kind's own for the others.
     public var probeName: String {
+        if self == .certUDPSocket || self == .xdsUDPSocket { return (forXDSWorker ? "xds-" : "cert-") + "udp-socket" }
         guard let wall else { return "\(self)" }
         return (forXDSWorker ? "xds-" : "cert-") + wall.rawValue
     }

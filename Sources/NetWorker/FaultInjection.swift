@@ -82,6 +82,10 @@ enum FaultInjection {
         case certShutdownRequest = "cert-shutdown-request"
         /// The CertWorker sends 2,000 audit events at once (relayed, `FaultKind.certAuditFlood`).
         case certAuditFlood = "cert-audit-flood"
+        /// A UDP datagram to 127.0.0.1:`port` from the CertWorker or the xDS worker (relayed,
+        /// `FaultKind.certUDPSocket`): a kill unless the worker looks names up.
+        case certUDPSocket = "cert-udp-socket"
+        case xdsUDPSocket = "xds-udp-socket"
         /// The xDS worker publishes 200 snapshots at once (relayed, `FaultKind.xdsSnapshotStorm`).
         case xdsSnapshotStorm = "xds-snapshot-storm"
         /// This NetWorker stops reading its signer channel, then sends sign requests (for a key it
@@ -104,6 +108,8 @@ enum FaultInjection {
             case .certAuditUnlistedEvent: return .certAuditUnlistedEvent
             case .certShutdownRequest: return .certShutdownRequest
             case .certAuditFlood: return .certAuditFlood
+            case .certUDPSocket: return .certUDPSocket
+            case .xdsUDPSocket: return .xdsUDPSocket
             default: return nil
             }
         }
@@ -174,7 +180,8 @@ enum FaultInjection {
             }
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .certOpenFile, .certMakeDirectory, .certConnect, .xdsOpenFile, .xdsMakeDirectory, .xdsConnect, .xdsBadSnapshot,
-             .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood:
+             .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
+             .certUDPSocket, .xdsUDPSocket:
             break  // relayed above
         case .signerStall:
             guard let handle = identities.anyHandle() else {

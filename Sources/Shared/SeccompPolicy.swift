@@ -90,6 +90,19 @@ public struct SeccompPolicy: Sendable, Equatable {
         SeccompPolicy(isAuditMode: isAuditMode, rules: rules.filter { $0.name != syscall })
     }
 
+    /// This policy without its UDP: the `socket` rules that admit SOCK_DGRAM (a masked check of
+    /// the type argument) and `sendmmsg`, which only glibc's resolver uses (the A and AAAA
+    /// queries together). For a worker that resolves no name, so that a datagram socket, the
+    /// one way out that Landlock does not see, is a kill.
+    public func removingDatagramSockets() -> SeccompPolicy {
+        let datagram = UInt64(SOCK_DGRAM.rawValue)
+        return SeccompPolicy(isAuditMode: isAuditMode, rules: rules.filter { rule in
+            if rule.name == "sendmmsg" { return false }
+            guard rule.name == "socket", rule.action == .allow else { return true }
+            return !rule.conditions.contains { $0.index == 1 && $0.op == .maskedEqual && $0.valueTwo == datagram }
+        })
+    }
+
     /// In audit mode a syscall outside the list is logged by the kernel instead of killing.
     public var isAuditMode: Bool
     public var rules: [Rule]

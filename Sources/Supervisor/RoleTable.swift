@@ -80,6 +80,25 @@ struct RoleSpec {
                                scopeSignals: true, scopeAbstractUnixSockets: true)
     }
 
+    /// Whether the role's worker looks a name up (glibc's resolver: DNS over UDP): the CertWorker
+    /// when CA_ADDRESS's host is a name, the xDS worker when XDS_ADDRESS's is. Not with the
+    /// built-in CA or an IP literal, and never a NetWorker (whose DNS proxy is given its sockets).
+    func looksUpNames(_ configuration: Configuration) -> Bool {
+        switch role {
+        case .certWorker: return CAAddress.needsLookup(configuration.string("CA_ADDRESS"))
+        case .xdsWorker: return CAAddress.needsLookup(configuration.string("XDS_ADDRESS"))
+        default: return false
+        }
+    }
+
+    /// The role's seccomp policy for this configuration, from its profile: a CertWorker or xDS
+    /// worker that looks no name up loses UDP (`SeccompPolicy.removingDatagramSockets`), which
+    /// Landlock does not filter, so that it cannot send a datagram anywhere.
+    func seccomp(_ configuration: Configuration, profile: SeccompPolicy) -> SeccompPolicy {
+        guard role == .certWorker || role == .xdsWorker, !looksUpNames(configuration) else { return profile }
+        return profile.removingDatagramSockets()
+    }
+
     /// The roles and how many of each: an xDS worker only when XDS_ADDRESS is set.
     static func table(netWorkers: Int, xds: Bool) -> [(RoleSpec, Int)] {
         [(certWorker, 1)] + (xds ? [(xdsWorker, 1)] : []) + [(netWorker, netWorkers)]

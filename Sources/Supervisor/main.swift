@@ -213,7 +213,8 @@ enum Main {
         let audit = configuration.string("ZTUNNEL_SECCOMP_MODE") == "audit"
         var policies: [WorkerRole: SeccompPolicy] = [:]
         for (spec, _) in RoleSpec.table(netWorkers: 1, xds: true) {
-            policies[spec.role] = try SeccompProfile.load(path: directory + "/" + spec.seccompProfile, auditMode: audit)
+            let profile = try SeccompProfile.load(path: directory + "/" + spec.seccompProfile, auditMode: audit)
+            policies[spec.role] = spec.seccomp(configuration, profile: profile)
         }
         return policies
     }

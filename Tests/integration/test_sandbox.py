@@ -2,6 +2,7 @@
 endpoint, off unless enabled), each forbidden operation fails or kills the worker as its seccomp
 profile and Landlock policy say."""
 import re
+import socket
 
 import pytest
 
@@ -90,6 +91,14 @@ def probe_walls(daemon, role, prefix):
         exit_event = next(e for e in daemon.audit_events("worker_exit") if e["pid"] == old)
         assert exit_event["role"] == role and exit_event["cause"].startswith("killed by signal SIGSYS"), (wall, exit_event)
         assert fault_line(daemon, f"{prefix}-{wall}") is None, wall
+    # Both callers' workers look no name up (the built-in CA; istiod at an IP literal), so the
+    # Supervisor took UDP out of their policies: a datagram socket kills as well.
+    (old,) = daemon.workers(role)
+    inject(daemon, f"{prefix}-udp-socket", 9)
+    replaced(daemon, role, old)
+    exit_event = next(e for e in daemon.audit_events("worker_exit") if e["pid"] == old)
+    assert exit_event["cause"].startswith("killed by signal SIGSYS"), exit_event
+    assert fault_line(daemon, f"{prefix}-udp-socket port 9") is None
 
 
 def test_forbidden_operations_kill_the_certworker(start_daemon):
@@ -163,6 +172,28 @@ def test_with_the_builtin_ca_the_certworker_connects_nowhere(start_daemon):
         assert not daemon.audit_events("worker_exit")
     finally:
         server.close()
+
+
+def test_a_certworker_that_looks_its_ca_up_keeps_udp_to_any_address(start_daemon):
+    """The known gap, pinned: with CA_ADDRESS a host name, the CertWorker needs glibc's resolver,
+    so its policy keeps UDP, and Landlock does not filter UDP: a datagram reaches an address that
+    is neither the CA nor a resolver (a socket of this test), and nothing stops it. When this test
+    fails because the datagram no longer arrives, the gap is closed: update THREAT_MODEL.md."""
+    ca = EchoServer()
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(10)
+        daemon = start_daemon(extra_env={**FAULTS, "CA_ADDRESS": f"localhost:{ca.port}", "CA_ROOT_CA": "SYSTEM"})
+        daemon.wait_ready()
+        workers = daemon.children()
+        inject(daemon, "cert-udp-socket", sink.getsockname()[1])
+        payload, _ = sink.recvfrom(1024)
+        assert payload.startswith(b"cert-udp-socket from pid "), payload
+        assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+    finally:
+        sink.close()
+        ca.close()
 
 
 def test_the_pods_profile_is_a_wall_of_its_own(start_daemon):
