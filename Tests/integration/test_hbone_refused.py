@@ -29,10 +29,12 @@ from test_outbound_hbone import round_trip  # noqa: E402
 class MisbehavingHBONEServer:
     """Serves HBONE on 127.0.0.2:port. `plan(n)` says what to do with the n-th CONNECT (from 0):
     "refuse" (RST_STREAM REFUSED_STREAM), "goaway" (GOAWAY naming stream 0, the request left
-    unanswered) or "echo" (200, then every byte back)."""
+    unanswered) or "echo" (200, then every byte back). With `goaway_first`, the first connection
+    gets a GOAWAY naming stream 0 with the server's SETTINGS, before any request is read."""
 
-    def __init__(self, port, server_dir, plan):
+    def __init__(self, port, server_dir, plan, goaway_first=False):
         self.plan = plan
+        self.goaway_first = goaway_first
         self.requests = 0
         self.connections = 0
         self.lock = threading.Lock()
@@ -56,9 +58,10 @@ class MisbehavingHBONEServer:
                 return
             with self.lock:
                 self.connections += 1
-            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+                first = self.connections == 1
+            threading.Thread(target=self._serve, args=(raw, first and self.goaway_first), daemon=True).start()
 
-    def _serve(self, raw):
+    def _serve(self, raw, goaway_at_once=False):
         try:
             sock = self.context.wrap_socket(raw, server_side=True)
         except (ssl.SSLError, OSError):
@@ -66,6 +69,18 @@ class MisbehavingHBONEServer:
             return
         conn = h2.connection.H2Connection(config=h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
+        if goaway_at_once:
+            # As a draining peer does: the connection stays up, and what the client sends on it
+            # is read and ignored (h2 would refuse frames after its own GOAWAY) until it closes.
+            conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=0)
+            with sock:
+                sock.sendall(conn.data_to_send())
+                try:
+                    while sock.recv(65536):
+                        pass
+                except OSError:
+                    pass
+            return
         sock.sendall(conn.data_to_send())
         echoing = set()
         with sock:
@@ -108,12 +123,12 @@ class MisbehavingHBONEServer:
         self.listener.close()
 
 
-def start(start_daemon, tmp_path, plan):
+def start(start_daemon, tmp_path, plan, goaway_first=False):
     (port,) = free_ports(1)
     ca = MiniCA()
     ca.issue(str(tmp_path / "identities" / "client"), "client")
     ca.issue(str(tmp_path / "server"), "echo", namespace="shop")
-    server = MisbehavingHBONEServer(port, str(tmp_path / "server"), plan)
+    server = MisbehavingHBONEServer(port, str(tmp_path / "server"), plan, goaway_first)
     daemon = start_daemon(local_config=CONFIG, extra_env={
         "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities"), "ZTUNNEL_HBONE_PORT": str(port)})
     daemon.wait_ready()
@@ -143,6 +158,25 @@ def test_a_connect_refused_unprocessed_is_sent_again(start_daemon, tmp_path, fir
         wait_for(lambda: "direction=outbound" in daemon.log(), 10, "the access-log line")
         line = next(l for l in daemon.log().splitlines() if "connection complete" in l and "direction=outbound" in l)
         assert "error=" not in line and f"bytes_recv={len(payload)}" in line, line
+    finally:
+        server.close()
+
+
+def test_a_goaway_that_comes_with_the_servers_settings_sends_the_request_again(start_daemon, tmp_path):
+    """The first connection's GOAWAY (last stream 0) arrives with the server's SETTINGS, so it
+    meets a CONNECT that nghttp2 still holds queued or has just sent: either way the server never
+    processed it, the connection is retired, and the CONNECT goes out again on a second one."""
+    daemon, server = start(start_daemon, tmp_path, lambda n: "echo", goaway_first=True)
+    try:
+        payload = os.urandom(20_000)
+        assert through(daemon, payload) == (0, payload), daemon.log()[-3000:]
+        assert server.connections == 2
+        wait_for(lambda: "direction=outbound" in daemon.log(), 10, "the access-log line")
+        line = next(l for l in daemon.log().splitlines() if "connection complete" in l and "direction=outbound" in l)
+        assert "error=" not in line and f"bytes_recv={len(payload)}" in line, line
+        # The retired connection is not offered again (pools are per event loop, so the second
+        # tunnel may ride the second connection or a third one).
+        assert through(daemon, b"again") == (0, b"again")
     finally:
         server.close()
 
