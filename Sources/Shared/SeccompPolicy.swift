@@ -95,7 +95,7 @@ public struct SeccompPolicy: Sendable, Equatable {
     /// queries together). For a worker that resolves no name, so that a datagram socket, the
     /// one way out that Landlock does not see, is a kill.
     public func removingDatagramSockets() -> SeccompPolicy {
-        let datagram = UInt64(SOCK_DGRAM.rawValue)
+        let datagram: UInt64 = 2  // SOCK_DGRAM (naming it here breaks lookups of SOCK_CLOEXEC elsewhere in a release build)
         return SeccompPolicy(isAuditMode: isAuditMode, rules: rules.filter { rule in
             if rule.name == "sendmmsg" { return false }
             guard rule.name == "socket", rule.action == .allow else { return true }
