@@ -75,6 +75,10 @@ class HTTP2Connection: ChannelInboundHandler {
     /// asked for then is done once receiving returns.
     private var isReceiving = false
     private var wantsFlush = false
+    /// nghttp2's small frames, gathered until a record's worth (see `flushSession`).
+    private var small: [UInt8] = []
+    /// The plaintext of a full TLS record.
+    static let recordPlaintext = 16 * 1024
     /// TCP sides written to while receiving: flushed once, after the whole read is handled.
     private var toFlush: [ObjectIdentifier: Channel] = [:]
     /// The TLS handler below, once established: frames are sealed straight from nghttp2's output.
@@ -291,18 +295,29 @@ class HTTP2Connection: ChannelInboundHandler {
                 var data: UnsafePointer<UInt8>?
                 let length = nghttp2_session_mem_send(session, &data)
                 guard length > 0, let data else { break }
-                guard tls.seal(UnsafeRawBufferPointer(start: data, count: length)) else {
-                    context.close(promise: nil)
-                    return
+                // Small frames (HEADERS, WINDOW_UPDATE, SETTINGS, a short DATA) are gathered
+                // into one TLS record; a full-size DATA frame is a record of its own.
+                if small.count + length > Self.recordPlaintext, !sealSmall(tls) { return context.close(promise: nil) }
+                if length >= Self.recordPlaintext / 2 {
+                    guard tls.seal(UnsafeRawBufferPointer(start: data, count: length)) else { return context.close(promise: nil) }
+                } else {
+                    small.append(contentsOf: UnsafeBufferPointer(start: data, count: length))
                 }
                 sealed += length
             }
-            guard sealed > 0 else { break }
+            guard sealed > 0, sealSmall(tls) else { break }
             tls.flushSealed()
         }
         if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
             closeWhenWritten(context)
         }
+    }
+
+    /// Seals the small frames gathered so far as one record.
+    private func sealSmall(_ tls: TLSHandler) -> Bool {
+        guard !small.isEmpty else { return true }
+        defer { small.removeAll(keepingCapacity: true) }
+        return small.withUnsafeBytes { tls.seal($0) }
     }
 
     /// Closes once everything written so far has left (the last stream's final frames, a
