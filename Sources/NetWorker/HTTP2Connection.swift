@@ -75,6 +75,7 @@ class HTTP2Connection: ChannelInboundHandler {
     /// asked for then is done once receiving returns.
     private var isReceiving = false
     private var wantsFlush = false
+    private var flushScheduled = false
     /// nghttp2's small frames, gathered until a record's worth (see `flushSession`).
     private var small: [UInt8] = []
     /// The plaintext of a full TLS record.
@@ -140,7 +141,7 @@ class HTTP2Connection: ChannelInboundHandler {
         guard consumed >= 0 else {
             Log.info("\(listener): HTTP/2 protocol error from the peer: \(String(cString: nghttp2_strerror(Int32(consumed))))",
                      [("peer", ListenerFactory.peer(context.channel))])
-            flushSession()
+            flushNow()
             context.close(promise: nil)
             return
         }
@@ -185,7 +186,7 @@ class HTTP2Connection: ChannelInboundHandler {
         isGoingAway = true
         _ = nghttp2_submit_goaway(session, UInt8(NGHTTP2_FLAG_NONE.rawValue), nghttp2_session_get_last_proc_stream_id(session),
                                   UInt32(NGHTTP2_NO_ERROR.rawValue), nil, 0)
-        flushSession()
+        flushNow()
         Log.debug("\(listener): GOAWAY sent", [("peer", ListenerFactory.peer(context.channel)), ("streams", "\(streams.count)")])
         if streams.isEmpty { context.close(promise: nil) }
     }
@@ -278,11 +279,27 @@ class HTTP2Connection: ChannelInboundHandler {
         return true
     }
 
+    /// Asks for what nghttp2 has queued to be written at the end of this turn of the event loop
+    /// (`flushNow`), once however often it is asked: the frames of every stream that had
+    /// something to send in the turn (a connection carries many) leave in one write.
+    func flushSession() {
+        guard !isReceiving else {
+            wantsFlush = true
+            return
+        }
+        guard !flushScheduled, let context else { return }
+        flushScheduled = true
+        context.eventLoop.execute {
+            self.flushScheduled = false
+            self.flushNow()
+        }
+    }
+
     /// Writes what nghttp2 has queued (frames, data) through the TLS handler, sealed straight
     /// from nghttp2's buffer, in slices of at most 256 KiB, while the socket is writable; the
     /// rest waits for `channelWritabilityChanged`. One flush per slice: one TLS pass and one
-    /// syscall for a burst of frames.
-    func flushSession() {
+    /// syscall for a burst of frames. At once: before a close, which would drop it.
+    func flushNow() {
         guard !isReceiving else {
             wantsFlush = true
             return
