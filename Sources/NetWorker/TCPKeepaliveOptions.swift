@@ -29,7 +29,10 @@ enum TCPKeepaliveOptions {
         options(bounds).reduce(bootstrap) { $0.channelOption($1.0, value: $1.1) }
     }
 
-    static func apply(_ bounds: Bounds, toChildrenOf bootstrap: ServerBootstrap) -> ServerBootstrap {
-        options(bounds).reduce(bootstrap) { $0.childChannelOption($1.0, value: $1.1) }
+    /// On the listening socket, once: Linux copies SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and
+    /// TCP_USER_TIMEOUT (as TCP_NODELAY, which SwiftNIO sets there) to every connection it
+    /// accepts, which saves five setsockopt calls per connection.
+    static func apply(_ bounds: Bounds, toListenerOf bootstrap: ServerBootstrap) -> ServerBootstrap {
+        options(bounds).reduce(bootstrap) { $0.serverChannelOption($1.0, value: $1.1) }
     }
 }
