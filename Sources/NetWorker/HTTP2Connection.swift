@@ -232,7 +232,7 @@ class HTTP2Connection: ChannelInboundHandler {
     /// deadlocked a connection carrying bulk data both ways: each side waited for the other to
     /// read; and it left streams attached meanwhile unpaused.) Writable again: the frames go out.
     func channelWritabilityChanged(context: ChannelHandlerContext) {
-        if context.channel.isWritable { flushSession() }
+        if context.channel.isWritable { flushNow() }
         context.fireChannelWritabilityChanged()
     }
 
@@ -621,7 +621,9 @@ class HTTP2Connection: ChannelInboundHandler {
             stream.isDeferred = false
             _ = nghttp2_session_resume_data(session, stream.id)
         }
-        flushSession()
+        // A record's worth of bytes goes out at once (bulk data gains nothing from waiting and
+        // would pause its TCP side sooner); less waits for the turn's other streams.
+        if stream.toPeerBytes >= Self.recordPlaintext { flushNow() } else { flushSession() }
     }
 }
 
