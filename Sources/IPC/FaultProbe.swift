@@ -26,7 +26,8 @@ public enum FaultProbe {
             let error = errno
             if rc == 0 { rmdir(path) }
             report("\(role)-make-dir", Int(rc), error)
-        case .xdsBadSnapshot, .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood:
+        case .xdsBadSnapshot, .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
+             .certSignerFlood:
             break  // sent by the worker itself, which holds the Supervisor channel
         case .certCloneNamespace, .certNetlinkSocket, .certUnixSocket, .certRawSocket, .certSetns, .certUnshare, .certPtrace,
              .certSignalOther, .xdsCloneNamespace, .xdsNetlinkSocket, .xdsUnixSocket, .xdsRawSocket, .xdsSetns, .xdsUnshare,

@@ -58,6 +58,9 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// kill (SIGSYS) when the worker looks no name up, which takes UDP out of its policy; sent
     /// otherwise, to any address (Landlock does not see UDP).
     case certUDPSocket = 29, xdsUDPSocket = 30
+    /// The CertWorker floods every NetWorker's signer channel (sent by the CertWorker itself):
+    /// 2,000 rounds of a ~30 KiB `status` frame each, as fast as the channels take them.
+    case certSignerFlood = 31
 
     /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
     public enum Wall: String, Sendable, CaseIterable {

@@ -86,6 +86,9 @@ enum FaultInjection {
         /// `FaultKind.certUDPSocket`): a kill unless the worker looks names up.
         case certUDPSocket = "cert-udp-socket"
         case xdsUDPSocket = "xds-udp-socket"
+        /// The CertWorker floods the NetWorkers' signer channels with status frames (relayed,
+        /// `FaultKind.certSignerFlood`): they keep serving and are not killed.
+        case certSignerFlood = "cert-signer-flood"
         /// The xDS worker publishes 200 snapshots at once (relayed, `FaultKind.xdsSnapshotStorm`).
         case xdsSnapshotStorm = "xds-snapshot-storm"
         /// This NetWorker stops reading its signer channel, then sends sign requests (for a key it
@@ -110,6 +113,7 @@ enum FaultInjection {
             case .certAuditFlood: return .certAuditFlood
             case .certUDPSocket: return .certUDPSocket
             case .xdsUDPSocket: return .xdsUDPSocket
+            case .certSignerFlood: return .certSignerFlood
             default: return nil
             }
         }
@@ -181,7 +185,7 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .certOpenFile, .certMakeDirectory, .certConnect, .xdsOpenFile, .xdsMakeDirectory, .xdsConnect, .xdsBadSnapshot,
              .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
-             .certUDPSocket, .xdsUDPSocket:
+             .certUDPSocket, .xdsUDPSocket, .certSignerFlood:
             break  // relayed above
         case .signerStall:
             guard let handle = identities.anyHandle() else {

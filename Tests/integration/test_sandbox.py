@@ -8,7 +8,7 @@ import pytest
 
 from daemon import EchoServer, http, wait_for
 from identities import MiniCA, serving_config
-from test_identity import key_needles, memory_contains
+from test_identity import key_needles, memory_contains, try_handshake
 from test_restart import replaced
 
 FAULTS = {"ZTUNNEL_DEBUG_FAULT_INJECTION": "true"}
@@ -423,6 +423,30 @@ def test_the_supervisor_numbers_snapshots_and_a_storm_ends_with_the_last_in_forc
     wait_for(in_force, 30, f"generation {last} in force in the NetWorker")
     assert not daemon.audit_events("ipc_violation") and not daemon.audit_events("worker_exit")
     assert daemon.workers("xds-worker") == [xds_worker] and daemon.ready()
+
+
+def test_a_certworker_flooding_the_signer_channels_does_not_stop_the_networkers(start_daemon, tmp_path):
+    """A CertWorker may push well-formed frames to the NetWorkers at any rate (threat model: no
+    rate bound): 2,000 rounds of a ~30 KiB status frame, as fast as the channels take them (fault
+    probe `cert-signer-flood`). A NetWorker's signer reader thread takes them; its event loops
+    keep serving: mTLS handshakes, each a signature round trip over that same channel, complete
+    after the flood, and nobody is killed or cut off."""
+    ca = MiniCA()
+    ca.issue(str(tmp_path / "identities" / "server"), "server")
+    ca.issue(str(tmp_path / "client"), "client")
+    daemon = start_daemon(local_config=serving_config(), extra_env={
+        **FAULTS, "ZTUNNEL_STATIC_IDENTITY_DIR": str(tmp_path / "identities")})
+    daemon.wait_ready()
+    wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30, "a first handshake")
+    workers = daemon.children()
+    inject(daemon, "cert-signer-flood")
+    wait_for(lambda: fault_line(daemon, "cert-signer-flood"), 30, "the flood sent")
+    sent = int(re.search(r"(\d+) of \d+ status frames sent", fault_line(daemon, "cert-signer-flood")).group(1))
+    assert sent > 0, fault_line(daemon, "cert-signer-flood")
+    for _ in range(20):
+        assert try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), daemon.log()[-2000:]
+    assert daemon.children() == workers
+    assert not daemon.audit_events("worker_exit") and not daemon.audit_events("signer_violation")
 
 
 def test_a_certworker_flooding_the_audit_sink_is_held_to_its_budget(start_daemon):
