@@ -202,7 +202,8 @@ final class CertWorker {
             Log.warn("fault cert-audit-flood: 2000 audit events sent")
         case .fault(.certSignerFlood, _) where faultInjectionEnabled:
             // What a compromised CertWorker can do to the NetWorkers without refusing to sign:
-            // well-formed frames, as many as their channels take. Never waits (as `push`).
+            // well-formed frames, all of them, waiting whenever a channel is full (which the real
+            // one never does: `push`). Tests only.
             let entries = (0..<400).map {
                 CertificateStatus(spiffeId: "spiffe://flood.example/ns/flood/sa/s\($0)", state: "Available", nextRenewal: 0,
                                   failedRenewals: 0, signatures: 0)
@@ -210,10 +211,19 @@ final class CertWorker {
             let frame = CertWorkerMessage.status(Self.fitting(entries)).frame()
             var sent = 0
             for _ in 0..<2000 {
-                for peer in peers.values where (try? peer.send(frame, blocking: false)) != nil { sent += 1 }
+                for peer in peers.values where (try? peer.send(frame)) != nil { sent += 1 }
             }
             Log.warn("fault cert-signer-flood: \(sent) of \(2000 * peers.count) status frames sent")
             publishStatus()
+        case .fault(.certIdentityFlood, _) where faultInjectionEnabled:
+            let frames = currentIdentities.filter(\.material.fitsOneMessage).map { CertWorkerMessage.identity($0.material).frame() }
+            var sent = 0
+            for _ in 0..<2000 {
+                for peer in peers.values {
+                    for frame in frames where (try? peer.send(frame)) != nil { sent += 1 }
+                }
+            }
+            Log.warn("fault cert-identity-flood: \(sent) of \(2000 * peers.count * frames.count) identity frames sent")
         case .fault(.certShutdownRequest, _) where faultInjectionEnabled:
             // Only a NetWorker (its /quitquitquit) may ask the node to stop.
             try? supervisor.send(WorkerMessage.shutdownRequest.frame())

@@ -59,8 +59,11 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// otherwise, to any address (Landlock does not see UDP).
     case certUDPSocket = 29, xdsUDPSocket = 30
     /// The CertWorker floods every NetWorker's signer channel (sent by the CertWorker itself):
-    /// 2,000 rounds of a ~30 KiB `status` frame each, as fast as the channels take them.
+    /// 2,000 rounds of a ~30 KiB `status` frame each, waiting whenever a channel is full.
     case certSignerFlood = 31
+    /// The same with every identity it holds pushed again 2,000 times (each one makes the
+    /// NetWorker build a TLS context).
+    case certIdentityFlood = 32
 
     /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
     public enum Wall: String, Sendable, CaseIterable {

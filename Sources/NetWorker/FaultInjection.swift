@@ -89,6 +89,7 @@ enum FaultInjection {
         /// The CertWorker floods the NetWorkers' signer channels with status frames (relayed,
         /// `FaultKind.certSignerFlood`): they keep serving and are not killed.
         case certSignerFlood = "cert-signer-flood"
+        case certIdentityFlood = "cert-identity-flood"
         /// The xDS worker publishes 200 snapshots at once (relayed, `FaultKind.xdsSnapshotStorm`).
         case xdsSnapshotStorm = "xds-snapshot-storm"
         /// This NetWorker stops reading its signer channel, then sends sign requests (for a key it
@@ -114,6 +115,7 @@ enum FaultInjection {
             case .certUDPSocket: return .certUDPSocket
             case .xdsUDPSocket: return .xdsUDPSocket
             case .certSignerFlood: return .certSignerFlood
+            case .certIdentityFlood: return .certIdentityFlood
             default: return nil
             }
         }
@@ -185,7 +187,7 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .certOpenFile, .certMakeDirectory, .certConnect, .xdsOpenFile, .xdsMakeDirectory, .xdsConnect, .xdsBadSnapshot,
              .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
-             .certUDPSocket, .xdsUDPSocket, .certSignerFlood:
+             .certUDPSocket, .xdsUDPSocket, .certSignerFlood, .certIdentityFlood:
             break  // relayed above
         case .signerStall:
             guard let handle = identities.anyHandle() else {

@@ -425,12 +425,14 @@ def test_the_supervisor_numbers_snapshots_and_a_storm_ends_with_the_last_in_forc
     assert daemon.workers("xds-worker") == [xds_worker] and daemon.ready()
 
 
-def test_a_certworker_flooding_the_signer_channels_does_not_stop_the_networkers(start_daemon, tmp_path):
+@pytest.mark.parametrize("flood", ["cert-signer-flood", "cert-identity-flood"])
+def test_a_certworker_flooding_the_signer_channels_does_not_stop_the_networkers(start_daemon, tmp_path, flood):
     """A CertWorker may push well-formed frames to the NetWorkers at any rate (threat model: no
-    rate bound): 2,000 rounds of a ~30 KiB status frame, as fast as the channels take them (fault
-    probe `cert-signer-flood`). A NetWorker's signer reader thread takes them; its event loops
-    keep serving: mTLS handshakes, each a signature round trip over that same channel, complete
-    after the flood, and nobody is killed or cut off."""
+    rate bound), waiting whenever a channel is full: 2,000 rounds of a ~30 KiB status frame
+    (fault probe `cert-signer-flood`, 60 MB), or of every identity it holds again
+    (`cert-identity-flood`: a TLS context built for each). A NetWorker's signer reader thread takes them; its event loops keep
+    serving: mTLS handshakes, each a signature round trip over that same channel, complete after
+    the flood, and nobody is killed or cut off."""
     ca = MiniCA()
     ca.issue(str(tmp_path / "identities" / "server"), "server")
     ca.issue(str(tmp_path / "client"), "client")
@@ -439,10 +441,10 @@ def test_a_certworker_flooding_the_signer_channels_does_not_stop_the_networkers(
     daemon.wait_ready()
     wait_for(lambda: try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), 30, "a first handshake")
     workers = daemon.children()
-    inject(daemon, "cert-signer-flood")
-    wait_for(lambda: fault_line(daemon, "cert-signer-flood"), 30, "the flood sent")
-    sent = int(re.search(r"(\d+) of \d+ status frames sent", fault_line(daemon, "cert-signer-flood")).group(1))
-    assert sent > 0, fault_line(daemon, "cert-signer-flood")
+    inject(daemon, flood)
+    wait_for(lambda: fault_line(daemon, flood), 30, "the flood sent")
+    sent, meant = re.search(r"(\d+) of (\d+) \w+ frames sent", fault_line(daemon, flood)).groups()
+    assert sent == meant and int(sent) >= 2000, fault_line(daemon, flood)  # the NetWorker took every one
     for _ in range(20):
         assert try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), daemon.log()[-2000:]
     assert daemon.children() == workers
