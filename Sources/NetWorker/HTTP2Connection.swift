@@ -76,10 +76,9 @@ class HTTP2Connection: ChannelInboundHandler {
     private var isReceiving = false
     private var wantsFlush = false
     private var flushScheduled = false
-    /// nghttp2's small frames, gathered until a record's worth (see `flushSession`).
-    private var small: [UInt8] = []
-    /// The plaintext of a full TLS record.
-    static let recordPlaintext = 16 * 1024
+    /// nghttp2's output grouped into TLS records (small frames share one).
+    private var records = RecordBatcher()
+    static let recordPlaintext = RecordBatcher.recordPlaintext
     /// TCP sides written to while receiving: flushed once, after the whole read is handled.
     private var toFlush: [ObjectIdentifier: Channel] = [:]
     /// The TLS handler below, once established: frames are sealed straight from nghttp2's output.
@@ -314,27 +313,18 @@ class HTTP2Connection: ChannelInboundHandler {
                 guard length > 0, let data else { break }
                 // Small frames (HEADERS, WINDOW_UPDATE, SETTINGS, a short DATA) are gathered
                 // into one TLS record; a full-size DATA frame is a record of its own.
-                if small.count + length > Self.recordPlaintext, !sealSmall(tls) { return context.close(promise: nil) }
-                if length >= Self.recordPlaintext / 2 {
-                    guard tls.seal(UnsafeRawBufferPointer(start: data, count: length)) else { return context.close(promise: nil) }
-                } else {
-                    small.append(contentsOf: UnsafeBufferPointer(start: data, count: length))
+                guard records.add(UnsafeRawBufferPointer(start: data, count: length), seal: { tls.seal($0) }) else {
+                    return context.close(promise: nil)
                 }
                 sealed += length
             }
-            guard sealed > 0, sealSmall(tls) else { break }
+            guard sealed > 0 else { break }
+            guard records.finish(seal: { tls.seal($0) }) else { return context.close(promise: nil) }
             tls.flushSealed()
         }
         if closeWhenFlushed || (nghttp2_session_want_read(session) == 0 && nghttp2_session_want_write(session) == 0) {
             closeWhenWritten(context)
         }
-    }
-
-    /// Seals the small frames gathered so far as one record.
-    private func sealSmall(_ tls: TLSHandler) -> Bool {
-        guard !small.isEmpty else { return true }
-        defer { small.removeAll(keepingCapacity: true) }
-        return small.withUnsafeBytes { tls.seal($0) }
     }
 
     /// Closes once everything written so far has left (the last stream's final frames, a
