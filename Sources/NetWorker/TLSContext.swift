@@ -110,10 +110,11 @@ final class TLSContext: @unchecked Sendable {
             }, arg)
             if installed != 1 { throw OpenSSLError("installing the key-handle provider") }
             // Peer certificates decode through the built-in EC method, not 3.0's decoders: a
-            // quarter of a server handshake's CPU. Without it handshakes still work, slower.
+            // quarter of a server handshake's CPU. Required: the key-handle keymgmt's type name
+            // is ZTKH-EC so that it stays out of that engine's way, and a certificate key made by
+            // the default EC keymgmt would not compare equal to a handle key of that type.
             if CKeyHandle_decode_ec_public_keys_directly() != 1 {
-                Log.warn("EC public keys decode through OSSL_DECODER (slower handshakes)",
-                         [("error", OpenSSLError("registering the EC engine").description)])
+                throw OpenSSLError("registering the EC public-key engine")
             }
             // Build and free one context so every lazy initialisation happens now.
             guard let probe = SSL_CTX_new(TLS_server_method()) else { throw OpenSSLError("SSL_CTX_new") }

@@ -51,8 +51,11 @@ EVP_PKEY *CKeyHandle_make_key(X509 *cert, const unsigned char handle[CKEYHANDLE_
 /// certificate's ~125 us parse here, a quarter of a server handshake's CPU. The one hook 3.0
 /// checks first is an ENGINE registered for the key's type, so this registers one whose only
 /// method is the built-in EC method itself: the same ECDSA/ECDH code runs, keys are "legacy"
-/// EC_KEYs. Provider-made keys (key handles, ECDHE shares) are untouched. Call once, early;
-/// idempotent. Returns 1 on success, 0 on failure (nothing changed; error queue set).
+/// EC_KEYs. Key-handle keys stay with their provider (their keymgmt's type name is not "EC");
+/// a context OpenSSL makes by the name "EC" (a P-256 ECDHE share) goes to the engine too, and
+/// runs the same built-in code. Call once, early; idempotent. Returns 1 on success, 0 on failure
+/// (error queue set); key-handle keys then no longer match their certificates' keys, so a
+/// failure must stop the worker.
 int CKeyHandle_decode_ec_public_keys_directly(void);
 
 #endif
