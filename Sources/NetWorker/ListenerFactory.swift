@@ -37,11 +37,11 @@ struct ListenerFactory {
                 .channelInitializer { $0.pipeline.addHandler(DNSDatagramHandler(proxy: proxy, pod: pod)) }
                 .withBoundSocket(fd.take())
         }
-        // TCP_NODELAY is SwiftNIO's default on the listener, which accepted connections inherit.
-        let bootstrap = ServerBootstrap(group: group)
+        // Accepted connections inherit TCP_NODELAY and the keepalive options from the listener,
+        // on which the Supervisor set them before it listened (`Bounds.applyToListener`), so
+        // that a connection waiting in the backlog before this adoption has them too.
+        return ServerBootstrap(group: group)
             .childChannelOption(ChannelOptions.allowRemoteHalfClosure, value: true)
-        // Keepalive on the proxy listeners' connections; the admin, stats and readiness ports proxy nothing.
-        return (Self.isHTTP(name) ? bootstrap : TCPKeepaliveOptions.apply(bounds, toListenerOf: bootstrap))
             .childChannelInitializer { channel in
                 if let pod { PodDialer.shared?.register(channel, pod: pod) }
                 return factory.admit(channel, for: name, pod: pod).flatMapErrorThrowing { error in

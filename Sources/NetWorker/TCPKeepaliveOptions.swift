@@ -7,9 +7,9 @@ import Glibc
 
 /// Upstream's socket options on every proxied socket (§18: KEEPALIVE_*, USER_TIMEOUT_ENABLED):
 /// TCP keepalive, so a peer that vanished (a node gone, a NAT that forgot the flow) is noticed
-/// on a connection that carries nothing, and optionally TCP_USER_TIMEOUT. Applied to accepted
-/// connections (every listener) and to the connections the NetWorker makes (applications,
-/// passthrough, HBONE peers).
+/// on a connection that carries nothing, and optionally TCP_USER_TIMEOUT. Applied to the
+/// connections the NetWorker makes (applications, passthrough, HBONE peers); accepted ones
+/// inherit them from their listener, where the Supervisor sets them (`Bounds.applyToListener`).
 enum TCPKeepaliveOptions {
     static func options(_ bounds: Bounds) -> [(ChannelOptions.Types.SocketOption, SocketOptionValue)] {
         guard let keepalive = bounds.tcpKeepalive else { return [] }
@@ -29,10 +29,4 @@ enum TCPKeepaliveOptions {
         options(bounds).reduce(bootstrap) { $0.channelOption($1.0, value: $1.1) }
     }
 
-    /// On the listening socket, once: Linux copies SO_KEEPALIVE, TCP_KEEPIDLE/INTVL/CNT and
-    /// TCP_USER_TIMEOUT (as TCP_NODELAY, which SwiftNIO sets there) to every connection it
-    /// accepts, which saves five setsockopt calls per connection.
-    static func apply(_ bounds: Bounds, toListenerOf bootstrap: ServerBootstrap) -> ServerBootstrap {
-        options(bounds).reduce(bootstrap) { $0.serverChannelOption($1.0, value: $1.1) }
-    }
 }

@@ -46,11 +46,14 @@ final class FdBroker {
     }
 
     func open(_ configuration: Configuration, copies: Int) throws {
+        let bounds = Bounds(configuration)
         for (name, setting) in Self.localModeListeners(configuration) {
             // The setting was validated as an address when the configuration was read.
             guard let address = configuration.address(setting) else { continue }
+            // Keepalive on the proxy listeners' connections; the admin, stats and readiness ports proxy nothing.
+            let proxy = !["admin", "stats", "readiness"].contains(name)
             do {
-                let fds = try (0..<copies).map { _ in try Self.listen(on: address, reusePort: copies > 1) }
+                let fds = try (0..<copies).map { _ in try Self.listen(on: address, reusePort: copies > 1, options: proxy ? bounds : nil) }
                 listeners.append(Listener(name: name, setting: setting, address: address, fds: fds))
             } catch let error as SyscallError {
                 throw BrokerError.cannotListen(setting: setting, address: address, error)
@@ -65,7 +68,7 @@ final class FdBroker {
         listeners.removeAll()
     }
 
-    private static func listen(on address: SocketAddress, reusePort: Bool) throws -> OwnedFD {
+    private static func listen(on address: SocketAddress, reusePort: Bool, options: Bounds?) throws -> OwnedFD {
         let family = address.family == .ipv4 ? AF_INET : AF_INET6
         let fd = OwnedFD(takingOwnershipOf: try Syscall.retrying("socket") {
             socket(family, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
@@ -86,10 +89,33 @@ final class FdBroker {
                 setsockopt(fd.rawValue, Int32(IPPROTO_IPV6), IPV6_V6ONLY, &zero, socklen_t(MemoryLayout<Int32>.size))
             }
         }
+        try options?.applyToListener(fd.rawValue)
         _ = try address.withSockAddr { pointer, length in
             try Syscall.retrying("bind") { bind(fd.rawValue, pointer, length) }
         }
         _ = try Syscall.retrying("listen") { Glibc.listen(fd.rawValue, 1024) }
         return fd
+    }
+}
+
+extension Bounds {
+    /// Sets TCP_NODELAY and, when on, the keepalive options on a proxy listener before it
+    /// listens: Linux copies them to every connection it accepts, including those that wait in
+    /// the backlog before a NetWorker adopts the listener (which sets them again then).
+    func applyToListener(_ fd: Int32) throws {
+        var options: [(Int32, Int32, Int32, String)] = [(Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")]
+        if let keepalive = tcpKeepalive {
+            options += [(SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE"),
+                        (Int32(IPPROTO_TCP), TCP_KEEPIDLE, keepalive.idleSeconds, "TCP_KEEPIDLE"),
+                        (Int32(IPPROTO_TCP), TCP_KEEPINTVL, keepalive.intervalSeconds, "TCP_KEEPINTVL"),
+                        (Int32(IPPROTO_TCP), TCP_KEEPCNT, keepalive.probes, "TCP_KEEPCNT")]
+            if let userTimeout = tcpUserTimeoutMilliseconds {
+                options.append((Int32(IPPROTO_TCP), 18 /* TCP_USER_TIMEOUT */, userTimeout, "TCP_USER_TIMEOUT"))
+            }
+        }
+        for (level, name, value, text) in options {
+            var value = value
+            _ = try Syscall.retrying("setsockopt(\(text))") { setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
+        }
     }
 }

@@ -59,6 +59,8 @@ final class InPod {
     /// pod, as upstream.
     private let transparent: Bool
     private let transparentRequired: Bool
+    /// TCP_NODELAY and keepalive, set on each pod listener before it listens (`Bounds.applyToListener`).
+    private let listenerOptions: Bounds
     /// IP_TRANSPARENT and IP_FREEBIND on the sockets made for a NetWorker's connections, so it
     /// can bind them to the client's address: when the NetWorkers bind (original source, decided
     /// at start: `OriginalSource.networkerBinds`).
@@ -90,6 +92,7 @@ final class InPod {
         let originalSource = Setting.parseBool(configuration.string("ENABLE_ORIG_SRC"))
         transparent = originalSource != false
         transparentRequired = originalSource == true
+        listenerOptions = Bounds(configuration)
         ipv6 = configuration.bool("IPV6_ENABLED")
         copies = configuration.int("ZTUNNEL_NET_WORKERS")
         maxPods = configuration.int("ZTUNNEL_MAX_PODS")
@@ -448,6 +451,7 @@ final class InPod {
                 throw SyscallError(function: "setsockopt(IP_TRANSPARENT) (ENABLE_ORIG_SRC=true)", errno: errno)
             }
         }
+        try listenerOptions.applyToListener(fd.rawValue)
         _ = try address.withSockAddr { pointer, length in
             try Syscall.retrying("bind \(address)") { bind(fd.rawValue, pointer, length) }
         }

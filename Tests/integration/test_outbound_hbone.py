@@ -603,3 +603,48 @@ def test_every_proxied_socket_has_tcp_keepalive_as_upstream(start_daemon, enable
                 assert not with_keepalive, mine
     finally:
         echo.close()
+
+
+def listener_options(pid):
+    """TCP_NODELAY, SO_KEEPALIVE and TCP_KEEPIDLE of each TCP listener of process `pid`, by
+    port, read from copies of its fds (pidfd_getfd, as root)."""
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
+    assert pidfd >= 0, os.strerror(ctypes.get_errno())
+    found = {}
+    try:
+        for fd in os.listdir(f"/proc/{pid}/fd"):
+            try:
+                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:["):
+                    continue
+            except OSError:
+                continue
+            copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
+            assert copy >= 0, os.strerror(ctypes.get_errno())
+            with socket.socket(fileno=copy) as s:
+                if s.type != socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+                    continue
+                found[s.getsockname()[1]] = (s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                                             s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                                             s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
+    finally:
+        os.close(pidfd)
+    return found
+
+
+def test_the_supervisor_sets_the_keepalive_options_before_its_proxy_listeners_listen(start_daemon):
+    """Accepted connections inherit TCP_NODELAY and the keepalive options from their listener,
+    so the Supervisor sets them before `listen`: a connection that waits in the backlog before a
+    NetWorker adopts the listener (or while it is replaced) has them too. The admin, stats and
+    readiness ports proxy nothing and get no keepalive."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, _ = start(start_daemon, echo.port, {"UNSTABLE_ENABLE_SOCKS5": "true", "KEEPALIVE_TIME": "77s"})
+        options = listener_options(daemon.pid)
+        for name in ("outbound", "inbound_plaintext", "inbound", "socks5"):
+            assert options[daemon.ports[name]] == (1, 1, 77), (name, options)
+        for name in ("admin", "stats", "readiness"):
+            assert options[daemon.ports[name]][1] == 0, (name, options)
+    finally:
+        echo.close()
