@@ -295,6 +295,8 @@ public final class HTTP2ClientConnection {
 
     private static func connectTCP(host: String, port: UInt16, deadline: Int64) throws -> Int32 {
         var hints = addrinfo()
+        // One socket type, so glibc has no several answers to sort (RFC 6724 sorting opens UDP
+        // sockets, which a worker that looks no name up may not: RoleSpec.seccomp).
         hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
         var result: UnsafeMutablePointer<addrinfo>?
         let rc = getaddrinfo(host, String(port), &hints, &result)

@@ -444,7 +444,7 @@ def test_a_certworker_flooding_the_signer_channels_does_not_stop_the_networkers(
     inject(daemon, flood)
     wait_for(lambda: fault_line(daemon, flood), 30, "the flood sent")
     sent, meant = re.search(r"(\d+) of (\d+) \w+ frames sent", fault_line(daemon, flood)).groups()
-    assert sent == meant and int(sent) >= 2000, fault_line(daemon, flood)  # the NetWorker took every one
+    assert sent == meant and int(sent) >= 2000, fault_line(daemon, flood)  # the channels took every one
     for _ in range(20):
         assert try_handshake(daemon.ports["inbound"], str(tmp_path / "client")), daemon.log()[-2000:]
     assert daemon.children() == workers
