@@ -7,12 +7,13 @@ local config; the WorkloadInfo the double sends matches them by namespace + serv
 Each test is independent: its own namespaces, socket and daemon, removed by name/PID in fixtures.
 """
 import os
+import socket
 
 import pytest
 
 import cni_double as zds
 from cni_double import CniDouble
-from daemon import http, wait_for
+from daemon import http, socket_copies, wait_for
 from mesh_box import INBOUND_HBONE, INBOUND_PLAINTEXT, OUTBOUND, MeshBox
 
 POD_PORTS = {OUTBOUND, INBOUND_PLAINTEXT, INBOUND_HBONE}
@@ -139,29 +140,14 @@ def test_hello_adds_snapshot_readiness_and_workload_state(box, cni, start_daemon
 def transparent_flags(pid, inodes):
     """IP_TRANSPARENT / IPV6_TRANSPARENT of each listening socket of process `pid` whose inode is
     in `inodes`, read from a copy of its fd (pidfd_getfd; the NetWorker is dumpable)."""
-    import ctypes
-    import socket
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
-    assert pidfd >= 0, os.strerror(ctypes.get_errno())
     flags = {}
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                target = os.readlink(f"/proc/{pid}/fd/{fd}")
-            except OSError:
-                continue
-            if not target.startswith("socket:[") or int(target[8:-1]) not in inodes:
-                continue
-            copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
-            assert copy >= 0, os.strerror(ctypes.get_errno())
-            with socket.socket(fileno=copy) as s:
-                if s.family == socket.AF_INET6:
-                    flags[int(target[8:-1])] = s.getsockopt(socket.IPPROTO_IPV6, 75) == 1  # IPV6_TRANSPARENT
-                else:
-                    flags[int(target[8:-1])] = s.getsockopt(socket.IPPROTO_IP, 19) == 1  # IP_TRANSPARENT
-    finally:
-        os.close(pidfd)
+    for inode, s in socket_copies(pid):
+        if inode not in inodes:
+            continue
+        if s.family == socket.AF_INET6:
+            flags[inode] = s.getsockopt(socket.IPPROTO_IPV6, 75) == 1  # IPV6_TRANSPARENT
+        else:
+            flags[inode] = s.getsockopt(socket.IPPROTO_IP, 19) == 1  # IP_TRANSPARENT
     return flags
 
 

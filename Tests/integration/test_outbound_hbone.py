@@ -14,7 +14,7 @@ import subprocess
 
 import pytest
 
-from daemon import EchoServer, http, socks5_connect, wait_for
+from daemon import EchoServer, http, socket_copies, socks5_connect, wait_for
 
 CLIENT_ID = "spiffe://cluster.local/ns/default/sa/client"
 ECHO_ID = "spiffe://cluster.local/ns/shop/sa/echo"
@@ -607,29 +607,14 @@ def test_every_proxied_socket_has_tcp_keepalive_as_upstream(start_daemon, enable
 
 def listener_options(pid):
     """TCP_NODELAY, SO_KEEPALIVE and TCP_KEEPIDLE of each TCP listener of process `pid`, by
-    port, read from copies of its fds (pidfd_getfd, as root)."""
-    import ctypes
-    libc = ctypes.CDLL(None, use_errno=True)
-    pidfd = libc.syscall(434, pid, 0)  # pidfd_open
-    assert pidfd >= 0, os.strerror(ctypes.get_errno())
+    port, read from copies of its fds."""
     found = {}
-    try:
-        for fd in os.listdir(f"/proc/{pid}/fd"):
-            try:
-                if not os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:["):
-                    continue
-            except OSError:
-                continue
-            copy = libc.syscall(438, pidfd, int(fd), 0)  # pidfd_getfd
-            assert copy >= 0, os.strerror(ctypes.get_errno())
-            with socket.socket(fileno=copy) as s:
-                if s.type != socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
-                    continue
-                found[s.getsockname()[1]] = (s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
-                                             s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
-                                             s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
-    finally:
-        os.close(pidfd)
+    for _, s in socket_copies(pid):
+        if s.type != socket.SOCK_STREAM or s.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN) != 1:
+            continue
+        found[s.getsockname()[1]] = (s.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY),
+                                     s.getsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE),
+                                     s.getsockopt(socket.IPPROTO_TCP, socket.TCP_KEEPIDLE))
     return found
 
 
