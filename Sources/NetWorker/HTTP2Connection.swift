@@ -78,7 +78,6 @@ class HTTP2Connection: ChannelInboundHandler {
     private var flushScheduled = false
     /// nghttp2's output grouped into TLS records (small frames share one).
     private var records = RecordBatcher()
-    static let recordPlaintext = RecordBatcher.recordPlaintext
     /// TCP sides written to while receiving: flushed once, after the whole read is handled.
     private var toFlush: [ObjectIdentifier: Channel] = [:]
     /// The TLS handler below, once established: frames are sealed straight from nghttp2's output.
@@ -613,7 +612,7 @@ class HTTP2Connection: ChannelInboundHandler {
         }
         // A record's worth of bytes goes out at once (bulk data gains nothing from waiting and
         // would pause its TCP side sooner); less waits for the turn's other streams.
-        if stream.toPeerBytes >= Self.recordPlaintext { flushNow() } else { flushSession() }
+        if stream.toPeerBytes >= RecordBatcher.recordPlaintext { flushNow() } else { flushSession() }
     }
 }
 

@@ -52,12 +52,11 @@ struct ListenerFactory {
             .withBoundSocket(fd.take())
     }
 
-    private static func isHTTP(_ name: String) -> Bool { ["admin", "stats", "readiness"].contains(name) }
 
     /// The listener's cap first (issue #6): over it, the connection is closed at once and the
     /// bound reported; under it, the slot is held until the connection closes.
     private func admit(_ channel: Channel, for name: String, pod: String?) -> EventLoopFuture<Void> {
-        var cap = Self.isHTTP(name) ? bounds.maxHTTPConnectionsPerListener : bounds.maxConnectionsPerListener
+        var cap = Bounds.isHTTPListener(name) ? bounds.maxHTTPConnectionsPerListener : bounds.maxConnectionsPerListener
         var key = name
         if name == "dns-tcp", let pod {
             // Per pod: one pod's DNS connections never take another pod's slots.

@@ -1,3 +1,7 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// The limits a NetWorker enforces on every connection (issue #6): a deadline for each phase, a
 /// cap on connections per listener and a bound on every buffer, so that what a peer sends, or
 /// does not send, can cost this process only a bounded amount of memory and time. Read once from
@@ -69,6 +73,21 @@ public struct Bounds: Sendable, Equatable {
             tcpKeepalive = nil
         }
     }
+
+    /// The socket options (level, name, value) of `tcpKeepalive` and `tcpUserTimeoutMilliseconds`,
+    /// none when keepalive is off: set by the Supervisor on proxy listeners (accepted connections
+    /// inherit them) and by the NetWorker on the connections it makes.
+    public var keepaliveSocketOptions: [(level: Int32, name: Int32, value: Int32)] {
+        guard let keepalive = tcpKeepalive else { return [] }
+        var options = [(SOL_SOCKET, SO_KEEPALIVE, Int32(1)), (Int32(IPPROTO_TCP), TCP_KEEPIDLE, keepalive.idleSeconds),
+                       (Int32(IPPROTO_TCP), TCP_KEEPINTVL, keepalive.intervalSeconds), (Int32(IPPROTO_TCP), TCP_KEEPCNT, keepalive.probes)]
+        if let userTimeout = tcpUserTimeoutMilliseconds { options.append((Int32(IPPROTO_TCP), 18 /* TCP_USER_TIMEOUT */, userTimeout)) }
+        return options.map { (level: $0.0, name: $0.1, value: $0.2) }
+    }
+
+    /// The admin, stats and readiness listeners serve HTTP and proxy nothing: their own
+    /// connection cap, no TCP keepalive.
+    public static func isHTTPListener(_ name: String) -> Bool { ["admin", "stats", "readiness"].contains(name) }
 
 }
 

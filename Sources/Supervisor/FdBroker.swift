@@ -50,10 +50,9 @@ final class FdBroker {
         for (name, setting) in Self.localModeListeners(configuration) {
             // The setting was validated as an address when the configuration was read.
             guard let address = configuration.address(setting) else { continue }
-            // Keepalive on the proxy listeners' connections; the admin, stats and readiness ports proxy nothing.
-            let proxy = !["admin", "stats", "readiness"].contains(name)
+            let options = Bounds.isHTTPListener(name) ? nil : bounds
             do {
-                let fds = try (0..<copies).map { _ in try Self.listen(on: address, reusePort: copies > 1, options: proxy ? bounds : nil) }
+                let fds = try (0..<copies).map { _ in try Self.listen(on: address, reusePort: copies > 1, options: options) }
                 listeners.append(Listener(name: name, setting: setting, address: address, fds: fds))
             } catch let error as SyscallError {
                 throw BrokerError.cannotListen(setting: setting, address: address, error)
@@ -99,23 +98,15 @@ final class FdBroker {
 }
 
 extension Bounds {
-    /// Sets TCP_NODELAY and, when on, the keepalive options on a proxy listener before it
-    /// listens: Linux copies them to every connection it accepts, including those that wait in
-    /// the backlog before a NetWorker adopts the listener (which sets them again then).
+    /// Sets TCP_NODELAY and the keepalive options on a proxy listener before it listens: Linux
+    /// copies them to every connection it accepts, including those that wait in the backlog
+    /// before a NetWorker adopts the listener; no NetWorker sets them per connection.
     func applyToListener(_ fd: Int32) throws {
-        var options: [(Int32, Int32, Int32, String)] = [(Int32(IPPROTO_TCP), TCP_NODELAY, 1, "TCP_NODELAY")]
-        if let keepalive = tcpKeepalive {
-            options += [(SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE"),
-                        (Int32(IPPROTO_TCP), TCP_KEEPIDLE, keepalive.idleSeconds, "TCP_KEEPIDLE"),
-                        (Int32(IPPROTO_TCP), TCP_KEEPINTVL, keepalive.intervalSeconds, "TCP_KEEPINTVL"),
-                        (Int32(IPPROTO_TCP), TCP_KEEPCNT, keepalive.probes, "TCP_KEEPCNT")]
-            if let userTimeout = tcpUserTimeoutMilliseconds {
-                options.append((Int32(IPPROTO_TCP), 18 /* TCP_USER_TIMEOUT */, userTimeout, "TCP_USER_TIMEOUT"))
+        for option in [(level: Int32(IPPROTO_TCP), name: TCP_NODELAY, value: Int32(1))] + keepaliveSocketOptions {
+            var value = option.value
+            _ = try Syscall.retrying("setsockopt(\(option.level), \(option.name))") {
+                setsockopt(fd, option.level, option.name, &value, socklen_t(MemoryLayout<Int32>.size))
             }
-        }
-        for (level, name, value, text) in options {
-            var value = value
-            _ = try Syscall.retrying("setsockopt(\(text))") { setsockopt(fd, level, name, &value, socklen_t(MemoryLayout<Int32>.size)) }
         }
     }
 }

@@ -91,12 +91,17 @@ struct RoleSpec {
         }
     }
 
-    /// The role's seccomp policy for this configuration, from its profile: a CertWorker or xDS
-    /// worker that looks no name up loses UDP (`SeccompPolicy.removingDatagramSockets`), which
-    /// Landlock does not filter, so that it cannot send a datagram anywhere.
-    func seccomp(_ configuration: Configuration, profile: SeccompPolicy) -> SeccompPolicy {
-        guard role == .certWorker || role == .xdsWorker, !looksUpNames(configuration) else { return profile }
-        return profile.removingDatagramSockets()
+    /// The role's seccomp policy for this configuration, from its profile, without what the
+    /// configuration does not need: a CertWorker or xDS worker that looks no name up loses UDP
+    /// (`SeccompPolicy.removingDatagramSockets`), which Landlock does not filter, so that it
+    /// cannot send a datagram anywhere; a NetWorker that does not bind for original source
+    /// (`networkerBinds`, `OriginalSource`) loses `bind`, which its profile has for that alone.
+    func seccomp(_ configuration: Configuration, profile: SeccompPolicy, networkerBinds: Bool) -> SeccompPolicy {
+        switch role {
+        case .certWorker, .xdsWorker: return looksUpNames(configuration) ? profile : profile.removingDatagramSockets()
+        case .netWorker: return networkerBinds ? profile : profile.removing(syscall: "bind")
+        default: return profile
+        }
     }
 
     /// The roles and how many of each: an xDS worker only when XDS_ADDRESS is set.

@@ -126,8 +126,6 @@ enum Main {
 
         raiseFileLimit()
         let binDirectory = executableDirectory()
-        var policies: [WorkerRole: SeccompPolicy]
-        do { policies = try loadSeccompPolicies(configuration, binDirectory: binDirectory) } catch { fail("\(error)") }
         // Original source needs bind(2) in the NetWorker, which its profile allows for that
         // alone; the NetWorker binds exactly when its policy keeps the rule, and Landlock (ABI 4)
         // then holds the bind to port 0 (`OriginalSource`).
@@ -141,9 +139,8 @@ enum Main {
         if binds && abi < 4 {
             Log.warn("ENABLE_ORIG_SRC=true without Landlock ABI 4: a NetWorker may bind any port, not only port 0")
         }
-        if !binds, let netWorker = policies[.netWorker] {
-            policies[.netWorker] = netWorker.removing(syscall: "bind")
-        }
+        let policies: [WorkerRole: SeccompPolicy]
+        do { policies = try loadSeccompPolicies(configuration, binDirectory: binDirectory, networkerBinds: binds) } catch { fail("\(error)") }
 
         let audit: AuditSink
         do { audit = try AuditSink(destination: configuration.string("ZTUNNEL_AUDIT_LOG")) } catch {
@@ -196,7 +193,8 @@ enum Main {
 
     /// The per-role profiles, from ZTUNNEL_SECCOMP_DIR or the first security/seccomp found walking
     /// up from the binary (a build tree), or ../share/ztunnel/seccomp (an install).
-    static func loadSeccompPolicies(_ configuration: Configuration, binDirectory: String) throws -> [WorkerRole: SeccompPolicy] {
+    static func loadSeccompPolicies(_ configuration: Configuration, binDirectory: String,
+                                    networkerBinds: Bool) throws -> [WorkerRole: SeccompPolicy] {
         var directory = configuration.string("ZTUNNEL_SECCOMP_DIR")
         if directory.isEmpty {
             var candidates = [binDirectory + "/../share/ztunnel/seccomp"]
@@ -214,7 +212,7 @@ enum Main {
         var policies: [WorkerRole: SeccompPolicy] = [:]
         for (spec, _) in RoleSpec.table(netWorkers: 1, xds: true) {
             let profile = try SeccompProfile.load(path: directory + "/" + spec.seccompProfile, auditMode: audit)
-            policies[spec.role] = spec.seccomp(configuration, profile: profile)
+            policies[spec.role] = spec.seccomp(configuration, profile: profile, networkerBinds: networkerBinds)
         }
         return policies
     }

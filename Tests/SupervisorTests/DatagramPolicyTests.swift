@@ -41,16 +41,19 @@ import Glibc
         #expect(profile.allows(syscall: "sendmmsg"))
 
         let literal = try Configuration(environment: ["LOCAL_XDS_PATH": "/dev/null", setting: "10.0.0.1:15012"], arguments: [])
-        let confined = spec.seccomp(literal, profile: profile)
+        let confined = spec.seccomp(literal, profile: profile, networkerBinds: true)
         #expect(Self.socketTypes(confined) == [stream])
         #expect(!confined.allows(syscall: "sendmmsg"))
         #expect(confined.allows(syscall: "sendto") && confined.allows(syscall: "connect"))
         #expect(confined.rules.count == profile.rules.count - 5)  // 4 datagram socket rules, sendmmsg
 
         let named = try Configuration(environment: ["LOCAL_XDS_PATH": "/dev/null", setting: "istiod.istio-system.svc:15012"], arguments: [])
-        #expect(spec.seccomp(named, profile: profile) == profile)
+        #expect(spec.seccomp(named, profile: profile, networkerBinds: true) == profile)
 
         let netWorker = try SeccompProfile.load(path: Self.profiles + "net-worker.json", auditMode: false)
-        #expect(RoleSpec.netWorker.seccomp(literal, profile: netWorker) == netWorker)
+        #expect(RoleSpec.netWorker.seccomp(literal, profile: netWorker, networkerBinds: true) == netWorker)
+        // The same place takes `bind` from a NetWorker that does not bind for original source.
+        #expect(netWorker.allows(syscall: "bind"))
+        #expect(RoleSpec.netWorker.seccomp(literal, profile: netWorker, networkerBinds: false) == netWorker.removing(syscall: "bind"))
     }
 }
