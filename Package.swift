@@ -64,9 +64,9 @@ let package = Package(
         .testTarget(name: "MeshTests", dependencies: ["Mesh"]),
         .testTarget(name: "XDSTests", dependencies: ["XDS", "Mesh", "HTTP2Client", "Shared", .product(name: "SwiftProtobuf", package: "swift-protobuf")]),
         .testTarget(name: "SupervisorTests", dependencies: ["Supervisor"]),
-        .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL", "HTTP2Client"]),
+        .testTarget(name: "CertWorkerTests", dependencies: ["CertWorker", "IPC", "OpenSSLSupport", "COpenSSL", "HTTP2Client", "CKeyHandle"]),
         .testTarget(name: "NetWorkerTests", dependencies: [
-            "NetWorker", "IPC", "Shared", "OpenSSLSupport", "COpenSSL",
+            "NetWorker", "IPC", "Shared", "OpenSSLSupport", "COpenSSL", "CKeyHandle",
             .product(name: "NIOCore", package: "swift-nio"),
             .product(name: "NIOEmbedded", package: "swift-nio"),
         ]),

@@ -8,10 +8,14 @@ import Shared
 /// is the SPIFFE id, signed with ECDSA-SHA256.
 enum KeyAndCSR {
     /// A new P-256 key; its secret is allocated in OpenSSL's secure heap.
+    /// The curve by its short name, `prime256v1`, which the default provider and libcrypto's
+    /// built-in EC method both know: where an ENGINE serves EC (the NetWorker's
+    /// `CKeyHandle_decode_ec_public_keys_directly`, or a test process that installed it), the
+    /// context is the built-in method's, which does not know the NIST name `P-256`.
     static func generateKey() throws -> PrivateKey {
         guard let context = EVP_PKEY_CTX_new_from_name(nil, "EC", nil) else { throw OpenSSLError("EVP_PKEY_CTX_new_from_name") }
         defer { EVP_PKEY_CTX_free(context) }
-        guard EVP_PKEY_keygen_init(context) == 1, EVP_PKEY_CTX_set_group_name(context, "P-256") == 1 else {
+        guard EVP_PKEY_keygen_init(context) == 1, EVP_PKEY_CTX_set_group_name(context, "prime256v1") == 1 else {
             throw OpenSSLError("P-256 keygen init")
         }
         var key: OpaquePointer?

@@ -224,3 +224,22 @@ def test_a_pending_signature_does_not_block_the_event_loop(start_daemon, tmp_pat
     # Stopped and continued, the CertWorker resumed its wait (restart_syscall) rather than being
     # killed by its sandbox.
     assert daemon.workers("cert-worker") == [cert] and not daemon.audit_events("worker_exit")
+
+
+def test_a_client_that_offers_only_p256_key_shares_completes_the_handshake(start_daemon, tmp_path):
+    """ECDHE on P-256 (a FIPS-mode peer offers nothing else) as well as X25519: the EC key
+    engine (`CKeyHandle_decode_ec_public_keys_directly`) must leave ephemeral EC keys working."""
+    import subprocess
+    daemon, server_id, _ = start_with_identity(start_daemon, tmp_path)
+    client = str(tmp_path / "client")
+    wait_for(lambda: try_handshake(daemon.ports["inbound"], client), 30, "an mTLS handshake on 15008")
+    for group in ("P-256", "X25519"):
+        done = subprocess.run(
+            ["openssl", "s_client", "-connect", f"127.0.0.1:{daemon.ports['inbound']}", "-tls1_3", "-groups", group,
+             "-alpn", "h2", "-CAfile", f"{client}/root-cert.pem", "-cert", f"{client}/cert-chain.pem",
+             "-key", f"{client}/key.pem", "-verify_return_error", "-brief"],
+            input=b"", capture_output=True, timeout=30)
+        output = (done.stdout + done.stderr).decode(errors="replace")
+        assert done.returncode == 0 and "CONNECTION ESTABLISHED" in output, f"{group}:\n{output}"
+        expected = "prime256v1" if group == "P-256" else "X25519"
+        assert f"Server Temp Key: {'ECDH, ' if group == 'P-256' else ''}{expected}" in output, output
