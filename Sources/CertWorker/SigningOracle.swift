@@ -24,6 +24,9 @@ struct SigningOracle {
     }
 
     let store: KeyStore
+    /// Fault injection only (`FaultKind.certBadClientSignature`, `.certBadServerSignature`): the
+    /// side whose CertificateVerify is signed over a changed content, so that it does not verify.
+    var badSignatures: Set<CertificateVerifyContent.Side> = []
 
     func answer(handle: [UInt8], algorithm rawAlgorithm: UInt8, content: [UInt8]) -> Outcome {
         guard let identity = store.byHandle[handle] else {
@@ -32,11 +35,13 @@ struct SigningOracle {
         guard let algorithm = SignatureAlgorithm(rawValue: rawAlgorithm), algorithm == .ecdsaP256SHA256 else {
             return .refused("algorithm \(rawAlgorithm) is not allowed for \(identity.material.spiffeId)")
         }
-        guard CertificateVerifyContent.side(of: content) != nil else {
+        guard let side = CertificateVerifyContent.side(of: content) else {
             return .violation("content of \(content.count) bytes is not a TLS 1.3 CertificateVerify input")
         }
+        var signed = content
+        if badSignatures.contains(side) { signed[signed.count - 1] ^= 0x01 }
         do {
-            let signature = try sign(content: content, with: identity.key)
+            let signature = try sign(content: signed, with: identity.key)
             identity.signatures += 1
             return .signature(signature)
         } catch {

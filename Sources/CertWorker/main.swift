@@ -30,6 +30,8 @@ final class CertWorker {
     /// ZTUNNEL_DEBUG_FAULT_INJECTION, checked here too: the Supervisor relays faults only when it
     /// is on, and this worker does not take its word for it.
     var faultInjectionEnabled = false
+    /// Fault injection only: the CertificateVerify sides signed wrongly (`SigningOracle`).
+    var badSignatures: Set<CertificateVerifyContent.Side> = []
 
     init(supervisor: IPCSocket, store: KeyStore, ca: CertificateAuthority, ttlSeconds: Int) throws {
         self.supervisor = supervisor
@@ -224,6 +226,12 @@ final class CertWorker {
                 }
             }
             Log.warn("fault cert-identity-flood: \(sent) of \(2000 * peers.count * frames.count) identity frames sent")
+        case .fault(.certBadClientSignature, _) where faultInjectionEnabled:
+            badSignatures.insert(.client)
+            Log.warn("fault cert-bad-client-signature: client CertificateVerify signatures are now made over a changed content")
+        case .fault(.certBadServerSignature, _) where faultInjectionEnabled:
+            badSignatures.insert(.server)
+            Log.warn("fault cert-bad-server-signature: server CertificateVerify signatures are now made over a changed content")
         case .fault(.certShutdownRequest, _) where faultInjectionEnabled:
             // Only a NetWorker (its /quitquitquit) may ask the node to stop.
             try? supervisor.send(WorkerMessage.shutdownRequest.frame())
@@ -247,7 +255,7 @@ final class CertWorker {
             guard case .frame(let frame) = try peer.receive(blocking: false) else { return }
             switch try SignerRequest.decode(frame) {
             case .sign(let handle, let algorithm, let content):
-                switch SigningOracle(store: store).answer(handle: handle, algorithm: algorithm, content: content) {
+                switch SigningOracle(store: store, badSignatures: badSignatures).answer(handle: handle, algorithm: algorithm, content: content) {
                 case .signature(let bytes):
                     push(CertWorkerMessage.signature(bytes).frame(requestId: frame.requestId), to: index)
                     signaturesSinceStatus = true

@@ -27,7 +27,7 @@ public enum FaultProbe {
             if rc == 0 { rmdir(path) }
             report("\(role)-make-dir", Int(rc), error)
         case .xdsBadSnapshot, .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
-             .certSignerFlood, .certIdentityFlood:
+             .certSignerFlood, .certIdentityFlood, .certBadClientSignature, .certBadServerSignature:
             break  // sent by the worker itself, which holds the Supervisor channel
         case .certCloneNamespace, .certNetlinkSocket, .certUnixSocket, .certRawSocket, .certSetns, .certUnshare, .certPtrace,
              .certSignalOther, .xdsCloneNamespace, .xdsNetlinkSocket, .xdsUnixSocket, .xdsRawSocket, .xdsSetns, .xdsUnshare,

@@ -64,6 +64,10 @@ public enum FaultKind: UInt8, Sendable, CaseIterable {
     /// The same with every identity it holds pushed again 2,000 times (each one makes the
     /// NetWorker build a TLS context).
     case certIdentityFlood = 32
+    /// From now on the CertWorker signs every client (33) or server (34) CertificateVerify over
+    /// a content with one byte changed: a signature of the right form and key that does not
+    /// verify, as a peer holding another key would send. The other side must refuse it.
+    case certBadClientSignature = 33, certBadServerSignature = 34
 
     /// A forbidden operation, by the name the NetWorker's fault endpoint gives it.
     public enum Wall: String, Sendable, CaseIterable {

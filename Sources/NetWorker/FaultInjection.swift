@@ -90,6 +90,10 @@ enum FaultInjection {
         /// `FaultKind.certSignerFlood`): they keep serving and are not killed.
         case certSignerFlood = "cert-signer-flood"
         case certIdentityFlood = "cert-identity-flood"
+        /// The CertWorker signs client (or server) CertificateVerify inputs wrongly from now on
+        /// (relayed, `FaultKind.certBadClientSignature`): the peer refuses the handshake.
+        case certBadClientSignature = "cert-bad-client-signature"
+        case certBadServerSignature = "cert-bad-server-signature"
         /// The xDS worker publishes 200 snapshots at once (relayed, `FaultKind.xdsSnapshotStorm`).
         case xdsSnapshotStorm = "xds-snapshot-storm"
         /// This NetWorker stops reading its signer channel, then sends sign requests (for a key it
@@ -116,6 +120,8 @@ enum FaultInjection {
             case .xdsUDPSocket: return .xdsUDPSocket
             case .certSignerFlood: return .certSignerFlood
             case .certIdentityFlood: return .certIdentityFlood
+            case .certBadClientSignature: return .certBadClientSignature
+            case .certBadServerSignature: return .certBadServerSignature
             default: return nil
             }
         }
@@ -187,7 +193,7 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .certOpenFile, .certMakeDirectory, .certConnect, .xdsOpenFile, .xdsMakeDirectory, .xdsConnect, .xdsBadSnapshot,
              .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
-             .certUDPSocket, .xdsUDPSocket, .certSignerFlood, .certIdentityFlood:
+             .certUDPSocket, .xdsUDPSocket, .certSignerFlood, .certIdentityFlood, .certBadClientSignature, .certBadServerSignature:
             break  // relayed above
         case .signerStall:
             guard let handle = identities.anyHandle() else {

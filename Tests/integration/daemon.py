@@ -83,6 +83,7 @@ class EchoServer:
         self.sock.listen(1024)
         self.port = self.sock.getsockname()[1]
         self.stopped = False
+        self.accepted = 0  # connections accepted so far
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self):
@@ -91,6 +92,7 @@ class EchoServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            self.accepted += 1
             threading.Thread(target=self._echo, args=(conn,), daemon=True).start()
 
     @staticmethod

@@ -633,3 +633,39 @@ def test_the_supervisor_sets_the_keepalive_options_before_its_proxy_listeners_li
             assert options[daemon.ports[name]][1] == 0, (name, options)
     finally:
         echo.close()
+
+
+@pytest.mark.parametrize("side", ["client", "server"])
+def test_a_certificate_verify_that_does_not_verify_fails_the_handshake(start_daemon, side):
+    """A peer whose CertificateVerify was signed by another key than its certificate's (fault
+    probe `cert-bad-<side>-signature`: the CertWorker signs that side's handshakes over a changed
+    content). The side that checks it, with the key decoded from the peer's certificate, refuses
+    the handshake: 15008 when the client's is bad, our outbound side when the server's is. No
+    byte reaches the application, the refusal is logged with OpenSSL's reason, and the NetWorker
+    keeps serving."""
+    echo = EchoServer(host="127.0.0.2")
+    try:
+        daemon, _ = start(start_daemon, echo.port, extra_env={"ZTUNNEL_DEBUG_FAULT_INJECTION": "true"})
+        (worker,) = daemon.workers("net-worker")
+        target = f"/debug/fault?kind=cert-bad-{side}-signature"
+        assert http(daemon.ports["admin"], target, method="POST")[0] == 200
+        wait_for(lambda: f"fault cert-bad-{side}-signature:" in daemon.log(), 10, "the CertWorker to take the fault")
+        sock, code = socks5_connect(daemon.ports["socks5"], echo.port, "127.0.0.2", source="127.0.0.3")
+        with sock:
+            if code == 0:  # the reply may come before the tunnel's answer; no byte comes back
+                sock.settimeout(10)
+                sock.sendall(b"must not arrive")
+                try:
+                    assert sock.recv(100) == b""
+                except ConnectionResetError:
+                    pass
+        refusal = "inbound: TLS handshake failed" if side == "client" else "outbound"
+        wait_for(lambda: any("bad signature" in l and refusal in l for l in daemon.log().splitlines()), 10,
+                 f"the {'server' if side == 'client' else 'client'} side to refuse the signature")
+        assert echo.accepted == 0
+        wait_for(lambda: any("direction=outbound" in l and "bytes_sent=0" in l and " error=" in l for l in access_lines(daemon)),
+                 10, "the client's access-log line with the failure")
+        assert daemon.workers("net-worker") == [worker]
+        assert http(daemon.ports["readiness"], "/healthz/ready")[0] == 200
+    finally:
+        echo.close()
