@@ -42,6 +42,12 @@ enum FaultInjection {
         /// NetWorker bind port 0 only, and only in in-pod mode with original source (the
         /// Supervisor binds every listener).
         case bindPort = "bind-port"
+        /// setsockopt(SO_MARK, 0x539) on a TCP socket of its own: EPERM (CAP_NET_ADMIN, which
+        /// no worker has). The mark is istio-cni's bypass of the pods' traffic capture.
+        case soMark = "so-mark"
+        /// setsockopt(IP_TRANSPARENT) on a TCP socket of its own: EPERM (CAP_NET_ADMIN or
+        /// CAP_NET_RAW): no binding of foreign source addresses on sockets it made itself.
+        case ipTransparent = "ip-transparent"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
         case certOpenFile = "cert-open-file"
         /// The CertWorker makes a directory under /tmp (relayed).
@@ -160,6 +166,13 @@ enum FaultInjection {
             report(kind, CShims_fault_ptrace_parent())
         case .bindPort:
             report(kind, CShims_fault_bind(port))
+        case .soMark, .ipTransparent:
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0 else { return report(kind, fd) }
+            defer { close(fd) }
+            var value: Int32 = kind == .soMark ? 0x539 : 1
+            let (level, option) = kind == .soMark ? (SOL_SOCKET, Int32(36) /* SO_MARK */) : (Int32(IPPROTO_IP), Int32(19) /* IP_TRANSPARENT */)
+            report(kind, setsockopt(fd, level, option, &value, socklen_t(MemoryLayout<Int32>.size)))
         case .openFile:
             let fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
             report(kind, Int(fd))

@@ -65,6 +65,22 @@ def test_in_pod_mode_the_networker_may_bind_port_zero_only(start_daemon, tmp_pat
     assert daemon.children() == workers and not daemon.audit_events("worker_exit")
 
 
+def test_the_networker_cannot_mark_its_sockets_or_make_them_transparent(start_daemon):
+    """SO_MARK 0x539 is istio-cni's bypass of the pods' traffic capture, and IP_TRANSPARENT lets a
+    socket use any source address: both need a capability (CAP_NET_ADMIN; or CAP_NET_RAW for the
+    second) that no worker has, and `setsockopt` is otherwise not filtered. A NetWorker trying
+    them on a TCP socket of its own is refused (EPERM) and lives; the in-pod sockets that carry
+    the mark come made by the Supervisor."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    workers = daemon.children()
+    for kind in ("so-mark", "ip-transparent"):
+        inject(daemon, kind)
+        wait_for(lambda: fault_line(daemon, kind), 10, f"the {kind} probe reported")
+        assert "refused: Operation not permitted (errno 1)" in fault_line(daemon, kind), fault_line(daemon, kind)
+    assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+
+
 def http_status(daemon):
     try:
         return http(daemon.ports["admin"], "/config_dump", timeout=2)[0]
