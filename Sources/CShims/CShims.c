@@ -42,6 +42,10 @@ long CShims_fault_bind(unsigned short port) {
     errno = saved;
     return rc;
 }
+long CShims_fault_sendto_loopback(int fd, unsigned short port, const void *bytes, size_t length) {
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
+    return syscall(SYS_sendto, fd, bytes, length, 0, &address, sizeof address);
+}
 int CShims_close_range(unsigned int first, unsigned int last) { return (int)syscall(SYS_close_range, first, last, 0); }
 
 int CShims_seccomp_rule_add_conditions(void *ctx, uint32_t action, int syscall, uint32_t count,

@@ -69,6 +69,7 @@ final class DNSProxy: Sendable {
             return
         }
         let upstream = DNSUpstream(address: address)
+        upstream.fd = fd.rawValue
         do {
             upstream.channel = try DatagramBootstrap(group: group)
                 .channelInitializer { $0.pipeline.addHandler(DNSUpstreamHandler(upstream: upstream)) }
@@ -80,6 +81,9 @@ final class DNSProxy: Sendable {
         upstreams.withLockedValue { $0.append(upstream) }
         Log.info("dns proxy: forwarding to nameserver \(address)")
     }
+
+    /// The descriptor of a nameserver socket, for the fault probe `dns-upstream-elsewhere`.
+    var anyUpstreamDescriptor: Int32? { upstreams.withLockedValue { $0.first?.fd } }
 
     /// Whether lookups of its own can be made: a nameserver socket came from the Supervisor.
     var canResolve: Bool { upstreams.withLockedValue { !$0.isEmpty } }
@@ -421,6 +425,8 @@ final class DNSStreamHandler: ChannelInboundHandler, @unchecked Sendable {
 final class DNSUpstream: @unchecked Sendable {
     let address: NIOCore.SocketAddress
     var channel: Channel?
+    /// The socket's descriptor (NIO's): for the fault probe `dns-upstream-elsewhere` only.
+    var fd: Int32 = -1
     private var pending: [UInt16: (id: UInt16, promise: EventLoopPromise<[UInt8]?>, timeout: Scheduled<Void>)] = [:]
     static let maxPending = 1024
 

@@ -48,6 +48,10 @@ enum FaultInjection {
         /// setsockopt(IP_TRANSPARENT) on a TCP socket of its own: EPERM (CAP_NET_ADMIN or
         /// CAP_NET_RAW): no binding of foreign source addresses on sockets it made itself.
         case ipTransparent = "ip-transparent"
+        /// A datagram to 127.0.0.1:`port` through a nameserver socket the Supervisor connected
+        /// (sendto with an address): the socket is connected, but the kernel sends it anyway and
+        /// nothing filters the address. The known gap, pinned by a test.
+        case dnsUpstreamElsewhere = "dns-upstream-elsewhere"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
         case certOpenFile = "cert-open-file"
         /// The CertWorker makes a directory under /tmp (relayed).
@@ -166,6 +170,12 @@ enum FaultInjection {
             report(kind, CShims_fault_ptrace_parent())
         case .bindPort:
             report(kind, CShims_fault_bind(port))
+        case .dnsUpstreamElsewhere:
+            guard let fd = DNSProxy.shared?.anyUpstreamDescriptor else {
+                return Log.warn("fault \(kind.rawValue): no nameserver socket")
+            }
+            let probe = Array("\(kind.rawValue) from pid \(getpid())".utf8)
+            report(kind, CShims_fault_sendto_loopback(fd, port, probe, probe.count))
         case .soMark, .ipTransparent:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return report(kind, fd) }

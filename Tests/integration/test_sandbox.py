@@ -212,6 +212,30 @@ def test_a_certworker_that_looks_its_ca_up_keeps_udp_to_any_address(start_daemon
         ca.close()
 
 
+def test_a_networker_can_send_udp_elsewhere_through_its_nameserver_socket(start_daemon):
+    """The known gap, pinned: a NetWorker makes no UDP socket, but the sockets the Supervisor
+    connected to the nameservers (for its own lookups) still take a destination address (sendto;
+    sendmsg with msg_name; connect again), which neither seccomp nor Landlock checks: a datagram
+    reaches a socket of this test that is no nameserver. A NetWorker already connects over TCP
+    anywhere by design; this widens that to UDP. When the datagram no longer arrives the gap is
+    closed: update THREAT_MODEL.md."""
+    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    try:
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(10)
+        daemon = start_daemon(extra_env=FAULTS)
+        daemon.wait_ready()
+        if "dns proxy: forwarding to nameserver" not in daemon.log():
+            pytest.skip("no usable nameserver in this host's /etc/resolv.conf: the NetWorker has no such socket")
+        workers = daemon.children()
+        inject(daemon, "dns-upstream-elsewhere", sink.getsockname()[1])
+        payload, _ = sink.recvfrom(1024)
+        assert payload.startswith(b"dns-upstream-elsewhere from pid "), payload
+        assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+    finally:
+        sink.close()
+
+
 def test_the_pods_profile_is_a_wall_of_its_own(start_daemon):
     """The container's seccomp profile (deploy/seccomp/ztunnel-swift.json, as deployed: EPERM for
     what it does not list) holds when a worker's own filter does not: with the workers' filters

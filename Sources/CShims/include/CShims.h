@@ -46,6 +46,8 @@ long CShims_fault_unshare(void);
 long CShims_fault_ptrace_parent(void);
 /// bind(2) of a fresh TCP socket to 127.0.0.1:port: fault injection only.
 long CShims_fault_bind(unsigned short port);
+/// sendto(fd, bytes, length, 0, 127.0.0.1:port): the fault probe `dns-upstream-elsewhere`.
+long CShims_fault_sendto_loopback(int fd, unsigned short port, const void *bytes, size_t length);
 /// getdents64 on /proc/self/fd replacement: closes every fd >= lowfd (close_range(2)).
 int CShims_close_range(unsigned int first, unsigned int last);
 
