@@ -20,6 +20,9 @@ public enum FaultProbe {
             let fd = open("/etc/hostname", O_RDONLY | O_CLOEXEC)
             report("\(role)-open-file", Int(fd), errno)
             if fd >= 0 { close(fd) }
+        case .certStatFile:
+            var info = stat()
+            report("cert-stat-file", Int(stat("/etc/shadow", &info)), errno)
         case .makeDirectory, .xdsMakeDirectory:
             let path = "/tmp/ztunnel-wall-probe-\(getpid())"
             let rc = mkdir(path, 0o700)

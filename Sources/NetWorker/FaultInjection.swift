@@ -52,6 +52,12 @@ enum FaultInjection {
         /// (sendto with an address): the socket is connected, but the kernel sends it anyway and
         /// nothing filters the address. The known gap, pinned by a test.
         case dnsUpstreamElsewhere = "dns-upstream-elsewhere"
+        /// listen(2) on a TCP socket never bound: the kernel binds it to an ephemeral port on
+        /// every address, past Landlock (its bind rule does not see that bind) and seccomp (`listen`
+        /// stays for the adopted listeners). The socket stays open; the known gap, pinned.
+        case listenUnbound = "listen-unbound"
+        /// The CertWorker stats /etc/shadow (relayed): allowed, the known gap, pinned.
+        case certStatFile = "cert-stat-file"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
         case certOpenFile = "cert-open-file"
         /// The CertWorker makes a directory under /tmp (relayed).
@@ -132,6 +138,7 @@ enum FaultInjection {
             case .certIdentityFlood: return .certIdentityFlood
             case .certBadClientSignature: return .certBadClientSignature
             case .certBadServerSignature: return .certBadServerSignature
+            case .certStatFile: return .certStatFile
             default: return nil
             }
         }
@@ -170,6 +177,16 @@ enum FaultInjection {
             report(kind, CShims_fault_ptrace_parent())
         case .bindPort:
             report(kind, CShims_fault_bind(port))
+        case .listenUnbound:
+            let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+            guard fd >= 0, listen(fd, 1) == 0 else { return report(kind, -1) }
+            var address = sockaddr_in()
+            var length = socklen_t(MemoryLayout<sockaddr_in>.size)
+            let named = withUnsafeMutablePointer(to: &address) {
+                $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { getsockname(fd, $0, &length) }
+            }
+            report(kind, named == 0 ? Int(UInt16(bigEndian: address.sin_port)) : -1)
+            // Left open (tests only): the test connects to it.
         case .dnsUpstreamElsewhere:
             guard let fd = DNSProxy.shared?.anyUpstreamDescriptor else {
                 return Log.warn("fault \(kind.rawValue): no nameserver socket")
@@ -216,7 +233,8 @@ enum FaultInjection {
             try? channel.send(WorkerMessage.faultRequest(.xdsOpenFile, port: 0).frame())
         case .certOpenFile, .certMakeDirectory, .certConnect, .xdsOpenFile, .xdsMakeDirectory, .xdsConnect, .xdsBadSnapshot,
              .xdsSnapshotStorm, .certAuditReservedKey, .certAuditUnlistedEvent, .certShutdownRequest, .certAuditFlood,
-             .certUDPSocket, .xdsUDPSocket, .certSignerFlood, .certIdentityFlood, .certBadClientSignature, .certBadServerSignature:
+             .certUDPSocket, .xdsUDPSocket, .certSignerFlood, .certIdentityFlood, .certBadClientSignature, .certBadServerSignature,
+             .certStatFile:
             break  // relayed above
         case .signerStall:
             guard let handle = identities.anyHandle() else {

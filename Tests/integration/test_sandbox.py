@@ -236,6 +236,40 @@ def test_a_networker_can_send_udp_elsewhere_through_its_nameserver_socket(start_
         sink.close()
 
 
+def test_a_networker_can_listen_on_a_port_the_kernel_picks(start_daemon):
+    """The known gap, pinned: `listen` stays in the NetWorker's profile (SwiftNIO listens again on
+    each listener it adopts), and on a socket never bound the kernel picks an ephemeral port on
+    every address, a bind Landlock's rule does not see. A NetWorker can so accept connections on
+    a port of its network namespace (the node's, in every mode). When the connection below is
+    refused, the gap is closed: update THREAT_MODEL.md."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    workers = daemon.children()
+    inject(daemon, "listen-unbound")
+    wait_for(lambda: fault_line(daemon, "listen-unbound"), 10, "the listen reported")
+    match = re.search(r"let it through \(result (\d+)\)", fault_line(daemon, "listen-unbound"))
+    assert match, fault_line(daemon, "listen-unbound")
+    socket.create_connection(("127.0.0.1", int(match.group(1))), timeout=5).close()
+    assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+
+
+def test_a_certworker_can_stat_any_path(start_daemon):
+    """The known gap, pinned: `newfstatat` stays in the CertWorker's profile (glibc's fstat is
+    built on it) and Landlock does not cover stat, so the key holder can learn that a path exists,
+    its size and owner, though it can open none. When the probe is refused, update
+    THREAT_MODEL.md."""
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    workers = daemon.children()
+    inject(daemon, "cert-stat-file")
+    wait_for(lambda: fault_line(daemon, "cert-stat-file"), 10, "the stat reported")
+    assert fault_line(daemon, "cert-stat-file").endswith("fault cert-stat-file: allowed"), fault_line(daemon, "cert-stat-file")
+    inject(daemon, "cert-open-file")  # while opening stays refused
+    wait_for(lambda: fault_line(daemon, "cert-open-file"), 10, "the open reported")
+    assert "refused" in fault_line(daemon, "cert-open-file"), fault_line(daemon, "cert-open-file")
+    assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+
+
 def test_the_pods_profile_is_a_wall_of_its_own(start_daemon):
     """The container's seccomp profile (deploy/seccomp/ztunnel-swift.json, as deployed: EPERM for
     what it does not list) holds when a worker's own filter does not: with the workers' filters
