@@ -5,6 +5,9 @@
 #include <sched.h>
 #include <unistd.h>
 #include <sys/socket.h>
+#include <sys/un.h>
+#include <stddef.h>
+#include <stdio.h>
 #include <seccomp.h>
 #include <spawn.h>
 #include <errno.h>
@@ -39,6 +42,17 @@ long CShims_fault_bind(unsigned short port) {
     long rc = syscall(SYS_bind, fd, &address, sizeof address);
     int saved = errno;
     close((int)fd);
+    errno = saved;
+    return rc;
+}
+long CShims_fault_bind_abstract(unsigned short tag, int *kept) {
+    int pair[2];
+    if (socketpair(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0, pair) != 0) return -1;
+    struct sockaddr_un address = { .sun_family = AF_UNIX };
+    int length = snprintf(address.sun_path + 1, sizeof address.sun_path - 1, "ztunnel-wall-probe-%u", (unsigned)tag);
+    long rc = syscall(SYS_bind, pair[0], &address, (socklen_t)(offsetof(struct sockaddr_un, sun_path) + 1 + length));
+    int saved = errno;
+    if (rc == 0) { kept[0] = pair[0]; kept[1] = pair[1]; } else { close(pair[0]); close(pair[1]); }
     errno = saved;
     return rc;
 }

@@ -56,6 +56,11 @@ enum FaultInjection {
         /// every address, past Landlock (its bind rule does not see that bind) and seccomp (`listen`
         /// stays for the adopted listeners). The socket stays open; the known gap, pinned.
         case listenUnbound = "listen-unbound"
+        /// bind(2) of the abstract unix name `ztunnel-wall-probe-<port>` to one end of a
+        /// socketpair: killed where `bind` is not in the profile; in in-pod mode with original
+        /// source (where it is) allowed, Landlock's abstract scope covering connect, not bind: a
+        /// name squat in the node's namespace. The pair stays open; the known gap, pinned.
+        case abstractBind = "abstract-bind"
         /// The CertWorker stats /etc/shadow (relayed): allowed, the known gap, pinned.
         case certStatFile = "cert-stat-file"
         /// The CertWorker opens /etc/hostname (relayed through the Supervisor).
@@ -177,6 +182,9 @@ enum FaultInjection {
             report(kind, CShims_fault_ptrace_parent())
         case .bindPort:
             report(kind, CShims_fault_bind(port))
+        case .abstractBind:
+            var kept: [Int32] = [-1, -1]
+            report(kind, CShims_fault_bind_abstract(port, &kept))  // the pair stays open (tests only)
         case .listenUnbound:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0, listen(fd, 1) == 0 else { return report(kind, -1) }

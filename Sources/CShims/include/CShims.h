@@ -46,6 +46,9 @@ long CShims_fault_unshare(void);
 long CShims_fault_ptrace_parent(void);
 /// bind(2) of a fresh TCP socket to 127.0.0.1:port: fault injection only.
 long CShims_fault_bind(unsigned short port);
+/// Binds one end of a new AF_UNIX socketpair to the abstract name "ztunnel-wall-probe-<tag>"
+/// (the fault probe `abstract-bind`); on success both ends stay open in `kept`.
+long CShims_fault_bind_abstract(unsigned short tag, int *kept);
 /// sendto(fd, bytes, length, 0, 127.0.0.1:port): the fault probe `dns-upstream-elsewhere`.
 long CShims_fault_sendto_loopback(int fd, unsigned short port, const void *bytes, size_t length);
 /// getdents64 on /proc/self/fd replacement: closes every fd >= lowfd (close_range(2)).
