@@ -3,6 +3,7 @@
 #include <openssl/engine.h>
 #include <openssl/err.h>
 #include <openssl/evp.h>
+#include <pthread.h>
 #include "CKeyHandle.h"
 
 static const int ec_only[] = { EVP_PKEY_EC };
@@ -25,14 +26,15 @@ static int builtin_ec_method(ENGINE *e, EVP_PKEY_METHOD **method, const int **ni
     return 0;
 }
 
-int CKeyHandle_decode_ec_public_keys_directly(void)
+// Once per process, whichever thread asks first (the unit tests call it from parallel tests).
+static int install_result;
+static pthread_once_t install_once = PTHREAD_ONCE_INIT;
+
+static void install(void)
 {
-    static int installed;
-    if (installed)
-        return 1;
     ENGINE *engine = ENGINE_new();
     if (engine == NULL)
-        return 0;
+        return;
     int ok = ENGINE_set_id(engine, "ztunnel-ec-direct")
         && ENGINE_set_name(engine, "EC public keys decoded without OSSL_DECODER")
         && ENGINE_set_pkey_meths(engine, builtin_ec_method)
@@ -40,8 +42,11 @@ int CKeyHandle_decode_ec_public_keys_directly(void)
         && ENGINE_init(engine)  // the functional reference is kept for the process's life
         && ENGINE_set_default_pkey_meths(engine);
     ENGINE_free(engine);  // the structural reference; ENGINE_add keeps its own
-    if (!ok)
-        return 0;
-    installed = 1;
-    return 1;
+    install_result = ok;
+}
+
+int CKeyHandle_decode_ec_public_keys_directly(void)
+{
+    pthread_once(&install_once, install);
+    return install_result;
 }

@@ -35,10 +35,14 @@ long CShims_fault_socket(int domain, int type, int protocol) { return syscall(SY
 long CShims_fault_setns(void) { return syscall(SYS_setns, -1, CLONE_NEWNET); }
 long CShims_fault_unshare(void) { return syscall(SYS_unshare, CLONE_NEWNET); }
 long CShims_fault_ptrace_parent(void) { return syscall(SYS_ptrace, 16 /* PTRACE_ATTACH */, getppid(), 0, 0); }
+static struct sockaddr_in loopback(unsigned short port) {
+    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
+    return address;
+}
 long CShims_fault_bind(unsigned short port) {
     long fd = syscall(SYS_socket, AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
     if (fd < 0) return fd;
-    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
+    struct sockaddr_in address = loopback(port);
     long rc = syscall(SYS_bind, fd, &address, sizeof address);
     int saved = errno;
     close((int)fd);
@@ -57,7 +61,7 @@ long CShims_fault_bind_abstract(unsigned short tag, int *kept) {
     return rc;
 }
 long CShims_fault_sendto_loopback(int fd, unsigned short port, const void *bytes, size_t length) {
-    struct sockaddr_in address = { .sin_family = AF_INET, .sin_port = htons(port), .sin_addr = { htonl(INADDR_LOOPBACK) } };
+    struct sockaddr_in address = loopback(port);
     return syscall(SYS_sendto, fd, bytes, length, 0, &address, sizeof address);
 }
 int CShims_close_range(unsigned int first, unsigned int last) { return (int)syscall(SYS_close_range, first, last, 0); }

@@ -68,8 +68,7 @@ final class DNSProxy: Sendable {
             Log.warn("dns proxy: an upstream socket without a peer; ignored")
             return
         }
-        let upstream = DNSUpstream(address: address)
-        upstream.fd = fd.rawValue
+        let upstream = DNSUpstream(address: address, fd: fd.rawValue)
         do {
             upstream.channel = try DatagramBootstrap(group: group)
                 .channelInitializer { $0.pipeline.addHandler(DNSUpstreamHandler(upstream: upstream)) }
@@ -82,8 +81,17 @@ final class DNSProxy: Sendable {
         Log.info("dns proxy: forwarding to nameserver \(address)")
     }
 
-    /// The descriptor of a nameserver socket, for the fault probe `dns-upstream-elsewhere`.
-    var anyUpstreamDescriptor: Int32? { upstreams.withLockedValue { $0.first?.fd } }
+    /// Runs `body` with the descriptor of a nameserver socket, on its channel's event loop and
+    /// only while that channel is open (NIO may close it there, and the number be reused): the
+    /// fault probe `dns-upstream-elsewhere`. False when there is no such socket.
+    func withUpstreamDescriptor(_ body: @escaping @Sendable (Int32) -> Void) -> Bool {
+        guard let upstream = upstreams.withLockedValue({ $0.first }), let channel = upstream.channel else { return false }
+        let fd = upstream.fd
+        channel.eventLoop.execute {
+            if channel.isActive { body(fd) } else { Log.warn("the nameserver socket to \(upstream.address) is closed") }
+        }
+        return true
+    }
 
     /// Whether lookups of its own can be made: a nameserver socket came from the Supervisor.
     var canResolve: Bool { upstreams.withLockedValue { !$0.isEmpty } }
@@ -425,12 +433,16 @@ final class DNSStreamHandler: ChannelInboundHandler, @unchecked Sendable {
 final class DNSUpstream: @unchecked Sendable {
     let address: NIOCore.SocketAddress
     var channel: Channel?
-    /// The socket's descriptor (NIO's): for the fault probe `dns-upstream-elsewhere` only.
-    var fd: Int32 = -1
+    /// The socket's descriptor (NIO's, used on the channel's loop while it is open): for the
+    /// fault probe `dns-upstream-elsewhere` only.
+    let fd: Int32
     private var pending: [UInt16: (id: UInt16, promise: EventLoopPromise<[UInt8]?>, timeout: Scheduled<Void>)] = [:]
     static let maxPending = 1024
 
-    init(address: NIOCore.SocketAddress) { self.address = address }
+    init(address: NIOCore.SocketAddress, fd: Int32) {
+        self.address = address
+        self.fd = fd
+    }
 
     /// The answer to `query` (its id restored), or nil at `deadline` or on any failure.
     func ask(_ query: [UInt8], until deadline: NIODeadline, on caller: EventLoop) -> EventLoopFuture<[UInt8]?> {

@@ -42,8 +42,8 @@ enum FaultInjection {
         /// NetWorker bind port 0 only, and only in in-pod mode with original source (the
         /// Supervisor binds every listener).
         case bindPort = "bind-port"
-        /// setsockopt(SO_MARK, 0x539) on a TCP socket of its own: EPERM (CAP_NET_ADMIN, which
-        /// no worker has). The mark is istio-cni's bypass of the pods' traffic capture.
+        /// setsockopt(SO_MARK, 0x539) on a TCP socket of its own: EPERM (CAP_NET_ADMIN, or
+        /// CAP_NET_RAW since Linux 5.17, neither of which a worker has). The mark is istio-cni's bypass of the pods' traffic capture.
         case soMark = "so-mark"
         /// setsockopt(IP_TRANSPARENT) on a TCP socket of its own: EPERM (CAP_NET_ADMIN or
         /// CAP_NET_RAW): no binding of foreign source addresses on sockets it made itself.
@@ -187,7 +187,12 @@ enum FaultInjection {
             report(kind, CShims_fault_bind_abstract(port, &kept))  // the pair stays open (tests only)
         case .listenUnbound:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-            guard fd >= 0, listen(fd, 1) == 0 else { return report(kind, -1) }
+            guard fd >= 0 else { return report(kind, fd) }
+            guard listen(fd, 1) == 0 else {
+                report(kind, -1)
+                close(fd)
+                return
+            }
             var address = sockaddr_in()
             var length = socklen_t(MemoryLayout<sockaddr_in>.size)
             let named = withUnsafeMutablePointer(to: &address) {
@@ -196,11 +201,11 @@ enum FaultInjection {
             report(kind, named == 0 ? Int(UInt16(bigEndian: address.sin_port)) : -1)
             // Left open (tests only): the test connects to it.
         case .dnsUpstreamElsewhere:
-            guard let fd = DNSProxy.shared?.anyUpstreamDescriptor else {
-                return Log.warn("fault \(kind.rawValue): no nameserver socket")
-            }
             let probe = Array("\(kind.rawValue) from pid \(getpid())".utf8)
-            report(kind, CShims_fault_sendto_loopback(fd, port, probe, probe.count))
+            let found = DNSProxy.shared?.withUpstreamDescriptor { fd in
+                report(kind, CShims_fault_sendto_loopback(fd, port, probe, probe.count))
+            } ?? false
+            if !found { Log.warn("fault \(kind.rawValue): no nameserver socket") }
         case .soMark, .ipTransparent:
             let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
             guard fd >= 0 else { return report(kind, fd) }

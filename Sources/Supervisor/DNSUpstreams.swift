@@ -4,8 +4,9 @@ import Glibc
 #endif
 
 /// The pods' DNS proxy forwards over UDP through sockets made here (a NetWorker may not make UDP
-/// sockets): one per nameserver of ztunnel's /etc/resolv.conf, connected to its port 53, so the
-/// kernel lets it talk to that nameserver and nothing else. Read again at every NetWorker start.
+/// sockets): one per nameserver of ztunnel's /etc/resolv.conf, connected to its port 53. Being
+/// connected does not stop a datagram sent with another address (a known gap, THREAT_MODEL.md).
+/// Read again at every NetWorker start.
 enum DNSUpstreams {
     /// The search domains of `path` (none when it cannot be read).
     static func searchDomains(resolvConf path: String = "/etc/resolv.conf") -> [String] {

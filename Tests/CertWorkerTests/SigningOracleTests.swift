@@ -73,6 +73,31 @@ import Glibc
         #expect(oracle.answer(handle: handle, algorithm: 1, content: content) == .retired("key handle was withdrawn"))
     }
 
+    /// The fault `cert-bad-client-signature` (`badSignatures`, fault injection only): that side's
+    /// signatures no longer verify, the other side's still do; none by default.
+    @Test func badSignaturesSpoilOnlyTheSideAsked() throws {
+        try KeyStore.enableSecureHeap()
+        let identity = try StaticIdentityLoader.loadIdentity(at: try Self.makeIdentityDirectory())
+        let store = KeyStore()
+        store.insert(identity)
+        #expect(SigningOracle(store: store).badSignatures.isEmpty)
+        let oracle = SigningOracle(store: store, badSignatures: [.client])
+        func verifies(_ side: CertificateVerifyContent.Side) -> Bool {
+            let content = CertificateVerifyContent.make(side, transcriptHash: [UInt8](repeating: 0x33, count: 32))
+            guard case .signature(let signature) = oracle.answer(handle: identity.material.handle, algorithm: 1, content: content) else {
+                return false
+            }
+            return identity.leaf.withUnsafeX509 { x509 -> Bool in
+                guard let key = X509_get0_pubkey(x509), let context = EVP_MD_CTX_new() else { return false }
+                defer { EVP_MD_CTX_free(context) }
+                guard EVP_DigestVerifyInit(context, nil, EVP_sha256(), nil, key) == 1 else { return false }
+                return EVP_DigestVerify(context, signature, signature.count, content, content.count) == 1
+            }
+        }
+        #expect(!verifies(.client))
+        #expect(verifies(.server))
+    }
+
     @Test func aKeyThatDoesNotMatchItsCertificateIsRefused() throws {
         let dir = try Self.makeIdentityDirectory()
         #expect(system("cd \(dir) && openssl ecparam -name prime256v1 -genkey -noout | openssl pkcs8 -topk8 -nocrypt -out key.pem") == 0)
