@@ -211,20 +211,25 @@ def test_a_certworker_that_looks_its_ca_up_keeps_udp_to_any_address(start_daemon
     is neither the CA nor a resolver (a socket of this test), and nothing stops it. When this test
     fails because the datagram no longer arrives, the gap is closed: update THREAT_MODEL.md."""
     ca = EchoServer()
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     try:
-        sink.bind(("127.0.0.1", 0))
-        sink.settimeout(10)
         daemon = start_daemon(extra_env={**FAULTS, "CA_ADDRESS": f"localhost:{ca.port}", "CA_ROOT_CA": "SYSTEM"})
         daemon.wait_ready()
-        workers = daemon.children()
-        inject(daemon, "cert-udp-socket", sink.getsockname()[1])
-        payload, _ = sink.recvfrom(1024)
-        assert payload.startswith(b"cert-udp-socket from pid "), payload
-        assert daemon.children() == workers and not daemon.audit_events("worker_exit")
+        a_datagram_reaches_the_test(daemon, "cert-udp-socket")
     finally:
-        sink.close()
         ca.close()
+
+
+def a_datagram_reaches_the_test(daemon, probe):
+    """Injects the UDP fault `probe` aimed at a socket of this test: its datagram arrives and no
+    worker exits."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sink:
+        sink.bind(("127.0.0.1", 0))
+        sink.settimeout(10)
+        workers = daemon.children()
+        inject(daemon, probe, sink.getsockname()[1])
+        payload, _ = sink.recvfrom(1024)
+    assert payload.startswith(f"{probe} from pid ".encode()), payload
+    assert daemon.children() == workers and not daemon.audit_events("worker_exit")
 
 
 def test_a_networker_can_send_udp_elsewhere_through_its_nameserver_socket(start_daemon):
@@ -234,21 +239,11 @@ def test_a_networker_can_send_udp_elsewhere_through_its_nameserver_socket(start_
     reaches a socket of this test that is no nameserver. A NetWorker already connects over TCP
     anywhere by design; this widens that to UDP. When the datagram no longer arrives the gap is
     closed: update THREAT_MODEL.md."""
-    sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    try:
-        sink.bind(("127.0.0.1", 0))
-        sink.settimeout(10)
-        daemon = start_daemon(extra_env=FAULTS)
-        daemon.wait_ready()
-        if "dns proxy: forwarding to nameserver" not in daemon.log():
-            pytest.skip("no usable nameserver in this host's /etc/resolv.conf: the NetWorker has no such socket")
-        workers = daemon.children()
-        inject(daemon, "dns-upstream-elsewhere", sink.getsockname()[1])
-        payload, _ = sink.recvfrom(1024)
-        assert payload.startswith(b"dns-upstream-elsewhere from pid "), payload
-        assert daemon.children() == workers and not daemon.audit_events("worker_exit")
-    finally:
-        sink.close()
+    daemon = start_daemon(extra_env=FAULTS)
+    daemon.wait_ready()
+    if "dns proxy: forwarding to nameserver" not in daemon.log():
+        pytest.skip("no usable nameserver in this host's /etc/resolv.conf: the NetWorker has no such socket")
+    a_datagram_reaches_the_test(daemon, "dns-upstream-elsewhere")
 
 
 def test_a_networker_can_listen_on_a_port_the_kernel_picks(start_daemon):
