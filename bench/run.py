@@ -20,6 +20,10 @@ concurrent clients, also with BENCH_HELD (4,000) idle connections held open thro
 (ours signs through a key handle held by the CertWorker); memory is PSS summed over each
 stack's processes, idle and with 1,000 connections open through it.
 
+Envoy's and our figures are measured alternately, BENCH_ROUNDS times each (2; envoy, ours, envoy,
+ours), and printed as medians with the range of the per-round ratios: on a shared 2-core machine
+one round's ratio moves 10-20% with whatever else runs, and the range shows by how much.
+
 BENCH_SECONDS (5) sets the length of each figure; BENCH_ONLY=throughput,latency,connections,
 handshakes,memory,held picks rows.
 """
@@ -46,6 +50,23 @@ APP, APP_DIRECT = 9080, 9081          # iperf3 servers: captured (ours), and dir
 ECHO, ECHO_DIRECT = 9082, 9083        # echo servers, likewise
 SERVER, CLIENT = "127.0.0.2", "127.0.0.3"
 HELD = int(os.environ.get("BENCH_HELD", "4000"))  # connections held open for the second rate row
+ROUNDS = max(1, int(os.environ.get("BENCH_ROUNDS", "2")))
+
+
+def alternated(envoy, ours):
+    """Runs `envoy()` and `ours()` alternately ROUNDS times. Each returns a tuple of figures (the
+    row's, then its CPU row's). Returns, per figure, (envoy median, ours median, per-round
+    ours/envoy ratios)."""
+    runs = [(envoy(), ours()) for _ in range(ROUNDS)]
+    result = []
+    for index in range(len(runs[0][0])):
+        pairs = [(e[index], o[index]) for e, o in runs if e[index] is not None and o[index] is not None]
+        if not pairs:
+            result.append((None, None, []))
+            continue
+        result.append((statistics.median(e for e, _ in pairs), statistics.median(o for _, o in pairs),
+                       [o / e for e, o in pairs if e]))
+    return result
 
 CONFIG = f"""
 workloads:
@@ -497,41 +518,50 @@ def inside():
         rows = []
         print(f"\nbench: {SECONDS:.0f} s per figure, {os.cpu_count()} cores, binaries from {BIN}\n", flush=True)
 
-        def row(name, unit, direct, envoy, ours, better="higher"):
+        def row(name, unit, direct, envoy, ours, better="higher", ratios=()):
             rows.append((name, unit, direct, envoy, ours, better))
             fmt = lambda v: "-" if v is None else (f"{v:,.2f}" if v < 100 else f"{v:,.0f}")  # noqa: E731
             ratio = "-" if not envoy or ours is None else f"{ours / envoy:.2f}x"
-            print(f"{name:34} {fmt(direct):>10} {fmt(envoy):>10} {fmt(ours):>10} {ratio:>8}  ({unit}, {better} is better)",
+            spread = f", rounds {min(ratios):.2f}-{max(ratios):.2f}x" if len(ratios) > 1 else ""
+            print(f"{name:34} {fmt(direct):>10} {fmt(envoy):>10} {fmt(ours):>10} {ratio:>8}  ({unit}, {better} is better{spread})",
                   flush=True)
+
+        def alternated_rows(names, direct, envoy, ours):
+            """Rows `names` (name, unit, better) from `alternated(envoy, ours)`; `direct` for the first."""
+            for (name, unit, better), (e, o, ratios), d in zip(names, alternated(envoy, ours), (direct, None, None)):
+                row(name, unit, d, e, o, better, ratios)
         print(f"{'':34} {'direct':>10} {'envoy':>10} {'ours':>10} {'ours/envoy':>8}")
         only = set(filter(None, os.environ.get("BENCH_ONLY", "").split(",")))
         wanted = lambda name: not only or name in only  # noqa: E731
         if wanted("throughput"):
             # CPU per GB is the steadier figure on a shared 2-core machine: the throughput rows
             # move with whatever else runs, the work each byte costs does not.
-            envoy_cpu, ours_cpu = {}, {}
+            def carried(host, port, streams, pids):
+                cpu = {}
+                return iperf(host, port, streams, pids, cpu), cpu.get(streams)
             for streams in (1, 8):
-                row(f"throughput, {streams} stream{'s' if streams > 1 else ''}", "Gbit/s",
-                    iperf(SERVER, APP_DIRECT, streams), iperf("127.0.0.1", 10001, streams, envoy_pids, envoy_cpu),
-                    iperf(SERVER, APP, streams, ours_pids, ours_cpu))
-            for streams in (1, 8):
-                row(f"proxy CPU per GB, {streams} stream{'s' if streams > 1 else ''}", "CPU s/GB", None,
-                    envoy_cpu.get(streams), ours_cpu.get(streams), "lower")
+                plural = "s" if streams > 1 else ""
+                alternated_rows([(f"throughput, {streams} stream{plural}", "Gbit/s", "higher"),
+                                 (f"proxy CPU per GB, {streams} stream{plural}", "CPU s/GB", "lower")],
+                                iperf(SERVER, APP_DIRECT, streams),
+                                lambda: carried("127.0.0.1", 10001, streams, envoy_pids), lambda: carried(SERVER, APP, streams, ours_pids))
         if wanted("latency"):
-            lat = {name: latency(host, port) for name, host, port in
-                   (("direct", SERVER, ECHO_DIRECT), ("envoy", "127.0.0.1", 10003), ("ours", SERVER, ECHO))}
-            row("latency p50, 1 KiB echo", "µs", lat["direct"][0], lat["envoy"][0], lat["ours"][0], "lower")
-            row("latency p99, 1 KiB echo", "µs", lat["direct"][1], lat["envoy"][1], lat["ours"][1], "lower")
+            direct = latency(SERVER, ECHO_DIRECT)
+            for index, (e, o, ratios) in enumerate(alternated(lambda: latency("127.0.0.1", 10003), lambda: latency(SERVER, ECHO))):
+                row(f"latency p{(50, 99)[index]}, 1 KiB echo", "µs", direct[index], e, o, "lower", ratios)
         if wanted("connections"):
-            envoy_cpu, ours_cpu = {}, {}
-            row("new connections/s (pooled HBONE)", "conn/s", connection_rate(SERVER, ECHO_DIRECT),
-                connection_rate("127.0.0.1", 10003, envoy_pids, envoy_cpu), connection_rate(SERVER, ECHO, ours_pids, ours_cpu))
-            row("proxy CPU per connection", "CPU µs", None, envoy_cpu.get("us"), ours_cpu.get("us"), "lower")
+            def rate(host, port, pids):
+                cpu = {}
+                return connection_rate(host, port, pids, cpu), cpu.get("us")
+            alternated_rows([("new connections/s (pooled HBONE)", "conn/s", "higher"), ("proxy CPU per connection", "CPU µs", "lower")],
+                            connection_rate(SERVER, ECHO_DIRECT),
+                            lambda: rate("127.0.0.1", 10003, envoy_pids), lambda: rate(SERVER, ECHO, ours_pids))
         if wanted("handshakes"):
-            envoy_cpu, ours_cpu = {}, {}
-            row("full mTLS handshakes/s", "handshakes/s", None, handshake_rate(10002, f"{tmp}/certs", envoy_pids, envoy_cpu),
-                handshake_rate(15008, f"{tmp}/certs", ours_pids, ours_cpu))
-            row("server CPU per handshake", "CPU ms", None, envoy_cpu.get("ms"), ours_cpu.get("ms"), "lower")
+            def handshakes(port, pids):
+                cpu = {}
+                return handshake_rate(port, f"{tmp}/certs", pids, cpu), cpu.get("ms")
+            alternated_rows([("full mTLS handshakes/s", "handshakes/s", "higher"), ("server CPU per handshake", "CPU ms", "lower")],
+                            None, lambda: handshakes(10002, envoy_pids), lambda: handshakes(15008, ours_pids))
         if wanted("memory"):
             envoy_idle, envoy_loaded = memory_with_connections("127.0.0.1", 10003, envoy_pids)
             ours_idle, ours_loaded = memory_with_connections(SERVER, ECHO, ours_pids)
@@ -542,11 +572,12 @@ def inside():
         if wanted("held"):
             # Last: thousands of held connections grow every process's heap for good, which
             # would show in the memory rows.
-            envoy_cpu, ours_cpu = {}, {}
-            row(f"new connections/s, {HELD:,} held open", "conn/s", None,
-                connection_rate_while_holding("127.0.0.1", 10003, HELD, envoy_pids, envoy_cpu),
-                connection_rate_while_holding(SERVER, ECHO, HELD, ours_pids, ours_cpu))
-            row(f"proxy CPU per connection, {HELD:,} open", "CPU µs", None, envoy_cpu.get("us"), ours_cpu.get("us"), "lower")
+            def rate_holding(host, port, pids):
+                cpu = {}
+                return connection_rate_while_holding(host, port, HELD, pids, cpu), cpu.get("us")
+            alternated_rows([(f"new connections/s, {HELD:,} held open", "conn/s", "higher"),
+                             (f"proxy CPU per connection, {HELD:,} open", "CPU µs", "lower")],
+                            None, lambda: rate_holding("127.0.0.1", 10003, envoy_pids), lambda: rate_holding(SERVER, ECHO, ours_pids))
         if os.environ.get("BENCH_HOLD"):  # keep the stacks up for a profiler: BENCH_HOLD=seconds
             print(f"holding for {os.environ['BENCH_HOLD']} s: daemon A {a.pid}, daemon B {b.pid}", flush=True)
             time.sleep(float(os.environ["BENCH_HOLD"]))
