@@ -7,6 +7,7 @@ the first one is going away; a peer that refuses every time costs a bounded numb
 The peer is an HBONE server written here on Python's ssl and h2, which misbehaves on purpose."""
 import os
 import socket
+import struct
 import ssl
 import threading
 
@@ -30,7 +31,8 @@ class MisbehavingHBONEServer:
     """Serves HBONE on 127.0.0.2:port. `plan(n)` says what to do with the n-th CONNECT (from 0):
     "refuse" (RST_STREAM REFUSED_STREAM), "goaway" (GOAWAY naming stream 0, the request left
     unanswered) or "echo" (200, then every byte back). With `goaway_first`, the first connection
-    gets a GOAWAY naming stream 0 with the server's SETTINGS, before any request is read."""
+    gets a GOAWAY naming stream 0 with the server's SETTINGS, before any request is read, and is
+    then read to its end, or, with `goaway_first="reset"`, reset at once (SO_LINGER 0)."""
 
     def __init__(self, port, server_dir, plan, goaway_first=False):
         self.plan = plan
@@ -74,7 +76,12 @@ class MisbehavingHBONEServer:
             # is read and ignored (h2 would refuse frames after its own GOAWAY) until it closes.
             conn.close_connection(error_code=h2.errors.ErrorCodes.NO_ERROR, last_stream_id=0)
             with sock:
+                # Without Nagle: an abortive close drops what the kernel still holds back.
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 sock.sendall(conn.data_to_send())
+                if self.goaway_first == "reset":
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                    return
                 try:
                     while sock.recv(65536):
                         pass
@@ -162,11 +169,16 @@ def test_a_connect_refused_unprocessed_is_sent_again(start_daemon, tmp_path, fir
         server.close()
 
 
-def test_a_goaway_that_comes_with_the_servers_settings_sends_the_request_again(start_daemon, tmp_path):
+@pytest.mark.parametrize("then", ["open", "reset"])
+def test_a_goaway_that_comes_with_the_servers_settings_sends_the_request_again(start_daemon, tmp_path, then):
     """The first connection's GOAWAY (last stream 0) arrives with the server's SETTINGS, so it
     meets a CONNECT that nghttp2 still holds queued or has just sent: either way the server never
-    processed it, the connection is retired, and the CONNECT goes out again on a second one."""
-    daemon, server = start(start_daemon, tmp_path, lambda n: "echo", goaway_first=True)
+    processed it, the connection is retired, and the CONNECT goes out again on a second one. The
+    same when the server resets the connection right after its GOAWAY: the bytes that arrived
+    before the reset are read first (SwiftNIO drains its input on a reset), so the GOAWAY is seen.
+    (Sent with Nagle on, the server's GOAWAY waited for an ACK and its abortive close dropped it:
+    then no client could know, which an earlier note took for a SwiftNIO fault.)"""
+    daemon, server = start(start_daemon, tmp_path, lambda n: "echo", goaway_first=True if then == "open" else "reset")
     try:
         payload = os.urandom(20_000)
         assert through(daemon, payload) == (0, payload), daemon.log()[-3000:]
